@@ -1,0 +1,624 @@
+//! `GpuBridge`: the runtime that takes typed batches, splits them into micro-batches, places each on
+//! the best available backend and device, falls back along the chain on failure, and returns typed
+//! outputs in input order.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use gpubridge_telemetry::names;
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::catalog::KernelCatalog;
+use crate::circuit::{Admission, CircuitBreaker, CircuitState};
+use crate::config::BridgeConfig;
+use crate::device::{
+    Backend, BackendKind, BackendReport, BackendStatus, CpuJob, DeviceId, DeviceInfo,
+    PlanCompletion, Work,
+};
+use crate::error::{Error, ErrorClass, Result};
+use crate::hints::{BatchResult, ChunkReport, ExecutionHints, FallbackEvent, Preference};
+use crate::kernel::{DynKernel, Kernel};
+
+const MIB: u64 = 1024 * 1024;
+
+struct Slot {
+    backend: Arc<dyn Backend>,
+    breakers: Vec<CircuitBreaker>,
+    in_flight: Vec<AtomicUsize>,
+}
+
+struct Inner {
+    config: BridgeConfig,
+    catalog: KernelCatalog,
+    slots: Vec<Slot>,
+    reports: Vec<BackendReport>,
+    permits: Semaphore,
+}
+
+/// The bridge: kernels, backends and configuration, shared by cheap clones.
+///
+/// Built with [`GpuBridge::builder`]; the `gpubridge` facade crate has a builder that adds every
+/// compiled-in backend and built-in kernel for you.
+///
+/// ```no_run
+/// use gpubridge_core::{kernels, ExecutionHints, GpuBridge};
+/// # async fn demo(bridge: GpuBridge) -> gpubridge_core::Result<()> {
+/// let add = bridge.batch::<kernels::VectorAdd>()?;
+/// let pair = kernels::VectorPair { a: vec![1.0, 2.0], b: vec![3.0, 4.0] };
+/// let result = add.execute(vec![pair], ExecutionHints::default()).await?;
+/// assert_eq!(result.outputs[0], vec![4.0, 6.0]);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct GpuBridge {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for GpuBridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuBridge")
+            .field("kernels", &self.inner.catalog)
+            .field("backends", &self.inner.slots.iter().map(|s| s.backend.kind()).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Assembles a [`GpuBridge`].
+pub struct BridgeBuilder {
+    config: BridgeConfig,
+    catalog: KernelCatalog,
+    backends: Vec<Arc<dyn Backend>>,
+    reports: Vec<BackendReport>,
+}
+
+impl BridgeBuilder {
+    /// A builder with no kernels and no backends.
+    pub fn new(config: BridgeConfig) -> Self {
+        Self { config, catalog: KernelCatalog::new(), backends: Vec::new(), reports: Vec::new() }
+    }
+
+    /// The configuration the bridge will use.
+    pub fn config(&self) -> &BridgeConfig {
+        &self.config
+    }
+
+    /// Registers a kernel.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if its id is taken.
+    pub fn kernel<K: Kernel>(mut self, kernel: K) -> Result<Self> {
+        self.catalog.register(kernel)?;
+        Ok(self)
+    }
+
+    /// Registers a kernel in place.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if its id is taken.
+    pub fn register<K: Kernel>(&mut self, kernel: K) -> Result<&mut Self> {
+        self.catalog.register(kernel)?;
+        Ok(self)
+    }
+
+    /// Adds a usable backend. Its place in the fallback order comes from `fallback.chain`.
+    pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.add_backend(backend);
+        self
+    }
+
+    /// Adds a usable backend in place.
+    pub fn add_backend(&mut self, backend: Arc<dyn Backend>) -> &mut Self {
+        self.reports.retain(|r| r.kind != backend.kind());
+        self.reports.push(BackendReport {
+            kind: backend.kind(),
+            status: BackendStatus::Ready(backend.devices().to_vec()),
+        });
+        self.backends.retain(|b| b.kind() != backend.kind());
+        self.backends.push(backend);
+        self
+    }
+
+    /// Records a backend that is not usable here, and why, so that errors and `devices` can say so.
+    pub fn unavailable(mut self, report: BackendReport) -> Self {
+        self.add_report(report);
+        self
+    }
+
+    /// Records a backend report in place (see [`BridgeBuilder::unavailable`]).
+    pub fn add_report(&mut self, report: BackendReport) -> &mut Self {
+        if !self.backends.iter().any(|b| b.kind() == report.kind) {
+            self.reports.retain(|r| r.kind != report.kind);
+            self.reports.push(report);
+        }
+        self
+    }
+
+    /// Builds the bridge.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] if the configuration does not validate.
+    pub fn build(self) -> Result<GpuBridge> {
+        self.config.validate()?;
+        gpubridge_telemetry::describe_all();
+        let cfg = &self.config;
+        let mut slots = Vec::new();
+        let mut reports = self.reports;
+        for kind in &cfg.fallback.chain {
+            if let Some(b) = self.backends.iter().find(|b| b.kind() == *kind) {
+                let n = b.devices().len().min(cfg.general.max_devices);
+                if n == 0 {
+                    continue;
+                }
+                let open_for = Duration::from_millis(cfg.fallback.circuit_open_ms);
+                slots.push(Slot {
+                    backend: b.clone(),
+                    breakers: (0..n)
+                        .map(|_| CircuitBreaker::new(cfg.fallback.circuit_failure_threshold, open_for))
+                        .collect(),
+                    in_flight: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+                });
+                for d in &b.devices()[..n] {
+                    metrics::gauge!(names::CIRCUIT_STATE, "device" => d.id.to_string()).set(0.0);
+                }
+            }
+        }
+        for r in &mut reports {
+            if !cfg.fallback.chain.contains(&r.kind) && matches!(r.status, BackendStatus::Ready(_)) {
+                r.status = BackendStatus::Unavailable("left out of fallback.chain".to_owned());
+            }
+        }
+        reports.sort_by_key(|r| r.kind);
+        if slots.is_empty() {
+            tracing::warn!("gpubridge built with no usable backend; every request will fail");
+        }
+        let permits = Semaphore::new(cfg.general.max_concurrent_kernels);
+        Ok(GpuBridge {
+            inner: Arc::new(Inner { config: self.config, catalog: self.catalog, slots, reports, permits }),
+        })
+    }
+}
+
+impl GpuBridge {
+    /// Starts a [`BridgeBuilder`].
+    pub fn builder(config: BridgeConfig) -> BridgeBuilder {
+        BridgeBuilder::new(config)
+    }
+
+    /// The batch handle of kernel `K` (the original's batch grain).
+    ///
+    /// # Errors
+    /// [`Error::UnknownKernel`] if `K` is not registered.
+    pub fn batch<K: Kernel>(&self) -> Result<BatchGrain<K::Input, K::Output>> {
+        self.batch_by_id(K::ID)
+    }
+
+    /// The batch handle of the kernel registered as `id`, for a caller sending `I` and expecting
+    /// `O`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownKernel`] or [`Error::KernelTypeMismatch`].
+    pub fn batch_by_id<I, O>(&self, id: &str) -> Result<BatchGrain<I, O>>
+    where
+        I: Send + Sync + 'static,
+        O: Send + 'static,
+    {
+        let kernel = self.inner.catalog.resolve::<I, O>(id)?;
+        Ok(BatchGrain { bridge: self.clone(), kernel })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BridgeConfig {
+        &self.inner.config
+    }
+
+    /// The kernel catalog.
+    pub fn catalog(&self) -> &KernelCatalog {
+        &self.inner.catalog
+    }
+
+    /// Every backend known to the bridge, usable or not, with the reason when not.
+    pub fn reports(&self) -> &[BackendReport] {
+        &self.inner.reports
+    }
+
+    /// The usable backends in fallback order.
+    pub fn backends(&self) -> Vec<BackendKind> {
+        self.inner.slots.iter().map(|s| s.backend.kind()).collect()
+    }
+
+    /// Every device in use, in fallback order.
+    pub fn devices(&self) -> Vec<DeviceInfo> {
+        self.inner
+            .slots
+            .iter()
+            .flat_map(|s| s.backend.devices()[..s.breakers.len()].iter().cloned())
+            .collect()
+    }
+
+    /// The circuit state of `device`, if the bridge uses it.
+    pub fn circuit_state(&self, device: DeviceId) -> Option<CircuitState> {
+        self.inner
+            .slots
+            .iter()
+            .find(|s| s.backend.kind() == device.backend)
+            .and_then(|s| s.breakers.get(device.index))
+            .map(CircuitBreaker::state)
+    }
+
+    fn candidates(&self, hints: &ExecutionHints) -> Vec<&Slot> {
+        let slots = &self.inner.slots;
+        if let Some(kind) = hints.backend {
+            return slots.iter().filter(|s| s.backend.kind() == kind).collect();
+        }
+        let mut order: Vec<&Slot> = slots.iter().collect();
+        let cpu_first = match hints.prefer {
+            Preference::Cpu => true,
+            Preference::Gpu => false,
+            Preference::Auto => !self.inner.config.general.prefer_gpu,
+        };
+        if cpu_first {
+            order.sort_by_key(|s| s.backend.kind().is_gpu());
+        }
+        order
+    }
+
+    fn unavailable_attempts(&self, hints: &ExecutionHints) -> Vec<(BackendKind, String)> {
+        self.inner
+            .reports
+            .iter()
+            .filter(|r| hints.backend.is_none_or(|k| k == r.kind))
+            .filter_map(|r| r.unavailable_reason().map(|why| (r.kind, why)))
+            .collect()
+    }
+}
+
+/// The handle that runs batches of one kernel (the original's `IGpuBatchGrain<TIn, TOut>`).
+/// Cheap to clone.
+pub struct BatchGrain<I, O> {
+    bridge: GpuBridge,
+    kernel: Arc<dyn DynKernel<I, O>>,
+}
+
+impl<I, O> Clone for BatchGrain<I, O> {
+    fn clone(&self) -> Self {
+        Self { bridge: self.bridge.clone(), kernel: self.kernel.clone() }
+    }
+}
+
+impl<I, O> std::fmt::Debug for BatchGrain<I, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchGrain").field("kernel", &self.kernel.id()).finish()
+    }
+}
+
+struct Attempt<O> {
+    outputs: Vec<O>,
+    report: ChunkReport,
+}
+
+impl<I, O> BatchGrain<I, O>
+where
+    I: Send + Sync + 'static,
+    O: Send + 'static,
+{
+    /// The kernel's id.
+    pub fn id(&self) -> &'static str {
+        self.kernel.id()
+    }
+
+    /// Runs `inputs` and returns one output per input, in input order.
+    ///
+    /// Every input is validated first; a batch larger than the micro-batch limits (items or
+    /// bytes, from the configuration, the hints and the device's memory) is split, the pieces run
+    /// (up to `batching.max_in_flight` at once) and their outputs are re-assembled in order. An
+    /// empty batch returns an empty result without touching a device.
+    ///
+    /// # Fallback
+    /// Each micro-batch is tried on the backends of `fallback.chain` in order (CPU first when the
+    /// hints or `general.prefer_gpu` say so), on each backend's healthiest device first. A device
+    /// failure counts against the device's circuit breaker and moves the work to the next device,
+    /// then the next backend; an unsupported kernel or out-of-memory moves it on without counting.
+    /// Every move is logged, counted as `gpubridge_fallbacks_total{from,to,reason}` and listed in
+    /// [`BatchResult::fallbacks`]. A hint naming one backend disables fallback.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad item (nothing runs), [`Error::NoBackendAvailable`] when no
+    /// backend could run a micro-batch (each one's reason listed), [`Error::Timeout`] when the
+    /// hints' deadline passes. NaN and infinities are data, not errors: they propagate as IEEE-754
+    /// arithmetic says.
+    ///
+    /// A deadline (`hints.timeout`) uses tokio's timer, so it needs a tokio runtime with time
+    /// enabled (the default of `#[tokio::main]`).
+    pub async fn execute(&self, inputs: Vec<I>, hints: ExecutionHints) -> Result<BatchResult<O>> {
+        let started = Instant::now();
+        let kernel = self.kernel.id();
+        metrics::gauge!(names::PENDING_REQUESTS).increment(1.0);
+        let result = match hints.timeout {
+            Some(after) => match tokio::time::timeout(after, self.run(inputs, &hints, started)).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Timeout { after }),
+            },
+            None => self.run(inputs, &hints, started).await,
+        };
+        metrics::gauge!(names::PENDING_REQUESTS).decrement(1.0);
+        metrics::histogram!(names::REQUEST_DURATION_SECONDS, "kernel" => kernel)
+            .record(started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            metrics::counter!(names::REQUEST_FAILURES_TOTAL, "reason" => e.reason_label())
+                .increment(1);
+        }
+        result
+    }
+
+    async fn run(&self, inputs: Vec<I>, hints: &ExecutionHints, started: Instant) -> Result<BatchResult<O>> {
+        for (i, item) in inputs.iter().enumerate() {
+            self.kernel.validate(i, item)?;
+        }
+        if inputs.is_empty() {
+            return Ok(BatchResult {
+                outputs: Vec::new(),
+                chunks: Vec::new(),
+                fallbacks: Vec::new(),
+                total: started.elapsed(),
+            });
+        }
+        let bridge = &self.bridge;
+        let candidates = bridge.candidates(hints);
+        let chunks = self.split(inputs, hints, &candidates);
+        let in_flight = bridge.inner.config.batching.max_in_flight;
+        let mut first_item = 0;
+        let jobs = chunks.into_iter().map(|chunk| {
+            let first = first_item;
+            first_item += chunk.len();
+            self.run_chunk(chunk, first, hints, &candidates, started)
+        });
+        let mut stream = futures::stream::iter(jobs).buffered(in_flight);
+        let mut outputs = Vec::new();
+        let mut reports = Vec::new();
+        let mut fallbacks = Vec::new();
+        while let Some(done) = stream.next().await {
+            let (attempt, moves) = done?;
+            outputs.extend(attempt.outputs);
+            reports.push(attempt.report);
+            fallbacks.extend(moves);
+        }
+        Ok(BatchResult { outputs, chunks: reports, fallbacks, total: started.elapsed() })
+    }
+
+    /// Splits `inputs` into micro-batches by item count and bytes.
+    fn split(&self, inputs: Vec<I>, hints: &ExecutionHints, candidates: &[&Slot]) -> Vec<Arc<[I]>> {
+        let cfg = &self.bridge.inner.config.batching;
+        let max_items = hints.max_micro_batch.unwrap_or(usize::MAX).min(cfg.max_micro_batch).max(1);
+        let mut max_bytes = cfg.max_micro_batch_mb.saturating_mul(MIB);
+        if let Some(slot) = candidates.first() {
+            let budgets = (0..slot.breakers.len()).filter_map(|d| slot.backend.memory_budget(d));
+            if let Some(b) = budgets.max() {
+                max_bytes = max_bytes.min(b);
+            }
+        }
+        let mut lens = Vec::new();
+        let (mut n, mut bytes) = (0usize, 0u64);
+        for item in &inputs {
+            let b = self.kernel.device_bytes(item) as u64;
+            if n > 0 && (n == max_items || bytes.saturating_add(b) > max_bytes) {
+                lens.push(n);
+                n = 0;
+                bytes = 0;
+            }
+            n += 1;
+            bytes = bytes.saturating_add(b);
+        }
+        lens.push(n);
+        if lens.len() == 1 {
+            return vec![Arc::from(inputs)];
+        }
+        let mut it = inputs.into_iter();
+        lens.into_iter().map(|len| Arc::from(it.by_ref().take(len).collect::<Vec<I>>())).collect()
+    }
+
+    async fn run_chunk(
+        &self,
+        chunk: Arc<[I]>,
+        first_item: usize,
+        hints: &ExecutionHints,
+        candidates: &[&Slot],
+        started: Instant,
+    ) -> Result<(Attempt<O>, Vec<FallbackEvent>)> {
+        let id = self.kernel.id();
+        let sources = self.kernel.sources();
+        let mut attempts: Vec<(BackendKind, String)> = Vec::new();
+        let mut fallbacks: Vec<FallbackEvent> = Vec::new();
+        let mut last_failed: Option<(BackendKind, &'static str, String)> = None;
+        let _permit = self.bridge.inner.permits.acquire().await.map_err(|_| Error::Cancelled {
+            reason: "the bridge is shutting down".to_owned(),
+        })?;
+        for slot in candidates {
+            let kind = slot.backend.kind();
+            if let Some((from, reason, message)) = last_failed.take() {
+                tracing::info!(kernel = id, %from, to = %kind, reason, "falling back: {message}");
+                metrics::counter!(names::FALLBACKS_TOTAL, "from" => from.name(), "to" => kind.name(), "reason" => reason)
+                    .increment(1);
+                fallbacks.push(FallbackEvent { from, to: kind, reason, message });
+            }
+            if !slot.backend.can_run(&sources) {
+                let why = format!("kernel {id} has no {kind} form");
+                attempts.push((kind, why.clone()));
+                last_failed = Some((kind, "unsupported", why));
+                continue;
+            }
+            let mut tried = vec![false; slot.breakers.len()];
+            loop {
+                let Some((device, admission)) = pick_device(slot, hints, &tried) else {
+                    let why = if tried.iter().any(|t| *t) {
+                        "every device failed".to_owned()
+                    } else {
+                        "every device's circuit is open".to_owned()
+                    };
+                    attempts.push((kind, why.clone()));
+                    last_failed.get_or_insert((kind, "circuit_open", why));
+                    break;
+                };
+                tried[device] = true;
+                let breaker = &slot.breakers[device];
+                let label = slot.backend.devices()[device].id.to_string();
+                if admission == Admission::Probe {
+                    tracing::info!(device = %label, "circuit half-open: probing");
+                    metrics::gauge!(names::CIRCUIT_STATE, "device" => label.clone()).set(CircuitState::HalfOpen.gauge());
+                }
+                slot.in_flight[device].fetch_add(1, Ordering::Relaxed);
+                let result = self.attempt(slot, device, &chunk, first_item, started).await;
+                slot.in_flight[device].fetch_sub(1, Ordering::Relaxed);
+                let success = result.is_ok();
+                metrics::counter!(names::KERNELS_EXECUTED_TOTAL, "kernel" => id, "backend" => kind.name(), "device" => label.clone(), "success" => if success { "true" } else { "false" })
+                    .increment(1);
+                match result {
+                    Ok(attempt) => {
+                        if breaker.state() != CircuitState::Closed {
+                            tracing::info!(device = %label, "circuit closed again");
+                        }
+                        breaker.on_success();
+                        metrics::gauge!(names::CIRCUIT_STATE, "device" => label).set(CircuitState::Closed.gauge());
+                        let r = &attempt.report;
+                        metrics::histogram!(names::KERNEL_DURATION_SECONDS, "kernel" => id, "backend" => kind.name())
+                            .record(r.compute.as_secs_f64());
+                        metrics::histogram!(names::QUEUE_DURATION_SECONDS, "kernel" => id).record(r.queue.as_secs_f64());
+                        metrics::histogram!(names::BATCH_SIZE, "kernel" => id).record(r.items as f64);
+                        return Ok((attempt, fallbacks));
+                    }
+                    Err(e) => match e.class() {
+                        ErrorClass::Caller | ErrorClass::Overload => {
+                            breaker.on_neutral();
+                            return Err(e);
+                        }
+                        ErrorClass::Unsupported | ErrorClass::Resource => {
+                            breaker.on_neutral();
+                            attempts.push((kind, e.to_string()));
+                            last_failed = Some((kind, e.reason_label(), e.to_string()));
+                            // Another device of the same backend would say the same about an
+                            // unsupported kernel; one with more memory might take it.
+                            if e.class() == ErrorClass::Unsupported {
+                                break;
+                            }
+                        }
+                        ErrorClass::DeviceFault => {
+                            breaker.on_failure(Instant::now());
+                            let state = breaker.state();
+                            if state == CircuitState::Open {
+                                tracing::warn!(device = %label, "circuit opened: {e}");
+                            }
+                            metrics::gauge!(names::CIRCUIT_STATE, "device" => label).set(state.gauge());
+                            attempts.push((kind, e.to_string()));
+                            last_failed = Some((kind, e.reason_label(), e.to_string()));
+                        }
+                    },
+                }
+            }
+        }
+        for (kind, why) in self.bridge.unavailable_attempts(hints) {
+            if !attempts.iter().any(|(k, _)| *k == kind) {
+                attempts.push((kind, why));
+            }
+        }
+        Err(Error::NoBackendAvailable { kernel: id.to_owned(), attempts })
+    }
+
+    /// One try of one micro-batch on one device.
+    async fn attempt(
+        &self,
+        slot: &Slot,
+        device: usize,
+        chunk: &Arc<[I]>,
+        first_item: usize,
+        started: Instant,
+    ) -> Result<Attempt<O>> {
+        let backend = &slot.backend;
+        let device_id = backend.devices()[device].id;
+        let (tx, rx) = oneshot::channel::<Result<(Vec<O>, Instant, crate::plan::ExecStats)>>();
+        let kernel = self.kernel.clone();
+        let items = chunk.clone();
+        match backend.plan_target(device) {
+            None => {
+                let job: CpuJob = Box::new(move |ctx| {
+                    let t = Instant::now();
+                    let r = std::panic::catch_unwind(AssertUnwindSafe(|| kernel.run_cpu(&items, ctx)))
+                        .unwrap_or_else(|p| Err(panicked(BackendKind::Cpu, kernel.id(), &*p)));
+                    let stats = crate::plan::ExecStats { compute: t.elapsed(), ..Default::default() };
+                    let _ = tx.send(r.map(|o| (o, t, stats)));
+                });
+                backend.submit(device, Work::Cpu(job))?;
+            }
+            Some(target) => {
+                let plan = self.kernel.plan(chunk, &target)?;
+                plan.check()?;
+                let t = Instant::now();
+                let complete: PlanCompletion = Box::new(move |res| {
+                    let r = res.and_then(|outs| {
+                        let stats = outs.stats;
+                        std::panic::catch_unwind(AssertUnwindSafe(|| kernel.unpack(&items, &outs)))
+                            .unwrap_or_else(|p| Err(panicked(target.backend(), kernel.id(), &*p)))
+                            .map(|o| (o, t, stats))
+                    });
+                    let _ = tx.send(r);
+                });
+                backend.submit(device, Work::Plan { plan, sources: self.kernel.sources(), complete })?;
+            }
+        }
+        let (outputs, begun, stats) = rx.await.map_err(|_| Error::Backend {
+            backend: backend.kind(),
+            message: "the executor dropped the work without completing it".to_owned(),
+            transient: true,
+        })??;
+        if outputs.len() != chunk.len() {
+            return Err(Error::Backend {
+                backend: backend.kind(),
+                message: format!(
+                    "kernel {} returned {} outputs for {} inputs",
+                    self.kernel.id(),
+                    outputs.len(),
+                    chunk.len()
+                ),
+                transient: false,
+            });
+        }
+        Ok(Attempt {
+            outputs,
+            report: ChunkReport {
+                device: device_id,
+                items: chunk.len(),
+                first_item,
+                queue: begun.saturating_duration_since(started),
+                compute: stats.compute,
+                transfer: stats.transfer,
+                graph_replayed: stats.graph_replayed,
+            },
+        })
+    }
+}
+
+/// The preferred device if it admits work, else the least loaded device that does.
+fn pick_device(slot: &Slot, hints: &ExecutionHints, tried: &[bool]) -> Option<(usize, Admission)> {
+    let now = Instant::now();
+    let n = slot.breakers.len();
+    let mut order: Vec<usize> = (0..n).filter(|d| !tried[*d]).collect();
+    order.sort_by_key(|d| slot.in_flight[*d].load(Ordering::Relaxed));
+    if let Some(p) = hints.preferred_device.filter(|p| *p < n && !tried[*p]) {
+        order.retain(|d| *d != p);
+        order.insert(0, p);
+    }
+    order.into_iter().find_map(|d| match slot.breakers[d].admit(now) {
+        Admission::Rejected => None,
+        a => Some((d, a)),
+    })
+}
+
+fn panicked(backend: BackendKind, kernel: &str, payload: &(dyn std::any::Any + Send)) -> Error {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    Error::Backend { backend, message: format!("kernel {kernel} panicked: {what}"), transient: false }
+}

@@ -1,0 +1,420 @@
+//! `BridgeConfig`: every option of the bridge, read from a TOML file with `GPUBRIDGE__SECTION__KEY`
+//! environment overrides, validated so that a bad value is an error naming its key.
+//!
+//! # Example
+//! ```
+//! use gpubridge_core::BridgeConfig;
+//! let cfg = BridgeConfig::from_sources(
+//!     Some("[general]\nprefer_gpu = false\n"),
+//!     [("GPUBRIDGE__BATCHING__MAX_MICRO_BATCH".to_owned(), "512".to_owned())],
+//! )
+//! .unwrap();
+//! assert!(!cfg.general.prefer_gpu);
+//! assert_eq!(cfg.batching.max_micro_batch, 512);
+//! ```
+//!
+//! The sections mirror the original's `appsettings.json` and service registration: `general`
+//! (`PreferGpu`, `MaxDevices`, `MaxConcurrentKernels`), `memory` (`MemoryPoolSizeMB`), `storage`
+//! (`EnableGpuDirectStorage`, `MountPoint`, `MaxPinnedMemoryMB`), `telemetry` (`EnableMetrics`,
+//! `EnableTracing`, `SamplingRate`), plus `fallback`, `batching`, `cpu`, `cuda` and `wgpu`.
+//! Each field's doc says which component reads it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::device::BackendKind;
+use crate::error::{Error, Result};
+
+/// Prefix of environment overrides: `GPUBRIDGE__SECTION__KEY=value`.
+pub const ENV_PREFIX: &str = "GPUBRIDGE__";
+
+/// Every option of a bridge. `Default` gives the documented defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeConfig {
+    /// Device choice and concurrency.
+    pub general: GeneralConfig,
+    /// Device and pinned memory pools.
+    pub memory: MemoryConfig,
+    /// File to device I/O.
+    pub storage: StorageConfig,
+    /// Metrics and tracing.
+    pub telemetry: TelemetryConfig,
+    /// The backend chain and circuit breakers.
+    pub fallback: FallbackConfig,
+    /// Micro-batching and queues.
+    pub batching: BatchingConfig,
+    /// The CPU backend.
+    pub cpu: CpuConfig,
+    /// The CUDA backend.
+    pub cuda: CudaConfig,
+    /// The wgpu backend.
+    pub wgpu: WgpuConfig,
+}
+
+/// `[general]`: the original's `PreferGpu`, `MaxDevices`, `MaxConcurrentKernels`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeneralConfig {
+    /// Try GPU backends before the CPU (default `true`). Per-request hints override it.
+    pub prefer_gpu: bool,
+    /// Use at most this many devices per backend (default 4).
+    pub max_devices: usize,
+    /// Micro-batches executing at once across all devices (default 100).
+    pub max_concurrent_kernels: usize,
+}
+
+impl Default for GeneralConfig {
+    fn default() -> Self {
+        Self { prefer_gpu: true, max_devices: 4, max_concurrent_kernels: 100 }
+    }
+}
+
+/// `[memory]`: the original's `MemoryPoolSizeMB`, read by the CUDA backend's pools.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Hard limit of each device's memory pool in MiB (default 1024). Read by the CUDA backend.
+    pub pool_size_mb: u64,
+    /// Pinned host staging pool per device in MiB (default 256). Read by the CUDA backend.
+    pub pinned_pool_mb: u64,
+    /// Fraction of a device's free memory one micro-batch may use before the batch is split
+    /// (default 0.5, range (0, 1]).
+    pub device_memory_fraction: f64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self { pool_size_mb: 1024, pinned_pool_mb: 256, device_memory_fraction: 0.5 }
+    }
+}
+
+/// `[storage]`: the original's GPUDirect Storage options, read by `gpubridge-storage`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Try cuFile before the host-staged path (default `false`).
+    pub enable_gpu_direct_storage: bool,
+    /// Where GDS-capable files live (the original's `MountPoint`); unset means anywhere.
+    pub mount_point: Option<PathBuf>,
+    /// Cap on pinned bounce buffers in MiB (the original's `MaxPinnedMemoryMB`, default 256).
+    pub max_pinned_memory_mb: u64,
+    /// Reader threads of the host-staged path (default 8).
+    pub threads: usize,
+    /// Bytes per read task in KiB (default 4096).
+    pub task_size_kb: u64,
+    /// Bytes per pinned bounce buffer in KiB (default 4096).
+    pub bounce_buffer_kb: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            enable_gpu_direct_storage: false,
+            mount_point: None,
+            max_pinned_memory_mb: 256,
+            threads: 8,
+            task_size_kb: 4096,
+            bounce_buffer_kb: 4096,
+        }
+    }
+}
+
+/// `[telemetry]`: the original's `EnableMetrics`, `EnableTracing`, `SamplingRate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Record metrics (default `true`).
+    pub enable_metrics: bool,
+    /// Emit tracing spans (default `true`).
+    pub enable_tracing: bool,
+    /// Fraction of requests traced, 0 to 1 (default 0.1).
+    pub sampling_rate: f64,
+    /// Address of the metrics endpoint served by `gpubridge serve` (default `127.0.0.1:9464`).
+    pub metrics_listen: String,
+    /// OTLP collector endpoint for traces; unset means no export.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            enable_metrics: true,
+            enable_tracing: true,
+            sampling_rate: 0.1,
+            metrics_listen: "127.0.0.1:9464".to_owned(),
+            otlp_endpoint: None,
+        }
+    }
+}
+
+/// `[fallback]`: the backend chain and the per-device circuit breakers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FallbackConfig {
+    /// Backends in the order they are tried (default `["cuda", "wgpu", "cpu"]`). Leaving one out
+    /// disables it. In the environment a comma list works too: `GPUBRIDGE__FALLBACK__CHAIN=wgpu,cpu`.
+    #[serde(deserialize_with = "de_chain")]
+    pub chain: Vec<BackendKind>,
+    /// Device failures in a row that open its circuit (default 5).
+    pub circuit_failure_threshold: u32,
+    /// How long an open circuit stays open before one probe is let through, in ms (default 1000).
+    pub circuit_open_ms: u64,
+}
+
+impl Default for FallbackConfig {
+    fn default() -> Self {
+        Self { chain: BackendKind::ALL.to_vec(), circuit_failure_threshold: 5, circuit_open_ms: 1000 }
+    }
+}
+
+fn de_chain<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<BackendKind>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Chain {
+        List(Vec<String>),
+        Comma(String),
+    }
+    let names = match Chain::deserialize(d)? {
+        Chain::List(v) => v,
+        Chain::Comma(s) => s.split(',').map(str::to_owned).filter(|s| !s.trim().is_empty()).collect(),
+    };
+    names.iter().map(|n| n.parse().map_err(serde::de::Error::custom)).collect()
+}
+
+/// `[batching]`: how batches are split into micro-batches (and, later, how singles are batched).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchingConfig {
+    /// Most items in one micro-batch (default 65536). A per-request hint may lower it.
+    pub max_micro_batch: usize,
+    /// Most bytes (inputs and outputs) in one micro-batch in MiB (default 256).
+    pub max_micro_batch_mb: u64,
+    /// Micro-batches of one request in flight at once (default 2).
+    pub max_in_flight: usize,
+    /// Longest a single request waits for a batch to fill, in microseconds (default 100).
+    pub max_queue_delay_us: u64,
+    /// Requests waiting per kernel before `QueueFull` (default 65536).
+    pub queue_capacity: usize,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        Self {
+            max_micro_batch: 65536,
+            max_micro_batch_mb: 256,
+            max_in_flight: 2,
+            max_queue_delay_us: 100,
+            queue_capacity: 65536,
+        }
+    }
+}
+
+/// `[cpu]`: the CPU backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CpuConfig {
+    /// Worker threads; 0 (the default) means one per logical core.
+    pub threads: usize,
+}
+
+/// `[cuda]`: the CUDA backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CudaConfig {
+    /// Where compiled PTX is cached; unset means `$XDG_CACHE_HOME/gpubridge/ptx` (or
+    /// `~/.cache/gpubridge/ptx`).
+    pub ptx_cache_dir: Option<PathBuf>,
+    /// Capture and replay CUDA graphs for repeated plan shapes (default `true`).
+    pub enable_graphs: bool,
+    /// Memory budget of the graph cache per device in MiB (default 512).
+    pub graph_cache_mb: u64,
+    /// Streams per device, so that transfers overlap compute (default 2, at least 2 to overlap).
+    pub streams_per_device: usize,
+}
+
+impl Default for CudaConfig {
+    fn default() -> Self {
+        Self { ptx_cache_dir: None, enable_graphs: true, graph_cache_mb: 512, streams_per_device: 2 }
+    }
+}
+
+/// `[wgpu]`: the wgpu backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WgpuConfig {
+    /// Accept software adapters such as Mesa's llvmpipe (default `true`).
+    pub allow_software_adapter: bool,
+}
+
+impl Default for WgpuConfig {
+    fn default() -> Self {
+        Self { allow_software_adapter: true }
+    }
+}
+
+impl BridgeConfig {
+    /// Parses TOML text (no environment overrides) and validates it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the key at fault.
+    pub fn from_toml_str(toml_text: &str) -> Result<Self> {
+        Self::from_sources(Some(toml_text), std::iter::empty())
+    }
+
+    /// Reads `path` (if given) and the process environment's `GPUBRIDGE__*` variables.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] with key `file` when the file cannot be read, or naming the key at
+    /// fault (and the variable, when it came from the environment).
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let text = match path {
+            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+                Error::config("file", format!("cannot read {}: {e}", p.display()))
+            })?),
+            None => None,
+        };
+        Self::from_sources(text.as_deref(), std::env::vars())
+    }
+
+    /// Builds a configuration from optional TOML text and `(name, value)` environment pairs;
+    /// variables not starting with `GPUBRIDGE__` are ignored.
+    ///
+    /// An override's value is read as a TOML value when it parses as one (`512`, `true`,
+    /// `["cpu"]`) and as a string otherwise.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the key (as `section.key`) and where the value came from.
+    pub fn from_sources(
+        toml_text: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self> {
+        let mut root: toml::Table = match toml_text {
+            Some(t) => toml::from_str(t).map_err(|e| {
+                let key = e
+                    .span()
+                    .map(|s| format!("line {}", t[..s.start.min(t.len())].lines().count().max(1)))
+                    .unwrap_or_else(|| "file".to_owned());
+                Error::config(key, format!("not valid TOML: {}", e.message()))
+            })?,
+            None => toml::Table::new(),
+        };
+        let mut origins: HashMap<String, String> = HashMap::new();
+        let mut vars: Vec<(String, String)> =
+            env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        vars.sort();
+        for (name, raw) in vars {
+            let path: Vec<String> =
+                name[ENV_PREFIX.len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
+            if path.len() != 2 || path.iter().any(String::is_empty) {
+                return Err(Error::config(
+                    path.join("."),
+                    format!("environment variable {name} must look like GPUBRIDGE__SECTION__KEY"),
+                ));
+            }
+            let value = parse_env_value(&raw);
+            let section = root
+                .entry(path[0].clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(section) = section.as_table_mut() else {
+                return Err(Error::config(&path[0], format!("{name} overrides a key of a non-table")));
+            };
+            section.insert(path[1].clone(), value);
+            origins.insert(path.join("."), name);
+        }
+        let describe = |key: &str| match origins.get(key) {
+            Some(var) => format!(" (from environment variable {var})"),
+            None => String::new(),
+        };
+        let cfg: BridgeConfig = serde_path_to_error::deserialize(toml::Value::Table(root))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let inner = e.into_inner().to_string();
+                // An unknown field is reported at its parent; name the field itself.
+                let key = match inner.strip_prefix("unknown field `") {
+                    Some(rest) => {
+                        let field = rest.split('`').next().unwrap_or_default();
+                        if key == "." { field.to_owned() } else { format!("{key}.{field}") }
+                    }
+                    None => key,
+                };
+                let origin = describe(&key);
+                Error::config(key, format!("{inner}{origin}"))
+            })?;
+        cfg.validate().map_err(|e| match e {
+            Error::InvalidConfig { key, reason } => {
+                let origin = describe(&key);
+                Error::InvalidConfig { reason: format!("{reason}{origin}"), key }
+            }
+            other => other,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks every value's range.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the first key at fault.
+    pub fn validate(&self) -> Result<()> {
+        fn at_least<T: PartialOrd + std::fmt::Display>(key: &str, v: T, min: T) -> Result<()> {
+            if v < min {
+                return Err(Error::config(key, format!("{v} is below the minimum {min}")));
+            }
+            Ok(())
+        }
+        at_least("general.max_devices", self.general.max_devices, 1)?;
+        at_least("general.max_concurrent_kernels", self.general.max_concurrent_kernels, 1)?;
+        if !(self.memory.device_memory_fraction > 0.0 && self.memory.device_memory_fraction <= 1.0)
+        {
+            return Err(Error::config(
+                "memory.device_memory_fraction",
+                format!("{} is outside (0, 1]", self.memory.device_memory_fraction),
+            ));
+        }
+        at_least("storage.threads", self.storage.threads, 1)?;
+        at_least("storage.task_size_kb", self.storage.task_size_kb, 4)?;
+        at_least("storage.bounce_buffer_kb", self.storage.bounce_buffer_kb, 4)?;
+        if !(0.0..=1.0).contains(&self.telemetry.sampling_rate) {
+            return Err(Error::config(
+                "telemetry.sampling_rate",
+                format!("{} is outside [0, 1]", self.telemetry.sampling_rate),
+            ));
+        }
+        if self.telemetry.metrics_listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Error::config(
+                "telemetry.metrics_listen",
+                format!("{:?} is not an address such as 127.0.0.1:9464", self.telemetry.metrics_listen),
+            ));
+        }
+        if self.fallback.chain.is_empty() {
+            return Err(Error::config("fallback.chain", "the chain names no backend"));
+        }
+        for (i, k) in self.fallback.chain.iter().enumerate() {
+            if self.fallback.chain[..i].contains(k) {
+                return Err(Error::config("fallback.chain", format!("{k} appears twice")));
+            }
+        }
+        at_least("fallback.circuit_failure_threshold", self.fallback.circuit_failure_threshold, 1)?;
+        at_least("batching.max_micro_batch", self.batching.max_micro_batch, 1)?;
+        at_least("batching.max_micro_batch_mb", self.batching.max_micro_batch_mb, 1)?;
+        at_least("batching.max_in_flight", self.batching.max_in_flight, 1)?;
+        at_least("batching.queue_capacity", self.batching.queue_capacity, 1)?;
+        at_least("cuda.streams_per_device", self.cuda.streams_per_device, 1)?;
+        Ok(())
+    }
+
+    /// The configuration as TOML text (every key, defaults included).
+    pub fn to_toml_string(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match toml::from_str::<toml::Table>(&doc) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}

@@ -1,0 +1,206 @@
+//! The one error type of gpubridge, with variants named by what the caller can do about them.
+
+use std::time::Duration;
+
+use crate::device::BackendKind;
+
+/// Result alias used throughout gpubridge.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong between a caller and a device.
+///
+/// Variants are named by what the caller can do: fix the input ([`Error::InvalidInput`]), register
+/// the kernel ([`Error::UnknownKernel`]), retry later ([`Error::QueueFull`]), and so on. The bridge's
+/// fallback policy decides by [`Error::class`], never by a message string.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request itself is wrong (lengths, shapes, an empty item where one is not allowed).
+    /// Retrying or another backend will not help.
+    #[error("invalid input to {kernel}{}: {reason}", index.map(|i| format!(" (item {i})")).unwrap_or_default())]
+    InvalidInput {
+        /// The kernel id the input was meant for.
+        kernel: String,
+        /// The index of the offending item in the batch, when one item is at fault.
+        index: Option<usize>,
+        /// What is wrong, in words.
+        reason: String,
+    },
+    /// No kernel with this id is registered. gpubridge never substitutes a passthrough kernel.
+    #[error("unknown kernel {id:?} (registered: {registered})")]
+    UnknownKernel {
+        /// The id that was asked for.
+        id: String,
+        /// The ids that are registered, comma separated, to make typos obvious.
+        registered: String,
+    },
+    /// The kernel exists but its input or output type is not the one the caller named.
+    #[error("kernel {id:?} takes {expected}, not {found}")]
+    KernelTypeMismatch {
+        /// The kernel id.
+        id: String,
+        /// The kernel's real input -> output types.
+        expected: String,
+        /// The types the caller asked for.
+        found: String,
+    },
+    /// A backend or device lacks a capability or a kernel form. The fallback policy moves on to the
+    /// next backend; it is never counted against a device's health.
+    #[error("unsupported on {backend}: {what}")]
+    Unsupported {
+        /// The backend that lacks it.
+        backend: BackendKind,
+        /// What is missing.
+        what: String,
+    },
+    /// A device (or a pool's configured limit) could not provide the memory. Worth a retry after a
+    /// trim, or on another device.
+    #[error("out of memory on {device}: {requested} bytes requested ({reason})")]
+    OutOfMemory {
+        /// The device label, for example `cuda:0`.
+        device: String,
+        /// Bytes that were asked for.
+        requested: usize,
+        /// What refused them (the driver, the pool limit, a tenant quota).
+        reason: String,
+    },
+    /// The device stopped working (Xid, reset, lost adapter). Its circuit opens; work moves on.
+    #[error("device {device} lost: {reason}")]
+    DeviceLost {
+        /// The device label.
+        device: String,
+        /// What the driver reported.
+        reason: String,
+    },
+    /// A bounded queue is full. Retry later or shed load.
+    #[error("queue full for {kernel} ({capacity} requests waiting)")]
+    QueueFull {
+        /// The kernel whose queue is full.
+        kernel: String,
+        /// The queue's capacity.
+        capacity: usize,
+    },
+    /// The request did not complete within its deadline.
+    #[error("timed out after {after:?}")]
+    Timeout {
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// The request was cancelled (its caller went away, or the bridge shut down).
+    #[error("cancelled: {reason}")]
+    Cancelled {
+        /// Why.
+        reason: String,
+    },
+    /// A tenant exceeded its memory or rate quota.
+    #[error("quota exceeded for tenant {tenant:?}: {reason}")]
+    QuotaExceeded {
+        /// The tenant.
+        tenant: String,
+        /// Which quota.
+        reason: String,
+    },
+    /// A configuration value is invalid; `key` names it as `section.key`.
+    #[error("invalid configuration value for `{key}`: {reason}")]
+    InvalidConfig {
+        /// The key, for example `batching.max_micro_batch`.
+        key: String,
+        /// What is wrong with it, and where it came from (file or environment variable).
+        reason: String,
+    },
+    /// Every backend that could run the work was unavailable or failed; each one's reason is listed.
+    #[error("no backend could run {kernel}: {}", format_attempts(attempts))]
+    NoBackendAvailable {
+        /// The kernel id.
+        kernel: String,
+        /// Each backend tried (or skipped) with the reason.
+        attempts: Vec<(BackendKind, String)>,
+    },
+    /// Any other failure reported by a backend (a launch error, a driver error).
+    #[error("{backend} backend error: {message}")]
+    Backend {
+        /// The backend that failed.
+        backend: BackendKind,
+        /// The driver's or backend's message.
+        message: String,
+        /// Whether the same call may succeed if repeated.
+        transient: bool,
+    },
+}
+
+fn format_attempts(attempts: &[(BackendKind, String)]) -> String {
+    if attempts.is_empty() {
+        return "no backend is enabled".to_owned();
+    }
+    attempts
+        .iter()
+        .map(|(kind, why)| format!("{kind}: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// How the runtime reacts to an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The caller's fault; returned at once, no fallback, no effect on device health.
+    Caller,
+    /// The backend cannot do this; fall back, device health untouched.
+    Unsupported,
+    /// Memory ran out; trim and retry, then fall back. Not a device fault.
+    Resource,
+    /// The device misbehaved; counts against its circuit breaker, then fall back.
+    DeviceFault,
+    /// Overload or a deadline; returned to the caller.
+    Overload,
+}
+
+impl Error {
+    /// Classifies this error for the fallback policy.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::InvalidInput { .. }
+            | Error::UnknownKernel { .. }
+            | Error::KernelTypeMismatch { .. }
+            | Error::InvalidConfig { .. }
+            | Error::Cancelled { .. } => ErrorClass::Caller,
+            Error::Unsupported { .. } | Error::NoBackendAvailable { .. } => ErrorClass::Unsupported,
+            Error::OutOfMemory { .. } | Error::QuotaExceeded { .. } => ErrorClass::Resource,
+            Error::DeviceLost { .. } | Error::Backend { .. } => ErrorClass::DeviceFault,
+            Error::QueueFull { .. } | Error::Timeout { .. } => ErrorClass::Overload,
+        }
+    }
+
+    /// A short, stable, low-cardinality word for metrics labels (`reason="out_of_memory"`).
+    pub fn reason_label(&self) -> &'static str {
+        match self {
+            Error::InvalidInput { .. } => "invalid_input",
+            Error::UnknownKernel { .. } => "unknown_kernel",
+            Error::KernelTypeMismatch { .. } => "kernel_type_mismatch",
+            Error::Unsupported { .. } => "unsupported",
+            Error::OutOfMemory { .. } => "out_of_memory",
+            Error::DeviceLost { .. } => "device_lost",
+            Error::QueueFull { .. } => "queue_full",
+            Error::Timeout { .. } => "timeout",
+            Error::Cancelled { .. } => "cancelled",
+            Error::QuotaExceeded { .. } => "quota_exceeded",
+            Error::InvalidConfig { .. } => "invalid_config",
+            Error::NoBackendAvailable { .. } => "no_backend",
+            Error::Backend { .. } => "backend_error",
+        }
+    }
+
+    /// Shorthand for [`Error::InvalidInput`] about one item.
+    pub fn invalid_item(kernel: &str, index: usize, reason: impl Into<String>) -> Self {
+        Error::InvalidInput { kernel: kernel.to_owned(), index: Some(index), reason: reason.into() }
+    }
+
+    /// Shorthand for [`Error::InvalidInput`] about the whole batch.
+    pub fn invalid_batch(kernel: &str, reason: impl Into<String>) -> Self {
+        Error::InvalidInput { kernel: kernel.to_owned(), index: None, reason: reason.into() }
+    }
+
+    /// Shorthand for [`Error::InvalidConfig`].
+    pub fn config(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidConfig { key: key.into(), reason: reason.into() }
+    }
+}

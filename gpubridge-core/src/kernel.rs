@@ -1,0 +1,153 @@
+//! Kernels: one registered computation, its stable id, its typed input and output, and every form
+//! of itself (CUDA C, WGSL, and a multi-threaded CPU form that is also the reference).
+
+use std::sync::Arc;
+
+use crate::cpu::CpuContext;
+use crate::error::Result;
+use crate::plan::{Plan, PlanOutputs, PlanTarget};
+
+/// The device sources of a kernel. A backend runs the form it supports; a kernel without a form
+/// for a backend is `Unsupported` there and falls back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelSources {
+    /// CUDA C source, compiled by NVRTC once per device architecture. Entry points are
+    /// `extern "C" __global__`.
+    pub cuda: Option<&'static str>,
+    /// WGSL source; entry points are `@compute` functions.
+    pub wgsl: Option<&'static str>,
+}
+
+impl KernelSources {
+    /// A stable 64-bit FNV-1a hash of both sources, used to key compiled-code caches and to check
+    /// that the code about to run is the code that was registered.
+    pub fn hash(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for part in [self.cuda.unwrap_or(""), "\0", self.wgsl.unwrap_or("")] {
+            for byte in part.bytes() {
+                h ^= u64::from(byte);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        h
+    }
+}
+
+/// One computation that the bridge can run, in every form it has.
+///
+/// Implementations are stateless descriptions (the data travels in `Input`), registered once with
+/// [`crate::KernelCatalog::register`]. See the built-in kernels in [`crate::kernels`] for examples.
+///
+/// # Contract
+/// - [`Kernel::validate`] rejects every input that a form could not handle; after it passes,
+///   [`Kernel::run_cpu`] and the device forms must agree (within the kernel's documented tolerance).
+/// - [`Kernel::run_cpu`] returns exactly one output per input, in input order.
+/// - [`Kernel::plan`] and [`Kernel::unpack`] together do the same on a device.
+pub trait Kernel: Send + Sync + 'static {
+    /// One item of a batch.
+    type Input: Send + Sync + 'static;
+    /// The result for one item.
+    type Output: Send + 'static;
+
+    /// Stable id, for example `"kernels/vector/add"`.
+    const ID: &'static str;
+
+    /// Device sources. The default has none (CPU only).
+    fn sources(&self) -> KernelSources {
+        KernelSources::default()
+    }
+
+    /// Checks one input. `index` is its position in the batch, for the error message.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidInput`] naming the item and what is wrong with it.
+    fn validate(&self, index: usize, input: &Self::Input) -> Result<()>;
+
+    /// Device bytes one item needs (inputs, outputs and scratch), used to split a batch so that a
+    /// micro-batch fits the device.
+    fn device_bytes(&self, input: &Self::Input) -> usize;
+
+    /// The CPU form, also the reference: runs the batch on the context's thread pool.
+    ///
+    /// # Errors
+    /// Only for conditions `validate` cannot see (for example a result too large to allocate).
+    fn run_cpu(&self, inputs: &[Self::Input], ctx: &CpuContext) -> Result<Vec<Self::Output>>;
+
+    /// Builds the device plan for `inputs` on `target`.
+    ///
+    /// # Errors
+    /// [`crate::Error::Unsupported`] when the kernel has no form for the target (the default).
+    fn plan(&self, inputs: &Arc<[Self::Input]>, target: &PlanTarget) -> Result<Plan> {
+        let _ = inputs;
+        Err(crate::Error::Unsupported {
+            backend: target.backend(),
+            what: format!("kernel {} has no {} form", Self::ID, target.backend()),
+        })
+    }
+
+    /// Turns the downloaded outputs of the plan made by [`Kernel::plan`] into typed outputs.
+    ///
+    /// # Errors
+    /// [`crate::Error::Backend`] when an output buffer is missing (a backend bug).
+    fn unpack(&self, inputs: &[Self::Input], outputs: &PlanOutputs<'_>) -> Result<Vec<Self::Output>> {
+        let _ = (inputs, outputs);
+        Err(crate::Error::Unsupported {
+            backend: crate::BackendKind::Cpu,
+            what: format!("kernel {} has no device form", Self::ID),
+        })
+    }
+}
+
+/// Object-safe view of a [`Kernel`] with its types fixed, as the bridge stores it.
+pub trait DynKernel<I, O>: Send + Sync {
+    /// See [`Kernel::ID`].
+    fn id(&self) -> &'static str;
+    /// See [`Kernel::sources`].
+    fn sources(&self) -> KernelSources;
+    /// See [`Kernel::validate`].
+    ///
+    /// # Errors
+    /// As [`Kernel::validate`].
+    fn validate(&self, index: usize, input: &I) -> Result<()>;
+    /// See [`Kernel::device_bytes`].
+    fn device_bytes(&self, input: &I) -> usize;
+    /// See [`Kernel::run_cpu`].
+    ///
+    /// # Errors
+    /// As [`Kernel::run_cpu`].
+    fn run_cpu(&self, inputs: &[I], ctx: &CpuContext) -> Result<Vec<O>>;
+    /// See [`Kernel::plan`].
+    ///
+    /// # Errors
+    /// As [`Kernel::plan`].
+    fn plan(&self, inputs: &Arc<[I]>, target: &PlanTarget) -> Result<Plan>;
+    /// See [`Kernel::unpack`].
+    ///
+    /// # Errors
+    /// As [`Kernel::unpack`].
+    fn unpack(&self, inputs: &[I], outputs: &PlanOutputs<'_>) -> Result<Vec<O>>;
+}
+
+impl<K: Kernel> DynKernel<K::Input, K::Output> for K {
+    fn id(&self) -> &'static str {
+        K::ID
+    }
+    fn sources(&self) -> KernelSources {
+        Kernel::sources(self)
+    }
+    fn validate(&self, index: usize, input: &K::Input) -> Result<()> {
+        Kernel::validate(self, index, input)
+    }
+    fn device_bytes(&self, input: &K::Input) -> usize {
+        Kernel::device_bytes(self, input)
+    }
+    fn run_cpu(&self, inputs: &[K::Input], ctx: &CpuContext) -> Result<Vec<K::Output>> {
+        Kernel::run_cpu(self, inputs, ctx)
+    }
+    fn plan(&self, inputs: &Arc<[K::Input]>, target: &PlanTarget) -> Result<Plan> {
+        Kernel::plan(self, inputs, target)
+    }
+    fn unpack(&self, inputs: &[K::Input], outputs: &PlanOutputs<'_>) -> Result<Vec<K::Output>> {
+        Kernel::unpack(self, inputs, outputs)
+    }
+}

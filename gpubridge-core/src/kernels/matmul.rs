@@ -1,0 +1,205 @@
+//! `kernels/matrix/multiply`: row-major f32 matrix multiply of any `m x k x n`.
+
+use std::sync::Arc;
+
+use ndarray::{ArrayView2, ArrayViewMut2};
+use rayon::prelude::*;
+
+use crate::cpu::CpuContext;
+use crate::error::{Error, Result};
+use crate::kernel::{Kernel, KernelSources};
+use crate::plan::{pack_f32, Arg, BufferId, Gemm, Launch, Plan, PlanOutputs, PlanTarget};
+
+/// Inputs of one multiply: `a` is `m x k`, `b` is `k x n`, both row-major.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MatMulInput {
+    /// Rows of `a`.
+    pub m: usize,
+    /// Columns of `a`, rows of `b`.
+    pub k: usize,
+    /// Columns of `b`.
+    pub n: usize,
+    /// `m * k` values, row-major.
+    pub a: Vec<f32>,
+    /// `k * n` values, row-major.
+    pub b: Vec<f32>,
+}
+
+/// A row-major matrix.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Matrix {
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// `rows * cols` values, row-major.
+    pub data: Vec<f32>,
+}
+
+/// `c = a * b`. Shapes that do not match their data are [`Error::InvalidInput`]; a zero dimension
+/// is allowed (`k = 0` gives zeros).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MatMul;
+
+/// Device buffers place each item's matrix at a multiple of this many bytes (WGSL's binding
+/// offset alignment, and good for coalescing).
+const ALIGN: usize = 256;
+
+fn aligned(bytes: usize) -> usize {
+    bytes.div_ceil(ALIGN) * ALIGN
+}
+
+impl Kernel for MatMul {
+    type Input = MatMulInput;
+    type Output = Matrix;
+    const ID: &'static str = "kernels/matrix/multiply";
+
+    fn sources(&self) -> KernelSources {
+        KernelSources { cuda: Some(include_str!("cuda/matmul.cu")), wgsl: Some(include_str!("wgsl/matmul.wgsl")) }
+    }
+
+    fn validate(&self, index: usize, x: &MatMulInput) -> Result<()> {
+        let shape = |rows: usize, cols: usize, len: usize, name: &str| -> Result<()> {
+            match rows.checked_mul(cols) {
+                Some(want) if want == len => Ok(()),
+                Some(want) => Err(Error::invalid_item(
+                    Self::ID,
+                    index,
+                    format!("{name} is declared {rows} x {cols} ({want} values) but holds {len}"),
+                )),
+                None => Err(Error::invalid_item(Self::ID, index, format!("{name} shape {rows} x {cols} overflows"))),
+            }
+        };
+        shape(x.m, x.k, x.a.len(), "a")?;
+        shape(x.k, x.n, x.b.len(), "b")?;
+        if x.m.checked_mul(x.n).is_none() {
+            return Err(Error::invalid_item(Self::ID, index, format!("c shape {} x {} overflows", x.m, x.n)));
+        }
+        Ok(())
+    }
+
+    fn device_bytes(&self, x: &MatMulInput) -> usize {
+        aligned(4 * x.a.len()) + aligned(4 * x.b.len()) + aligned(4 * x.m.saturating_mul(x.n))
+    }
+
+    fn run_cpu(&self, inputs: &[MatMulInput], ctx: &CpuContext) -> Result<Vec<Matrix>> {
+        let threads = ctx.threads();
+        ctx.install(|| inputs.par_iter().map(|x| cpu_gemm(x, threads)).collect())
+    }
+
+    fn plan(&self, inputs: &Arc<[MatMulInput]>, target: &PlanTarget) -> Result<Plan> {
+        let mut plan = Plan::new(Self::ID);
+        let mut a_off = Vec::with_capacity(inputs.len());
+        let mut b_off = Vec::with_capacity(inputs.len());
+        let mut c_off = Vec::with_capacity(inputs.len());
+        let (mut a_len, mut b_len, mut c_len) = (0, 0, 0);
+        for x in inputs.iter() {
+            a_off.push(a_len);
+            b_off.push(b_len);
+            c_off.push(c_len);
+            a_len += aligned(4 * x.a.len());
+            b_len += aligned(4 * x.b.len());
+            c_len += aligned(4 * x.m * x.n);
+        }
+        let (items, offs) = (inputs.clone(), a_off.clone());
+        let a = plan.input("a", a_len, move |dst| {
+            for (x, o) in items.iter().zip(&offs) {
+                pack_f32(dst, *o, &x.a);
+            }
+        });
+        let (items, offs) = (inputs.clone(), b_off.clone());
+        let b = plan.input("b", b_len, move |dst| {
+            for (x, o) in items.iter().zip(&offs) {
+                pack_f32(dst, *o, &x.b);
+            }
+        });
+        let c = plan.output("c", c_len);
+        let (blas, max_grid) = match target {
+            PlanTarget::Cuda { blas, max_grid_yz, .. } => (*blas, *max_grid_yz),
+            PlanTarget::Wgsl { max_workgroups_per_dim, max_storage_buffer_bytes } => {
+                let biggest = a_len.max(b_len).max(c_len) as u64;
+                if biggest > *max_storage_buffer_bytes {
+                    return Err(Error::Unsupported {
+                        backend: target.backend(),
+                        what: format!("{biggest} bytes exceed the adapter's storage binding limit"),
+                    });
+                }
+                (false, *max_workgroups_per_dim)
+            }
+        };
+        for (i, x) in inputs.iter().enumerate() {
+            if x.m == 0 || x.n == 0 {
+                continue;
+            }
+            let (m, k, n) = (dim(x.m, target)?, dim(x.k, target)?, dim(x.n, target)?);
+            let (av, bv, cv) = (
+                Arg::Buffer { id: a, offset: a_off[i] },
+                Arg::Buffer { id: b, offset: b_off[i] },
+                Arg::Buffer { id: c, offset: c_off[i] },
+            );
+            if blas && k > 0 {
+                plan.gemm(Gemm { m, k, n, a: av, b: bv, c: cv });
+                continue;
+            }
+            let (gx, gy) = (n.div_ceil(16), m.div_ceil(16));
+            if gx > max_grid || gy > max_grid {
+                return Err(Error::Unsupported {
+                    backend: target.backend(),
+                    what: format!("a {m} x {n} result needs more than {max_grid} tiles per dimension"),
+                });
+            }
+            plan.launch(Launch {
+                entry: "matmul_f32",
+                grid: [gx, gy, 1],
+                block: [16, 16, 1],
+                shared_mem_bytes: 0,
+                args: vec![av, bv, cv, Arg::U32(m), Arg::U32(k), Arg::U32(n)],
+            });
+        }
+        Ok(plan)
+    }
+
+    fn unpack(&self, inputs: &[MatMulInput], outputs: &PlanOutputs<'_>) -> Result<Vec<Matrix>> {
+        let c = outputs.f32s(BufferId(2))?;
+        let mut at = 0;
+        Ok(inputs
+            .iter()
+            .map(|x| {
+                let len = x.m * x.n;
+                let start = at / 4;
+                at += aligned(4 * len);
+                Matrix { rows: x.m, cols: x.n, data: c.get(start..start + len).map(<[f32]>::to_vec).unwrap_or_default() }
+            })
+            .collect())
+    }
+}
+
+fn dim(v: usize, target: &PlanTarget) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Unsupported {
+        backend: target.backend(),
+        what: format!("matrix dimension {v} exceeds u32"),
+    })
+}
+
+/// One multiply on the CPU: row blocks of `c` in parallel, each a blocked SGEMM
+/// (`matrixmultiply` through `ndarray`).
+fn cpu_gemm(x: &MatMulInput, threads: usize) -> Result<Matrix> {
+    let (m, k, n) = (x.m, x.k, x.n);
+    let mut data = vec![0f32; m * n];
+    if m == 0 || n == 0 || k == 0 {
+        return Ok(Matrix { rows: m, cols: n, data });
+    }
+    let shape_err = |e: ndarray::ShapeError| Error::invalid_batch(MatMul::ID, e.to_string());
+    let b = ArrayView2::from_shape((k, n), &x.b).map_err(shape_err)?;
+    // Enough blocks to balance the pool, each at least 32 rows so the SGEMM kernel stays efficient.
+    let rows_per_block = m.div_ceil(threads.max(1) * 4).max(32);
+    data.par_chunks_mut(rows_per_block * n).enumerate().try_for_each(|(bi, block)| {
+        let r0 = bi * rows_per_block;
+        let rows = block.len() / n;
+        let a = ArrayView2::from_shape((rows, k), &x.a[r0 * k..(r0 + rows) * k]).map_err(shape_err)?;
+        let mut c = ArrayViewMut2::from_shape((rows, n), block).map_err(shape_err)?;
+        ndarray::linalg::general_mat_mul(1.0, &a, &b, 0.0, &mut c);
+        Ok::<(), Error>(())
+    })?;
+    Ok(Matrix { rows: m, cols: n, data })
+}

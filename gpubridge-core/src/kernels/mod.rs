@@ -1,0 +1,100 @@
+//! The built-in kernels, each with its CUDA C, WGSL and CPU forms.
+//!
+//! | id | input | output | CPU form |
+//! |---|---|---|---|
+//! | `kernels/vector/add` | [`VectorPair`] | `Vec<f32>` | element-wise, chunks in parallel |
+//! | `kernels/sum` | `Vec<f32>` | `f32` | f64 accumulation in 8 lanes, chunks in parallel |
+//! | `kernels/blas/saxpy` | [`SaxpyInput`] | `Vec<f32>` | element-wise, chunks in parallel |
+//! | `kernels/matrix/multiply` | [`MatMulInput`] | [`Matrix`] | row blocks of a blocked SGEMM in parallel |
+//!
+//! NaN and infinities are data: every form propagates them as IEEE-754 arithmetic does (a NaN in
+//! a summed vector gives a NaN sum, `+inf + 1` is `+inf`), and none rejects them.
+//!
+//! # Tolerances against the float64 reference (the conformance suite checks these)
+//! - vector add: `|got - ref| <= eps * |ref|` (one rounding).
+//! - sum: `|got - ref| <= 1e-5 * sum |x|`, and exact for small-integer data (every partial sum
+//!   below 2^24 is exact in f32, whatever the summation order).
+//! - SAXPY: `|got - ref| <= 2 eps (|a x| + |y|)` (fused or unfused multiply-add).
+//! - matrix multiply: `|got - ref| <= (k + 2) eps sum_j |a_ij b_jk|` (the classical GEMM bound).
+
+mod matmul;
+mod saxpy;
+mod sum;
+mod vector_add;
+
+pub use matmul::{MatMul, MatMulInput, Matrix};
+pub use saxpy::{Saxpy, SaxpyInput};
+pub use sum::Sum;
+pub use vector_add::{VectorAdd, VectorPair};
+
+use crate::catalog::KernelCatalog;
+use crate::error::Result;
+
+/// Elements handled by one parallel task of a CPU form: large enough to amortise scheduling,
+/// small enough to balance two to a hundred cores.
+pub(crate) const CPU_CHUNK: usize = 1 << 16;
+
+/// Threads per block (CUDA) and invocations per workgroup (WGSL) of the 1-D kernels.
+pub(crate) const BLOCK: u32 = 256;
+
+/// Registers every built-in kernel.
+///
+/// # Errors
+/// [`crate::Error::InvalidInput`] if one of their ids is already taken.
+pub fn register_builtins(catalog: &mut KernelCatalog) -> Result<()> {
+    catalog.register(VectorAdd)?;
+    catalog.register(Sum)?;
+    catalog.register(Saxpy)?;
+    catalog.register(MatMul)?;
+    Ok(())
+}
+
+/// Byte offsets (element offsets times 4 or 8) of concatenated items, with the total at the end.
+pub(crate) fn prefix_offsets(lens: impl Iterator<Item = usize>) -> Vec<u64> {
+    let mut out = vec![0u64];
+    let mut acc = 0u64;
+    for l in lens {
+        acc += l as u64;
+        out.push(acc);
+    }
+    out
+}
+
+/// Sums `x` in float64 with eight independent lanes, so the loop vectorises.
+pub(crate) fn sum_f64(x: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += f64::from(*v);
+        }
+    }
+    acc.iter().sum::<f64>() + rest.iter().map(|v| f64::from(*v)).sum::<f64>()
+}
+
+/// Concatenates one `f32` field of every item into `dst`.
+pub(crate) fn pack_concat<T>(dst: &mut [u8], items: &[T], field: impl Fn(&T) -> &[f32]) {
+    let mut offset = 0;
+    for item in items {
+        let v = field(item);
+        crate::plan::pack_f32(dst, offset, v);
+        offset += std::mem::size_of_val(v);
+    }
+}
+
+/// Cuts `flat` into consecutive vectors of the given lengths.
+pub(crate) fn split_concat(flat: &[f32], lens: impl Iterator<Item = usize>) -> Vec<Vec<f32>> {
+    let mut at = 0;
+    lens.map(|l| {
+        let v = flat.get(at..at + l).map(<[f32]>::to_vec).unwrap_or_default();
+        at += l;
+        v
+    })
+    .collect()
+}
+
+/// Grid size for a grid-stride 1-D launch over `n` elements.
+pub(crate) fn grid_1d(n: u64, max: u32) -> u32 {
+    n.div_ceil(u64::from(BLOCK)).clamp(1, u64::from(max)) as u32
+}

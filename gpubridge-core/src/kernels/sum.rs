@@ -1,0 +1,91 @@
+//! `kernels/sum`: the original's `float[] -> float` benchmark kernel.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::{pack_concat, prefix_offsets, sum_f64, BLOCK, CPU_CHUNK};
+use crate::cpu::CpuContext;
+use crate::error::{Error, Result};
+use crate::kernel::{Kernel, KernelSources};
+use crate::plan::{pack_u32, pack_u64, Arg, BufferId, Launch, Plan, PlanOutputs, PlanTarget};
+
+/// The sum of each vector. An empty vector sums to `0.0`. The CPU form accumulates in float64
+/// and rounds once; device forms reduce in float32 trees (see the module's tolerances).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sum;
+
+impl Kernel for Sum {
+    type Input = Vec<f32>;
+    type Output = f32;
+    const ID: &'static str = "kernels/sum";
+
+    fn sources(&self) -> KernelSources {
+        KernelSources { cuda: Some(include_str!("cuda/sum.cu")), wgsl: Some(include_str!("wgsl/sum.wgsl")) }
+    }
+
+    fn validate(&self, _index: usize, _input: &Vec<f32>) -> Result<()> {
+        Ok(())
+    }
+
+    fn device_bytes(&self, v: &Vec<f32>) -> usize {
+        4 * v.len() + 8 + 4
+    }
+
+    fn run_cpu(&self, inputs: &[Vec<f32>], ctx: &CpuContext) -> Result<Vec<f32>> {
+        Ok(ctx.install(|| {
+            inputs
+                .par_iter()
+                .map(|v| {
+                    if v.len() <= CPU_CHUNK {
+                        sum_f64(v) as f32
+                    } else {
+                        v.par_chunks(CPU_CHUNK).map(sum_f64).sum::<f64>() as f32
+                    }
+                })
+                .collect()
+        }))
+    }
+
+    fn plan(&self, inputs: &Arc<[Vec<f32>]>, target: &PlanTarget) -> Result<Plan> {
+        let segments = inputs.len();
+        let n: usize = inputs.iter().map(Vec::len).sum();
+        let offsets = prefix_offsets(inputs.iter().map(Vec::len));
+        let mut plan = Plan::new(Self::ID);
+        let items = inputs.clone();
+        let data = plan.input("data", n * 4, move |dst| pack_concat(dst, &items, |v| v));
+        let (offs, grid) = match target {
+            PlanTarget::Cuda { .. } => {
+                let o = plan.input("offsets", offsets.len() * 8, move |dst| pack_u64(dst, 0, &offsets));
+                (o, segments.clamp(1, 1 << 20) as u32)
+            }
+            PlanTarget::Wgsl { max_workgroups_per_dim, max_storage_buffer_bytes } => {
+                if (n as u64) * 4 > *max_storage_buffer_bytes || n as u64 >= u64::from(u32::MAX) {
+                    return Err(Error::Unsupported {
+                        backend: target.backend(),
+                        what: format!("{} bytes exceed the adapter's storage binding limit", n * 4),
+                    });
+                }
+                let o32: Vec<u32> = offsets.iter().map(|o| *o as u32).collect();
+                let o = plan.input("offsets", o32.len() * 4, move |dst| pack_u32(dst, 0, &o32));
+                (o, (segments as u32).clamp(1, *max_workgroups_per_dim))
+            }
+        };
+        let out = plan.output("out", segments * 4);
+        if segments > 0 {
+            plan.launch(Launch {
+                entry: "segmented_sum",
+                grid: [grid, 1, 1],
+                block: [BLOCK, 1, 1],
+                shared_mem_bytes: 0,
+                args: vec![Arg::buf(data), Arg::buf(offs), Arg::buf(out), Arg::U32(segments as u32)],
+            });
+        }
+        Ok(plan)
+    }
+
+    fn unpack(&self, inputs: &[Vec<f32>], outputs: &PlanOutputs<'_>) -> Result<Vec<f32>> {
+        let out = outputs.f32s(BufferId(2))?;
+        Ok(out.iter().take(inputs.len()).copied().collect())
+    }
+}

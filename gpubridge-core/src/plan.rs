@@ -1,0 +1,388 @@
+//! Plans: how a typed batch meets a device without the device knowing any kernel's types.
+//!
+//! A kernel turns a batch of typed inputs into a [`Plan`]: named buffers (host bytes to upload,
+//! sizes of outputs to download, scratch), the [`Step`]s to run in order (kernel launches with their
+//! grid, block and arguments, or a library call such as a GEMM), and the results of a plan come back
+//! as [`PlanOutputs`] that the kernel unpacks into typed outputs. The plan's [`PlanShape`] (everything
+//! but the data) keys graph caches and buffer reuse.
+//!
+//! # Argument conventions
+//! - CUDA: arguments are passed to the entry point in order; a buffer argument is a device pointer
+//!   (plus its byte offset), scalars are passed by value with their exact width.
+//! - WGSL: buffer arguments bind to `@group(0)` at bindings `0..` in argument order; scalar arguments
+//!   are packed, 4 bytes each in order, into one uniform buffer bound right after the last buffer.
+
+use std::borrow::Cow;
+use std::hash::{Hash, Hasher};
+
+use crate::device::BackendKind;
+use crate::error::{Error, Result};
+
+/// Fills a host buffer with a plan input's bytes. Called once per execution attempt, directly into
+/// the backend's staging memory, so packing costs one pass over the data.
+pub type Packer = Box<dyn Fn(&mut [u8]) + Send + Sync>;
+
+/// Index of a buffer within its plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BufferId(pub u32);
+
+/// What a plan buffer is for.
+pub enum BufferRole {
+    /// Uploaded before the first step; the packer writes exactly the buffer's length.
+    Input(Packer),
+    /// Downloaded after the last step and handed to the kernel's unpack.
+    Output,
+    /// Device-only working memory, neither uploaded nor downloaded.
+    Scratch,
+}
+
+impl std::fmt::Debug for BufferRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BufferRole::Input(_) => "Input",
+            BufferRole::Output => "Output",
+            BufferRole::Scratch => "Scratch",
+        })
+    }
+}
+
+/// One buffer of a plan.
+#[derive(Debug)]
+pub struct PlanBuffer {
+    /// A name for logs and errors (`"a"`, `"offsets"`).
+    pub name: &'static str,
+    /// Size in bytes.
+    pub len: usize,
+    /// What it is for.
+    pub role: BufferRole,
+}
+
+/// One argument of a launch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Arg {
+    /// A buffer of the plan, starting `offset` bytes in.
+    Buffer {
+        /// The buffer.
+        id: BufferId,
+        /// Byte offset into it.
+        offset: usize,
+    },
+    /// A 32-bit unsigned scalar.
+    U32(u32),
+    /// A 64-bit unsigned scalar (CUDA only; WGSL has no 64-bit integers).
+    U64(u64),
+    /// A 32-bit float scalar.
+    F32(f32),
+}
+
+impl Arg {
+    /// The whole buffer `id`.
+    pub fn buf(id: BufferId) -> Self {
+        Arg::Buffer { id, offset: 0 }
+    }
+}
+
+/// One kernel launch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    /// The entry point's name in the kernel's source.
+    pub entry: &'static str,
+    /// Grid (CUDA blocks) or workgroup counts (WGSL), x y z.
+    pub grid: [u32; 3],
+    /// Block size (CUDA threads per block). WGSL fixes it in the source; it is recorded here too.
+    pub block: [u32; 3],
+    /// Dynamic shared memory in bytes (CUDA).
+    pub shared_mem_bytes: u32,
+    /// Arguments, in order.
+    pub args: Vec<Arg>,
+}
+
+/// A row-major single-precision GEMM, `c = a * b`, run by the backend's BLAS where it has one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gemm {
+    /// Rows of `a` and `c`.
+    pub m: u32,
+    /// Columns of `a`, rows of `b`.
+    pub k: u32,
+    /// Columns of `b` and `c`.
+    pub n: u32,
+    /// The `m x k` input.
+    pub a: Arg,
+    /// The `k x n` input.
+    pub b: Arg,
+    /// The `m x n` output.
+    pub c: Arg,
+}
+
+/// One step of a plan; steps run in order on one stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Launch an entry point of the kernel's own source.
+    Launch(Launch),
+    /// Call the backend's BLAS.
+    Gemm(Gemm),
+}
+
+/// What a backend offers a kernel to plan for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlanTarget {
+    /// A CUDA device: steps launch entry points of the kernel's CUDA C source.
+    Cuda {
+        /// Compute capability, for example `(9, 0)`.
+        compute_capability: (u32, u32),
+        /// Whether [`Step::Gemm`] is available (cuBLAS loaded).
+        blas: bool,
+        /// Maximum grid size in y and z (x is effectively unbounded).
+        max_grid_yz: u32,
+    },
+    /// A WebGPU adapter: steps dispatch entry points of the kernel's WGSL source.
+    Wgsl {
+        /// Maximum workgroups per dispatch dimension.
+        max_workgroups_per_dim: u32,
+        /// Maximum size of one storage buffer binding, in bytes.
+        max_storage_buffer_bytes: u64,
+    },
+}
+
+impl PlanTarget {
+    /// The backend kind this target belongs to.
+    pub fn backend(&self) -> BackendKind {
+        match self {
+            PlanTarget::Cuda { .. } => BackendKind::Cuda,
+            PlanTarget::Wgsl { .. } => BackendKind::Wgpu,
+        }
+    }
+}
+
+/// A complete unit of device work for one micro-batch.
+#[derive(Debug)]
+pub struct Plan {
+    /// The kernel that made it.
+    pub kernel: &'static str,
+    /// Buffers, indexed by [`BufferId`].
+    pub buffers: Vec<PlanBuffer>,
+    /// Steps, run in order.
+    pub steps: Vec<Step>,
+}
+
+/// The shape of a plan without its data: kernel, buffer sizes and roles, steps. Equal shapes can
+/// replay the same CUDA graph and reuse the same buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PlanShape(pub u64);
+
+impl Plan {
+    /// An empty plan for `kernel`.
+    pub fn new(kernel: &'static str) -> Self {
+        Self { kernel, buffers: Vec::new(), steps: Vec::new() }
+    }
+
+    /// Adds an input buffer of `len` bytes filled by `pack`.
+    pub fn input(
+        &mut self,
+        name: &'static str,
+        len: usize,
+        pack: impl Fn(&mut [u8]) + Send + Sync + 'static,
+    ) -> BufferId {
+        self.push(name, len, BufferRole::Input(Box::new(pack)))
+    }
+
+    /// Adds an output buffer of `len` bytes.
+    pub fn output(&mut self, name: &'static str, len: usize) -> BufferId {
+        self.push(name, len, BufferRole::Output)
+    }
+
+    /// Adds a device-only scratch buffer of `len` bytes.
+    pub fn scratch(&mut self, name: &'static str, len: usize) -> BufferId {
+        self.push(name, len, BufferRole::Scratch)
+    }
+
+    fn push(&mut self, name: &'static str, len: usize, role: BufferRole) -> BufferId {
+        let id = BufferId(self.buffers.len() as u32);
+        self.buffers.push(PlanBuffer { name, len, role });
+        id
+    }
+
+    /// Appends a launch.
+    pub fn launch(&mut self, launch: Launch) {
+        self.steps.push(Step::Launch(launch));
+    }
+
+    /// Appends a GEMM.
+    pub fn gemm(&mut self, gemm: Gemm) {
+        self.steps.push(Step::Gemm(gemm));
+    }
+
+    /// Ids of the output buffers, in the order [`PlanOutputs`] holds them.
+    pub fn output_ids(&self) -> Vec<BufferId> {
+        self.buffers
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| matches!(b.role, BufferRole::Output))
+            .map(|(i, _)| BufferId(i as u32))
+            .collect()
+    }
+
+    /// Total bytes of all buffers: what the plan needs on the device.
+    pub fn device_bytes(&self) -> usize {
+        self.buffers.iter().map(|b| b.len).sum()
+    }
+
+    /// The plan's shape (see [`PlanShape`]).
+    pub fn shape(&self) -> PlanShape {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.kernel.hash(&mut h);
+        for b in &self.buffers {
+            b.len.hash(&mut h);
+            std::mem::discriminant(&b.role).hash(&mut h);
+        }
+        for s in &self.steps {
+            match s {
+                Step::Launch(l) => {
+                    0u8.hash(&mut h);
+                    l.entry.hash(&mut h);
+                    l.grid.hash(&mut h);
+                    l.block.hash(&mut h);
+                    l.shared_mem_bytes.hash(&mut h);
+                    for a in &l.args {
+                        hash_arg(a, &mut h);
+                    }
+                }
+                Step::Gemm(g) => {
+                    1u8.hash(&mut h);
+                    (g.m, g.k, g.n).hash(&mut h);
+                    for a in [&g.a, &g.b, &g.c] {
+                        hash_arg(a, &mut h);
+                    }
+                }
+            }
+        }
+        PlanShape(h.finish())
+    }
+
+    /// Checks the plan's internal consistency: every buffer argument names a buffer of the plan and
+    /// its offset lies inside it. Backends call this before touching a device.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the kernel when an argument is out of range.
+    pub fn check(&self) -> Result<()> {
+        let check_arg = |a: &Arg| -> Result<()> {
+            if let Arg::Buffer { id, offset } = a {
+                let Some(b) = self.buffers.get(id.0 as usize) else {
+                    return Err(Error::invalid_batch(
+                        self.kernel,
+                        format!("plan names buffer {} of {}", id.0, self.buffers.len()),
+                    ));
+                };
+                if *offset > b.len {
+                    return Err(Error::invalid_batch(
+                        self.kernel,
+                        format!("offset {offset} past the end of buffer {:?} ({} bytes)", b.name, b.len),
+                    ));
+                }
+            }
+            Ok(())
+        };
+        for s in &self.steps {
+            match s {
+                Step::Launch(l) => l.args.iter().try_for_each(check_arg)?,
+                Step::Gemm(g) => [g.a, g.b, g.c].iter().try_for_each(check_arg)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn hash_arg(a: &Arg, h: &mut impl Hasher) {
+    match a {
+        Arg::Buffer { id, offset } => (0u8, id.0, *offset).hash(h),
+        Arg::U32(v) => (1u8, *v).hash(h),
+        Arg::U64(v) => (2u8, *v).hash(h),
+        Arg::F32(v) => (3u8, v.to_bits()).hash(h),
+    }
+}
+
+/// The downloaded output buffers of an executed plan, borrowed from the backend's staging memory.
+pub struct PlanOutputs<'a> {
+    ids: Vec<BufferId>,
+    bytes: Vec<&'a [u8]>,
+    /// How the plan ran.
+    pub stats: ExecStats,
+}
+
+/// How a plan ran on its device, reported by the backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ExecStats {
+    /// Time in kernels (or the replayed graph).
+    pub compute: std::time::Duration,
+    /// Time in host-device copies.
+    pub transfer: std::time::Duration,
+    /// Whether a captured graph was replayed.
+    pub graph_replayed: bool,
+}
+
+impl<'a> PlanOutputs<'a> {
+    /// Pairs each output buffer id with its bytes.
+    pub fn new(ids: Vec<BufferId>, bytes: Vec<&'a [u8]>, stats: ExecStats) -> Self {
+        debug_assert_eq!(ids.len(), bytes.len());
+        Self { ids, bytes, stats }
+    }
+
+    /// The bytes of output buffer `id`.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] if the backend did not return that buffer (a backend bug, reported
+    /// rather than panicking).
+    pub fn bytes(&self, id: BufferId) -> Result<&'a [u8]> {
+        self.ids.iter().position(|i| *i == id).map(|p| self.bytes[p]).ok_or_else(|| {
+            Error::Backend {
+                backend: BackendKind::Cpu,
+                message: format!("plan output buffer {} missing", id.0),
+                transient: false,
+            }
+        })
+    }
+
+    /// The output buffer `id` as `f32`s, borrowed when aligned, copied otherwise.
+    ///
+    /// # Errors
+    /// As [`PlanOutputs::bytes`].
+    pub fn f32s(&self, id: BufferId) -> Result<Cow<'a, [f32]>> {
+        let b = self.bytes(id)?;
+        Ok(match bytemuck::try_cast_slice::<u8, f32>(b) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => Cow::Owned(
+                b.chunks_exact(4).map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            ),
+        })
+    }
+}
+
+/// Copies `values` as native-endian bytes into `dst` starting at byte `offset`.
+///
+/// A helper for packers. Lengths are checked by the plan builder; a mismatch here is a kernel bug
+/// and writes only what fits.
+pub fn pack_f32(dst: &mut [u8], offset: usize, values: &[f32]) {
+    let src: &[u8] = bytemuck::cast_slice(values);
+    let end = (offset + src.len()).min(dst.len());
+    if offset < end {
+        dst[offset..end].copy_from_slice(&src[..end - offset]);
+    }
+}
+
+/// Copies `values` as native-endian bytes into `dst` starting at byte `offset` (see [`pack_f32`]).
+pub fn pack_u64(dst: &mut [u8], offset: usize, values: &[u64]) {
+    let src: &[u8] = bytemuck::cast_slice(values);
+    let end = (offset + src.len()).min(dst.len());
+    if offset < end {
+        dst[offset..end].copy_from_slice(&src[..end - offset]);
+    }
+}
+
+/// Copies `values` as native-endian bytes into `dst` starting at byte `offset` (see [`pack_f32`]).
+pub fn pack_u32(dst: &mut [u8], offset: usize, values: &[u32]) {
+    let src: &[u8] = bytemuck::cast_slice(values);
+    let end = (offset + src.len()).min(dst.len());
+    if offset < end {
+        dst[offset..end].copy_from_slice(&src[..end - offset]);
+    }
+}

@@ -1,0 +1,171 @@
+//! Fault injection for tests of the runtime itself: a backend that fails on demand.
+//!
+//! [`FaultInjectingBackend`] is a test double, named as one. It runs kernels' real CPU forms on
+//! its own pool but reports itself as whichever backend kind a test names, with as many devices
+//! as asked, and fails chosen calls with chosen errors. It exists so that CI machines without a
+//! GPU can prove the fallback chain, circuit breakers and splitting; it never stands in for a
+//! device in anything but such a test.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::cpu::CpuContext;
+use crate::device::{Backend, BackendKind, DeviceId, DeviceInfo, DeviceType, Health, Work};
+use crate::error::{Error, Result};
+use crate::plan::PlanTarget;
+
+/// Which submissions fail.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// None: every submission runs.
+    Healthy,
+    /// Every submission to these devices fails.
+    Always(Vec<usize>),
+    /// The first `n` submissions (counted across devices) fail.
+    FirstN(usize),
+}
+
+/// The error an injected fault produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// [`Error::DeviceLost`].
+    DeviceLost,
+    /// [`Error::OutOfMemory`].
+    OutOfMemory,
+    /// [`Error::Unsupported`].
+    Unsupported,
+    /// [`Error::Backend`] (a launch failure).
+    LaunchFailure,
+}
+
+/// A fault-injecting test backend (see the module documentation).
+pub struct FaultInjectingBackend {
+    kind: BackendKind,
+    devices: Vec<DeviceInfo>,
+    ctx: CpuContext,
+    fault: Mutex<(Fault, FaultKind)>,
+    submissions: AtomicUsize,
+    per_device: Vec<AtomicUsize>,
+    budget: Option<u64>,
+}
+
+impl FaultInjectingBackend {
+    /// A healthy backend reporting itself as `kind` with `devices` devices.
+    ///
+    /// # Errors
+    /// If its thread pool cannot start.
+    pub fn new(kind: BackendKind, devices: usize) -> Result<Arc<Self>> {
+        Self::with_budget(kind, devices, None)
+    }
+
+    /// As [`FaultInjectingBackend::new`], with a per-micro-batch memory budget (to test splitting).
+    ///
+    /// # Errors
+    /// If its thread pool cannot start.
+    pub fn with_budget(kind: BackendKind, devices: usize, budget: Option<u64>) -> Result<Arc<Self>> {
+        let devices = (0..devices)
+            .map(|index| DeviceInfo {
+                id: DeviceId { backend: kind, index },
+                name: format!("fault-injecting test device {index}"),
+                device_type: DeviceType::Cpu,
+                total_memory: 0,
+                compute_units: 1,
+                compute_capability: None,
+                details: "test double: runs CPU forms, fails on demand".to_owned(),
+            })
+            .collect::<Vec<_>>();
+        let per_device = devices.iter().map(|_| AtomicUsize::new(0)).collect();
+        Ok(Arc::new(Self {
+            kind,
+            devices,
+            ctx: CpuContext::new(2)?,
+            fault: Mutex::new((Fault::Healthy, FaultKind::DeviceLost)),
+            submissions: AtomicUsize::new(0),
+            per_device,
+            budget,
+        }))
+    }
+
+    /// Sets which submissions fail, and how.
+    pub fn inject(&self, fault: Fault, kind: FaultKind) {
+        *self.fault.lock() = (fault, kind);
+    }
+
+    /// Submissions so far (failed ones included).
+    pub fn submissions(&self) -> usize {
+        self.submissions.load(Ordering::SeqCst)
+    }
+
+    /// Submissions so far to `device` (failed ones included).
+    pub fn submissions_to(&self, device: usize) -> usize {
+        self.per_device.get(device).map_or(0, |c| c.load(Ordering::SeqCst))
+    }
+
+    fn error(&self, kind: FaultKind, device: usize) -> Error {
+        let label = self.devices[device].id.to_string();
+        match kind {
+            FaultKind::DeviceLost => Error::DeviceLost { device: label, reason: "injected fault".to_owned() },
+            FaultKind::OutOfMemory => {
+                Error::OutOfMemory { device: label, requested: 0, reason: "injected fault".to_owned() }
+            }
+            FaultKind::Unsupported => Error::Unsupported { backend: self.kind, what: "injected fault".to_owned() },
+            FaultKind::LaunchFailure => Error::Backend {
+                backend: self.kind,
+                message: "injected launch failure".to_owned(),
+                transient: false,
+            },
+        }
+    }
+}
+
+impl Backend for FaultInjectingBackend {
+    fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    fn devices(&self) -> &[DeviceInfo] {
+        &self.devices
+    }
+
+    fn plan_target(&self, _device: usize) -> Option<PlanTarget> {
+        None
+    }
+
+    fn can_run(&self, _sources: &crate::KernelSources) -> bool {
+        true
+    }
+
+    fn memory_budget(&self, _device: usize) -> Option<u64> {
+        self.budget
+    }
+
+    fn health(&self, _device: usize) -> Health {
+        Health::Healthy
+    }
+
+    fn submit(&self, device: usize, work: Work) -> Result<()> {
+        let n = self.submissions.fetch_add(1, Ordering::SeqCst);
+        if let Some(c) = self.per_device.get(device) {
+            c.fetch_add(1, Ordering::SeqCst);
+        }
+        let (fault, kind) = self.fault.lock().clone();
+        let fails = match fault {
+            Fault::Healthy => false,
+            Fault::Always(devs) => devs.contains(&device),
+            Fault::FirstN(k) => n < k,
+        };
+        if fails {
+            return Err(self.error(kind, device));
+        }
+        match work {
+            Work::Cpu(job) => {
+                let ctx = self.ctx.clone();
+                self.ctx.spawn(move || job(&ctx));
+                Ok(())
+            }
+            Work::Plan { .. } => Err(Error::Unsupported { backend: self.kind, what: "plans".to_owned() }),
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! gpubridge: send typed batches of work to GPU kernels by name from async Rust services and get
+//! typed results back, on the fastest backend the machine has, with the same answers everywhere.
+//!
+//! This facade re-exports [`gpubridge_core`] and wires in the backends its Cargo features select:
+//!
+//! | feature | adds | status |
+//! |---|---|---|
+//! | (always) | the CPU backend, every built-in kernel | working |
+//! | `cuda` | the CUDA backend (driver and NVRTC loaded at run time) | device discovery; execution is the next milestone |
+//! | `wgpu` | the wgpu compute backend | not built yet (reported as such) |
+//! | `gds` | cuFile in `gpubridge-storage` | not built yet |
+//! | `prometheus`, `otlp`, `nvml` | exporters and samplers | not built yet |
+//!
+//! # Example
+//! ```
+//! use gpubridge::kernels::{VectorAdd, VectorPair};
+//! use gpubridge::{BridgeConfig, ExecutionHints};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> gpubridge::Result<()> {
+//! let bridge = gpubridge::bridge(BridgeConfig::default())?;
+//! let add = bridge.batch::<VectorAdd>()?;
+//! let pairs = vec![VectorPair { a: vec![1.0, 2.0], b: vec![10.0, 20.0] }];
+//! let result = add.execute(pairs, ExecutionHints::default()).await?;
+//! assert_eq!(result.outputs, vec![vec![11.0, 22.0]]);
+//! println!("ran on {:?}", result.device());
+//! # Ok(()) }
+//! ```
+
+pub use gpubridge_core::*;
+pub use gpubridge_telemetry as telemetry;
+pub use gpubridge_wgpu_fallback::cpu;
+
+#[cfg(feature = "cuda")]
+pub use gpubridge_cuda as cuda;
+
+/// Every backend this build knows, usable or not, each with its devices or the exact reason it is
+/// not in use.
+pub fn probe_backends(config: &BridgeConfig) -> Vec<BackendReport> {
+    let mut reports = vec![cuda_report(), gpubridge_wgpu_fallback::wgpu_status()];
+    let cpu = match gpubridge_wgpu_fallback::CpuBackend::new(config) {
+        Ok(b) => BackendStatus::Ready(b.devices().to_vec()),
+        Err(e) => BackendStatus::Unavailable(e.to_string()),
+    };
+    reports.push(BackendReport { kind: BackendKind::Cpu, status: cpu });
+    reports
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_report() -> BackendReport {
+    let status = match gpubridge_cuda::probe() {
+        Ok(devices) => {
+            let names: Vec<String> = devices
+                .iter()
+                .map(|d| format!("{} (sm_{}{}, {} SMs)", d.name, d.compute_capability.0, d.compute_capability.1, d.sm_count))
+                .collect();
+            BackendStatus::Unavailable(format!(
+                "found {} device(s): {}; kernel execution on CUDA is not built in this release",
+                devices.len(),
+                names.join(", ")
+            ))
+        }
+        Err(why) => BackendStatus::Unavailable(why.to_string()),
+    };
+    BackendReport { kind: BackendKind::Cuda, status }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_report() -> BackendReport {
+    BackendReport { kind: BackendKind::Cuda, status: BackendStatus::NotCompiled { feature: "cuda" } }
+}
+
+/// A [`BridgeBuilder`] with every built-in kernel and every usable compiled-in backend, in the
+/// order of `fallback.chain`, and the reasons for the others. Register your own kernels on it,
+/// then [`BridgeBuilder::build`].
+///
+/// # Errors
+/// [`Error::InvalidConfig`] for a bad configuration; errors starting the CPU pool.
+pub fn builder(config: BridgeConfig) -> Result<BridgeBuilder> {
+    config.validate()?;
+    let mut b = GpuBridge::builder(config);
+    register_builtins(&mut b)?;
+    b.add_report(cuda_report());
+    b.add_report(gpubridge_wgpu_fallback::wgpu_status());
+    let cpu = gpubridge_wgpu_fallback::CpuBackend::new(b.config())?;
+    b.add_backend(cpu);
+    Ok(b)
+}
+
+/// A ready bridge: [`builder`] then build.
+///
+/// # Errors
+/// As [`builder`].
+pub fn bridge(config: BridgeConfig) -> Result<GpuBridge> {
+    builder(config)?.build()
+}
+
+fn register_builtins(b: &mut BridgeBuilder) -> Result<()> {
+    b.register(kernels::VectorAdd)?;
+    b.register(kernels::Sum)?;
+    b.register(kernels::Saxpy)?;
+    b.register(kernels::MatMul)?;
+    Ok(())
+}

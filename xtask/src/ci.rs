@@ -1,0 +1,40 @@
+//! `cargo xtask ci` and `cargo xtask bench`.
+
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+use crate::project_root;
+
+fn cargo(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+    eprintln!("$ cargo {}", args.join(" "));
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    cmd.args(args).current_dir(project_root());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let status = cmd.status().with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Format check, clippy, docs and tests, stopping at the first failure.
+pub fn run() -> anyhow::Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"], &[])?;
+    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
+    cargo(&["doc", "--workspace", "--no-deps"], &[("RUSTDOCFLAGS", "-D warnings")])?;
+    cargo(&["test", "--workspace"], &[])?;
+    Ok(())
+}
+
+/// Runs the criterion benchmarks, passing `extra` through to criterion.
+pub fn bench(extra: &[String]) -> anyhow::Result<()> {
+    let mut args = vec!["bench", "-p", "gpubridge-wgpu-fallback", "--bench", "cpu_vector_add"];
+    if !extra.is_empty() {
+        args.push("--");
+        args.extend(extra.iter().map(String::as_str));
+    }
+    cargo(&args, &[])
+}

@@ -1,0 +1,26 @@
+//! `cargo xtask`: project automation in Rust (the rust-analyzer pattern).
+//!
+//! - `cargo xtask ci`: what CI runs: format check, clippy with `-D warnings`, docs, every test.
+//! - `cargo xtask bench [-- criterion args]`: the benchmarks (today: CPU vector add against memcpy,
+//!   TARGETS.md P10).
+
+mod ci;
+
+use std::path::PathBuf;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("ci") => ci::run(),
+        Some("bench") => ci::bench(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask <ci|bench [criterion args]>");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The repository root.
+pub fn project_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+}
