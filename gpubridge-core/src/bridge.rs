@@ -61,7 +61,15 @@ impl std::fmt::Debug for GpuBridge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GpuBridge")
             .field("kernels", &self.inner.catalog)
-            .field("backends", &self.inner.slots.iter().map(|s| s.backend.kind()).collect::<Vec<_>>())
+            .field(
+                "backends",
+                &self
+                    .inner
+                    .slots
+                    .iter()
+                    .map(|s| s.backend.kind())
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -77,7 +85,12 @@ pub struct BridgeBuilder {
 impl BridgeBuilder {
     /// A builder with no kernels and no backends.
     pub fn new(config: BridgeConfig) -> Self {
-        Self { config, catalog: KernelCatalog::new(), backends: Vec::new(), reports: Vec::new() }
+        Self {
+            config,
+            catalog: KernelCatalog::new(),
+            backends: Vec::new(),
+            reports: Vec::new(),
+        }
     }
 
     /// The configuration the bridge will use.
@@ -156,7 +169,9 @@ impl BridgeBuilder {
                 slots.push(Slot {
                     backend: b.clone(),
                     breakers: (0..n)
-                        .map(|_| CircuitBreaker::new(cfg.fallback.circuit_failure_threshold, open_for))
+                        .map(|_| {
+                            CircuitBreaker::new(cfg.fallback.circuit_failure_threshold, open_for)
+                        })
                         .collect(),
                     in_flight: (0..n).map(|_| AtomicUsize::new(0)).collect(),
                 });
@@ -166,7 +181,8 @@ impl BridgeBuilder {
             }
         }
         for r in &mut reports {
-            if !cfg.fallback.chain.contains(&r.kind) && matches!(r.status, BackendStatus::Ready(_)) {
+            if !cfg.fallback.chain.contains(&r.kind) && matches!(r.status, BackendStatus::Ready(_))
+            {
                 r.status = BackendStatus::Unavailable("left out of fallback.chain".to_owned());
             }
         }
@@ -176,7 +192,13 @@ impl BridgeBuilder {
         }
         let permits = Semaphore::new(cfg.general.max_concurrent_kernels);
         Ok(GpuBridge {
-            inner: Arc::new(Inner { config: self.config, catalog: self.catalog, slots, reports, permits }),
+            inner: Arc::new(Inner {
+                config: self.config,
+                catalog: self.catalog,
+                slots,
+                reports,
+                permits,
+            }),
         })
     }
 }
@@ -206,7 +228,10 @@ impl GpuBridge {
         O: Send + 'static,
     {
         let kernel = self.inner.catalog.resolve::<I, O>(id)?;
-        Ok(BatchGrain { bridge: self.clone(), kernel })
+        Ok(BatchGrain {
+            bridge: self.clone(),
+            kernel,
+        })
     }
 
     /// The configuration.
@@ -284,13 +309,18 @@ pub struct BatchGrain<I, O> {
 
 impl<I, O> Clone for BatchGrain<I, O> {
     fn clone(&self) -> Self {
-        Self { bridge: self.bridge.clone(), kernel: self.kernel.clone() }
+        Self {
+            bridge: self.bridge.clone(),
+            kernel: self.kernel.clone(),
+        }
     }
 }
 
 impl<I, O> std::fmt::Debug for BatchGrain<I, O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BatchGrain").field("kernel", &self.kernel.id()).finish()
+        f.debug_struct("BatchGrain")
+            .field("kernel", &self.kernel.id())
+            .finish()
     }
 }
 
@@ -337,10 +367,12 @@ where
         let kernel = self.kernel.id();
         metrics::gauge!(names::PENDING_REQUESTS).increment(1.0);
         let result = match hints.timeout {
-            Some(after) => match tokio::time::timeout(after, self.run(inputs, &hints, started)).await {
-                Ok(r) => r,
-                Err(_) => Err(Error::Timeout { after }),
-            },
+            Some(after) => {
+                match tokio::time::timeout(after, self.run(inputs, &hints, started)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::Timeout { after }),
+                }
+            }
             None => self.run(inputs, &hints, started).await,
         };
         metrics::gauge!(names::PENDING_REQUESTS).decrement(1.0);
@@ -353,7 +385,12 @@ where
         result
     }
 
-    async fn run(&self, inputs: Vec<I>, hints: &ExecutionHints, started: Instant) -> Result<BatchResult<O>> {
+    async fn run(
+        &self,
+        inputs: Vec<I>,
+        hints: &ExecutionHints,
+        started: Instant,
+    ) -> Result<BatchResult<O>> {
         for (i, item) in inputs.iter().enumerate() {
             self.kernel.validate(i, item)?;
         }
@@ -385,13 +422,22 @@ where
             reports.push(attempt.report);
             fallbacks.extend(moves);
         }
-        Ok(BatchResult { outputs, chunks: reports, fallbacks, total: started.elapsed() })
+        Ok(BatchResult {
+            outputs,
+            chunks: reports,
+            fallbacks,
+            total: started.elapsed(),
+        })
     }
 
     /// Splits `inputs` into micro-batches by item count and bytes.
     fn split(&self, inputs: Vec<I>, hints: &ExecutionHints, candidates: &[&Slot]) -> Vec<Arc<[I]>> {
         let cfg = &self.bridge.inner.config.batching;
-        let max_items = hints.max_micro_batch.unwrap_or(usize::MAX).min(cfg.max_micro_batch).max(1);
+        let max_items = hints
+            .max_micro_batch
+            .unwrap_or(usize::MAX)
+            .min(cfg.max_micro_batch)
+            .max(1);
         let mut max_bytes = cfg.max_micro_batch_mb.saturating_mul(MIB);
         if let Some(slot) = candidates.first() {
             let budgets = (0..slot.breakers.len()).filter_map(|d| slot.backend.memory_budget(d));
@@ -416,7 +462,9 @@ where
             return vec![Arc::from(inputs)];
         }
         let mut it = inputs.into_iter();
-        lens.into_iter().map(|len| Arc::from(it.by_ref().take(len).collect::<Vec<I>>())).collect()
+        lens.into_iter()
+            .map(|len| Arc::from(it.by_ref().take(len).collect::<Vec<I>>()))
+            .collect()
     }
 
     async fn run_chunk(
@@ -432,16 +480,27 @@ where
         let mut attempts: Vec<(BackendKind, String)> = Vec::new();
         let mut fallbacks: Vec<FallbackEvent> = Vec::new();
         let mut last_failed: Option<(BackendKind, &'static str, String)> = None;
-        let _permit = self.bridge.inner.permits.acquire().await.map_err(|_| Error::Cancelled {
-            reason: "the bridge is shutting down".to_owned(),
-        })?;
+        let _permit = self
+            .bridge
+            .inner
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Cancelled {
+                reason: "the bridge is shutting down".to_owned(),
+            })?;
         for slot in candidates {
             let kind = slot.backend.kind();
             if let Some((from, reason, message)) = last_failed.take() {
                 tracing::info!(kernel = id, %from, to = %kind, reason, "falling back: {message}");
                 metrics::counter!(names::FALLBACKS_TOTAL, "from" => from.name(), "to" => kind.name(), "reason" => reason)
                     .increment(1);
-                fallbacks.push(FallbackEvent { from, to: kind, reason, message });
+                fallbacks.push(FallbackEvent {
+                    from,
+                    to: kind,
+                    reason,
+                    message,
+                });
             }
             if !slot.backend.can_run(&sources) {
                 let why = format!("kernel {id} has no {kind} form");
@@ -452,13 +511,12 @@ where
             let mut tried = vec![false; slot.breakers.len()];
             loop {
                 let Some((device, admission)) = pick_device(slot, hints, &tried) else {
-                    let why = if tried.iter().any(|t| *t) {
-                        "every device failed".to_owned()
-                    } else {
-                        "every device's circuit is open".to_owned()
-                    };
-                    attempts.push((kind, why.clone()));
-                    last_failed.get_or_insert((kind, "circuit_open", why));
+                    // Devices that were tried have their failures recorded already.
+                    if !tried.iter().any(|t| *t) {
+                        let why = "every device's circuit is open".to_owned();
+                        attempts.push((kind, why.clone()));
+                        last_failed = Some((kind, "circuit_open", why));
+                    }
                     break;
                 };
                 tried[device] = true;
@@ -466,10 +524,13 @@ where
                 let label = slot.backend.devices()[device].id.to_string();
                 if admission == Admission::Probe {
                     tracing::info!(device = %label, "circuit half-open: probing");
-                    metrics::gauge!(names::CIRCUIT_STATE, "device" => label.clone()).set(CircuitState::HalfOpen.gauge());
+                    metrics::gauge!(names::CIRCUIT_STATE, "device" => label.clone())
+                        .set(CircuitState::HalfOpen.gauge());
                 }
                 slot.in_flight[device].fetch_add(1, Ordering::Relaxed);
-                let result = self.attempt(slot, device, &chunk, first_item, started).await;
+                let result = self
+                    .attempt(slot, device, &chunk, first_item, started)
+                    .await;
                 slot.in_flight[device].fetch_sub(1, Ordering::Relaxed);
                 let success = result.is_ok();
                 metrics::counter!(names::KERNELS_EXECUTED_TOTAL, "kernel" => id, "backend" => kind.name(), "device" => label.clone(), "success" => if success { "true" } else { "false" })
@@ -480,12 +541,15 @@ where
                             tracing::info!(device = %label, "circuit closed again");
                         }
                         breaker.on_success();
-                        metrics::gauge!(names::CIRCUIT_STATE, "device" => label).set(CircuitState::Closed.gauge());
+                        metrics::gauge!(names::CIRCUIT_STATE, "device" => label)
+                            .set(CircuitState::Closed.gauge());
                         let r = &attempt.report;
                         metrics::histogram!(names::KERNEL_DURATION_SECONDS, "kernel" => id, "backend" => kind.name())
                             .record(r.compute.as_secs_f64());
-                        metrics::histogram!(names::QUEUE_DURATION_SECONDS, "kernel" => id).record(r.queue.as_secs_f64());
-                        metrics::histogram!(names::BATCH_SIZE, "kernel" => id).record(r.items as f64);
+                        metrics::histogram!(names::QUEUE_DURATION_SECONDS, "kernel" => id)
+                            .record(r.queue.as_secs_f64());
+                        metrics::histogram!(names::BATCH_SIZE, "kernel" => id)
+                            .record(r.items as f64);
                         return Ok((attempt, fallbacks));
                     }
                     Err(e) => match e.class() {
@@ -509,7 +573,8 @@ where
                             if state == CircuitState::Open {
                                 tracing::warn!(device = %label, "circuit opened: {e}");
                             }
-                            metrics::gauge!(names::CIRCUIT_STATE, "device" => label).set(state.gauge());
+                            metrics::gauge!(names::CIRCUIT_STATE, "device" => label)
+                                .set(state.gauge());
                             attempts.push((kind, e.to_string()));
                             last_failed = Some((kind, e.reason_label(), e.to_string()));
                         }
@@ -522,7 +587,10 @@ where
                 attempts.push((kind, why));
             }
         }
-        Err(Error::NoBackendAvailable { kernel: id.to_owned(), attempts })
+        Err(Error::NoBackendAvailable {
+            kernel: id.to_owned(),
+            attempts,
+        })
     }
 
     /// One try of one micro-batch on one device.
@@ -543,9 +611,13 @@ where
             None => {
                 let job: CpuJob = Box::new(move |ctx| {
                     let t = Instant::now();
-                    let r = std::panic::catch_unwind(AssertUnwindSafe(|| kernel.run_cpu(&items, ctx)))
-                        .unwrap_or_else(|p| Err(panicked(BackendKind::Cpu, kernel.id(), &*p)));
-                    let stats = crate::plan::ExecStats { compute: t.elapsed(), ..Default::default() };
+                    let r =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| kernel.run_cpu(&items, ctx)))
+                            .unwrap_or_else(|p| Err(panicked(BackendKind::Cpu, kernel.id(), &*p)));
+                    let stats = crate::plan::ExecStats {
+                        compute: t.elapsed(),
+                        ..Default::default()
+                    };
                     let _ = tx.send(r.map(|o| (o, t, stats)));
                 });
                 backend.submit(device, Work::Cpu(job))?;
@@ -563,7 +635,14 @@ where
                     });
                     let _ = tx.send(r);
                 });
-                backend.submit(device, Work::Plan { plan, sources: self.kernel.sources(), complete })?;
+                backend.submit(
+                    device,
+                    Work::Plan {
+                        plan,
+                        sources: self.kernel.sources(),
+                        complete,
+                    },
+                )?;
             }
         }
         let (outputs, begun, stats) = rx.await.map_err(|_| Error::Backend {
@@ -608,10 +687,12 @@ fn pick_device(slot: &Slot, hints: &ExecutionHints, tried: &[bool]) -> Option<(u
         order.retain(|d| *d != p);
         order.insert(0, p);
     }
-    order.into_iter().find_map(|d| match slot.breakers[d].admit(now) {
-        Admission::Rejected => None,
-        a => Some((d, a)),
-    })
+    order
+        .into_iter()
+        .find_map(|d| match slot.breakers[d].admit(now) {
+            Admission::Rejected => None,
+            a => Some((d, a)),
+        })
 }
 
 fn panicked(backend: BackendKind, kernel: &str, payload: &(dyn std::any::Any + Send)) -> Error {
@@ -620,5 +701,9 @@ fn panicked(backend: BackendKind, kernel: &str, payload: &(dyn std::any::Any + S
         .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".to_owned());
-    Error::Backend { backend, message: format!("kernel {kernel} panicked: {what}"), transient: false }
+    Error::Backend {
+        backend,
+        message: format!("kernel {kernel} panicked: {what}"),
+        transient: false,
+    }
 }

@@ -55,7 +55,10 @@ impl KernelCatalog {
     /// [`Error::InvalidInput`] if a kernel with the same id is already registered.
     pub fn register<K: Kernel>(&mut self, kernel: K) -> Result<()> {
         if self.entries.contains_key(K::ID) {
-            return Err(Error::invalid_batch(K::ID, "a kernel with this id is already registered"));
+            return Err(Error::invalid_batch(
+                K::ID,
+                "a kernel with this id is already registered",
+            ));
         }
         let sources = Kernel::sources(&kernel);
         let handle: Arc<dyn DynKernel<K::Input, K::Output>> = Arc::new(kernel);
@@ -89,8 +92,15 @@ impl KernelCatalog {
         })?;
         let mismatch = || Error::KernelTypeMismatch {
             id: id.to_owned(),
-            expected: format!("{} -> {}", entry.descriptor.input_type, entry.descriptor.output_type),
-            found: format!("{} -> {}", std::any::type_name::<I>(), std::any::type_name::<O>()),
+            expected: format!(
+                "{} -> {}",
+                entry.descriptor.input_type, entry.descriptor.output_type
+            ),
+            found: format!(
+                "{} -> {}",
+                std::any::type_name::<I>(),
+                std::any::type_name::<O>()
+            ),
         };
         if entry.input != TypeId::of::<I>() || entry.output != TypeId::of::<O>() {
             return Err(mismatch());

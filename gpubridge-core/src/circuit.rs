@@ -57,7 +57,11 @@ pub struct CircuitBreaker {
 impl CircuitBreaker {
     /// A closed breaker that opens after `threshold` failures in a row and stays open `open_for`.
     pub fn new(threshold: u32, open_for: Duration) -> Self {
-        Self { inner: Mutex::new(Inner::Closed { failures: 0 }), threshold: threshold.max(1), open_for }
+        Self {
+            inner: Mutex::new(Inner::Closed { failures: 0 }),
+            threshold: threshold.max(1),
+            open_for,
+        }
     }
 
     /// Whether an attempt may go to the device now.
@@ -87,10 +91,12 @@ impl CircuitBreaker {
     pub fn on_failure(&self, now: Instant) {
         let mut g = self.inner.lock();
         *g = match *g {
-            Inner::Closed { failures } if failures + 1 < self.threshold => {
-                Inner::Closed { failures: failures + 1 }
-            }
-            _ => Inner::Open { until: now + self.open_for },
+            Inner::Closed { failures } if failures + 1 < self.threshold => Inner::Closed {
+                failures: failures + 1,
+            },
+            _ => Inner::Open {
+                until: now + self.open_for,
+            },
         };
     }
 

@@ -68,7 +68,11 @@ pub struct GeneralConfig {
 
 impl Default for GeneralConfig {
     fn default() -> Self {
-        Self { prefer_gpu: true, max_devices: 4, max_concurrent_kernels: 100 }
+        Self {
+            prefer_gpu: true,
+            max_devices: 4,
+            max_concurrent_kernels: 100,
+        }
     }
 }
 
@@ -87,7 +91,11 @@ pub struct MemoryConfig {
 
 impl Default for MemoryConfig {
     fn default() -> Self {
-        Self { pool_size_mb: 1024, pinned_pool_mb: 256, device_memory_fraction: 0.5 }
+        Self {
+            pool_size_mb: 1024,
+            pinned_pool_mb: 256,
+            device_memory_fraction: 0.5,
+        }
     }
 }
 
@@ -166,7 +174,11 @@ pub struct FallbackConfig {
 
 impl Default for FallbackConfig {
     fn default() -> Self {
-        Self { chain: BackendKind::ALL.to_vec(), circuit_failure_threshold: 5, circuit_open_ms: 1000 }
+        Self {
+            chain: BackendKind::ALL.to_vec(),
+            circuit_failure_threshold: 5,
+            circuit_open_ms: 1000,
+        }
     }
 }
 
@@ -179,9 +191,16 @@ fn de_chain<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<BackendK
     }
     let names = match Chain::deserialize(d)? {
         Chain::List(v) => v,
-        Chain::Comma(s) => s.split(',').map(str::to_owned).filter(|s| !s.trim().is_empty()).collect(),
+        Chain::Comma(s) => s
+            .split(',')
+            .map(str::to_owned)
+            .filter(|s| !s.trim().is_empty())
+            .collect(),
     };
-    names.iter().map(|n| n.parse().map_err(serde::de::Error::custom)).collect()
+    names
+        .iter()
+        .map(|n| n.parse().map_err(serde::de::Error::custom))
+        .collect()
 }
 
 /// `[batching]`: how batches are split into micro-batches (and, later, how singles are batched).
@@ -237,7 +256,12 @@ pub struct CudaConfig {
 
 impl Default for CudaConfig {
     fn default() -> Self {
-        Self { ptx_cache_dir: None, enable_graphs: true, graph_cache_mb: 512, streams_per_device: 2 }
+        Self {
+            ptx_cache_dir: None,
+            enable_graphs: true,
+            graph_cache_mb: 512,
+            streams_per_device: 2,
+        }
     }
 }
 
@@ -251,7 +275,9 @@ pub struct WgpuConfig {
 
 impl Default for WgpuConfig {
     fn default() -> Self {
-        Self { allow_software_adapter: true }
+        Self {
+            allow_software_adapter: true,
+        }
     }
 }
 
@@ -270,12 +296,13 @@ impl BridgeConfig {
     /// [`Error::InvalidConfig`] with key `file` when the file cannot be read, or naming the key at
     /// fault (and the variable, when it came from the environment).
     pub fn load(path: Option<&Path>) -> Result<Self> {
-        let text = match path {
-            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
-                Error::config("file", format!("cannot read {}: {e}", p.display()))
-            })?),
-            None => None,
-        };
+        let text =
+            match path {
+                Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+                    Error::config("file", format!("cannot read {}: {e}", p.display()))
+                })?),
+                None => None,
+            };
         Self::from_sources(text.as_deref(), std::env::vars())
     }
 
@@ -302,12 +329,16 @@ impl BridgeConfig {
             None => toml::Table::new(),
         };
         let mut origins: HashMap<String, String> = HashMap::new();
-        let mut vars: Vec<(String, String)> =
-            env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
         vars.sort();
         for (name, raw) in vars {
-            let path: Vec<String> =
-                name[ENV_PREFIX.len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
+            let path: Vec<String> = name[ENV_PREFIX.len()..]
+                .split("__")
+                .map(|s| s.to_ascii_lowercase())
+                .collect();
             if path.len() != 2 || path.iter().any(String::is_empty) {
                 return Err(Error::config(
                     path.join("."),
@@ -319,7 +350,10 @@ impl BridgeConfig {
                 .entry(path[0].clone())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             let Some(section) = section.as_table_mut() else {
-                return Err(Error::config(&path[0], format!("{name} overrides a key of a non-table")));
+                return Err(Error::config(
+                    &path[0],
+                    format!("{name} overrides a key of a non-table"),
+                ));
             };
             section.insert(path[1].clone(), value);
             origins.insert(path.join("."), name);
@@ -332,13 +366,12 @@ impl BridgeConfig {
             .map_err(|e| {
                 let key = e.path().to_string();
                 let inner = e.into_inner().to_string();
-                // An unknown field is reported at its parent; name the field itself.
+                // At the root the path is "."; an unknown section is named in the message.
                 let key = match inner.strip_prefix("unknown field `") {
-                    Some(rest) => {
-                        let field = rest.split('`').next().unwrap_or_default();
-                        if key == "." { field.to_owned() } else { format!("{key}.{field}") }
+                    Some(rest) if key == "." => {
+                        rest.split('`').next().unwrap_or_default().to_owned()
                     }
-                    None => key,
+                    _ => key,
                 };
                 let origin = describe(&key);
                 Error::config(key, format!("{inner}{origin}"))
@@ -346,7 +379,10 @@ impl BridgeConfig {
         cfg.validate().map_err(|e| match e {
             Error::InvalidConfig { key, reason } => {
                 let origin = describe(&key);
-                Error::InvalidConfig { reason: format!("{reason}{origin}"), key }
+                Error::InvalidConfig {
+                    reason: format!("{reason}{origin}"),
+                    key,
+                }
             }
             other => other,
         })?;
@@ -360,12 +396,19 @@ impl BridgeConfig {
     pub fn validate(&self) -> Result<()> {
         fn at_least<T: PartialOrd + std::fmt::Display>(key: &str, v: T, min: T) -> Result<()> {
             if v < min {
-                return Err(Error::config(key, format!("{v} is below the minimum {min}")));
+                return Err(Error::config(
+                    key,
+                    format!("{v} is below the minimum {min}"),
+                ));
             }
             Ok(())
         }
         at_least("general.max_devices", self.general.max_devices, 1)?;
-        at_least("general.max_concurrent_kernels", self.general.max_concurrent_kernels, 1)?;
+        at_least(
+            "general.max_concurrent_kernels",
+            self.general.max_concurrent_kernels,
+            1,
+        )?;
         if !(self.memory.device_memory_fraction > 0.0 && self.memory.device_memory_fraction <= 1.0)
         {
             return Err(Error::config(
@@ -382,23 +425,45 @@ impl BridgeConfig {
                 format!("{} is outside [0, 1]", self.telemetry.sampling_rate),
             ));
         }
-        if self.telemetry.metrics_listen.parse::<std::net::SocketAddr>().is_err() {
+        if self
+            .telemetry
+            .metrics_listen
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
             return Err(Error::config(
                 "telemetry.metrics_listen",
-                format!("{:?} is not an address such as 127.0.0.1:9464", self.telemetry.metrics_listen),
+                format!(
+                    "{:?} is not an address such as 127.0.0.1:9464",
+                    self.telemetry.metrics_listen
+                ),
             ));
         }
         if self.fallback.chain.is_empty() {
-            return Err(Error::config("fallback.chain", "the chain names no backend"));
+            return Err(Error::config(
+                "fallback.chain",
+                "the chain names no backend",
+            ));
         }
         for (i, k) in self.fallback.chain.iter().enumerate() {
             if self.fallback.chain[..i].contains(k) {
-                return Err(Error::config("fallback.chain", format!("{k} appears twice")));
+                return Err(Error::config(
+                    "fallback.chain",
+                    format!("{k} appears twice"),
+                ));
             }
         }
-        at_least("fallback.circuit_failure_threshold", self.fallback.circuit_failure_threshold, 1)?;
+        at_least(
+            "fallback.circuit_failure_threshold",
+            self.fallback.circuit_failure_threshold,
+            1,
+        )?;
         at_least("batching.max_micro_batch", self.batching.max_micro_batch, 1)?;
-        at_least("batching.max_micro_batch_mb", self.batching.max_micro_batch_mb, 1)?;
+        at_least(
+            "batching.max_micro_batch_mb",
+            self.batching.max_micro_batch_mb,
+            1,
+        )?;
         at_least("batching.max_in_flight", self.batching.max_in_flight, 1)?;
         at_least("batching.queue_capacity", self.batching.queue_capacity, 1)?;
         at_least("cuda.streams_per_device", self.cuda.streams_per_device, 1)?;
@@ -414,7 +479,9 @@ impl BridgeConfig {
 fn parse_env_value(raw: &str) -> toml::Value {
     let doc = format!("v = {raw}");
     match toml::from_str::<toml::Table>(&doc) {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
         Err(_) => toml::Value::String(raw.to_owned()),
     }
 }

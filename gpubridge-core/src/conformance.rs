@@ -17,8 +17,16 @@ use crate::GpuBridge;
 pub const SIZES: [usize; 4] = [0, 1, 1001, (1 << 20) + 3];
 
 /// Matrix shapes `(m, k, n)` checked, zero dimensions and odd sizes included.
-pub const SHAPES: [(usize, usize, usize); 8] =
-    [(0, 0, 0), (1, 1, 1), (0, 3, 2), (2, 0, 3), (3, 2, 0), (17, 33, 9), (64, 64, 64), (129, 257, 67)];
+pub const SHAPES: [(usize, usize, usize); 8] = [
+    (0, 0, 0),
+    (1, 1, 1),
+    (0, 3, 2),
+    (2, 0, 3),
+    (3, 2, 0),
+    (17, 33, 9),
+    (64, 64, 64),
+    (129, 257, 67),
+];
 
 /// Outcome of one check: `Err` says what differed, with the seed.
 pub type Check = Result<(), String>;
@@ -33,7 +41,12 @@ pub fn gpu_required() -> bool {
 ///
 /// # Panics
 /// When the check fails, or a required GPU backend is missing: this is a test harness.
-pub fn run(backend: BackendKind, bridge: Option<GpuBridge>, name: &str, check: fn(&GpuBridge, BackendKind, u64) -> Check) {
+pub fn run(
+    backend: BackendKind,
+    bridge: Option<GpuBridge>,
+    name: &str,
+    check: fn(&GpuBridge, BackendKind, u64) -> Check,
+) {
     let Some(bridge) = bridge else {
         if backend.is_gpu() && gpu_required() {
             panic!("{name}: the {backend} backend is not available and GPUBRIDGE_REQUIRE_GPU=1");
@@ -56,7 +69,10 @@ fn on(backend: BackendKind) -> ExecutionHints {
 
 fn ran_on<O>(r: &BatchResult<O>, backend: BackendKind) -> Check {
     match r.chunks.iter().find(|c| c.device.backend != backend) {
-        Some(c) => Err(format!("a micro-batch ran on {} instead of {backend}", c.device)),
+        Some(c) => Err(format!(
+            "a micro-batch ran on {} instead of {backend}",
+            c.device
+        )),
         None => Ok(()),
     }
 }
@@ -75,22 +91,33 @@ pub fn vector_add(bridge: &GpuBridge, backend: BackendKind, seed: u64) -> Check 
     let grain = bridge.batch::<VectorAdd>().map_err(|e| e.to_string())?;
     let inputs: Vec<VectorPair> = SIZES
         .iter()
-        .map(|&n| VectorPair { a: random_vec(&mut rng, n, 100.0), b: random_vec(&mut rng, n, 100.0) })
+        .map(|&n| VectorPair {
+            a: random_vec(&mut rng, n, 100.0),
+            b: random_vec(&mut rng, n, 100.0),
+        })
         .collect();
     let r = block_on(grain.execute(inputs.clone(), on(backend))).map_err(|e| e.to_string())?;
     ran_on(&r, backend)?;
     if r.outputs.len() != inputs.len() {
-        return Err(format!("{} outputs for {} inputs", r.outputs.len(), inputs.len()));
+        return Err(format!(
+            "{} outputs for {} inputs",
+            r.outputs.len(),
+            inputs.len()
+        ));
     }
     for (i, (p, out)) in inputs.iter().zip(&r.outputs).enumerate() {
         if out.len() != p.a.len() {
-            return Err(format!("item {i}: {} outputs for length {}", out.len(), p.a.len()));
+            return Err(format!(
+                "item {i}: {} outputs for length {}",
+                out.len(),
+                p.a.len()
+            ));
         }
-        for j in 0..out.len() {
+        for (j, got) in out.iter().enumerate() {
             let want = f64::from(p.a[j]) + f64::from(p.b[j]);
             let tol = f64::from(f32::EPSILON) * want.abs();
-            if (f64::from(out[j]) - want).abs() > tol {
-                return Err(format!("item {i} [{j}]: got {}, want {want}", out[j]));
+            if (f64::from(*got) - want).abs() > tol {
+                return Err(format!("item {i} [{j}]: got {got}, want {want}"));
             }
         }
     }
@@ -121,7 +148,10 @@ pub fn vector_add(bridge: &GpuBridge, backend: BackendKind, seed: u64) -> Check 
 pub fn sum(bridge: &GpuBridge, backend: BackendKind, seed: u64) -> Check {
     let mut rng = SmallRng::seed_from_u64(seed);
     let grain = bridge.batch::<Sum>().map_err(|e| e.to_string())?;
-    let mut inputs: Vec<Vec<f32>> = SIZES.iter().map(|&n| random_vec(&mut rng, n, 1.0)).collect();
+    let mut inputs: Vec<Vec<f32>> = SIZES
+        .iter()
+        .map(|&n| random_vec(&mut rng, n, 1.0))
+        .collect();
     // Many short vectors too, as the original's benchmark sends (1000 x 100).
     inputs.extend((0..37).map(|_| random_vec(&mut rng, 100, 1.0)));
     let r = block_on(grain.execute(inputs.clone(), on(backend))).map_err(|e| e.to_string())?;
@@ -130,21 +160,33 @@ pub fn sum(bridge: &GpuBridge, backend: BackendKind, seed: u64) -> Check {
         let want: f64 = v.iter().map(|x| f64::from(*x)).sum();
         let mag: f64 = v.iter().map(|x| f64::from(x.abs())).sum();
         if (f64::from(*got) - want).abs() > 1e-5 * mag + 1e-30 {
-            return Err(format!("vector {i} (length {}): got {got}, want {want}", v.len()));
+            return Err(format!(
+                "vector {i} (length {}): got {got}, want {want}",
+                v.len()
+            ));
         }
     }
     // Small integers: every partial sum is exact in f32, so any order must give the exact answer;
     // a dropped or doubled element shows.
-    let ints: Vec<Vec<f32>> =
-        SIZES.iter().map(|&n| (0..n).map(|_| rng.random_range(-8i32..=8) as f32).collect()).collect();
+    let ints: Vec<Vec<f32>> = SIZES
+        .iter()
+        .map(|&n| (0..n).map(|_| rng.random_range(-8i32..=8) as f32).collect())
+        .collect();
     let r = block_on(grain.execute(ints.clone(), on(backend))).map_err(|e| e.to_string())?;
     for (i, (v, got)) in ints.iter().zip(&r.outputs).enumerate() {
         let want: f64 = v.iter().map(|x| f64::from(*x)).sum();
         if f64::from(*got) != want {
-            return Err(format!("integer vector {i} (length {}): got {got}, want exactly {want}", v.len()));
+            return Err(format!(
+                "integer vector {i} (length {}): got {got}, want exactly {want}",
+                v.len()
+            ));
         }
     }
-    let special = vec![vec![1.0, f32::NAN, 2.0], vec![1.0, f32::INFINITY], vec![f32::INFINITY, f32::NEG_INFINITY]];
+    let special = vec![
+        vec![1.0, f32::NAN, 2.0],
+        vec![1.0, f32::INFINITY],
+        vec![f32::INFINITY, f32::NEG_INFINITY],
+    ];
     let r = block_on(grain.execute(special, on(backend))).map_err(|e| e.to_string())?;
     let o = &r.outputs;
     if !(o[0].is_nan() && o[1] == f32::INFINITY && o[2].is_nan()) {
@@ -169,14 +211,18 @@ pub fn saxpy(bridge: &GpuBridge, backend: BackendKind, seed: u64) -> Check {
     ran_on(&r, backend)?;
     for (i, (s, out)) in inputs.iter().zip(&r.outputs).enumerate() {
         if out.len() != s.x.len() {
-            return Err(format!("item {i}: {} outputs for length {}", out.len(), s.x.len()));
+            return Err(format!(
+                "item {i}: {} outputs for length {}",
+                out.len(),
+                s.x.len()
+            ));
         }
-        for j in 0..out.len() {
+        for (j, got) in out.iter().enumerate() {
             let ax = f64::from(s.alpha) * f64::from(s.x[j]);
             let want = ax + f64::from(s.y[j]);
             let tol = 2.0 * f64::from(f32::EPSILON) * (ax.abs() + f64::from(s.y[j].abs()));
-            if (f64::from(out[j]) - want).abs() > tol {
-                return Err(format!("item {i} [{j}]: got {}, want {want}", out[j]));
+            if (f64::from(*got) - want).abs() > tol {
+                return Err(format!("item {i} [{j}]: got {got}, want {want}"));
             }
         }
     }
@@ -201,7 +247,12 @@ pub fn matmul(bridge: &GpuBridge, backend: BackendKind, seed: u64) -> Check {
     ran_on(&r, backend)?;
     for (i, (x, c)) in inputs.iter().zip(&r.outputs).enumerate() {
         if (c.rows, c.cols, c.data.len()) != (x.m, x.n, x.m * x.n) {
-            return Err(format!("item {i}: got a {} x {} result of {} values", c.rows, c.cols, c.data.len()));
+            return Err(format!(
+                "item {i}: got a {} x {} result of {} values",
+                c.rows,
+                c.cols,
+                c.data.len()
+            ));
         }
         for row in 0..x.m {
             for col in 0..x.n {
@@ -214,7 +265,10 @@ pub fn matmul(bridge: &GpuBridge, backend: BackendKind, seed: u64) -> Check {
                 let got = f64::from(c.data[row * x.n + col]);
                 let tol = (x.k as f64 + 2.0) * f64::from(f32::EPSILON) * mag;
                 if (got - want).abs() > tol {
-                    return Err(format!("item {i} ({} x {} x {}) [{row}, {col}]: got {got}, want {want}", x.m, x.k, x.n));
+                    return Err(format!(
+                        "item {i} ({} x {} x {}) [{row}, {col}]: got {got}, want {want}",
+                        x.m, x.k, x.n
+                    ));
                 }
             }
         }
@@ -227,8 +281,10 @@ pub fn matmul(bridge: &GpuBridge, backend: BackendKind, seed: u64) -> Check {
 /// `$make` is an expression giving `Option<GpuBridge>` with the backend in it (`None` when the
 /// backend is not available here, which skips, or fails under `GPUBRIDGE_REQUIRE_GPU=1`).
 ///
-/// ```ignore
-/// gpubridge_core::conformance_suite!(BackendKind::Cpu, Some(make_cpu_bridge()));
+/// ```no_run
+/// use gpubridge_core::BackendKind;
+/// // In a test file: `None` here stands for "build the bridge with your backend, if present".
+/// gpubridge_core::conformance_suite!(BackendKind::Cpu, None);
 /// ```
 #[macro_export]
 macro_rules! conformance_suite {
@@ -238,19 +294,39 @@ macro_rules! conformance_suite {
         }
         #[test]
         fn conformance_vector_add() {
-            $crate::conformance::run($backend, __conformance_bridge(), "vector_add", $crate::conformance::vector_add);
+            $crate::conformance::run(
+                $backend,
+                __conformance_bridge(),
+                "vector_add",
+                $crate::conformance::vector_add,
+            );
         }
         #[test]
         fn conformance_sum() {
-            $crate::conformance::run($backend, __conformance_bridge(), "sum", $crate::conformance::sum);
+            $crate::conformance::run(
+                $backend,
+                __conformance_bridge(),
+                "sum",
+                $crate::conformance::sum,
+            );
         }
         #[test]
         fn conformance_saxpy() {
-            $crate::conformance::run($backend, __conformance_bridge(), "saxpy", $crate::conformance::saxpy);
+            $crate::conformance::run(
+                $backend,
+                __conformance_bridge(),
+                "saxpy",
+                $crate::conformance::saxpy,
+            );
         }
         #[test]
         fn conformance_matmul() {
-            $crate::conformance::run($backend, __conformance_bridge(), "matmul", $crate::conformance::matmul);
+            $crate::conformance::run(
+                $backend,
+                __conformance_bridge(),
+                "matmul",
+                $crate::conformance::matmul,
+            );
         }
     };
 }

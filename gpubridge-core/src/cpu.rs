@@ -16,7 +16,9 @@ pub struct CpuContext {
 
 impl std::fmt::Debug for CpuContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CpuContext").field("threads", &self.threads()).finish()
+        f.debug_struct("CpuContext")
+            .field("threads", &self.threads())
+            .finish()
     }
 }
 
@@ -35,7 +37,9 @@ impl CpuContext {
                 message: format!("cannot start the CPU thread pool: {e}"),
                 transient: false,
             })?;
-        Ok(Self { pool: Arc::new(pool) })
+        Ok(Self {
+            pool: Arc::new(pool),
+        })
     }
 
     /// Runs `f` inside the pool, so rayon's parallel iterators in `f` use the pool's threads.

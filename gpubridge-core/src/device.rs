@@ -65,7 +65,9 @@ impl FromStr for BackendKind {
             "cuda" => Ok(BackendKind::Cuda),
             "wgpu" => Ok(BackendKind::Wgpu),
             "cpu" => Ok(BackendKind::Cpu),
-            other => Err(format!("unknown backend {other:?} (expected cuda, wgpu or cpu)")),
+            other => Err(format!(
+                "unknown backend {other:?} (expected cuda, wgpu or cpu)"
+            )),
         }
     }
 }
@@ -217,7 +219,11 @@ pub trait Device: Send + Sync {
     /// # Errors
     /// [`Error::Unsupported`] when the kernel has no form for this backend; compile errors as
     /// [`Error::Backend`] carrying the compiler's log.
-    fn load_module(&self, kernel: &str, sources: &KernelSources) -> Result<<Self::A as Api>::Module>;
+    fn load_module(
+        &self,
+        kernel: &str,
+        sources: &KernelSources,
+    ) -> Result<<Self::A as Api>::Module>;
 
     /// Runs a plan on this device and hands its outputs to `f`.
     ///
@@ -276,7 +282,10 @@ pub trait Device: Send + Sync {
 }
 
 fn unsupported(backend: BackendKind, what: &str) -> Error {
-    Error::Unsupported { backend, what: what.to_owned() }
+    Error::Unsupported {
+        backend,
+        what: what.to_owned(),
+    }
 }
 
 /// A job for the CPU backend: runs a kernel's CPU form with the pool's context.
@@ -368,9 +377,9 @@ impl BackendReport {
         match &self.status {
             BackendStatus::Ready(_) => None,
             BackendStatus::Unavailable(why) => Some(why.clone()),
-            BackendStatus::NotCompiled { feature } => {
-                Some(format!("not compiled in (build with the `{feature}` feature)"))
-            }
+            BackendStatus::NotCompiled { feature } => Some(format!(
+                "not compiled in (build with the `{feature}` feature)"
+            )),
         }
     }
 }

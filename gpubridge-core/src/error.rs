@@ -191,16 +191,27 @@ impl Error {
 
     /// Shorthand for [`Error::InvalidInput`] about one item.
     pub fn invalid_item(kernel: &str, index: usize, reason: impl Into<String>) -> Self {
-        Error::InvalidInput { kernel: kernel.to_owned(), index: Some(index), reason: reason.into() }
+        Error::InvalidInput {
+            kernel: kernel.to_owned(),
+            index: Some(index),
+            reason: reason.into(),
+        }
     }
 
     /// Shorthand for [`Error::InvalidInput`] about the whole batch.
     pub fn invalid_batch(kernel: &str, reason: impl Into<String>) -> Self {
-        Error::InvalidInput { kernel: kernel.to_owned(), index: None, reason: reason.into() }
+        Error::InvalidInput {
+            kernel: kernel.to_owned(),
+            index: None,
+            reason: reason.into(),
+        }
     }
 
     /// Shorthand for [`Error::InvalidConfig`].
     pub fn config(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::InvalidConfig { key: key.into(), reason: reason.into() }
+        Error::InvalidConfig {
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 }

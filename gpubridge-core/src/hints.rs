@@ -65,7 +65,11 @@ impl ExecutionHints {
     }
     /// Sets [`ExecutionHints::prefer`] to GPU (`true`) or CPU (`false`).
     pub fn prefer_gpu(mut self, gpu: bool) -> Self {
-        self.prefer = if gpu { Preference::Gpu } else { Preference::Cpu };
+        self.prefer = if gpu {
+            Preference::Gpu
+        } else {
+            Preference::Cpu
+        };
         self
     }
     /// Sets [`ExecutionHints::backend`].
@@ -160,7 +164,10 @@ impl<O> BatchResult<O> {
                 None => by_device.push((c.device, c.items)),
             }
         }
-        by_device.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d)
+        by_device
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(d, _)| d)
     }
 
     /// Sum of device compute time over micro-batches.

@@ -89,7 +89,11 @@ pub trait Kernel: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`crate::Error::Backend`] when an output buffer is missing (a backend bug).
-    fn unpack(&self, inputs: &[Self::Input], outputs: &PlanOutputs<'_>) -> Result<Vec<Self::Output>> {
+    fn unpack(
+        &self,
+        inputs: &[Self::Input],
+        outputs: &PlanOutputs<'_>,
+    ) -> Result<Vec<Self::Output>> {
         let _ = (inputs, outputs);
         Err(crate::Error::Unsupported {
             backend: crate::BackendKind::Cpu,

@@ -173,7 +173,11 @@ pub struct PlanShape(pub u64);
 impl Plan {
     /// An empty plan for `kernel`.
     pub fn new(kernel: &'static str) -> Self {
-        Self { kernel, buffers: Vec::new(), steps: Vec::new() }
+        Self {
+            kernel,
+            buffers: Vec::new(),
+            steps: Vec::new(),
+        }
     }
 
     /// Adds an input buffer of `len` bytes filled by `pack`.
@@ -276,7 +280,10 @@ impl Plan {
                 if *offset > b.len {
                     return Err(Error::invalid_batch(
                         self.kernel,
-                        format!("offset {offset} past the end of buffer {:?} ({} bytes)", b.name, b.len),
+                        format!(
+                            "offset {offset} past the end of buffer {:?} ({} bytes)",
+                            b.name, b.len
+                        ),
                     ));
                 }
             }
@@ -333,13 +340,15 @@ impl<'a> PlanOutputs<'a> {
     /// [`Error::Backend`] if the backend did not return that buffer (a backend bug, reported
     /// rather than panicking).
     pub fn bytes(&self, id: BufferId) -> Result<&'a [u8]> {
-        self.ids.iter().position(|i| *i == id).map(|p| self.bytes[p]).ok_or_else(|| {
-            Error::Backend {
+        self.ids
+            .iter()
+            .position(|i| *i == id)
+            .map(|p| self.bytes[p])
+            .ok_or_else(|| Error::Backend {
                 backend: BackendKind::Cpu,
                 message: format!("plan output buffer {} missing", id.0),
                 transient: false,
-            }
-        })
+            })
     }
 
     /// The output buffer `id` as `f32`s, borrowed when aligned, copied otherwise.
@@ -351,7 +360,9 @@ impl<'a> PlanOutputs<'a> {
         Ok(match bytemuck::try_cast_slice::<u8, f32>(b) {
             Ok(s) => Cow::Borrowed(s),
             Err(_) => Cow::Owned(
-                b.chunks_exact(4).map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                b.chunks_exact(4)
+                    .map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
             ),
         })
     }

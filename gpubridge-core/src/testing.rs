@@ -64,10 +64,17 @@ impl FaultInjectingBackend {
     ///
     /// # Errors
     /// If its thread pool cannot start.
-    pub fn with_budget(kind: BackendKind, devices: usize, budget: Option<u64>) -> Result<Arc<Self>> {
+    pub fn with_budget(
+        kind: BackendKind,
+        devices: usize,
+        budget: Option<u64>,
+    ) -> Result<Arc<Self>> {
         let devices = (0..devices)
             .map(|index| DeviceInfo {
-                id: DeviceId { backend: kind, index },
+                id: DeviceId {
+                    backend: kind,
+                    index,
+                },
                 name: format!("fault-injecting test device {index}"),
                 device_type: DeviceType::Cpu,
                 total_memory: 0,
@@ -100,17 +107,27 @@ impl FaultInjectingBackend {
 
     /// Submissions so far to `device` (failed ones included).
     pub fn submissions_to(&self, device: usize) -> usize {
-        self.per_device.get(device).map_or(0, |c| c.load(Ordering::SeqCst))
+        self.per_device
+            .get(device)
+            .map_or(0, |c| c.load(Ordering::SeqCst))
     }
 
     fn error(&self, kind: FaultKind, device: usize) -> Error {
         let label = self.devices[device].id.to_string();
         match kind {
-            FaultKind::DeviceLost => Error::DeviceLost { device: label, reason: "injected fault".to_owned() },
-            FaultKind::OutOfMemory => {
-                Error::OutOfMemory { device: label, requested: 0, reason: "injected fault".to_owned() }
-            }
-            FaultKind::Unsupported => Error::Unsupported { backend: self.kind, what: "injected fault".to_owned() },
+            FaultKind::DeviceLost => Error::DeviceLost {
+                device: label,
+                reason: "injected fault".to_owned(),
+            },
+            FaultKind::OutOfMemory => Error::OutOfMemory {
+                device: label,
+                requested: 0,
+                reason: "injected fault".to_owned(),
+            },
+            FaultKind::Unsupported => Error::Unsupported {
+                backend: self.kind,
+                what: "injected fault".to_owned(),
+            },
             FaultKind::LaunchFailure => Error::Backend {
                 backend: self.kind,
                 message: "injected launch failure".to_owned(),
@@ -165,7 +182,10 @@ impl Backend for FaultInjectingBackend {
                 self.ctx.spawn(move || job(&ctx));
                 Ok(())
             }
-            Work::Plan { .. } => Err(Error::Unsupported { backend: self.kind, what: "plans".to_owned() }),
+            Work::Plan { .. } => Err(Error::Unsupported {
+                backend: self.kind,
+                what: "plans".to_owned(),
+            }),
         }
     }
 }

@@ -38,20 +38,28 @@ pub const DRIVER_LIBRARY: &str = "libcuda.so.1";
 pub fn probe() -> Result<Vec<CudaDevice>, CudaUnavailable> {
     // SAFETY: `is_culib_present` only tries to dlopen the driver library; it has no preconditions.
     if !unsafe { sys::is_culib_present() } {
-        return Err(CudaUnavailable(format!("{DRIVER_LIBRARY} not found (no NVIDIA driver installed)")));
+        return Err(CudaUnavailable(format!(
+            "{DRIVER_LIBRARY} not found (no NVIDIA driver installed)"
+        )));
     }
     result::init().map_err(|e| CudaUnavailable(format!("cuInit failed: {e}")))?;
-    let count = result::device::get_count().map_err(|e| CudaUnavailable(format!("cuDeviceGetCount failed: {e}")))?;
+    let count = result::device::get_count()
+        .map_err(|e| CudaUnavailable(format!("cuDeviceGetCount failed: {e}")))?;
     if count <= 0 {
-        return Err(CudaUnavailable("the driver is loaded but reports no CUDA device".to_owned()));
+        return Err(CudaUnavailable(
+            "the driver is loaded but reports no CUDA device".to_owned(),
+        ));
     }
     (0..count)
         .map(|ordinal| {
-            let fail = |what: &str, e: result::DriverError| CudaUnavailable(format!("device {ordinal}: {what} failed: {e}"));
+            let fail = |what: &str, e: result::DriverError| {
+                CudaUnavailable(format!("device {ordinal}: {what} failed: {e}"))
+            };
             let dev = result::device::get(ordinal).map_err(|e| fail("cuDeviceGet", e))?;
             let name = result::device::get_name(dev).map_err(|e| fail("cuDeviceGetName", e))?;
             // SAFETY: `dev` is a valid device handle from `cuDeviceGet`, after a successful `cuInit`.
-            let total = unsafe { result::device::total_mem(dev) }.map_err(|e| fail("cuDeviceTotalMem", e))?;
+            let total = unsafe { result::device::total_mem(dev) }
+                .map_err(|e| fail("cuDeviceTotalMem", e))?;
             let attr = |a: sys::CUdevice_attribute| -> Result<u32, CudaUnavailable> {
                 // SAFETY: as above; the attribute enum value comes from the bindings.
                 unsafe { result::device::get_attribute(dev, a) }

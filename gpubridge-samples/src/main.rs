@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use gpubridge::{BackendKind, BackendStatus, BridgeConfig, ExecutionHints};
 
 #[derive(Parser)]
-#[command(name = "gpubridge", version, about = "Typed batches of work on GPU kernels, with CPU fallback")]
+#[command(
+    name = "gpubridge",
+    version,
+    about = "Typed batches of work on GPU kernels, with CPU fallback"
+)]
 struct Cli {
     /// Configuration file (TOML); `GPUBRIDGE__SECTION__KEY` variables override it.
     #[arg(long, global = true, env = "GPUBRIDGE_CONFIG")]
@@ -99,12 +103,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kernels => {
             let bridge = gpubridge::bridge(config)?;
             for k in bridge.catalog().list() {
-                let forms: Vec<&str> = [("cuda", k.sources.cuda.is_some()), ("wgsl", k.sources.wgsl.is_some()), ("cpu", true)]
-                    .iter()
-                    .filter(|(_, has)| *has)
-                    .map(|(n, _)| *n)
-                    .collect();
-                println!("{:<26} {} -> {}  [{}]", k.id, k.input_type, k.output_type, forms.join(", "));
+                let forms: Vec<&str> = [
+                    ("cuda", k.sources.cuda.is_some()),
+                    ("wgsl", k.sources.wgsl.is_some()),
+                    ("cpu", true),
+                ]
+                .iter()
+                .filter(|(_, has)| *has)
+                .map(|(n, _)| *n)
+                .collect();
+                println!(
+                    "{:<26} {} -> {}  [{}]",
+                    k.id,
+                    k.input_type,
+                    k.output_type,
+                    forms.join(", ")
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -112,9 +126,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", config.to_toml_string());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { sample, backend, json, sizes } => {
+        Command::Run {
+            sample,
+            backend,
+            json,
+            sizes,
+        } => {
             let bridge = gpubridge::bridge(config)?;
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             let hints = backend.hints();
             let mut ok = true;
             let mut rows = Vec::new();
@@ -135,7 +156,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ok &= r.verified;
             }
             samples::print(&rows, json);
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }
@@ -166,7 +191,11 @@ fn devices(config: &BridgeConfig, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for r in &reports {
-        let chain = if config.fallback.chain.contains(&r.kind) { "" } else { " (left out of fallback.chain)" };
+        let chain = if config.fallback.chain.contains(&r.kind) {
+            ""
+        } else {
+            " (left out of fallback.chain)"
+        };
         match &r.status {
             BackendStatus::Ready(ds) => {
                 println!("{}: in use{chain}", r.kind);
@@ -181,7 +210,11 @@ fn devices(config: &BridgeConfig, json: bool) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
-            _ => println!("{}: not in use: {}{chain}", r.kind, r.unavailable_reason().unwrap_or_default()),
+            _ => println!(
+                "{}: not in use: {}{chain}",
+                r.kind,
+                r.unavailable_reason().unwrap_or_default()
+            ),
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -80,22 +80,58 @@ pub fn describe_all() {
         "time a request waited before its work started"
     );
     describe_histogram!(BATCH_SIZE, Unit::Count, "items per executed micro-batch");
-    describe_gauge!(PENDING_REQUESTS, Unit::Count, "requests accepted and not yet completed");
-    describe_counter!(REQUEST_FAILURES_TOTAL, Unit::Count, "requests that ended in an error");
-    describe_counter!(BYTES_TRANSFERRED_TOTAL, Unit::Bytes, "bytes copied between host and device");
+    describe_gauge!(
+        PENDING_REQUESTS,
+        Unit::Count,
+        "requests accepted and not yet completed"
+    );
+    describe_counter!(
+        REQUEST_FAILURES_TOTAL,
+        Unit::Count,
+        "requests that ended in an error"
+    );
+    describe_counter!(
+        BYTES_TRANSFERRED_TOTAL,
+        Unit::Bytes,
+        "bytes copied between host and device"
+    );
     describe_gauge!(
         TRANSFER_THROUGHPUT_BYTES_PER_SECOND,
         Unit::Bytes,
         "throughput of the last transfer"
     );
     describe_gauge!(GPU_MEMORY_USED_BYTES, Unit::Bytes, "device memory in use");
-    describe_gauge!(GPU_UTILIZATION_RATIO, Unit::Percent, "device utilisation, 0 to 1");
-    describe_counter!(ALLOCATION_FAILURES_TOTAL, Unit::Count, "failed device allocations");
+    describe_gauge!(
+        GPU_UTILIZATION_RATIO,
+        Unit::Percent,
+        "device utilisation, 0 to 1"
+    );
+    describe_counter!(
+        ALLOCATION_FAILURES_TOTAL,
+        Unit::Count,
+        "failed device allocations"
+    );
     describe_gauge!(POOL_BYTES, Unit::Bytes, "memory pool bytes by state");
-    describe_counter!(GRAPH_CACHE_TOTAL, Unit::Count, "CUDA graph cache hits, misses and evictions");
-    describe_counter!(FALLBACKS_TOTAL, Unit::Count, "work moved from one backend to the next");
-    describe_gauge!(CIRCUIT_STATE, Unit::Count, "circuit state: 0 closed, 1 half-open, 2 open");
-    describe_counter!(STORAGE_BYTES_TOTAL, Unit::Bytes, "bytes moved between files and devices");
+    describe_counter!(
+        GRAPH_CACHE_TOTAL,
+        Unit::Count,
+        "CUDA graph cache hits, misses and evictions"
+    );
+    describe_counter!(
+        FALLBACKS_TOTAL,
+        Unit::Count,
+        "work moved from one backend to the next"
+    );
+    describe_gauge!(
+        CIRCUIT_STATE,
+        Unit::Count,
+        "circuit state: 0 closed, 1 half-open, 2 open"
+    );
+    describe_counter!(
+        STORAGE_BYTES_TOTAL,
+        Unit::Bytes,
+        "bytes moved between files and devices"
+    );
 }
 
 #[cfg(test)]
@@ -107,7 +143,10 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for name in ALL {
             assert!(name.starts_with("gpubridge_"), "{name}");
-            assert!(name.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{name}");
+            assert!(
+                name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{name}"
+            );
             assert!(seen.insert(*name), "duplicate metric name {name}");
         }
     }

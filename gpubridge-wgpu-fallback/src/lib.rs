@@ -18,5 +18,8 @@ pub fn wgpu_status() -> BackendReport {
     } else {
         BackendStatus::NotCompiled { feature: "wgpu" }
     };
-    BackendReport { kind: BackendKind::Wgpu, status }
+    BackendReport {
+        kind: BackendKind::Wgpu,
+        status,
+    }
 }

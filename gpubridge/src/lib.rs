@@ -42,7 +42,10 @@ pub fn probe_backends(config: &BridgeConfig) -> Vec<BackendReport> {
         Ok(b) => BackendStatus::Ready(b.devices().to_vec()),
         Err(e) => BackendStatus::Unavailable(e.to_string()),
     };
-    reports.push(BackendReport { kind: BackendKind::Cpu, status: cpu });
+    reports.push(BackendReport {
+        kind: BackendKind::Cpu,
+        status: cpu,
+    });
     reports
 }
 
@@ -52,7 +55,12 @@ fn cuda_report() -> BackendReport {
         Ok(devices) => {
             let names: Vec<String> = devices
                 .iter()
-                .map(|d| format!("{} (sm_{}{}, {} SMs)", d.name, d.compute_capability.0, d.compute_capability.1, d.sm_count))
+                .map(|d| {
+                    format!(
+                        "{} (sm_{}{}, {} SMs)",
+                        d.name, d.compute_capability.0, d.compute_capability.1, d.sm_count
+                    )
+                })
                 .collect();
             BackendStatus::Unavailable(format!(
                 "found {} device(s): {}; kernel execution on CUDA is not built in this release",
@@ -62,12 +70,18 @@ fn cuda_report() -> BackendReport {
         }
         Err(why) => BackendStatus::Unavailable(why.to_string()),
     };
-    BackendReport { kind: BackendKind::Cuda, status }
+    BackendReport {
+        kind: BackendKind::Cuda,
+        status,
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
 fn cuda_report() -> BackendReport {
-    BackendReport { kind: BackendKind::Cuda, status: BackendStatus::NotCompiled { feature: "cuda" } }
+    BackendReport {
+        kind: BackendKind::Cuda,
+        status: BackendStatus::NotCompiled { feature: "cuda" },
+    }
 }
 
 /// A [`BridgeBuilder`] with every built-in kernel and every usable compiled-in backend, in the

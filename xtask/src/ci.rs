@@ -13,7 +13,9 @@ fn cargo(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let status = cmd.status().with_context(|| format!("running cargo {}", args.join(" ")))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
@@ -23,18 +25,21 @@ fn cargo(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
 /// Format check, clippy, docs and tests, stopping at the first failure.
 pub fn run() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
-    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
-    cargo(&["doc", "--workspace", "--no-deps"], &[("RUSTDOCFLAGS", "-D warnings")])?;
+    cargo(
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    cargo(
+        &["doc", "--workspace", "--no-deps"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
     cargo(&["test", "--workspace"], &[])?;
     Ok(())
-}
-
-/// Runs the criterion benchmarks, passing `extra` through to criterion.
-pub fn bench(extra: &[String]) -> anyhow::Result<()> {
-    let mut args = vec!["bench", "-p", "gpubridge-wgpu-fallback", "--bench", "cpu_vector_add"];
-    if !extra.is_empty() {
-        args.push("--");
-        args.extend(extra.iter().map(String::as_str));
-    }
-    cargo(&args, &[])
 }

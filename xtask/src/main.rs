@@ -1,9 +1,10 @@
 //! `cargo xtask`: project automation in Rust (the rust-analyzer pattern).
 //!
 //! - `cargo xtask ci`: what CI runs: format check, clippy with `-D warnings`, docs, every test.
-//! - `cargo xtask bench [-- criterion args]`: the benchmarks (today: CPU vector add against memcpy,
-//!   TARGETS.md P10).
+//! - `cargo xtask bench [--quick] [--card NAME]`: the benchmarks and TARGETS.md's report rows
+//!   (today: P10, CPU vector add against memcpy) in `target/bench-report/`.
 
+mod bench;
 mod ci;
 
 use std::path::PathBuf;
@@ -12,9 +13,9 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("ci") => ci::run(),
-        Some("bench") => ci::bench(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci|bench [criterion args]>");
+            eprintln!("usage: cargo xtask <ci | bench [--quick] [--card NAME]>");
             std::process::exit(2);
         }
     }
@@ -22,5 +23,8 @@ fn main() -> anyhow::Result<()> {
 
 /// The repository root.
 pub fn project_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
 }

@@ -55,7 +55,10 @@ impl Kernel for MatMul {
     const ID: &'static str = "kernels/matrix/multiply";
 
     fn sources(&self) -> KernelSources {
-        KernelSources { cuda: Some(include_str!("cuda/matmul.cu")), wgsl: Some(include_str!("wgsl/matmul.wgsl")) }
+        KernelSources {
+            cuda: Some(include_str!("cuda/matmul.cu")),
+            wgsl: Some(include_str!("wgsl/matmul.wgsl")),
+        }
     }
 
     fn validate(&self, index: usize, x: &MatMulInput) -> Result<()> {
@@ -67,13 +70,21 @@ impl Kernel for MatMul {
                     index,
                     format!("{name} is declared {rows} x {cols} ({want} values) but holds {len}"),
                 )),
-                None => Err(Error::invalid_item(Self::ID, index, format!("{name} shape {rows} x {cols} overflows"))),
+                None => Err(Error::invalid_item(
+                    Self::ID,
+                    index,
+                    format!("{name} shape {rows} x {cols} overflows"),
+                )),
             }
         };
         shape(x.m, x.k, x.a.len(), "a")?;
         shape(x.k, x.n, x.b.len(), "b")?;
         if x.m.checked_mul(x.n).is_none() {
-            return Err(Error::invalid_item(Self::ID, index, format!("c shape {} x {} overflows", x.m, x.n)));
+            return Err(Error::invalid_item(
+                Self::ID,
+                index,
+                format!("c shape {} x {} overflows", x.m, x.n),
+            ));
         }
         Ok(())
     }
@@ -115,8 +126,13 @@ impl Kernel for MatMul {
         });
         let c = plan.output("c", c_len);
         let (blas, max_grid) = match target {
-            PlanTarget::Cuda { blas, max_grid_yz, .. } => (*blas, *max_grid_yz),
-            PlanTarget::Wgsl { max_workgroups_per_dim, max_storage_buffer_bytes } => {
+            PlanTarget::Cuda {
+                blas, max_grid_yz, ..
+            } => (*blas, *max_grid_yz),
+            PlanTarget::Wgsl {
+                max_workgroups_per_dim,
+                max_storage_buffer_bytes,
+            } => {
                 let biggest = a_len.max(b_len).max(c_len) as u64;
                 if biggest > *max_storage_buffer_bytes {
                     return Err(Error::Unsupported {
@@ -133,19 +149,37 @@ impl Kernel for MatMul {
             }
             let (m, k, n) = (dim(x.m, target)?, dim(x.k, target)?, dim(x.n, target)?);
             let (av, bv, cv) = (
-                Arg::Buffer { id: a, offset: a_off[i] },
-                Arg::Buffer { id: b, offset: b_off[i] },
-                Arg::Buffer { id: c, offset: c_off[i] },
+                Arg::Buffer {
+                    id: a,
+                    offset: a_off[i],
+                },
+                Arg::Buffer {
+                    id: b,
+                    offset: b_off[i],
+                },
+                Arg::Buffer {
+                    id: c,
+                    offset: c_off[i],
+                },
             );
             if blas && k > 0 {
-                plan.gemm(Gemm { m, k, n, a: av, b: bv, c: cv });
+                plan.gemm(Gemm {
+                    m,
+                    k,
+                    n,
+                    a: av,
+                    b: bv,
+                    c: cv,
+                });
                 continue;
             }
             let (gx, gy) = (n.div_ceil(16), m.div_ceil(16));
             if gx > max_grid || gy > max_grid {
                 return Err(Error::Unsupported {
                     backend: target.backend(),
-                    what: format!("a {m} x {n} result needs more than {max_grid} tiles per dimension"),
+                    what: format!(
+                        "a {m} x {n} result needs more than {max_grid} tiles per dimension"
+                    ),
                 });
             }
             plan.launch(Launch {
@@ -168,7 +202,14 @@ impl Kernel for MatMul {
                 let len = x.m * x.n;
                 let start = at / 4;
                 at += aligned(4 * len);
-                Matrix { rows: x.m, cols: x.n, data: c.get(start..start + len).map(<[f32]>::to_vec).unwrap_or_default() }
+                Matrix {
+                    rows: x.m,
+                    cols: x.n,
+                    data: c
+                        .get(start..start + len)
+                        .map(<[f32]>::to_vec)
+                        .unwrap_or_default(),
+                }
             })
             .collect())
     }
@@ -187,19 +228,30 @@ fn cpu_gemm(x: &MatMulInput, threads: usize) -> Result<Matrix> {
     let (m, k, n) = (x.m, x.k, x.n);
     let mut data = vec![0f32; m * n];
     if m == 0 || n == 0 || k == 0 {
-        return Ok(Matrix { rows: m, cols: n, data });
+        return Ok(Matrix {
+            rows: m,
+            cols: n,
+            data,
+        });
     }
     let shape_err = |e: ndarray::ShapeError| Error::invalid_batch(MatMul::ID, e.to_string());
     let b = ArrayView2::from_shape((k, n), &x.b).map_err(shape_err)?;
     // Enough blocks to balance the pool, each at least 32 rows so the SGEMM kernel stays efficient.
     let rows_per_block = m.div_ceil(threads.max(1) * 4).max(32);
-    data.par_chunks_mut(rows_per_block * n).enumerate().try_for_each(|(bi, block)| {
-        let r0 = bi * rows_per_block;
-        let rows = block.len() / n;
-        let a = ArrayView2::from_shape((rows, k), &x.a[r0 * k..(r0 + rows) * k]).map_err(shape_err)?;
-        let mut c = ArrayViewMut2::from_shape((rows, n), block).map_err(shape_err)?;
-        ndarray::linalg::general_mat_mul(1.0, &a, &b, 0.0, &mut c);
-        Ok::<(), Error>(())
-    })?;
-    Ok(Matrix { rows: m, cols: n, data })
+    data.par_chunks_mut(rows_per_block * n)
+        .enumerate()
+        .try_for_each(|(bi, block)| {
+            let r0 = bi * rows_per_block;
+            let rows = block.len() / n;
+            let a = ArrayView2::from_shape((rows, k), &x.a[r0 * k..(r0 + rows) * k])
+                .map_err(shape_err)?;
+            let mut c = ArrayViewMut2::from_shape((rows, n), block).map_err(shape_err)?;
+            ndarray::linalg::general_mat_mul(1.0, &a, &b, 0.0, &mut c);
+            Ok::<(), Error>(())
+        })?;
+    Ok(Matrix {
+        rows: m,
+        cols: n,
+        data,
+    })
 }

@@ -87,7 +87,10 @@ pub(crate) fn pack_concat<T>(dst: &mut [u8], items: &[T], field: impl Fn(&T) -> 
 pub(crate) fn split_concat(flat: &[f32], lens: impl Iterator<Item = usize>) -> Vec<Vec<f32>> {
     let mut at = 0;
     lens.map(|l| {
-        let v = flat.get(at..at + l).map(<[f32]>::to_vec).unwrap_or_default();
+        let v = flat
+            .get(at..at + l)
+            .map(<[f32]>::to_vec)
+            .unwrap_or_default();
         at += l;
         v
     })

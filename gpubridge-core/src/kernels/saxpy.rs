@@ -8,7 +8,9 @@ use super::{pack_concat, prefix_offsets, split_concat, BLOCK, CPU_CHUNK};
 use crate::cpu::CpuContext;
 use crate::error::{Error, Result};
 use crate::kernel::{Kernel, KernelSources};
-use crate::plan::{pack_f32, pack_u32, pack_u64, Arg, BufferId, Launch, Plan, PlanOutputs, PlanTarget};
+use crate::plan::{
+    pack_f32, pack_u32, pack_u64, Arg, BufferId, Launch, Plan, PlanOutputs, PlanTarget,
+};
 
 /// One SAXPY: `alpha * x + y` with `x` and `y` of equal length.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -32,7 +34,10 @@ impl Kernel for Saxpy {
     const ID: &'static str = "kernels/blas/saxpy";
 
     fn sources(&self) -> KernelSources {
-        KernelSources { cuda: Some(include_str!("cuda/saxpy.cu")), wgsl: Some(include_str!("wgsl/saxpy.wgsl")) }
+        KernelSources {
+            cuda: Some(include_str!("cuda/saxpy.cu")),
+            wgsl: Some(include_str!("wgsl/saxpy.wgsl")),
+        }
     }
 
     fn validate(&self, index: usize, s: &SaxpyInput) -> Result<()> {
@@ -40,7 +45,11 @@ impl Kernel for Saxpy {
             return Err(Error::invalid_item(
                 Self::ID,
                 index,
-                format!("vector lengths differ: x has {}, y has {}", s.x.len(), s.y.len()),
+                format!(
+                    "vector lengths differ: x has {}, y has {}",
+                    s.x.len(),
+                    s.y.len()
+                ),
             ));
         }
         Ok(())
@@ -88,11 +97,16 @@ impl Kernel for Saxpy {
         let out = plan.output("out", n * 4);
         let (offs, gx, gy) = match target {
             PlanTarget::Cuda { max_grid_yz, .. } => {
-                let o = plan.input("offsets", offsets.len() * 8, move |dst| pack_u64(dst, 0, &offsets));
+                let o = plan.input("offsets", offsets.len() * 8, move |dst| {
+                    pack_u64(dst, 0, &offsets)
+                });
                 let gx = longest.div_ceil(u64::from(BLOCK)).clamp(1, 4096) as u32;
                 (o, gx, (segments as u32).clamp(1, *max_grid_yz))
             }
-            PlanTarget::Wgsl { max_workgroups_per_dim, max_storage_buffer_bytes } => {
+            PlanTarget::Wgsl {
+                max_workgroups_per_dim,
+                max_storage_buffer_bytes,
+            } => {
                 if (n as u64) * 4 > *max_storage_buffer_bytes || n as u64 >= u64::from(u32::MAX) {
                     return Err(Error::Unsupported {
                         backend: target.backend(),
@@ -101,7 +115,9 @@ impl Kernel for Saxpy {
                 }
                 let o32: Vec<u32> = offsets.iter().map(|o| *o as u32).collect();
                 let o = plan.input("offsets", o32.len() * 4, move |dst| pack_u32(dst, 0, &o32));
-                let gx = longest.div_ceil(u64::from(BLOCK)).clamp(1, u64::from(*max_workgroups_per_dim)) as u32;
+                let gx = longest
+                    .div_ceil(u64::from(BLOCK))
+                    .clamp(1, u64::from(*max_workgroups_per_dim)) as u32;
                 (o, gx, (segments as u32).clamp(1, *max_workgroups_per_dim))
             }
         };

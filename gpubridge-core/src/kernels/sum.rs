@@ -21,7 +21,10 @@ impl Kernel for Sum {
     const ID: &'static str = "kernels/sum";
 
     fn sources(&self) -> KernelSources {
-        KernelSources { cuda: Some(include_str!("cuda/sum.cu")), wgsl: Some(include_str!("wgsl/sum.wgsl")) }
+        KernelSources {
+            cuda: Some(include_str!("cuda/sum.cu")),
+            wgsl: Some(include_str!("wgsl/sum.wgsl")),
+        }
     }
 
     fn validate(&self, _index: usize, _input: &Vec<f32>) -> Result<()> {
@@ -56,10 +59,15 @@ impl Kernel for Sum {
         let data = plan.input("data", n * 4, move |dst| pack_concat(dst, &items, |v| v));
         let (offs, grid) = match target {
             PlanTarget::Cuda { .. } => {
-                let o = plan.input("offsets", offsets.len() * 8, move |dst| pack_u64(dst, 0, &offsets));
+                let o = plan.input("offsets", offsets.len() * 8, move |dst| {
+                    pack_u64(dst, 0, &offsets)
+                });
                 (o, segments.clamp(1, 1 << 20) as u32)
             }
-            PlanTarget::Wgsl { max_workgroups_per_dim, max_storage_buffer_bytes } => {
+            PlanTarget::Wgsl {
+                max_workgroups_per_dim,
+                max_storage_buffer_bytes,
+            } => {
                 if (n as u64) * 4 > *max_storage_buffer_bytes || n as u64 >= u64::from(u32::MAX) {
                     return Err(Error::Unsupported {
                         backend: target.backend(),
@@ -78,7 +86,12 @@ impl Kernel for Sum {
                 grid: [grid, 1, 1],
                 block: [BLOCK, 1, 1],
                 shared_mem_bytes: 0,
-                args: vec![Arg::buf(data), Arg::buf(offs), Arg::buf(out), Arg::U32(segments as u32)],
+                args: vec![
+                    Arg::buf(data),
+                    Arg::buf(offs),
+                    Arg::buf(out),
+                    Arg::U32(segments as u32),
+                ],
             });
         }
         Ok(plan)

@@ -40,7 +40,11 @@ impl Kernel for VectorAdd {
             return Err(Error::invalid_item(
                 Self::ID,
                 index,
-                format!("vector lengths differ: a has {}, b has {}", p.a.len(), p.b.len()),
+                format!(
+                    "vector lengths differ: a has {}, b has {}",
+                    p.a.len(),
+                    p.b.len()
+                ),
             ));
         }
         Ok(())
@@ -83,14 +87,20 @@ impl Kernel for VectorAdd {
         }
         let (grid, n_arg) = match target {
             PlanTarget::Cuda { .. } => (grid_1d(n as u64, 1 << 20), Arg::U64(n as u64)),
-            PlanTarget::Wgsl { max_workgroups_per_dim, max_storage_buffer_bytes } => {
+            PlanTarget::Wgsl {
+                max_workgroups_per_dim,
+                max_storage_buffer_bytes,
+            } => {
                 if bytes as u64 > *max_storage_buffer_bytes || n as u64 >= u64::from(u32::MAX) {
                     return Err(Error::Unsupported {
                         backend: target.backend(),
                         what: format!("{bytes} bytes exceed the adapter's storage binding limit"),
                     });
                 }
-                (grid_1d(n as u64, *max_workgroups_per_dim), Arg::U32(n as u32))
+                (
+                    grid_1d(n as u64, *max_workgroups_per_dim),
+                    Arg::U32(n as u32),
+                )
             }
         };
         plan.launch(Launch {

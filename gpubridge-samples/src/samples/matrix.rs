@@ -17,7 +17,11 @@ const CHECKED: usize = 4096;
 ///
 /// # Errors
 /// When the bridge cannot run the work.
-pub async fn run(bridge: &GpuBridge, hints: &ExecutionHints, sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
+pub async fn run(
+    bridge: &GpuBridge,
+    hints: &ExecutionHints,
+    sizes: &Sizes,
+) -> anyhow::Result<Vec<Row>> {
     let seed = sizes.seed();
     let grain = bridge.batch::<MatMul>()?;
     let mut rows = Vec::new();
@@ -34,12 +38,20 @@ pub async fn run(bridge: &GpuBridge, hints: &ExecutionHints, sizes: &Sizes) -> a
         let t = Instant::now();
         let result = grain.execute(vec![input], hints.clone()).await?;
         let secs = t.elapsed().as_secs_f64();
-        let c = result.outputs.first().map(|m| m.data.as_slice()).unwrap_or_default();
+        let c = result
+            .outputs
+            .first()
+            .map(|m| m.data.as_slice())
+            .unwrap_or_default();
         let total = s * s;
         let mut bad = 0;
         let checks = CHECKED.min(total);
         for t in 0..checks {
-            let idx = if checks == total { t } else { rng.random_range(0..total) };
+            let idx = if checks == total {
+                t
+            } else {
+                rng.random_range(0..total)
+            };
             let (i, j) = (idx / s.max(1), idx % s.max(1));
             let (mut want, mut mag) = (0f64, 0f64);
             for p in 0..s {
@@ -48,7 +60,9 @@ pub async fn run(bridge: &GpuBridge, hints: &ExecutionHints, sizes: &Sizes) -> a
                 mag += x.abs();
             }
             let got = c.get(idx).copied().map_or(f64::NAN, f64::from);
-            if (got - want).abs().is_nan() || (got - want).abs() > (s as f64 + 2.0) * f64::from(f32::EPSILON) * mag {
+            if (got - want).abs().is_nan()
+                || (got - want).abs() > (s as f64 + 2.0) * f64::from(f32::EPSILON) * mag
+            {
                 bad += 1;
             }
         }
@@ -63,7 +77,11 @@ pub async fn run(bridge: &GpuBridge, hints: &ExecutionHints, sizes: &Sizes) -> a
             rate: 1.0 / secs,
             rate_unit: "multiplies/s",
             verified: bad == 0 && c.len() == total,
-            check: if bad == 0 { format!("{checks} entries") } else { format!("{bad} of {checks} entries differ") },
+            check: if bad == 0 {
+                format!("{checks} entries")
+            } else {
+                format!("{bad} of {checks} entries differ")
+            },
             micro_batches: result.chunks.len(),
             seed,
         });

@@ -16,7 +16,8 @@ fn random_vectors(count: usize, len: usize, seed: u64, what: &str) -> Vec<Vec<f3
     let v = (0..count)
         .into_par_iter()
         .map(|i| {
-            let mut rng = SmallRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut rng =
+                SmallRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let v: Vec<f32> = (0..len).map(|_| rng.random::<f32>() * 100.0).collect();
             pb.inc(1);
             v
@@ -30,12 +31,22 @@ fn random_vectors(count: usize, len: usize, seed: u64, what: &str) -> Vec<Vec<f3
 ///
 /// # Errors
 /// When the bridge cannot run the work (for example the chosen backend is not usable here).
-pub async fn run(bridge: &GpuBridge, hints: &ExecutionHints, sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
+pub async fn run(
+    bridge: &GpuBridge,
+    hints: &ExecutionHints,
+    sizes: &Sizes,
+) -> anyhow::Result<Vec<Row>> {
     let seed = sizes.seed();
     let (n, len) = (sizes.pairs, sizes.len);
     let mut a = random_vectors(n, len, seed, "inputs a").into_iter();
     let b = random_vectors(n, len, seed.wrapping_add(1), "inputs b");
-    let pairs: Vec<VectorPair> = b.into_iter().map(|b| VectorPair { a: a.next().unwrap_or_default(), b }).collect();
+    let pairs: Vec<VectorPair> = b
+        .into_iter()
+        .map(|b| VectorPair {
+            a: a.next().unwrap_or_default(),
+            b,
+        })
+        .collect();
     // The reference needs the inputs after the bridge has consumed them, so keep a copy.
     let reference = pairs.clone();
     let add = bridge.batch::<VectorAdd>()?;
@@ -71,7 +82,11 @@ pub async fn run(bridge: &GpuBridge, hints: &ExecutionHints, sizes: &Sizes) -> a
         rate: n as f64 / secs,
         rate_unit: "pairs/s",
         verified: bad == 0 && result.outputs.len() == n,
-        check: if bad == 0 { format!("all {} elements", n * len) } else { format!("{bad} vectors differ") },
+        check: if bad == 0 {
+            format!("all {} elements", n * len)
+        } else {
+            format!("{bad} vectors differ")
+        },
         micro_batches: result.chunks.len(),
         seed,
     }];
@@ -80,13 +95,22 @@ pub async fn run(bridge: &GpuBridge, hints: &ExecutionHints, sizes: &Sizes) -> a
     let vectors = random_vectors(m, l, seed.wrapping_add(2), "sum inputs");
     let want: Vec<(f64, f64)> = vectors
         .iter()
-        .map(|v| (v.iter().map(|x| f64::from(*x)).sum(), v.iter().map(|x| f64::from(x.abs())).sum()))
+        .map(|v| {
+            (
+                v.iter().map(|x| f64::from(*x)).sum(),
+                v.iter().map(|x| f64::from(x.abs())).sum(),
+            )
+        })
         .collect();
     let sum = bridge.batch::<Sum>()?;
     let t = Instant::now();
     let result = sum.execute(vectors, hints.clone()).await?;
     let secs = t.elapsed().as_secs_f64();
-    let bad = want.iter().zip(&result.outputs).filter(|((w, mag), got)| (f64::from(**got) - w).abs() > 1e-5 * mag).count();
+    let bad = want
+        .iter()
+        .zip(&result.outputs)
+        .filter(|((w, mag), got)| (f64::from(**got) - w).abs() > 1e-5 * mag)
+        .count();
     rows.push(Row {
         sample: "vector",
         case: format!("sum {m} x {l}"),
@@ -98,7 +122,11 @@ pub async fn run(bridge: &GpuBridge, hints: &ExecutionHints, sizes: &Sizes) -> a
         rate: m as f64 / secs,
         rate_unit: "vectors/s",
         verified: bad == 0 && result.outputs.len() == m,
-        check: if bad == 0 { format!("all {m} sums") } else { format!("{bad} sums differ") },
+        check: if bad == 0 {
+            format!("all {m} sums")
+        } else {
+            format!("{bad} sums differ")
+        },
         micro_batches: result.chunks.len(),
         seed,
     });

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use gpubridge_core::device::{Api, Device, Instance, Work};
 use gpubridge_core::plan::{Plan, PlanOutputs, PlanTarget};
 use gpubridge_core::{
-    Backend, BackendKind, BridgeConfig, CpuContext, DeviceId, DeviceInfo, DeviceType, Error, Health,
-    KernelSources, MemoryInfo, NoGraph, Result,
+    Backend, BackendKind, BridgeConfig, CpuContext, DeviceId, DeviceInfo, DeviceType, Error,
+    Health, KernelSources, MemoryInfo, NoGraph, Result,
 };
 
 /// The CPU backend's type family.
@@ -36,7 +36,9 @@ impl Instance for CpuInstance {
     type A = Cpu;
 
     fn open(config: &BridgeConfig) -> Result<Self> {
-        Ok(Self { threads: config.cpu.threads })
+        Ok(Self {
+            threads: config.cpu.threads,
+        })
     }
 
     fn enumerate(&self) -> Result<Vec<CpuDevice>> {
@@ -59,7 +61,10 @@ impl CpuDevice {
     pub fn new(threads: usize) -> Result<Self> {
         let ctx = CpuContext::new(threads)?;
         let info = DeviceInfo {
-            id: DeviceId { backend: BackendKind::Cpu, index: 0 },
+            id: DeviceId {
+                backend: BackendKind::Cpu,
+                index: 0,
+            },
             name: cpu_model_name().unwrap_or_else(|| std::env::consts::ARCH.to_owned()),
             device_type: DeviceType::Cpu,
             total_memory: meminfo_kib("MemTotal:").map_or(0, |k| k * 1024),
@@ -106,17 +111,37 @@ impl Device for CpuDevice {
     }
 
     fn write(&self, dst: &mut Vec<u8>, offset: usize, src: &[u8]) -> Result<()> {
-        let end = offset.checked_add(src.len()).filter(|e| *e <= dst.len()).ok_or_else(|| {
-            Error::invalid_batch("cpu:write", format!("{} bytes at {offset} overrun a {}-byte buffer", src.len(), dst.len()))
-        })?;
+        let end = offset
+            .checked_add(src.len())
+            .filter(|e| *e <= dst.len())
+            .ok_or_else(|| {
+                Error::invalid_batch(
+                    "cpu:write",
+                    format!(
+                        "{} bytes at {offset} overrun a {}-byte buffer",
+                        src.len(),
+                        dst.len()
+                    ),
+                )
+            })?;
         dst[offset..end].copy_from_slice(src);
         Ok(())
     }
 
     fn read(&self, src: &Vec<u8>, offset: usize, dst: &mut [u8]) -> Result<()> {
-        let end = offset.checked_add(dst.len()).filter(|e| *e <= src.len()).ok_or_else(|| {
-            Error::invalid_batch("cpu:read", format!("{} bytes at {offset} overrun a {}-byte buffer", dst.len(), src.len()))
-        })?;
+        let end = offset
+            .checked_add(dst.len())
+            .filter(|e| *e <= src.len())
+            .ok_or_else(|| {
+                Error::invalid_batch(
+                    "cpu:read",
+                    format!(
+                        "{} bytes at {offset} overrun a {}-byte buffer",
+                        dst.len(),
+                        src.len()
+                    ),
+                )
+            })?;
         dst.copy_from_slice(&src[offset..end]);
         Ok(())
     }
@@ -128,7 +153,12 @@ impl Device for CpuDevice {
         })
     }
 
-    fn execute(&self, module: &NoModule, _plan: &Plan, _f: &mut dyn FnMut(PlanOutputs<'_>)) -> Result<()> {
+    fn execute(
+        &self,
+        module: &NoModule,
+        _plan: &Plan,
+        _f: &mut dyn FnMut(PlanOutputs<'_>),
+    ) -> Result<()> {
         match *module {}
     }
 
@@ -150,11 +180,15 @@ impl CpuBackend {
     /// # Errors
     /// If the pool cannot start.
     pub fn new(config: &BridgeConfig) -> Result<Arc<Self>> {
-        let device = CpuInstance::open(config)?.enumerate()?.into_iter().next().ok_or_else(|| Error::Backend {
-            backend: BackendKind::Cpu,
-            message: "no CPU device".to_owned(),
-            transient: false,
-        })?;
+        let device = CpuInstance::open(config)?
+            .enumerate()?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Backend {
+                backend: BackendKind::Cpu,
+                message: "no CPU device".to_owned(),
+                transient: false,
+            })?;
         let infos = vec![device.info.clone()];
         Ok(Arc::new(Self { device, infos }))
     }
@@ -188,7 +222,10 @@ impl Backend for CpuBackend {
 
     fn submit(&self, device: usize, work: Work) -> Result<()> {
         if device != 0 {
-            return Err(Error::DeviceLost { device: format!("cpu:{device}"), reason: "the CPU backend has one device".to_owned() });
+            return Err(Error::DeviceLost {
+                device: format!("cpu:{device}"),
+                reason: "the CPU backend has one device".to_owned(),
+            });
         }
         match work {
             Work::Cpu(job) => {
@@ -214,5 +251,10 @@ fn cpu_model_name() -> Option<String> {
 
 fn meminfo_kib(key: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    text.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
+    text.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }

@@ -1,0 +1,227 @@
+//! Batch semantics: validation errors by variant, empty batches, splitting and re-assembly.
+
+use futures::executor::block_on;
+use gpubridge_core::kernels::{MatMul, MatMulInput, Saxpy, SaxpyInput, Sum, VectorAdd, VectorPair};
+use gpubridge_core::testing::FaultInjectingBackend;
+use gpubridge_core::{BackendKind, BridgeConfig, Error, ExecutionHints, GpuBridge};
+
+fn bridge(config: BridgeConfig, budget: Option<u64>) -> GpuBridge {
+    let mut b = GpuBridge::builder(config);
+    b.register(VectorAdd).unwrap();
+    b.register(Sum).unwrap();
+    b.register(Saxpy).unwrap();
+    b.register(MatMul).unwrap();
+    b.add_backend(FaultInjectingBackend::with_budget(BackendKind::Cpu, 1, budget).unwrap());
+    b.build().unwrap()
+}
+
+#[test]
+fn empty_batch_gives_empty_result_without_running() {
+    let b = bridge(BridgeConfig::default(), None);
+    let r = block_on(
+        b.batch::<VectorAdd>()
+            .unwrap()
+            .execute(Vec::new(), ExecutionHints::default()),
+    )
+    .unwrap();
+    assert!(r.outputs.is_empty());
+    assert!(r.chunks.is_empty());
+    assert_eq!(r.backend(), None);
+}
+
+#[test]
+fn unequal_vector_lengths_are_invalid_input_naming_the_item() {
+    let b = bridge(BridgeConfig::default(), None);
+    let batch = vec![
+        VectorPair {
+            a: vec![1.0],
+            b: vec![2.0],
+        },
+        VectorPair {
+            a: vec![1.0, 2.0],
+            b: vec![2.0],
+        },
+    ];
+    let err = block_on(
+        b.batch::<VectorAdd>()
+            .unwrap()
+            .execute(batch, ExecutionHints::default()),
+    )
+    .unwrap_err();
+    match &err {
+        Error::InvalidInput { kernel, index, .. } => {
+            assert_eq!(kernel, "kernels/vector/add");
+            assert_eq!(*index, Some(1));
+        }
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    let err = block_on(b.batch::<Saxpy>().unwrap().execute(
+        vec![SaxpyInput {
+            alpha: 1.0,
+            x: vec![1.0; 3],
+            y: vec![1.0; 4],
+        }],
+        ExecutionHints::default(),
+    ))
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidInput { index: Some(0), .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn mismatched_matrix_shapes_are_invalid_input() {
+    let b = bridge(BridgeConfig::default(), None);
+    let bad = [
+        MatMulInput {
+            m: 2,
+            k: 3,
+            n: 2,
+            a: vec![0.0; 5],
+            b: vec![0.0; 6],
+        },
+        MatMulInput {
+            m: 2,
+            k: 3,
+            n: 2,
+            a: vec![0.0; 6],
+            b: vec![0.0; 7],
+        },
+        MatMulInput {
+            m: usize::MAX,
+            k: 2,
+            n: 1,
+            a: vec![],
+            b: vec![0.0; 2],
+        },
+    ];
+    for x in bad {
+        let err = block_on(
+            b.batch::<MatMul>()
+                .unwrap()
+                .execute(vec![x], ExecutionHints::default()),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidInput { index: Some(0), .. }),
+            "{err:?}"
+        );
+    }
+}
+
+#[test]
+fn unknown_kernel_and_wrong_types_are_typed_errors() {
+    let b = bridge(BridgeConfig::default(), None);
+    match b.batch_by_id::<Vec<f32>, f32>("kernels/does/not/exist") {
+        Err(Error::UnknownKernel { id, registered }) => {
+            assert_eq!(id, "kernels/does/not/exist");
+            assert!(registered.contains("kernels/sum"));
+        }
+        other => panic!("expected UnknownKernel, got {other:?}"),
+    }
+    assert!(matches!(
+        b.batch_by_id::<Vec<f32>, f64>("kernels/sum"),
+        Err(Error::KernelTypeMismatch { .. })
+    ));
+    let ok = b.batch_by_id::<Vec<f32>, f32>("kernels/sum").unwrap();
+    let r = block_on(ok.execute(vec![vec![1.0, 2.0]], ExecutionHints::default())).unwrap();
+    assert_eq!(r.outputs, vec![3.0]);
+}
+
+#[test]
+fn duplicate_registration_is_rejected() {
+    let mut b = GpuBridge::builder(BridgeConfig::default());
+    b.register(Sum).unwrap();
+    assert!(matches!(b.register(Sum), Err(Error::InvalidInput { .. })));
+}
+
+#[test]
+fn batch_over_max_micro_batch_is_split_and_reassembled_in_order() {
+    let mut cfg = BridgeConfig::default();
+    cfg.batching.max_micro_batch = 3;
+    let b = bridge(cfg, None);
+    let batch: Vec<Vec<f32>> = (0..10).map(|i| vec![i as f32, 0.5]).collect();
+    let r = block_on(
+        b.batch::<Sum>()
+            .unwrap()
+            .execute(batch, ExecutionHints::default()),
+    )
+    .unwrap();
+    assert_eq!(
+        r.outputs,
+        (0..10).map(|i| i as f32 + 0.5).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        r.chunks.iter().map(|c| c.items).collect::<Vec<_>>(),
+        [3, 3, 3, 1]
+    );
+    assert_eq!(
+        r.chunks.iter().map(|c| c.first_item).collect::<Vec<_>>(),
+        [0, 3, 6, 9]
+    );
+    // A hint lowers the limit further.
+    let batch: Vec<Vec<f32>> = (0..10).map(|i| vec![i as f32]).collect();
+    let r = block_on(
+        b.batch::<Sum>()
+            .unwrap()
+            .execute(batch, ExecutionHints::default().max_micro_batch(5)),
+    )
+    .unwrap();
+    assert_eq!(
+        r.chunks.len(),
+        4,
+        "the configured 3 is lower than the hint's 5"
+    );
+}
+
+#[test]
+fn batch_larger_than_device_memory_budget_is_split() {
+    // Each pair of 1000 floats needs 12 000 device bytes; a 30 000-byte budget fits two.
+    let b = bridge(BridgeConfig::default(), Some(30_000));
+    let batch: Vec<VectorPair> = (0..7)
+        .map(|i| VectorPair {
+            a: vec![i as f32; 1000],
+            b: vec![1.0; 1000],
+        })
+        .collect();
+    let r = block_on(
+        b.batch::<VectorAdd>()
+            .unwrap()
+            .execute(batch, ExecutionHints::default()),
+    )
+    .unwrap();
+    assert_eq!(
+        r.chunks.iter().map(|c| c.items).collect::<Vec<_>>(),
+        [2, 2, 2, 1]
+    );
+    for (i, o) in r.outputs.iter().enumerate() {
+        assert!(o.iter().all(|v| *v == i as f32 + 1.0));
+    }
+}
+
+#[test]
+fn timeout_hint_is_enforced() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let b = bridge(BridgeConfig::default(), None);
+    // A zero deadline passes before any work can complete.
+    let err = rt
+        .block_on(b.batch::<Sum>().unwrap().execute(
+            vec![vec![1.0; 1 << 20]; 64],
+            ExecutionHints::default().timeout(std::time::Duration::ZERO),
+        ))
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    // The bridge is undisturbed.
+    let r = rt
+        .block_on(
+            b.batch::<Sum>()
+                .unwrap()
+                .execute(vec![vec![2.0]], ExecutionHints::default()),
+        )
+        .unwrap();
+    assert_eq!(r.outputs, vec![2.0]);
+}

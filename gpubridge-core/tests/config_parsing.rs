@@ -1,0 +1,188 @@
+//! `BridgeConfig`: defaults, TOML, environment overrides, and errors that name their key.
+
+use gpubridge_core::{BackendKind, BridgeConfig, Error};
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn key_of(e: Error) -> (String, String) {
+    match e {
+        Error::InvalidConfig { key, reason } => (key, reason),
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    }
+}
+
+#[test]
+fn defaults_match_the_original_appsettings() {
+    let c = BridgeConfig::default();
+    assert!(c.general.prefer_gpu);
+    assert_eq!(c.general.max_devices, 4);
+    assert_eq!(c.general.max_concurrent_kernels, 100);
+    assert_eq!(c.memory.pool_size_mb, 1024);
+    assert!(!c.storage.enable_gpu_direct_storage);
+    assert!(c.telemetry.enable_metrics && c.telemetry.enable_tracing);
+    assert_eq!(c.telemetry.sampling_rate, 0.1);
+    assert_eq!(c.fallback.chain, BackendKind::ALL.to_vec());
+    c.validate().unwrap();
+    assert_eq!(BridgeConfig::from_toml_str("").unwrap(), c);
+}
+
+#[test]
+fn toml_round_trips_every_key() {
+    let c = BridgeConfig::default();
+    let text = c.to_toml_string();
+    for section in [
+        "general",
+        "memory",
+        "storage",
+        "telemetry",
+        "fallback",
+        "batching",
+        "cpu",
+        "cuda",
+        "wgpu",
+    ] {
+        assert!(
+            text.contains(&format!("[{section}]")),
+            "missing [{section}] in\n{text}"
+        );
+    }
+    assert_eq!(BridgeConfig::from_toml_str(&text).unwrap(), c);
+}
+
+#[test]
+fn file_values_and_environment_overrides_apply_in_order() {
+    let toml = r#"
+        [general]
+        prefer_gpu = false
+        max_devices = 2
+        [storage]
+        enable_gpu_direct_storage = true
+        mount_point = "/mnt/nvme"
+        [telemetry]
+        sampling_rate = 0.5
+    "#;
+    let c = BridgeConfig::from_sources(
+        Some(toml),
+        env(&[
+            ("GPUBRIDGE__GENERAL__MAX_DEVICES", "8"),
+            ("GPUBRIDGE__FALLBACK__CHAIN", "wgpu,cpu"),
+            ("GPUBRIDGE__CUDA__PTX_CACHE_DIR", "/var/cache/ptx"),
+            ("UNRELATED", "ignored"),
+        ]),
+    )
+    .unwrap();
+    assert!(!c.general.prefer_gpu);
+    assert_eq!(
+        c.general.max_devices, 8,
+        "the environment overrides the file"
+    );
+    assert!(c.storage.enable_gpu_direct_storage);
+    assert_eq!(
+        c.storage.mount_point.as_deref(),
+        Some(std::path::Path::new("/mnt/nvme"))
+    );
+    assert_eq!(c.telemetry.sampling_rate, 0.5);
+    assert_eq!(c.fallback.chain, vec![BackendKind::Wgpu, BackendKind::Cpu]);
+    assert_eq!(
+        c.cuda.ptx_cache_dir.as_deref(),
+        Some(std::path::Path::new("/var/cache/ptx"))
+    );
+    let c = BridgeConfig::from_sources(None, env(&[("GPUBRIDGE__FALLBACK__CHAIN", r#"["cpu"]"#)]))
+        .unwrap();
+    assert_eq!(c.fallback.chain, vec![BackendKind::Cpu]);
+}
+
+#[test]
+fn wrong_type_names_its_key() {
+    let (key, reason) = key_of(
+        BridgeConfig::from_toml_str("[batching]\nmax_micro_batch = \"many\"\n").unwrap_err(),
+    );
+    assert_eq!(key, "batching.max_micro_batch");
+    assert!(reason.contains("invalid type"), "{reason}");
+}
+
+#[test]
+fn unknown_keys_and_sections_are_rejected_by_name() {
+    let (key, _) =
+        key_of(BridgeConfig::from_toml_str("[general]\nprefer_gpus = true\n").unwrap_err());
+    assert_eq!(key, "general.prefer_gpus");
+    let (key, _) =
+        key_of(BridgeConfig::from_toml_str("[genral]\nprefer_gpu = true\n").unwrap_err());
+    assert_eq!(key, "genral");
+}
+
+#[test]
+fn out_of_range_values_name_their_key() {
+    let cases = [
+        (
+            "[telemetry]\nsampling_rate = 1.5\n",
+            "telemetry.sampling_rate",
+        ),
+        (
+            "[batching]\nmax_micro_batch = 0\n",
+            "batching.max_micro_batch",
+        ),
+        (
+            "[general]\nmax_concurrent_kernels = 0\n",
+            "general.max_concurrent_kernels",
+        ),
+        (
+            "[memory]\ndevice_memory_fraction = 0.0\n",
+            "memory.device_memory_fraction",
+        ),
+        ("[fallback]\nchain = []\n", "fallback.chain"),
+        ("[fallback]\nchain = [\"cpu\", \"cpu\"]\n", "fallback.chain"),
+        ("[fallback]\nchain = [\"opencl\"]\n", "fallback.chain"),
+        (
+            "[telemetry]\nmetrics_listen = \"not an address\"\n",
+            "telemetry.metrics_listen",
+        ),
+        ("[general]\nmax_devices = -1\n", "general.max_devices"),
+    ];
+    for (toml, want) in cases {
+        let (key, reason) = key_of(BridgeConfig::from_toml_str(toml).unwrap_err());
+        assert_eq!(key, want, "for {toml:?}: {reason}");
+    }
+}
+
+#[test]
+fn environment_errors_name_the_variable() {
+    let err =
+        BridgeConfig::from_sources(None, env(&[("GPUBRIDGE__TELEMETRY__SAMPLING_RATE", "2")]))
+            .unwrap_err();
+    let (key, reason) = key_of(err);
+    assert_eq!(key, "telemetry.sampling_rate");
+    assert!(
+        reason.contains("GPUBRIDGE__TELEMETRY__SAMPLING_RATE"),
+        "{reason}"
+    );
+    let err = BridgeConfig::from_sources(
+        None,
+        env(&[("GPUBRIDGE__BATCHING__MAX_MICRO_BATCH", "lots")]),
+    )
+    .unwrap_err();
+    let (key, reason) = key_of(err);
+    assert_eq!(key, "batching.max_micro_batch");
+    assert!(
+        reason.contains("GPUBRIDGE__BATCHING__MAX_MICRO_BATCH"),
+        "{reason}"
+    );
+    let (key, _) = key_of(
+        BridgeConfig::from_sources(None, env(&[("GPUBRIDGE__NOSECTION", "1")])).unwrap_err(),
+    );
+    assert_eq!(key, "nosection");
+}
+
+#[test]
+fn malformed_toml_is_an_error_not_a_panic() {
+    let err = BridgeConfig::from_toml_str("[general\nprefer_gpu = ").unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+    let err =
+        BridgeConfig::load(Some(std::path::Path::new("/nonexistent/gpubridge.toml"))).unwrap_err();
+    assert_eq!(key_of(err).0, "file");
+}

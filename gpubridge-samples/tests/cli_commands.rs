@@ -1,0 +1,153 @@
+//! The `gpubridge` binary as a user runs it.
+
+use std::process::{Command, Output};
+
+fn gpubridge(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpubridge"));
+    cmd.args(args).env_remove("GPUBRIDGE_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("gpubridge runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn devices_lists_every_backend_with_a_reason_or_its_devices() {
+    let o = gpubridge(&["devices"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("cpu: in use"), "{out}");
+    assert!(out.contains("cpu:0"), "{out}");
+    for b in ["cuda:", "wgpu:"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(b))
+            .unwrap_or_else(|| panic!("no {b} line in {out}"));
+        // Either in use with devices, or not in use with a reason after the colon.
+        assert!(line.contains("in use"), "{line}");
+        if line.contains("not in use") {
+            assert!(
+                line.split("not in use:")
+                    .nth(1)
+                    .is_some_and(|r| r.trim().len() > 5),
+                "{line}"
+            );
+        }
+    }
+    let o = gpubridge(&["devices", "--json"], &[]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    let cpu = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["backend"] == "cpu")
+        .unwrap();
+    assert_eq!(cpu["usable"], true);
+}
+
+#[test]
+fn run_vector_on_cpu_is_verified() {
+    let o = gpubridge(
+        &[
+            "run",
+            "vector",
+            "--backend",
+            "cpu",
+            "--pairs",
+            "7",
+            "--len",
+            "10001",
+            "--json",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert_eq!(r["verified"], true, "{r}");
+        assert_eq!(r["backend"], "cpu");
+        assert!(r["seconds"].as_f64().unwrap() > 0.0);
+    }
+}
+
+#[test]
+fn run_matrix_table_shows_backend_time_and_throughput() {
+    let o = gpubridge(&["run", "matrix", "--matrix-sizes", "1,33,100"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.starts_with("matrix") && l.contains("GFLOP/s") && l.contains("yes"))
+            .count(),
+        3,
+        "{out}"
+    );
+}
+
+#[test]
+fn unavailable_backend_fails_with_its_reason() {
+    let o = gpubridge(
+        &[
+            "run",
+            "vector",
+            "--backend",
+            "wgpu",
+            "--pairs",
+            "1",
+            "--len",
+            "10",
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("wgpu"), "{}", stderr(&o));
+}
+
+#[test]
+fn graph_sample_says_it_is_not_built() {
+    let o = gpubridge(&["run", "graph"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not built yet"));
+}
+
+#[test]
+fn bad_configuration_names_its_key() {
+    let o = gpubridge(
+        &["devices"],
+        &[("GPUBRIDGE__TELEMETRY__SAMPLING_RATE", "7")],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("telemetry.sampling_rate"),
+        "{}",
+        stderr(&o)
+    );
+    let dir = std::env::temp_dir().join(format!("gpubridge-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "[batching]\nmax_micro_batch = 0\n").unwrap();
+    let o = gpubridge(&["--config", file.to_str().unwrap(), "config"], &[]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("batching.max_micro_batch"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(&file, "[general]\nprefer_gpu = false\n").unwrap();
+    let o = gpubridge(&["--config", file.to_str().unwrap(), "config"], &[]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("prefer_gpu = false"));
+    let _ = std::fs::remove_dir_all(dir);
+}
