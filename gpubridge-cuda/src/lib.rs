@@ -1,15 +1,28 @@
 //! The CUDA backend of gpubridge.
 //!
 //! Everything CUDA is loaded at run time (cudarc's `dynamic-loading`), so this crate builds and its
-//! callers run on machines without CUDA: a missing library is reported as a reason, never a panic.
+//! callers run on machines without CUDA: a missing library is a reason, never a panic.
 //!
-//! # Status
-//! This release has **discovery only**: [`probe`] checks that the driver library is present,
-//! initialises it, and lists every device with its name, compute capability, memory and SM count,
-//! or says precisely why CUDA is not usable. Kernel execution (NVRTC compilation with a PTX cache,
-//! pooled memory, pinned staging, CUDA graphs, cuBLAS) is the next milestone; until it lands the
-//! bridge reports CUDA as found but not yet executable and runs work on the next backend.
+//! # What it does
+//! - [`probe`]: checks that the driver library is present, initialises it, and lists every device
+//!   (name, compute capability, memory, SM count), or says precisely why CUDA is not usable.
+//! - [`CudaBackend`]: core's `Backend` over those devices. Each device has an executor thread
+//!   that owns its context, stream, modules, memory pool and pinned staging, and runs plans:
+//!   kernels' CUDA C is compiled by NVRTC for the device's architecture once, its PTX cached on
+//!   disk ([`PtxCache`]: key = source hash, architecture, NVRTC version); inputs are packed into
+//!   pinned staging, copied, the plan's launches (and cuBLAS SGEMMs) run, outputs come back.
+//!
+//! # Not yet
+//! CUDA graphs, overlap of one micro-batch's copies with another's compute, and a pinned-memory
+//! pool shared across requests are the next steps (see `docs/PERFORMANCE.md`).
 
+mod backend;
+mod compile;
 mod discovery;
+mod executor;
+mod memory;
 
-pub use discovery::{probe, CudaDevice, CudaUnavailable};
+pub use backend::CudaBackend;
+pub use compile::{compile, default_cache_dir, nvrtc_version, PtxCache};
+pub use discovery::{probe, CudaDevice, CudaUnavailable, DRIVER_LIBRARY};
+pub use memory::{size_class, DevicePool, PoolStats};

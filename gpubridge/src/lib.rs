@@ -6,7 +6,7 @@
 //! | feature | adds | status |
 //! |---|---|---|
 //! | (always) | the CPU backend, every built-in kernel | working |
-//! | `cuda` | the CUDA backend (driver and NVRTC loaded at run time) | device discovery; execution is the next milestone |
+//! | `cuda` | the CUDA backend (driver, NVRTC and cuBLAS loaded at run time) | kernels run; graphs and copy/compute overlap are next |
 //! | `wgpu` | the wgpu compute backend | not built yet (reported as such) |
 //! | `gds` | cuFile in `gpubridge-storage` | not built yet |
 //! | `prometheus`, `otlp`, `nvml` | exporters and samplers | not built yet |
@@ -37,7 +37,14 @@ pub use gpubridge_cuda as cuda;
 /// Every backend this build knows, usable or not, each with its devices or the exact reason it is
 /// not in use.
 pub fn probe_backends(config: &BridgeConfig) -> Vec<BackendReport> {
-    let mut reports = vec![cuda_report(), gpubridge_wgpu_fallback::wgpu_status()];
+    let cuda = match cuda_backend(config) {
+        Ok(b) => BackendReport {
+            kind: BackendKind::Cuda,
+            status: BackendStatus::Ready(b.devices().to_vec()),
+        },
+        Err(report) => report,
+    };
+    let mut reports = vec![cuda, gpubridge_wgpu_fallback::wgpu_status()];
     let cpu = match gpubridge_wgpu_fallback::CpuBackend::new(config) {
         Ok(b) => BackendStatus::Ready(b.devices().to_vec()),
         Err(e) => BackendStatus::Unavailable(e.to_string()),
@@ -49,39 +56,28 @@ pub fn probe_backends(config: &BridgeConfig) -> Vec<BackendReport> {
     reports
 }
 
+/// The CUDA backend if it can be used here, else the report saying why not.
 #[cfg(feature = "cuda")]
-fn cuda_report() -> BackendReport {
-    let status = match gpubridge_cuda::probe() {
-        Ok(devices) => {
-            let names: Vec<String> = devices
-                .iter()
-                .map(|d| {
-                    format!(
-                        "{} (sm_{}{}, {} SMs)",
-                        d.name, d.compute_capability.0, d.compute_capability.1, d.sm_count
-                    )
-                })
-                .collect();
-            BackendStatus::Unavailable(format!(
-                "found {} device(s): {}; kernel execution on CUDA is not built in this release",
-                devices.len(),
-                names.join(", ")
-            ))
-        }
-        Err(why) => BackendStatus::Unavailable(why.to_string()),
-    };
-    BackendReport {
-        kind: BackendKind::Cuda,
-        status,
+fn cuda_backend(
+    config: &BridgeConfig,
+) -> std::result::Result<std::sync::Arc<dyn Backend>, BackendReport> {
+    match gpubridge_cuda::CudaBackend::new(config) {
+        Ok(b) => Ok(b),
+        Err(why) => Err(BackendReport {
+            kind: BackendKind::Cuda,
+            status: BackendStatus::Unavailable(why.to_string()),
+        }),
     }
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_report() -> BackendReport {
-    BackendReport {
+fn cuda_backend(
+    _config: &BridgeConfig,
+) -> std::result::Result<std::sync::Arc<dyn Backend>, BackendReport> {
+    Err(BackendReport {
         kind: BackendKind::Cuda,
         status: BackendStatus::NotCompiled { feature: "cuda" },
-    }
+    })
 }
 
 /// A [`BridgeBuilder`] with every built-in kernel and every usable compiled-in backend, in the
@@ -94,7 +90,17 @@ pub fn builder(config: BridgeConfig) -> Result<BridgeBuilder> {
     config.validate()?;
     let mut b = GpuBridge::builder(config);
     register_builtins(&mut b)?;
-    b.add_report(cuda_report());
+    if b.config().fallback.chain.contains(&BackendKind::Cuda) {
+        match cuda_backend(b.config()) {
+            Ok(cuda) => b.add_backend(cuda),
+            Err(report) => b.add_report(report),
+        };
+    } else {
+        b.add_report(BackendReport {
+            kind: BackendKind::Cuda,
+            status: BackendStatus::Unavailable("left out of fallback.chain".to_owned()),
+        });
+    }
     b.add_report(gpubridge_wgpu_fallback::wgpu_status());
     let cpu = gpubridge_wgpu_fallback::CpuBackend::new(b.config())?;
     b.add_backend(cpu);

@@ -3,9 +3,12 @@
 //! - `cargo xtask ci`: what CI runs: format check, clippy with `-D warnings`, docs, every test.
 //! - `cargo xtask bench [--quick] [--card NAME]`: the benchmarks and TARGETS.md's report rows
 //!   (today: P10, CPU vector add against memcpy) in `target/bench-report/`.
+//! - `cargo xtask device-pack`: the release CLI and test executables, stripped, in `device-pack/`,
+//!   with `device-pack/run.sh` to run them on the GPU machine.
 
 mod bench;
 mod ci;
+mod device_pack;
 
 use std::path::PathBuf;
 
@@ -14,8 +17,9 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci::run(),
         Some("bench") => bench::run(&args[1..]),
+        Some("device-pack") => device_pack::run(),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [--quick] [--card NAME]>");
+            eprintln!("usage: cargo xtask <ci | bench [--quick] [--card NAME] | device-pack>");
             std::process::exit(2);
         }
     }

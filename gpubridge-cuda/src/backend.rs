@@ -1,0 +1,179 @@
+//! `CudaBackend`: every CUDA device as core's [`Backend`], one executor thread per device.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use gpubridge_core::device::Work;
+use gpubridge_core::{
+    Backend, BackendKind, BridgeConfig, DeviceId, DeviceInfo, DeviceType, Error, Health,
+    PlanTarget, Result,
+};
+use parking_lot::Mutex;
+
+use crate::compile::PtxCache;
+use crate::discovery::{probe, CudaUnavailable};
+use crate::executor::{self, Job, Shared};
+use crate::memory::PoolStats;
+
+struct DeviceSlot {
+    tx: Mutex<mpsc::Sender<Job>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    shared: Arc<Shared>,
+    target: PlanTarget,
+    budget: u64,
+}
+
+/// The CUDA backend: devices found by [`probe`], each driven by its own executor thread.
+pub struct CudaBackend {
+    infos: Vec<DeviceInfo>,
+    slots: Vec<DeviceSlot>,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBackend")
+            .field("devices", &self.infos)
+            .finish()
+    }
+}
+
+impl CudaBackend {
+    /// Finds every CUDA device (at most `general.max_devices`) and starts an executor per device.
+    ///
+    /// # Errors
+    /// [`CudaUnavailable`] with the precise reason: no driver, no device, no NVRTC, or a device
+    /// whose context cannot be created.
+    pub fn new(config: &BridgeConfig) -> std::result::Result<Arc<Self>, CudaUnavailable> {
+        let found = probe()?;
+        let ptx = PtxCache::new(config.cuda.ptx_cache_dir.as_deref())
+            .map_err(|e| CudaUnavailable(e.to_string()))?;
+        let mut infos = Vec::new();
+        let mut slots = Vec::new();
+        for d in found.into_iter().take(config.general.max_devices) {
+            let shared = Arc::new(Shared::default());
+            let (tx, thread, started) = executor::spawn(
+                d.ordinal,
+                d.compute_capability,
+                config,
+                ptx.clone(),
+                shared.clone(),
+            )
+            .map_err(|e| CudaUnavailable(format!("device {}: {e}", d.ordinal)))?;
+            let fraction_of_device =
+                (d.total_memory as f64 * config.memory.device_memory_fraction) as u64;
+            let budget = fraction_of_device
+                .min(config.memory.pool_size_mb.saturating_mul(1 << 20))
+                .min(config.memory.pinned_pool_mb.saturating_mul(1 << 20));
+            infos.push(DeviceInfo {
+                id: DeviceId {
+                    backend: BackendKind::Cuda,
+                    index: infos.len(),
+                },
+                name: d.name.clone(),
+                device_type: DeviceType::DiscreteGpu,
+                total_memory: d.total_memory,
+                compute_units: d.sm_count,
+                compute_capability: Some(d.compute_capability),
+                details: format!(
+                    "sm_{}{}, NVRTC {}.{}, cuBLAS {}",
+                    d.compute_capability.0,
+                    d.compute_capability.1,
+                    ptx.nvrtc_version().0,
+                    ptx.nvrtc_version().1,
+                    if started.blas { "loaded" } else { "not found" }
+                ),
+            });
+            slots.push(DeviceSlot {
+                tx: Mutex::new(tx),
+                thread: Mutex::new(Some(thread)),
+                shared,
+                target: PlanTarget::Cuda {
+                    compute_capability: d.compute_capability,
+                    blas: started.blas,
+                    max_grid_yz: 65535,
+                },
+                budget,
+            });
+        }
+        Ok(Arc::new(Self { infos, slots }))
+    }
+
+    /// Pool statistics of `device` after its last plan.
+    pub fn pool_stats(&self, device: usize) -> Option<PoolStats> {
+        self.slots.get(device).map(|s| *s.shared.pool.lock())
+    }
+}
+
+impl Backend for CudaBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cuda
+    }
+
+    fn devices(&self) -> &[DeviceInfo] {
+        &self.infos
+    }
+
+    fn plan_target(&self, device: usize) -> Option<PlanTarget> {
+        self.slots.get(device).map(|s| s.target.clone())
+    }
+
+    fn memory_budget(&self, device: usize) -> Option<u64> {
+        self.slots.get(device).map(|s| s.budget)
+    }
+
+    fn health(&self, device: usize) -> Health {
+        match self.slots.get(device).map(|s| s.shared.lost.lock().clone()) {
+            Some(None) => Health::Healthy,
+            Some(Some(why)) => Health::Lost(why),
+            None => Health::Lost("no such device".to_owned()),
+        }
+    }
+
+    fn submit(&self, device: usize, work: Work) -> Result<()> {
+        let slot = self.slots.get(device).ok_or_else(|| Error::DeviceLost {
+            device: format!("cuda:{device}"),
+            reason: "no such device".to_owned(),
+        })?;
+        if let Some(why) = slot.shared.lost.lock().clone() {
+            return Err(Error::DeviceLost {
+                device: format!("cuda:{device}"),
+                reason: why,
+            });
+        }
+        match work {
+            Work::Plan {
+                plan,
+                sources,
+                complete,
+            } => slot
+                .tx
+                .lock()
+                .send(Job::Plan {
+                    plan,
+                    sources,
+                    complete,
+                })
+                .map_err(|_| Error::DeviceLost {
+                    device: format!("cuda:{device}"),
+                    reason: "executor thread exited".to_owned(),
+                }),
+            Work::Cpu(_) => Err(Error::Unsupported {
+                backend: BackendKind::Cuda,
+                what: "CPU jobs".to_owned(),
+            }),
+        }
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        for s in &self.slots {
+            let _ = s.tx.lock().send(Job::Shutdown);
+            if let Some(t) = s.thread.lock().take() {
+                if t.join().is_err() {
+                    tracing::error!("a CUDA executor thread panicked");
+                }
+            }
+        }
+    }
+}
