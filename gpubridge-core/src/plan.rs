@@ -18,9 +18,11 @@ use std::hash::{Hash, Hasher};
 use crate::device::BackendKind;
 use crate::error::{Error, Result};
 
-/// Fills a host buffer with a plan input's bytes. Called once per execution attempt, directly into
-/// the backend's staging memory, so packing costs one pass over the data.
-pub type Packer = Box<dyn Fn(&mut [u8]) + Send + Sync>;
+/// Fills part of a plan input's bytes: `pack(dst, offset)` writes the input's bytes
+/// `offset .. offset + dst.len()` into `dst`. Called directly into the backend's staging memory,
+/// possibly for several disjoint ranges at once from several threads (so that packing is parallel
+/// and overlaps the copies), so packing costs one pass over the data.
+pub type Packer = Box<dyn Fn(&mut [u8], usize) + Send + Sync>;
 
 /// Index of a buffer within its plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -180,12 +182,12 @@ impl Plan {
         }
     }
 
-    /// Adds an input buffer of `len` bytes filled by `pack`.
+    /// Adds an input buffer of `len` bytes filled by `pack` (see [`Packer`]).
     pub fn input(
         &mut self,
         name: &'static str,
         len: usize,
-        pack: impl Fn(&mut [u8]) + Send + Sync + 'static,
+        pack: impl Fn(&mut [u8], usize) + Send + Sync + 'static,
     ) -> BufferId {
         self.push(name, len, BufferRole::Input(Box::new(pack)))
     }
@@ -368,32 +370,97 @@ impl<'a> PlanOutputs<'a> {
     }
 }
 
-/// Copies `values` as native-endian bytes into `dst` starting at byte `offset`.
-///
-/// A helper for packers. Lengths are checked by the plan builder; a mismatch here is a kernel bug
-/// and writes only what fits.
-pub fn pack_f32(dst: &mut [u8], offset: usize, values: &[f32]) {
+/// Writes bytes `offset .. offset + dst.len()` of `values` (as native-endian bytes) into `dst`:
+/// the [`Packer`] of an input that is one slice. Bytes past the end of `values` are zeroed.
+pub fn pack_range<T: bytemuck::Pod>(dst: &mut [u8], offset: usize, values: &[T]) {
     let src: &[u8] = bytemuck::cast_slice(values);
-    let end = (offset + src.len()).min(dst.len());
-    if offset < end {
-        dst[offset..end].copy_from_slice(&src[..end - offset]);
-    }
+    let start = offset.min(src.len());
+    let end = (offset + dst.len()).min(src.len());
+    let n = end - start;
+    dst[..n].copy_from_slice(&src[start..end]);
+    dst[n..].fill(0);
 }
 
-/// Copies `values` as native-endian bytes into `dst` starting at byte `offset` (see [`pack_f32`]).
-pub fn pack_u64(dst: &mut [u8], offset: usize, values: &[u64]) {
-    let src: &[u8] = bytemuck::cast_slice(values);
-    let end = (offset + src.len()).min(dst.len());
-    if offset < end {
-        dst[offset..end].copy_from_slice(&src[..end - offset]);
-    }
+/// An input made of one `f32` field of every item, concatenated (each item's data optionally
+/// starting at a multiple of an alignment, gaps zeroed): packs any byte range in
+/// `O(log items + range)`.
+pub struct Concat<T> {
+    items: std::sync::Arc<[T]>,
+    field: fn(&T) -> &[f32],
+    /// Byte offset of each item's data.
+    starts: Vec<usize>,
+    len: usize,
 }
 
-/// Copies `values` as native-endian bytes into `dst` starting at byte `offset` (see [`pack_f32`]).
-pub fn pack_u32(dst: &mut [u8], offset: usize, values: &[u32]) {
-    let src: &[u8] = bytemuck::cast_slice(values);
-    let end = (offset + src.len()).min(dst.len());
-    if offset < end {
-        dst[offset..end].copy_from_slice(&src[..end - offset]);
+impl<T: Send + Sync + 'static> Concat<T> {
+    /// The plain concatenation of `field` over `items`.
+    pub fn new(items: std::sync::Arc<[T]>, field: fn(&T) -> &[f32]) -> Self {
+        Self::aligned(items, field, 1)
+    }
+
+    /// The concatenation with each item's data starting at a multiple of `align` bytes (and the
+    /// total rounded up to it).
+    pub fn aligned(items: std::sync::Arc<[T]>, field: fn(&T) -> &[f32], align: usize) -> Self {
+        let align = align.max(1);
+        let mut starts = Vec::with_capacity(items.len());
+        let mut at = 0;
+        for it in items.iter() {
+            starts.push(at);
+            at += (4 * field(it).len()).div_ceil(align) * align;
+        }
+        Self {
+            items,
+            field,
+            starts,
+            len: at,
+        }
+    }
+
+    /// Byte offset of item `i`'s data.
+    pub fn start(&self, i: usize) -> usize {
+        self.starts[i]
+    }
+
+    /// Total bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writes bytes `offset .. offset + dst.len()` of the concatenation into `dst` (zeros in
+    /// alignment gaps and past the end).
+    pub fn pack(&self, dst: &mut [u8], offset: usize) {
+        let end = offset + dst.len();
+        let mut cursor = offset;
+        // The last item starting at or before `offset`.
+        let mut i = self
+            .starts
+            .partition_point(|s| *s <= offset)
+            .saturating_sub(1);
+        while cursor < end && i < self.items.len() {
+            let src: &[u8] = bytemuck::cast_slice((self.field)(&self.items[i]));
+            let (s, e) = (self.starts[i], self.starts[i] + src.len());
+            if cursor < s {
+                let gap_end = s.min(end);
+                dst[cursor - offset..gap_end - offset].fill(0);
+                cursor = gap_end;
+            }
+            let to = end.min(e);
+            if cursor < to {
+                dst[cursor - offset..to - offset].copy_from_slice(&src[cursor - s..to - s]);
+                cursor = to;
+            }
+            i += 1;
+        }
+        dst[cursor - offset..].fill(0);
+    }
+
+    /// This concatenation as a plan input's packer.
+    pub fn into_packer(self) -> impl Fn(&mut [u8], usize) + Send + Sync + 'static {
+        move |dst, offset| self.pack(dst, offset)
     }
 }

@@ -158,7 +158,7 @@ fn plans_size_buffers_from_the_batch_and_keep_shapes_stable() {
     // Packing writes every input byte.
     let mut a = vec![0u8; 1200];
     if let BufferRole::Input(pack) = &p.buffers[0].role {
-        pack(&mut a);
+        pack(&mut a, 0);
     }
     assert!(a
         .chunks_exact(4)
@@ -207,4 +207,37 @@ fn source_hash_is_stable_and_distinguishes_sources() {
         assert!(!hashes[..i].contains(h));
     }
     assert_eq!(VectorAdd.sources().hash(), VectorAdd.sources().hash());
+}
+
+#[test]
+fn concat_packs_any_range_exactly_like_the_whole() {
+    use gpubridge_core::plan::Concat;
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+    for align in [1usize, 256] {
+        let items: Vec<Vec<f32>> = (0..20)
+            .map(|_| {
+                (0..rng.random_range(0..300))
+                    .map(|_| rng.random::<f32>())
+                    .collect()
+            })
+            .collect();
+        let cat = Concat::aligned(Arc::from(items.clone()), |v: &Vec<f32>| v, align);
+        // The reference: every item at its start, gaps zero.
+        let mut whole = vec![0u8; cat.len()];
+        for (i, v) in items.iter().enumerate() {
+            let bytes: &[u8] = bytemuck::cast_slice(v);
+            whole[cat.start(i)..cat.start(i) + bytes.len()].copy_from_slice(bytes);
+        }
+        let mut packed = vec![0xAAu8; cat.len()];
+        cat.pack(&mut packed, 0);
+        assert_eq!(packed, whole);
+        for _ in 0..200 {
+            let a = rng.random_range(0..=cat.len());
+            let b = rng.random_range(a..=cat.len());
+            let mut part = vec![0xAAu8; b - a];
+            cat.pack(&mut part, a);
+            assert_eq!(part, &whole[a..b], "range {a}..{b} (align {align})");
+        }
+    }
 }

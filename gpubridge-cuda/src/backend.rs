@@ -98,6 +98,25 @@ impl CudaBackend {
         Ok(Arc::new(Self { infos, slots }))
     }
 
+    /// Number of devices in use.
+    pub fn devices_len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Graph cache statistics of `device`.
+    pub fn graph_stats(&self, device: usize) -> Option<crate::executor::GraphStats> {
+        self.slots.get(device).map(|s| *s.shared.graphs.lock())
+    }
+
+    /// Fault injection for tests: marks `device` lost, as a sticky driver error would, so that
+    /// every later submission fails with [`Error::DeviceLost`].
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_device_lost(&self, device: usize, reason: &str) {
+        if let Some(s) = self.slots.get(device) {
+            *s.shared.lost.lock() = Some(format!("injected fault: {reason}"));
+        }
+    }
+
     /// Pool statistics of `device` after its last plan.
     pub fn pool_stats(&self, device: usize) -> Option<PoolStats> {
         self.slots.get(device).map(|s| *s.shared.pool.lock())

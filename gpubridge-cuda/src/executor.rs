@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 
 use cudarc::cublas;
 use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream};
-use gpubridge_core::plan::{Arg, BufferRole, ExecStats, Plan, PlanOutputs, Step};
+use gpubridge_core::plan::{Arg, BufferId, BufferRole, ExecStats, Plan, PlanOutputs, Step};
 use gpubridge_core::{BackendKind, BridgeConfig, Error, KernelSources, Result};
 use parking_lot::Mutex;
 
 use crate::compile::PtxCache;
-use crate::memory::{DeviceBuffer, DevicePool, PinnedBuffer};
+use crate::memory::{DevicePool, PinnedBuffer};
+use gpubridge_telemetry::names;
 
 /// Alignment of each buffer inside pinned staging.
 const STAGING_ALIGN: usize = 256;
@@ -42,7 +43,43 @@ pub(crate) struct Shared {
     pub lost: Mutex<Option<String>>,
     /// Pool statistics after the last plan.
     pub pool: Mutex<crate::memory::PoolStats>,
+    /// Graph cache statistics.
+    pub graphs: Mutex<GraphStats>,
 }
+
+/// Counters of a device's CUDA graph cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GraphStats {
+    /// Replays of a cached graph.
+    pub hits: u64,
+    /// Captures of a new graph.
+    pub misses: u64,
+    /// Graphs evicted (least recently used first) to stay within `cuda.graph_cache_mb`.
+    pub evictions: u64,
+    /// Captures that failed; those plan shapes run as stream launches.
+    pub capture_failures: u64,
+    /// Graphs cached now.
+    pub entries: u64,
+    /// Device and pinned bytes the cached graphs own.
+    pub bytes: u64,
+}
+
+/// Waits for the next job: spins briefly first, since requests often come back to back and a
+/// sleeping thread takes tens of microseconds to wake.
+fn next_job(rx: &mpsc::Receiver<Job>) -> Option<Job> {
+    let t = Instant::now();
+    while t.elapsed() < JOB_SPIN {
+        match rx.try_recv() {
+            Ok(job) => return Some(job),
+            Err(mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+        }
+    }
+    rx.recv().ok()
+}
+
+/// How long an idle executor spins for the next job before it sleeps.
+const JOB_SPIN: Duration = Duration::from_micros(100);
 
 /// Maps a driver error to core's error, by what the caller can do.
 pub(crate) fn driver_error(device: &str, what: &str, e: result::DriverError) -> Error {
@@ -109,6 +146,46 @@ struct Executor {
     staging_out: PinnedBuffer,
     events: [CudaEvent; 4],
     shared: Arc<Shared>,
+    graphs: GraphCache,
+}
+
+/// A captured plan: the graph and everything it was captured with, so a replay is "pack inputs
+/// into this staging, launch once".
+struct GraphEntry {
+    graph: cudarc::driver::CudaGraph,
+    block: crate::memory::DeviceBuffer,
+    staging_in: PinnedBuffer,
+    staging_out: PinnedBuffer,
+    inputs: Vec<(usize, usize, usize)>,
+    in_total: usize,
+    bytes: usize,
+    executions: u64,
+    last_used: u64,
+}
+
+/// Graphs by plan shape, least recently used evicted first under a byte budget. The executor
+/// thread is the only user, so lookups and captures need no lock: the original's double-checked
+/// capture lock is replaced by single ownership.
+struct GraphCache {
+    enabled: bool,
+    budget: usize,
+    used: usize,
+    clock: u64,
+    entries: HashMap<gpubridge_core::PlanShape, GraphEntry>,
+    /// Shapes seen once: a shape is captured the second time it runs, so one-off plans never
+    /// pay for a capture.
+    seen: HashMap<gpubridge_core::PlanShape, u32>,
+    failed: std::collections::HashSet<gpubridge_core::PlanShape>,
+}
+
+/// Plans larger than this run as pipelined stream launches: their copies dominate, and the
+/// stream path overlaps packing with the upload.
+const GRAPH_MAX_PLAN: usize = 16 << 20;
+
+/// Where a plan's outputs ended up.
+enum OutputsIn {
+    Staging,
+    Graph(gpubridge_core::PlanShape),
 }
 
 /// Starts the executor thread of device `ordinal` and waits until its context is ready.
@@ -123,10 +200,15 @@ pub(crate) fn spawn(
     let (ready_tx, ready_rx) = mpsc::channel::<Result<Started>>();
     let label = format!("cuda:{ordinal}");
     let pool_limit = (config.memory.pool_size_mb as usize).saturating_mul(1 << 20);
+    let graphs = (
+        config.cuda.enable_graphs,
+        (config.cuda.graph_cache_mb as usize).saturating_mul(1 << 20),
+    );
     let handle = std::thread::Builder::new()
         .name(format!("gpubridge-{label}"))
         .spawn(move || {
-            let mut ex = match Executor::new(ordinal, arch, label, pool_limit, ptx, shared) {
+            let mut ex = match Executor::new(ordinal, arch, label, pool_limit, graphs, ptx, shared)
+            {
                 Ok(ex) => ex,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -136,7 +218,7 @@ pub(crate) fn spawn(
             let _ = ready_tx.send(Ok(Started {
                 blas: ex.blas.is_some(),
             }));
-            while let Ok(job) = rx.recv() {
+            while let Some(job) = next_job(&rx) {
                 match job {
                     Job::Plan {
                         plan,
@@ -166,6 +248,7 @@ impl Executor {
         arch: (u32, u32),
         label: String,
         pool_limit: usize,
+        (graphs_on, graph_budget): (bool, usize),
         ptx: PtxCache,
         shared: Arc<Shared>,
     ) -> Result<Self> {
@@ -216,6 +299,15 @@ impl Executor {
             staging_out: PinnedBuffer::empty(),
             events,
             shared,
+            graphs: GraphCache {
+                enabled: graphs_on,
+                budget: graph_budget,
+                used: 0,
+                clock: 0,
+                entries: HashMap::new(),
+                seen: HashMap::new(),
+                failed: Default::default(),
+            },
         })
     }
 
@@ -233,13 +325,19 @@ impl Executor {
             return;
         }
         match self.execute(plan, sources) {
-            Ok((layout, stats)) => {
+            Ok((layout, stats, place)) => {
                 let total = layout
                     .iter()
                     .map(|(_, off, len)| off + len)
                     .max()
                     .unwrap_or(0);
-                let staging: &[u8] = self.staging_out.slice_mut(total);
+                let staging: &[u8] = match place {
+                    OutputsIn::Staging => self.staging_out.slice_mut(total),
+                    OutputsIn::Graph(shape) => match self.graphs.entries.get_mut(&shape) {
+                        Some(e) => e.staging_out.slice_mut(total),
+                        None => &[],
+                    },
+                };
                 let ids = layout.iter().map(|(id, ..)| *id).collect();
                 let slices = layout
                     .iter()
@@ -256,6 +354,9 @@ impl Executor {
             }
         }
         *self.shared.pool.lock() = self.pool.stats();
+        let mut g = self.shared.graphs.lock();
+        g.entries = self.graphs.entries.len() as u64;
+        g.bytes = self.graphs.used as u64;
     }
 
     /// The functions of `plan`'s launches, compiling and loading the kernel's module on first use.
@@ -319,60 +420,77 @@ impl Executor {
     }
 
     /// Runs the plan; returns the output layout in staging (id, offset, length) and timings.
+    ///
+    /// Every buffer of the plan lives in one pooled device block: inputs first (so their upload
+    /// is one contiguous range, copied piece by piece while the next piece is packed), then
+    /// outputs (downloaded with one copy), then scratch.
     #[allow(clippy::type_complexity)] // A private return type read right below.
     fn execute(
         &mut self,
         plan: &Plan,
         sources: &KernelSources,
-    ) -> Result<(
-        Vec<(gpubridge_core::plan::BufferId, usize, usize)>,
-        ExecStats,
-    )> {
+    ) -> Result<(Vec<(BufferId, usize, usize)>, ExecStats, OutputsIn)> {
         let functions = self.functions(plan, sources)?;
-        let mut in_layout = Vec::new();
-        let mut out_layout = Vec::new();
-        let (mut in_total, mut out_total) = (0usize, 0usize);
+        let align = |n: usize| n.div_ceil(STAGING_ALIGN) * STAGING_ALIGN;
+        let mut layout = Layout {
+            offsets: vec![0; plan.buffers.len()],
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            in_total: 0,
+            out_start: 0,
+            out_end: 0,
+        };
+        let mut at = 0;
         for (i, b) in plan.buffers.iter().enumerate() {
-            let id = gpubridge_core::plan::BufferId(i as u32);
-            match b.role {
-                BufferRole::Input(_) => {
-                    in_layout.push((i, in_total, b.len));
-                    in_total += b.len.div_ceil(STAGING_ALIGN) * STAGING_ALIGN;
-                }
-                BufferRole::Output => {
-                    out_layout.push((id, out_total, b.len));
-                    out_total += b.len.div_ceil(STAGING_ALIGN) * STAGING_ALIGN;
-                }
-                BufferRole::Scratch => {}
+            if let BufferRole::Input(_) = b.role {
+                layout.offsets[i] = at;
+                layout.inputs.push((i, at, b.len));
+                at += align(b.len);
             }
         }
-        self.staging_in.ensure(in_total, &self.label)?;
-        self.staging_out.ensure(out_total, &self.label)?;
-        {
-            let staging = self.staging_in.slice_mut(in_total);
-            for (i, off, len) in &in_layout {
-                if let BufferRole::Input(pack) = &plan.buffers[*i].role {
-                    pack(&mut staging[*off..*off + *len]);
-                }
+        layout.in_total = at;
+        layout.out_start = at;
+        for (i, b) in plan.buffers.iter().enumerate() {
+            if let BufferRole::Output = b.role {
+                layout.offsets[i] = at;
+                layout
+                    .outputs
+                    .push((BufferId(i as u32), at - layout.out_start, b.len));
+                at += align(b.len);
             }
         }
-        let mut bufs: Vec<DeviceBuffer> = Vec::with_capacity(plan.buffers.len());
-        for b in &plan.buffers {
-            match self.pool.rent(b.len) {
-                Ok(d) => bufs.push(d),
-                Err(e) => {
-                    bufs.into_iter().for_each(|d| self.pool.give_back(d));
-                    return Err(e);
-                }
+        layout.out_end = at;
+        for (i, b) in plan.buffers.iter().enumerate() {
+            if let BufferRole::Scratch = b.role {
+                layout.offsets[i] = at;
+                at += align(b.len);
             }
         }
-        let result = self.enqueue(plan, &functions, &bufs, &in_layout, &out_layout);
-        // Whatever happened, nothing may still be using the buffers when they go back.
-        let synced = self
-            .stream
-            .synchronize()
-            .map_err(|e| driver_error(&self.label, "cuStreamSynchronize", e));
-        bufs.into_iter().for_each(|d| self.pool.give_back(d));
+        if let Some(shape) = self.graph_for(plan, &functions, &layout, at) {
+            let stats = self.replay(plan, shape)?;
+            return Ok((layout.outputs, stats, OutputsIn::Graph(shape)));
+        }
+        self.staging_in.ensure(layout.in_total, &self.label)?;
+        self.staging_out
+            .ensure(layout.out_end - layout.out_start, &self.label)?;
+        let block = self.pool.rent(at.max(1))?;
+        let out_len = layout.out_end - layout.out_start;
+        let result = enqueue(
+            &self.stream,
+            Some(&self.events),
+            self.blas.as_ref(),
+            &self.label,
+            plan,
+            &functions,
+            block.ptr,
+            &layout,
+            self.staging_in.slice_mut(layout.in_total),
+            self.staging_out.slice_mut(out_len),
+            true,
+        );
+        // Whatever happened, nothing may still be using the block when it goes back.
+        let synced = self.wait();
+        self.pool.give_back(block);
         result?;
         synced?;
         let ms = |a: usize, b: usize| {
@@ -386,137 +504,397 @@ impl Executor {
             transfer: ms(0, 1) + ms(2, 3),
             graph_replayed: false,
         };
-        Ok((out_layout, stats))
+        Ok((layout.outputs, stats, OutputsIn::Staging))
     }
 
-    fn enqueue(
+    /// The cached graph for this plan's shape, capturing it on the shape's second run.
+    fn graph_for(
         &mut self,
         plan: &Plan,
         functions: &[sys::CUfunction],
-        bufs: &[DeviceBuffer],
-        in_layout: &[(usize, usize, usize)],
-        out_layout: &[(gpubridge_core::plan::BufferId, usize, usize)],
-    ) -> Result<()> {
-        let label = self.label.clone();
-        let drv = |what: &str, e| driver_error(&label, what, e);
-        let cs = self.stream.cu_stream();
-        self.events[0]
-            .record(&self.stream)
-            .map_err(|e| drv("cuEventRecord", e))?;
-        let in_total = in_layout.last().map_or(0, |(_, off, len)| off + len);
-        let staging = self.staging_in.slice_mut(in_total);
-        for (i, off, len) in in_layout {
-            if *len > 0 {
-                // SAFETY: the device buffer holds at least `len` bytes (rented for it); the pinned
-                // source stays alive and unmodified until the stream is synchronised in `execute`.
-                unsafe { result::memcpy_htod_async(bufs[*i].ptr, &staging[*off..*off + *len], cs) }
-                    .map_err(|e| drv("cuMemcpyHtoDAsync", e))?;
+        layout: &Layout,
+        total: usize,
+    ) -> Option<gpubridge_core::PlanShape> {
+        let g = &mut self.graphs;
+        if !g.enabled || plan.steps.is_empty() || total > GRAPH_MAX_PLAN || total > g.budget {
+            return None;
+        }
+        let shape = plan.shape();
+        if g.entries.contains_key(&shape) {
+            return Some(shape);
+        }
+        if g.failed.contains(&shape) {
+            return None;
+        }
+        let seen = g.seen.entry(shape).or_insert(0);
+        *seen += 1;
+        if *seen < 2 {
+            return None;
+        }
+        g.seen.remove(&shape);
+        match self.capture(plan, functions, layout, total) {
+            Ok(entry) => {
+                metrics::counter!(names::GRAPH_CACHE_TOTAL, "result" => "miss").increment(1);
+                self.shared.graphs.lock().misses += 1;
+                while self.graphs.used + entry.bytes > self.graphs.budget
+                    && !self.graphs.entries.is_empty()
+                {
+                    self.evict_lru();
+                }
+                self.graphs.used += entry.bytes;
+                self.graphs.entries.insert(shape, entry);
+                Some(shape)
+            }
+            Err(e) => {
+                tracing::warn!(device = %self.label, kernel = plan.kernel, "graph capture failed, this plan shape runs as stream launches: {e}");
+                self.graphs.failed.insert(shape);
+                self.shared.graphs.lock().capture_failures += 1;
+                None
             }
         }
-        self.events[1]
-            .record(&self.stream)
-            .map_err(|e| drv("cuEventRecord", e))?;
-        let ptr = |a: &Arg| -> Result<sys::CUdeviceptr> {
-            match a {
-                Arg::Buffer { id, offset } => Ok(bufs[id.0 as usize].ptr + *offset as u64),
-                other => Err(Error::invalid_batch(
-                    plan.kernel,
-                    format!("expected a buffer argument, got {other:?}"),
-                )),
-            }
+    }
+
+    fn evict_lru(&mut self) {
+        let Some(shape) = self
+            .graphs
+            .entries
+            .iter()
+            .min_by_key(|(_, e)| e.last_used)
+            .map(|(k, _)| *k)
+        else {
+            return;
         };
-        let mut next_fn = functions.iter();
-        for step in &plan.steps {
-            match step {
-                Step::Launch(l) => {
-                    let f = *next_fn.next().ok_or_else(|| {
-                        Error::invalid_batch(plan.kernel, "more launches than entry points")
-                    })?;
-                    let mut values: Vec<u64> = l
-                        .args
-                        .iter()
-                        .map(|a| match a {
-                            Arg::Buffer { .. } => ptr(a),
-                            Arg::U32(v) => Ok(u64::from(*v)),
-                            Arg::U64(v) => Ok(*v),
-                            Arg::F32(v) => Ok(u64::from(v.to_bits())),
-                        })
-                        .collect::<Result<_>>()?;
-                    let mut params: Vec<*mut c_void> = values
-                        .iter_mut()
-                        .map(|v| (v as *mut u64).cast::<c_void>())
-                        .collect();
-                    let g = (l.grid[0], l.grid[1], l.grid[2]);
-                    let b = (l.block[0], l.block[1], l.block[2]);
-                    // SAFETY: `f` is a function of a module loaded in this context; each parameter
-                    // points to an 8-byte slot whose low bytes hold the argument in the width the
-                    // kernel declares (little-endian), and the driver copies them at enqueue time.
-                    // Buffer arguments are live pool buffers, checked against the plan by
-                    // `Plan::check`, and stay rented until the stream is synchronised.
-                    unsafe { result::launch_kernel(f, g, b, l.shared_mem_bytes, cs, &mut params) }
-                        .map_err(|e| drv(&format!("cuLaunchKernel({})", l.entry), e))?;
-                }
-                Step::Gemm(g) => {
-                    let blas = self.blas.as_ref().ok_or_else(|| Error::Unsupported {
-                        backend: BackendKind::Cuda,
-                        what: "cuBLAS is not loaded".to_owned(),
-                    })?;
-                    let (a, b, c) = (ptr(&g.a)?, ptr(&g.b)?, ptr(&g.c)?);
-                    let (m, k, n) = (g.m as i32, g.k as i32, g.n as i32);
-                    let (alpha, beta) = (1.0f32, 0.0f32);
-                    use cublas::sys::cublasOperation_t::CUBLAS_OP_N;
-                    // Row-major C = A B is column-major C^T = B^T A^T: swap the operands.
-                    // SAFETY: the handle is bound to this stream; A, B and C are live buffers
-                    // holding m*k, k*n and m*n floats at these offsets (the kernel's plan sized
-                    // them); leading dimensions match the row-major layout.
-                    unsafe {
-                        cublas::result::sgemm(
-                            blas.0,
-                            CUBLAS_OP_N,
-                            CUBLAS_OP_N,
-                            n,
-                            m,
-                            k,
-                            &alpha,
-                            b as *const f32,
-                            n,
-                            a as *const f32,
-                            k,
-                            &beta,
-                            c as *mut f32,
-                            n,
-                        )
+        if let Some(e) = self.graphs.entries.remove(&shape) {
+            tracing::debug!(device = %self.label, executions = e.executions, "evicting a graph");
+            self.graphs.used -= e.bytes;
+            drop(e.graph);
+            self.pool.give_back(e.block);
+            metrics::counter!(names::GRAPH_CACHE_TOTAL, "result" => "evict").increment(1);
+            self.shared.graphs.lock().evictions += 1;
+        }
+    }
+
+    /// Captures the plan's copies and steps on the stream into a graph that owns its block and
+    /// staging.
+    fn capture(
+        &mut self,
+        plan: &Plan,
+        functions: &[sys::CUfunction],
+        layout: &Layout,
+        total: usize,
+    ) -> Result<GraphEntry> {
+        let out_len = layout.out_end - layout.out_start;
+        let mut staging_in = PinnedBuffer::empty();
+        let mut staging_out = PinnedBuffer::empty();
+        staging_in.ensure(layout.in_total, &self.label)?;
+        staging_out.ensure(out_len, &self.label)?;
+        let block = self.pool.rent(total.max(1))?;
+        let label = self.label.clone();
+        let captured = (|| -> Result<cudarc::driver::CudaGraph> {
+            self.stream
+                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .map_err(|e| driver_error(&label, "cuStreamBeginCapture", e))?;
+            let enqueued = enqueue(
+                &self.stream,
+                None,
+                self.blas.as_ref(),
+                &label,
+                plan,
+                functions,
+                block.ptr,
+                layout,
+                staging_in.slice_mut(layout.in_total),
+                staging_out.slice_mut(out_len),
+                false,
+            );
+            // End the capture whatever happened, so the stream leaves capture mode.
+            let graph = self
+                .stream
+                .end_capture(sys::CUgraphInstantiate_flags(0))
+                .map_err(|e| driver_error(&label, "cuStreamEndCapture", e));
+            enqueued?;
+            let graph = graph?.ok_or_else(|| Error::Backend {
+                backend: BackendKind::Cuda,
+                message: "capture produced no graph".to_owned(),
+                transient: false,
+            })?;
+            graph
+                .upload()
+                .map_err(|e| driver_error(&label, "cuGraphUpload", e))?;
+            Ok(graph)
+        })();
+        match captured {
+            Ok(graph) => Ok(GraphEntry {
+                graph,
+                bytes: block.size + staging_in.capacity() + staging_out.capacity(),
+                block,
+                staging_in,
+                staging_out,
+                inputs: layout.inputs.clone(),
+                in_total: layout.in_total,
+                executions: 0,
+                last_used: 0,
+            }),
+            Err(e) => {
+                self.pool.give_back(block);
+                Err(e)
+            }
+        }
+    }
+
+    /// Packs the plan's inputs into the graph's staging and replays it.
+    fn replay(&mut self, plan: &Plan, shape: gpubridge_core::PlanShape) -> Result<ExecStats> {
+        self.graphs.clock += 1;
+        let clock = self.graphs.clock;
+        let label = self.label.clone();
+        let entry = self
+            .graphs
+            .entries
+            .get_mut(&shape)
+            .ok_or_else(|| Error::Backend {
+                backend: BackendKind::Cuda,
+                message: "graph cache lost an entry".to_owned(),
+                transient: false,
+            })?;
+        let t = Instant::now();
+        pack_piece(
+            plan,
+            &entry.inputs,
+            entry.staging_in.slice_mut(entry.in_total),
+            0,
+        );
+        entry
+            .graph
+            .launch()
+            .map_err(|e| driver_error(&label, "cuGraphLaunch", e))?;
+        entry.executions += 1;
+        entry.last_used = clock;
+        self.wait()?;
+        metrics::counter!(names::GRAPH_CACHE_TOTAL, "result" => "hit").increment(1);
+        self.shared.graphs.lock().hits += 1;
+        Ok(ExecStats {
+            compute: t.elapsed(),
+            transfer: Duration::ZERO,
+            graph_replayed: true,
+        })
+    }
+
+    /// Waits for the stream: spins on `cuStreamQuery` for a short while (a sleeping wait costs
+    /// more than a small plan's whole run), then blocks.
+    fn wait(&self) -> Result<()> {
+        let cs = self.stream.cu_stream();
+        let t = Instant::now();
+        loop {
+            // SAFETY: `cs` is this executor's live stream.
+            match unsafe { sys::cuStreamQuery(cs) } {
+                sys::CUresult::CUDA_SUCCESS => return Ok(()),
+                sys::CUresult::CUDA_ERROR_NOT_READY => {
+                    if t.elapsed() > SPIN_WAIT {
+                        return self
+                            .stream
+                            .synchronize()
+                            .map_err(|e| driver_error(&self.label, "cuStreamSynchronize", e));
                     }
-                    .map_err(|e| Error::Backend {
-                        backend: BackendKind::Cuda,
-                        message: format!("{label}: cublasSgemm: {e:?}"),
-                        transient: false,
-                    })?;
+                    std::hint::spin_loop();
+                }
+                other => {
+                    return Err(driver_error(
+                        &self.label,
+                        "cuStreamQuery",
+                        result::DriverError(other),
+                    ))
                 }
             }
         }
-        self.events[2]
-            .record(&self.stream)
-            .map_err(|e| drv("cuEventRecord", e))?;
-        let out_total = out_layout.last().map_or(0, |(_, off, len)| off + len);
-        let staging = self.staging_out.slice_mut(out_total);
-        for (id, off, len) in out_layout {
-            if *len > 0 {
-                // SAFETY: the destination is our pinned staging (alive until after the
-                // synchronisation); the source buffer holds at least `len` bytes.
+    }
+}
+
+/// Enqueues a plan on `stream`: uploads (packing piece by piece when `pack`), steps, download.
+/// With `events`, records the four timing events around the phases. Used for stream execution
+/// and, with `pack` and `events` off, inside a graph capture.
+#[allow(clippy::too_many_arguments)] // The parts of the executor one enqueue touches, borrowed apart.
+fn enqueue(
+    stream: &CudaStream,
+    events: Option<&[CudaEvent; 4]>,
+    blas: Option<&Blas>,
+    label: &str,
+    plan: &Plan,
+    functions: &[sys::CUfunction],
+    base: sys::CUdeviceptr,
+    layout: &Layout,
+    staging_in: &mut [u8],
+    staging_out: &mut [u8],
+    pack: bool,
+) -> Result<()> {
+    let drv = |what: &str, e| driver_error(label, what, e);
+    let cs = stream.cu_stream();
+    let record = |i: usize| -> Result<()> {
+        match events {
+            Some(ev) => ev[i].record(stream).map_err(|e| drv("cuEventRecord", e)),
+            None => Ok(()),
+        }
+    };
+    record(0)?;
+    let mut rest: &mut [u8] = staging_in;
+    let mut done = 0;
+    while done < layout.in_total {
+        let piece_len = if !pack || layout.in_total <= SMALL_PLAN {
+            layout.in_total
+        } else {
+            PIECE.min(layout.in_total - done)
+        };
+        let (piece, tail) = std::mem::take(&mut rest).split_at_mut(piece_len);
+        rest = tail;
+        if pack {
+            pack_piece(plan, &layout.inputs, piece, done);
+        }
+        // SAFETY: the destination range lies inside the rented block (sized for the whole
+        // layout); the pinned source is not written again until the stream is synchronised.
+        unsafe { result::memcpy_htod_async(base + done as u64, &*piece, cs) }
+            .map_err(|e| drv("cuMemcpyHtoDAsync", e))?;
+        done += piece_len;
+    }
+    record(1)?;
+    let ptr = |a: &Arg| -> Result<sys::CUdeviceptr> {
+        match a {
+            Arg::Buffer { id, offset } => {
+                Ok(base + (layout.offsets[id.0 as usize] + *offset) as u64)
+            }
+            other => Err(Error::invalid_batch(
+                plan.kernel,
+                format!("expected a buffer argument, got {other:?}"),
+            )),
+        }
+    };
+    let mut next_fn = functions.iter();
+    for step in &plan.steps {
+        match step {
+            Step::Launch(l) => {
+                let f = *next_fn.next().ok_or_else(|| {
+                    Error::invalid_batch(plan.kernel, "more launches than entry points")
+                })?;
+                let mut values: Vec<u64> = l
+                    .args
+                    .iter()
+                    .map(|a| match a {
+                        Arg::Buffer { .. } => ptr(a),
+                        Arg::U32(v) => Ok(u64::from(*v)),
+                        Arg::U64(v) => Ok(*v),
+                        Arg::F32(v) => Ok(u64::from(v.to_bits())),
+                    })
+                    .collect::<Result<_>>()?;
+                let mut params: Vec<*mut c_void> = values
+                    .iter_mut()
+                    .map(|v| (v as *mut u64).cast::<c_void>())
+                    .collect();
+                let g = (l.grid[0], l.grid[1], l.grid[2]);
+                let b = (l.block[0], l.block[1], l.block[2]);
+                // SAFETY: `f` is a function of a module loaded in this context; each parameter
+                // points to an 8-byte slot whose low bytes hold the argument in the width the
+                // kernel declares (little-endian), and the driver copies them at enqueue time.
+                // Buffer arguments point into the rented block, inside their buffers (checked
+                // by `Plan::check`), which stays rented until the stream is synchronised.
+                unsafe { result::launch_kernel(f, g, b, l.shared_mem_bytes, cs, &mut params) }
+                    .map_err(|e| drv(&format!("cuLaunchKernel({})", l.entry), e))?;
+            }
+            Step::Gemm(g) => {
+                let blas = blas.ok_or_else(|| Error::Unsupported {
+                    backend: BackendKind::Cuda,
+                    what: "cuBLAS is not loaded".to_owned(),
+                })?;
+                let (a, b, c) = (ptr(&g.a)?, ptr(&g.b)?, ptr(&g.c)?);
+                let (m, k, n) = (g.m as i32, g.k as i32, g.n as i32);
+                let (alpha, beta) = (1.0f32, 0.0f32);
+                use cublas::sys::cublasOperation_t::CUBLAS_OP_N;
+                // Row-major C = A B is column-major C^T = B^T A^T: swap the operands.
+                // SAFETY: the handle is bound to this stream; A, B and C are inside the block
+                // and hold m*k, k*n and m*n floats (the kernel's plan sized them); leading
+                // dimensions match the row-major layout.
                 unsafe {
-                    result::memcpy_dtoh_async(
-                        &mut staging[*off..*off + *len],
-                        bufs[id.0 as usize].ptr,
-                        cs,
+                    cublas::result::sgemm(
+                        blas.0,
+                        CUBLAS_OP_N,
+                        CUBLAS_OP_N,
+                        n,
+                        m,
+                        k,
+                        &alpha,
+                        b as *const f32,
+                        n,
+                        a as *const f32,
+                        k,
+                        &beta,
+                        c as *mut f32,
+                        n,
                     )
                 }
-                .map_err(|e| drv("cuMemcpyDtoHAsync", e))?;
+                .map_err(|e| Error::Backend {
+                    backend: BackendKind::Cuda,
+                    message: format!("{label}: cublasSgemm: {e:?}"),
+                    transient: false,
+                })?;
             }
         }
-        self.events[3]
-            .record(&self.stream)
-            .map_err(|e| drv("cuEventRecord", e))?;
-        Ok(())
+    }
+    record(2)?;
+    let out_len = layout.out_end - layout.out_start;
+    if out_len > 0 {
+        let staging = &mut staging_out[..out_len];
+        // SAFETY: the destination is our pinned staging (alive and untouched until after the
+        // synchronisation); the source range lies inside the block.
+        unsafe { result::memcpy_dtoh_async(staging, base + layout.out_start as u64, cs) }
+            .map_err(|e| drv("cuMemcpyDtoHAsync", e))?;
+    }
+    record(3)?;
+    Ok(())
+}
+
+/// Where each buffer of a plan sits in its device block and in staging.
+struct Layout {
+    /// Byte offset of every buffer in the device block.
+    offsets: Vec<usize>,
+    /// Inputs: (buffer index, offset in block and input staging, length).
+    inputs: Vec<(usize, usize, usize)>,
+    /// Outputs: (id, offset in output staging, length).
+    outputs: Vec<(BufferId, usize, usize)>,
+    in_total: usize,
+    out_start: usize,
+    out_end: usize,
+}
+
+/// Plans whose inputs fit in this many bytes are packed on the executor thread in one go.
+const SMALL_PLAN: usize = 1 << 20;
+/// Larger inputs are packed and uploaded in pieces of this size, so that packing one piece
+/// overlaps the copy of the one before.
+const PIECE: usize = 8 << 20;
+/// How long a wait spins before it blocks.
+const SPIN_WAIT: Duration = Duration::from_micros(500);
+/// Smallest range one packing task handles.
+const PACK_TASK: usize = 256 << 10;
+
+/// Packs the bytes `at .. at + piece.len()` of the input region into `piece`: each input overlapping
+/// the range packs its part, split across the rayon pool when the piece is large.
+fn pack_piece(plan: &Plan, inputs: &[(usize, usize, usize)], piece: &mut [u8], at: usize) {
+    let tasks = (piece.len() / PACK_TASK).clamp(1, rayon::current_num_threads().max(1) * 2);
+    let per = piece.len().div_ceil(tasks).div_ceil(64) * 64;
+    let fill = |dst: &mut [u8], from: usize| {
+        let to = from + dst.len();
+        for &(i, off, len) in inputs {
+            let (s, e) = (off.max(from), (off + len).min(to));
+            if s < e {
+                if let BufferRole::Input(pack) = &plan.buffers[i].role {
+                    pack(&mut dst[s - from..e - from], s - off);
+                }
+            }
+        }
+    };
+    if tasks == 1 {
+        fill(piece, at);
+    } else {
+        use rayon::prelude::*;
+        piece
+            .par_chunks_mut(per)
+            .enumerate()
+            .for_each(|(t, dst)| fill(dst, at + t * per));
     }
 }

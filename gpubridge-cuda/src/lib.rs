@@ -12,11 +12,17 @@
 //!   disk ([`PtxCache`]: key = source hash, architecture, NVRTC version); inputs are packed into
 //!   pinned staging, copied, the plan's launches (and cuBLAS SGEMMs) run, outputs come back.
 //!
+//! - CUDA graphs: a plan shape seen a second time is captured (its uploads, launches, SGEMMs and
+//!   download) into a graph that owns its device block and pinned staging; later runs of that
+//!   shape pack into the staging and replay the graph once. Least recently used graphs are evicted
+//!   under `cuda.graph_cache_mb`; a failed capture leaves that shape on stream launches.
+//!
 //! # Not yet
-//! CUDA graphs, overlap of one micro-batch's copies with another's compute, and a pinned-memory
-//! pool shared across requests are the next steps (see `docs/PERFORMANCE.md`).
+//! Batch-size bucketing for graph keys, in-place kernel-node updates, and overlap of one
+//! micro-batch's copies with another's compute on a second stream (see `docs/PERFORMANCE.md`).
 
 mod backend;
+pub mod baseline;
 mod compile;
 mod discovery;
 mod executor;
@@ -25,4 +31,5 @@ mod memory;
 pub use backend::CudaBackend;
 pub use compile::{compile, default_cache_dir, nvrtc_version, PtxCache};
 pub use discovery::{probe, CudaDevice, CudaUnavailable, DRIVER_LIBRARY};
+pub use executor::GraphStats;
 pub use memory::{size_class, DevicePool, PoolStats};

@@ -222,6 +222,11 @@ impl PinnedBuffer {
         Ok(())
     }
 
+    /// Bytes allocated.
+    pub fn capacity(&self) -> usize {
+        self.len
+    }
+
     /// The first `len` bytes (at most the buffer's size).
     pub fn slice_mut(&mut self, len: usize) -> &mut [u8] {
         if self.ptr.is_null() {

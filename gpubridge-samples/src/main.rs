@@ -1,6 +1,7 @@
 //! `gpubridge`: list devices and backends, and run the original's production samples on any
 //! backend, each verified against its reference.
 
+mod bench;
 mod samples;
 
 use std::path::PathBuf;
@@ -36,6 +37,8 @@ enum Command {
     Kernels,
     /// Print the effective configuration (file, then environment, then defaults) as TOML.
     Config,
+    /// Measure TARGETS.md's rows against baselines measured in the same run.
+    Bench(bench::BenchArgs),
     /// Run a sample and verify it against the reference.
     Run {
         /// Which sample.
@@ -124,6 +127,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Config => {
             print!("{}", config.to_toml_string());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => {
+            bench::run(args, config)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run {

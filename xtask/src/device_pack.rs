@@ -120,6 +120,7 @@ export XDG_CACHE_HOME="${XDG_CACHE_HOME:-/tmp/gpubridge-cache}"
 OUT="${OUT:-/tmp/gpubridge-out}"
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1 || true
+echo "THP: $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null)" >> "$OUT/gpu.txt"
 summary=""
 for t in tests/*; do
   name=$(basename "$t")
@@ -132,10 +133,12 @@ cold_start=$(date +%s%N); ./gpubridge run vector --backend cuda --pairs 1 --len 
 warm_start=$(date +%s%N); ./gpubridge run vector --backend cuda --pairs 1 --len 1000 > /dev/null 2>&1; warm_end=$(date +%s%N)
 ./gpubridge run all --backend cuda > "$OUT/run-all-cuda.txt" 2>&1; run_rc=$?
 ./gpubridge run all --backend cpu > "$OUT/run-all-cpu.txt" 2>&1
+./gpubridge bench --out "$OUT/bench.json" > "$OUT/bench.md" 2> "$OUT/bench.err"; bench_rc=$?
 echo "== gpu"; cat "$OUT/gpu.txt"
 echo "== devices"; cat "$OUT/devices.txt"
 echo "== run all --backend cuda (rc $run_rc)"; cat "$OUT/run-all-cuda.txt"
 echo "== run all --backend cpu"; cat "$OUT/run-all-cpu.txt"
 echo "== process start to verified result, tiny vector sample: cold PTX cache $(( (cold_end-cold_start)/1000000 )) ms, warm $(( (warm_end-warm_start)/1000000 )) ms"
 echo "== tests"; printf '%s' "$summary"
+echo "== bench (rc $bench_rc)"; tail -5 "$OUT/bench.err"; cat "$OUT/bench.md"
 "#;

@@ -1,8 +1,8 @@
 //! `cargo xtask`: project automation in Rust (the rust-analyzer pattern).
 //!
 //! - `cargo xtask ci`: what CI runs: format check, clippy with `-D warnings`, docs, every test.
-//! - `cargo xtask bench [--quick] [--card NAME]`: the benchmarks and TARGETS.md's report rows
-//!   (today: P10, CPU vector add against memcpy) in `target/bench-report/`.
+//! - `cargo xtask bench [--quick] [--only P2,P4]`: TARGETS.md's rows measured by `gpubridge bench`
+//!   against baselines from the same run, in `target/bench-report/`.
 //! - `cargo xtask device-pack`: the release CLI and test executables, stripped, in `device-pack/`,
 //!   with `device-pack/run.sh` to run them on the GPU machine.
 
@@ -19,7 +19,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench") => bench::run(&args[1..]),
         Some("device-pack") => device_pack::run(),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [--quick] [--card NAME] | device-pack>");
+            eprintln!("usage: cargo xtask <ci | bench [--quick] [--only P2,P4] | device-pack>");
             std::process::exit(2);
         }
     }

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use crate::cpu::CpuContext;
 use crate::error::{Error, Result};
 use crate::kernel::{Kernel, KernelSources};
-use crate::plan::{pack_f32, Arg, BufferId, Gemm, Launch, Plan, PlanOutputs, PlanTarget};
+use crate::plan::{Arg, BufferId, Concat, Gemm, Launch, Plan, PlanOutputs, PlanTarget};
 
 /// Inputs of one multiply: `a` is `m x k`, `b` is `k x n`, both row-major.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -100,30 +100,19 @@ impl Kernel for MatMul {
 
     fn plan(&self, inputs: &Arc<[MatMulInput]>, target: &PlanTarget) -> Result<Plan> {
         let mut plan = Plan::new(Self::ID);
-        let mut a_off = Vec::with_capacity(inputs.len());
-        let mut b_off = Vec::with_capacity(inputs.len());
+        let a_cat = Concat::aligned(inputs.clone(), |x: &MatMulInput| &x.a, ALIGN);
+        let b_cat = Concat::aligned(inputs.clone(), |x: &MatMulInput| &x.b, ALIGN);
+        let a_off: Vec<usize> = (0..inputs.len()).map(|i| a_cat.start(i)).collect();
+        let b_off: Vec<usize> = (0..inputs.len()).map(|i| b_cat.start(i)).collect();
         let mut c_off = Vec::with_capacity(inputs.len());
-        let (mut a_len, mut b_len, mut c_len) = (0, 0, 0);
+        let mut c_len = 0;
         for x in inputs.iter() {
-            a_off.push(a_len);
-            b_off.push(b_len);
             c_off.push(c_len);
-            a_len += aligned(4 * x.a.len());
-            b_len += aligned(4 * x.b.len());
             c_len += aligned(4 * x.m * x.n);
         }
-        let (items, offs) = (inputs.clone(), a_off.clone());
-        let a = plan.input("a", a_len, move |dst| {
-            for (x, o) in items.iter().zip(&offs) {
-                pack_f32(dst, *o, &x.a);
-            }
-        });
-        let (items, offs) = (inputs.clone(), b_off.clone());
-        let b = plan.input("b", b_len, move |dst| {
-            for (x, o) in items.iter().zip(&offs) {
-                pack_f32(dst, *o, &x.b);
-            }
-        });
+        let (a_len, b_len) = (a_cat.len(), b_cat.len());
+        let a = plan.input("a", a_len, a_cat.into_packer());
+        let b = plan.input("b", b_len, b_cat.into_packer());
         let c = plan.output("c", c_len);
         let (blas, max_grid) = match target {
             PlanTarget::Cuda {

@@ -27,6 +27,8 @@ pub use saxpy::{Saxpy, SaxpyInput};
 pub use sum::Sum;
 pub use vector_add::{VectorAdd, VectorPair};
 
+use rayon::prelude::*;
+
 use crate::catalog::KernelCatalog;
 use crate::error::Result;
 
@@ -73,28 +75,34 @@ pub(crate) fn sum_f64(x: &[f32]) -> f64 {
     acc.iter().sum::<f64>() + rest.iter().map(|v| f64::from(*v)).sum::<f64>()
 }
 
-/// Concatenates one `f32` field of every item into `dst`.
-pub(crate) fn pack_concat<T>(dst: &mut [u8], items: &[T], field: impl Fn(&T) -> &[f32]) {
-    let mut offset = 0;
-    for item in items {
-        let v = field(item);
-        crate::plan::pack_f32(dst, offset, v);
-        offset += std::mem::size_of_val(v);
+/// Cuts `flat` into consecutive vectors of the given lengths, copying in parallel when large
+/// (fresh output pages fault on first write; many threads fault them faster).
+pub(crate) fn split_concat(flat: &[f32], lens: impl Iterator<Item = usize>) -> Vec<Vec<f32>> {
+    let mut ranges = Vec::new();
+    let mut at = 0;
+    for l in lens {
+        ranges.push((at, l));
+        at += l;
+    }
+    let piece = |&(s, l): &(usize, usize)| flat.get(s..s + l).map(par_to_vec).unwrap_or_default();
+    if at >= PAR_COPY_MIN && ranges.len() > 1 {
+        ranges.par_iter().map(piece).collect()
+    } else {
+        ranges.iter().map(piece).collect()
     }
 }
 
-/// Cuts `flat` into consecutive vectors of the given lengths.
-pub(crate) fn split_concat(flat: &[f32], lens: impl Iterator<Item = usize>) -> Vec<Vec<f32>> {
-    let mut at = 0;
-    lens.map(|l| {
-        let v = flat
-            .get(at..at + l)
-            .map(<[f32]>::to_vec)
-            .unwrap_or_default();
-        at += l;
-        v
-    })
-    .collect()
+/// Below this many elements a copy runs on the calling thread.
+const PAR_COPY_MIN: usize = 1 << 18;
+
+/// `src.to_vec()`, in parallel chunks when large.
+pub(crate) fn par_to_vec(src: &[f32]) -> Vec<f32> {
+    if src.len() < PAR_COPY_MIN {
+        return src.to_vec();
+    }
+    let mut v = Vec::with_capacity(src.len());
+    v.par_extend(src.par_iter().copied());
+    v
 }
 
 /// Grid size for a grid-stride 1-D launch over `n` elements.

@@ -4,13 +4,11 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::{pack_concat, prefix_offsets, split_concat, BLOCK, CPU_CHUNK};
+use super::{prefix_offsets, split_concat, BLOCK, CPU_CHUNK};
 use crate::cpu::CpuContext;
 use crate::error::{Error, Result};
 use crate::kernel::{Kernel, KernelSources};
-use crate::plan::{
-    pack_f32, pack_u32, pack_u64, Arg, BufferId, Launch, Plan, PlanOutputs, PlanTarget,
-};
+use crate::plan::{pack_range, Arg, BufferId, Concat, Launch, Plan, PlanOutputs, PlanTarget};
 
 /// One SAXPY: `alpha * x + y` with `x` and `y` of equal length.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -85,20 +83,25 @@ impl Kernel for Saxpy {
         let longest = inputs.iter().map(|s| s.x.len()).max().unwrap_or(0) as u64;
         let offsets = prefix_offsets(inputs.iter().map(|s| s.x.len()));
         let mut plan = Plan::new(Self::ID);
-        let items = inputs.clone();
-        let alpha = plan.input("alpha", segments * 4, move |dst| {
-            let a: Vec<f32> = items.iter().map(|s| s.alpha).collect();
-            pack_f32(dst, 0, &a);
+        let alphas: Vec<f32> = inputs.iter().map(|s| s.alpha).collect();
+        let alpha = plan.input("alpha", segments * 4, move |dst, at| {
+            pack_range(dst, at, &alphas)
         });
-        let items = inputs.clone();
-        let x = plan.input("x", n * 4, move |dst| pack_concat(dst, &items, |s| &s.x));
-        let items = inputs.clone();
-        let y = plan.input("y", n * 4, move |dst| pack_concat(dst, &items, |s| &s.y));
+        let x = plan.input(
+            "x",
+            n * 4,
+            Concat::new(inputs.clone(), |s: &SaxpyInput| &s.x).into_packer(),
+        );
+        let y = plan.input(
+            "y",
+            n * 4,
+            Concat::new(inputs.clone(), |s: &SaxpyInput| &s.y).into_packer(),
+        );
         let out = plan.output("out", n * 4);
         let (offs, gx, gy) = match target {
             PlanTarget::Cuda { max_grid_yz, .. } => {
-                let o = plan.input("offsets", offsets.len() * 8, move |dst| {
-                    pack_u64(dst, 0, &offsets)
+                let o = plan.input("offsets", offsets.len() * 8, move |dst, at| {
+                    pack_range(dst, at, &offsets)
                 });
                 let gx = longest.div_ceil(u64::from(BLOCK)).clamp(1, 4096) as u32;
                 (o, gx, (segments as u32).clamp(1, *max_grid_yz))
@@ -114,7 +117,9 @@ impl Kernel for Saxpy {
                     });
                 }
                 let o32: Vec<u32> = offsets.iter().map(|o| *o as u32).collect();
-                let o = plan.input("offsets", o32.len() * 4, move |dst| pack_u32(dst, 0, &o32));
+                let o = plan.input("offsets", o32.len() * 4, move |dst, at| {
+                    pack_range(dst, at, &o32)
+                });
                 let gx = longest
                     .div_ceil(u64::from(BLOCK))
                     .clamp(1, u64::from(*max_workgroups_per_dim)) as u32;

@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::{pack_concat, prefix_offsets, sum_f64, BLOCK, CPU_CHUNK};
+use super::{prefix_offsets, sum_f64, BLOCK, CPU_CHUNK};
 use crate::cpu::CpuContext;
 use crate::error::{Error, Result};
 use crate::kernel::{Kernel, KernelSources};
-use crate::plan::{pack_u32, pack_u64, Arg, BufferId, Launch, Plan, PlanOutputs, PlanTarget};
+use crate::plan::{pack_range, Arg, BufferId, Concat, Launch, Plan, PlanOutputs, PlanTarget};
 
 /// The sum of each vector. An empty vector sums to `0.0`. The CPU form accumulates in float64
 /// and rounds once; device forms reduce in float32 trees (see the module's tolerances).
@@ -55,12 +55,15 @@ impl Kernel for Sum {
         let n: usize = inputs.iter().map(Vec::len).sum();
         let offsets = prefix_offsets(inputs.iter().map(Vec::len));
         let mut plan = Plan::new(Self::ID);
-        let items = inputs.clone();
-        let data = plan.input("data", n * 4, move |dst| pack_concat(dst, &items, |v| v));
+        let data = plan.input(
+            "data",
+            n * 4,
+            Concat::new(inputs.clone(), |v: &Vec<f32>| v).into_packer(),
+        );
         let (offs, grid) = match target {
             PlanTarget::Cuda { .. } => {
-                let o = plan.input("offsets", offsets.len() * 8, move |dst| {
-                    pack_u64(dst, 0, &offsets)
+                let o = plan.input("offsets", offsets.len() * 8, move |dst, at| {
+                    pack_range(dst, at, &offsets)
                 });
                 (o, segments.clamp(1, 1 << 20) as u32)
             }
@@ -75,7 +78,9 @@ impl Kernel for Sum {
                     });
                 }
                 let o32: Vec<u32> = offsets.iter().map(|o| *o as u32).collect();
-                let o = plan.input("offsets", o32.len() * 4, move |dst| pack_u32(dst, 0, &o32));
+                let o = plan.input("offsets", o32.len() * 4, move |dst, at| {
+                    pack_range(dst, at, &o32)
+                });
                 (o, (segments as u32).clamp(1, *max_workgroups_per_dim))
             }
         };

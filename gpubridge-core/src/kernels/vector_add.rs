@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::{grid_1d, pack_concat, split_concat, BLOCK, CPU_CHUNK};
+use super::{grid_1d, split_concat, BLOCK, CPU_CHUNK};
 use crate::cpu::CpuContext;
 use crate::error::{Error, Result};
 use crate::kernel::{Kernel, KernelSources};
-use crate::plan::{Arg, Launch, Plan, PlanOutputs, PlanTarget};
+use crate::plan::{Arg, Concat, Launch, Plan, PlanOutputs, PlanTarget};
 
 /// Two vectors of equal length.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -77,10 +77,16 @@ impl Kernel for VectorAdd {
         let n: usize = inputs.iter().map(|p| p.a.len()).sum();
         let bytes = n * 4;
         let mut plan = Plan::new(Self::ID);
-        let items = inputs.clone();
-        let a = plan.input("a", bytes, move |dst| pack_concat(dst, &items, |p| &p.a));
-        let items = inputs.clone();
-        let b = plan.input("b", bytes, move |dst| pack_concat(dst, &items, |p| &p.b));
+        let a = plan.input(
+            "a",
+            bytes,
+            Concat::new(inputs.clone(), |p: &VectorPair| &p.a).into_packer(),
+        );
+        let b = plan.input(
+            "b",
+            bytes,
+            Concat::new(inputs.clone(), |p: &VectorPair| &p.b).into_packer(),
+        );
         let out = plan.output("out", bytes);
         if n == 0 {
             return Ok(plan);

@@ -1,0 +1,426 @@
+//! Raw CUDA baselines for the benchmarks: the same operations the bridge performs, called straight
+//! through cudarc with nothing of gpubridge in between, so that every benchmark row can be a ratio
+//! against a figure measured in the same run on the same card.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cudarc::cublas;
+use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaStream};
+use gpubridge_core::{BackendKind, Error, Result};
+
+use crate::executor::driver_error;
+use crate::memory::DevicePool;
+
+const SOURCE: &str = r#"
+extern "C" __global__ void empty_kernel() {}
+extern "C" __global__ void bump(float* x) { x[threadIdx.x] += 1.0f; }
+"#;
+
+/// A context, a stream and the baseline kernels on device 0, bound to the calling thread.
+pub struct Baseline {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    empty: CudaFunction,
+    bump: CudaFunction,
+}
+
+fn drv(what: &str) -> impl Fn(result::DriverError) -> Error + '_ {
+    move |e| driver_error("cuda:0", what, e)
+}
+
+/// Host memory pinned by the driver, freed on drop.
+struct Pinned {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Pinned {
+    fn new(len: usize) -> Result<Self> {
+        // SAFETY: a context is current on this thread (the `Baseline` bound it).
+        let ptr = unsafe { result::malloc_host(len.max(1), 0) }
+            .map_err(drv("cuMemHostAlloc"))?
+            .cast::<u8>();
+        Ok(Self { ptr, len })
+    }
+    fn slice(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` owns `len` bytes for our lifetime.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `cuMemHostAlloc`; callers synchronise before dropping.
+        let _ = unsafe { result::free_host(self.ptr.cast::<c_void>()) };
+    }
+}
+
+/// A raw device allocation, freed on drop.
+struct DevMem(sys::CUdeviceptr);
+
+impl DevMem {
+    fn new(len: usize) -> Result<Self> {
+        // SAFETY: a context is current on this thread.
+        Ok(Self(
+            unsafe { result::malloc_sync(len.max(1)) }.map_err(drv("cuMemAlloc"))?,
+        ))
+    }
+}
+
+impl Drop for DevMem {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `cuMemAlloc` in the current context; callers synchronise first.
+        let _ = unsafe { result::free_sync(self.0) };
+    }
+}
+
+fn gbps(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e9
+}
+
+/// The median of `samples` (sorted in place).
+pub fn median(samples: &mut [Duration]) -> Duration {
+    percentile(samples, 0.5)
+}
+
+/// The `q`-quantile of `samples` (sorted in place), nearest rank.
+pub fn percentile(samples: &mut [Duration], q: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    samples.sort_unstable();
+    let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
+    samples[i]
+}
+
+impl Baseline {
+    /// Opens device 0 and compiles the baseline kernels.
+    ///
+    /// # Errors
+    /// When CUDA or NVRTC is not usable.
+    pub fn new() -> Result<Self> {
+        crate::probe().map_err(|e| Error::Unsupported {
+            backend: BackendKind::Cuda,
+            what: e.0,
+        })?;
+        let ctx = CudaContext::new(0).map_err(drv("creating the context"))?;
+        // SAFETY: only this thread uses the context's streams; capture needs tracking off.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(drv("cuStreamCreate"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(drv("compute capability"))?;
+        let ptx = crate::compile("baseline", SOURCE, (major as u32, minor as u32))?;
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+            .map_err(drv("cuModuleLoadData"))?;
+        let empty = module
+            .load_function("empty_kernel")
+            .map_err(drv("cuModuleGetFunction"))?;
+        let bump = module
+            .load_function("bump")
+            .map_err(drv("cuModuleGetFunction"))?;
+        Ok(Self {
+            ctx,
+            stream,
+            empty,
+            bump,
+        })
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(drv("cuStreamSynchronize"))
+    }
+
+    /// Pinned host-to-device bandwidth in GB/s for one copy of `bytes` (best of `reps`).
+    ///
+    /// # Errors
+    /// Driver errors.
+    pub fn h2d_pinned_gbps(&self, bytes: usize, reps: usize) -> Result<f64> {
+        let mut host = Pinned::new(bytes)?;
+        host.slice().fill(1);
+        let dev = DevMem::new(bytes)?;
+        let mut best = Duration::MAX;
+        for _ in 0..reps.max(1) {
+            let t = Instant::now();
+            // SAFETY: both ranges are `bytes` long and alive until the synchronisation below.
+            unsafe { result::memcpy_htod_async(dev.0, host.slice(), self.stream.cu_stream()) }
+                .map_err(drv("cuMemcpyHtoDAsync"))?;
+            self.sync()?;
+            best = best.min(t.elapsed());
+        }
+        Ok(gbps(bytes, best))
+    }
+
+    /// Pinned device-to-host bandwidth in GB/s (best of `reps`).
+    ///
+    /// # Errors
+    /// Driver errors.
+    pub fn d2h_pinned_gbps(&self, bytes: usize, reps: usize) -> Result<f64> {
+        let mut host = Pinned::new(bytes)?;
+        let dev = DevMem::new(bytes)?;
+        let mut best = Duration::MAX;
+        for _ in 0..reps.max(1) {
+            let t = Instant::now();
+            // SAFETY: as in `h2d_pinned_gbps`.
+            unsafe { result::memcpy_dtoh_async(host.slice(), dev.0, self.stream.cu_stream()) }
+                .map_err(drv("cuMemcpyDtoHAsync"))?;
+            self.sync()?;
+            best = best.min(t.elapsed());
+        }
+        Ok(gbps(bytes, best))
+    }
+
+    /// `cuMemAllocAsync` + `cuMemFreeAsync` of `bytes` on the default memory pool: one time per
+    /// pair, `iters` pairs.
+    ///
+    /// # Errors
+    /// Driver errors.
+    pub fn alloc_async_pairs(&self, bytes: usize, iters: usize) -> Result<Vec<Duration>> {
+        let cs = self.stream.cu_stream();
+        let mut out = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            let t = Instant::now();
+            // SAFETY: the pointer is freed on the same stream right after.
+            let p = unsafe { result::malloc_async(cs, bytes) }.map_err(drv("cuMemAllocAsync"))?;
+            // SAFETY: `p` came from `cuMemAllocAsync` on this stream.
+            unsafe { result::free_async(p, cs) }.map_err(drv("cuMemFreeAsync"))?;
+            out.push(t.elapsed());
+        }
+        self.sync()?;
+        Ok(out)
+    }
+
+    /// gpubridge's device pool rent + return of `bytes`: one time per pair, `iters` pairs (after a
+    /// first warm-up rent, as a running service has).
+    ///
+    /// # Errors
+    /// Driver errors.
+    pub fn pool_pairs(&self, bytes: usize, iters: usize) -> Result<Vec<Duration>> {
+        let mut pool = DevicePool::new("cuda:0".to_owned(), 1 << 30);
+        let warm = pool.rent(bytes)?;
+        pool.give_back(warm);
+        let mut out = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            let t = Instant::now();
+            let b = pool.rent(bytes)?;
+            pool.give_back(std::hint::black_box(b));
+            out.push(t.elapsed());
+        }
+        Ok(out)
+    }
+
+    /// Empty kernel launch then wait for completion, `iters` round trips.
+    ///
+    /// # Errors
+    /// Driver errors.
+    pub fn launch_round_trips(&self, iters: usize) -> Result<Vec<Duration>> {
+        let mut out = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            let t = Instant::now();
+            // SAFETY: `empty_kernel` takes no parameters.
+            unsafe {
+                result::launch_kernel(
+                    self.empty.cu_function(),
+                    (1, 1, 1),
+                    (1, 1, 1),
+                    0,
+                    self.stream.cu_stream(),
+                    &mut [],
+                )
+            }
+            .map_err(drv("cuLaunchKernel"))?;
+            self.sync()?;
+            out.push(t.elapsed());
+        }
+        Ok(out)
+    }
+
+    /// Per-kernel time of a chain of `n` small kernels with a 128-byte upload before and download
+    /// after (the same work as the bridge's chain plan): (stream launches, one graph replay),
+    /// each the median of `reps` runs after a warm-up.
+    ///
+    /// # Errors
+    /// Driver errors.
+    pub fn chain_per_kernel(&self, n: usize, reps: usize) -> Result<(Duration, Duration)> {
+        let buf = DevMem::new(1024)?;
+        let mut host = Pinned::new(128)?;
+        let host_ptr = host.slice().as_mut_ptr();
+        let cs = self.stream.cu_stream();
+        let launch_all = || -> Result<()> {
+            // SAFETY: 128 pinned bytes to/from a 1024-byte device buffer, on this stream; the
+            // host buffer outlives every use (the function synchronises before returning).
+            let host = unsafe { std::slice::from_raw_parts_mut(host_ptr, 128) };
+            // SAFETY: as above.
+            unsafe { result::memcpy_htod_async(buf.0, &*host, cs) }
+                .map_err(drv("cuMemcpyHtoDAsync"))?;
+            for _ in 0..n {
+                let mut p = buf.0;
+                let mut params = [(&mut p as *mut u64).cast::<c_void>()];
+                // SAFETY: `bump` takes one float pointer; `buf` holds 1024 bytes >= 32 floats.
+                unsafe {
+                    result::launch_kernel(
+                        self.bump.cu_function(),
+                        (1, 1, 1),
+                        (32, 1, 1),
+                        0,
+                        cs,
+                        &mut params,
+                    )
+                }
+                .map_err(drv("cuLaunchKernel"))?;
+            }
+            Ok(())
+        };
+        launch_all()?;
+        self.sync()?;
+        let mut stream_times = Vec::new();
+        for _ in 0..reps.max(1) {
+            let t = Instant::now();
+            launch_all()?;
+            self.sync()?;
+            stream_times.push(t.elapsed());
+        }
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(drv("cuStreamBeginCapture"))?;
+        let captured = launch_all();
+        let graph = self
+            .stream
+            .end_capture(
+                sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
+            )
+            .map_err(drv("cuStreamEndCapture"))?;
+        captured?;
+        let graph = graph.ok_or_else(|| Error::Backend {
+            backend: BackendKind::Cuda,
+            message: "empty graph".to_owned(),
+            transient: false,
+        })?;
+        graph.upload().map_err(drv("cuGraphUpload"))?;
+        graph.launch().map_err(drv("cuGraphLaunch"))?;
+        self.sync()?;
+        let mut graph_times = Vec::new();
+        for _ in 0..reps.max(1) {
+            let t = Instant::now();
+            graph.launch().map_err(drv("cuGraphLaunch"))?;
+            self.sync()?;
+            graph_times.push(t.elapsed());
+        }
+        drop(host);
+        Ok((
+            median(&mut stream_times) / n as u32,
+            median(&mut graph_times) / n as u32,
+        ))
+    }
+
+    /// cuBLAS SGEMM of two `n x n` matrices from pinned host memory and back (H2D, SGEMM, D2H,
+    /// synchronise), the best of `reps` after a warm-up; and the SGEMM alone.
+    ///
+    /// # Errors
+    /// Driver or cuBLAS errors; [`Error::Unsupported`] without cuBLAS.
+    pub fn cublas_sgemm(&self, n: usize, reps: usize) -> Result<(Duration, Duration)> {
+        // SAFETY: only probes for the library.
+        if !unsafe { cublas::sys::is_culib_present() } {
+            return Err(Error::Unsupported {
+                backend: BackendKind::Cuda,
+                what: "cuBLAS not found".to_owned(),
+            });
+        }
+        let bytes = n * n * 4;
+        let mut a = Pinned::new(bytes)?;
+        let mut b = Pinned::new(bytes)?;
+        let mut c = Pinned::new(bytes)?;
+        a.slice()
+            .chunks_exact_mut(4)
+            .for_each(|x| x.copy_from_slice(&0.5f32.to_ne_bytes()));
+        b.slice()
+            .chunks_exact_mut(4)
+            .for_each(|x| x.copy_from_slice(&0.25f32.to_ne_bytes()));
+        let (da, db, dc) = (
+            DevMem::new(bytes)?,
+            DevMem::new(bytes)?,
+            DevMem::new(bytes)?,
+        );
+        let handle = cublas::result::create_handle().map_err(|e| Error::Backend {
+            backend: BackendKind::Cuda,
+            message: format!("cublasCreate: {e:?}"),
+            transient: false,
+        })?;
+        let cs = self.stream.cu_stream();
+        let blas_err = |e: cublas::result::CublasError| Error::Backend {
+            backend: BackendKind::Cuda,
+            message: format!("{e:?}"),
+            transient: false,
+        };
+        let n32 = n as i32;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let gemm = || -> Result<()> {
+            // SAFETY: handle bound to this stream below; all three buffers hold n*n floats.
+            unsafe {
+                cublas::result::sgemm(
+                    handle,
+                    cublas::sys::cublasOperation_t::CUBLAS_OP_N,
+                    cublas::sys::cublasOperation_t::CUBLAS_OP_N,
+                    n32,
+                    n32,
+                    n32,
+                    &alpha,
+                    db.0 as *const f32,
+                    n32,
+                    da.0 as *const f32,
+                    n32,
+                    &beta,
+                    dc.0 as *mut f32,
+                    n32,
+                )
+            }
+            .map_err(blas_err)
+        };
+        let result = (|| -> Result<(Duration, Duration)> {
+            // SAFETY: the stream outlives the handle's use here.
+            unsafe { cublas::result::set_stream(handle, cs as _) }.map_err(blas_err)?;
+            let mut round = || -> Result<Duration> {
+                let t = Instant::now();
+                // SAFETY: pinned sources and device destinations of `bytes`, synchronised below.
+                unsafe {
+                    result::memcpy_htod_async(da.0, a.slice(), cs)
+                        .map_err(drv("cuMemcpyHtoDAsync"))?;
+                    result::memcpy_htod_async(db.0, b.slice(), cs)
+                        .map_err(drv("cuMemcpyHtoDAsync"))?;
+                }
+                gemm()?;
+                // SAFETY: as above.
+                unsafe { result::memcpy_dtoh_async(c.slice(), dc.0, cs) }
+                    .map_err(drv("cuMemcpyDtoHAsync"))?;
+                self.sync()?;
+                Ok(t.elapsed())
+            };
+            round()?;
+            let mut best_round = Duration::MAX;
+            for _ in 0..reps.max(1) {
+                best_round = best_round.min(round()?);
+            }
+            let mut best_gemm = Duration::MAX;
+            for _ in 0..reps.max(1) {
+                let t = Instant::now();
+                gemm()?;
+                self.sync()?;
+                best_gemm = best_gemm.min(t.elapsed());
+            }
+            Ok((best_round, best_gemm))
+        })();
+        // SAFETY: the handle is not used after this.
+        let _ = unsafe { cublas::result::destroy_handle(handle) };
+        result
+    }
+
+    /// The device's name.
+    pub fn device_name(&self) -> String {
+        self.ctx.name().unwrap_or_default()
+    }
+}
