@@ -407,10 +407,18 @@ where
         let chunks = self.split(inputs, hints, &candidates);
         let in_flight = bridge.inner.config.batching.max_in_flight;
         let mut first_item = 0;
+        let candidates = &candidates;
         let jobs = chunks.into_iter().map(|chunk| {
             let first = first_item;
             first_item += chunk.len();
-            self.run_chunk(chunk, first, hints, &candidates, started)
+            async move {
+                let r = self
+                    .run_chunk(&chunk, first, hints, candidates, started)
+                    .await;
+                // The batch's data may be large: free it off the request's path.
+                crate::janitor::drop_later(chunk);
+                r
+            }
         });
         let mut stream = futures::stream::iter(jobs).buffered(in_flight);
         let mut outputs = Vec::new();
@@ -469,7 +477,7 @@ where
 
     async fn run_chunk(
         &self,
-        chunk: Arc<[I]>,
+        chunk: &Arc<[I]>,
         first_item: usize,
         hints: &ExecutionHints,
         candidates: &[&Slot],
@@ -529,7 +537,7 @@ where
                 }
                 slot.in_flight[device].fetch_add(1, Ordering::Relaxed);
                 let result = self
-                    .attempt(slot, device, &chunk, first_item, started)
+                    .attempt(slot, device, chunk, first_item, started, hints.spin_wait)
                     .await;
                 slot.in_flight[device].fetch_sub(1, Ordering::Relaxed);
                 let success = result.is_ok();
@@ -601,6 +609,7 @@ where
         chunk: &Arc<[I]>,
         first_item: usize,
         started: Instant,
+        spin: Option<Duration>,
     ) -> Result<Attempt<O>> {
         let backend = &slot.backend;
         let device_id = backend.devices()[device].id;
@@ -619,6 +628,7 @@ where
                         ..Default::default()
                     };
                     let _ = tx.send(r.map(|o| (o, t, stats)));
+                    crate::janitor::drop_later(items);
                 });
                 backend.submit(device, Work::Cpu(job))?;
             }
@@ -634,6 +644,7 @@ where
                             .map(|o| (o, t, stats))
                     });
                     let _ = tx.send(r);
+                    crate::janitor::drop_later(items);
                 });
                 backend.submit(
                     device,
@@ -645,7 +656,28 @@ where
                 )?;
             }
         }
-        let (outputs, begun, stats) = rx.await.map_err(|_| Error::Backend {
+        let mut rx = rx;
+        let mut early = None;
+        if let Some(limit) = spin {
+            let t = Instant::now();
+            loop {
+                match rx.try_recv() {
+                    Ok(v) => early = Some(Ok(v)),
+                    Err(oneshot::error::TryRecvError::Closed) => early = Some(Err(())),
+                    Err(oneshot::error::TryRecvError::Empty) if t.elapsed() < limit => {
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) => {}
+                }
+                break;
+            }
+        }
+        let received = match early {
+            Some(r) => r,
+            None => rx.await.map_err(|_| ()),
+        };
+        let (outputs, begun, stats) = received.map_err(|_| Error::Backend {
             backend: backend.kind(),
             message: "the executor dropped the work without completing it".to_owned(),
             transient: true,

@@ -87,6 +87,9 @@ pub struct MemoryConfig {
     /// Fraction of a device's free memory one micro-batch may use before the batch is split
     /// (default 0.5, range (0, 1]).
     pub device_memory_fraction: f64,
+    /// Ask the OS for transparent huge pages for large output vectors unpacked from a device
+    /// (default `true`): fresh pages then fault 512 times less often. Read by the CUDA backend.
+    pub huge_page_outputs: bool,
 }
 
 impl Default for MemoryConfig {
@@ -95,6 +98,7 @@ impl Default for MemoryConfig {
             pool_size_mb: 1024,
             pinned_pool_mb: 256,
             device_memory_fraction: 0.5,
+            huge_page_outputs: true,
         }
     }
 }

@@ -55,6 +55,12 @@ pub struct ExecutionHints {
     pub timeout: Option<Duration>,
     /// The tenant this request is accounted to.
     pub tenant: Option<String>,
+    /// Busy-poll for the result on the calling thread for up to this long before yielding.
+    ///
+    /// A parked thread can take tens of microseconds to wake, which dominates a small batch's
+    /// round trip. Spinning trades a core for that latency: use it only on threads dedicated to
+    /// latency-critical work, never on a shared async executor's workers for long waits.
+    pub spin_wait: Option<Duration>,
 }
 
 impl ExecutionHints {
@@ -95,6 +101,11 @@ impl ExecutionHints {
     /// Sets [`ExecutionHints::timeout`].
     pub fn timeout(mut self, after: Duration) -> Self {
         self.timeout = Some(after);
+        self
+    }
+    /// Sets [`ExecutionHints::spin_wait`].
+    pub fn spin_wait(mut self, up_to: Duration) -> Self {
+        self.spin_wait = Some(up_to);
         self
     }
     /// Sets [`ExecutionHints::tenant`].

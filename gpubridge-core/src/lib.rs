@@ -43,6 +43,7 @@ pub mod cpu;
 pub mod device;
 pub mod error;
 pub mod hints;
+pub mod janitor;
 pub mod kernel;
 pub mod kernels;
 pub mod plan;

@@ -316,6 +316,16 @@ pub struct PlanOutputs<'a> {
     bytes: Vec<&'a [u8]>,
     /// How the plan ran.
     pub stats: ExecStats,
+    alloc_f32: AllocF32,
+}
+
+/// Allocates an empty `Vec<f32>` with room for `n` values, for unpacking large outputs. A backend
+/// may supply one that prepares the memory (for example asks for huge pages, so that first writes
+/// fault far fewer pages).
+pub type AllocF32 = fn(usize) -> Vec<f32>;
+
+fn plain_alloc_f32(n: usize) -> Vec<f32> {
+    Vec::with_capacity(n)
 }
 
 /// How a plan ran on its device, reported by the backend.
@@ -333,7 +343,23 @@ impl<'a> PlanOutputs<'a> {
     /// Pairs each output buffer id with its bytes.
     pub fn new(ids: Vec<BufferId>, bytes: Vec<&'a [u8]>, stats: ExecStats) -> Self {
         debug_assert_eq!(ids.len(), bytes.len());
-        Self { ids, bytes, stats }
+        Self {
+            ids,
+            bytes,
+            stats,
+            alloc_f32: plain_alloc_f32,
+        }
+    }
+
+    /// Uses `alloc` for the output vectors kernels build while unpacking.
+    pub fn with_allocator(mut self, alloc: AllocF32) -> Self {
+        self.alloc_f32 = alloc;
+        self
+    }
+
+    /// The allocator for output vectors (see [`AllocF32`]).
+    pub fn allocator(&self) -> AllocF32 {
+        self.alloc_f32
     }
 
     /// The bytes of output buffer `id`.

@@ -147,6 +147,8 @@ struct Executor {
     events: [CudaEvent; 4],
     shared: Arc<Shared>,
     graphs: GraphCache,
+    /// Large output vectors ask for huge pages (`memory.huge_page_outputs`).
+    huge_pages: bool,
 }
 
 /// A captured plan: the graph and everything it was captured with, so a replay is "pack inputs
@@ -157,6 +159,7 @@ struct GraphEntry {
     staging_in: PinnedBuffer,
     staging_out: PinnedBuffer,
     inputs: Vec<(usize, usize, usize)>,
+    outputs: Vec<(BufferId, usize, usize)>,
     in_total: usize,
     bytes: usize,
     executions: u64,
@@ -204,12 +207,16 @@ pub(crate) fn spawn(
         config.cuda.enable_graphs,
         (config.cuda.graph_cache_mb as usize).saturating_mul(1 << 20),
     );
+    let huge_pages = config.memory.huge_page_outputs;
     let handle = std::thread::Builder::new()
         .name(format!("gpubridge-{label}"))
         .spawn(move || {
             let mut ex = match Executor::new(ordinal, arch, label, pool_limit, graphs, ptx, shared)
             {
-                Ok(ex) => ex,
+                Ok(mut ex) => {
+                    ex.huge_pages = huge_pages;
+                    ex
+                }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                     return;
@@ -224,7 +231,11 @@ pub(crate) fn spawn(
                         plan,
                         sources,
                         complete,
-                    } => ex.run(&plan, &sources, complete),
+                    } => {
+                        ex.run(&plan, &sources, complete);
+                        // Packers hold the batch's data: free it off this thread.
+                        gpubridge_core::janitor::drop_later(plan);
+                    }
                     Job::Shutdown => break,
                 }
             }
@@ -308,6 +319,7 @@ impl Executor {
                 seen: HashMap::new(),
                 failed: Default::default(),
             },
+            huge_pages: true,
         })
     }
 
@@ -343,7 +355,12 @@ impl Executor {
                     .iter()
                     .map(|(_, off, len)| &staging[*off..*off + *len])
                     .collect();
-                complete(Ok(PlanOutputs::new(ids, slices, stats)));
+                let outputs = PlanOutputs::new(ids, slices, stats);
+                complete(Ok(if self.huge_pages {
+                    outputs.with_allocator(crate::huge_page_vec_f32)
+                } else {
+                    outputs
+                }));
             }
             Err(e) => {
                 if let Error::DeviceLost { reason, .. } = &e {
@@ -430,6 +447,17 @@ impl Executor {
         plan: &Plan,
         sources: &KernelSources,
     ) -> Result<(Vec<(BufferId, usize, usize)>, ExecStats, OutputsIn)> {
+        // A cached graph needs neither the functions nor a fresh layout.
+        if let Some(shape) = self.cached_graph(plan) {
+            let stats = self.replay(plan, shape)?;
+            let outputs = self
+                .graphs
+                .entries
+                .get(&shape)
+                .map(|e| e.outputs.clone())
+                .unwrap_or_default();
+            return Ok((outputs, stats, OutputsIn::Graph(shape)));
+        }
         let functions = self.functions(plan, sources)?;
         let align = |n: usize| n.div_ceil(STAGING_ALIGN) * STAGING_ALIGN;
         let mut layout = Layout {
@@ -505,6 +533,15 @@ impl Executor {
             graph_replayed: false,
         };
         Ok((layout.outputs, stats, OutputsIn::Staging))
+    }
+
+    /// The shape of `plan` if a graph of it is cached (the shape is computed once per plan).
+    fn cached_graph(&mut self, plan: &Plan) -> Option<gpubridge_core::PlanShape> {
+        if !self.graphs.enabled || self.graphs.entries.is_empty() || plan.steps.is_empty() {
+            return None;
+        }
+        let shape = plan.shape();
+        self.graphs.entries.contains_key(&shape).then_some(shape)
     }
 
     /// The cached graph for this plan's shape, capturing it on the shape's second run.
@@ -631,6 +668,7 @@ impl Executor {
                 staging_in,
                 staging_out,
                 inputs: layout.inputs.clone(),
+                outputs: layout.outputs.clone(),
                 in_total: layout.in_total,
                 executions: 0,
                 last_used: 0,

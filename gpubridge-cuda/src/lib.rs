@@ -26,10 +26,12 @@ pub mod baseline;
 mod compile;
 mod discovery;
 mod executor;
+mod host_alloc;
 mod memory;
 
 pub use backend::CudaBackend;
 pub use compile::{compile, default_cache_dir, nvrtc_version, PtxCache};
 pub use discovery::{probe, CudaDevice, CudaUnavailable, DRIVER_LIBRARY};
 pub use executor::GraphStats;
+pub use host_alloc::huge_page_vec_f32;
 pub use memory::{size_class, DevicePool, PoolStats};

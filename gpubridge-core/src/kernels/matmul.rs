@@ -196,7 +196,7 @@ impl Kernel for MatMul {
                     cols: x.n,
                     data: c
                         .get(start..start + len)
-                        .map(<[f32]>::to_vec)
+                        .map(|x| super::par_to_vec(x, outputs.allocator()))
                         .unwrap_or_default(),
                 }
             })

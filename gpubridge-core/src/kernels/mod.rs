@@ -77,14 +77,22 @@ pub(crate) fn sum_f64(x: &[f32]) -> f64 {
 
 /// Cuts `flat` into consecutive vectors of the given lengths, copying in parallel when large
 /// (fresh output pages fault on first write; many threads fault them faster).
-pub(crate) fn split_concat(flat: &[f32], lens: impl Iterator<Item = usize>) -> Vec<Vec<f32>> {
+pub(crate) fn split_concat(
+    flat: &[f32],
+    lens: impl Iterator<Item = usize>,
+    alloc: crate::plan::AllocF32,
+) -> Vec<Vec<f32>> {
     let mut ranges = Vec::new();
     let mut at = 0;
     for l in lens {
         ranges.push((at, l));
         at += l;
     }
-    let piece = |&(s, l): &(usize, usize)| flat.get(s..s + l).map(par_to_vec).unwrap_or_default();
+    let piece = |&(s, l): &(usize, usize)| {
+        flat.get(s..s + l)
+            .map(|x| par_to_vec(x, alloc))
+            .unwrap_or_default()
+    };
     if at >= PAR_COPY_MIN && ranges.len() > 1 {
         ranges.par_iter().map(piece).collect()
     } else {
@@ -95,12 +103,12 @@ pub(crate) fn split_concat(flat: &[f32], lens: impl Iterator<Item = usize>) -> V
 /// Below this many elements a copy runs on the calling thread.
 const PAR_COPY_MIN: usize = 1 << 18;
 
-/// `src.to_vec()`, in parallel chunks when large.
-pub(crate) fn par_to_vec(src: &[f32]) -> Vec<f32> {
+/// `src.to_vec()`, in parallel chunks when large, into a vector from `alloc`.
+pub(crate) fn par_to_vec(src: &[f32], alloc: crate::plan::AllocF32) -> Vec<f32> {
     if src.len() < PAR_COPY_MIN {
         return src.to_vec();
     }
-    let mut v = Vec::with_capacity(src.len());
+    let mut v = alloc(src.len());
     v.par_extend(src.par_iter().copied());
     v
 }

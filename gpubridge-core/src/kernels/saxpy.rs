@@ -147,6 +147,10 @@ impl Kernel for Saxpy {
 
     fn unpack(&self, inputs: &[SaxpyInput], outputs: &PlanOutputs<'_>) -> Result<Vec<Vec<f32>>> {
         let out = outputs.f32s(BufferId(3))?;
-        Ok(split_concat(&out, inputs.iter().map(|s| s.x.len())))
+        Ok(split_concat(
+            &out,
+            inputs.iter().map(|s| s.x.len()),
+            outputs.allocator(),
+        ))
     }
 }

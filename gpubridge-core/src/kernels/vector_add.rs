@@ -121,6 +121,10 @@ impl Kernel for VectorAdd {
 
     fn unpack(&self, inputs: &[VectorPair], outputs: &PlanOutputs<'_>) -> Result<Vec<Vec<f32>>> {
         let out = outputs.f32s(crate::plan::BufferId(2))?;
-        Ok(split_concat(&out, inputs.iter().map(|p| p.a.len())))
+        Ok(split_concat(
+            &out,
+            inputs.iter().map(|p| p.a.len()),
+            outputs.allocator(),
+        ))
     }
 }

@@ -1,0 +1,46 @@
+//! Deferred drops: large request data is freed on a background thread, off the request's path.
+//!
+//! Freeing a large allocation is not free: unmapping hundreds of megabytes of pages takes
+//! milliseconds (page-table teardown, TLB shootdowns on every core that touched them). A batch's
+//! inputs are owned by the bridge once submitted, and the last reference would otherwise be
+//! dropped on the caller's task or on a device's executor thread, where that time delays the
+//! next micro-batch. [`drop_later`] hands the value to one background thread instead.
+
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+
+type Garbage = Box<dyn Send>;
+
+static JANITOR: OnceLock<Option<Mutex<mpsc::Sender<Garbage>>>> = OnceLock::new();
+
+fn janitor() -> Option<&'static Mutex<mpsc::Sender<Garbage>>> {
+    JANITOR
+        .get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Garbage>();
+            std::thread::Builder::new()
+                .name("gpubridge-janitor".to_owned())
+                .spawn(move || {
+                    for garbage in rx {
+                        drop(garbage);
+                    }
+                })
+                .ok()
+                .map(|_| Mutex::new(tx))
+        })
+        .as_ref()
+}
+
+/// Drops `value` on the background janitor thread (or right here if that thread cannot run).
+pub fn drop_later<T: Send + 'static>(value: T) {
+    if std::mem::size_of::<T>() == 0 {
+        return;
+    }
+    match janitor().and_then(|m| m.lock().ok()) {
+        Some(tx) => {
+            if let Err(mpsc::SendError(garbage)) = tx.send(Box::new(value)) {
+                drop(garbage);
+            }
+        }
+        None => drop(value),
+    }
+}
