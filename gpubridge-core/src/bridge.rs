@@ -28,6 +28,8 @@ struct Slot {
     backend: Arc<dyn Backend>,
     breakers: Vec<CircuitBreaker>,
     in_flight: Vec<AtomicUsize>,
+    /// Metric label of each device (`cuda:0`), interned once.
+    labels: Vec<&'static str>,
 }
 
 struct Inner {
@@ -174,6 +176,10 @@ impl BridgeBuilder {
                         })
                         .collect(),
                     in_flight: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+                    labels: b.devices()[..n]
+                        .iter()
+                        .map(|d| gpubridge_telemetry::intern_label(&d.id.to_string()))
+                        .collect(),
                 });
                 for d in &b.devices()[..n] {
                     metrics::gauge!(names::CIRCUIT_STATE, "device" => d.id.to_string()).set(0.0);
@@ -529,10 +535,10 @@ where
                 };
                 tried[device] = true;
                 let breaker = &slot.breakers[device];
-                let label = slot.backend.devices()[device].id.to_string();
+                let label = slot.labels[device];
                 if admission == Admission::Probe {
                     tracing::info!(device = %label, "circuit half-open: probing");
-                    metrics::gauge!(names::CIRCUIT_STATE, "device" => label.clone())
+                    metrics::gauge!(names::CIRCUIT_STATE, "device" => label)
                         .set(CircuitState::HalfOpen.gauge());
                 }
                 slot.in_flight[device].fetch_add(1, Ordering::Relaxed);
@@ -541,7 +547,7 @@ where
                     .await;
                 slot.in_flight[device].fetch_sub(1, Ordering::Relaxed);
                 let success = result.is_ok();
-                metrics::counter!(names::KERNELS_EXECUTED_TOTAL, "kernel" => id, "backend" => kind.name(), "device" => label.clone(), "success" => if success { "true" } else { "false" })
+                metrics::counter!(names::KERNELS_EXECUTED_TOTAL, "kernel" => id, "backend" => kind.name(), "device" => label, "success" => if success { "true" } else { "false" })
                     .increment(1);
                 match result {
                     Ok(attempt) => {

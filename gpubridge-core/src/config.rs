@@ -215,7 +215,8 @@ pub struct BatchingConfig {
     pub max_micro_batch: usize,
     /// Most bytes (inputs and outputs) in one micro-batch in MiB (default 256).
     pub max_micro_batch_mb: u64,
-    /// Micro-batches of one request in flight at once (default 2).
+    /// Micro-batches of one request in flight at once (default 4), so that a device packs the
+    /// next while it computes one.
     pub max_in_flight: usize,
     /// Longest a single request waits for a batch to fill, in microseconds (default 100).
     pub max_queue_delay_us: u64,
@@ -228,7 +229,7 @@ impl Default for BatchingConfig {
         Self {
             max_micro_batch: 65536,
             max_micro_batch_mb: 256,
-            max_in_flight: 2,
+            max_in_flight: 4,
             max_queue_delay_us: 100,
             queue_capacity: 65536,
         }

@@ -233,9 +233,10 @@ impl Plan {
         self.buffers.iter().map(|b| b.len).sum()
     }
 
-    /// The plan's shape (see [`PlanShape`]).
+    /// The plan's shape (see [`PlanShape`]). Hashed with a fast non-cryptographic hash: it runs
+    /// on every execution to find a cached graph, over every launch of the plan.
     pub fn shape(&self) -> PlanShape {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut h = FxHasher::default();
         self.kernel.hash(&mut h);
         for b in &self.buffers {
             b.len.hash(&mut h);
@@ -298,6 +299,40 @@ impl Plan {
             }
         }
         Ok(())
+    }
+}
+
+/// The Fx hash (rustc's): one multiply and rotate per word. Not DoS-resistant, which plan shapes
+/// (built by registered kernels, not by callers) do not need.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.write_u64(u64::from_le_bytes([
+                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+            ]));
+        }
+        for b in chunks.remainder() {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
     }
 }
 

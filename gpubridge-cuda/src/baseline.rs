@@ -419,6 +419,148 @@ impl Baseline {
         result
     }
 
+    /// The round trip of TARGETS.md P2's workload done raw: 10 vectors of 100 floats (and their
+    /// offsets) in pinned memory, uploaded, summed by gpubridge's own `segmented_sum` kernel,
+    /// downloaded, all captured as one graph, replayed `iters` times with a spinning wait.
+    ///
+    /// # Errors
+    /// Driver or NVRTC errors.
+    pub fn small_batch_graph(&self, iters: usize) -> Result<Vec<Duration>> {
+        use gpubridge_core::Kernel;
+        let src = gpubridge_core::kernels::Sum
+            .sources()
+            .cuda
+            .unwrap_or_default();
+        let (major, minor) = self
+            .ctx
+            .compute_capability()
+            .map_err(drv("compute capability"))?;
+        let ptx = crate::compile("baseline/sum", src, (major as u32, minor as u32))?;
+        let module = self
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+            .map_err(drv("cuModuleLoadData"))?;
+        let f = module
+            .load_function("segmented_sum")
+            .map_err(drv("cuModuleGetFunction"))?;
+        let (segments, len) = (10usize, 100usize);
+        let data_bytes = segments * len * 4;
+        let in_bytes = data_bytes + (segments + 1) * 8;
+        let mut host_in = Pinned::new(in_bytes)?;
+        let mut host_out = Pinned::new(segments * 4)?;
+        {
+            let h = host_in.slice();
+            for (i, c) in h[..data_bytes].chunks_exact_mut(4).enumerate() {
+                c.copy_from_slice(&((i % 7) as f32).to_ne_bytes());
+            }
+            for s in 0..=segments {
+                h[data_bytes + s * 8..data_bytes + s * 8 + 8]
+                    .copy_from_slice(&((s * len) as u64).to_ne_bytes());
+            }
+        }
+        let dev_in = DevMem::new(in_bytes)?;
+        let dev_out = DevMem::new(segments * 4)?;
+        let cs = self.stream.cu_stream();
+        let (in_ptr, out_ptr) = (host_in.slice().as_mut_ptr(), host_out.slice().as_mut_ptr());
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(drv("cuStreamBeginCapture"))?;
+        let enqueue = || -> Result<()> {
+            // SAFETY: pinned buffers of `in_bytes` and 40 bytes, device buffers of the same sizes;
+            // they outlive the graph, which is dropped at the end of this function.
+            unsafe {
+                result::memcpy_htod_async(
+                    dev_in.0,
+                    std::slice::from_raw_parts(in_ptr, in_bytes),
+                    cs,
+                )
+                .map_err(drv("cuMemcpyHtoDAsync"))?;
+            }
+            let (mut d, mut o, mut r, mut n) = (
+                dev_in.0,
+                dev_in.0 + data_bytes as u64,
+                dev_out.0,
+                segments as u32,
+            );
+            let mut params = [
+                (&mut d as *mut u64).cast::<c_void>(),
+                (&mut o as *mut u64).cast::<c_void>(),
+                (&mut r as *mut u64).cast::<c_void>(),
+                (&mut n as *mut u32).cast::<c_void>(),
+            ];
+            // SAFETY: `segmented_sum(const float*, const u64*, float*, unsigned)` with buffers sized above.
+            unsafe {
+                result::launch_kernel(
+                    f.cu_function(),
+                    (segments as u32, 1, 1),
+                    (256, 1, 1),
+                    0,
+                    cs,
+                    &mut params,
+                )
+            }
+            .map_err(drv("cuLaunchKernel"))?;
+            // SAFETY: as above.
+            unsafe {
+                result::memcpy_dtoh_async(
+                    std::slice::from_raw_parts_mut(out_ptr, segments * 4),
+                    dev_out.0,
+                    cs,
+                )
+                .map_err(drv("cuMemcpyDtoHAsync"))?;
+            }
+            Ok(())
+        };
+        let captured = enqueue();
+        let graph = self
+            .stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(drv("cuStreamEndCapture"))?;
+        captured?;
+        let graph = graph.ok_or_else(|| Error::Backend {
+            backend: BackendKind::Cuda,
+            message: "empty graph".to_owned(),
+            transient: false,
+        })?;
+        graph.upload().map_err(drv("cuGraphUpload"))?;
+        let spin = || {
+            // SAFETY: `cs` is our live stream.
+            while unsafe { sys::cuStreamQuery(cs) } == sys::CUresult::CUDA_ERROR_NOT_READY {
+                std::hint::spin_loop();
+            }
+        };
+        let mut out = Vec::with_capacity(iters);
+        for i in 0..iters + 100 {
+            let t = Instant::now();
+            graph.launch().map_err(drv("cuGraphLaunch"))?;
+            spin();
+            if i >= 100 {
+                out.push(t.elapsed());
+            }
+        }
+        drop(graph);
+        Ok(out)
+    }
+
+    /// Seconds to page-lock (`cuMemHostRegister`) and unlock `bytes` of ordinary, already-touched
+    /// host memory: what DMA straight from a caller's `Vec` would cost before any copy.
+    ///
+    /// # Errors
+    /// Driver errors.
+    pub fn host_register_seconds(&self, bytes: usize) -> Result<f64> {
+        let mut v = vec![1u8; bytes];
+        let t = Instant::now();
+        // SAFETY: `v` is a live allocation of `bytes` bytes, unregistered below before it drops.
+        unsafe { sys::cuMemHostRegister_v2(v.as_mut_ptr().cast::<c_void>(), bytes, 0) }
+            .result()
+            .map_err(drv("cuMemHostRegister"))?;
+        // SAFETY: registered just above.
+        unsafe { sys::cuMemHostUnregister(v.as_mut_ptr().cast::<c_void>()) }
+            .result()
+            .map_err(drv("cuMemHostUnregister"))?;
+        Ok(t.elapsed().as_secs_f64())
+    }
+
     /// The device's name.
     pub fn device_name(&self) -> String {
         self.ctx.name().unwrap_or_default()

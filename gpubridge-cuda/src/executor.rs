@@ -1,11 +1,15 @@
-//! One executor thread per device: it owns the device's context, stream, compiled modules, memory
-//! pool, pinned staging and cuBLAS handle, and runs plans sent to it in order.
+//! One executor thread per device: it owns the device's context, its lanes (a stream each, with
+//! pinned staging and timing events), compiled modules, memory pool, graph cache and cuBLAS
+//! handle, and runs the plans sent to it, completing them in order.
 //!
 //! # Stream ordering
-//! A plan runs as: pack inputs into pinned staging, then on the device's stream every H2D copy,
-//! every step (launches, cuBLAS calls), every D2H copy, then one synchronisation; the outputs are
-//! handed to the plan's completion while still in pinned staging (so unpacking is one copy), then
-//! the device buffers go back to the pool.
+//! A plan runs on one lane as: inputs packed into the lane's pinned staging piece by piece, each
+//! piece's H2D copy enqueued as soon as it is packed (so packing overlaps the upload), then every
+//! step (launches, cuBLAS calls), then one D2H copy. The executor then starts the next plan on the
+//! next lane before it waits for the first, so one micro-batch's packing and upload overlap the
+//! previous one's kernels and download. Outputs are handed to the plan's completion while still in
+//! pinned staging (so unpacking is one copy), then the plan's device block goes back to the pool.
+//! Graph captures and replays run on lane 0 after earlier plans have completed.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -133,18 +137,36 @@ pub(crate) struct Started {
     pub blas: bool,
 }
 
+/// One stream with its own pinned staging and timing events. An executor has
+/// `cuda.streams_per_device` lanes, so that while one micro-batch's kernels and download run on
+/// one lane, the next micro-batch is packed and uploaded on another.
+struct Lane {
+    stream: Arc<CudaStream>,
+    events: [CudaEvent; 4],
+    staging_in: PinnedBuffer,
+    staging_out: PinnedBuffer,
+}
+
+/// A plan enqueued on a lane and not yet completed.
+struct InFlight {
+    lane: usize,
+    block: crate::memory::DeviceBuffer,
+    outputs: Vec<(BufferId, usize, usize)>,
+    plan: Plan,
+    complete: gpubridge_core::device::PlanCompletion,
+}
+
 struct Executor {
     label: String,
     arch: (u32, u32),
     ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
+    /// Lane 0 also runs graph captures and replays.
+    lanes: Vec<Lane>,
+    next_lane: usize,
     blas: Option<Blas>,
     ptx: PtxCache,
     modules: HashMap<(&'static str, u64), LoadedModule>,
     pool: DevicePool,
-    staging_in: PinnedBuffer,
-    staging_out: PinnedBuffer,
-    events: [CudaEvent; 4],
     shared: Arc<Shared>,
     graphs: GraphCache,
     /// Large output vectors ask for huge pages (`memory.huge_page_outputs`).
@@ -187,7 +209,6 @@ const GRAPH_MAX_PLAN: usize = 16 << 20;
 
 /// Where a plan's outputs ended up.
 enum OutputsIn {
-    Staging,
     Graph(gpubridge_core::PlanShape),
 }
 
@@ -208,36 +229,53 @@ pub(crate) fn spawn(
         (config.cuda.graph_cache_mb as usize).saturating_mul(1 << 20),
     );
     let huge_pages = config.memory.huge_page_outputs;
+    let lanes = config.cuda.streams_per_device.max(1);
     let handle = std::thread::Builder::new()
         .name(format!("gpubridge-{label}"))
         .spawn(move || {
-            let mut ex = match Executor::new(ordinal, arch, label, pool_limit, graphs, ptx, shared)
-            {
-                Ok(mut ex) => {
-                    ex.huge_pages = huge_pages;
-                    ex
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
+            let mut ex =
+                match Executor::new(ordinal, arch, label, pool_limit, graphs, lanes, ptx, shared) {
+                    Ok(mut ex) => {
+                        ex.huge_pages = huge_pages;
+                        ex
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
             let _ = ready_tx.send(Ok(Started {
                 blas: ex.blas.is_some(),
             }));
-            while let Some(job) = next_job(&rx) {
+            let mut pending = std::collections::VecDeque::<InFlight>::new();
+            loop {
+                // With work in flight, take a new job only if one is already waiting; otherwise
+                // finish the oldest plan (its kernels ran while this thread packed the next one).
+                let job = if pending.is_empty() {
+                    next_job(&rx)
+                } else {
+                    match rx.try_recv() {
+                        Ok(job) => Some(job),
+                        Err(mpsc::TryRecvError::Empty) => {
+                            if let Some(f) = pending.pop_front() {
+                                ex.finish(f);
+                            }
+                            continue;
+                        }
+                        Err(mpsc::TryRecvError::Disconnected) => None,
+                    }
+                };
                 match job {
-                    Job::Plan {
+                    Some(Job::Plan {
                         plan,
                         sources,
                         complete,
-                    } => {
-                        ex.run(&plan, &sources, complete);
-                        // Packers hold the batch's data: free it off this thread.
-                        gpubridge_core::janitor::drop_later(plan);
-                    }
-                    Job::Shutdown => break,
+                    }) => ex.handle(plan, &sources, complete, &mut pending),
+                    Some(Job::Shutdown) | None => break,
                 }
+            }
+            while let Some(f) = pending.pop_front() {
+                ex.finish(f);
             }
         })
         .map_err(|e| Error::Backend {
@@ -254,12 +292,14 @@ pub(crate) fn spawn(
 }
 
 impl Executor {
+    #[allow(clippy::too_many_arguments)] // Called once, from `spawn`, with each setting named.
     fn new(
         ordinal: usize,
         arch: (u32, u32),
         label: String,
         pool_limit: usize,
         (graphs_on, graph_budget): (bool, usize),
+        lanes: usize,
         ptx: PtxCache,
         shared: Arc<Shared>,
     ) -> Result<Self> {
@@ -270,10 +310,19 @@ impl Executor {
         unsafe { ctx.disable_event_tracking() };
         ctx.bind_to_thread()
             .map_err(|e| drv("cuCtxSetCurrent", e))?;
-        let stream = ctx.new_stream().map_err(|e| drv("cuStreamCreate", e))?;
         let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
         let ev = || ctx.new_event(timing).map_err(|e| drv("cuEventCreate", e));
-        let events = [ev()?, ev()?, ev()?, ev()?];
+        let lanes = (0..lanes)
+            .map(|_| {
+                Ok(Lane {
+                    stream: ctx.new_stream().map_err(|e| drv("cuStreamCreate", e))?,
+                    events: [ev()?, ev()?, ev()?, ev()?],
+                    staging_in: PinnedBuffer::empty(),
+                    staging_out: PinnedBuffer::empty(),
+                })
+            })
+            .collect::<Result<Vec<Lane>>>()?;
+        let stream = lanes[0].stream.clone();
         // SAFETY: only probes whether libcublas can be loaded.
         let blas = if unsafe { cublas::sys::is_culib_present() } {
             match cublas::result::create_handle() {
@@ -302,13 +351,11 @@ impl Executor {
             label,
             arch,
             ctx,
-            stream,
+            lanes,
+            next_lane: 0,
             blas,
             ptx,
             modules: HashMap::new(),
-            staging_in: PinnedBuffer::empty(),
-            staging_out: PinnedBuffer::empty(),
-            events,
             shared,
             graphs: GraphCache {
                 enabled: graphs_on,
@@ -323,57 +370,129 @@ impl Executor {
         })
     }
 
-    fn run(
+    /// Takes one job: a cached or newly captured graph runs at once; anything else is enqueued on
+    /// a free lane and completes later, in order, in [`Executor::finish`].
+    fn handle(
         &mut self,
-        plan: &Plan,
+        plan: Plan,
         sources: &KernelSources,
         complete: gpubridge_core::device::PlanCompletion,
+        pending: &mut std::collections::VecDeque<InFlight>,
     ) {
         if let Some(why) = self.shared.lost.lock().clone() {
             complete(Err(Error::DeviceLost {
                 device: self.label.clone(),
                 reason: why,
             }));
+            gpubridge_core::janitor::drop_later(plan);
             return;
         }
-        match self.execute(plan, sources) {
-            Ok((layout, stats, place)) => {
-                let total = layout
-                    .iter()
-                    .map(|(_, off, len)| off + len)
-                    .max()
-                    .unwrap_or(0);
-                let staging: &[u8] = match place {
-                    OutputsIn::Staging => self.staging_out.slice_mut(total),
-                    OutputsIn::Graph(shape) => match self.graphs.entries.get_mut(&shape) {
-                        Some(e) => e.staging_out.slice_mut(total),
-                        None => &[],
-                    },
-                };
-                let ids = layout.iter().map(|(id, ..)| *id).collect();
-                let slices = layout
-                    .iter()
-                    .map(|(_, off, len)| &staging[*off..*off + *len])
-                    .collect();
-                let outputs = PlanOutputs::new(ids, slices, stats);
-                complete(Ok(if self.huge_pages {
-                    outputs.with_allocator(crate::huge_page_vec_f32)
-                } else {
-                    outputs
-                }));
-            }
-            Err(e) => {
-                if let Error::DeviceLost { reason, .. } = &e {
-                    tracing::error!(device = %self.label, "device lost: {reason}");
-                    *self.shared.lost.lock() = Some(reason.clone());
+        // Graphs replay on lane 0 and wait for it: first let earlier work complete, in order.
+        if self.graphs.enabled && !plan.steps.is_empty() {
+            let cached = self.cached_graph(&plan);
+            let candidate = cached.is_some() || self.graph_candidate(&plan);
+            if candidate {
+                while let Some(f) = pending.pop_front() {
+                    self.finish(f);
                 }
-                complete(Err(e));
+                match self.run_graph(&plan, sources, cached) {
+                    Ok(Some((outputs, stats, OutputsIn::Graph(shape)))) => {
+                        let huge = self.huge_pages;
+                        let staging: &[u8] = match self.graphs.entries.get_mut(&shape) {
+                            Some(e) => {
+                                let total = outputs
+                                    .iter()
+                                    .map(|(_, off, len)| off + len)
+                                    .max()
+                                    .unwrap_or(0);
+                                e.staging_out.slice_mut(total)
+                            }
+                            None => &[],
+                        };
+                        deliver(complete, &outputs, staging, stats, huge);
+                        self.publish_stats();
+                        gpubridge_core::janitor::drop_later(plan);
+                        return;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.fail(complete, e);
+                        gpubridge_core::janitor::drop_later(plan);
+                        return;
+                    }
+                }
             }
         }
+        if pending.len() >= self.lanes.len() {
+            if let Some(f) = pending.pop_front() {
+                self.finish(f);
+            }
+        }
+        let lane = self.next_lane;
+        self.next_lane = (self.next_lane + 1) % self.lanes.len();
+        match self.start(&plan, sources, lane) {
+            Ok((block, outputs)) => pending.push_back(InFlight {
+                lane,
+                block,
+                outputs,
+                plan,
+                complete,
+            }),
+            Err(e) => {
+                self.fail(complete, e);
+                gpubridge_core::janitor::drop_later(plan);
+            }
+        }
+    }
+
+    fn fail(&mut self, complete: gpubridge_core::device::PlanCompletion, e: Error) {
+        if let Error::DeviceLost { reason, .. } = &e {
+            tracing::error!(device = %self.label, "device lost: {reason}");
+            *self.shared.lost.lock() = Some(reason.clone());
+        }
+        complete(Err(e));
+        self.publish_stats();
+    }
+
+    fn publish_stats(&self) {
         *self.shared.pool.lock() = self.pool.stats();
         let mut g = self.shared.graphs.lock();
         g.entries = self.graphs.entries.len() as u64;
         g.bytes = self.graphs.used as u64;
+    }
+
+    /// Waits for a plan's lane, hands its outputs to its completion, returns its block.
+    fn finish(&mut self, f: InFlight) {
+        let waited = wait_stream(&self.lanes[f.lane].stream, &self.label);
+        self.pool.give_back(f.block);
+        match waited {
+            Ok(()) => {
+                let lane = &mut self.lanes[f.lane];
+                let ms = |a: usize, b: usize| {
+                    lane.events[a]
+                        .elapsed_ms(&lane.events[b])
+                        .map(|m| Duration::from_secs_f64(f64::from(m.max(0.0)) / 1e3))
+                        .unwrap_or_default()
+                };
+                let stats = ExecStats {
+                    compute: ms(1, 2),
+                    transfer: ms(0, 1) + ms(2, 3),
+                    graph_replayed: false,
+                };
+                let total = f
+                    .outputs
+                    .iter()
+                    .map(|(_, off, len)| off + len)
+                    .max()
+                    .unwrap_or(0);
+                let staging: &[u8] = lane.staging_out.slice_mut(total);
+                deliver(f.complete, &f.outputs, staging, stats, self.huge_pages);
+                self.publish_stats();
+            }
+            Err(e) => self.fail(f.complete, e),
+        }
+        // Packers hold the batch's data: free it off this thread.
+        gpubridge_core::janitor::drop_later(f.plan);
     }
 
     /// The functions of `plan`'s launches, compiling and loading the kernel's module on first use.
@@ -436,29 +555,11 @@ impl Executor {
         Ok(out)
     }
 
-    /// Runs the plan; returns the output layout in staging (id, offset, length) and timings.
-    ///
-    /// Every buffer of the plan lives in one pooled device block: inputs first (so their upload
-    /// is one contiguous range, copied piece by piece while the next piece is packed), then
-    /// outputs (downloaded with one copy), then scratch.
-    #[allow(clippy::type_complexity)] // A private return type read right below.
-    fn execute(
-        &mut self,
-        plan: &Plan,
-        sources: &KernelSources,
-    ) -> Result<(Vec<(BufferId, usize, usize)>, ExecStats, OutputsIn)> {
-        // A cached graph needs neither the functions nor a fresh layout.
-        if let Some(shape) = self.cached_graph(plan) {
-            let stats = self.replay(plan, shape)?;
-            let outputs = self
-                .graphs
-                .entries
-                .get(&shape)
-                .map(|e| e.outputs.clone())
-                .unwrap_or_default();
-            return Ok((outputs, stats, OutputsIn::Graph(shape)));
-        }
-        let functions = self.functions(plan, sources)?;
+    /// Where every buffer of the plan goes. Every buffer lives in one pooled device block:
+    /// inputs first (so their upload is one contiguous range, copied piece by piece while the next
+    /// piece is packed), then outputs (downloaded with one copy), then scratch. Returns the layout
+    /// and the block's size.
+    fn layout(plan: &Plan) -> (Layout, usize) {
         let align = |n: usize| n.div_ceil(STAGING_ALIGN) * STAGING_ALIGN;
         let mut layout = Layout {
             offsets: vec![0; plan.buffers.len()],
@@ -494,45 +595,85 @@ impl Executor {
                 at += align(b.len);
             }
         }
-        if let Some(shape) = self.graph_for(plan, &functions, &layout, at) {
+        (layout, at)
+    }
+
+    /// Runs the plan as a graph if one is cached or this is its shape's second run; `None` when
+    /// the plan should run as stream launches instead.
+    #[allow(clippy::type_complexity)] // A private return type read right at the call.
+    fn run_graph(
+        &mut self,
+        plan: &Plan,
+        sources: &KernelSources,
+        cached: Option<gpubridge_core::PlanShape>,
+    ) -> Result<Option<(Vec<(BufferId, usize, usize)>, ExecStats, OutputsIn)>> {
+        // A cached graph needs neither the functions nor a fresh layout.
+        if let Some(shape) = cached {
             let stats = self.replay(plan, shape)?;
-            return Ok((layout.outputs, stats, OutputsIn::Graph(shape)));
+            let outputs = self
+                .graphs
+                .entries
+                .get(&shape)
+                .map(|e| e.outputs.clone())
+                .unwrap_or_default();
+            return Ok(Some((outputs, stats, OutputsIn::Graph(shape))));
         }
-        self.staging_in.ensure(layout.in_total, &self.label)?;
-        self.staging_out
-            .ensure(layout.out_end - layout.out_start, &self.label)?;
-        let block = self.pool.rent(at.max(1))?;
+        let functions = self.functions(plan, sources)?;
+        let (layout, total) = Self::layout(plan);
+        match self.graph_for(plan, &functions, &layout, total) {
+            Some(shape) => {
+                let stats = self.replay(plan, shape)?;
+                Ok(Some((layout.outputs, stats, OutputsIn::Graph(shape))))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Whether a plan is small enough for the graph path (the graph cache decides the rest).
+    fn graph_candidate(&self, plan: &Plan) -> bool {
+        plan.device_bytes() <= GRAPH_MAX_PLAN && plan.device_bytes() <= self.graphs.budget
+    }
+
+    /// Enqueues the plan on `lane`: packs and uploads its inputs piece by piece, runs its steps,
+    /// downloads its outputs. Returns the rented block (held until the plan finishes) and where
+    /// the outputs will be in the lane's staging.
+    #[allow(clippy::type_complexity)] // A private return type read right at the call.
+    fn start(
+        &mut self,
+        plan: &Plan,
+        sources: &KernelSources,
+        lane: usize,
+    ) -> Result<(crate::memory::DeviceBuffer, Vec<(BufferId, usize, usize)>)> {
+        let functions = self.functions(plan, sources)?;
+        let (layout, total) = Self::layout(plan);
         let out_len = layout.out_end - layout.out_start;
+        let l = &mut self.lanes[lane];
+        l.staging_in.ensure(layout.in_total, &self.label)?;
+        l.staging_out.ensure(out_len, &self.label)?;
+        let block = self.pool.rent(total.max(1))?;
+        let l = &mut self.lanes[lane];
         let result = enqueue(
-            &self.stream,
-            Some(&self.events),
+            &l.stream,
+            Some(&l.events),
             self.blas.as_ref(),
             &self.label,
             plan,
             &functions,
             block.ptr,
             &layout,
-            self.staging_in.slice_mut(layout.in_total),
-            self.staging_out.slice_mut(out_len),
+            l.staging_in.slice_mut(layout.in_total),
+            l.staging_out.slice_mut(out_len),
             true,
         );
-        // Whatever happened, nothing may still be using the block when it goes back.
-        let synced = self.wait();
-        self.pool.give_back(block);
-        result?;
-        synced?;
-        let ms = |a: usize, b: usize| {
-            self.events[a]
-                .elapsed_ms(&self.events[b])
-                .map(|m| Duration::from_secs_f64(f64::from(m.max(0.0)) / 1e3))
-                .unwrap_or_default()
-        };
-        let stats = ExecStats {
-            compute: ms(1, 2),
-            transfer: ms(0, 1) + ms(2, 3),
-            graph_replayed: false,
-        };
-        Ok((layout.outputs, stats, OutputsIn::Staging))
+        match result {
+            Ok(()) => Ok((block, layout.outputs)),
+            Err(e) => {
+                // Nothing may still be using the block when it goes back.
+                let _ = wait_stream(&self.lanes[lane].stream, &self.label);
+                self.pool.give_back(block);
+                Err(e)
+            }
+        }
     }
 
     /// The shape of `plan` if a graph of it is cached (the shape is computed once per plan).
@@ -628,11 +769,12 @@ impl Executor {
         let block = self.pool.rent(total.max(1))?;
         let label = self.label.clone();
         let captured = (|| -> Result<cudarc::driver::CudaGraph> {
-            self.stream
+            self.lanes[0]
+                .stream
                 .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                 .map_err(|e| driver_error(&label, "cuStreamBeginCapture", e))?;
             let enqueued = enqueue(
-                &self.stream,
+                &self.lanes[0].stream,
                 None,
                 self.blas.as_ref(),
                 &label,
@@ -645,7 +787,7 @@ impl Executor {
                 false,
             );
             // End the capture whatever happened, so the stream leaves capture mode.
-            let graph = self
+            let graph = self.lanes[0]
                 .stream
                 .end_capture(sys::CUgraphInstantiate_flags(0))
                 .map_err(|e| driver_error(&label, "cuStreamEndCapture", e));
@@ -707,7 +849,7 @@ impl Executor {
             .map_err(|e| driver_error(&label, "cuGraphLaunch", e))?;
         entry.executions += 1;
         entry.last_used = clock;
-        self.wait()?;
+        wait_stream(&self.lanes[0].stream, &label)?;
         metrics::counter!(names::GRAPH_CACHE_TOTAL, "result" => "hit").increment(1);
         self.shared.graphs.lock().hits += 1;
         Ok(ExecStats {
@@ -716,32 +858,52 @@ impl Executor {
             graph_replayed: true,
         })
     }
+}
 
-    /// Waits for the stream: spins on `cuStreamQuery` for a short while (a sleeping wait costs
-    /// more than a small plan's whole run), then blocks.
-    fn wait(&self) -> Result<()> {
-        let cs = self.stream.cu_stream();
-        let t = Instant::now();
-        loop {
-            // SAFETY: `cs` is this executor's live stream.
-            match unsafe { sys::cuStreamQuery(cs) } {
-                sys::CUresult::CUDA_SUCCESS => return Ok(()),
-                sys::CUresult::CUDA_ERROR_NOT_READY => {
-                    if t.elapsed() > SPIN_WAIT {
-                        return self
-                            .stream
-                            .synchronize()
-                            .map_err(|e| driver_error(&self.label, "cuStreamSynchronize", e));
-                    }
-                    std::hint::spin_loop();
+/// Hands a finished plan's outputs (in pinned staging) to its completion.
+fn deliver(
+    complete: gpubridge_core::device::PlanCompletion,
+    outputs: &[(BufferId, usize, usize)],
+    staging: &[u8],
+    stats: ExecStats,
+    huge_pages: bool,
+) {
+    let ids = outputs.iter().map(|(id, ..)| *id).collect();
+    let slices = outputs
+        .iter()
+        .map(|(_, off, len)| staging.get(*off..*off + *len).unwrap_or(&[]))
+        .collect();
+    let outputs = PlanOutputs::new(ids, slices, stats);
+    complete(Ok(if huge_pages {
+        outputs.with_allocator(crate::huge_page_vec_f32)
+    } else {
+        outputs
+    }));
+}
+
+/// Waits for `stream`: spins on `cuStreamQuery` for a short while (a sleeping wait costs more
+/// than a small plan's whole run), then blocks.
+fn wait_stream(stream: &CudaStream, label: &str) -> Result<()> {
+    let cs = stream.cu_stream();
+    let t = Instant::now();
+    loop {
+        // SAFETY: `cs` is a live stream of this executor.
+        match unsafe { sys::cuStreamQuery(cs) } {
+            sys::CUresult::CUDA_SUCCESS => return Ok(()),
+            sys::CUresult::CUDA_ERROR_NOT_READY => {
+                if t.elapsed() > SPIN_WAIT {
+                    return stream
+                        .synchronize()
+                        .map_err(|e| driver_error(label, "cuStreamSynchronize", e));
                 }
-                other => {
-                    return Err(driver_error(
-                        &self.label,
-                        "cuStreamQuery",
-                        result::DriverError(other),
-                    ))
-                }
+                std::hint::spin_loop();
+            }
+            other => {
+                return Err(driver_error(
+                    label,
+                    "cuStreamQuery",
+                    result::DriverError(other),
+                ))
             }
         }
     }
@@ -839,6 +1001,15 @@ fn enqueue(
                 let blas = blas.ok_or_else(|| Error::Unsupported {
                     backend: BackendKind::Cuda,
                     what: "cuBLAS is not loaded".to_owned(),
+                })?;
+                // The handle is shared by every lane: point it at this plan's stream.
+                // SAFETY: the handle and the stream are both alive for the executor's life.
+                unsafe { cublas::result::set_stream(blas.0, cs as _) }.map_err(|e| {
+                    Error::Backend {
+                        backend: BackendKind::Cuda,
+                        message: format!("{label}: cublasSetStream: {e:?}"),
+                        transient: false,
+                    }
                 })?;
                 let (a, b, c) = (ptr(&g.a)?, ptr(&g.b)?, ptr(&g.c)?);
                 let (m, k, n) = (g.m as i32, g.k as i32, g.n as i32);

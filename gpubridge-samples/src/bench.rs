@@ -437,7 +437,7 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                 &format!("small batch (10 x 100 f32 sum), host in -> host out, P50, {mode}"),
                 Some(p50),
                 "us",
-                "raw empty-kernel launch + sync round trip, P50",
+                "raw cudarc: the same copies and kernel as one graph, replayed, spin wait, P50",
                 Some(raw50),
                 Some(p50 / raw50),
                 "P50 <= 20 us",
@@ -449,7 +449,7 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                 &format!("small batch (10 x 100 f32 sum), host in -> host out, P99, {mode}"),
                 Some(p99),
                 "us",
-                "raw empty-kernel launch + sync round trip, P99",
+                "raw cudarc: the same copies and kernel as one graph, replayed, spin wait, P99",
                 Some(raw99),
                 Some(p99 / raw99),
                 "P99 <= 50 us",
@@ -497,6 +497,10 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                 dev_transfer.as_secs_f64() * 1e3,
                 dev_compute.as_secs_f64() * 1e3
             );
+            if variant.starts_with("huge") {
+                let reg = base.host_register_seconds(800 << 20)?;
+                cx.row("P4", "diagnostic: page-lock + unlock 800 MB of a caller's memory (cuMemHostRegister)", Some(reg * 1e3), "ms", "PCIe floor of the vector sample", Some(floor * 1e3), Some(reg * 1e3 / (floor * 1e3)), "diagnostic (no target)", None, "what uploading straight from the caller's Vecs would pay before its first byte moves");
+            }
             cx.row("P4", &format!("vector sample {n} x {len} f32 pairs from pageable Vecs, results in Vecs, {variant}"), Some(best.as_secs_f64() * 1e3), "ms", "PCIe floor: bytes moved / pinned bandwidth measured now", Some(floor * 1e3), Some(ratio), "<= 1.5x the PCIe floor", Some(ratio <= 1.5), &note);
         }
     }

@@ -26,3 +26,22 @@ pub use names::describe_all;
 pub fn device_label(backend: &str, index: usize) -> String {
     format!("{backend}:{index}")
 }
+
+/// Interns a label value: returns a `&'static str` equal to `value`, allocating each distinct
+/// value once for the life of the process. Label values are few (device labels, kernel ids), so
+/// this bounds memory while letting hot paths record metrics without allocating.
+pub fn intern_label(value: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static LABELS: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut set = match LABELS.get_or_init(|| Mutex::new(HashSet::new())).lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if let Some(s) = set.get(value) {
+        return s;
+    }
+    let leaked: &'static str = Box::leak(value.to_owned().into_boxed_str());
+    set.insert(leaked);
+    leaked
+}
