@@ -422,7 +422,8 @@ where
                     .run_chunk(&chunk, first, hints, candidates, started)
                     .await;
                 // The batch's data may be large: free it off the request's path.
-                crate::janitor::drop_later(chunk);
+                let bytes = chunk.iter().map(|i| self.kernel.device_bytes(i)).sum();
+                crate::janitor::drop_later_if_large(chunk, bytes);
                 r
             }
         });
@@ -622,6 +623,7 @@ where
         let (tx, rx) = oneshot::channel::<Result<(Vec<O>, Instant, crate::plan::ExecStats)>>();
         let kernel = self.kernel.clone();
         let items = chunk.clone();
+        let bytes: usize = chunk.iter().map(|i| self.kernel.device_bytes(i)).sum();
         match backend.plan_target(device) {
             None => {
                 let job: CpuJob = Box::new(move |ctx| {
@@ -634,7 +636,7 @@ where
                         ..Default::default()
                     };
                     let _ = tx.send(r.map(|o| (o, t, stats)));
-                    crate::janitor::drop_later(items);
+                    crate::janitor::drop_later_if_large(items, bytes);
                 });
                 backend.submit(device, Work::Cpu(job))?;
             }
@@ -650,7 +652,7 @@ where
                             .map(|o| (o, t, stats))
                     });
                     let _ = tx.send(r);
-                    crate::janitor::drop_later(items);
+                    crate::janitor::drop_later_if_large(items, bytes);
                 });
                 backend.submit(
                     device,

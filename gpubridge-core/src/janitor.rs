@@ -30,6 +30,20 @@ fn janitor() -> Option<&'static Mutex<mpsc::Sender<Garbage>>> {
         .as_ref()
 }
 
+/// Values holding fewer bytes than this are dropped in place: handing them over would cost a
+/// wake-up of the janitor thread, more than freeing them.
+pub const DEFER_MIN_BYTES: usize = 1 << 20;
+
+/// Drops `value` on the janitor thread if it holds at least [`DEFER_MIN_BYTES`] (as the caller
+/// counts them), else right here.
+pub fn drop_later_if_large<T: Send + 'static>(value: T, bytes: usize) {
+    if bytes >= DEFER_MIN_BYTES {
+        drop_later(value);
+    } else {
+        drop(value);
+    }
+}
+
 /// Drops `value` on the background janitor thread (or right here if that thread cannot run).
 pub fn drop_later<T: Send + 'static>(value: T) {
     if std::mem::size_of::<T>() == 0 {

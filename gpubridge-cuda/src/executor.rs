@@ -384,7 +384,7 @@ impl Executor {
                 device: self.label.clone(),
                 reason: why,
             }));
-            gpubridge_core::janitor::drop_later(plan);
+            drop_plan(plan);
             return;
         }
         // Graphs replay on lane 0 and wait for it: first let earlier work complete, in order.
@@ -411,13 +411,13 @@ impl Executor {
                         };
                         deliver(complete, &outputs, staging, stats, huge);
                         self.publish_stats();
-                        gpubridge_core::janitor::drop_later(plan);
+                        drop_plan(plan);
                         return;
                     }
                     Ok(None) => {}
                     Err(e) => {
                         self.fail(complete, e);
-                        gpubridge_core::janitor::drop_later(plan);
+                        drop_plan(plan);
                         return;
                     }
                 }
@@ -440,7 +440,7 @@ impl Executor {
             }),
             Err(e) => {
                 self.fail(complete, e);
-                gpubridge_core::janitor::drop_later(plan);
+                drop_plan(plan);
             }
         }
     }
@@ -492,7 +492,7 @@ impl Executor {
             Err(e) => self.fail(f.complete, e),
         }
         // Packers hold the batch's data: free it off this thread.
-        gpubridge_core::janitor::drop_later(f.plan);
+        drop_plan(f.plan);
     }
 
     /// The functions of `plan`'s launches, compiling and loading the kernel's module on first use.
@@ -858,6 +858,13 @@ impl Executor {
             graph_replayed: true,
         })
     }
+}
+
+/// Drops a finished plan: its packers hold the batch's data, so a large one is freed off this
+/// thread.
+fn drop_plan(plan: Plan) {
+    let bytes = plan.device_bytes();
+    gpubridge_core::janitor::drop_later_if_large(plan, bytes);
 }
 
 /// Hands a finished plan's outputs (in pinned staging) to its completion.

@@ -353,7 +353,7 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
             .kernel(chain::Chain)?
             .build()?;
         for n in [10u32, 100, 1000] {
-            let per = |b: &GpuBridge| -> anyhow::Result<(Duration, bool)> {
+            let per = |b: &GpuBridge| -> anyhow::Result<(Duration, bool, Duration)> {
                 let grain = b.batch::<chain::Chain>()?;
                 let x: Vec<f32> = (0..32).map(|i| i as f32).collect();
                 let mut replayed = false;
@@ -363,19 +363,21 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                     )?;
                 }
                 let mut t = Vec::with_capacity(reps);
+                let mut device = Vec::with_capacity(reps);
                 for _ in 0..reps {
                     let s = Instant::now();
                     let r = block_on(
                         grain.execute(vec![chain::ChainInput { x: x.clone(), n }], on_cuda.clone()),
                     )?;
                     t.push(s.elapsed());
+                    device.push(r.compute_time() + r.transfer_time());
                     anyhow::ensure!(r.outputs[0][5] == 5.0 + n as f32, "chain result wrong");
                     replayed = r.graph_replayed();
                 }
-                Ok((median(&mut t) / n, replayed))
+                Ok((median(&mut t) / n, replayed, median(&mut device)))
             };
-            let (graph, replayed) = per(&graphs)?;
-            let (stream, _) = per(&plain)?;
+            let (graph, replayed, graph_device) = per(&graphs)?;
+            let (stream, _, _) = per(&plain)?;
             let (raw_stream, raw_graph) = base.chain_per_kernel(n as usize, reps)?;
             let ratio = us(graph) / us(raw_graph);
             let below_stream = 1.0 - us(graph) / us(stream);
@@ -390,10 +392,12 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                 "<= 1.1x raw graph replay and >= 65% below the bridge's stream launches",
                 Some(replayed && ratio <= 1.1 && below_stream >= 0.65),
                 &format!(
-                    "bridge stream launches {:.2} us/kernel ({:.0}% below); raw stream launches {:.2} us/kernel; medians of {reps}",
+                    "bridge stream launches {:.2} us/kernel ({:.0}% below); raw stream launches {:.2} us/kernel; per call {:.1} us of which executor pack+replay+wait {:.1} us; medians of {reps}",
                     us(stream),
                     below_stream * 100.0,
-                    us(raw_stream)
+                    us(raw_stream),
+                    us(graph) * f64::from(n),
+                    us(graph_device)
                 ),
             );
         }
@@ -405,32 +409,37 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
             .map(|i| (0..100).map(|j| (i * j) as f32 * 0.01).collect())
             .collect();
         let (warm, iters) = if quick { (20, 200) } else { (500, 5000) };
-        let mut raw = base.launch_round_trips(iters)?;
+        let mut raw = base.small_batch_graph(iters)?;
         let (raw50, raw99) = (
             us(percentile(&mut raw, 0.5)),
             us(percentile(&mut raw, 0.99)),
         );
+        let mut launch = base.launch_round_trips(iters)?;
+        let launch50 = us(median(&mut launch));
         let spin = on_cuda.clone().spin_wait(Duration::from_millis(1));
         for (mode, hints) in [("spin_wait hint", spin), ("default wait", on_cuda.clone())] {
             for _ in 0..warm {
                 block_on(grain.execute(batch.clone(), hints.clone()))?;
             }
             let mut lat = Vec::with_capacity(iters);
+            let mut device = Vec::with_capacity(iters);
             let mut replayed = true;
             for _ in 0..iters {
                 let b = batch.clone();
                 let t = Instant::now();
                 let r = block_on(grain.execute(b, hints.clone()))?;
                 lat.push(t.elapsed());
+                device.push(r.compute_time());
                 replayed &= r.graph_replayed();
                 std::hint::black_box(r);
             }
+            let device50 = us(median(&mut device));
             let (p50, p99) = (
                 us(percentile(&mut lat, 0.5)),
                 us(percentile(&mut lat, 0.99)),
             );
             let note = format!(
-                "{mode}; every call a graph replay: {replayed}; {iters} calls after {warm} warm-up"
+                "{mode}; every call a graph replay: {replayed}; executor pack+replay+wait P50 {device50:.1} us; raw empty-kernel launch + sync P50 {launch50:.1} us; {iters} calls after {warm} warm-up"
             );
             cx.row(
                 "P2",
