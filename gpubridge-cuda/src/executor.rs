@@ -24,7 +24,7 @@ use gpubridge_core::{BackendKind, BridgeConfig, Error, KernelSources, Result};
 use parking_lot::Mutex;
 
 use crate::compile::PtxCache;
-use crate::memory::{DevicePool, PinnedBuffer};
+use crate::memory::{DevicePool, MappedBuffer, PinnedBuffer};
 use gpubridge_telemetry::names;
 
 /// Alignment of each buffer inside pinned staging.
@@ -171,7 +171,17 @@ struct Executor {
     graphs: GraphCache,
     /// Large output vectors ask for huge pages (`memory.huge_page_outputs`).
     huge_pages: bool,
+    /// Zero-copy staging for tiny plans.
+    mapped: MappedBuffer,
 }
+
+/// Plans whose buffers all fit in this many bytes, with no scratch, no library calls and at most
+/// [`ZERO_COPY_MAX_LAUNCHES`] launches, run zero-copy: kernels read their inputs from and write
+/// their outputs to mapped pinned memory, so there is no copy to wait for. Bus reads are slower
+/// than device memory, so only small payloads take this path.
+const ZERO_COPY_MAX_BYTES: usize = 64 << 10;
+/// More launches than this are better replayed as a graph.
+const ZERO_COPY_MAX_LAUNCHES: usize = 2;
 
 /// A captured plan: the graph and everything it was captured with, so a replay is "pack inputs
 /// into this staging, launch once".
@@ -367,6 +377,7 @@ impl Executor {
                 failed: Default::default(),
             },
             huge_pages: true,
+            mapped: MappedBuffer::empty(),
         })
     }
 
@@ -384,6 +395,22 @@ impl Executor {
                 device: self.label.clone(),
                 reason: why,
             }));
+            drop_plan(plan);
+            return;
+        }
+        if zero_copy_candidate(&plan) {
+            while let Some(f) = pending.pop_front() {
+                self.finish(f);
+            }
+            match self.run_zero_copy(&plan, sources) {
+                Ok((outputs, out_start, out_end, stats)) => {
+                    let huge = self.huge_pages;
+                    let staging = &self.mapped.slice_mut(out_end)[out_start..];
+                    deliver(complete, &outputs, staging, stats, huge);
+                    self.publish_stats();
+                }
+                Err(e) => self.fail(complete, e),
+            }
             drop_plan(plan);
             return;
         }
@@ -629,6 +656,52 @@ impl Executor {
         }
     }
 
+    /// Runs a tiny plan zero-copy on lane 0: packs its inputs into mapped memory, launches with
+    /// pointers into that memory, waits. Returns the output layout, where the outputs start and
+    /// end in the mapped buffer, and timings.
+    #[allow(clippy::type_complexity)] // A private return type read right at the call.
+    fn run_zero_copy(
+        &mut self,
+        plan: &Plan,
+        sources: &KernelSources,
+    ) -> Result<(Vec<(BufferId, usize, usize)>, usize, usize, ExecStats)> {
+        let functions = self.functions(plan, sources)?;
+        let (layout, total) = Self::layout(plan);
+        self.mapped.ensure(total.max(1), &self.label)?;
+        let t = Instant::now();
+        pack_piece(
+            plan,
+            &layout.inputs,
+            self.mapped.slice_mut(layout.in_total),
+            0,
+        );
+        let base = self.mapped.device_ptr();
+        let lane = &self.lanes[0];
+        let enqueued = enqueue(
+            &lane.stream,
+            None,
+            self.blas.as_ref(),
+            &self.label,
+            plan,
+            &functions,
+            base,
+            &layout,
+            &mut [],
+            &mut [],
+            false,
+            false,
+        );
+        let waited = wait_stream(&lane.stream, &self.label);
+        enqueued?;
+        waited?;
+        let stats = ExecStats {
+            compute: t.elapsed(),
+            transfer: Duration::ZERO,
+            graph_replayed: false,
+        };
+        Ok((layout.outputs, layout.out_start, layout.out_end, stats))
+    }
+
     /// Whether a plan is small enough for the graph path (the graph cache decides the rest).
     fn graph_candidate(&self, plan: &Plan) -> bool {
         plan.device_bytes() <= GRAPH_MAX_PLAN && plan.device_bytes() <= self.graphs.budget
@@ -663,6 +736,7 @@ impl Executor {
             &layout,
             l.staging_in.slice_mut(layout.in_total),
             l.staging_out.slice_mut(out_len),
+            true,
             true,
         );
         match result {
@@ -785,6 +859,7 @@ impl Executor {
                 staging_in.slice_mut(layout.in_total),
                 staging_out.slice_mut(out_len),
                 false,
+                true,
             );
             // End the capture whatever happened, so the stream leaves capture mode.
             let graph = self.lanes[0]
@@ -860,6 +935,23 @@ impl Executor {
     }
 }
 
+/// Whether a plan is small and simple enough to run zero-copy (see [`ZERO_COPY_MAX_BYTES`]).
+fn zero_copy_candidate(plan: &Plan) -> bool {
+    let launches = plan
+        .steps
+        .iter()
+        .filter(|s| matches!(s, Step::Launch(_)))
+        .count();
+    plan.device_bytes() <= ZERO_COPY_MAX_BYTES
+        && launches >= 1
+        && launches <= ZERO_COPY_MAX_LAUNCHES
+        && plan.steps.iter().all(|s| matches!(s, Step::Launch(_)))
+        && plan
+            .buffers
+            .iter()
+            .all(|b| !matches!(b.role, BufferRole::Scratch))
+}
+
 /// Drops a finished plan: its packers hold the batch's data, so a large one is freed off this
 /// thread.
 fn drop_plan(plan: Plan) {
@@ -932,6 +1024,7 @@ fn enqueue(
     staging_in: &mut [u8],
     staging_out: &mut [u8],
     pack: bool,
+    copies: bool,
 ) -> Result<()> {
     let drv = |what: &str, e| driver_error(label, what, e);
     let cs = stream.cu_stream();
@@ -944,7 +1037,7 @@ fn enqueue(
     record(0)?;
     let mut rest: &mut [u8] = staging_in;
     let mut done = 0;
-    while done < layout.in_total {
+    while copies && done < layout.in_total {
         let piece_len = if !pack || layout.in_total <= SMALL_PLAN {
             layout.in_total
         } else {
@@ -1054,7 +1147,7 @@ fn enqueue(
     }
     record(2)?;
     let out_len = layout.out_end - layout.out_start;
-    if out_len > 0 {
+    if copies && out_len > 0 {
         let staging = &mut staging_out[..out_len];
         // SAFETY: the destination is our pinned staging (alive and untouched until after the
         // synchronisation); the source range lies inside the block.

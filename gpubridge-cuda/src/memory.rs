@@ -279,3 +279,95 @@ mod tests {
         assert_eq!(size_class(513), (5, 640));
     }
 }
+
+/// Page-locked host memory mapped into the device's address space: kernels read and write it
+/// directly over the bus, so tiny plans need no copies at all.
+#[derive(Debug)]
+pub struct MappedBuffer {
+    host: *mut u8,
+    device: sys::CUdeviceptr,
+    len: usize,
+}
+
+// SAFETY: plain host memory owned by this value; moving it between threads is sound.
+unsafe impl Send for MappedBuffer {}
+
+/// `CU_MEMHOSTALLOC_DEVICEMAP`.
+const DEVICEMAP: u32 = 0x02;
+
+impl MappedBuffer {
+    /// An empty buffer.
+    pub fn empty() -> Self {
+        Self {
+            host: std::ptr::null_mut(),
+            device: 0,
+            len: 0,
+        }
+    }
+
+    /// Makes the buffer at least `len` bytes (contents are not kept).
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`] when the driver cannot pin and map that much.
+    pub fn ensure(&mut self, len: usize, label: &str) -> Result<()> {
+        if len <= self.len {
+            return Ok(());
+        }
+        self.release();
+        let want = len.next_power_of_two().max(64 << 10);
+        let oom = |what: &str, e: result::DriverError| Error::OutOfMemory {
+            device: label.to_owned(),
+            requested: want,
+            reason: format!("{what} (mapped staging): {e}"),
+        };
+        // SAFETY: the calling thread has the device's context current.
+        let host = unsafe { result::malloc_host(want, DEVICEMAP) }
+            .map_err(|e| oom("cuMemHostAlloc", e))?;
+        let mut device: sys::CUdeviceptr = 0;
+        // SAFETY: `host` was just allocated with DEVICEMAP in this context; `device` is a valid
+        // out-pointer.
+        let rc = unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device, host, 0) };
+        if rc != sys::CUresult::CUDA_SUCCESS {
+            // SAFETY: allocated above, never used.
+            let _ = unsafe { result::free_host(host) };
+            return Err(oom("cuMemHostGetDevicePointer", result::DriverError(rc)));
+        }
+        self.host = host.cast::<u8>();
+        self.device = device;
+        self.len = want;
+        Ok(())
+    }
+
+    /// The device address of byte 0.
+    pub fn device_ptr(&self) -> sys::CUdeviceptr {
+        self.device
+    }
+
+    /// The first `len` bytes on the host side (at most the buffer's size).
+    pub fn slice_mut(&mut self, len: usize) -> &mut [u8] {
+        if self.host.is_null() {
+            return &mut [];
+        }
+        // SAFETY: `host` points to `self.len` bytes we own; `len` is clamped to it. The device
+        // only touches them while the executor waits for the stream, never concurrently with this
+        // borrow.
+        unsafe { std::slice::from_raw_parts_mut(self.host, len.min(self.len)) }
+    }
+
+    fn release(&mut self) {
+        if !self.host.is_null() {
+            // SAFETY: allocated by `cuMemHostAlloc`; no kernel is using it (callers wait first).
+            if let Err(e) = unsafe { result::free_host(self.host.cast::<c_void>()) } {
+                tracing::warn!("cuMemFreeHost failed: {e}");
+            }
+            self.host = std::ptr::null_mut();
+            self.len = 0;
+        }
+    }
+}
+
+impl Drop for MappedBuffer {
+    fn drop(&mut self) {
+        self.release();
+    }
+}

@@ -91,7 +91,8 @@ fn graph_cache_evicts_least_recently_used_under_its_budget() {
     let grain = b.batch::<Sum>().unwrap();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
     for round in 0..2 {
-        for len in [100usize, 200, 300, 400] {
+        // Large enough (>= 96 KB) to take the graph path rather than the zero-copy one.
+        for len in [3000usize, 4000, 5000, 6000] {
             for _ in 0..2 {
                 let v: Vec<Vec<f32>> = (0..8)
                     .map(|_| {
@@ -204,4 +205,36 @@ fn a_lost_device_trips_its_circuit_and_work_moves_on_with_nothing_lost() {
         }),
         Some(CircuitState::Open)
     );
+}
+
+#[test]
+fn tiny_plans_run_zero_copy_with_fresh_data_every_time() {
+    let config = BridgeConfig::default();
+    let Some(cuda) = cuda(&config) else { return };
+    let b = bridge(config, cuda.clone());
+    let grain = b.batch::<Sum>().unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+    for _ in 0..20 {
+        let v: Vec<Vec<f32>> = (0..10)
+            .map(|_| {
+                (0..100)
+                    .map(|_| rng.random_range(-8i32..8) as f32)
+                    .collect()
+            })
+            .collect();
+        let r = block_on(grain.execute(
+            v.clone(),
+            ExecutionHints::default().on_backend(BackendKind::Cuda),
+        ))
+        .unwrap();
+        for (x, s) in v.iter().zip(&r.outputs) {
+            assert_eq!(x.iter().sum::<f32>(), *s);
+        }
+        assert!(
+            !r.graph_replayed(),
+            "a 4 KB plan runs zero-copy, not as a graph"
+        );
+    }
+    let g = cuda.graph_stats(0).unwrap();
+    assert_eq!((g.misses, g.hits), (0, 0), "{g:?}");
 }
