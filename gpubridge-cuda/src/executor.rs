@@ -943,8 +943,7 @@ fn zero_copy_candidate(plan: &Plan) -> bool {
         .filter(|s| matches!(s, Step::Launch(_)))
         .count();
     plan.device_bytes() <= ZERO_COPY_MAX_BYTES
-        && launches >= 1
-        && launches <= ZERO_COPY_MAX_LAUNCHES
+        && (1..=ZERO_COPY_MAX_LAUNCHES).contains(&launches)
         && plan.steps.iter().all(|s| matches!(s, Step::Launch(_)))
         && plan
             .buffers
