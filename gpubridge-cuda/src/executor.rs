@@ -165,7 +165,7 @@ struct Executor {
     next_lane: usize,
     blas: Option<Blas>,
     ptx: PtxCache,
-    modules: HashMap<(&'static str, u64), LoadedModule>,
+    modules: HashMap<(&'static str, usize, usize), LoadedModule>,
     pool: DevicePool,
     shared: Arc<Shared>,
     graphs: GraphCache,
@@ -539,10 +539,14 @@ impl Executor {
             backend: BackendKind::Cuda,
             what: format!("kernel {} has no CUDA form", plan.kernel),
         })?;
-        let key = (plan.kernel, sources.hash());
+        // Sources are `&'static str`s: their address identifies them without hashing the text on
+        // every launch; the text is hashed once, when the module is loaded, for the PTX cache key.
+        let key = (plan.kernel, source.as_ptr() as usize, source.len());
         if !self.modules.contains_key(&key) {
             let t = Instant::now();
-            let (ptx, cached) = self.ptx.ptx(plan.kernel, source, key.1, self.arch)?;
+            let (ptx, cached) = self
+                .ptx
+                .ptx(plan.kernel, source, sources.hash(), self.arch)?;
             let module = self
                 .ctx
                 .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
