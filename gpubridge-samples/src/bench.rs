@@ -416,6 +416,13 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
         );
         let mut launch = base.launch_round_trips(iters)?;
         let launch50 = us(median(&mut launch));
+        let clock_ns = {
+            let t = Instant::now();
+            for _ in 0..100_000 {
+                std::hint::black_box(Instant::now());
+            }
+            t.elapsed().as_nanos() as f64 / 100_000.0
+        };
         let spin = on_cuda.clone().spin_wait(Duration::from_millis(1));
         for (mode, hints) in [("spin_wait hint", spin), ("default wait", on_cuda.clone())] {
             for _ in 0..warm {
@@ -439,7 +446,7 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                 us(percentile(&mut lat, 0.99)),
             );
             let note = format!(
-                "{mode}; every call a graph replay: {replayed}; executor pack+replay+wait P50 {device50:.1} us; raw empty-kernel launch + sync P50 {launch50:.1} us; {iters} calls after {warm} warm-up"
+                "{mode}; every call a graph replay: {replayed}; executor pack+replay+wait P50 {device50:.1} us; Instant::now {clock_ns:.0} ns; raw empty-kernel launch + sync P50 {launch50:.1} us; {iters} calls after {warm} warm-up"
             );
             cx.row(
                 "P2",
