@@ -24,7 +24,7 @@ use gpubridge_core::{BackendKind, BridgeConfig, Error, KernelSources, Result};
 use parking_lot::Mutex;
 
 use crate::compile::PtxCache;
-use crate::memory::{DevicePool, MappedBuffer, PinnedBuffer};
+use crate::memory::{DevicePool, PinnedBuffer};
 use gpubridge_telemetry::names;
 
 /// Alignment of each buffer inside pinned staging.
@@ -180,7 +180,7 @@ struct Executor {
     /// Large output vectors ask for huge pages (`memory.huge_page_outputs`).
     huge_pages: bool,
     /// Zero-copy staging for tiny plans.
-    mapped: MappedBuffer,
+    mapped: PinnedBuffer,
 }
 
 /// Plans whose buffers all fit in this many bytes, with no scratch, no library calls and at most
@@ -385,7 +385,7 @@ impl Executor {
                 failed: Default::default(),
             },
             huge_pages: true,
-            mapped: MappedBuffer::empty(),
+            mapped: PinnedBuffer::mapped(),
         })
     }
 

@@ -182,42 +182,73 @@ impl Drop for DevicePool {
     }
 }
 
-/// Page-locked host memory for staging copies, grown on demand up to a cap.
+/// `CU_MEMHOSTALLOC_DEVICEMAP`: the allocation is also mapped into the device's address space.
+const DEVICEMAP: u32 = 0x02;
+
+/// Page-locked host memory for staging copies, grown on demand. A [`PinnedBuffer::mapped`] one is
+/// also mapped into the device's address space, so kernels can read and write it directly over
+/// the bus (zero-copy) for tiny plans.
 #[derive(Debug)]
 pub struct PinnedBuffer {
     ptr: *mut u8,
     len: usize,
+    flags: u32,
+    device: sys::CUdeviceptr,
 }
 
 // SAFETY: the buffer is plain host memory owned by this value; moving it between threads is sound.
 unsafe impl Send for PinnedBuffer {}
 
 impl PinnedBuffer {
-    /// An empty buffer (allocates nothing).
+    /// An empty staging buffer (allocates nothing).
     pub fn empty() -> Self {
         Self {
             ptr: std::ptr::null_mut(),
             len: 0,
+            flags: 0,
+            device: 0,
+        }
+    }
+
+    /// An empty buffer that, once allocated, is mapped into the device's address space.
+    pub fn mapped() -> Self {
+        Self {
+            flags: DEVICEMAP,
+            ..Self::empty()
         }
     }
 
     /// Makes the buffer at least `len` bytes (contents are not kept).
     ///
     /// # Errors
-    /// [`Error::OutOfMemory`] when the driver cannot pin that much.
+    /// [`Error::OutOfMemory`] when the driver cannot pin (and map) that much.
     pub fn ensure(&mut self, len: usize, label: &str) -> Result<()> {
         if len <= self.len {
             return Ok(());
         }
         self.release();
-        let want = len.next_power_of_two().max(1 << 20);
-        // SAFETY: the calling thread has the device's context current; flags 0 = portable off.
-        let p = unsafe { result::malloc_host(want, 0) }.map_err(|e| Error::OutOfMemory {
+        let want = len.next_power_of_two().max(64 << 10);
+        let oom = |what: &str, e: result::DriverError| Error::OutOfMemory {
             device: label.to_owned(),
             requested: want,
-            reason: format!("cuMemHostAlloc (pinned staging): {e}"),
-        })?;
-        self.ptr = p.cast::<u8>();
+            reason: format!("{what} (pinned staging): {e}"),
+        };
+        // SAFETY: the calling thread has the device's context current.
+        let host = unsafe { result::malloc_host(want, self.flags) }
+            .map_err(|e| oom("cuMemHostAlloc", e))?;
+        if self.flags & DEVICEMAP != 0 {
+            let mut device: sys::CUdeviceptr = 0;
+            // SAFETY: `host` was just allocated with DEVICEMAP in this context; `device` is a valid
+            // out-pointer.
+            let rc = unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device, host, 0) };
+            if rc != sys::CUresult::CUDA_SUCCESS {
+                // SAFETY: allocated above, never used.
+                let _ = unsafe { result::free_host(host) };
+                return Err(oom("cuMemHostGetDevicePointer", result::DriverError(rc)));
+            }
+            self.device = device;
+        }
+        self.ptr = host.cast::<u8>();
         self.len = want;
         Ok(())
     }
@@ -227,24 +258,32 @@ impl PinnedBuffer {
         self.len
     }
 
+    /// The device address of byte 0 of a [`PinnedBuffer::mapped`] buffer (0 otherwise).
+    pub fn device_ptr(&self) -> sys::CUdeviceptr {
+        self.device
+    }
+
     /// The first `len` bytes (at most the buffer's size).
     pub fn slice_mut(&mut self, len: usize) -> &mut [u8] {
         if self.ptr.is_null() {
             return &mut [];
         }
         // SAFETY: `ptr` points to `self.len` bytes we own exclusively; `len` is clamped to it.
+        // The device touches them only between an enqueue and the wait that follows it, never
+        // while this borrow is used.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, len.min(self.len)) }
     }
 
     fn release(&mut self) {
         if !self.ptr.is_null() {
-            // SAFETY: `ptr` came from `cuMemHostAlloc` and no copy is in flight (callers synchronise
-            // the stream before growing or dropping the buffer).
+            // SAFETY: `ptr` came from `cuMemHostAlloc` and no copy or kernel is using it (callers
+            // wait for the stream before growing or dropping the buffer).
             if let Err(e) = unsafe { result::free_host(self.ptr.cast::<c_void>()) } {
                 tracing::warn!("cuMemFreeHost failed: {e}");
             }
             self.ptr = std::ptr::null_mut();
             self.len = 0;
+            self.device = 0;
         }
     }
 }
@@ -277,97 +316,5 @@ mod tests {
         assert_eq!(size_class(257), (1, 320));
         assert_eq!(size_class(512), (4, 512));
         assert_eq!(size_class(513), (5, 640));
-    }
-}
-
-/// Page-locked host memory mapped into the device's address space: kernels read and write it
-/// directly over the bus, so tiny plans need no copies at all.
-#[derive(Debug)]
-pub struct MappedBuffer {
-    host: *mut u8,
-    device: sys::CUdeviceptr,
-    len: usize,
-}
-
-// SAFETY: plain host memory owned by this value; moving it between threads is sound.
-unsafe impl Send for MappedBuffer {}
-
-/// `CU_MEMHOSTALLOC_DEVICEMAP`.
-const DEVICEMAP: u32 = 0x02;
-
-impl MappedBuffer {
-    /// An empty buffer.
-    pub fn empty() -> Self {
-        Self {
-            host: std::ptr::null_mut(),
-            device: 0,
-            len: 0,
-        }
-    }
-
-    /// Makes the buffer at least `len` bytes (contents are not kept).
-    ///
-    /// # Errors
-    /// [`Error::OutOfMemory`] when the driver cannot pin and map that much.
-    pub fn ensure(&mut self, len: usize, label: &str) -> Result<()> {
-        if len <= self.len {
-            return Ok(());
-        }
-        self.release();
-        let want = len.next_power_of_two().max(64 << 10);
-        let oom = |what: &str, e: result::DriverError| Error::OutOfMemory {
-            device: label.to_owned(),
-            requested: want,
-            reason: format!("{what} (mapped staging): {e}"),
-        };
-        // SAFETY: the calling thread has the device's context current.
-        let host = unsafe { result::malloc_host(want, DEVICEMAP) }
-            .map_err(|e| oom("cuMemHostAlloc", e))?;
-        let mut device: sys::CUdeviceptr = 0;
-        // SAFETY: `host` was just allocated with DEVICEMAP in this context; `device` is a valid
-        // out-pointer.
-        let rc = unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device, host, 0) };
-        if rc != sys::CUresult::CUDA_SUCCESS {
-            // SAFETY: allocated above, never used.
-            let _ = unsafe { result::free_host(host) };
-            return Err(oom("cuMemHostGetDevicePointer", result::DriverError(rc)));
-        }
-        self.host = host.cast::<u8>();
-        self.device = device;
-        self.len = want;
-        Ok(())
-    }
-
-    /// The device address of byte 0.
-    pub fn device_ptr(&self) -> sys::CUdeviceptr {
-        self.device
-    }
-
-    /// The first `len` bytes on the host side (at most the buffer's size).
-    pub fn slice_mut(&mut self, len: usize) -> &mut [u8] {
-        if self.host.is_null() {
-            return &mut [];
-        }
-        // SAFETY: `host` points to `self.len` bytes we own; `len` is clamped to it. The device
-        // only touches them while the executor waits for the stream, never concurrently with this
-        // borrow.
-        unsafe { std::slice::from_raw_parts_mut(self.host, len.min(self.len)) }
-    }
-
-    fn release(&mut self) {
-        if !self.host.is_null() {
-            // SAFETY: allocated by `cuMemHostAlloc`; no kernel is using it (callers wait first).
-            if let Err(e) = unsafe { result::free_host(self.host.cast::<c_void>()) } {
-                tracing::warn!("cuMemFreeHost failed: {e}");
-            }
-            self.host = std::ptr::null_mut();
-            self.len = 0;
-        }
-    }
-}
-
-impl Drop for MappedBuffer {
-    fn drop(&mut self) {
-        self.release();
     }
 }

@@ -488,9 +488,13 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
         let mut small_pages = bridge.config().clone();
         small_pages.memory.huge_page_outputs = false;
         let small_pages = gpubridge::bridge(small_pages)?;
+        let mut one_lane = bridge.config().clone();
+        one_lane.cuda.streams_per_device = 1;
+        let one_lane = gpubridge::bridge(one_lane)?;
         for (variant, b) in [
             ("huge-page outputs (default)", bridge),
             ("4 KiB-page outputs", &small_pages),
+            ("one lane: no overlap between micro-batches", &one_lane),
         ] {
             let grain = b.batch::<VectorAdd>()?;
             block_on(grain.execute(input.clone(), on_cuda.clone()))?;

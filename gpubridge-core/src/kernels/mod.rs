@@ -31,6 +31,7 @@ use rayon::prelude::*;
 
 use crate::catalog::KernelCatalog;
 use crate::error::Result;
+use crate::plan::{pack_range, BufferId, Plan, PlanTarget};
 
 /// Elements handled by one parallel task of a CPU form: large enough to amortise scheduling,
 /// small enough to balance two to a hundred cores.
@@ -111,6 +112,41 @@ pub(crate) fn par_to_vec(src: &[f32], alloc: crate::plan::AllocF32) -> Vec<f32> 
     let mut v = alloc(src.len());
     v.par_extend(src.par_iter().copied());
     v
+}
+
+/// Checks that a WGSL target can bind `elems` floats in one storage buffer and index them with
+/// `u32`; other targets always can.
+pub(crate) fn check_wgsl_binding(target: &PlanTarget, elems: usize) -> Result<()> {
+    if let PlanTarget::Wgsl {
+        max_storage_buffer_bytes,
+        ..
+    } = target
+    {
+        let bytes = elems as u64 * 4;
+        if bytes > *max_storage_buffer_bytes || elems as u64 >= u64::from(u32::MAX) {
+            return Err(crate::Error::Unsupported {
+                backend: target.backend(),
+                what: format!("{bytes} bytes exceed the adapter's storage binding limit"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Adds the segment offsets as an input in the target's index width: `u64` for CUDA, `u32` for
+/// WGSL (which has no 64-bit integers; [`check_wgsl_binding`] keeps them in range).
+pub(crate) fn offsets_input(plan: &mut Plan, offsets: Vec<u64>, target: &PlanTarget) -> BufferId {
+    match target {
+        PlanTarget::Cuda { .. } => plan.input("offsets", offsets.len() * 8, move |dst, at| {
+            pack_range(dst, at, &offsets)
+        }),
+        PlanTarget::Wgsl { .. } => {
+            let o32: Vec<u32> = offsets.iter().map(|o| *o as u32).collect();
+            plan.input("offsets", o32.len() * 4, move |dst, at| {
+                pack_range(dst, at, &o32)
+            })
+        }
+    }
 }
 
 /// Grid size for a grid-stride 1-D launch over `n` elements.

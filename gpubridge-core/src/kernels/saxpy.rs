@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::{prefix_offsets, split_concat, BLOCK, CPU_CHUNK};
+use super::{check_wgsl_binding, offsets_input, prefix_offsets, split_concat, BLOCK, CPU_CHUNK};
 use crate::cpu::CpuContext;
 use crate::error::{Error, Result};
 use crate::kernel::{Kernel, KernelSources};
@@ -98,33 +98,21 @@ impl Kernel for Saxpy {
             Concat::new(inputs.clone(), |s: &SaxpyInput| &s.y).into_packer(),
         );
         let out = plan.output("out", n * 4);
-        let (offs, gx, gy) = match target {
-            PlanTarget::Cuda { max_grid_yz, .. } => {
-                let o = plan.input("offsets", offsets.len() * 8, move |dst, at| {
-                    pack_range(dst, at, &offsets)
-                });
-                let gx = longest.div_ceil(u64::from(BLOCK)).clamp(1, 4096) as u32;
-                (o, gx, (segments as u32).clamp(1, *max_grid_yz))
-            }
+        check_wgsl_binding(target, n)?;
+        let offs = offsets_input(&mut plan, offsets, target);
+        let blocks = longest.div_ceil(u64::from(BLOCK));
+        let (gx, gy) = match target {
+            PlanTarget::Cuda { max_grid_yz, .. } => (
+                blocks.clamp(1, 4096) as u32,
+                (segments as u32).clamp(1, *max_grid_yz),
+            ),
             PlanTarget::Wgsl {
                 max_workgroups_per_dim,
-                max_storage_buffer_bytes,
-            } => {
-                if (n as u64) * 4 > *max_storage_buffer_bytes || n as u64 >= u64::from(u32::MAX) {
-                    return Err(Error::Unsupported {
-                        backend: target.backend(),
-                        what: format!("{} bytes exceed the adapter's storage binding limit", n * 4),
-                    });
-                }
-                let o32: Vec<u32> = offsets.iter().map(|o| *o as u32).collect();
-                let o = plan.input("offsets", o32.len() * 4, move |dst, at| {
-                    pack_range(dst, at, &o32)
-                });
-                let gx = longest
-                    .div_ceil(u64::from(BLOCK))
-                    .clamp(1, u64::from(*max_workgroups_per_dim)) as u32;
-                (o, gx, (segments as u32).clamp(1, *max_workgroups_per_dim))
-            }
+                ..
+            } => (
+                blocks.clamp(1, u64::from(*max_workgroups_per_dim)) as u32,
+                (segments as u32).clamp(1, *max_workgroups_per_dim),
+            ),
         };
         if n > 0 {
             plan.launch(Launch {

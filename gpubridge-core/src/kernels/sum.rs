@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::{prefix_offsets, sum_f64, BLOCK, CPU_CHUNK};
+use super::{check_wgsl_binding, offsets_input, prefix_offsets, sum_f64, BLOCK, CPU_CHUNK};
 use crate::cpu::CpuContext;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::kernel::{Kernel, KernelSources};
-use crate::plan::{pack_range, Arg, BufferId, Concat, Launch, Plan, PlanOutputs, PlanTarget};
+use crate::plan::{Arg, BufferId, Concat, Launch, Plan, PlanOutputs, PlanTarget};
 
 /// The sum of each vector. An empty vector sums to `0.0`. The CPU form accumulates in float64
 /// and rounds once; device forms reduce in float32 trees (see the module's tolerances).
@@ -60,29 +60,14 @@ impl Kernel for Sum {
             n * 4,
             Concat::new(inputs.clone(), |v: &Vec<f32>| v).into_packer(),
         );
-        let (offs, grid) = match target {
-            PlanTarget::Cuda { .. } => {
-                let o = plan.input("offsets", offsets.len() * 8, move |dst, at| {
-                    pack_range(dst, at, &offsets)
-                });
-                (o, segments.clamp(1, 1 << 20) as u32)
-            }
+        check_wgsl_binding(target, n)?;
+        let offs = offsets_input(&mut plan, offsets, target);
+        let grid = match target {
+            PlanTarget::Cuda { .. } => segments.clamp(1, 1 << 20) as u32,
             PlanTarget::Wgsl {
                 max_workgroups_per_dim,
-                max_storage_buffer_bytes,
-            } => {
-                if (n as u64) * 4 > *max_storage_buffer_bytes || n as u64 >= u64::from(u32::MAX) {
-                    return Err(Error::Unsupported {
-                        backend: target.backend(),
-                        what: format!("{} bytes exceed the adapter's storage binding limit", n * 4),
-                    });
-                }
-                let o32: Vec<u32> = offsets.iter().map(|o| *o as u32).collect();
-                let o = plan.input("offsets", o32.len() * 4, move |dst, at| {
-                    pack_range(dst, at, &o32)
-                });
-                (o, (segments as u32).clamp(1, *max_workgroups_per_dim))
-            }
+                ..
+            } => (segments as u32).clamp(1, *max_workgroups_per_dim),
         };
         let out = plan.output("out", segments * 4);
         if segments > 0 {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::{grid_1d, split_concat, BLOCK, CPU_CHUNK};
+use super::{check_wgsl_binding, grid_1d, split_concat, BLOCK, CPU_CHUNK};
 use crate::cpu::CpuContext;
 use crate::error::{Error, Result};
 use crate::kernel::{Kernel, KernelSources};
@@ -91,23 +91,16 @@ impl Kernel for VectorAdd {
         if n == 0 {
             return Ok(plan);
         }
+        check_wgsl_binding(target, n)?;
         let (grid, n_arg) = match target {
             PlanTarget::Cuda { .. } => (grid_1d(n as u64, 1 << 20), Arg::U64(n as u64)),
             PlanTarget::Wgsl {
                 max_workgroups_per_dim,
-                max_storage_buffer_bytes,
-            } => {
-                if bytes as u64 > *max_storage_buffer_bytes || n as u64 >= u64::from(u32::MAX) {
-                    return Err(Error::Unsupported {
-                        backend: target.backend(),
-                        what: format!("{bytes} bytes exceed the adapter's storage binding limit"),
-                    });
-                }
-                (
-                    grid_1d(n as u64, *max_workgroups_per_dim),
-                    Arg::U32(n as u32),
-                )
-            }
+                ..
+            } => (
+                grid_1d(n as u64, *max_workgroups_per_dim),
+                Arg::U32(n as u32),
+            ),
         };
         plan.launch(Launch {
             entry: "vector_add",
