@@ -85,7 +85,9 @@ fn repeated_plan_shapes_are_captured_once_and_replayed_with_fresh_data() {
 #[test]
 fn graph_cache_evicts_least_recently_used_under_its_budget() {
     let mut config = BridgeConfig::default();
-    config.cuda.graph_cache_mb = 5;
+    // Each of the four shapes' graphs owns about 0.4 MB (device block and pinned staging), so a
+    // 1 MB cache cannot hold them all.
+    config.cuda.graph_cache_mb = 1;
     let Some(cuda) = cuda(&config) else { return };
     let b = bridge(config, cuda.clone());
     let grain = b.batch::<Sum>().unwrap();
@@ -114,7 +116,7 @@ fn graph_cache_evicts_least_recently_used_under_its_budget() {
     }
     let g = cuda.graph_stats(0).unwrap();
     assert!(g.evictions >= 1, "{g:?}");
-    assert!(g.bytes <= 5 << 20 || g.entries == 1, "{g:?}");
+    assert!(g.bytes <= 1 << 20 || g.entries == 1, "{g:?}");
 }
 
 #[test]
