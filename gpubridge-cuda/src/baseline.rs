@@ -130,6 +130,23 @@ impl Baseline {
         })
     }
 
+    /// Ends a capture begun on the stream (whatever `captured` says, so the stream leaves capture
+    /// mode), instantiates and uploads the graph.
+    fn end_capture(&self, captured: Result<()>) -> Result<cudarc::driver::CudaGraph> {
+        let graph = self
+            .stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(drv("cuStreamEndCapture"))?;
+        captured?;
+        let graph = graph.ok_or_else(|| Error::Backend {
+            backend: BackendKind::Cuda,
+            message: "empty graph".to_owned(),
+            transient: false,
+        })?;
+        graph.upload().map_err(drv("cuGraphUpload"))?;
+        Ok(graph)
+    }
+
     fn sync(&self) -> Result<()> {
         self.stream
             .synchronize()
@@ -289,19 +306,7 @@ impl Baseline {
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(drv("cuStreamBeginCapture"))?;
         let captured = launch_all();
-        let graph = self
-            .stream
-            .end_capture(
-                sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
-            )
-            .map_err(drv("cuStreamEndCapture"))?;
-        captured?;
-        let graph = graph.ok_or_else(|| Error::Backend {
-            backend: BackendKind::Cuda,
-            message: "empty graph".to_owned(),
-            transient: false,
-        })?;
-        graph.upload().map_err(drv("cuGraphUpload"))?;
+        let graph = self.end_capture(captured)?;
         graph.launch().map_err(drv("cuGraphLaunch"))?;
         self.sync()?;
         let mut graph_times = Vec::new();
@@ -512,17 +517,7 @@ impl Baseline {
             Ok(())
         };
         let captured = enqueue();
-        let graph = self
-            .stream
-            .end_capture(sys::CUgraphInstantiate_flags(0))
-            .map_err(drv("cuStreamEndCapture"))?;
-        captured?;
-        let graph = graph.ok_or_else(|| Error::Backend {
-            backend: BackendKind::Cuda,
-            message: "empty graph".to_owned(),
-            transient: false,
-        })?;
-        graph.upload().map_err(drv("cuGraphUpload"))?;
+        let graph = self.end_capture(captured)?;
         let spin = || {
             // SAFETY: `cs` is our live stream.
             while unsafe { sys::cuStreamQuery(cs) } == sys::CUresult::CUDA_ERROR_NOT_READY {

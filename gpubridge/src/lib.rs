@@ -122,3 +122,8 @@ fn register_builtins(b: &mut BridgeBuilder) -> Result<()> {
     b.register(kernels::MatMul)?;
     Ok(())
 }
+
+/// The README's Rust examples, compiled as doc-tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

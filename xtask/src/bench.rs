@@ -14,18 +14,10 @@ use crate::project_root;
 /// Runs the benches, passing `args` (`--quick`, `--only P2,P4`) through.
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let root = project_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    if !Command::new(&cargo)
-        .args(["build", "--release", "-p", "gpubridge-samples"])
-        .current_dir(&root)
-        .status()?
-        .success()
-    {
-        bail!("building the CLI failed");
-    }
+    let cli = crate::build_release_cli()?;
     let dir = root.join("target/bench-report");
     std::fs::create_dir_all(&dir)?;
-    let out = Command::new(root.join("target/release/gpubridge"))
+    let out = Command::new(cli)
         .arg("bench")
         .args(args)
         .arg("--out")

@@ -62,16 +62,7 @@ pub fn run() -> anyhow::Result<()> {
             }
         }
     }
-    eprintln!("$ cargo build --release -p gpubridge-samples");
-    if !Command::new(&cargo)
-        .args(["build", "--release", "-p", "gpubridge-samples"])
-        .current_dir(&root)
-        .status()?
-        .success()
-    {
-        bail!("building the CLI failed");
-    }
-    std::fs::copy(root.join("target/release/gpubridge"), out.join("gpubridge"))?;
+    std::fs::copy(crate::build_release_cli()?, out.join("gpubridge"))?;
     strip(&out.join("gpubridge"));
     std::fs::write(out.join("run.sh"), RUN_SH)?;
     let size: u64 = walk_size(&out);

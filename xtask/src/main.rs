@@ -25,6 +25,19 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Builds the release `gpubridge` CLI and returns its path.
+pub fn build_release_cli() -> anyhow::Result<PathBuf> {
+    let root = project_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    eprintln!("$ cargo build --release -p gpubridge-samples");
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--release", "-p", "gpubridge-samples"])
+        .current_dir(&root)
+        .status()?;
+    anyhow::ensure!(status.success(), "building the CLI failed");
+    Ok(root.join("target/release/gpubridge"))
+}
+
 /// The repository root.
 pub fn project_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
