@@ -98,6 +98,15 @@ impl CudaBackend {
         Ok(Arc::new(Self { infos, slots }))
     }
 
+    /// Plans on `device` that started while an earlier one was still in flight on another lane.
+    pub fn overlapped_plans(&self, device: usize) -> u64 {
+        self.slots.get(device).map_or(0, |s| {
+            s.shared
+                .overlapped
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
     /// Number of devices in use.
     pub fn devices_len(&self) -> usize {
         self.slots.len()

@@ -49,6 +49,9 @@ pub(crate) struct Shared {
     pub pool: Mutex<crate::memory::PoolStats>,
     /// Graph cache statistics.
     pub graphs: Mutex<GraphStats>,
+    /// Plans started while an earlier plan was still in flight on another lane (their packing
+    /// and upload overlapped its kernels and download).
+    pub overlapped: std::sync::atomic::AtomicU64,
 }
 
 /// Counters of a device's CUDA graph cache.
@@ -465,6 +468,11 @@ impl Executor {
         }
         let lane = self.next_lane;
         self.next_lane = (self.next_lane + 1) % self.lanes.len();
+        if !pending.is_empty() {
+            self.shared
+                .overlapped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         match self.start(&plan, sources, lane) {
             Ok((block, outputs)) => pending.push_back(InFlight {
                 lane,

@@ -240,3 +240,36 @@ fn tiny_plans_run_zero_copy_with_fresh_data_every_time() {
     let g = cuda.graph_stats(0).unwrap();
     assert_eq!((g.misses, g.hits), (0, 0), "{g:?}");
 }
+
+#[test]
+fn micro_batches_overlap_on_two_lanes_and_not_on_one() {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+    let inputs = random_pairs(&mut rng, 8, 200_000);
+    for lanes in [2usize, 1] {
+        let mut config = BridgeConfig::default();
+        config.cuda.streams_per_device = lanes;
+        config.cuda.enable_graphs = false;
+        let Some(cuda) = cuda(&config) else { return };
+        let b = bridge(config, cuda.clone());
+        let hints = ExecutionHints::default()
+            .on_backend(BackendKind::Cuda)
+            .max_micro_batch(1);
+        let r = block_on(
+            b.batch::<VectorAdd>()
+                .unwrap()
+                .execute(inputs.clone(), hints),
+        )
+        .unwrap();
+        check_add(&inputs, &r.outputs);
+        assert_eq!(r.chunks.len(), 8);
+        let overlapped = cuda.overlapped_plans(0);
+        if lanes == 1 {
+            assert_eq!(overlapped, 0, "one lane cannot overlap");
+        } else {
+            assert!(
+                overlapped > 0,
+                "with two lanes the next micro-batch starts before the previous one finishes"
+            );
+        }
+    }
+}
