@@ -84,6 +84,10 @@ impl Arg {
     }
 }
 
+/// A launch's arguments: up to eight stored inline, so a plan of many launches does not allocate
+/// once per launch.
+pub type Args = smallvec::SmallVec<[Arg; 8]>;
+
 /// One kernel launch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Launch {
@@ -96,7 +100,20 @@ pub struct Launch {
     /// Dynamic shared memory in bytes (CUDA).
     pub shared_mem_bytes: u32,
     /// Arguments, in order.
-    pub args: Vec<Arg>,
+    pub args: Args,
+}
+
+impl Launch {
+    /// A launch of `entry` with no dynamic shared memory.
+    pub fn new(entry: &'static str, grid: [u32; 3], block: [u32; 3], args: &[Arg]) -> Self {
+        Self {
+            entry,
+            grid,
+            block,
+            shared_mem_bytes: 0,
+            args: Args::from_slice(args),
+        }
+    }
 }
 
 /// A row-major single-precision GEMM, `c = a * b`, run by the backend's BLAS where it has one.
@@ -246,7 +263,8 @@ impl Plan {
             match s {
                 Step::Launch(l) => {
                     0u8.hash(&mut h);
-                    l.entry.hash(&mut h);
+                    // Entry names are `&'static str`s: their address stands for their text.
+                    (l.entry.as_ptr() as usize, l.entry.len()).hash(&mut h);
                     l.grid.hash(&mut h);
                     l.block.hash(&mut h);
                     l.shared_mem_bytes.hash(&mut h);

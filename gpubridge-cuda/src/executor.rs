@@ -1094,7 +1094,7 @@ fn enqueue(
                 let f = *next_fn.next().ok_or_else(|| {
                     Error::invalid_batch(plan.kernel, "more launches than entry points")
                 })?;
-                let mut values: Vec<u64> = l
+                let mut values: smallvec::SmallVec<[u64; 8]> = l
                     .args
                     .iter()
                     .map(|a| match a {
@@ -1104,7 +1104,7 @@ fn enqueue(
                         Arg::F32(v) => Ok(u64::from(v.to_bits())),
                     })
                     .collect::<Result<_>>()?;
-                let mut params: Vec<*mut c_void> = values
+                let mut params: smallvec::SmallVec<[*mut c_void; 8]> = values
                     .iter_mut()
                     .map(|v| (v as *mut u64).cast::<c_void>())
                     .collect();

@@ -85,16 +85,19 @@ mod chain {
             let mut plan = Plan::new(Self::ID);
             let x = plan.input("x", 128, move |dst, at| pack_range(dst, at, &x_vals));
             let y = plan.output("y", 128);
-            let launch = |entry, args| Launch {
-                entry,
-                grid: [1, 1, 1],
-                block: [32, 1, 1],
-                shared_mem_bytes: 0,
-                args,
-            };
-            plan.launch(launch("chain_copy", vec![Arg::buf(x), Arg::buf(y)]));
+            plan.launch(Launch::new(
+                "chain_copy",
+                [1, 1, 1],
+                [32, 1, 1],
+                &[Arg::buf(x), Arg::buf(y)],
+            ));
             for _ in 0..n {
-                plan.launch(launch("chain_bump", vec![Arg::buf(y)]));
+                plan.launch(Launch::new(
+                    "chain_bump",
+                    [1, 1, 1],
+                    [32, 1, 1],
+                    &[Arg::buf(y)],
+                ));
             }
             Ok(plan)
         }

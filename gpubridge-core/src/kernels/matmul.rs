@@ -176,7 +176,7 @@ impl Kernel for MatMul {
                 grid: [gx, gy, 1],
                 block: [16, 16, 1],
                 shared_mem_bytes: 0,
-                args: vec![av, bv, cv, Arg::U32(m), Arg::U32(k), Arg::U32(n)],
+                args: smallvec::smallvec![av, bv, cv, Arg::U32(m), Arg::U32(k), Arg::U32(n)],
             });
         }
         Ok(plan)

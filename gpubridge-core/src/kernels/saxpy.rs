@@ -120,7 +120,7 @@ impl Kernel for Saxpy {
                 grid: [gx, gy, 1],
                 block: [BLOCK, 1, 1],
                 shared_mem_bytes: 0,
-                args: vec![
+                args: smallvec::smallvec![
                     Arg::buf(alpha),
                     Arg::buf(x),
                     Arg::buf(y),

@@ -76,7 +76,7 @@ impl Kernel for Sum {
                 grid: [grid, 1, 1],
                 block: [BLOCK, 1, 1],
                 shared_mem_bytes: 0,
-                args: vec![
+                args: smallvec::smallvec![
                     Arg::buf(data),
                     Arg::buf(offs),
                     Arg::buf(out),

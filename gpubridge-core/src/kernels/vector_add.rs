@@ -107,7 +107,7 @@ impl Kernel for VectorAdd {
             grid: [grid, 1, 1],
             block: [BLOCK, 1, 1],
             shared_mem_bytes: 0,
-            args: vec![Arg::buf(a), Arg::buf(b), Arg::buf(out), n_arg],
+            args: smallvec::smallvec![Arg::buf(a), Arg::buf(b), Arg::buf(out), n_arg],
         });
         Ok(plan)
     }
