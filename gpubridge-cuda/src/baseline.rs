@@ -20,6 +20,7 @@ extern "C" __global__ void bump(float* x) { x[threadIdx.x] += 1.0f; }
 
 /// A context, a stream and the baseline kernels on device 0, bound to the calling thread.
 pub struct Baseline {
+    last_chain_spin: Option<Duration>,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     empty: CudaFunction,
@@ -123,6 +124,7 @@ impl Baseline {
             .load_function("bump")
             .map_err(drv("cuModuleGetFunction"))?;
         Ok(Self {
+            last_chain_spin: None,
             ctx,
             stream,
             empty,
@@ -263,7 +265,7 @@ impl Baseline {
     ///
     /// # Errors
     /// Driver errors.
-    pub fn chain_per_kernel(&self, n: usize, reps: usize) -> Result<(Duration, Duration)> {
+    pub fn chain_per_kernel(&mut self, n: usize, reps: usize) -> Result<(Duration, Duration)> {
         let buf = DevMem::new(1024)?;
         let mut host = Pinned::new(128)?;
         let host_ptr = host.slice().as_mut_ptr();
@@ -316,11 +318,29 @@ impl Baseline {
             self.sync()?;
             graph_times.push(t.elapsed());
         }
+        let mut spun = Vec::new();
+        let cs = self.stream.cu_stream();
+        for _ in 0..reps.max(1) {
+            let t = Instant::now();
+            graph.launch().map_err(drv("cuGraphLaunch"))?;
+            // SAFETY: `cs` is our live stream.
+            while unsafe { sys::cuStreamQuery(cs) } == sys::CUresult::CUDA_ERROR_NOT_READY {
+                std::hint::spin_loop();
+            }
+            spun.push(t.elapsed());
+        }
+        self.last_chain_spin = Some(median(&mut spun) / n as u32);
         drop(host);
         Ok((
             median(&mut stream_times) / n as u32,
             median(&mut graph_times) / n as u32,
         ))
+    }
+
+    /// The per-kernel time of the last [`Baseline::chain_per_kernel`] graph when waited for by
+    /// spinning on `cuStreamQuery` instead of blocking in `cuStreamSynchronize`.
+    pub fn last_chain_spin(&self) -> Option<Duration> {
+        self.last_chain_spin
     }
 
     /// cuBLAS SGEMM of two `n x n` matrices from pinned host memory and back (H2D, SGEMM, D2H,

@@ -341,7 +341,7 @@ fn p10(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
 #[cfg(feature = "cuda")]
 fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
     use gpubridge::kernels::{MatMul, MatMulInput, Sum};
-    let base = Baseline::new()?;
+    let mut base = Baseline::new()?;
     let on_cuda = ExecutionHints::default().on_backend(BackendKind::Cuda);
     let quick = cx.args.quick;
 
@@ -395,10 +395,11 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                 "<= 1.1x raw graph replay and >= 65% below the bridge's stream launches",
                 Some(replayed && ratio <= 1.1 && below_stream >= 0.65),
                 &format!(
-                    "bridge stream launches {:.2} us/kernel ({:.0}% below); raw stream launches {:.2} us/kernel; per call {:.1} us of which executor pack+replay+wait {:.1} us; medians of {reps}",
+                    "bridge stream launches {:.2} us/kernel ({:.0}% below); raw stream launches {:.2} us/kernel; raw graph with a spinning wait {:.2} us/kernel; per call {:.1} us of which executor pack+replay+wait {:.1} us; medians of {reps}",
                     us(stream),
                     below_stream * 100.0,
                     us(raw_stream),
+                    base.last_chain_spin().map_or(0.0, us),
                     us(graph) * f64::from(n),
                     us(graph_device)
                 ),
