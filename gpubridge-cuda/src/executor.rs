@@ -560,9 +560,19 @@ impl Executor {
         let key = (plan.kernel, source.as_ptr() as usize, source.len());
         if !self.modules.contains_key(&key) {
             let t = Instant::now();
+            // A kernel whose source does not compile cannot run on this backend, however healthy
+            // the device: report it as unsupported so the work falls back without tripping the
+            // device's circuit breaker.
             let (ptx, cached) = self
                 .ptx
-                .ptx(plan.kernel, source, sources.hash(), self.arch)?;
+                .ptx(plan.kernel, source, sources.hash(), self.arch)
+                .map_err(|e| match e {
+                    Error::Backend { message, .. } => Error::Unsupported {
+                        backend: BackendKind::Cuda,
+                        what: message,
+                    },
+                    other => other,
+                })?;
             let module = self
                 .ctx
                 .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
@@ -587,13 +597,9 @@ impl Executor {
                 let f = loaded
                     ._module
                     .load_function(entry)
-                    .map_err(|e| Error::Backend {
+                    .map_err(|e| Error::Unsupported {
                         backend: BackendKind::Cuda,
-                        message: format!(
-                            "kernel {} has no entry point {entry:?}: {e}",
-                            plan.kernel
-                        ),
-                        transient: false,
+                        what: format!("kernel {} has no entry point {entry:?}: {e}", plan.kernel),
                     })?;
                 loaded.functions.insert(entry, f);
             }

@@ -273,3 +273,90 @@ fn micro_batches_overlap_on_two_lanes_and_not_on_one() {
         }
     }
 }
+
+/// A kernel whose CUDA C does not compile: its CPU form is fine.
+struct Broken;
+
+impl gpubridge::Kernel for Broken {
+    type Input = Vec<f32>;
+    type Output = f32;
+    const ID: &'static str = "test/broken-cuda";
+
+    fn sources(&self) -> gpubridge::KernelSources {
+        gpubridge::KernelSources {
+            cuda: Some("extern \"C\" __global__ void k(float* x) { x[0] = not_declared; }"),
+            wgsl: None,
+        }
+    }
+    fn validate(&self, _index: usize, _input: &Vec<f32>) -> gpubridge::Result<()> {
+        Ok(())
+    }
+    fn device_bytes(&self, input: &Vec<f32>) -> usize {
+        4 * input.len()
+    }
+    fn run_cpu(
+        &self,
+        inputs: &[Vec<f32>],
+        _ctx: &gpubridge::CpuContext,
+    ) -> gpubridge::Result<Vec<f32>> {
+        Ok(inputs.iter().map(|v| v.iter().sum()).collect())
+    }
+    fn plan(
+        &self,
+        inputs: &Arc<[Vec<f32>]>,
+        _target: &gpubridge::PlanTarget,
+    ) -> gpubridge::Result<gpubridge::Plan> {
+        let mut plan = gpubridge::Plan::new(Self::ID);
+        let n = inputs.iter().map(Vec::len).sum::<usize>();
+        let x = plan.input(
+            "x",
+            4 * n,
+            gpubridge::plan::Concat::new(inputs.clone(), |v: &Vec<f32>| v).into_packer(),
+        );
+        plan.launch(gpubridge::plan::Launch::new(
+            "k",
+            [1, 1, 1],
+            [1, 1, 1],
+            &[gpubridge::plan::Arg::buf(x)],
+        ));
+        Ok(plan)
+    }
+}
+
+#[test]
+fn a_kernel_that_does_not_compile_falls_back_without_blaming_the_device() {
+    let mut config = BridgeConfig::default();
+    config.fallback.circuit_failure_threshold = 1;
+    let Some(cuda) = cuda(&config) else { return };
+    let cpu = gpubridge::cpu::CpuBackend::new(&config).unwrap();
+    let b = GpuBridge::builder(config)
+        .kernel(Broken)
+        .unwrap()
+        .backend(cuda)
+        .backend(cpu)
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let r = block_on(
+            b.batch::<Broken>()
+                .unwrap()
+                .execute(vec![vec![1.0, 2.0]], ExecutionHints::default()),
+        )
+        .unwrap();
+        assert_eq!(r.outputs, vec![3.0]);
+        assert_eq!(r.backend(), Some(BackendKind::Cpu));
+        assert_eq!(r.fallbacks[0].reason, "unsupported");
+        assert!(
+            r.fallbacks[0].message.contains("not_declared"),
+            "NVRTC's log reaches the caller: {}",
+            r.fallbacks[0].message
+        );
+    }
+    assert_eq!(
+        b.circuit_state(DeviceId {
+            backend: BackendKind::Cuda,
+            index: 0
+        }),
+        Some(CircuitState::Closed)
+    );
+}
