@@ -177,6 +177,8 @@ struct Executor {
     blas: Option<Blas>,
     ptx: PtxCache,
     modules: HashMap<(&'static str, usize, usize), LoadedModule>,
+    /// Kernel sources that failed to compile, with NVRTC's message.
+    failed_modules: HashMap<(&'static str, usize, usize), String>,
     pool: DevicePool,
     shared: Arc<Shared>,
     graphs: GraphCache,
@@ -377,6 +379,7 @@ impl Executor {
             blas,
             ptx,
             modules: HashMap::new(),
+            failed_modules: HashMap::new(),
             shared,
             graphs: GraphCache {
                 enabled: graphs_on,
@@ -558,6 +561,12 @@ impl Executor {
         // Sources are `&'static str`s: their address identifies them without hashing the text on
         // every launch; the text is hashed once, when the module is loaded, for the PTX cache key.
         let key = (plan.kernel, source.as_ptr() as usize, source.len());
+        if let Some(why) = self.failed_modules.get(&key) {
+            return Err(Error::Unsupported {
+                backend: BackendKind::Cuda,
+                what: why.clone(),
+            });
+        }
         if !self.modules.contains_key(&key) {
             let t = Instant::now();
             // A kernel whose source does not compile cannot run on this backend, however healthy
@@ -567,10 +576,14 @@ impl Executor {
                 .ptx
                 .ptx(plan.kernel, source, sources.hash(), self.arch)
                 .map_err(|e| match e {
-                    Error::Backend { message, .. } => Error::Unsupported {
-                        backend: BackendKind::Cuda,
-                        what: message,
-                    },
+                    Error::Backend { message, .. } => {
+                        // Remember it: the same source will not compile next time either.
+                        self.failed_modules.insert(key, message.clone());
+                        Error::Unsupported {
+                            backend: BackendKind::Cuda,
+                            what: message,
+                        }
+                    }
                     other => other,
                 })?;
             let module = self
