@@ -35,6 +35,9 @@ pub async fn run(
             b: (0..s * s).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
         };
         let (a, b) = (input.a.clone(), input.b.clone());
+        for _ in 0..sizes.warmup {
+            grain.execute(vec![input.clone()], hints.clone()).await?;
+        }
         let t = Instant::now();
         let result = grain.execute(vec![input], hints.clone()).await?;
         let secs = t.elapsed().as_secs_f64();

@@ -29,6 +29,10 @@ pub struct Sizes {
     /// Seed of the random inputs (random when not given).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Untimed runs of each case before the timed one (0 reports the cold first call, which pays
+    /// for compiling or loading kernels, pinned staging and library start-up).
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
 }
 
 impl Sizes {

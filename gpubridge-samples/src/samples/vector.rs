@@ -50,6 +50,9 @@ pub async fn run(
     // The reference needs the inputs after the bridge has consumed them, so keep a copy.
     let reference = pairs.clone();
     let add = bridge.batch::<VectorAdd>()?;
+    for _ in 0..sizes.warmup {
+        add.execute(reference.clone(), hints.clone()).await?;
+    }
     let t = Instant::now();
     let result = add.execute(pairs, hints.clone()).await?;
     let secs = t.elapsed().as_secs_f64();
@@ -103,6 +106,9 @@ pub async fn run(
         })
         .collect();
     let sum = bridge.batch::<Sum>()?;
+    for _ in 0..sizes.warmup {
+        sum.execute(vectors.clone(), hints.clone()).await?;
+    }
     let t = Instant::now();
     let result = sum.execute(vectors, hints.clone()).await?;
     let secs = t.elapsed().as_secs_f64();
