@@ -15,7 +15,7 @@ use crate::catalog::KernelCatalog;
 use crate::circuit::{Admission, CircuitBreaker, CircuitState};
 use crate::config::BridgeConfig;
 use crate::device::{
-    Backend, BackendKind, BackendReport, BackendStatus, CpuJob, DeviceId, DeviceInfo,
+    Backend, BackendKind, BackendReport, BackendStatus, CpuJob, DeviceId, DeviceInfo, Health,
     PlanCompletion, Work,
 };
 use crate::error::{Error, ErrorClass, Result};
@@ -492,6 +492,10 @@ where
     ) -> Result<(Attempt<O>, Vec<FallbackEvent>)> {
         let id = self.kernel.id();
         let sources = self.kernel.sources();
+        let bytes: u64 = chunk
+            .iter()
+            .map(|i| self.kernel.device_bytes(i) as u64)
+            .sum();
         let mut attempts: Vec<(BackendKind, String)> = Vec::new();
         let mut fallbacks: Vec<FallbackEvent> = Vec::new();
         let mut last_failed: Option<(BackendKind, &'static str, String)> = None;
@@ -525,7 +529,7 @@ where
             }
             let mut tried = vec![false; slot.breakers.len()];
             loop {
-                let Some((device, admission)) = pick_device(slot, hints, &tried) else {
+                let Some((device, admission)) = pick_device(slot, hints, &tried, bytes) else {
                     // Devices that were tried have their failures recorded already.
                     if !tried.iter().any(|t| *t) {
                         let why = "every device's circuit is open".to_owned();
@@ -723,11 +727,29 @@ where
 }
 
 /// The preferred device if it admits work, else the least loaded device that does.
-fn pick_device(slot: &Slot, hints: &ExecutionHints, tried: &[bool]) -> Option<(usize, Admission)> {
+/// Chooses a device of `slot` for a micro-batch needing `bytes`: the preferred device if it admits
+/// work, else, among healthy devices whose circuit admits work, those with room for the batch
+/// first, then the least loaded (micro-batches in flight), then the one with the most free memory.
+fn pick_device(
+    slot: &Slot,
+    hints: &ExecutionHints,
+    tried: &[bool],
+    bytes: u64,
+) -> Option<(usize, Admission)> {
     let now = Instant::now();
     let n = slot.breakers.len();
-    let mut order: Vec<usize> = (0..n).filter(|d| !tried[*d]).collect();
-    order.sort_by_key(|d| slot.in_flight[*d].load(Ordering::Relaxed));
+    let mut order: Vec<usize> = (0..n)
+        .filter(|d| !tried[*d] && !matches!(slot.backend.health(*d), Health::Lost(_)))
+        .collect();
+    order.sort_by_key(|d| {
+        let free = slot.backend.free_memory(*d);
+        let no_room = free.is_some_and(|f| f < bytes);
+        (
+            no_room,
+            slot.in_flight[*d].load(Ordering::Relaxed),
+            std::cmp::Reverse(free.unwrap_or(u64::MAX)),
+        )
+    });
     if let Some(p) = hints.preferred_device.filter(|p| *p < n && !tried[*p]) {
         order.retain(|d| *d != p);
         order.insert(0, p);

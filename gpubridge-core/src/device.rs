@@ -336,8 +336,15 @@ pub trait Backend: Send + Sync + 'static {
     /// Bytes one micro-batch may use on `device`, or `None` when there is no device memory to fit.
     fn memory_budget(&self, device: usize) -> Option<u64>;
 
-    /// Current health of `device`.
+    /// Current health of `device`. A `Lost` device is never chosen.
     fn health(&self, device: usize) -> Health;
+
+    /// Free memory of `device` in bytes, as last sampled, where the backend knows it. Placement
+    /// prefers devices with room for a micro-batch, then the least loaded, then the emptiest.
+    fn free_memory(&self, device: usize) -> Option<u64> {
+        let _ = device;
+        None
+    }
 
     /// Enqueues `work` on `device`.
     ///

@@ -49,6 +49,7 @@ pub struct FaultInjectingBackend {
     submissions: AtomicUsize,
     per_device: Vec<AtomicUsize>,
     budget: Option<u64>,
+    free: Mutex<Vec<Option<u64>>>,
 }
 
 impl FaultInjectingBackend {
@@ -84,6 +85,7 @@ impl FaultInjectingBackend {
             })
             .collect::<Vec<_>>();
         let per_device = devices.iter().map(|_| AtomicUsize::new(0)).collect();
+        let free = Mutex::new(vec![None; devices.len()]);
         Ok(Arc::new(Self {
             kind,
             devices,
@@ -92,12 +94,20 @@ impl FaultInjectingBackend {
             submissions: AtomicUsize::new(0),
             per_device,
             budget,
+            free,
         }))
     }
 
     /// Sets which submissions fail, and how.
     pub fn inject(&self, fault: Fault, kind: FaultKind) {
         *self.fault.lock() = (fault, kind);
+    }
+
+    /// Sets the free memory `device` reports (`None`: unknown).
+    pub fn set_free_memory(&self, device: usize, bytes: Option<u64>) {
+        if let Some(slot) = self.free.lock().get_mut(device) {
+            *slot = bytes;
+        }
     }
 
     /// Submissions so far (failed ones included).
@@ -160,6 +170,10 @@ impl Backend for FaultInjectingBackend {
 
     fn health(&self, _device: usize) -> Health {
         Health::Healthy
+    }
+
+    fn free_memory(&self, device: usize) -> Option<u64> {
+        self.free.lock().get(device).copied().flatten()
     }
 
     fn submit(&self, device: usize, work: Work) -> Result<()> {

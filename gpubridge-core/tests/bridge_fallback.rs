@@ -354,3 +354,48 @@ fn concurrent_requests_under_faults_all_complete() {
         }
     });
 }
+
+#[test]
+fn placement_prefers_a_device_with_room_for_the_batch() {
+    let cuda = FaultInjectingBackend::new(BackendKind::Cuda, 2).unwrap();
+    // Device 0 has 1 KB free, device 1 has plenty: a 4-pair batch of 1000 floats needs 48 KB.
+    cuda.set_free_memory(0, Some(1024));
+    cuda.set_free_memory(1, Some(1 << 30));
+    let bridge = bridge_with(std::slice::from_ref(&cuda), config(5, 1000));
+    let batch: Vec<VectorPair> = (0..4)
+        .map(|i| VectorPair {
+            a: vec![i as f32; 1000],
+            b: vec![1.0; 1000],
+        })
+        .collect();
+    let r = block_on(
+        bridge
+            .batch::<VectorAdd>()
+            .unwrap()
+            .execute(batch, ExecutionHints::default()),
+    )
+    .unwrap();
+    assert_eq!(
+        r.device(),
+        Some(DeviceId {
+            backend: BackendKind::Cuda,
+            index: 1
+        })
+    );
+    // A small batch fits either; with both idle, the emptier device wins.
+    cuda.set_free_memory(0, Some(2 << 30));
+    let r = block_on(
+        bridge
+            .batch::<VectorAdd>()
+            .unwrap()
+            .execute(pairs(1), ExecutionHints::default()),
+    )
+    .unwrap();
+    assert_eq!(
+        r.device(),
+        Some(DeviceId {
+            backend: BackendKind::Cuda,
+            index: 0
+        })
+    );
+}

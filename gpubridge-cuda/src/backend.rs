@@ -149,6 +149,14 @@ impl Backend for CudaBackend {
         self.slots.get(device).map(|s| s.budget)
     }
 
+    fn free_memory(&self, device: usize) -> Option<u64> {
+        self.slots.get(device).map(|s| {
+            s.shared
+                .free_memory
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
     fn health(&self, device: usize) -> Health {
         match self.slots.get(device).map(|s| s.shared.lost.lock().clone()) {
             Some(None) => Health::Healthy,

@@ -52,7 +52,13 @@ pub(crate) struct Shared {
     /// Plans started while an earlier plan was still in flight on another lane (their packing
     /// and upload overlapped its kernels and download).
     pub overlapped: std::sync::atomic::AtomicU64,
+    /// Free device memory in bytes, sampled by the executor (at most every
+    /// [`FREE_MEMORY_EVERY`]) for placement.
+    pub free_memory: std::sync::atomic::AtomicU64,
 }
+
+/// How often the executor samples the device's free memory.
+const FREE_MEMORY_EVERY: Duration = Duration::from_millis(100);
 
 /// Counters of a device's CUDA graph cache.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -184,6 +190,8 @@ struct Executor {
     graphs: GraphCache,
     /// Large output vectors ask for huge pages (`memory.huge_page_outputs`).
     huge_pages: bool,
+    /// When free memory was last sampled.
+    free_sampled: Instant,
     /// Zero-copy staging for tiny plans.
     mapped: PinnedBuffer,
 }
@@ -267,6 +275,7 @@ pub(crate) fn spawn(
                         return;
                     }
                 };
+            ex.sample_free_memory();
             let _ = ready_tx.send(Ok(Started {
                 blas: ex.blas.is_some(),
             }));
@@ -392,6 +401,7 @@ impl Executor {
             },
             huge_pages: true,
             mapped: PinnedBuffer::mapped(),
+            free_sampled: Instant::now(),
         })
     }
 
@@ -500,11 +510,29 @@ impl Executor {
         self.publish_stats();
     }
 
-    fn publish_stats(&self) {
+    fn publish_stats(&mut self) {
+        if self.free_sampled.elapsed() >= FREE_MEMORY_EVERY {
+            self.sample_free_memory();
+        }
         *self.shared.pool.lock() = self.pool.stats();
         let mut g = self.shared.graphs.lock();
         g.entries = self.graphs.entries.len() as u64;
         g.bytes = self.graphs.used as u64;
+    }
+
+    /// Reads the device's free memory (`cuMemGetInfo`) into the shared state. Memory the pool
+    /// holds idle counts as free: the pool hands it out before it allocates.
+    fn sample_free_memory(&mut self) {
+        self.free_sampled = Instant::now();
+        match result::mem_get_info() {
+            Ok((free, _total)) => {
+                let free = free as u64 + self.pool.stats().idle as u64;
+                self.shared
+                    .free_memory
+                    .store(free, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!(device = %self.label, "cuMemGetInfo failed: {e}"),
+        }
     }
 
     /// Waits for a plan's lane, hands its outputs to its completion, returns its block.

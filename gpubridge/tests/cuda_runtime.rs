@@ -140,6 +140,9 @@ fn pool_reuses_memory_across_batches() {
     assert_eq!(p.misses, 1, "{p:?}");
     assert_eq!(p.hits, 4, "{p:?}");
     assert_eq!(p.in_use, 0, "every block is back in the pool: {p:?}");
+    // Placement sees the device's free memory, sampled by its executor.
+    let free = gpubridge::Backend::free_memory(&*cuda, 0).unwrap_or(0);
+    assert!(free > 1 << 30, "free memory sampled: {free}");
 }
 
 #[test]
