@@ -721,6 +721,7 @@ where
                 compute: stats.compute,
                 transfer: stats.transfer,
                 graph_replayed: stats.graph_replayed,
+                executor: stats.executor,
             },
         })
     }

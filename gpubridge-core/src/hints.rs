@@ -132,6 +132,9 @@ pub struct ChunkReport {
     pub transfer: Duration,
     /// Whether a captured graph was replayed.
     pub graph_replayed: bool,
+    /// Time the device's executor spent on it, from taking it to handing its outputs on (zero
+    /// where the backend does not measure it).
+    pub executor: Duration,
 }
 
 /// One move from a backend to the next.

@@ -390,6 +390,9 @@ pub struct ExecStats {
     pub transfer: std::time::Duration,
     /// Whether a captured graph was replayed.
     pub graph_replayed: bool,
+    /// Time the device's executor spent on the plan, from taking it to handing its outputs on
+    /// (zero where the backend does not measure it).
+    pub executor: std::time::Duration,
 }
 
 impl<'a> PlanOutputs<'a> {

@@ -171,6 +171,8 @@ struct InFlight {
     outputs: Vec<(BufferId, usize, usize)>,
     plan: Plan,
     complete: gpubridge_core::device::PlanCompletion,
+    /// When the executor took the job.
+    taken: Instant,
 }
 
 struct Executor {
@@ -414,6 +416,7 @@ impl Executor {
         complete: gpubridge_core::device::PlanCompletion,
         pending: &mut std::collections::VecDeque<InFlight>,
     ) {
+        let taken = Instant::now();
         if let Some(why) = self.shared.lost.lock().clone() {
             complete(Err(Error::DeviceLost {
                 device: self.label.clone(),
@@ -427,7 +430,8 @@ impl Executor {
                 self.finish(f);
             }
             match self.run_zero_copy(&plan, sources) {
-                Ok((outputs, out_start, out_end, stats)) => {
+                Ok((outputs, out_start, out_end, mut stats)) => {
+                    stats.executor = taken.elapsed();
                     let huge = self.huge_pages;
                     let staging = &self.mapped.slice_mut(out_end)[out_start..];
                     deliver(complete, &outputs, staging, stats, huge);
@@ -447,7 +451,8 @@ impl Executor {
                     self.finish(f);
                 }
                 match self.run_graph(&plan, sources, cached) {
-                    Ok(Some((outputs, stats, OutputsIn::Graph(shape)))) => {
+                    Ok(Some((outputs, mut stats, OutputsIn::Graph(shape)))) => {
+                        stats.executor = taken.elapsed();
                         let huge = self.huge_pages;
                         let staging: &[u8] = match self.graphs.entries.get_mut(&shape) {
                             Some(e) => {
@@ -493,6 +498,7 @@ impl Executor {
                 outputs,
                 plan,
                 complete,
+                taken,
             }),
             Err(e) => {
                 self.fail(complete, e);
@@ -552,6 +558,7 @@ impl Executor {
                     compute: ms(1, 2),
                     transfer: ms(0, 1) + ms(2, 3),
                     graph_replayed: false,
+                    executor: f.taken.elapsed(),
                 };
                 let total = f
                     .outputs
@@ -765,6 +772,7 @@ impl Executor {
             compute: t.elapsed(),
             transfer: Duration::ZERO,
             graph_replayed: false,
+            executor: Duration::ZERO,
         };
         Ok((layout.outputs, layout.out_start, layout.out_end, stats))
     }
@@ -998,6 +1006,7 @@ impl Executor {
             compute: t.elapsed(),
             transfer: Duration::ZERO,
             graph_replayed: true,
+            executor: Duration::ZERO,
         })
     }
 }

@@ -434,6 +434,7 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
             }
             let mut lat = Vec::with_capacity(iters);
             let mut device = Vec::with_capacity(iters);
+            let mut executor = Vec::with_capacity(iters);
             let mut replayed = true;
             for _ in 0..iters {
                 let b = batch.clone();
@@ -441,16 +442,18 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                 let r = block_on(grain.execute(b, hints.clone()))?;
                 lat.push(t.elapsed());
                 device.push(r.compute_time());
+                executor.push(r.chunks.iter().map(|c| c.executor).sum::<Duration>());
                 replayed &= r.graph_replayed();
                 std::hint::black_box(r);
             }
             let device50 = us(median(&mut device));
+            let executor50 = us(median(&mut executor));
             let (p50, p99) = (
                 us(percentile(&mut lat, 0.5)),
                 us(percentile(&mut lat, 0.99)),
             );
             let note = format!(
-                "{mode}; every call a graph replay: {replayed}; executor pack+replay+wait P50 {device50:.1} us; Instant::now {clock_ns:.0} ns; raw empty-kernel launch + sync P50 {launch50:.1} us; {iters} calls after {warm} warm-up"
+                "{mode}; every call a graph replay: {replayed}; executor pack+replay+wait P50 {device50:.1} us, job taken to outputs handed on P50 {executor50:.1} us; Instant::now {clock_ns:.0} ns; raw empty-kernel launch + sync P50 {launch50:.1} us; {iters} calls after {warm} warm-up"
             );
             cx.row(
                 "P2",
