@@ -330,6 +330,15 @@ impl<I, O> std::fmt::Debug for BatchGrain<I, O> {
     }
 }
 
+/// One micro-batch of a request.
+struct Chunk<I> {
+    items: Arc<[I]>,
+    /// Device bytes the items need ([`Kernel::device_bytes`]).
+    bytes: u64,
+    /// Index of the first item in the request.
+    first_item: usize,
+}
+
 struct Attempt<O> {
     outputs: Vec<O>,
     report: ChunkReport,
@@ -414,16 +423,21 @@ where
         let in_flight = bridge.inner.config.batching.max_in_flight;
         let mut first_item = 0;
         let candidates = &candidates;
-        let jobs = chunks.into_iter().map(|chunk| {
-            let first = first_item;
-            first_item += chunk.len();
+        let jobs = chunks.into_iter().map(|items| {
+            let bytes = items
+                .iter()
+                .map(|i| self.kernel.device_bytes(i) as u64)
+                .sum();
+            let chunk = Chunk {
+                items,
+                bytes,
+                first_item,
+            };
+            first_item += chunk.items.len();
             async move {
-                let r = self
-                    .run_chunk(&chunk, first, hints, candidates, started)
-                    .await;
+                let r = self.run_chunk(&chunk, hints, candidates, started).await;
                 // The batch's data may be large: free it off the request's path.
-                let bytes = chunk.iter().map(|i| self.kernel.device_bytes(i)).sum();
-                crate::janitor::drop_later_if_large(chunk, bytes);
+                crate::janitor::drop_later_if_large(chunk.items, chunk.bytes as usize);
                 r
             }
         });
@@ -484,18 +498,13 @@ where
 
     async fn run_chunk(
         &self,
-        chunk: &Arc<[I]>,
-        first_item: usize,
+        chunk: &Chunk<I>,
         hints: &ExecutionHints,
         candidates: &[&Slot],
         started: Instant,
     ) -> Result<(Attempt<O>, Vec<FallbackEvent>)> {
         let id = self.kernel.id();
         let sources = self.kernel.sources();
-        let bytes: u64 = chunk
-            .iter()
-            .map(|i| self.kernel.device_bytes(i) as u64)
-            .sum();
         let mut attempts: Vec<(BackendKind, String)> = Vec::new();
         let mut fallbacks: Vec<FallbackEvent> = Vec::new();
         let mut last_failed: Option<(BackendKind, &'static str, String)> = None;
@@ -529,7 +538,8 @@ where
             }
             let mut tried = vec![false; slot.breakers.len()];
             loop {
-                let Some((device, admission)) = pick_device(slot, hints, &tried, bytes) else {
+                let Some((device, admission)) = pick_device(slot, hints, &tried, chunk.bytes)
+                else {
                     // Devices that were tried have their failures recorded already.
                     if !tried.iter().any(|t| *t) {
                         let why = "every device's circuit is open".to_owned();
@@ -548,7 +558,7 @@ where
                 }
                 slot.in_flight[device].fetch_add(1, Ordering::Relaxed);
                 let result = self
-                    .attempt(slot, device, chunk, first_item, started, hints.spin_wait)
+                    .attempt(slot, device, chunk, started, hints.spin_wait)
                     .await;
                 slot.in_flight[device].fetch_sub(1, Ordering::Relaxed);
                 let success = result.is_ok();
@@ -617,8 +627,7 @@ where
         &self,
         slot: &Slot,
         device: usize,
-        chunk: &Arc<[I]>,
-        first_item: usize,
+        chunk: &Chunk<I>,
         started: Instant,
         spin: Option<Duration>,
     ) -> Result<Attempt<O>> {
@@ -626,8 +635,8 @@ where
         let device_id = backend.devices()[device].id;
         let (tx, rx) = oneshot::channel::<Result<(Vec<O>, Instant, crate::plan::ExecStats)>>();
         let kernel = self.kernel.clone();
-        let items = chunk.clone();
-        let bytes: usize = chunk.iter().map(|i| self.kernel.device_bytes(i)).sum();
+        let items = chunk.items.clone();
+        let bytes = chunk.bytes as usize;
         match backend.plan_target(device) {
             None => {
                 let job: CpuJob = Box::new(move |ctx| {
@@ -645,7 +654,7 @@ where
                 backend.submit(device, Work::Cpu(job))?;
             }
             Some(target) => {
-                let plan = self.kernel.plan(chunk, &target)?;
+                let plan = self.kernel.plan(&chunk.items, &target)?;
                 plan.check()?;
                 let t = Instant::now();
                 let complete: PlanCompletion = Box::new(move |res| {
@@ -699,14 +708,14 @@ where
             message: "the executor dropped the work without completing it".to_owned(),
             transient: true,
         })??;
-        if outputs.len() != chunk.len() {
+        if outputs.len() != chunk.items.len() {
             return Err(Error::Backend {
                 backend: backend.kind(),
                 message: format!(
                     "kernel {} returned {} outputs for {} inputs",
                     self.kernel.id(),
                     outputs.len(),
-                    chunk.len()
+                    chunk.items.len()
                 ),
                 transient: false,
             });
@@ -715,8 +724,8 @@ where
             outputs,
             report: ChunkReport {
                 device: device_id,
-                items: chunk.len(),
-                first_item,
+                items: chunk.items.len(),
+                first_item: chunk.first_item,
                 queue: begun.saturating_duration_since(started),
                 compute: stats.compute,
                 transfer: stats.transfer,
