@@ -61,4 +61,4 @@ pub use device::{
 pub use error::{Error, ErrorClass, Result};
 pub use hints::{BatchResult, ChunkReport, ExecutionHints, FallbackEvent, Preference, Priority};
 pub use kernel::{DynKernel, Kernel, KernelSources};
-pub use plan::{Plan, PlanOutputs, PlanShape, PlanTarget};
+pub use plan::{bucket_len, Plan, PlanOutputs, PlanShape, PlanTarget};

@@ -284,6 +284,41 @@ impl Plan {
         PlanShape(h.finish())
     }
 
+    /// The plan's bucketed shape: what a graph cache keys by so that batches of nearby sizes
+    /// share one graph. Buffer sizes are rounded up by [`bucket_len`]; launches contribute their
+    /// entry point, block, shared memory and the kinds of their arguments (and which buffer each
+    /// buffer argument names), but not their grid, scalar values or buffer offsets, which a
+    /// backend updates in place before a replay. A plan with a library step ([`Step::Gemm`]) has
+    /// nodes a backend cannot update, so its bucketed shape is its exact [`shape`](Self::shape).
+    pub fn bucket_shape(&self) -> PlanShape {
+        if self.steps.iter().any(|s| matches!(s, Step::Gemm(_))) {
+            return self.shape();
+        }
+        let mut h = FxHasher::default();
+        self.kernel.hash(&mut h);
+        0xB0u8.hash(&mut h);
+        for b in &self.buffers {
+            bucket_len(b.len).hash(&mut h);
+            std::mem::discriminant(&b.role).hash(&mut h);
+        }
+        for s in &self.steps {
+            if let Step::Launch(l) = s {
+                (l.entry.as_ptr() as usize, l.entry.len()).hash(&mut h);
+                l.block.hash(&mut h);
+                l.shared_mem_bytes.hash(&mut h);
+                for a in &l.args {
+                    match a {
+                        Arg::Buffer { id, .. } => (0u8, id.0).hash(&mut h),
+                        Arg::U32(_) => 1u8.hash(&mut h),
+                        Arg::U64(_) => 2u8.hash(&mut h),
+                        Arg::F32(_) => 3u8.hash(&mut h),
+                    }
+                }
+            }
+        }
+        PlanShape(h.finish())
+    }
+
     /// Checks the plan's internal consistency: every buffer argument names a buffer of the plan and
     /// its offset lies inside it. Backends call this before touching a device.
     ///
@@ -318,6 +353,24 @@ impl Plan {
         }
         Ok(())
     }
+}
+
+/// The size class a buffer of `len` bytes is given in a bucketed graph (see
+/// [`Plan::bucket_shape`]): at least 4 KiB, otherwise `len` rounded up to a multiple of an eighth
+/// of its power of two, so a bucket wastes at most 12.5% (`5000 -> 5120`, `1_000_000 ->
+/// 1_048_576`, `1_100_000 -> 1_179_648`). Zero stays zero.
+pub fn bucket_len(len: usize) -> usize {
+    const MIN: usize = 4 << 10;
+    if len == 0 {
+        return 0;
+    }
+    if len <= MIN {
+        return MIN;
+    }
+    // The step is an eighth of the largest power of two not above `len`.
+    let top = usize::BITS - 1 - len.leading_zeros();
+    let step = 1usize << (top - 3);
+    len.div_ceil(step).saturating_mul(step)
 }
 
 /// The Fx hash (rustc's): one multiply and rotate per word. Not DoS-resistant, which plan shapes
@@ -544,5 +597,80 @@ impl<T: Send + Sync + 'static> Concat<T> {
     /// This concatenation as a plan input's packer.
     pub fn into_packer(self) -> impl Fn(&mut [u8], usize) + Send + Sync + 'static {
         move |dst, offset| self.pack(dst, offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_waste_at_most_an_eighth() {
+        assert_eq!(bucket_len(0), 0);
+        assert_eq!(bucket_len(1), 4096);
+        assert_eq!(bucket_len(4096), 4096);
+        assert_eq!(bucket_len(5000), 5120);
+        assert_eq!(bucket_len(1 << 20), 1 << 20);
+        assert_eq!(bucket_len(1_100_000), 1_179_648);
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..10_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let len = (rng % (1 << 34)) as usize + 1;
+            let b = bucket_len(len);
+            assert!(b >= len, "{len} -> {b}");
+            assert!(len <= 4096 || (b - len) * 8 <= len, "{len} -> {b}");
+            assert_eq!(bucket_len(b), b, "a bucket is its own bucket");
+        }
+    }
+
+    fn chain(items: usize, scale: f32) -> Plan {
+        let mut p = Plan::new("test/chain");
+        let x = p.input("x", items * 4, |_, _| {});
+        let y = p.output("y", items * 4);
+        p.launch(Launch::new(
+            "scale",
+            [(items as u32).div_ceil(256), 1, 1],
+            [256, 1, 1],
+            &[
+                Arg::buf(x),
+                Arg::buf(y),
+                Arg::F32(scale),
+                Arg::U32(items as u32),
+            ],
+        ));
+        p
+    }
+
+    #[test]
+    fn nearby_batch_sizes_share_a_bucket_but_not_a_shape() {
+        let (a, b) = (chain(1000, 2.0), chain(1020, 3.0));
+        assert_ne!(a.shape(), b.shape());
+        assert_eq!(a.bucket_shape(), b.bucket_shape());
+        // Far apart sizes, or another argument kind, are another bucket.
+        assert_ne!(a.bucket_shape(), chain(4000, 2.0).bucket_shape());
+        let mut c = chain(1000, 2.0);
+        if let Step::Launch(l) = &mut c.steps[0] {
+            l.args[2] = Arg::U32(2);
+        }
+        assert_ne!(a.bucket_shape(), c.bucket_shape());
+    }
+
+    #[test]
+    fn a_library_step_keeps_the_exact_shape() {
+        let mut p = Plan::new("test/gemm");
+        let a = p.input("a", 64, |_, _| {});
+        let b = p.input("b", 64, |_, _| {});
+        let c = p.output("c", 64);
+        p.gemm(Gemm {
+            m: 4,
+            k: 4,
+            n: 4,
+            a: Arg::buf(a),
+            b: Arg::buf(b),
+            c: Arg::buf(c),
+        });
+        assert_eq!(p.bucket_shape(), p.shape());
     }
 }

@@ -576,6 +576,53 @@ impl Baseline {
         Ok(t.elapsed().as_secs_f64())
     }
 
+    /// Host-side copy rates in GB/s, all cores (the rayon pool), for `bytes` of data: a pageable
+    /// `Vec` into pinned memory in one parallel copy; the same in 8 MiB pieces, each piece one
+    /// parallel copy (as the executor packs); and pinned memory into a fresh `Vec` (as an unpack
+    /// does, page faults included). What the host can do around the PCIe copies.
+    ///
+    /// # Errors
+    /// Driver errors allocating the pinned memory.
+    pub fn host_copy_gbps(&self, bytes: usize) -> Result<(f64, f64, f64)> {
+        use rayon::prelude::*;
+        const TASK: usize = 256 << 10;
+        const PIECE: usize = 8 << 20;
+        let src = vec![3u8; bytes];
+        let mut pinned = Pinned::new(bytes)?;
+        let dst = pinned.slice();
+        let copy = |d: &mut [u8], s: &[u8]| {
+            let per = d.len().div_ceil(rayon::current_num_threads() * 2).max(TASK);
+            d.par_chunks_mut(per)
+                .zip(s.par_chunks(per))
+                .for_each(|(d, s)| d.copy_from_slice(s));
+        };
+        copy(dst, &src);
+        let best = |f: &mut dyn FnMut()| {
+            (0..3)
+                .map(|_| {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed()
+                })
+                .min()
+                .unwrap_or_default()
+        };
+        let whole = best(&mut || copy(dst, &src));
+        let pieces = best(&mut || {
+            for (d, s) in dst.chunks_mut(PIECE).zip(src.chunks(PIECE)) {
+                copy(d, s);
+            }
+        });
+        let floats: &[f32] = bytemuck::cast_slice(&dst[..bytes / 4 * 4]);
+        let fresh = best(&mut || {
+            // As the built-in kernels unpack: a parallel extend of a fresh vector.
+            let mut out: Vec<f32> = Vec::with_capacity(floats.len());
+            out.par_extend(floats.par_iter().copied());
+            std::hint::black_box(&out);
+        });
+        Ok((gbps(bytes, whole), gbps(bytes, pieces), gbps(bytes, fresh)))
+    }
+
     /// The device's name.
     pub fn device_name(&self) -> String {
         self.ctx.name().unwrap_or_default()

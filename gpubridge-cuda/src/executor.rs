@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use cudarc::cublas;
 use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream};
 use gpubridge_core::plan::{Arg, BufferId, BufferRole, ExecStats, Plan, PlanOutputs, Step};
-use gpubridge_core::{BackendKind, BridgeConfig, Error, KernelSources, Result};
+use gpubridge_core::{bucket_len, BackendKind, BridgeConfig, Error, KernelSources, Result};
 use parking_lot::Mutex;
 
 use crate::compile::PtxCache;
@@ -71,6 +71,11 @@ pub struct GraphStats {
     pub evictions: u64,
     /// Captures that failed; those plan shapes run as stream launches.
     pub capture_failures: u64,
+    /// Replays that first updated kernel-node parameters in place: a batch of another size in
+    /// the same bucket (or other scalar arguments) reused a cached graph instead of a capture.
+    pub updated_replays: u64,
+    /// Kernel nodes updated in place (`cuGraphExecKernelNodeSetParams`) over all replays.
+    pub node_updates: u64,
     /// Graphs cached now.
     pub entries: u64,
     /// Device and pinned bytes the cached graphs own.
@@ -196,7 +201,25 @@ struct Executor {
     free_sampled: Instant,
     /// Zero-copy staging for tiny plans.
     mapped: PinnedBuffer,
+    /// Large outputs being unpacked off this thread, and their staging coming back.
+    unpacking: Arc<Unpacking>,
 }
+
+/// Large outputs are unpacked on the rayon pool rather than on the executor thread, so that the
+/// executor packs and uploads the next micro-batch meanwhile: the lane's output staging goes with
+/// the unpack and a spare takes its place. The staging comes back here once unpacked, to be
+/// freed or reused on the executor thread (pinned memory is freed with the context current).
+#[derive(Default)]
+struct Unpacking {
+    returned: Mutex<Vec<PinnedBuffer>>,
+    outstanding: std::sync::atomic::AtomicUsize,
+}
+
+/// Outputs at least this large are unpacked off the executor thread (see [`Unpacking`]).
+const UNPACK_OFF_THREAD: usize = 4 << 20;
+/// At most this many unpacks run off the executor thread at once; beyond it the executor unpacks
+/// itself, which bounds the pinned staging in circulation to `lanes + MAX_UNPACKING` buffers.
+const MAX_UNPACKING: usize = 2;
 
 /// Plans whose buffers all fit in this many bytes, with no scratch, no library calls and at most
 /// [`ZERO_COPY_MAX_LAUNCHES`] launches, run zero-copy: kernels read their inputs from and write
@@ -213,17 +236,39 @@ struct GraphEntry {
     block: crate::memory::DeviceBuffer,
     staging_in: PinnedBuffer,
     staging_out: PinnedBuffer,
-    inputs: Vec<(usize, usize, usize)>,
-    outputs: Vec<(BufferId, usize, usize)>,
+    /// Byte offset of every buffer in the block and in staging (the bucket's layout).
+    offsets: Vec<usize>,
     in_total: usize,
     bytes: usize,
+    /// The kernel nodes, one per launch in plan order, with the parameters they hold now; empty
+    /// for a plan with a library step (keyed by its exact shape, never updated).
+    nodes: Vec<KernelNode>,
+    /// Whether `nodes` holds the graph's node handles, so that parameters can be updated in place.
+    /// When the captured graph is not the expected chain it is replayed only as captured.
+    updatable: bool,
     executions: u64,
     last_used: u64,
 }
 
-/// Graphs by plan shape, least recently used evicted first under a byte budget. The executor
-/// thread is the only user, so lookups and captures need no lock: the original's double-checked
-/// capture lock is replaced by single ownership.
+/// A kernel node of a cached graph and the launch parameters it was last given.
+struct KernelNode {
+    node: sys::CUgraphNode,
+    func: sys::CUfunction,
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared: u32,
+    values: LaunchValues,
+}
+
+/// A launch's argument values, each in an 8-byte slot (see [`launch_values`]).
+type LaunchValues = smallvec::SmallVec<[u64; 8]>;
+
+/// Graphs by bucketed plan shape ([`Plan::bucket_shape`]), least recently used evicted first under
+/// a byte budget. Batches whose buffer sizes fall in the same buckets share one graph: its block
+/// and staging are sized for the bucket, and before a replay the kernel nodes whose grid or
+/// arguments differ from the plan's are updated in place, which costs a few microseconds against
+/// a capture's hundreds. The executor thread is the only user, so lookups and captures need no
+/// lock: the original's double-checked capture lock is replaced by single ownership.
 struct GraphCache {
     enabled: bool,
     budget: usize,
@@ -311,6 +356,7 @@ pub(crate) fn spawn(
             while let Some(f) = pending.pop_front() {
                 ex.finish(f);
             }
+            ex.drain_unpacking();
         })
         .map_err(|e| Error::Backend {
             backend: BackendKind::Cuda,
@@ -404,6 +450,7 @@ impl Executor {
             huge_pages: true,
             mapped: PinnedBuffer::mapped(),
             free_sampled: Instant::now(),
+            unpacking: Arc::default(),
         })
     }
 
@@ -566,14 +613,49 @@ impl Executor {
                     .map(|(_, off, len)| off + len)
                     .max()
                     .unwrap_or(0);
+                let huge = self.huge_pages;
+                let u = &self.unpacking;
+                if total >= UNPACK_OFF_THREAD
+                    && u.outstanding.load(std::sync::atomic::Ordering::Acquire) < MAX_UNPACKING
+                {
+                    let spare = u.returned.lock().pop().unwrap_or_else(PinnedBuffer::empty);
+                    let mut staging = std::mem::replace(&mut lane.staging_out, spare);
+                    let u = u.clone();
+                    u.outstanding
+                        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    let (complete, outputs, plan) = (f.complete, f.outputs, f.plan);
+                    rayon::spawn(move || {
+                        deliver(complete, &outputs, staging.slice_mut(total), stats, huge);
+                        drop_plan(plan);
+                        u.returned.lock().push(staging);
+                        u.outstanding
+                            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                    });
+                    self.publish_stats();
+                    return;
+                }
                 let staging: &[u8] = lane.staging_out.slice_mut(total);
-                deliver(f.complete, &f.outputs, staging, stats, self.huge_pages);
+                deliver(f.complete, &f.outputs, staging, stats, huge);
                 self.publish_stats();
             }
             Err(e) => self.fail(f.complete, e),
         }
         // Packers hold the batch's data: free it off this thread.
         drop_plan(f.plan);
+    }
+
+    /// Waits for the unpacks running off this thread, then frees their staging here.
+    fn drain_unpacking(&mut self) {
+        while self
+            .unpacking
+            .outstanding
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
+        {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        let returned = std::mem::take(&mut *self.unpacking.returned.lock());
+        drop(returned);
     }
 
     /// The functions of `plan`'s launches, compiling and loading the kernel's module on first use.
@@ -661,7 +743,15 @@ impl Executor {
     /// piece is packed), then outputs (downloaded with one copy), then scratch. Returns the layout
     /// and the block's size.
     fn layout(plan: &Plan) -> (Layout, usize) {
-        let align = |n: usize| n.div_ceil(STAGING_ALIGN) * STAGING_ALIGN;
+        Self::layout_with(plan, false)
+    }
+
+    /// [`Executor::layout`], with every buffer given its bucket's size ([`bucket_len`]) when
+    /// `bucketed`: a graph captured with that layout serves every plan of the bucket. The
+    /// inputs' and outputs' lengths stay the plan's own.
+    fn layout_with(plan: &Plan, bucketed: bool) -> (Layout, usize) {
+        let size = |n: usize| if bucketed { bucket_len(n) } else { n };
+        let align = |n: usize| size(n).div_ceil(STAGING_ALIGN) * STAGING_ALIGN;
         let mut layout = Layout {
             offsets: vec![0; plan.buffers.len()],
             inputs: Vec::new(),
@@ -710,22 +800,16 @@ impl Executor {
     ) -> Result<Option<(Vec<(BufferId, usize, usize)>, ExecStats, OutputsIn)>> {
         // A cached graph needs neither the functions nor a fresh layout.
         if let Some(shape) = cached {
-            let stats = self.replay(plan, shape)?;
-            let outputs = self
-                .graphs
-                .entries
-                .get(&shape)
-                .map(|e| e.outputs.clone())
-                .unwrap_or_default();
-            return Ok(Some((outputs, stats, OutputsIn::Graph(shape))));
+            return Ok(self
+                .replay(plan, shape)?
+                .map(|(outputs, stats)| (outputs, stats, OutputsIn::Graph(shape))));
         }
         let functions = self.functions(plan, sources)?;
-        let (layout, total) = Self::layout(plan);
+        let (layout, total) = Self::layout_with(plan, !has_library_step(plan));
         match self.graph_for(plan, &functions, &layout, total) {
-            Some(shape) => {
-                let stats = self.replay(plan, shape)?;
-                Ok(Some((layout.outputs, stats, OutputsIn::Graph(shape))))
-            }
+            Some(shape) => Ok(self
+                .replay(plan, shape)?
+                .map(|(outputs, stats)| (outputs, stats, OutputsIn::Graph(shape)))),
             None => Ok(None),
         }
     }
@@ -830,11 +914,11 @@ impl Executor {
         if !self.graphs.enabled || self.graphs.entries.is_empty() || plan.steps.is_empty() {
             return None;
         }
-        let shape = plan.shape();
+        let shape = plan.bucket_shape();
         self.graphs.entries.contains_key(&shape).then_some(shape)
     }
 
-    /// The cached graph for this plan's shape, capturing it on the shape's second run.
+    /// The cached graph for this plan's bucket, capturing it on the bucket's second run.
     fn graph_for(
         &mut self,
         plan: &Plan,
@@ -846,7 +930,7 @@ impl Executor {
         if !g.enabled || plan.steps.is_empty() || total > GRAPH_MAX_PLAN || total > g.budget {
             return None;
         }
-        let shape = plan.shape();
+        let shape = plan.bucket_shape();
         if g.entries.contains_key(&shape) {
             return Some(shape);
         }
@@ -953,18 +1037,29 @@ impl Executor {
             Ok(graph)
         })();
         match captured {
-            Ok(graph) => Ok(GraphEntry {
-                graph,
-                bytes: block.size + staging_in.capacity() + staging_out.capacity(),
-                block,
-                staging_in,
-                staging_out,
-                inputs: layout.inputs.clone(),
-                outputs: layout.outputs.clone(),
-                in_total: layout.in_total,
-                executions: 0,
-                last_used: 0,
-            }),
+            Ok(graph) => {
+                let (nodes, updatable) = if has_library_step(plan) {
+                    (Vec::new(), false)
+                } else {
+                    kernel_nodes(&graph, plan, functions, &layout.offsets, block.ptr)
+                };
+                if !updatable && !has_library_step(plan) {
+                    tracing::debug!(device = %self.label, kernel = plan.kernel, "captured graph is not a chain of the plan's launches; it replays only as captured");
+                }
+                Ok(GraphEntry {
+                    graph,
+                    bytes: block.size + staging_in.capacity() + staging_out.capacity(),
+                    block,
+                    staging_in,
+                    staging_out,
+                    offsets: layout.offsets.clone(),
+                    in_total: layout.in_total,
+                    nodes,
+                    updatable,
+                    executions: 0,
+                    last_used: 0,
+                })
+            }
             Err(e) => {
                 self.pool.give_back(block);
                 Err(e)
@@ -972,8 +1067,16 @@ impl Executor {
         }
     }
 
-    /// Packs the plan's inputs into the graph's staging and replays it.
-    fn replay(&mut self, plan: &Plan, shape: gpubridge_core::PlanShape) -> Result<ExecStats> {
+    /// Brings the cached graph's kernel nodes to this plan's parameters (in place, where they
+    /// differ), packs the plan's inputs into the graph's staging and replays it. Returns where the
+    /// outputs are in the graph's output staging, or `None` (nothing touched) when the graph
+    /// cannot take this plan's parameters and the plan should run as stream launches.
+    #[allow(clippy::type_complexity)] // A private return type read right at the call.
+    fn replay(
+        &mut self,
+        plan: &Plan,
+        shape: gpubridge_core::PlanShape,
+    ) -> Result<Option<(Vec<(BufferId, usize, usize)>, ExecStats)>> {
         self.graphs.clock += 1;
         let clock = self.graphs.clock;
         let label = self.label.clone();
@@ -987,12 +1090,27 @@ impl Executor {
                 transient: false,
             })?;
         let t = Instant::now();
-        pack_piece(
-            plan,
-            &entry.inputs,
-            entry.staging_in.slice_mut(entry.in_total),
-            0,
-        );
+        let updates = match update_nodes(entry, plan, &label)? {
+            Some(n) => n,
+            None => return Ok(None),
+        };
+        let mut inputs: smallvec::SmallVec<[(usize, usize, usize); 8]> = smallvec::SmallVec::new();
+        let mut outputs = Vec::new();
+        let mut out_start = usize::MAX;
+        for (i, b) in plan.buffers.iter().enumerate() {
+            match b.role {
+                BufferRole::Input(_) => inputs.push((i, entry.offsets[i], b.len)),
+                BufferRole::Output => {
+                    out_start = out_start.min(entry.offsets[i]);
+                    outputs.push((BufferId(i as u32), entry.offsets[i], b.len));
+                }
+                BufferRole::Scratch => {}
+            }
+        }
+        for o in &mut outputs {
+            o.1 -= out_start;
+        }
+        pack_piece(plan, &inputs, entry.staging_in.slice_mut(entry.in_total), 0);
         entry
             .graph
             .launch()
@@ -1001,14 +1119,226 @@ impl Executor {
         entry.last_used = clock;
         wait_stream(&self.lanes[0].stream, &label)?;
         metrics::counter!(names::GRAPH_CACHE_TOTAL, "result" => "hit").increment(1);
-        self.shared.graphs.lock().hits += 1;
-        Ok(ExecStats {
-            compute: t.elapsed(),
-            transfer: Duration::ZERO,
-            graph_replayed: true,
-            executor: Duration::ZERO,
-        })
+        {
+            let mut g = self.shared.graphs.lock();
+            g.hits += 1;
+            if updates > 0 {
+                g.updated_replays += 1;
+                g.node_updates += updates;
+            }
+        }
+        Ok(Some((
+            outputs,
+            ExecStats {
+                compute: t.elapsed(),
+                transfer: Duration::ZERO,
+                graph_replayed: true,
+                executor: Duration::ZERO,
+            },
+        )))
     }
+}
+
+/// Whether a plan calls a library (cuBLAS), whose captured nodes cannot be updated in place.
+fn has_library_step(plan: &Plan) -> bool {
+    plan.steps.iter().any(|s| matches!(s, Step::Gemm(_)))
+}
+
+/// The argument values of launch `l`, each in an 8-byte slot whose low bytes hold the argument in
+/// the width the kernel declares: buffer arguments become device pointers into the block at
+/// `base`, laid out by `offsets`.
+fn launch_values(
+    plan: &Plan,
+    l: &gpubridge_core::plan::Launch,
+    offsets: &[usize],
+    base: sys::CUdeviceptr,
+) -> Result<LaunchValues> {
+    l.args
+        .iter()
+        .map(|a| match a {
+            Arg::Buffer { id, offset } => offsets
+                .get(id.0 as usize)
+                .map(|o| base + (o + offset) as u64)
+                .ok_or_else(|| {
+                    Error::invalid_batch(plan.kernel, format!("plan names buffer {}", id.0))
+                }),
+            Arg::U32(v) => Ok(u64::from(*v)),
+            Arg::U64(v) => Ok(*v),
+            Arg::F32(v) => Ok(u64::from(v.to_bits())),
+        })
+        .collect()
+}
+
+/// Finds the kernel nodes of a freshly captured graph, one per launch of `plan` in order, by
+/// walking the chain a single-stream capture produces. Returns them with whether the walk found
+/// exactly the expected chain (only then may their parameters be updated in place).
+fn kernel_nodes(
+    graph: &cudarc::driver::CudaGraph,
+    plan: &Plan,
+    functions: &[sys::CUfunction],
+    offsets: &[usize],
+    base: sys::CUdeviceptr,
+) -> (Vec<KernelNode>, bool) {
+    let launches: Vec<&gpubridge_core::plan::Launch> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Launch(l) => Some(l),
+            Step::Gemm(_) => None,
+        })
+        .collect();
+    let mut found = Vec::with_capacity(launches.len());
+    // SAFETY: the graph is alive; each query writes at most the count it is given.
+    let walked = unsafe {
+        let g = graph.cu_graph();
+        let mut n = 1usize;
+        let mut node: sys::CUgraphNode = std::ptr::null_mut();
+        let mut ok =
+            sys::cuGraphGetRootNodes(g, &mut node, &mut n) == sys::CUresult::CUDA_SUCCESS && n == 1;
+        while ok {
+            let mut ty = sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_EMPTY;
+            if sys::cuGraphNodeGetType(node, &mut ty) != sys::CUresult::CUDA_SUCCESS {
+                ok = false;
+                break;
+            }
+            if ty == sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_KERNEL {
+                found.push(node);
+            }
+            let mut count = 0usize;
+            if sys::cuGraphNodeGetDependentNodes_v2(
+                node,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                &mut count,
+            ) != sys::CUresult::CUDA_SUCCESS
+            {
+                ok = false;
+                break;
+            }
+            match count {
+                0 => break,
+                1 => {
+                    let mut next: sys::CUgraphNode = std::ptr::null_mut();
+                    let mut one = 1usize;
+                    ok = sys::cuGraphNodeGetDependentNodes_v2(
+                        node,
+                        &mut next,
+                        std::ptr::null_mut(),
+                        &mut one,
+                    ) == sys::CUresult::CUDA_SUCCESS
+                        && one == 1;
+                    node = next;
+                }
+                _ => ok = false,
+            }
+        }
+        ok
+    };
+    let updatable = walked && found.len() == launches.len() && functions.len() == launches.len();
+    let mut nodes = Vec::with_capacity(launches.len());
+    for (i, l) in launches.iter().enumerate() {
+        let Ok(values) = launch_values(plan, l, offsets, base) else {
+            return (Vec::new(), false);
+        };
+        nodes.push(KernelNode {
+            node: if updatable {
+                found[i]
+            } else {
+                std::ptr::null_mut()
+            },
+            func: functions.get(i).copied().unwrap_or(std::ptr::null_mut()),
+            grid: l.grid,
+            block: l.block,
+            shared: l.shared_mem_bytes,
+            values,
+        });
+    }
+    (nodes, updatable)
+}
+
+/// Brings `entry`'s kernel nodes to `plan`'s launch parameters, updating in place the nodes that
+/// differ. Returns how many were updated, or `None` when some differ and the graph cannot be
+/// updated (nothing is changed then).
+fn update_nodes(entry: &mut GraphEntry, plan: &Plan, label: &str) -> Result<Option<u64>> {
+    if entry.nodes.is_empty() {
+        // Keyed by the exact shape: the captured parameters are the plan's.
+        return Ok(Some(0));
+    }
+    let mut changed: smallvec::SmallVec<[(usize, LaunchValues); 4]> = smallvec::SmallVec::new();
+    let mut i = 0;
+    for step in &plan.steps {
+        let Step::Launch(l) = step else { continue };
+        let Some(node) = entry.nodes.get(i) else {
+            return Ok(None);
+        };
+        let values = launch_values(plan, l, &entry.offsets, entry.block.ptr)?;
+        if node.grid != l.grid
+            || node.block != l.block
+            || node.shared != l.shared_mem_bytes
+            || node.values != values
+        {
+            if !entry.updatable {
+                return Ok(None);
+            }
+            changed.push((i, values));
+        }
+        i += 1;
+    }
+    if i != entry.nodes.len() {
+        return Ok(None);
+    }
+    let updates = changed.len() as u64;
+    let mut launches = plan.steps.iter().filter_map(|s| match s {
+        Step::Launch(l) => Some(l),
+        Step::Gemm(_) => None,
+    });
+    let mut at = 0;
+    for (idx, mut values) in changed {
+        let Some(l) = launches.nth(idx - at) else {
+            return Ok(None);
+        };
+        at = idx + 1;
+        let node = &mut entry.nodes[idx];
+        let mut params: smallvec::SmallVec<[*mut c_void; 8]> = values
+            .iter_mut()
+            .map(|v| (v as *mut u64).cast::<c_void>())
+            .collect();
+        let p = sys::CUDA_KERNEL_NODE_PARAMS {
+            func: node.func,
+            gridDimX: l.grid[0],
+            gridDimY: l.grid[1],
+            gridDimZ: l.grid[2],
+            blockDimX: l.block[0],
+            blockDimY: l.block[1],
+            blockDimZ: l.block[2],
+            sharedMemBytes: l.shared_mem_bytes,
+            kernelParams: params.as_mut_ptr(),
+            extra: std::ptr::null_mut(),
+            kern: std::ptr::null_mut(),
+            ctx: std::ptr::null_mut(),
+        };
+        // SAFETY: the node belongs to this entry's graph, whose executable graph is idle (every
+        // replay is waited for before the next); the function is the one it was captured with;
+        // each parameter points to an 8-byte slot that lives until the call returns (the driver
+        // copies them), holding the argument in the width the kernel declares. Buffer arguments
+        // point inside the entry's block, at the bucket layout's offsets (each plan buffer fits
+        // its bucket).
+        let rc = unsafe {
+            sys::cuGraphExecKernelNodeSetParams_v2(entry.graph.cu_graph_exec(), node.node, &p)
+        };
+        if rc != sys::CUresult::CUDA_SUCCESS {
+            return Err(driver_error(
+                label,
+                "cuGraphExecKernelNodeSetParams",
+                result::DriverError(rc),
+            ));
+        }
+        node.grid = l.grid;
+        node.block = l.block;
+        node.shared = l.shared_mem_bytes;
+        node.values = values;
+    }
+    Ok(Some(updates))
 }
 
 /// Whether a plan is small and simple enough to run zero-copy (see [`ZERO_COPY_MAX_BYTES`]).
@@ -1112,9 +1442,19 @@ fn enqueue(
         }
     };
     record(0)?;
+    if copies && pack && layout.in_total > SMALL_PLAN {
+        pack_and_upload(
+            plan,
+            &layout.inputs,
+            &mut staging_in[..layout.in_total],
+            base,
+            cs,
+            label,
+        )?;
+    }
     let mut rest: &mut [u8] = staging_in;
     let mut done = 0;
-    while copies && done < layout.in_total {
+    while copies && !(pack && layout.in_total > SMALL_PLAN) && done < layout.in_total {
         let piece_len = if !pack || layout.in_total <= SMALL_PLAN {
             layout.in_total
         } else {
@@ -1257,6 +1597,90 @@ const PIECE: usize = 8 << 20;
 const SPIN_WAIT: Duration = Duration::from_micros(500);
 /// Smallest range one packing task handles.
 const PACK_TASK: usize = 256 << 10;
+
+/// Packs a large plan's whole input region into `staging` and uploads it to `base` piece by
+/// piece: every piece's packing is spawned on the rayon pool at once (tasks of [`PACK_TASK`]
+/// bytes, taken in order), and this thread enqueues each piece's H2D copy as soon as its last
+/// task is done. The pool packs without a barrier between pieces, and the upload trails the
+/// packing by about one piece.
+fn pack_and_upload(
+    plan: &Plan,
+    inputs: &[(usize, usize, usize)],
+    staging: &mut [u8],
+    base: sys::CUdeviceptr,
+    cs: sys::CUstream,
+    label: &str,
+) -> Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let total = staging.len();
+    let pieces = total.div_ceil(PIECE);
+    let task = PACK_TASK.max(PIECE / (rayon::current_num_threads().max(1) * 2));
+    let left: Vec<AtomicUsize> = (0..pieces)
+        .map(|p| AtomicUsize::new((PIECE.min(total - p * PIECE)).div_ceil(task)))
+        .collect();
+    // Every slice below is made from this one pointer, so the tasks' ranges (disjoint) and the
+    // copies' ranges (each read only after its tasks are done) never alias a live borrow.
+    let src = SendPtr(staging.as_mut_ptr());
+    let mut result = Ok(());
+    rayon::in_place_scope(|scope| {
+        for (p, left) in left.iter().enumerate() {
+            let end = (p * PIECE + PIECE).min(total);
+            let mut from = p * PIECE;
+            while from < end {
+                let n = task.min(end - from);
+                scope.spawn(move |_| {
+                    let src = src;
+                    // SAFETY: bytes `from .. from + n` lie inside `staging` and belong to this
+                    // task alone until it decrements its piece's counter.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(src.0.add(from), n) };
+                    for &(i, off, len) in inputs {
+                        let (s, e) = (off.max(from), (off + len).min(from + n));
+                        if s < e {
+                            if let BufferRole::Input(pack) = &plan.buffers[i].role {
+                                pack(&mut dst[s - from..e - from], s - off);
+                            }
+                        }
+                    }
+                    left.fetch_sub(1, Ordering::Release);
+                });
+                from += n;
+            }
+        }
+        for (p, left) in left.iter().enumerate() {
+            let mut spins = 0u32;
+            while left.load(Ordering::Acquire) > 0 {
+                spins += 1;
+                if spins % 64 == 0 {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            if result.is_err() {
+                continue;
+            }
+            let at = p * PIECE;
+            let len = PIECE.min(total - at);
+            // SAFETY: every task writing bytes `at .. at + len` has finished (the counter reached
+            // zero with Acquire after their Release), so nothing writes them any more; the range
+            // lies inside `staging`, which stays untouched until the stream is synchronised, and
+            // the destination lies inside the rented block (sized for the whole layout).
+            let piece = unsafe { std::slice::from_raw_parts(src.0.add(at), len) };
+            // SAFETY: as above.
+            if let Err(e) = unsafe { result::memcpy_htod_async(base + at as u64, piece, cs) } {
+                result = Err(driver_error(label, "cuMemcpyHtoDAsync", e));
+            }
+        }
+    });
+    result
+}
+
+/// A pointer into pinned staging handed to packing tasks (each writes a disjoint range).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut u8);
+// SAFETY: the pointee is pinned host memory that outlives the scope the tasks run in, and the
+// tasks write disjoint ranges of it.
+unsafe impl Send for SendPtr {}
 
 /// Packs the bytes `at .. at + piece.len()` of the input region into `piece`: each input overlapping
 /// the range packs its part, split across the rayon pool when the piece is large.

@@ -289,6 +289,81 @@ fn pairs(n: usize, len: usize) -> Vec<VectorPair> {
         .collect()
 }
 
+/// P1 (diagnostic): a batch of another size in a cached graph's bucket replays that graph with its
+/// kernel nodes updated in place; this row sets the cost of such a call against a call that
+/// captures a graph (a new bucket's second batch), both through the bridge, vector add of 10 pairs.
+#[cfg(feature = "cuda")]
+fn graph_update_row(
+    cx: &mut Ctx,
+    bridge: &GpuBridge,
+    on_cuda: &ExecutionHints,
+) -> anyhow::Result<()> {
+    let reps = if cx.args.quick { 20 } else { 500 };
+    let grain = bridge.batch::<VectorAdd>()?;
+    let call = |len: usize| -> anyhow::Result<(Duration, bool)> {
+        let inputs = pairs(10, len);
+        let t = Instant::now();
+        let r = block_on(grain.execute(inputs, on_cuda.clone()))?;
+        let took = t.elapsed();
+        anyhow::ensure!(r.outputs.len() == 10 && r.outputs[9].len() == len);
+        // pairs(): a[i] = (i + p) / 2 and b[i] = len - i, so the last pair's last sum is known.
+        anyhow::ensure!(
+            r.outputs[9][len - 1] == (len + 8) as f32 * 0.5 + 1.0,
+            "vector add wrong"
+        );
+        Ok((took, r.graph_replayed()))
+    };
+    for _ in 0..3 {
+        call(1000)?;
+        call(1010)?;
+    }
+    let (mut steady, mut updated) = (Vec::new(), Vec::new());
+    let mut all_replayed = true;
+    for _ in 0..reps {
+        let (t, r) = call(1000)?;
+        steady.push(t);
+        all_replayed &= r;
+    }
+    for i in 0..reps {
+        // Alternating lengths: every call changes the kernel's length argument.
+        let (t, r) = call(if i % 2 == 0 { 1010 } else { 1000 })?;
+        updated.push(t);
+        all_replayed &= r;
+    }
+    // A new bucket each time (lengths 12% apart and up): its first batch runs as stream launches,
+    // its second captures the graph, and that call is the one timed.
+    let mut captures = Vec::new();
+    let mut len = 1200usize;
+    for _ in 0..if cx.args.quick { 4 } else { 12 } {
+        call(len)?;
+        let (t, r) = call(len)?;
+        anyhow::ensure!(r, "the second batch of a bucket replays its new graph");
+        captures.push(t);
+        len = len * 9 / 8 + 64;
+    }
+    let (steady, updated, capture) = (
+        us(median(&mut steady)),
+        us(median(&mut updated)),
+        us(median(&mut captures)),
+    );
+    cx.row(
+        "P1",
+        "diagnostic: call whose batch size differs from its cached graph's (vector add, 10 pairs of 1000/1010 floats), graph kernel node updated in place, median",
+        Some(updated),
+        "us",
+        "the call that captures a new bucket's graph (capture, instantiate, upload, replay), median",
+        Some(capture),
+        Some(updated / capture),
+        "in-place update where it beats re-capture (diagnostic)",
+        Some(all_replayed && updated < capture),
+        &format!(
+            "same size every call (no update) {steady:.1} us; every timed call replayed a graph: {all_replayed}; {reps} calls each, {} captures",
+            captures.len()
+        ),
+    );
+    Ok(())
+}
+
 /// P10: CPU vector add through the bridge against a parallel memcpy into mapped memory.
 fn p10(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
     let (n, len, reps) = if cx.args.quick {
@@ -405,6 +480,10 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                 ),
             );
         }
+    }
+
+    if cx.wants("P1") {
+        graph_update_row(cx, bridge, &on_cuda)?;
     }
 
     if cx.wants("P2") {
@@ -526,6 +605,9 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
             );
             if variant.starts_with("huge") {
                 let reg = base.host_register_seconds(800 << 20)?;
+                let (whole, pieces, fresh) =
+                    base.host_copy_gbps(if quick { 64 << 20 } else { 800 << 20 })?;
+                cx.row("P4", "diagnostic: host copy rates, all cores: pageable Vec -> pinned in one parallel copy", Some(whole), "GB/s", "pinned H2D bandwidth", Some(h2d), Some(whole / h2d), "diagnostic (no target)", None, &format!("in 8 MiB pieces (as the executor packs) {pieces:.1} GB/s; pinned -> fresh Vec (as an unpack, page faults included) {fresh:.1} GB/s"));
                 cx.row("P4", "diagnostic: page-lock + unlock 800 MB of a caller's memory (cuMemHostRegister)", Some(reg * 1e3), "ms", "PCIe floor of the vector sample", Some(floor * 1e3), Some(reg * 1e3 / (floor * 1e3)), "diagnostic (no target)", None, "what uploading straight from the caller's Vecs would pay before its first byte moves");
             }
             cx.row("P4", &format!("vector sample {n} x {len} f32 pairs from pageable Vecs, results in Vecs, {variant}"), Some(best.as_secs_f64() * 1e3), "ms", "PCIe floor: bytes moved / pinned bandwidth measured now", Some(floor * 1e3), Some(ratio), "<= 1.5x the PCIe floor", Some(ratio <= 1.5), &note);

@@ -83,6 +83,65 @@ fn repeated_plan_shapes_are_captured_once_and_replayed_with_fresh_data() {
 }
 
 #[test]
+fn batches_of_nearby_sizes_share_a_bucketed_graph_updated_in_place() {
+    let config = BridgeConfig::default();
+    let Some(cuda) = cuda(&config) else { return };
+    let b = bridge(config, cuda.clone());
+    let grain = b.batch::<VectorAdd>().unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+    let mut replayed = Vec::new();
+    // 10 pairs of 1000..=1024 floats: each input buffer is 40,000..40,960 bytes, one bucket
+    // (40,960), and the plan is past the zero-copy size, so it takes the graph path.
+    for len in [1000usize, 1000, 1010, 1024, 1003, 1017, 1000] {
+        let inputs = random_pairs(&mut rng, 10, len);
+        let r = block_on(grain.execute(
+            inputs.clone(),
+            ExecutionHints::default().on_backend(BackendKind::Cuda),
+        ))
+        .unwrap();
+        check_add(&inputs, &r.outputs);
+        replayed.push(r.graph_replayed());
+    }
+    assert_eq!(replayed, [false, true, true, true, true, true, true]);
+    let g = cuda.graph_stats(0).unwrap();
+    assert_eq!(
+        (g.misses, g.entries),
+        (1, 1),
+        "one capture serves the bucket: {g:?}"
+    );
+    // 1010, 1024, 1003, 1017 and back to 1000 each change the length argument.
+    assert_eq!(g.updated_replays, 5, "{g:?}");
+    assert_eq!(g.node_updates, 5, "{g:?}");
+
+    // Sum: items of random lengths, so every batch has another exact shape, while 6, 7 and 8
+    // items stay in three buckets (data of 86,400..88,800, 100,800..103,600 and
+    // 115,200..118,400 bytes): three captures serve all nine batches.
+    let sum = b.batch::<Sum>().unwrap();
+    for round in 0..9 {
+        let items = 6 + round % 3;
+        let v: Vec<Vec<f32>> = (0..items)
+            .map(|_| {
+                let len = rng.random_range(3600..3700);
+                (0..len)
+                    .map(|_| rng.random_range(-8i32..8) as f32)
+                    .collect()
+            })
+            .collect();
+        let r = block_on(sum.execute(
+            v.clone(),
+            ExecutionHints::default().on_backend(BackendKind::Cuda),
+        ))
+        .unwrap();
+        for (x, s) in v.iter().zip(&r.outputs) {
+            assert_eq!(x.iter().sum::<f32>(), *s, "round {round}");
+        }
+    }
+    let g2 = cuda.graph_stats(0).unwrap();
+    assert_eq!((g2.misses - g.misses, g2.entries), (3, 4), "{g2:?}");
+    assert_eq!(g2.hits - g.hits, 6, "{g2:?}");
+}
+
+#[test]
 fn graph_cache_evicts_least_recently_used_under_its_budget() {
     let mut config = BridgeConfig::default();
     // Each of the four shapes' graphs owns about 0.4 MB (device block and pinned staging), so a
