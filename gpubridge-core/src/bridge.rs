@@ -330,13 +330,70 @@ impl<I, O> std::fmt::Debug for BatchGrain<I, O> {
     }
 }
 
-/// One micro-batch of a request.
+/// One micro-batch of a request. Its items are lent to one attempt at a time (see [`Lent`]).
 struct Chunk<I> {
-    items: Arc<[I]>,
+    items: Home<I>,
+    /// How many items.
+    len: usize,
     /// Device bytes the items need ([`Kernel::device_bytes`]).
     bytes: u64,
     /// Index of the first item in the request.
     first_item: usize,
+}
+
+/// Where a micro-batch's items wait between attempts.
+type Home<I> = Arc<parking_lot::Mutex<Option<Arc<[I]>>>>;
+
+/// A micro-batch's items lent to one attempt. The attempt's plan (its packers) and this value
+/// are their only owners while the device works, so once the device is done the kernel may reuse
+/// their allocations for its outputs ([`Kernel::unpack_donated`], [`Kernel::run_cpu_donated`]):
+/// the caller moved them into the request and nothing reads them again. Dropped unconsumed (the
+/// attempt failed, or its work was dropped), the items go back to their chunk for the next
+/// attempt.
+struct Lent<I> {
+    items: Option<Arc<[I]>>,
+    home: Home<I>,
+}
+
+impl<I: Send + Sync + 'static> Lent<I> {
+    /// Takes the chunk's items out for an attempt; `None` when an earlier attempt consumed them.
+    fn take(home: &Home<I>) -> Option<Self> {
+        let items = home.lock().take()?;
+        Some(Self {
+            items: Some(items),
+            home: home.clone(),
+        })
+    }
+
+    /// The items (present until [`Lent::finish`] consumes the loan).
+    fn items(&self, kernel: &str) -> Result<&Arc<[I]>> {
+        self.items.as_ref().ok_or_else(|| consumed(kernel))
+    }
+
+    /// The items, mutably, when no one else holds them (the plan dropped, no other attempt).
+    fn donate(&mut self) -> Option<&mut [I]> {
+        self.items.as_mut().and_then(Arc::get_mut)
+    }
+
+    /// Ends the loan: on success, or when a donated run may have changed the items, they are
+    /// dropped (off this thread when large); otherwise they go back to their chunk.
+    fn finish(mut self, keep: bool, bytes: usize) {
+        if let Some(items) = self.items.take() {
+            if keep {
+                *self.home.lock() = Some(items);
+            } else {
+                crate::janitor::drop_later_if_large(items, bytes);
+            }
+        }
+    }
+}
+
+impl<I> Drop for Lent<I> {
+    fn drop(&mut self) {
+        if let Some(items) = self.items.take() {
+            *self.home.lock() = Some(items);
+        }
+    }
 }
 
 struct Attempt<O> {
@@ -429,15 +486,18 @@ where
                 .map(|i| self.kernel.device_bytes(i) as u64)
                 .sum();
             let chunk = Chunk {
-                items,
+                len: items.len(),
+                items: Arc::new(parking_lot::Mutex::new(Some(items))),
                 bytes,
                 first_item,
             };
-            first_item += chunk.items.len();
+            first_item += chunk.len;
             async move {
                 let r = self.run_chunk(&chunk, hints, candidates, started).await;
                 // The batch's data may be large: free it off the request's path.
-                crate::janitor::drop_later_if_large(chunk.items, chunk.bytes as usize);
+                if let Some(items) = chunk.items.lock().take() {
+                    crate::janitor::drop_later_if_large(items, chunk.bytes as usize);
+                }
                 r
             }
         });
@@ -556,6 +616,15 @@ where
                     metrics::gauge!(names::CIRCUIT_STATE, "device" => label)
                         .set(CircuitState::HalfOpen.gauge());
                 }
+                if chunk.items.lock().is_none() {
+                    // A donated run failed after it may have changed the inputs: no retry.
+                    let why = attempts.last().map_or(String::new(), |(_, w)| w.clone());
+                    return Err(Error::Backend {
+                        backend: kind,
+                        message: format!("{why}; {}", consumed(id)),
+                        transient: false,
+                    });
+                }
                 slot.in_flight[device].fetch_add(1, Ordering::Relaxed);
                 let result = self
                     .attempt(slot, device, chunk, started, hints.spin_wait)
@@ -635,37 +704,55 @@ where
         let device_id = backend.devices()[device].id;
         let (tx, rx) = oneshot::channel::<Result<(Vec<O>, Instant, crate::plan::ExecStats)>>();
         let kernel = self.kernel.clone();
-        let items = chunk.items.clone();
         let bytes = chunk.bytes as usize;
+        let Some(mut lent) = Lent::take(&chunk.items) else {
+            return Err(consumed(self.kernel.id()));
+        };
         match backend.plan_target(device) {
             None => {
                 let job: CpuJob = Box::new(move |ctx| {
                     let t = Instant::now();
-                    let r =
-                        std::panic::catch_unwind(AssertUnwindSafe(|| kernel.run_cpu(&items, ctx)))
-                            .unwrap_or_else(|p| Err(panicked(BackendKind::Cpu, kernel.id(), &*p)));
+                    let donated = lent.donate().is_some();
+                    let r = std::panic::catch_unwind(AssertUnwindSafe(|| match lent.donate() {
+                        Some(items) => kernel.run_cpu_donated(items, ctx),
+                        None => lent
+                            .items(kernel.id())
+                            .and_then(|items| kernel.run_cpu(items, ctx)),
+                    }))
+                    .unwrap_or_else(|p| Err(panicked(BackendKind::Cpu, kernel.id(), &*p)));
                     let stats = crate::plan::ExecStats {
                         compute: t.elapsed(),
                         ..Default::default()
                     };
+                    // Settle the items before answering, so a retry finds them home.
+                    lent.finish(r.is_err() && !donated, bytes);
                     let _ = tx.send(r.map(|o| (o, t, stats)));
-                    crate::janitor::drop_later_if_large(items, bytes);
                 });
                 backend.submit(device, Work::Cpu(job))?;
             }
             Some(target) => {
-                let plan = self.kernel.plan(&chunk.items, &target)?;
+                let plan = self.kernel.plan(lent.items(self.kernel.id())?, &target)?;
                 plan.check()?;
                 let t = Instant::now();
                 let complete: PlanCompletion = Box::new(move |res| {
+                    let mut keep = true;
                     let r = res.and_then(|outs| {
                         let stats = outs.stats;
-                        std::panic::catch_unwind(AssertUnwindSafe(|| kernel.unpack(&items, &outs)))
-                            .unwrap_or_else(|p| Err(panicked(target.backend(), kernel.id(), &*p)))
-                            .map(|o| (o, t, stats))
+                        let donated = lent.donate().is_some();
+                        let r =
+                            std::panic::catch_unwind(AssertUnwindSafe(|| match lent.donate() {
+                                Some(items) => kernel.unpack_donated(items, &outs),
+                                None => lent
+                                    .items(kernel.id())
+                                    .and_then(|items| kernel.unpack(items, &outs)),
+                            }))
+                            .unwrap_or_else(|p| Err(panicked(target.backend(), kernel.id(), &*p)));
+                        keep = r.is_err() && !donated;
+                        r.map(|o| (o, t, stats))
                     });
+                    // Settle the items before answering, so a retry finds them home.
+                    lent.finish(keep, bytes);
                     let _ = tx.send(r);
-                    crate::janitor::drop_later_if_large(items, bytes);
                 });
                 backend.submit(
                     device,
@@ -708,14 +795,14 @@ where
             message: "the executor dropped the work without completing it".to_owned(),
             transient: true,
         })??;
-        if outputs.len() != chunk.items.len() {
+        if outputs.len() != chunk.len {
             return Err(Error::Backend {
                 backend: backend.kind(),
                 message: format!(
                     "kernel {} returned {} outputs for {} inputs",
                     self.kernel.id(),
                     outputs.len(),
-                    chunk.items.len()
+                    chunk.len
                 ),
                 transient: false,
             });
@@ -724,7 +811,7 @@ where
             outputs,
             report: ChunkReport {
                 device: device_id,
-                items: chunk.items.len(),
+                items: chunk.len,
                 first_item: chunk.first_item,
                 queue: begun.saturating_duration_since(started),
                 compute: stats.compute,
@@ -733,6 +820,17 @@ where
                 executor: stats.executor,
             },
         })
+    }
+}
+
+/// The error of an attempt whose micro-batch's inputs a failed donated run consumed.
+fn consumed(kernel: &str) -> Error {
+    Error::Backend {
+        backend: BackendKind::Cpu,
+        message: format!(
+            "kernel {kernel} failed after reusing its inputs' memory; the micro-batch cannot be retried"
+        ),
+        transient: false,
     }
 }
 

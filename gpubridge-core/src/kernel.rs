@@ -100,6 +100,38 @@ pub trait Kernel: Send + Sync + 'static {
             what: format!("kernel {} has no device form", Self::ID),
         })
     }
+
+    /// [`Kernel::unpack`] with the micro-batch's inputs donated: the caller moved them into the
+    /// request, the device has read them, and nothing will read them again, so an implementation
+    /// may reuse their allocations for its outputs (already-mapped memory: no fresh pages to
+    /// fault in, no allocation to free later). The bridge calls it only when it holds the inputs
+    /// alone; otherwise it calls [`Kernel::unpack`]. The default does just that.
+    ///
+    /// # Errors
+    /// As [`Kernel::unpack`]. An implementation should fail before it changes any input: inputs
+    /// changed by a failed call cannot be retried elsewhere, and the bridge reports the error
+    /// without a fallback.
+    fn unpack_donated(
+        &self,
+        inputs: &mut [Self::Input],
+        outputs: &PlanOutputs<'_>,
+    ) -> Result<Vec<Self::Output>> {
+        self.unpack(inputs, outputs)
+    }
+
+    /// [`Kernel::run_cpu`] with the micro-batch's inputs donated (see [`Kernel::unpack_donated`]):
+    /// an implementation may compute in place in its inputs' memory. The default calls
+    /// [`Kernel::run_cpu`].
+    ///
+    /// # Errors
+    /// As [`Kernel::run_cpu`], with the rule of [`Kernel::unpack_donated`] on changed inputs.
+    fn run_cpu_donated(
+        &self,
+        inputs: &mut [Self::Input],
+        ctx: &CpuContext,
+    ) -> Result<Vec<Self::Output>> {
+        self.run_cpu(inputs, ctx)
+    }
 }
 
 /// Object-safe view of a [`Kernel`] with its types fixed, as the bridge stores it.
@@ -130,6 +162,16 @@ pub trait DynKernel<I, O>: Send + Sync {
     /// # Errors
     /// As [`Kernel::unpack`].
     fn unpack(&self, inputs: &[I], outputs: &PlanOutputs<'_>) -> Result<Vec<O>>;
+    /// See [`Kernel::unpack_donated`].
+    ///
+    /// # Errors
+    /// As [`Kernel::unpack_donated`].
+    fn unpack_donated(&self, inputs: &mut [I], outputs: &PlanOutputs<'_>) -> Result<Vec<O>>;
+    /// See [`Kernel::run_cpu_donated`].
+    ///
+    /// # Errors
+    /// As [`Kernel::run_cpu_donated`].
+    fn run_cpu_donated(&self, inputs: &mut [I], ctx: &CpuContext) -> Result<Vec<O>>;
 }
 
 impl<K: Kernel> DynKernel<K::Input, K::Output> for K {
@@ -153,5 +195,15 @@ impl<K: Kernel> DynKernel<K::Input, K::Output> for K {
     }
     fn unpack(&self, inputs: &[K::Input], outputs: &PlanOutputs<'_>) -> Result<Vec<K::Output>> {
         Kernel::unpack(self, inputs, outputs)
+    }
+    fn unpack_donated(
+        &self,
+        inputs: &mut [K::Input],
+        outputs: &PlanOutputs<'_>,
+    ) -> Result<Vec<K::Output>> {
+        Kernel::unpack_donated(self, inputs, outputs)
+    }
+    fn run_cpu_donated(&self, inputs: &mut [K::Input], ctx: &CpuContext) -> Result<Vec<K::Output>> {
+        Kernel::run_cpu_donated(self, inputs, ctx)
     }
 }

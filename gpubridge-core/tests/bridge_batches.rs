@@ -225,3 +225,90 @@ fn timeout_hint_is_enforced() {
         .unwrap();
     assert_eq!(r.outputs, vec![2.0]);
 }
+
+#[test]
+fn cpu_results_reuse_the_donated_inputs_memory() {
+    let b = bridge(BridgeConfig::default(), None);
+    let batch: Vec<VectorPair> = (0..4)
+        .map(|p| VectorPair {
+            a: (0..300_000).map(|i| (i % 97) as f32 + p as f32).collect(),
+            b: (0..300_000).map(|i| (i % 89) as f32 * 0.5).collect(),
+        })
+        .collect();
+    let expected: Vec<Vec<f32>> = batch
+        .iter()
+        .map(|p| p.a.iter().zip(&p.b).map(|(a, b)| a + b).collect())
+        .collect();
+    let donors: Vec<usize> = batch.iter().map(|p| p.a.as_ptr() as usize).collect();
+    let r = block_on(
+        b.batch::<VectorAdd>()
+            .unwrap()
+            .execute(batch, ExecutionHints::default()),
+    )
+    .unwrap();
+    assert_eq!(r.outputs, expected);
+    let reused: Vec<usize> = r.outputs.iter().map(|o| o.as_ptr() as usize).collect();
+    assert_eq!(reused, donors, "each sum was computed in place in its `a`");
+}
+
+/// A kernel whose donated CPU form changes its inputs and then fails.
+struct Clobber;
+
+impl gpubridge_core::Kernel for Clobber {
+    type Input = Vec<f32>;
+    type Output = f32;
+    const ID: &'static str = "test/clobber";
+
+    fn validate(&self, _index: usize, _input: &Vec<f32>) -> gpubridge_core::Result<()> {
+        Ok(())
+    }
+    fn device_bytes(&self, input: &Vec<f32>) -> usize {
+        4 * input.len()
+    }
+    fn run_cpu(
+        &self,
+        inputs: &[Vec<f32>],
+        _ctx: &gpubridge_core::CpuContext,
+    ) -> gpubridge_core::Result<Vec<f32>> {
+        Ok(inputs.iter().map(|v| v.iter().sum()).collect())
+    }
+    fn run_cpu_donated(
+        &self,
+        inputs: &mut [Vec<f32>],
+        _ctx: &gpubridge_core::CpuContext,
+    ) -> gpubridge_core::Result<Vec<f32>> {
+        inputs.iter_mut().for_each(Vec::clear);
+        Err(Error::Backend {
+            backend: BackendKind::Cpu,
+            message: "failed after reusing its inputs".to_owned(),
+            transient: true,
+        })
+    }
+}
+
+#[test]
+fn a_donated_run_that_fails_is_not_retried_with_its_changed_inputs() {
+    let mut builder = GpuBridge::builder(BridgeConfig::default());
+    builder.register(Clobber).unwrap();
+    let backend = FaultInjectingBackend::new(BackendKind::Cpu, 2).unwrap();
+    builder.add_backend(backend.clone());
+    let b = builder.build().unwrap();
+    let err = block_on(
+        b.batch::<Clobber>()
+            .unwrap()
+            .execute(vec![vec![1.0, 2.0], vec![3.0]], ExecutionHints::default()),
+    )
+    .unwrap_err();
+    match &err {
+        Error::Backend { message, .. } => {
+            assert!(message.contains("cannot be retried"), "{message}");
+            assert!(message.contains("failed after reusing"), "{message}");
+        }
+        other => panic!("expected Backend, got {other:?}"),
+    }
+    assert_eq!(
+        backend.submissions(),
+        1,
+        "the second device never saw the clobbered inputs"
+    );
+}

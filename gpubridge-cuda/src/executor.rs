@@ -479,14 +479,18 @@ impl Executor {
             match self.run_zero_copy(&plan, sources) {
                 Ok((outputs, out_start, out_end, mut stats)) => {
                     stats.executor = taken.elapsed();
+                    // Before the completion: the batch's inputs are then its alone to reuse.
+                    drop(plan);
                     let huge = self.huge_pages;
                     let staging = &self.mapped.slice_mut(out_end)[out_start..];
                     deliver(complete, &outputs, staging, stats, huge);
                     self.publish_stats();
                 }
-                Err(e) => self.fail(complete, e),
+                Err(e) => {
+                    self.fail(complete, e);
+                    drop_plan(plan);
+                }
             }
-            drop_plan(plan);
             return;
         }
         // Graphs replay on lane 0 and wait for it: first let earlier work complete, in order.
@@ -500,6 +504,7 @@ impl Executor {
                 match self.run_graph(&plan, sources, cached) {
                     Ok(Some((outputs, mut stats, OutputsIn::Graph(shape)))) => {
                         stats.executor = taken.elapsed();
+                        drop(plan);
                         let huge = self.huge_pages;
                         let staging: &[u8] = match self.graphs.entries.get_mut(&shape) {
                             Some(e) => {
@@ -514,7 +519,6 @@ impl Executor {
                         };
                         deliver(complete, &outputs, staging, stats, huge);
                         self.publish_stats();
-                        drop_plan(plan);
                         return;
                     }
                     Ok(None) => {}
@@ -623,10 +627,13 @@ impl Executor {
                     let u = u.clone();
                     u.outstanding
                         .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                    let (complete, outputs, plan) = (f.complete, f.outputs, f.plan);
+                    // The plan goes before the completion runs: the batch's inputs are then the
+                    // completion's alone, to reuse for the outputs (`Kernel::unpack_donated`).
+                    // Its packers hold only shared references to them, so this is cheap.
+                    drop(f.plan);
+                    let (complete, outputs) = (f.complete, f.outputs);
                     rayon::spawn(move || {
                         deliver(complete, &outputs, staging.slice_mut(total), stats, huge);
-                        drop_plan(plan);
                         u.returned.lock().push(staging);
                         u.outstanding
                             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
@@ -634,14 +641,17 @@ impl Executor {
                     self.publish_stats();
                     return;
                 }
+                drop(f.plan);
                 let staging: &[u8] = lane.staging_out.slice_mut(total);
                 deliver(f.complete, &f.outputs, staging, stats, huge);
                 self.publish_stats();
             }
-            Err(e) => self.fail(f.complete, e),
+            Err(e) => {
+                self.fail(f.complete, e);
+                // Packers hold the batch's data: free it off this thread.
+                drop_plan(f.plan);
+            }
         }
-        // Packers hold the batch's data: free it off this thread.
-        drop_plan(f.plan);
     }
 
     /// Waits for the unpacks running off this thread, then frees their staging here.

@@ -142,6 +142,27 @@ fn batches_of_nearby_sizes_share_a_bucketed_graph_updated_in_place() {
 }
 
 #[test]
+fn large_results_land_in_the_donated_inputs_memory() {
+    let config = BridgeConfig::default();
+    let Some(cuda) = cuda(&config) else { return };
+    let b = bridge(config, cuda);
+    let grain = b.batch::<VectorAdd>().unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+    // 8 pairs of 1M floats: 32 MB of results, unpacked off the executor thread into the `a`s.
+    let inputs = random_pairs(&mut rng, 8, 1 << 20);
+    let kept = inputs.clone();
+    let donors: Vec<usize> = inputs.iter().map(|p| p.a.as_ptr() as usize).collect();
+    let r = block_on(grain.execute(
+        inputs,
+        ExecutionHints::default().on_backend(BackendKind::Cuda),
+    ))
+    .unwrap();
+    check_add(&kept, &r.outputs);
+    let reused: Vec<usize> = r.outputs.iter().map(|o| o.as_ptr() as usize).collect();
+    assert_eq!(reused, donors);
+}
+
+#[test]
 fn graph_cache_evicts_least_recently_used_under_its_budget() {
     let mut config = BridgeConfig::default();
     // Each of the four shapes' graphs owns about 0.4 MB (device block and pinned staging), so a

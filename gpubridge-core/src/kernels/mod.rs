@@ -101,6 +101,24 @@ pub(crate) fn split_concat(
     }
 }
 
+/// `src` copied into `v`'s memory when it is large enough (a donated input's allocation, already
+/// mapped: see [`crate::Kernel::unpack_donated`]), in parallel chunks when large; otherwise into
+/// a fresh vector from `alloc`.
+pub(crate) fn refill(mut v: Vec<f32>, src: &[f32], alloc: crate::plan::AllocF32) -> Vec<f32> {
+    if v.len() < src.len() {
+        return par_to_vec(src, alloc);
+    }
+    v.truncate(src.len());
+    if src.len() < PAR_COPY_MIN {
+        v.copy_from_slice(src);
+    } else {
+        v.par_chunks_mut(CPU_CHUNK)
+            .zip(src.par_chunks(CPU_CHUNK))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+    }
+    v
+}
+
 /// Below this many elements a copy runs on the calling thread.
 const PAR_COPY_MIN: usize = 1 << 18;
 

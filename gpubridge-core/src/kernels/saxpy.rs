@@ -133,6 +133,36 @@ impl Kernel for Saxpy {
         Ok(plan)
     }
 
+    fn unpack_donated(
+        &self,
+        inputs: &mut [SaxpyInput],
+        outputs: &PlanOutputs<'_>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let out = outputs.f32s(BufferId(3))?;
+        let total: usize = inputs.iter().map(|s| s.x.len()).sum();
+        if out.len() < total {
+            return Err(Error::invalid_batch(
+                Self::ID,
+                format!("the device returned {} of {total} floats", out.len()),
+            ));
+        }
+        // Each result goes into its item's `y`, which has its length.
+        let mut at = 0;
+        let jobs: Vec<(Vec<f32>, usize, usize)> = inputs
+            .iter_mut()
+            .map(|s| {
+                let start = at;
+                at += s.x.len();
+                (std::mem::take(&mut s.y), start, s.x.len())
+            })
+            .collect();
+        let alloc = outputs.allocator();
+        Ok(jobs
+            .into_par_iter()
+            .map(|(y, s, n)| super::refill(y, &out[s..s + n], alloc))
+            .collect())
+    }
+
     fn unpack(&self, inputs: &[SaxpyInput], outputs: &PlanOutputs<'_>) -> Result<Vec<Vec<f32>>> {
         let out = outputs.f32s(BufferId(3))?;
         Ok(split_concat(

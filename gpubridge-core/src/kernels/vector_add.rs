@@ -112,6 +112,64 @@ impl Kernel for VectorAdd {
         Ok(plan)
     }
 
+    fn unpack_donated(
+        &self,
+        inputs: &mut [VectorPair],
+        outputs: &PlanOutputs<'_>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let out = outputs.f32s(crate::plan::BufferId(2))?;
+        let total: usize = inputs.iter().map(|p| p.a.len()).sum();
+        if out.len() < total {
+            return Err(Error::invalid_batch(
+                Self::ID,
+                format!("the device returned {} of {total} floats", out.len()),
+            ));
+        }
+        // Each result goes into its pair's `a`, which has its length.
+        let mut at = 0;
+        let jobs: Vec<(Vec<f32>, usize)> = inputs
+            .iter_mut()
+            .map(|p| {
+                let a = std::mem::take(&mut p.a);
+                let start = at;
+                at += a.len();
+                (a, start)
+            })
+            .collect();
+        let alloc = outputs.allocator();
+        Ok(jobs
+            .into_par_iter()
+            .map(|(a, s)| {
+                let n = a.len();
+                super::refill(a, &out[s..s + n], alloc)
+            })
+            .collect())
+    }
+
+    fn run_cpu_donated(
+        &self,
+        inputs: &mut [VectorPair],
+        ctx: &CpuContext,
+    ) -> Result<Vec<Vec<f32>>> {
+        // In place: `a += b`, returned as the result.
+        Ok(ctx.install(|| {
+            inputs
+                .par_iter_mut()
+                .map(|p| {
+                    let mut a = std::mem::take(&mut p.a);
+                    a.par_chunks_mut(CPU_CHUNK)
+                        .zip(p.b.par_chunks(CPU_CHUNK))
+                        .for_each(|(a, b)| {
+                            for (a, b) in a.iter_mut().zip(b) {
+                                *a += b;
+                            }
+                        });
+                    a
+                })
+                .collect()
+        }))
+    }
+
     fn unpack(&self, inputs: &[VectorPair], outputs: &PlanOutputs<'_>) -> Result<Vec<Vec<f32>>> {
         let out = outputs.f32s(crate::plan::BufferId(2))?;
         Ok(split_concat(
