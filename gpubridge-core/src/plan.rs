@@ -182,6 +182,26 @@ pub struct Plan {
     pub buffers: Vec<PlanBuffer>,
     /// Steps, run in order.
     pub steps: Vec<Step>,
+    /// What each step reads and writes, when the kernel says so (see [`Stage`]): empty, or one
+    /// per step. Lets a backend start a step as soon as the inputs it needs have arrived and send
+    /// its results back while later steps run.
+    pub stages: Vec<Stage>,
+}
+
+/// What one step of a plan needs and produces, for a backend that overlaps copies with compute.
+///
+/// Inputs arrive in buffer order, each input buffer whole before the next, so a step needing
+/// the first `bytes` of input `needs.0` also needs every input buffer declared before it. A
+/// backend that does not pipeline ignores stages: every step then waits for all inputs and every
+/// output is copied back after the last step.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Stage {
+    /// The step may start once this input buffer's first this-many bytes (and all input buffers
+    /// before it) are on the device. `None`: once every input is.
+    pub needs: Option<(BufferId, usize)>,
+    /// Bytes of an output buffer this step completes: they can be copied back as soon as the
+    /// step is done (no later step writes them).
+    pub yields: Option<(BufferId, std::ops::Range<usize>)>,
 }
 
 /// The shape of a plan without its data: kernel, buffer sizes and roles, steps. Equal shapes can
@@ -196,6 +216,7 @@ impl Plan {
             kernel,
             buffers: Vec::new(),
             steps: Vec::new(),
+            stages: Vec::new(),
         }
     }
 
@@ -233,6 +254,22 @@ impl Plan {
     /// Appends a GEMM.
     pub fn gemm(&mut self, gemm: Gemm) {
         self.steps.push(Step::Gemm(gemm));
+    }
+
+    /// Says what the last step appended needs and yields (see [`Stage`]). Steps appended without
+    /// a stage get the default one (all inputs, no early output).
+    pub fn stage(&mut self, stage: Stage) {
+        let n = self.steps.len();
+        if n == 0 {
+            return;
+        }
+        self.stages.resize(n, Stage::default());
+        self.stages[n - 1] = stage;
+    }
+
+    /// The stage of step `i` (the default when none was given).
+    pub fn stage_of(&self, i: usize) -> Stage {
+        self.stages.get(i).cloned().unwrap_or_default()
     }
 
     /// Ids of the output buffers, in the order [`PlanOutputs`] holds them.
@@ -349,6 +386,50 @@ impl Plan {
             match s {
                 Step::Launch(l) => l.args.iter().try_for_each(check_arg)?,
                 Step::Gemm(g) => [g.a, g.b, g.c].iter().try_for_each(check_arg)?,
+            }
+        }
+        if self.stages.len() > self.steps.len() {
+            return Err(Error::invalid_batch(
+                self.kernel,
+                format!(
+                    "{} stages for {} steps",
+                    self.stages.len(),
+                    self.steps.len()
+                ),
+            ));
+        }
+        for st in &self.stages {
+            let buffer = |id: BufferId, end: usize, role: &str| -> Result<()> {
+                match self.buffers.get(id.0 as usize) {
+                    Some(b)
+                        if end <= b.len
+                            && matches!(
+                                (&b.role, role),
+                                (BufferRole::Input(_), "input") | (BufferRole::Output, "output")
+                            ) =>
+                    {
+                        Ok(())
+                    }
+                    _ => Err(Error::invalid_batch(
+                        self.kernel,
+                        format!(
+                            "stage names {role} buffer {} up to byte {end}, which it does not have",
+                            id.0
+                        ),
+                    )),
+                }
+            };
+            if let Some((id, bytes)) = st.needs {
+                buffer(id, bytes, "input")?;
+            }
+            if let Some((id, r)) = &st.yields {
+                if r.start > r.end {
+                    return Err(Error::invalid_batch(
+                        self.kernel,
+                        "stage yields an empty range backwards",
+                    ));
+                }
+                buffer(*id, r.end, "output")?;
             }
         }
         Ok(())
@@ -655,6 +736,42 @@ mod tests {
             l.args[2] = Arg::U32(2);
         }
         assert_ne!(a.bucket_shape(), c.bucket_shape());
+    }
+
+    #[test]
+    fn stages_must_name_buffers_of_the_right_role_and_size() {
+        let mut p = chain(100, 1.0);
+        p.stage(Stage {
+            needs: Some((BufferId(0), 400)),
+            yields: Some((BufferId(1), 0..400)),
+        });
+        p.check().unwrap();
+        assert_eq!(p.stage_of(0).needs, Some((BufferId(0), 400)));
+        for bad in [
+            Stage {
+                needs: Some((BufferId(0), 401)),
+                yields: None,
+            },
+            Stage {
+                needs: Some((BufferId(1), 4)),
+                yields: None,
+            },
+            Stage {
+                needs: None,
+                yields: Some((BufferId(0), 0..4)),
+            },
+            Stage {
+                needs: None,
+                yields: Some((BufferId(1), 0..401)),
+            },
+        ] {
+            let mut q = chain(100, 1.0);
+            q.stage(bad.clone());
+            assert!(
+                matches!(q.check(), Err(Error::InvalidInput { .. })),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

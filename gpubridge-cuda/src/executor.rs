@@ -167,6 +167,12 @@ struct Lane {
     events: [CudaEvent; 4],
     staging_in: PinnedBuffer,
     staging_out: PinnedBuffer,
+    /// Upload and download streams of a staged plan (see [`enqueue_staged`]); the lane's stream
+    /// computes and, at the end, waits for both, so waiting for it waits for the whole plan.
+    copy_in: Arc<CudaStream>,
+    copy_out: Arc<CudaStream>,
+    /// Events ordering the three streams of a staged plan, created as needed and reused.
+    marks: Vec<CudaEvent>,
 }
 
 /// A plan enqueued on a lane and not yet completed.
@@ -399,6 +405,9 @@ impl Executor {
                     events: [ev()?, ev()?, ev()?, ev()?],
                     staging_in: PinnedBuffer::empty(),
                     staging_out: PinnedBuffer::empty(),
+                    copy_in: ctx.new_stream().map_err(|e| drv("cuStreamCreate", e))?,
+                    copy_out: ctx.new_stream().map_err(|e| drv("cuStreamCreate", e))?,
+                    marks: Vec::new(),
                 })
             })
             .collect::<Result<Vec<Lane>>>()?;
@@ -894,20 +903,33 @@ impl Executor {
         l.staging_out.ensure(out_len, &self.label)?;
         let block = self.pool.rent(total.max(1))?;
         let l = &mut self.lanes[lane];
-        let result = enqueue(
-            &l.stream,
-            Some(&l.events),
-            self.blas.as_ref(),
-            &self.label,
-            plan,
-            &functions,
-            block.ptr,
-            &layout,
-            l.staging_in.slice_mut(layout.in_total),
-            l.staging_out.slice_mut(out_len),
-            true,
-            true,
-        );
+        let result = if staged(plan, &layout) {
+            enqueue_staged(
+                l,
+                &self.ctx,
+                self.blas.as_ref(),
+                &self.label,
+                plan,
+                &functions,
+                block.ptr,
+                &layout,
+            )
+        } else {
+            enqueue(
+                &l.stream,
+                Some(&l.events),
+                self.blas.as_ref(),
+                &self.label,
+                plan,
+                &functions,
+                block.ptr,
+                &layout,
+                l.staging_in.slice_mut(layout.in_total),
+                l.staging_out.slice_mut(out_len),
+                true,
+                true,
+            )
+        };
         match result {
             Ok(()) => Ok((block, layout.outputs)),
             Err(e) => {
@@ -1460,6 +1482,7 @@ fn enqueue(
             base,
             cs,
             label,
+            &mut |_| Ok(()),
         )?;
     }
     let mut rest: &mut [u8] = staging_in;
@@ -1482,95 +1505,15 @@ fn enqueue(
         done += piece_len;
     }
     record(1)?;
-    let ptr = |a: &Arg| -> Result<sys::CUdeviceptr> {
-        match a {
-            Arg::Buffer { id, offset } => {
-                Ok(base + (layout.offsets[id.0 as usize] + *offset) as u64)
-            }
-            other => Err(Error::invalid_batch(
-                plan.kernel,
-                format!("expected a buffer argument, got {other:?}"),
-            )),
-        }
-    };
     let mut next_fn = functions.iter();
     for step in &plan.steps {
-        match step {
-            Step::Launch(l) => {
-                let f = *next_fn.next().ok_or_else(|| {
-                    Error::invalid_batch(plan.kernel, "more launches than entry points")
-                })?;
-                let mut values: smallvec::SmallVec<[u64; 8]> = l
-                    .args
-                    .iter()
-                    .map(|a| match a {
-                        Arg::Buffer { .. } => ptr(a),
-                        Arg::U32(v) => Ok(u64::from(*v)),
-                        Arg::U64(v) => Ok(*v),
-                        Arg::F32(v) => Ok(u64::from(v.to_bits())),
-                    })
-                    .collect::<Result<_>>()?;
-                let mut params: smallvec::SmallVec<[*mut c_void; 8]> = values
-                    .iter_mut()
-                    .map(|v| (v as *mut u64).cast::<c_void>())
-                    .collect();
-                let g = (l.grid[0], l.grid[1], l.grid[2]);
-                let b = (l.block[0], l.block[1], l.block[2]);
-                // SAFETY: `f` is a function of a module loaded in this context; each parameter
-                // points to an 8-byte slot whose low bytes hold the argument in the width the
-                // kernel declares (little-endian), and the driver copies them at enqueue time.
-                // Buffer arguments point into the rented block, inside their buffers (checked
-                // by `Plan::check`), which stays rented until the stream is synchronised.
-                unsafe { result::launch_kernel(f, g, b, l.shared_mem_bytes, cs, &mut params) }
-                    .map_err(|e| drv(&format!("cuLaunchKernel({})", l.entry), e))?;
-            }
-            Step::Gemm(g) => {
-                let blas = blas.ok_or_else(|| Error::Unsupported {
-                    backend: BackendKind::Cuda,
-                    what: "cuBLAS is not loaded".to_owned(),
-                })?;
-                // The handle is shared by every lane: point it at this plan's stream.
-                // SAFETY: the handle and the stream are both alive for the executor's life.
-                unsafe { cublas::result::set_stream(blas.0, cs as _) }.map_err(|e| {
-                    Error::Backend {
-                        backend: BackendKind::Cuda,
-                        message: format!("{label}: cublasSetStream: {e:?}"),
-                        transient: false,
-                    }
-                })?;
-                let (a, b, c) = (ptr(&g.a)?, ptr(&g.b)?, ptr(&g.c)?);
-                let (m, k, n) = (g.m as i32, g.k as i32, g.n as i32);
-                let (alpha, beta) = (1.0f32, 0.0f32);
-                use cublas::sys::cublasOperation_t::CUBLAS_OP_N;
-                // Row-major C = A B is column-major C^T = B^T A^T: swap the operands.
-                // SAFETY: the handle is bound to this stream; A, B and C are inside the block
-                // and hold m*k, k*n and m*n floats (the kernel's plan sized them); leading
-                // dimensions match the row-major layout.
-                unsafe {
-                    cublas::result::sgemm(
-                        blas.0,
-                        CUBLAS_OP_N,
-                        CUBLAS_OP_N,
-                        n,
-                        m,
-                        k,
-                        &alpha,
-                        b as *const f32,
-                        n,
-                        a as *const f32,
-                        k,
-                        &beta,
-                        c as *mut f32,
-                        n,
-                    )
-                }
-                .map_err(|e| Error::Backend {
-                    backend: BackendKind::Cuda,
-                    message: format!("{label}: cublasSgemm: {e:?}"),
-                    transient: false,
-                })?;
-            }
-        }
+        let f = match step {
+            Step::Launch(_) => Some(*next_fn.next().ok_or_else(|| {
+                Error::invalid_batch(plan.kernel, "more launches than entry points")
+            })?),
+            Step::Gemm(_) => None,
+        };
+        enqueue_step(cs, blas, label, plan, step, f, base, layout)?;
     }
     record(2)?;
     let out_len = layout.out_end - layout.out_start;
@@ -1582,6 +1525,246 @@ fn enqueue(
             .map_err(|e| drv("cuMemcpyDtoHAsync", e))?;
     }
     record(3)?;
+    Ok(())
+}
+
+/// Whether a plan runs staged ([`enqueue_staged`]): its kernel gave stages and its inputs are
+/// large enough to be uploaded in pieces.
+fn staged(plan: &Plan, layout: &Layout) -> bool {
+    layout.in_total > SMALL_PLAN
+        && plan
+            .stages
+            .iter()
+            .any(|s| s.needs.is_some() || s.yields.is_some())
+}
+
+/// Enqueues a staged plan on `lane` across three streams: inputs packed and uploaded piece by
+/// piece on the upload stream; each step on the lane's stream as soon as the inputs its stage
+/// needs have been enqueued (an event orders it after their copies); each range a step yields
+/// downloaded on the download stream right after that step, while later steps run; the rest of
+/// the outputs after the last step. The lane's stream then waits for both copy streams, so
+/// waiting for it waits for the whole plan.
+#[allow(clippy::too_many_arguments)] // The parts of the executor one enqueue touches, borrowed apart.
+fn enqueue_staged(
+    lane: &mut Lane,
+    ctx: &Arc<CudaContext>,
+    blas: Option<&Blas>,
+    label: &str,
+    plan: &Plan,
+    functions: &[sys::CUfunction],
+    base: sys::CUdeviceptr,
+    layout: &Layout,
+) -> Result<()> {
+    let drv = |what: &str, e| driver_error(label, what, e);
+    let (compute, cin, cout) = (
+        lane.stream.cu_stream(),
+        lane.copy_in.cu_stream(),
+        lane.copy_out.cu_stream(),
+    );
+    let out_len = layout.out_end - layout.out_start;
+    let staging_out = lane.staging_out.slice_mut(out_len).as_mut_ptr();
+    let marks = &mut lane.marks;
+    let events = &lane.events;
+    let mut used = 0;
+    // `from` -> `to`: `to` waits for everything enqueued on `from` so far.
+    let mut order = |from: sys::CUstream, to: sys::CUstream| -> Result<()> {
+        if used == marks.len() {
+            marks.push(
+                ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING))
+                    .map_err(|e| drv("cuEventCreate", e))?,
+            );
+        }
+        let e = marks[used].cu_event();
+        used += 1;
+        // SAFETY: `e` is an event of this context; both streams are live streams of this lane.
+        unsafe {
+            result::event::record(e, from).map_err(|e| drv("cuEventRecord", e))?;
+            result::stream::wait_event(to, e, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT)
+                .map_err(|e| drv("cuStreamWaitEvent", e))
+        }
+    };
+    let download = |block_at: usize, len: usize| -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: the destination lies inside the lane's output staging (`out_len` bytes, which
+        // holds every output at its layout offset), untouched until the lane is synchronised; the
+        // source range lies inside the block.
+        unsafe {
+            let dst =
+                std::slice::from_raw_parts_mut(staging_out.add(block_at - layout.out_start), len);
+            result::memcpy_dtoh_async(dst, base + block_at as u64, cout)
+        }
+        .map_err(|e| drv("cuMemcpyDtoHAsync", e))
+    };
+    let need = |i: usize| match plan.stage_of(i).needs {
+        Some((id, bytes)) => layout.offsets[id.0 as usize] + bytes,
+        None => layout.in_total,
+    };
+    let record =
+        |i: usize, s: &Arc<CudaStream>| events[i].record(s).map_err(|e| drv("cuEventRecord", e));
+    record(0, &lane.copy_in)?;
+    let mut step = 0;
+    let mut launches = functions.iter();
+    let mut yielded: Vec<(usize, usize)> = Vec::new();
+    let mut first = true;
+    let mut run_ready = |uploaded: usize| -> Result<()> {
+        if step < plan.steps.len() && need(step) <= uploaded {
+            order(cin, compute)?;
+        }
+        while step < plan.steps.len() && need(step) <= uploaded {
+            if first {
+                record(1, &lane.stream)?;
+                first = false;
+            }
+            let s = &plan.steps[step];
+            let f = match s {
+                Step::Launch(_) => Some(*launches.next().ok_or_else(|| {
+                    Error::invalid_batch(plan.kernel, "more launches than entry points")
+                })?),
+                Step::Gemm(_) => None,
+            };
+            enqueue_step(compute, blas, label, plan, s, f, base, layout)?;
+            if let Some((id, r)) = plan.stage_of(step).yields {
+                order(compute, cout)?;
+                let at = layout.offsets[id.0 as usize] + r.start;
+                download(at, r.len())?;
+                yielded.push((at, at + r.len()));
+            }
+            step += 1;
+        }
+        Ok(())
+    };
+    pack_and_upload(
+        plan,
+        &layout.inputs,
+        &mut lane.staging_in.slice_mut(layout.in_total)[..layout.in_total],
+        base,
+        cin,
+        label,
+        &mut run_ready,
+    )?;
+    // Whatever is left (steps needing every input), then the lane's stream waits for the last
+    // upload even if no step did.
+    run_ready(usize::MAX)?;
+    order(cin, compute)?;
+    record(2, &lane.stream)?;
+    // The outputs no step yielded, after the last step.
+    order(compute, cout)?;
+    yielded.sort_unstable();
+    let mut at = layout.out_start;
+    for (s, e) in yielded
+        .iter()
+        .copied()
+        .chain([(layout.out_end, layout.out_end)])
+    {
+        if s > at {
+            download(at, s - at)?;
+        }
+        at = at.max(e);
+    }
+    record(3, &lane.copy_out)?;
+    order(cout, compute)
+}
+
+/// Enqueues one step of `plan` on stream `cs`: a launch of `f`, or a cuBLAS call.
+#[allow(clippy::too_many_arguments)] // The parts of the executor one step touches, borrowed apart.
+fn enqueue_step(
+    cs: sys::CUstream,
+    blas: Option<&Blas>,
+    label: &str,
+    plan: &Plan,
+    step: &Step,
+    f: Option<sys::CUfunction>,
+    base: sys::CUdeviceptr,
+    layout: &Layout,
+) -> Result<()> {
+    let drv = |what: &str, e| driver_error(label, what, e);
+    let ptr = |a: &Arg| -> Result<sys::CUdeviceptr> {
+        match a {
+            Arg::Buffer { id, offset } => {
+                Ok(base + (layout.offsets[id.0 as usize] + *offset) as u64)
+            }
+            other => Err(Error::invalid_batch(
+                plan.kernel,
+                format!("expected a buffer argument, got {other:?}"),
+            )),
+        }
+    };
+    match step {
+        Step::Launch(l) => {
+            let f = f.ok_or_else(|| {
+                Error::invalid_batch(plan.kernel, "more launches than entry points")
+            })?;
+            let mut values: smallvec::SmallVec<[u64; 8]> = l
+                .args
+                .iter()
+                .map(|a| match a {
+                    Arg::Buffer { .. } => ptr(a),
+                    Arg::U32(v) => Ok(u64::from(*v)),
+                    Arg::U64(v) => Ok(*v),
+                    Arg::F32(v) => Ok(u64::from(v.to_bits())),
+                })
+                .collect::<Result<_>>()?;
+            let mut params: smallvec::SmallVec<[*mut c_void; 8]> = values
+                .iter_mut()
+                .map(|v| (v as *mut u64).cast::<c_void>())
+                .collect();
+            let g = (l.grid[0], l.grid[1], l.grid[2]);
+            let b = (l.block[0], l.block[1], l.block[2]);
+            // SAFETY: `f` is a function of a module loaded in this context; each parameter
+            // points to an 8-byte slot whose low bytes hold the argument in the width the
+            // kernel declares (little-endian), and the driver copies them at enqueue time.
+            // Buffer arguments point into the rented block, inside their buffers (checked
+            // by `Plan::check`), which stays rented until the stream is synchronised.
+            unsafe { result::launch_kernel(f, g, b, l.shared_mem_bytes, cs, &mut params) }
+                .map_err(|e| drv(&format!("cuLaunchKernel({})", l.entry), e))?;
+        }
+        Step::Gemm(g) => {
+            let blas = blas.ok_or_else(|| Error::Unsupported {
+                backend: BackendKind::Cuda,
+                what: "cuBLAS is not loaded".to_owned(),
+            })?;
+            // The handle is shared by every lane: point it at this plan's stream.
+            // SAFETY: the handle and the stream are both alive for the executor's life.
+            unsafe { cublas::result::set_stream(blas.0, cs as _) }.map_err(|e| Error::Backend {
+                backend: BackendKind::Cuda,
+                message: format!("{label}: cublasSetStream: {e:?}"),
+                transient: false,
+            })?;
+            let (a, b, c) = (ptr(&g.a)?, ptr(&g.b)?, ptr(&g.c)?);
+            let (m, k, n) = (g.m as i32, g.k as i32, g.n as i32);
+            let (alpha, beta) = (1.0f32, 0.0f32);
+            use cublas::sys::cublasOperation_t::CUBLAS_OP_N;
+            // Row-major C = A B is column-major C^T = B^T A^T: swap the operands.
+            // SAFETY: the handle is bound to this stream; A, B and C are inside the block
+            // and hold m*k, k*n and m*n floats (the kernel's plan sized them); leading
+            // dimensions match the row-major layout.
+            unsafe {
+                cublas::result::sgemm(
+                    blas.0,
+                    CUBLAS_OP_N,
+                    CUBLAS_OP_N,
+                    n,
+                    m,
+                    k,
+                    &alpha,
+                    b as *const f32,
+                    n,
+                    a as *const f32,
+                    k,
+                    &beta,
+                    c as *mut f32,
+                    n,
+                )
+            }
+            .map_err(|e| Error::Backend {
+                backend: BackendKind::Cuda,
+                message: format!("{label}: cublasSgemm: {e:?}"),
+                transient: false,
+            })?;
+        }
+    }
     Ok(())
 }
 
@@ -1620,6 +1803,7 @@ fn pack_and_upload(
     base: sys::CUdeviceptr,
     cs: sys::CUstream,
     label: &str,
+    uploaded: &mut dyn FnMut(usize) -> Result<()>,
 ) -> Result<()> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let total = staging.len();
@@ -1677,8 +1861,9 @@ fn pack_and_upload(
             // the destination lies inside the rented block (sized for the whole layout).
             let piece = unsafe { std::slice::from_raw_parts(src.0.add(at), len) };
             // SAFETY: as above.
-            if let Err(e) = unsafe { result::memcpy_htod_async(base + at as u64, piece, cs) } {
-                result = Err(driver_error(label, "cuMemcpyHtoDAsync", e));
+            match unsafe { result::memcpy_htod_async(base + at as u64, piece, cs) } {
+                Ok(()) => result = uploaded(at + len),
+                Err(e) => result = Err(driver_error(label, "cuMemcpyHtoDAsync", e)),
             }
         }
     });

@@ -163,6 +163,46 @@ fn large_results_land_in_the_donated_inputs_memory() {
 }
 
 #[test]
+fn a_large_matrix_product_runs_staged_and_matches_the_cpu() {
+    use gpubridge::kernels::{MatMul, MatMulInput};
+    let config = BridgeConfig::default();
+    let Some(cuda) = cuda(&config) else { return };
+    let cpu = gpubridge::cpu::CpuBackend::new(&config).unwrap();
+    let b = GpuBridge::builder(config)
+        .kernel(MatMul)
+        .unwrap()
+        .backend(cuda.clone())
+        .backend(cpu)
+        .build()
+        .unwrap();
+    let grain = b.batch::<MatMul>().unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+    // 32 MB of a, b and c: past the staging threshold, so eight row blocks, each uploaded,
+    // multiplied and downloaded in its turn. Small integers keep every sum exact in f32. Two
+    // items, the second of another shape, check the offsets of each item's blocks.
+    let mut item = |m: usize, k: usize, n: usize| MatMulInput {
+        m,
+        k,
+        n,
+        a: (0..m * k)
+            .map(|_| rng.random_range(-2i32..=2) as f32)
+            .collect(),
+        b: (0..k * n)
+            .map(|_| rng.random_range(-2i32..=2) as f32)
+            .collect(),
+    };
+    let inputs = vec![item(2048, 1024, 2048), item(1500, 1100, 1300)];
+    let on = |k| ExecutionHints::default().on_backend(k);
+    let gpu = block_on(grain.execute(inputs.clone(), on(BackendKind::Cuda))).unwrap();
+    let reference = block_on(grain.execute(inputs, on(BackendKind::Cpu))).unwrap();
+    assert_eq!(gpu.backend(), Some(BackendKind::Cuda));
+    for (g, c) in gpu.outputs.iter().zip(&reference.outputs) {
+        assert_eq!((g.rows, g.cols), (c.rows, c.cols));
+        assert!(g.data == c.data, "staged product differs from the CPU's");
+    }
+}
+
+#[test]
 fn graph_cache_evicts_least_recently_used_under_its_budget() {
     let mut config = BridgeConfig::default();
     // Each of the four shapes' graphs owns about 0.4 MB (device block and pinned staging), so a

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use crate::cpu::CpuContext;
 use crate::error::{Error, Result};
 use crate::kernel::{Kernel, KernelSources};
-use crate::plan::{Arg, BufferId, Concat, Gemm, Launch, Plan, PlanOutputs, PlanTarget};
+use crate::plan::{Arg, BufferId, Concat, Gemm, Launch, Plan, PlanOutputs, PlanTarget, Stage};
 
 /// Inputs of one multiply: `a` is `m x k`, `b` is `k x n`, both row-major.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -44,6 +44,14 @@ pub struct MatMul;
 /// Device buffers place each item's matrix at a multiple of this many bytes (WGSL's binding
 /// offset alignment, and good for coalescing).
 const ALIGN: usize = 256;
+
+/// Products moving at least this many bytes (a, b and c) run as staged row blocks on a BLAS
+/// target (see [`Stage`]).
+const PIPELINE_MIN_BYTES: usize = 32 << 20;
+/// Into about this many row blocks.
+const PIPELINE_BLOCKS: usize = 8;
+/// Of at least, and a multiple of, this many rows.
+const PIPELINE_MIN_ROWS: usize = 64;
 
 fn aligned(bytes: usize) -> usize {
     bytes.div_ceil(ALIGN) * ALIGN
@@ -111,8 +119,10 @@ impl Kernel for MatMul {
             c_len += aligned(4 * x.m * x.n);
         }
         let (a_len, b_len) = (a_cat.len(), b_cat.len());
-        let a = plan.input("a", a_len, a_cat.into_packer());
+        // `b` first: a row block of `c` needs all of `b` but only its rows of `a`, so with the
+        // inputs arriving in this order a large product can start before `a` has all arrived.
         let b = plan.input("b", b_len, b_cat.into_packer());
+        let a = plan.input("a", a_len, a_cat.into_packer());
         let c = plan.output("c", c_len);
         let (blas, max_grid) = match target {
             PlanTarget::Cuda {
@@ -152,14 +162,42 @@ impl Kernel for MatMul {
                 },
             );
             if blas && k > 0 {
-                plan.gemm(Gemm {
-                    m,
-                    k,
-                    n,
-                    a: av,
-                    b: bv,
-                    c: cv,
-                });
+                // A large product runs as row blocks, each staged: it needs its rows of `a` (and
+                // all of `b`, which arrives first) and yields its rows of `c`, so a pipelining
+                // backend overlaps the upload of `a` and the download of `c` with the multiply.
+                let bytes = 4 * (x.m * x.k + x.k * x.n + x.m * x.n);
+                let rows = if bytes >= PIPELINE_MIN_BYTES && x.m >= 2 * PIPELINE_MIN_ROWS {
+                    x.m.div_ceil(PIPELINE_BLOCKS)
+                        .div_ceil(PIPELINE_MIN_ROWS)
+                        .saturating_mul(PIPELINE_MIN_ROWS)
+                } else {
+                    x.m
+                };
+                let mut r0 = 0;
+                while r0 < x.m {
+                    let r1 = (r0 + rows).min(x.m);
+                    plan.gemm(Gemm {
+                        m: dim(r1 - r0, target)?,
+                        k,
+                        n,
+                        a: Arg::Buffer {
+                            id: a,
+                            offset: a_off[i] + 4 * r0 * x.k,
+                        },
+                        b: bv,
+                        c: Arg::Buffer {
+                            id: c,
+                            offset: c_off[i] + 4 * r0 * x.n,
+                        },
+                    });
+                    if rows < x.m {
+                        plan.stage(Stage {
+                            needs: Some((a, a_off[i] + 4 * r1 * x.k)),
+                            yields: Some((c, c_off[i] + 4 * r0 * x.n..c_off[i] + 4 * r1 * x.n)),
+                        });
+                    }
+                    r0 = r1;
+                }
                 continue;
             }
             let (gx, gy) = (n.div_ceil(16), m.div_ceil(16));
