@@ -257,6 +257,9 @@ pub struct CudaConfig {
     pub graph_cache_mb: u64,
     /// Streams per device, so that transfers overlap compute (default 2, at least 2 to overlap).
     pub streams_per_device: usize,
+    /// Run plans whose kernel gave stages (large matrix products) staged: each step starts once
+    /// its inputs are uploaded and its results download while later steps run (default `true`).
+    pub staged_plans: bool,
 }
 
 impl Default for CudaConfig {
@@ -266,6 +269,7 @@ impl Default for CudaConfig {
             enable_graphs: true,
             graph_cache_mb: 512,
             streams_per_device: 2,
+            staged_plans: true,
         }
     }
 }

@@ -203,6 +203,8 @@ struct Executor {
     graphs: GraphCache,
     /// Large output vectors ask for huge pages (`memory.huge_page_outputs`).
     huge_pages: bool,
+    /// Staged plans run staged (`cuda.staged_plans`).
+    staged: bool,
     /// When free memory was last sampled.
     free_sampled: Instant,
     /// Zero-copy staging for tiny plans.
@@ -313,6 +315,7 @@ pub(crate) fn spawn(
         (config.cuda.graph_cache_mb as usize).saturating_mul(1 << 20),
     );
     let huge_pages = config.memory.huge_page_outputs;
+    let staged_plans = config.cuda.staged_plans;
     let lanes = config.cuda.streams_per_device.max(1);
     let handle = std::thread::Builder::new()
         .name(format!("gpubridge-{label}"))
@@ -321,6 +324,7 @@ pub(crate) fn spawn(
                 match Executor::new(ordinal, arch, label, pool_limit, graphs, lanes, ptx, shared) {
                     Ok(mut ex) => {
                         ex.huge_pages = huge_pages;
+                        ex.staged = staged_plans;
                         ex
                     }
                     Err(e) => {
@@ -457,6 +461,7 @@ impl Executor {
                 failed: Default::default(),
             },
             huge_pages: true,
+            staged: true,
             mapped: PinnedBuffer::mapped(),
             free_sampled: Instant::now(),
             unpacking: Arc::default(),
@@ -903,7 +908,7 @@ impl Executor {
         l.staging_out.ensure(out_len, &self.label)?;
         let block = self.pool.rent(total.max(1))?;
         let l = &mut self.lanes[lane];
-        let result = if staged(plan, &layout) {
+        let result = if self.staged && staged(plan, &layout) {
             enqueue_staged(
                 l,
                 &self.ctx,
