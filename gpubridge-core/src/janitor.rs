@@ -58,3 +58,41 @@ pub fn drop_later<T: Send + 'static>(value: T) {
         None => drop(value),
     }
 }
+
+/// Waits until everything handed to the janitor so far has been dropped. For benchmarks and
+/// tests that must not measure the freeing of an earlier request's data.
+pub fn flush() {
+    struct Marker(mpsc::Sender<()>);
+    impl Drop for Marker {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+    let (tx, rx) = mpsc::channel::<()>();
+    drop_later(Marker(tx));
+    let _ = rx.recv();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn flush_waits_for_earlier_drops() {
+        struct Counted(Arc<AtomicUsize>);
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let n = Arc::new(AtomicUsize::new(0));
+        for _ in 0..4 {
+            drop_later(Counted(n.clone()));
+        }
+        flush();
+        assert_eq!(n.load(Ordering::SeqCst), 4);
+    }
+}

@@ -421,6 +421,8 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
     let quick = cx.args.quick;
 
     if cx.wants("P1") {
+        // Earlier rows' data is freed on the janitor thread: not while this row runs.
+        gpubridge::janitor::flush();
         let reps = if quick { 20 } else { 300 };
         let mut no_graphs = bridge.config().clone();
         no_graphs.cuda.enable_graphs = false;
@@ -483,10 +485,14 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
     }
 
     if cx.wants("P1") {
+        // Earlier rows' data is freed on the janitor thread: not while this row runs.
+        gpubridge::janitor::flush();
         graph_update_row(cx, bridge, &on_cuda)?;
     }
 
     if cx.wants("P2") {
+        // Earlier rows' data is freed on the janitor thread: not while this row runs.
+        gpubridge::janitor::flush();
         let grain = bridge.batch::<Sum>()?;
         let batch: Vec<Vec<f32>> = (0..10)
             .map(|i| (0..100).map(|j| (i * j) as f32 * 0.01).collect())
@@ -562,6 +568,8 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
     }
 
     if cx.wants("P4") {
+        // Earlier rows' data is freed on the janitor thread: not while this row runs.
+        gpubridge::janitor::flush();
         let (n, len, reps) = if quick {
             (4, 100_000, 2)
         } else {
@@ -615,6 +623,8 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
     }
 
     if cx.wants("P5") {
+        // Earlier rows' data is freed on the janitor thread: not while this row runs.
+        gpubridge::janitor::flush();
         let iters = if quick { 1000 } else { 100_000 };
         let mut pool = base.pool_pairs(1 << 20, iters)?;
         let mut raw = base.alloc_async_pairs(1 << 20, iters)?;
@@ -635,6 +645,8 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
     }
 
     if cx.wants("P8") {
+        // Earlier rows' data is freed on the janitor thread: not while this row runs.
+        gpubridge::janitor::flush();
         let s = if quick { 512 } else { 4096 };
         let a: Vec<f32> = (0..s * s).map(|i| (i % 17) as f32 * 0.1).collect();
         let b: Vec<f32> = (0..s * s).map(|i| (i % 13) as f32 * 0.1).collect();
@@ -697,6 +709,8 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
     }
 
     if cx.wants("P11") {
+        // Earlier rows' data is freed on the janitor thread: not while this row runs.
+        gpubridge::janitor::flush();
         let exe = std::env::current_exe()?;
         let run = || -> anyhow::Result<Duration> {
             let t = Instant::now();
