@@ -120,7 +120,7 @@ pub(crate) fn refill(mut v: Vec<f32>, src: &[f32], alloc: crate::plan::AllocF32)
 }
 
 /// Below this many elements a copy runs on the calling thread.
-const PAR_COPY_MIN: usize = 1 << 18;
+pub(crate) const PAR_COPY_MIN: usize = 1 << 18;
 
 /// `src.to_vec()`, in parallel chunks when large, into a vector from `alloc`.
 pub(crate) fn par_to_vec(src: &[f32], alloc: crate::plan::AllocF32) -> Vec<f32> {

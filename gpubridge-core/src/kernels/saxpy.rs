@@ -157,10 +157,13 @@ impl Kernel for Saxpy {
             })
             .collect();
         let alloc = outputs.allocator();
-        Ok(jobs
-            .into_par_iter()
-            .map(|(y, s, n)| super::refill(y, &out[s..s + n], alloc))
-            .collect())
+        let fill = |(y, s, n): (Vec<f32>, usize, usize)| super::refill(y, &out[s..s + n], alloc);
+        // Small batches stay on this thread: waking the pool costs more than their copies.
+        Ok(if total >= super::PAR_COPY_MIN && jobs.len() > 1 {
+            jobs.into_par_iter().map(fill).collect()
+        } else {
+            jobs.into_iter().map(fill).collect()
+        })
     }
 
     fn unpack(&self, inputs: &[SaxpyInput], outputs: &PlanOutputs<'_>) -> Result<Vec<Vec<f32>>> {

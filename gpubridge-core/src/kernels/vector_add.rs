@@ -137,13 +137,16 @@ impl Kernel for VectorAdd {
             })
             .collect();
         let alloc = outputs.allocator();
-        Ok(jobs
-            .into_par_iter()
-            .map(|(a, s)| {
-                let n = a.len();
-                super::refill(a, &out[s..s + n], alloc)
-            })
-            .collect())
+        let fill = |(a, s): (Vec<f32>, usize)| {
+            let n = a.len();
+            super::refill(a, &out[s..s + n], alloc)
+        };
+        // Small batches stay on this thread: waking the pool costs more than their copies.
+        Ok(if total >= super::PAR_COPY_MIN && jobs.len() > 1 {
+            jobs.into_par_iter().map(fill).collect()
+        } else {
+            jobs.into_iter().map(fill).collect()
+        })
     }
 
     fn run_cpu_donated(
