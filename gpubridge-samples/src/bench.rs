@@ -289,6 +289,73 @@ fn pairs(n: usize, len: usize) -> Vec<VectorPair> {
         .collect()
 }
 
+/// P2 (diagnostics): the round trip of two thread hand-offs as the bridge makes them to an
+/// executor thread and back, without a device; and the small batch through the bridge on the CPU
+/// backend. Both P50, in microseconds.
+#[cfg(feature = "cuda")]
+fn handoff_diagnostics(
+    bridge: &GpuBridge,
+    batch: &[Vec<f32>],
+    iters: usize,
+) -> anyhow::Result<(f64, f64)> {
+    use gpubridge::kernels::Sum;
+    type Reply = tokio::sync::oneshot::Sender<u64>;
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, Reply)>();
+    let server = std::thread::spawn(move || {
+        let mut idle = 0u64;
+        loop {
+            match rx.try_recv() {
+                Ok((v, reply)) => {
+                    let _ = reply.send(v + 1);
+                    idle = 0;
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    idle += 1;
+                    if idle > 1 << 28 {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+            }
+        }
+    });
+    let mut hops = Vec::with_capacity(iters);
+    for i in 0..iters as u64 + 100 {
+        let (rtx, mut rrx) = tokio::sync::oneshot::channel();
+        let t = Instant::now();
+        tx.send((i, rtx))?;
+        let v = loop {
+            match rrx.try_recv() {
+                Ok(v) => break v,
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => std::hint::spin_loop(),
+                Err(e) => anyhow::bail!("hand-off thread stopped: {e}"),
+            }
+        };
+        anyhow::ensure!(v == i + 1);
+        if i >= 100 {
+            hops.push(t.elapsed());
+        }
+    }
+    drop(tx);
+    let _ = server.join();
+    let grain = bridge.batch::<Sum>()?;
+    let cpu = ExecutionHints::default()
+        .on_backend(BackendKind::Cpu)
+        .spin_wait(Duration::from_millis(1));
+    let mut lat = Vec::with_capacity(iters);
+    for i in 0..iters + 100 {
+        let b = batch.to_vec();
+        let t = Instant::now();
+        let r = block_on(grain.execute(b, cpu.clone()))?;
+        if i >= 100 {
+            lat.push(t.elapsed());
+        }
+        std::hint::black_box(r);
+    }
+    Ok((us(median(&mut hops)), us(median(&mut lat))))
+}
+
 /// P1 (diagnostic): a batch of another size in a cached graph's bucket replays that graph with its
 /// kernel nodes updated in place; this row sets the cost of such a call against a call that
 /// captures a graph (a new bucket's second batch), both through the bridge, vector add of 10 pairs.
@@ -565,6 +632,19 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                 &note,
             );
         }
+        let (hop, cpu_path) = handoff_diagnostics(bridge, &batch, iters)?;
+        cx.row(
+            "P2",
+            "diagnostic: thread hand-off round trip (std mpsc to a spinning thread, answer on a oneshot to a spinning caller, as between caller and executor), P50",
+            Some(hop),
+            "us",
+            "none",
+            None,
+            None,
+            "diagnostic (no target)",
+            None,
+            &format!("the same batch through the bridge on the CPU backend (rayon pool), spin_wait hint, P50 {cpu_path:.1} us; {iters} round trips"),
+        );
     }
 
     if cx.wants("P4") {
