@@ -1531,12 +1531,7 @@ fn enqueue(
     record(1)?;
     let mut next_fn = functions.iter();
     for step in &plan.steps {
-        let f = match step {
-            Step::Launch(_) => Some(*next_fn.next().ok_or_else(|| {
-                Error::invalid_batch(plan.kernel, "more launches than entry points")
-            })?),
-            Step::Gemm(_) => None,
-        };
+        let f = step_function(plan, step, &mut next_fn)?;
         enqueue_step(cs, blas, label, plan, step, f, base, layout)?;
     }
     record(2)?;
@@ -1642,12 +1637,7 @@ fn enqueue_staged(
                 first = false;
             }
             let s = &plan.steps[step];
-            let f = match s {
-                Step::Launch(_) => Some(*launches.next().ok_or_else(|| {
-                    Error::invalid_batch(plan.kernel, "more launches than entry points")
-                })?),
-                Step::Gemm(_) => None,
-            };
+            let f = step_function(plan, s, &mut launches)?;
             enqueue_step(compute, blas, label, plan, s, f, base, layout)?;
             if let Some((id, r)) = plan.stage_of(step).yields {
                 order(compute, cout)?;
@@ -1689,6 +1679,23 @@ fn enqueue_staged(
     }
     record(3, &lane.copy_out)?;
     order(cout, compute)
+}
+
+/// The function a step launches, taken in order from the plan's `functions` (`None` for a library
+/// step).
+fn step_function<'f>(
+    plan: &Plan,
+    step: &Step,
+    functions: &mut impl Iterator<Item = &'f sys::CUfunction>,
+) -> Result<Option<sys::CUfunction>> {
+    match step {
+        Step::Launch(_) => functions
+            .next()
+            .copied()
+            .map(Some)
+            .ok_or_else(|| Error::invalid_batch(plan.kernel, "more launches than entry points")),
+        Step::Gemm(_) => Ok(None),
+    }
 }
 
 /// Enqueues one step of `plan` on stream `cs`: a launch of `f`, or a cuBLAS call.
