@@ -149,7 +149,12 @@ pub fn builder(config: BridgeConfig) -> Result<BridgeBuilder> {
     for opened in [cuda, wgpu] {
         match opened {
             Ok(backend) => b.add_backend(backend),
-            Err(report) => b.add_report(report),
+            Err(report) => {
+                if let Some(why) = report.unavailable_reason() {
+                    tracing::info!(backend = %report.kind, "not in use: {why}");
+                }
+                b.add_report(report)
+            }
         };
     }
     let cpu = gpubridge_wgpu_fallback::CpuBackend::new(b.config())?;
