@@ -3,7 +3,8 @@
 //!
 //! Every wgpu call that can fail runs inside error scopes, and the device has an
 //! uncaptured-error handler and a device-lost callback, so failures come back as core's typed
-//! errors (see [`super::error`]) and a lost device is marked lost, never a panic.
+//! errors (validation as `Unsupported`, out of memory as `OutOfMemory`, internal errors as
+//! `Backend`) and a lost device is marked lost, never a panic.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};

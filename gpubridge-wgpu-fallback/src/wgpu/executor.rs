@@ -51,7 +51,16 @@ fn run(dev: &WgpuDevice, rx: &mpsc::Receiver<Job>) {
                 complete,
             } => {
                 let bytes = plan.device_bytes();
+                let t = std::time::Instant::now();
                 run_plan(dev, &plan, &sources, complete);
+                tracing::debug!(
+                    device = %dev.label,
+                    kernel = plan.kernel,
+                    bytes,
+                    "plan done in {:?}; pool {:?}",
+                    t.elapsed(),
+                    dev.pool_stats()
+                );
                 gpubridge_core::janitor::drop_later_if_large(plan, bytes);
             }
         }
