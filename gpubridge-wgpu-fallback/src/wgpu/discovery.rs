@@ -203,6 +203,13 @@ fn no_adapter_reason(instance: &wgpu::Instance, api: WgpuApi) -> String {
         .find(|p| p.starts_with(key));
     match part {
         Some(p) if p.contains("could not be loaded") => match api {
+            WgpuApi::Vulkan if library_present("libvulkan.so.1") => {
+                let icd = ["VK_DRIVER_FILES", "VK_ICD_FILENAMES"]
+                    .iter()
+                    .find_map(|v| std::env::var(v).ok().map(|f| format!(" ({v}={f})")))
+                    .unwrap_or_default();
+                format!("Vulkan: the loader (libvulkan.so.1) found no driver it could start{icd}; install the GPU vendor's Vulkan driver, or mesa-vulkan-drivers for llvmpipe")
+            }
             WgpuApi::Vulkan => {
                 "Vulkan: the Vulkan loader (libvulkan.so.1) could not be loaded; install libvulkan1"
                     .to_owned()
@@ -217,4 +224,17 @@ fn no_adapter_reason(instance: &wgpu::Instance, api: WgpuApi) -> String {
         None if message.is_empty() => format!("{name}: no adapter found"),
         None => format!("{name}: no adapter found ({message})"),
     }
+}
+
+/// Whether the dynamic linker can find `name`: in a `LD_LIBRARY_PATH` folder or in the `ldconfig`
+/// cache (`/etc/ld.so.cache` holds every cached library's name).
+fn library_present(name: &str) -> bool {
+    let in_path = std::env::var_os("LD_LIBRARY_PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|dir| dir.join(name).exists()));
+    in_path
+        || std::fs::read("/etc/ld.so.cache").is_ok_and(|cache| {
+            cache
+                .windows(name.len() + 1)
+                .any(|w| &w[..name.len()] == name.as_bytes() && w[name.len()] == 0)
+        })
 }
