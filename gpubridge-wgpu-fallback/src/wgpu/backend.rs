@@ -67,11 +67,12 @@ impl WgpuBackend {
                 device.info.name,
                 device.info.details
             );
-            // One micro-batch's buffers are rented twice over (storage, plus upload or readback
-            // staging), so it gets half the pool; and each plan buffer must fit one storage
-            // binding, which a micro-batch within the binding size always does.
+            // A micro-batch rents its bytes as storage buffers and as much again as upload and
+            // readback staging, each rounded up by at most a quarter by the size classes: at most
+            // 2.5 times its bytes, so it gets two fifths of the pool. And each plan buffer must fit
+            // one storage binding, which a micro-batch within the binding size always does.
             let pool = config.memory.pool_size_mb.saturating_mul(1 << 20);
-            let mut budget = (pool / 2).min(device.max_binding());
+            let mut budget = (pool / 5 * 2).min(device.max_binding());
             if device.info.total_memory > 0 {
                 budget = budget.min(
                     (device.info.total_memory as f64 * config.memory.device_memory_fraction) as u64,
