@@ -5,6 +5,8 @@
 
 #![cfg(feature = "wgpu")]
 
+use std::io::Write;
+
 use gpubridge_core::kernels::{MatMul, Saxpy, Sum, VectorAdd};
 use gpubridge_core::{Backend, BackendKind, BridgeConfig, GpuBridge};
 use gpubridge_wgpu_fallback::wgpu::WgpuBackend;
@@ -18,17 +20,23 @@ fn wgpu_bridge() -> Option<GpuBridge> {
             return None;
         }
     };
-    for (i, d) in backend.devices().iter().enumerate() {
-        let a = backend.device(i).map(|d| d.adapter_info().clone());
-        eprintln!(
-            "wgpu adapter {}: {} (backend {}, device type {:?}; {})",
-            d.id,
-            d.name,
-            a.as_ref().map(|a| a.backend.to_str()).unwrap_or("?"),
-            a.as_ref().map(|a| a.device_type),
-            d.details
-        );
-    }
+    // Once per test binary, straight to stderr (libtest captures `eprintln!` of passing tests),
+    // so that the CI log names the adapter the suite ran on.
+    static NAMED: std::sync::Once = std::sync::Once::new();
+    NAMED.call_once(|| {
+        for (i, d) in backend.devices().iter().enumerate() {
+            let a = backend.device(i).map(|d| d.adapter_info().clone());
+            let _ = writeln!(
+                std::io::stderr(),
+                "conformance_wgpu runs on {}: {} (backend {}, device type {:?}; {})",
+                d.id,
+                d.name,
+                a.as_ref().map(|a| a.backend.to_str()).unwrap_or("?"),
+                a.as_ref().map(|a| a.device_type),
+                d.details
+            );
+        }
+    });
     let mut b = GpuBridge::builder(config);
     b.register(VectorAdd).ok()?;
     b.register(Sum).ok()?;

@@ -5,6 +5,7 @@
 
 #![cfg(feature = "wgpu")]
 
+use std::io::Write;
 use std::sync::Arc;
 
 use gpubridge_core::conformance::wgpu_required;
@@ -31,11 +32,20 @@ fn device(config: &BridgeConfig) -> Option<WgpuDevice> {
         .enumerate()
         .expect("an adapter that was found opens")
         .remove(0);
-    let a = d.adapter_info();
-    eprintln!(
-        "wgpu adapter: {} (backend {}, device type {:?}, driver {} {})",
-        a.name, a.backend, a.device_type, a.driver, a.driver_info
-    );
+    // Once per test binary, straight to stderr (libtest captures `eprintln!` of passing tests).
+    static NAMED: std::sync::Once = std::sync::Once::new();
+    NAMED.call_once(|| {
+        let a = d.adapter_info();
+        let _ = writeln!(
+            std::io::stderr(),
+            "wgpu_device runs on: {} (backend {}, device type {:?}, driver {} {})",
+            a.name,
+            a.backend,
+            a.device_type,
+            a.driver,
+            a.driver_info
+        );
+    });
     Some(d)
 }
 
@@ -433,4 +443,45 @@ fn unavailable_wgpu_says_exactly_why() {
             assert!(why.contains("wgpu.allow_software_adapter = false"), "{why}");
         }
     }
+}
+
+#[test]
+fn micro_batches_within_the_budget_fit_the_pool() {
+    // A 10 MiB pool: the budget (two fifths) splits this 12 MB batch into micro-batches whose
+    // storage and staging buffers fit the pool, so nothing is refused and all of it runs on wgpu.
+    let mut config = BridgeConfig::default();
+    config.memory.pool_size_mb = 10;
+    let b = match WgpuBackend::new(&config) {
+        Ok(b) => b,
+        Err(why) => {
+            assert!(!wgpu_required(), "wgpu is required here: {why}");
+            return;
+        }
+    };
+    assert_eq!(b.memory_budget(0), Some(4 << 20));
+    let bridge = gpubridge_core::GpuBridge::builder(config)
+        .kernel(VectorAdd)
+        .unwrap()
+        .backend(b.clone())
+        .build()
+        .unwrap();
+    let inputs = random_pairs(10, 100_000);
+    let r = futures::executor::block_on(
+        bridge
+            .batch::<VectorAdd>()
+            .unwrap()
+            .execute(inputs.clone(), gpubridge_core::ExecutionHints::default()),
+    )
+    .unwrap();
+    assert!(r.chunks.len() >= 3, "{} micro-batches", r.chunks.len());
+    assert!(r
+        .chunks
+        .iter()
+        .all(|c| c.device.backend == BackendKind::Wgpu));
+    for (p, o) in inputs.iter().zip(&r.outputs) {
+        assert!(p.a.iter().zip(&p.b).zip(o).all(|((a, b), o)| a + b == *o));
+    }
+    let stats = b.pool_stats(0).unwrap();
+    assert_eq!(stats.failures, 0, "{stats:?}");
+    assert!(stats.peak <= 10 << 20, "{stats:?}");
 }

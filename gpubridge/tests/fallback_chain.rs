@@ -23,11 +23,16 @@ use rand::{Rng, SeedableRng};
 fn wgpu_or_skip(config: &BridgeConfig) -> Option<Arc<WgpuBackend>> {
     match WgpuBackend::new(config) {
         Ok(b) => {
-            eprintln!(
-                "wgpu adapter: {} ({})",
-                b.devices()[0].name,
-                b.devices()[0].details
-            );
+            // Once per test binary, straight to stderr (libtest captures `eprintln!`).
+            static NAMED: std::sync::Once = std::sync::Once::new();
+            NAMED.call_once(|| {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "fallback_chain runs wgpu on: {} ({})",
+                    b.devices()[0].name,
+                    b.devices()[0].details
+                );
+            });
             Some(b)
         }
         Err(why) => {
