@@ -485,3 +485,42 @@ fn micro_batches_within_the_budget_fit_the_pool() {
     assert_eq!(stats.failures, 0, "{stats:?}");
     assert!(stats.peak <= 10 << 20, "{stats:?}");
 }
+
+#[test]
+fn a_panicking_packer_leaves_the_device_and_its_pool_usable() {
+    let Some(d) = device(&BridgeConfig::default()) else {
+        return;
+    };
+    let module = vector_add_module(&d);
+    // One pair of 1000 floats: the same buffer sizes as the plan below, so they share buffers.
+    run_vector_add(&d, &random_pairs(1, 1000)).unwrap();
+    let mut p = Plan::new(VectorAdd::ID);
+    let a = p.input("a", 4000, |_, _| panic!("a kernel's packer panicked"));
+    let b = p.input("b", 4000, |dst, _| dst.fill(0));
+    let out = p.output("out", 4000);
+    p.launch(Launch::new(
+        "vector_add",
+        [4, 1, 1],
+        [256, 1, 1],
+        &[Arg::buf(a), Arg::buf(b), Arg::buf(out), Arg::U32(1000)],
+    ));
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        d.execute(&module, &p, &mut |_| {})
+    }));
+    assert!(unwound.is_err(), "the packer's panic reaches the caller");
+    assert_eq!(
+        d.pool_stats().in_use,
+        0,
+        "the unwound plan gave its buffers back"
+    );
+    // The staging buffers it held (one left mapped mid-write) are reused and work.
+    let before = d.pool_stats();
+    let inputs = random_pairs(1, 1000);
+    let outs = run_vector_add(&d, &inputs).unwrap();
+    for (p, o) in inputs.iter().zip(&outs) {
+        assert!(p.a.iter().zip(&p.b).zip(o).all(|((a, b), o)| a + b == *o));
+    }
+    let after = d.pool_stats();
+    assert_eq!(after.misses, before.misses, "{before:?} -> {after:?}");
+    assert_eq!(d.health(), Health::Healthy);
+}

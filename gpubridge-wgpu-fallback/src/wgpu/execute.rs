@@ -33,8 +33,8 @@ const PIECE: usize = 1 << 20;
 /// Inputs at least this large are packed by all cores.
 const PARALLEL_MIN: usize = 4 << 20;
 
-/// The buffers one plan rents, given back to the pool when dropped (on every path, errors
-/// included).
+/// The buffers one plan rents, given back to the pool when dropped (on every path, errors and
+/// panics included), unmapped first where a mapping is still open.
 struct Lease<'a> {
     pool: MutexGuard<'a, BufferPool>,
     device: &'a wgpu::Device,
@@ -42,6 +42,10 @@ struct Lease<'a> {
     upload: Option<Pooled>,
     uniform: Option<Pooled>,
     readback: Option<Pooled>,
+    /// The upload buffer is still mapped (it comes mapped; packing unmaps it).
+    upload_mapped: bool,
+    /// The readback buffer is mapped (from a completed map until the outputs are handed over).
+    readback_mapped: bool,
 }
 
 impl Lease<'_> {
@@ -52,6 +56,12 @@ impl Lease<'_> {
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
+        if let (true, Some(up)) = (self.upload_mapped, &self.upload) {
+            up.buffer.unmap();
+        }
+        if let (true, Some(rb)) = (self.readback_mapped, &self.readback) {
+            rb.buffer.unmap();
+        }
         let bufs = self
             .storage
             .drain(..)
@@ -124,6 +134,8 @@ pub(crate) fn run(
         upload: None,
         uniform: None,
         readback: None,
+        upload_mapped: false,
+        readback_mapped: false,
     };
     let rented = (|| -> Result<()> {
         for b in &plan.buffers {
@@ -132,6 +144,7 @@ pub(crate) fn run(
         }
         if layout.upload_len > 0 {
             lease.upload = Some(lease.rent(Kind::Upload, layout.upload_len)?);
+            lease.upload_mapped = true;
         }
         if layout.uniforms_len > 0 {
             lease.uniform = Some(lease.rent(Kind::Uniform, layout.uniforms_len)?);
@@ -150,6 +163,7 @@ pub(crate) fn run(
     if let Some(up) = &lease.upload {
         write_upload(dev, &up.buffer, plan, &launches, &layout)?;
         up.buffer.unmap();
+        lease.upload_mapped = false;
     }
     let pack_time = packed.elapsed();
 
@@ -185,6 +199,7 @@ pub(crate) fn run(
             transient: true,
         });
     }
+    lease.readback_mapped = lease.readback.is_some();
 
     let read = Instant::now();
     let view = match &lease.readback {
@@ -219,6 +234,7 @@ pub(crate) fn run(
     drop(view);
     if let Some(rb) = &lease.readback {
         rb.buffer.unmap();
+        lease.readback_mapped = false;
     }
     Ok(())
 }
