@@ -214,7 +214,7 @@ fn no_adapter_reason(instance: &wgpu::Instance, api: WgpuApi) -> String {
                 "Vulkan: the Vulkan loader (libvulkan.so.1) could not be loaded; install libvulkan1"
                     .to_owned()
             }
-            WgpuApi::Gl => "GL: EGL (libEGL.so.1) could not be loaded".to_owned(),
+            WgpuApi::Gl => "GL: EGL (libEGL.so.1) or a driver for it could not be loaded".to_owned(),
         },
         Some(p) if p.contains("found no adapters") => match api {
             WgpuApi::Vulkan => "Vulkan: the loader found no adapter (no Vulkan driver: install the GPU vendor's driver, or mesa-vulkan-drivers for llvmpipe)".to_owned(),
