@@ -602,9 +602,9 @@ where
                 else {
                     // Devices that were tried have their failures recorded already.
                     if !tried.iter().any(|t| *t) {
-                        let why = "every device's circuit is open".to_owned();
+                        let (reason, why) = untried_reason(slot);
                         attempts.push((kind, why.clone()));
-                        last_failed = Some((kind, "circuit_open", why));
+                        last_failed = Some((kind, reason, why));
                     }
                     break;
                 };
@@ -834,7 +834,25 @@ fn consumed(kernel: &str) -> Error {
     }
 }
 
-/// The preferred device if it admits work, else the least loaded device that does.
+/// Why no device of `slot` was tried: all of them lost (a driver reset, a destroyed device), or
+/// their circuits open.
+fn untried_reason(slot: &Slot) -> (&'static str, String) {
+    let lost: Vec<String> = (0..slot.breakers.len())
+        .filter_map(|d| match slot.backend.health(d) {
+            Health::Lost(why) => Some(format!("{}: {why}", slot.labels[d])),
+            _ => None,
+        })
+        .collect();
+    if !lost.is_empty() && lost.len() == slot.breakers.len() {
+        (
+            "device_lost",
+            format!("every device is lost ({})", lost.join("; ")),
+        )
+    } else {
+        ("circuit_open", "every device's circuit is open".to_owned())
+    }
+}
+
 /// Chooses a device of `slot` for a micro-batch needing `bytes`: the preferred device if it admits
 /// work, else, among healthy devices whose circuit admits work, those with room for the batch
 /// first, then the least loaded (micro-batches in flight), then the one with the most free memory.

@@ -278,16 +278,68 @@ impl Default for CudaConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WgpuConfig {
-    /// Accept software adapters such as Mesa's llvmpipe (default `true`).
+    /// Use the wgpu backend at all (default `true`). `false` reports it as disabled by
+    /// configuration and moves its work on along `fallback.chain`.
+    pub enabled: bool,
+    /// Accept software adapters such as Mesa's llvmpipe (default `true`). They are used only when
+    /// no hardware adapter is found.
     pub allow_software_adapter: bool,
+    /// Graphics APIs wgpu may use, tried in this order: Vulkan first, then GL (EGL) only when
+    /// Vulkan found no adapter (default `["vulkan", "gl"]`). In the environment a comma list works
+    /// too: `GPUBRIDGE__WGPU__APIS=gl`.
+    #[serde(deserialize_with = "de_apis")]
+    pub apis: Vec<WgpuApi>,
+    /// Use only adapters whose name contains this text, ignoring case (for example `"NVIDIA"`
+    /// or `"llvmpipe"`); unset means any.
+    pub adapter: Option<String>,
 }
 
 impl Default for WgpuConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             allow_software_adapter: true,
+            apis: vec![WgpuApi::Vulkan, WgpuApi::Gl],
+            adapter: None,
         }
     }
+}
+
+/// A graphics API the wgpu backend may drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WgpuApi {
+    /// Vulkan (NVIDIA, AMD, Intel, Mesa's lavapipe/llvmpipe).
+    Vulkan,
+    /// OpenGL ES / desktop GL through EGL.
+    Gl,
+}
+
+fn de_apis<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<WgpuApi>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Apis {
+        List(Vec<String>),
+        Comma(String),
+    }
+    let names = match Apis::deserialize(d)? {
+        Apis::List(v) => v,
+        Apis::Comma(s) => s
+            .split(',')
+            .map(str::to_owned)
+            .filter(|s| !s.trim().is_empty())
+            .collect(),
+    };
+    names
+        .iter()
+        .map(|n| match n.trim().to_ascii_lowercase().as_str() {
+            "vulkan" => Ok(WgpuApi::Vulkan),
+            "gl" => Ok(WgpuApi::Gl),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown graphics API {other:?} (expected vulkan or gl)"
+            ))),
+        })
+        .collect()
 }
 
 impl BridgeConfig {
@@ -476,6 +528,9 @@ impl BridgeConfig {
         at_least("batching.max_in_flight", self.batching.max_in_flight, 1)?;
         at_least("batching.queue_capacity", self.batching.queue_capacity, 1)?;
         at_least("cuda.streams_per_device", self.cuda.streams_per_device, 1)?;
+        if self.wgpu.apis.is_empty() {
+            return Err(Error::config("wgpu.apis", "the list names no graphics API"));
+        }
         Ok(())
     }
 

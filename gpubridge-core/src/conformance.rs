@@ -31,13 +31,33 @@ pub const SHAPES: [(usize, usize, usize); 8] = [
 /// Outcome of one check: `Err` says what differed, with the seed.
 pub type Check = Result<(), String>;
 
-/// Whether GPU tests must run: `GPUBRIDGE_REQUIRE_GPU=1` turns a skip into a failure.
+/// Whether CUDA tests must run: `GPUBRIDGE_REQUIRE_GPU=1` turns a skip into a failure.
 pub fn gpu_required() -> bool {
-    std::env::var("GPUBRIDGE_REQUIRE_GPU").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+    env_flag("GPUBRIDGE_REQUIRE_GPU")
 }
 
-/// Runs `check` on `bridge` if there is one; without one, skips (or fails when the backend is a
-/// GPU backend and [`gpu_required`]).
+/// Whether wgpu tests must run: `GPUBRIDGE_REQUIRE_WGPU=1` (set by CI, which installs Mesa's
+/// Vulkan driver) turns a missing adapter into a failure instead of a skip.
+pub fn wgpu_required() -> bool {
+    env_flag("GPUBRIDGE_REQUIRE_WGPU")
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// Whether a missing `backend` must fail a test rather than skip it: CUDA under
+/// [`gpu_required`], wgpu under [`wgpu_required`], the CPU always.
+pub fn backend_required(backend: BackendKind) -> bool {
+    match backend {
+        BackendKind::Cuda => gpu_required(),
+        BackendKind::Wgpu => wgpu_required(),
+        BackendKind::Cpu => true,
+    }
+}
+
+/// Runs `check` on `bridge` if there is one; without one, skips (or fails when
+/// [`backend_required`]).
 ///
 /// # Panics
 /// When the check fails, or a required GPU backend is missing: this is a test harness.
@@ -48,8 +68,8 @@ pub fn run(
     check: fn(&GpuBridge, BackendKind, u64) -> Check,
 ) {
     let Some(bridge) = bridge else {
-        if backend.is_gpu() && gpu_required() {
-            panic!("{name}: the {backend} backend is not available and GPUBRIDGE_REQUIRE_GPU=1");
+        if backend_required(backend) {
+            panic!("{name}: the {backend} backend is not available and is required here (GPUBRIDGE_REQUIRE_GPU / GPUBRIDGE_REQUIRE_WGPU)");
         }
         eprintln!("skipped {name}: the {backend} backend is not available here");
         return;

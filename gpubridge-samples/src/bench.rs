@@ -1,5 +1,7 @@
 //! `gpubridge bench`: the TARGETS.md rows, each measured through the bridge and against a baseline
 //! measured in the same run on the same card (raw cudarc calls, raw copies, a plain memcpy).
+//! Rows W1 and W2 measure the wgpu backend (vector add, matrix multiply) against the CPU backend
+//! on the same inputs in the same run; they have no target.
 //!
 //! Prints a table and writes the rows as a JSON array in TARGETS.md's report format.
 
@@ -212,9 +214,12 @@ pub fn run(args: BenchArgs, config: BridgeConfig) -> anyhow::Result<()> {
     };
 
     if cx.wants("P10") {
-        let card = std::mem::replace(&mut cx.card, cpu_name.unwrap_or_default());
+        let card = std::mem::replace(&mut cx.card, cpu_name.clone().unwrap_or_default());
         p10(&mut cx, &bridge)?;
         cx.card = card;
+    }
+    if cx.wants("W1") || cx.wants("W2") {
+        wgpu_rows(&mut cx, &bridge, cpu_name.unwrap_or_default())?;
     }
     if cuda {
         #[cfg(feature = "cuda")]
@@ -477,6 +482,194 @@ fn p10(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
         Some(ratio >= 0.70),
         "bytes read + written per second, medians",
     );
+    Ok(())
+}
+
+/// Median of `times`.
+fn median_of(times: &mut [std::time::Duration]) -> std::time::Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// W1 and W2: the wgpu backend through the bridge against the CPU backend through the bridge, on
+/// the same inputs, each result checked. A software adapter (llvmpipe) gets a smaller multiply.
+fn wgpu_rows(cx: &mut Ctx, bridge: &GpuBridge, cpu_name: String) -> anyhow::Result<()> {
+    use gpubridge::kernels::{MatMul, MatMulInput};
+    use rand::{Rng, SeedableRng};
+    let Some(adapter) = bridge
+        .devices()
+        .into_iter()
+        .find(|d| d.id.backend == BackendKind::Wgpu)
+    else {
+        let why = bridge
+            .reports()
+            .iter()
+            .find(|r| r.kind == BackendKind::Wgpu)
+            .and_then(|r| r.unavailable_reason())
+            .unwrap_or_default();
+        for id in ["W1", "W2"] {
+            if cx.wants(id) {
+                cx.row(
+                    id,
+                    "needs a wgpu adapter",
+                    None,
+                    "",
+                    "",
+                    None,
+                    None,
+                    "",
+                    None,
+                    &format!("not measured: {why}"),
+                );
+            }
+        }
+        return Ok(());
+    };
+    let software = adapter.device_type == gpubridge::DeviceType::SoftwareGpu;
+    let card = std::mem::replace(
+        &mut cx.card,
+        format!("{} via wgpu; host {cpu_name}", adapter.name),
+    );
+    let on_wgpu = ExecutionHints::default().on_backend(BackendKind::Wgpu);
+    let on_cpu = ExecutionHints::default().on_backend(BackendKind::Cpu);
+    let quick = cx.args.quick;
+
+    if cx.wants("W1") {
+        let (n, len, reps) = if quick {
+            (2, 100_000, 3)
+        } else {
+            (10, 1_000_000, 5)
+        };
+        let input = pairs(n, len);
+        let grain = bridge.batch::<VectorAdd>()?;
+        let run = |hints: &ExecutionHints| -> anyhow::Result<(
+            std::time::Duration,
+            std::time::Duration,
+            std::time::Duration,
+            usize,
+        )> {
+            let r = block_on(grain.execute(input.clone(), hints.clone()))?;
+            for (p, o) in input.iter().zip(&r.outputs) {
+                anyhow::ensure!(
+                    p.a.iter().zip(&p.b).zip(o).all(|((a, b), o)| a + b == *o),
+                    "vector add result wrong"
+                );
+            }
+            let mut t = Vec::with_capacity(reps);
+            let (mut compute, mut transfer, mut chunks) = (Vec::new(), Vec::new(), 0);
+            for _ in 0..reps {
+                let batch = input.clone();
+                let s = Instant::now();
+                let r = block_on(grain.execute(batch, hints.clone()))?;
+                t.push(s.elapsed());
+                compute.push(r.compute_time());
+                transfer.push(r.transfer_time());
+                chunks = r.chunks.len();
+                drop(r);
+            }
+            Ok((
+                median_of(&mut t),
+                median_of(&mut compute),
+                median_of(&mut transfer),
+                chunks,
+            ))
+        };
+        let (wgpu_t, device_t, pack_t, chunks) = run(&on_wgpu)?;
+        let (cpu_t, ..) = run(&on_cpu)?;
+        let gbps = |t: std::time::Duration| (12 * n * len) as f64 / t.as_secs_f64() / 1e9;
+        cx.row(
+            "W1",
+            &format!("wgpu vector add through the bridge, {n} x {len} f32 pairs, host Vecs in -> host Vecs out"),
+            Some(gbps(wgpu_t)),
+            "GB/s",
+            "CPU backend through the bridge, same inputs, same run",
+            Some(gbps(cpu_t)),
+            Some(gbps(wgpu_t) / gbps(cpu_t)),
+            "diagnostic (no target)",
+            None,
+            &format!(
+                "wgpu {:.1} ms per call ({chunks} micro-batches): device (submit to done, copies included) {:.1} ms, packing into staging {:.1} ms; CPU {:.1} ms; bytes read + written per second, medians of {reps}",
+                wgpu_t.as_secs_f64() * 1e3,
+                device_t.as_secs_f64() * 1e3,
+                pack_t.as_secs_f64() * 1e3,
+                cpu_t.as_secs_f64() * 1e3
+            ),
+        );
+    }
+
+    if cx.wants("W2") {
+        let s = match (quick, software) {
+            (true, _) => 128,
+            (false, true) => 512,
+            (false, false) => 2048,
+        };
+        let reps = 3;
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(0x5eed);
+        let input = MatMulInput {
+            m: s,
+            k: s,
+            n: s,
+            a: (0..s * s).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
+            b: (0..s * s).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
+        };
+        let grain = bridge.batch::<MatMul>()?;
+        let run = |hints: &ExecutionHints| -> anyhow::Result<(std::time::Duration, Vec<f32>)> {
+            let first = block_on(grain.execute(vec![input.clone()], hints.clone()))?;
+            let mut t = Vec::with_capacity(reps);
+            for _ in 0..reps {
+                let x = input.clone();
+                let st = Instant::now();
+                block_on(grain.execute(vec![x], hints.clone()))?;
+                t.push(st.elapsed());
+            }
+            let c = first
+                .outputs
+                .into_iter()
+                .next()
+                .map(|m| m.data)
+                .unwrap_or_default();
+            Ok((median_of(&mut t), c))
+        };
+        let (wgpu_t, c_wgpu) = run(&on_wgpu)?;
+        let (cpu_t, c_cpu) = run(&on_cpu)?;
+        // Both against a float64 dot product on sampled entries, with the classical GEMM bound.
+        for _ in 0..256 {
+            let idx = rng.random_range(0..s * s);
+            let (i, j) = (idx / s, idx % s);
+            let (mut want, mut mag) = (0f64, 0f64);
+            for p in 0..s {
+                let x = f64::from(input.a[i * s + p]) * f64::from(input.b[p * s + j]);
+                want += x;
+                mag += x.abs();
+            }
+            let tol = (s as f64 + 2.0) * f64::from(f32::EPSILON) * mag;
+            for (who, c) in [("wgpu", &c_wgpu), ("cpu", &c_cpu)] {
+                let got = c.get(idx).copied().map_or(f64::NAN, f64::from);
+                anyhow::ensure!(
+                    (got - want).abs() <= tol,
+                    "{who} matrix multiply wrong at [{i}, {j}]: {got} vs {want}"
+                );
+            }
+        }
+        let gflops = |t: std::time::Duration| 2.0 * (s as f64).powi(3) / t.as_secs_f64() / 1e9;
+        cx.row(
+            "W2",
+            &format!("wgpu f32 {s}^3 matrix multiply (16 x 16 tiled WGSL), host Vecs in -> host Vec out"),
+            Some(gflops(wgpu_t)),
+            "GFLOP/s",
+            "CPU backend (blocked SGEMM on all cores) through the bridge, same inputs, same run",
+            Some(gflops(cpu_t)),
+            Some(gflops(wgpu_t) / gflops(cpu_t)),
+            "diagnostic (no target)",
+            None,
+            &format!(
+                "wgpu {:.1} ms, CPU {:.1} ms per multiply; medians of {reps} after one untimed call; 256 sampled entries checked against float64",
+                wgpu_t.as_secs_f64() * 1e3,
+                cpu_t.as_secs_f64() * 1e3
+            ),
+        );
+    }
+    cx.card = card;
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use gpubridge::{BackendKind, BackendStatus, BridgeConfig, ExecutionHints};
+use gpubridge::{BackendKind, BackendStatus, BridgeConfig, DeviceType, ExecutionHints};
 
 #[derive(Parser)]
 #[command(
@@ -83,6 +83,13 @@ impl BackendChoice {
 }
 
 fn main() -> ExitCode {
+    // Mesa's Vulkan device-select layer (an implicit layer that reorders GPUs for displays) tries to
+    // reach a Wayland compositor and prints "XDG_RUNTIME_DIR is invalid" on headless machines; it
+    // has no say in compute, so it is switched off unless the user set it. This runs before any
+    // other thread exists.
+    if std::env::var_os("NODEVICE_SELECT").is_none() {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -172,6 +179,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn device_type(t: DeviceType) -> &'static str {
+    match t {
+        DeviceType::DiscreteGpu => "discrete GPU",
+        DeviceType::IntegratedGpu => "integrated GPU",
+        DeviceType::SoftwareGpu => "software adapter",
+        DeviceType::Cpu => "CPU",
+    }
+}
+
 fn devices(config: &BridgeConfig, json: bool) -> anyhow::Result<ExitCode> {
     let reports = gpubridge::probe_backends(config);
     if json {
@@ -181,7 +197,7 @@ fn devices(config: &BridgeConfig, json: bool) -> anyhow::Result<ExitCode> {
                 let devices: Vec<serde_json::Value> = match &r.status {
                     BackendStatus::Ready(ds) => ds
                         .iter()
-                        .map(|d| serde_json::json!({"id": d.id.to_string(), "name": d.name, "memory_bytes": d.total_memory, "compute_units": d.compute_units, "details": d.details}))
+                        .map(|d| serde_json::json!({"id": d.id.to_string(), "name": d.name, "type": device_type(d.device_type), "memory_bytes": d.total_memory, "compute_units": d.compute_units, "details": d.details}))
                         .collect(),
                     _ => Vec::new(),
                 };
@@ -208,11 +224,20 @@ fn devices(config: &BridgeConfig, json: bool) -> anyhow::Result<ExitCode> {
                 println!("{}: in use{chain}", r.kind);
                 for d in ds {
                     println!(
-                        "  {}  {}  {:.1} GiB  {} compute units  {}",
+                        "  {}  {}  [{}]  {}  {}  {}",
                         d.id,
                         d.name,
-                        d.total_memory as f64 / (1u64 << 30) as f64,
-                        d.compute_units,
+                        device_type(d.device_type),
+                        if d.total_memory > 0 {
+                            format!("{:.1} GiB", d.total_memory as f64 / (1u64 << 30) as f64)
+                        } else {
+                            "memory not reported".to_owned()
+                        },
+                        if d.compute_units > 0 {
+                            format!("{} compute units", d.compute_units)
+                        } else {
+                            "compute units not reported".to_owned()
+                        },
                         d.details
                     );
                 }

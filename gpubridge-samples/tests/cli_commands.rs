@@ -109,10 +109,94 @@ fn unavailable_backend_fails_with_its_reason() {
             "--len",
             "10",
         ],
-        &[],
+        &[("GPUBRIDGE__WGPU__ENABLED", "false")],
     );
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("wgpu"), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("wgpu") && err.contains("disabled by configuration (wgpu.enabled = false)"),
+        "{err}"
+    );
+    let o = gpubridge(&["devices"], &[("GPUBRIDGE__WGPU__ENABLED", "false")]);
+    assert!(
+        stdout(&o).contains("wgpu: not in use: disabled by configuration"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+/// Whether `gpubridge devices` finds a wgpu adapter; fails the test when none is found and
+/// `GPUBRIDGE_REQUIRE_WGPU=1`.
+fn wgpu_usable() -> bool {
+    let o = gpubridge(&["devices", "--json"], &[]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    let wgpu = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["backend"] == "wgpu")
+        .cloned()
+        .expect("wgpu is listed");
+    if wgpu["usable"] == true {
+        eprintln!("wgpu adapter: {}", wgpu["devices"][0]);
+        return true;
+    }
+    assert!(
+        !gpubridge::conformance::wgpu_required(),
+        "wgpu is required here but not usable: {}",
+        wgpu["reason"]
+    );
+    eprintln!("skipped: wgpu not usable: {}", wgpu["reason"]);
+    false
+}
+
+#[test]
+fn run_all_on_wgpu_is_verified_and_devices_names_the_adapter() {
+    if !wgpu_usable() {
+        return;
+    }
+    let o = gpubridge(&["devices"], &[]);
+    let out = stdout(&o);
+    let line = out
+        .lines()
+        .skip_while(|l| !l.starts_with("wgpu: in use"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(line.trim_start().starts_with("wgpu:0"), "{out}");
+    if line.contains("llvmpipe") {
+        assert!(line.contains("[software adapter]"), "{line}");
+    }
+    let o = gpubridge(
+        &[
+            "run",
+            "all",
+            "--backend",
+            "wgpu",
+            "--pairs",
+            "3",
+            "--len",
+            "100003",
+            "--sum-vectors",
+            "50",
+            "--sum-len",
+            "1001",
+            "--matrix-sizes",
+            "1,31,64",
+            "--json",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    for r in &rows {
+        assert_eq!(r["verified"], true, "{r}");
+        assert_eq!(r["backend"], "wgpu", "{r}");
+        assert_eq!(r["device"], "wgpu:0", "{r}");
+    }
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | (always) | the CPU backend, every built-in kernel | working |
 //! | `cuda` | the CUDA backend (driver, NVRTC and cuBLAS loaded at run time) | kernels run; graphs and copy/compute overlap are next |
-//! | `wgpu` | the wgpu compute backend | not built yet (reported as such) |
+//! | `wgpu` | the wgpu compute backend (Vulkan or GL adapters; Mesa's llvmpipe where there is no GPU) | every built-in kernel runs and is conformance-tested on llvmpipe in CI |
 //! | `gds` | cuFile in `gpubridge-storage` | not built yet |
 //! | `prometheus`, `otlp`, `nvml` | exporters and samplers | not built yet |
 //!
@@ -33,18 +33,26 @@ pub use gpubridge_wgpu_fallback::cpu;
 
 #[cfg(feature = "cuda")]
 pub use gpubridge_cuda as cuda;
+#[cfg(feature = "wgpu")]
+pub use gpubridge_wgpu_fallback::wgpu;
 
 /// Every backend this build knows, usable or not, each with its devices or the exact reason it is
-/// not in use.
+/// not in use (for wgpu: the adapter, or "disabled by configuration", "the Vulkan loader
+/// (libvulkan.so.1) could not be loaded", "no adapter found", ...).
 pub fn probe_backends(config: &BridgeConfig) -> Vec<BackendReport> {
-    let cuda = match cuda_backend(config) {
-        Ok(b) => BackendReport {
-            kind: BackendKind::Cuda,
-            status: BackendStatus::Ready(b.devices().to_vec()),
-        },
-        Err(report) => report,
-    };
-    let mut reports = vec![cuda, gpubridge_wgpu_fallback::wgpu_status()];
+    let (cuda, wgpu) = std::thread::scope(|s| {
+        // Opening Vulkan takes as long as starting CUDA: do both at once.
+        let wgpu = s.spawn(|| gpubridge_wgpu_fallback::wgpu_status(config));
+        let cuda = match cuda_backend(config) {
+            Ok(b) => BackendReport {
+                kind: BackendKind::Cuda,
+                status: BackendStatus::Ready(b.devices().to_vec()),
+            },
+            Err(report) => report,
+        };
+        (cuda, join_report(wgpu, BackendKind::Wgpu))
+    });
+    let mut reports = vec![cuda, wgpu];
     let cpu = match gpubridge_wgpu_fallback::CpuBackend::new(config) {
         Ok(b) => BackendStatus::Ready(b.devices().to_vec()),
         Err(e) => BackendStatus::Unavailable(e.to_string()),
@@ -80,9 +88,33 @@ fn cuda_backend(
     })
 }
 
+fn join_report(
+    handle: std::thread::ScopedJoinHandle<'_, BackendReport>,
+    kind: BackendKind,
+) -> BackendReport {
+    handle.join().unwrap_or_else(|_| BackendReport {
+        kind,
+        status: BackendStatus::Unavailable(format!("probing {kind} panicked")),
+    })
+}
+
+type Opened = std::result::Result<std::sync::Arc<dyn Backend>, BackendReport>;
+
+fn left_out(kind: BackendKind) -> Opened {
+    Err(BackendReport {
+        kind,
+        status: BackendStatus::Unavailable("left out of fallback.chain".to_owned()),
+    })
+}
+
 /// A [`BridgeBuilder`] with every built-in kernel and every usable compiled-in backend, in the
-/// order of `fallback.chain`, and the reasons for the others. Register your own kernels on it,
-/// then [`BridgeBuilder::build`].
+/// order of `fallback.chain` (by default CUDA, then wgpu, then the CPU), and the reasons for the
+/// others. Register your own kernels on it, then [`BridgeBuilder::build`].
+///
+/// # Fallback
+/// A backend that cannot be opened (no CUDA driver, no wgpu adapter, `wgpu.enabled = false`) is
+/// recorded with its reason, which `devices`, [`GpuBridge::reports`] and
+/// [`Error::NoBackendAvailable`] repeat; work then lands on the next backend of the chain.
 ///
 /// # Errors
 /// [`Error::InvalidConfig`] for a bad configuration; errors starting the CPU pool.
@@ -90,18 +122,41 @@ pub fn builder(config: BridgeConfig) -> Result<BridgeBuilder> {
     config.validate()?;
     let mut b = GpuBridge::builder(config);
     register_builtins(&mut b)?;
-    if b.config().fallback.chain.contains(&BackendKind::Cuda) {
-        match cuda_backend(b.config()) {
-            Ok(cuda) => b.add_backend(cuda),
-            Err(report) => b.add_report(report),
-        };
-    } else {
-        b.add_report(BackendReport {
-            kind: BackendKind::Cuda,
-            status: BackendStatus::Unavailable("left out of fallback.chain".to_owned()),
+    let chain = b.config().fallback.chain.clone();
+    let cfg = b.config();
+    let (cuda, wgpu) = std::thread::scope(|s| {
+        // Opening Vulkan takes as long as starting CUDA: do both at once.
+        let wgpu = s.spawn(|| -> Opened {
+            if chain.contains(&BackendKind::Wgpu) {
+                gpubridge_wgpu_fallback::wgpu_backend(cfg)
+            } else {
+                left_out(BackendKind::Wgpu)
+            }
         });
+        let cuda = if chain.contains(&BackendKind::Cuda) {
+            cuda_backend(cfg)
+        } else {
+            left_out(BackendKind::Cuda)
+        };
+        let wgpu = wgpu.join().unwrap_or_else(|_| {
+            Err(BackendReport {
+                kind: BackendKind::Wgpu,
+                status: BackendStatus::Unavailable("opening wgpu panicked".to_owned()),
+            })
+        });
+        (cuda, wgpu)
+    });
+    for opened in [cuda, wgpu] {
+        match opened {
+            Ok(backend) => b.add_backend(backend),
+            Err(report) => {
+                if let Some(why) = report.unavailable_reason() {
+                    tracing::info!(backend = %report.kind, "not in use: {why}");
+                }
+                b.add_report(report)
+            }
+        };
     }
-    b.add_report(gpubridge_wgpu_fallback::wgpu_status());
     let cpu = gpubridge_wgpu_fallback::CpuBackend::new(b.config())?;
     b.add_backend(cpu);
     Ok(b)

@@ -22,7 +22,12 @@ fn cargo(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Format check, clippy, docs and tests, stopping at the first failure.
+/// The wgpu backend is built and tested in CI (on Mesa's llvmpipe where there is no GPU).
+const WGPU: &str = "gpubridge/wgpu";
+
+/// Format check, clippy (with wgpu, then the CPU-only libraries), docs and tests, stopping at
+/// the first failure. The wgpu tests skip without an adapter unless `GPUBRIDGE_REQUIRE_WGPU=1`
+/// (which `.ci/run` sets after installing Mesa's Vulkan drivers).
 pub fn run() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
     cargo(
@@ -30,6 +35,23 @@ pub fn run() -> anyhow::Result<()> {
             "clippy",
             "--workspace",
             "--all-targets",
+            "--features",
+            WGPU,
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    // The default build of the libraries has no wgpu: it must stay clean too.
+    cargo(
+        &[
+            "clippy",
+            "-p",
+            "gpubridge",
+            "-p",
+            "gpubridge-wgpu-fallback",
+            "--lib",
             "--",
             "-D",
             "warnings",
@@ -37,9 +59,9 @@ pub fn run() -> anyhow::Result<()> {
         &[],
     )?;
     cargo(
-        &["doc", "--workspace", "--no-deps"],
+        &["doc", "--workspace", "--no-deps", "--features", WGPU],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
-    cargo(&["test", "--workspace"], &[])?;
+    cargo(&["test", "--workspace", "--features", WGPU], &[])?;
     Ok(())
 }

@@ -1,6 +1,13 @@
 //! `cargo xtask device-pack`: builds everything the GPU test machine runs (release CLI and test
-//! executables, stripped) into the ignored folder `device-pack/`, with `device-pack/run.sh`
-//! that runs them all there with `GPUBRIDGE_REQUIRE_GPU=1` and prints a summary table.
+//! executables, stripped, with the wgpu backend) into the ignored folder `device-pack/`, with
+//! `device-pack/run.sh` that runs them all there with `GPUBRIDGE_REQUIRE_GPU=1` and prints a
+//! summary table.
+//!
+//! For wgpu on the GPU machine, the pack also carries a Vulkan loader (`lib/libvulkan.so.1`,
+//! extracted from Debian's `libvulkan1` package with `apt-get download` and `dpkg-deb -x`) and an
+//! NVIDIA ICD manifest (`icd/nvidia_icd.json`, pointing at the driver's `libGLX_nvidia.so.0`);
+//! `run.sh` puts `lib/` on `LD_LIBRARY_PATH` and, where the driver installed no ICD manifest of its
+//! own, points `VK_ICD_FILENAMES` and `VK_DRIVER_FILES` at the packed one.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -26,7 +33,14 @@ pub fn run() -> anyhow::Result<()> {
     std::fs::create_dir_all(out.join("tests"))?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
 
-    let mut args = vec!["test", "--release", "--no-run", "--message-format=json"];
+    let mut args = vec![
+        "test",
+        "--release",
+        "--no-run",
+        "--message-format=json",
+        "--features",
+        "gpubridge/wgpu",
+    ];
     for p in PACKAGES {
         args.extend(["-p", p]);
     }
@@ -64,6 +78,13 @@ pub fn run() -> anyhow::Result<()> {
     }
     std::fs::copy(crate::build_release_cli()?, out.join("gpubridge"))?;
     strip(&out.join("gpubridge"));
+    if let Err(e) = pack_vulkan_loader(&root.join("target/device-pack-vulkan"), &out) {
+        eprintln!(
+            "warning: no Vulkan loader packed ({e:#}); wgpu on the GPU machine will need its own libvulkan.so.1"
+        );
+    }
+    std::fs::create_dir_all(out.join("icd"))?;
+    std::fs::write(out.join("icd/nvidia_icd.json"), NVIDIA_ICD)?;
     std::fs::write(out.join("run.sh"), RUN_SH)?;
     let size: u64 = walk_size(&out);
     eprintln!(
@@ -74,6 +95,67 @@ pub fn run() -> anyhow::Result<()> {
     );
     println!("on the device machine, with `device-pack` carried: bash device-pack/run.sh");
     Ok(())
+}
+
+/// The NVIDIA Vulkan driver's ICD manifest, as the driver's own installer writes it: the loader
+/// finds the driver in `libGLX_nvidia.so.0` (through the `ldconfig` cache).
+const NVIDIA_ICD: &str = r#"{"file_format_version":"1.0.1","ICD":{"library_path":"libGLX_nvidia.so.0","api_version":"1.3"}}"#;
+
+/// Extracts `libvulkan.so.1` from Debian's `libvulkan1` package into `out/lib/`.
+fn pack_vulkan_loader(work: &Path, out: &Path) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work)?;
+    eprintln!("$ apt-get download libvulkan1");
+    let status = Command::new("apt-get")
+        .args(["download", "libvulkan1"])
+        .current_dir(work)
+        .status()
+        .context("running apt-get download")?;
+    if !status.success() {
+        bail!("apt-get download libvulkan1 failed ({status})");
+    }
+    let deb = std::fs::read_dir(work)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download left no .deb")?;
+    let tree = work.join("root");
+    let status = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&tree)
+        .status()
+        .context("running dpkg-deb -x")?;
+    if !status.success() {
+        bail!("dpkg-deb -x {} failed ({status})", deb.display());
+    }
+    let loader = find_file(&tree, "libvulkan.so.1").context("no libvulkan.so.1 in the package")?;
+    std::fs::create_dir_all(out.join("lib"))?;
+    // `libvulkan.so.1` is a symbolic link in the package: copy what it points at.
+    std::fs::copy(&loader, out.join("lib/libvulkan.so.1"))
+        .with_context(|| format!("copying {}", loader.display()))?;
+    eprintln!(
+        "packed the Vulkan loader from {}",
+        deb.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("libvulkan1")
+    );
+    Ok(())
+}
+
+fn find_file(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+        if p.is_dir() && !p.is_symlink() {
+            if let Some(found) = find_file(&p, name) {
+                return Some(found);
+            }
+        }
+    }
+    None
 }
 
 fn strip(path: &Path) {
@@ -107,6 +189,13 @@ const RUN_SH: &str = r#"#!/usr/bin/env bash
 set -u
 cd "$(dirname "$0")"
 export GPUBRIDGE_REQUIRE_GPU=1
+# wgpu: the packed Vulkan loader, and the packed NVIDIA ICD manifest where the driver has none.
+export LD_LIBRARY_PATH="$PWD/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if [ ! -e /usr/share/vulkan/icd.d/nvidia_icd.json ] && [ ! -e /etc/vulkan/icd.d/nvidia_icd.json ]; then
+  export VK_ICD_FILENAMES="$PWD/icd/nvidia_icd.json"
+  export VK_DRIVER_FILES="$PWD/icd/nvidia_icd.json"
+fi
+export NODEVICE_SELECT=1
 export XDG_CACHE_HOME="${XDG_CACHE_HOME:-/tmp/gpubridge-cache}"
 OUT="${OUT:-/tmp/gpubridge-out}"
 mkdir -p "$OUT"
@@ -124,11 +213,13 @@ cold_start=$(date +%s%N); ./gpubridge run vector --backend cuda --pairs 1 --len 
 warm_start=$(date +%s%N); ./gpubridge run vector --backend cuda --pairs 1 --len 1000 > /dev/null 2>&1; warm_end=$(date +%s%N)
 ./gpubridge run all --backend cuda > "$OUT/run-all-cuda.txt" 2>&1; run_rc=$?
 ./gpubridge run all --backend cpu > "$OUT/run-all-cpu.txt" 2>&1
+./gpubridge run all --backend wgpu > "$OUT/run-all-wgpu.txt" 2>&1; wgpu_rc=$?
 ./gpubridge bench --out "$OUT/bench.json" > "$OUT/bench.md" 2> "$OUT/bench.err"; bench_rc=$?
 echo "== gpu"; cat "$OUT/gpu.txt"
 echo "== devices"; cat "$OUT/devices.txt"
 echo "== run all --backend cuda (rc $run_rc)"; cat "$OUT/run-all-cuda.txt"
 echo "== run all --backend cpu"; cat "$OUT/run-all-cpu.txt"
+echo "== run all --backend wgpu (rc $wgpu_rc; VK_ICD_FILENAMES=${VK_ICD_FILENAMES:-driver default})"; cat "$OUT/run-all-wgpu.txt"
 echo "== process start to verified result, tiny vector sample: cold PTX cache $(( (cold_end-cold_start)/1000000 )) ms, warm $(( (warm_end-warm_start)/1000000 )) ms"
 echo "== tests"; printf '%s' "$summary"
 echo "== bench (rc $bench_rc)"; tail -5 "$OUT/bench.err"; cat "$OUT/bench.md"

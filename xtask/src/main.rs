@@ -1,10 +1,13 @@
 //! `cargo xtask`: project automation in Rust (the rust-analyzer pattern).
 //!
-//! - `cargo xtask ci`: what CI runs: format check, clippy with `-D warnings`, docs, every test.
+//! - `cargo xtask ci`: what CI runs: format check, clippy with `-D warnings`, docs, every test,
+//!   all with the wgpu backend built (its tests run where there is an adapter, and must under
+//!   `GPUBRIDGE_REQUIRE_WGPU=1`).
 //! - `cargo xtask bench [--quick] [--only P2,P4]`: TARGETS.md's rows measured by `gpubridge bench`
 //!   against baselines from the same run, in `target/bench-report/`.
 //! - `cargo xtask device-pack`: the release CLI and test executables, stripped, in `device-pack/`,
-//!   with `device-pack/run.sh` to run them on the GPU machine.
+//!   with a Vulkan loader and an NVIDIA ICD manifest for wgpu, and `device-pack/run.sh` to run
+//!   them on the GPU machine.
 
 mod bench;
 mod ci;

@@ -9,6 +9,8 @@ use gpubridge_core::{
     Health, KernelSources, MemoryInfo, NoGraph, Result,
 };
 
+use crate::host::{cpu_model_name, meminfo_kib};
+
 /// The CPU backend's type family.
 #[derive(Debug)]
 pub enum Cpu {}
@@ -239,22 +241,4 @@ impl Backend for CpuBackend {
             }),
         }
     }
-}
-
-fn cpu_model_name() -> Option<String> {
-    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    text.lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_owned())
-}
-
-fn meminfo_kib(key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    text.lines()
-        .find(|l| l.starts_with(key))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }

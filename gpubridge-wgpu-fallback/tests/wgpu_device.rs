@@ -1,0 +1,526 @@
+//! The wgpu backend through core's device-adapter family, on whatever adapter this machine has
+//! (Mesa's llvmpipe in CI): adapter facts, buffers, compiled modules, plans refused for the
+//! adapter's limits, validation errors, the pool and its limit, and the reasons given when wgpu is
+//! not used. Skips without an adapter unless `GPUBRIDGE_REQUIRE_WGPU=1`.
+
+#![cfg(feature = "wgpu")]
+
+use std::io::Write;
+use std::sync::Arc;
+
+use gpubridge_core::conformance::wgpu_required;
+use gpubridge_core::device::{Device, Instance};
+use gpubridge_core::kernels::{VectorAdd, VectorPair};
+use gpubridge_core::plan::{Arg, Args, BufferId, Gemm, Launch, Plan, PlanTarget};
+use gpubridge_core::{
+    Backend, BackendKind, BridgeConfig, DeviceType, Error, Health, Kernel, KernelSources,
+};
+use gpubridge_wgpu_fallback::wgpu::{WgpuBackend, WgpuDevice, WgpuInstance};
+use rand::{Rng, SeedableRng};
+
+/// The first device, or `None` (a skip) where there is no adapter and wgpu is not required.
+fn device(config: &BridgeConfig) -> Option<WgpuDevice> {
+    let instance = match WgpuInstance::discover(config) {
+        Ok(i) => i,
+        Err(why) => {
+            assert!(!wgpu_required(), "wgpu is required here: {why}");
+            eprintln!("skipped: wgpu not available: {why}");
+            return None;
+        }
+    };
+    let d = instance
+        .enumerate()
+        .expect("an adapter that was found opens")
+        .remove(0);
+    // Once per test binary, straight to stderr (libtest captures `eprintln!` of passing tests).
+    static NAMED: std::sync::Once = std::sync::Once::new();
+    NAMED.call_once(|| {
+        let a = d.adapter_info();
+        let _ = writeln!(
+            std::io::stderr(),
+            "wgpu_device runs on: {} (backend {}, device type {:?}, driver {} {})",
+            a.name,
+            a.backend,
+            a.device_type,
+            a.driver,
+            a.driver_info
+        );
+    });
+    Some(d)
+}
+
+fn random_pairs(n: usize, len: usize) -> Vec<VectorPair> {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+    (0..n)
+        .map(|_| VectorPair {
+            a: (0..len).map(|_| rng.random_range(-1e3..1e3)).collect(),
+            b: (0..len).map(|_| rng.random_range(-1e3..1e3)).collect(),
+        })
+        .collect()
+}
+
+/// Runs VectorAdd's plan for `inputs` directly on `d`, returning the outputs.
+fn run_vector_add(d: &WgpuDevice, inputs: &[VectorPair]) -> Result<Vec<Vec<f32>>, Error> {
+    let module = d.load_module(VectorAdd::ID, &VectorAdd.sources())?;
+    let items: Arc<[VectorPair]> = Arc::from(inputs.to_vec());
+    let plan = VectorAdd.plan(&items, &d.plan_target())?;
+    let mut out = None;
+    d.execute(&module, &plan, &mut |outputs| {
+        out = Some(VectorAdd.unpack(&items, &outputs));
+    })?;
+    out.expect("execute hands the outputs over")
+}
+
+fn vector_add_module(d: &WgpuDevice) -> gpubridge_wgpu_fallback::wgpu::WgpuModule {
+    d.load_module(VectorAdd::ID, &VectorAdd.sources()).unwrap()
+}
+
+#[test]
+fn adapter_is_reported_with_its_kind_and_limits() {
+    let Some(d) = device(&BridgeConfig::default()) else {
+        return;
+    };
+    let info = d.info();
+    assert_eq!(info.id.backend, BackendKind::Wgpu);
+    assert_eq!(info.id.index, 0);
+    assert_eq!(info.name, d.adapter_info().name);
+    if d.is_software() {
+        assert_eq!(info.device_type, DeviceType::SoftwareGpu);
+        assert!(
+            info.details.contains("software adapter"),
+            "{}",
+            info.details
+        );
+        assert!(info.compute_units > 0 && info.total_memory > 0, "{info:?}");
+        let mem = d.memory().unwrap();
+        assert!(mem.free > 0 && mem.free <= mem.total, "{mem:?}");
+    } else {
+        assert_ne!(info.device_type, DeviceType::SoftwareGpu);
+        assert!(matches!(d.memory(), Err(Error::Unsupported { .. })));
+    }
+    let limits = d.limits();
+    match d.plan_target() {
+        PlanTarget::Wgsl {
+            max_workgroups_per_dim,
+            max_storage_buffer_bytes,
+        } => {
+            assert_eq!(
+                max_workgroups_per_dim,
+                limits.max_compute_workgroups_per_dimension
+            );
+            assert_eq!(
+                max_storage_buffer_bytes,
+                limits
+                    .max_storage_buffer_binding_size
+                    .min(limits.max_buffer_size)
+            );
+        }
+        other => panic!("a wgpu device plans for WGSL, not {other:?}"),
+    }
+    assert_eq!(d.health(), Health::Healthy);
+}
+
+#[test]
+fn buffers_copy_at_any_offset_and_check_bounds() {
+    let Some(d) = device(&BridgeConfig::default()) else {
+        return;
+    };
+    let mut buf = d.alloc(19).unwrap();
+    assert_eq!(buf.len(), 19);
+    let mut all = [0xffu8; 19];
+    d.read(&buf, 0, &mut all).unwrap();
+    assert_eq!(all, [0; 19], "new buffers are zeroed");
+    d.write(&mut buf, 4, &[1, 2, 3, 4]).unwrap();
+    // Unaligned on both ends: wgpu copies words, so the edges are merged.
+    d.write(&mut buf, 9, &[9, 8, 7]).unwrap();
+    d.write(&mut buf, 18, &[5]).unwrap();
+    let mut out = [0u8; 11];
+    d.read(&buf, 3, &mut out).unwrap();
+    assert_eq!(out, [0, 1, 2, 3, 4, 0, 9, 8, 7, 0, 0]);
+    d.read(&buf, 0, &mut all).unwrap();
+    assert_eq!(all[18], 5);
+    assert_eq!(all[..4], [0; 4]);
+    assert!(matches!(
+        d.write(&mut buf, 17, &[0; 4]),
+        Err(Error::InvalidInput { .. })
+    ));
+    assert!(matches!(
+        d.read(&buf, usize::MAX, &mut out),
+        Err(Error::InvalidInput { .. })
+    ));
+    // Larger than the adapter's largest buffer: no retry can help, so Unsupported.
+    assert!(matches!(
+        d.alloc(usize::MAX / 2),
+        Err(Error::Unsupported {
+            backend: BackendKind::Wgpu,
+            ..
+        })
+    ));
+    d.synchronize().unwrap();
+}
+
+#[test]
+fn modules_compile_once_and_bad_wgsl_is_unsupported_and_remembered() {
+    let Some(d) = device(&BridgeConfig::default()) else {
+        return;
+    };
+    let a = vector_add_module(&d);
+    let b = vector_add_module(&d);
+    assert!(a.same_as(&b), "a module is compiled once per source");
+    assert!(matches!(
+        d.load_module("cpu/only", &KernelSources::default()),
+        Err(Error::Unsupported { .. })
+    ));
+    let broken = KernelSources {
+        cuda: None,
+        wgsl: Some("@compute @workgroup_size(1) fn main() { let x: f32 = ; }"),
+    };
+    let first = d.load_module("broken", &broken).unwrap_err();
+    let Error::Unsupported { what, .. } = &first else {
+        panic!("a compile error is Unsupported, got {first:?}");
+    };
+    assert!(what.contains("compiling broken"), "{what}");
+    let again = d.load_module("broken", &broken).unwrap_err();
+    assert_eq!(first.to_string(), again.to_string());
+    assert_eq!(
+        d.health(),
+        Health::Healthy,
+        "a bad kernel is not a bad device"
+    );
+}
+
+#[test]
+fn plans_the_adapter_cannot_run_are_refused_before_they_run() {
+    let Some(d) = device(&BridgeConfig::default()) else {
+        return;
+    };
+    let module = vector_add_module(&d);
+    let max = d.limits().max_compute_workgroups_per_dimension;
+    let plan_with = |launch: Option<Launch>, gemm: bool| {
+        let mut p = Plan::new(VectorAdd::ID);
+        let a = p.input("a", 64, |dst, _| dst.fill(0));
+        let b = p.input("b", 64, |dst, _| dst.fill(0));
+        let out = p.output("out", 64);
+        match launch {
+            Some(mut l) => {
+                if l.args.is_empty() {
+                    l.args =
+                        Args::from_slice(&[Arg::buf(a), Arg::buf(b), Arg::buf(out), Arg::U32(16)]);
+                }
+                p.launch(l);
+            }
+            None if gemm => p.gemm(Gemm {
+                m: 4,
+                k: 4,
+                n: 4,
+                a: Arg::buf(a),
+                b: Arg::buf(b),
+                c: Arg::buf(out),
+            }),
+            None => {}
+        }
+        p
+    };
+    let launch = |grid: [u32; 3], args: &[Arg]| Launch::new("vector_add", grid, [256, 1, 1], args);
+    let cases = [
+        (
+            "a grid beyond the limit",
+            plan_with(Some(launch([max + 1, 1, 1], &[])), false),
+        ),
+        ("a GEMM step", plan_with(None, true)),
+        (
+            "a 64-bit scalar",
+            plan_with(
+                Some(launch(
+                    [1, 1, 1],
+                    &[
+                        Arg::buf(BufferId(0)),
+                        Arg::buf(BufferId(1)),
+                        Arg::buf(BufferId(2)),
+                        Arg::U64(16),
+                    ],
+                )),
+                false,
+            ),
+        ),
+        (
+            "a misaligned binding offset",
+            plan_with(
+                Some(launch(
+                    [1, 1, 1],
+                    &[
+                        Arg::Buffer {
+                            id: BufferId(0),
+                            offset: 4,
+                        },
+                        Arg::buf(BufferId(1)),
+                        Arg::buf(BufferId(2)),
+                        Arg::U32(1),
+                    ],
+                )),
+                false,
+            ),
+        ),
+        (
+            "an entry point the source does not have",
+            plan_with(
+                Some(Launch::new(
+                    "no_such_entry",
+                    [1, 1, 1],
+                    [256, 1, 1],
+                    &[
+                        Arg::buf(BufferId(0)),
+                        Arg::buf(BufferId(1)),
+                        Arg::buf(BufferId(2)),
+                        Arg::U32(16),
+                    ],
+                )),
+                false,
+            ),
+        ),
+    ];
+    for (what, plan) in cases {
+        let mut called = false;
+        let err = d
+            .execute(&module, &plan, &mut |_| called = true)
+            .expect_err(what);
+        assert!(
+            matches!(
+                err,
+                Error::Unsupported {
+                    backend: BackendKind::Wgpu,
+                    ..
+                }
+            ),
+            "{what}: {err:?}"
+        );
+        assert!(!called, "{what}: outputs handed over for a refused plan");
+    }
+    assert_eq!(d.health(), Health::Healthy);
+}
+
+#[test]
+fn validation_errors_are_caught_as_unsupported_and_the_device_carries_on() {
+    let Some(d) = device(&BridgeConfig::default()) else {
+        return;
+    };
+    let module = vector_add_module(&d);
+    // The shader binds four resources; this launch gives two buffers and the scalars, so wgpu's
+    // validation refuses the bind group. It must come back typed, not as a panic.
+    let mut p = Plan::new(VectorAdd::ID);
+    let a = p.input("a", 64, |dst, _| dst.fill(0));
+    let out = p.output("out", 64);
+    p.launch(Launch::new(
+        "vector_add",
+        [1, 1, 1],
+        [256, 1, 1],
+        &[Arg::buf(a), Arg::buf(out), Arg::U32(16)],
+    ));
+    let err = d.execute(&module, &p, &mut |_| {}).unwrap_err();
+    match &err {
+        Error::Unsupported { what, .. } => assert!(what.contains("refused by wgpu"), "{what}"),
+        other => panic!("expected Unsupported from wgpu validation, got {other:?}"),
+    }
+    // The device is fine: a correct plan runs and is right.
+    let inputs = random_pairs(3, 1000);
+    let outs = run_vector_add(&d, &inputs).unwrap();
+    for (p, o) in inputs.iter().zip(&outs) {
+        let want: Vec<f32> = p.a.iter().zip(&p.b).map(|(a, b)| a + b).collect();
+        assert_eq!(o, &want);
+    }
+    assert_eq!(d.health(), Health::Healthy);
+}
+
+#[test]
+fn pool_reuses_buffers_and_its_limit_is_out_of_memory() {
+    let Some(d) = device(&BridgeConfig::default()) else {
+        return;
+    };
+    let inputs = random_pairs(4, 10_000);
+    run_vector_add(&d, &inputs).unwrap();
+    let first = d.pool_stats();
+    let outs = run_vector_add(&d, &inputs).unwrap();
+    let second = d.pool_stats();
+    assert_eq!(second.misses, first.misses, "{first:?} -> {second:?}");
+    assert!(second.hits > first.hits, "{first:?} -> {second:?}");
+    assert_eq!(second.in_use, 0, "every buffer went back: {second:?}");
+    for (p, o) in inputs.iter().zip(&outs) {
+        assert_eq!(o.len(), p.a.len());
+        assert!(p.a.iter().zip(&p.b).zip(o).all(|((a, b), o)| a + b == *o));
+    }
+
+    let mut small = BridgeConfig::default();
+    small.memory.pool_size_mb = 1;
+    let Some(d) = device(&small) else { return };
+    let err = run_vector_add(&d, &random_pairs(1, 200_000)).unwrap_err();
+    match err {
+        Error::OutOfMemory {
+            device, requested, ..
+        } => {
+            assert_eq!(device, "wgpu:0");
+            assert!(requested > 0);
+        }
+        other => panic!("expected OutOfMemory at the pool limit, got {other:?}"),
+    }
+    assert_eq!(d.pool_stats().failures, 1);
+    assert_eq!(
+        d.pool_stats().in_use,
+        0,
+        "a refused plan gives back what it rented"
+    );
+    // Within the limit the same device still works.
+    run_vector_add(&d, &random_pairs(2, 1000)).unwrap();
+}
+
+#[test]
+fn backend_reports_budget_target_and_refuses_cpu_jobs() {
+    let config = BridgeConfig::default();
+    let b = match WgpuBackend::new(&config) {
+        Ok(b) => b,
+        Err(why) => {
+            assert!(!wgpu_required(), "wgpu is required here: {why}");
+            return;
+        }
+    };
+    assert_eq!(b.kind(), BackendKind::Wgpu);
+    assert!(!b.devices().is_empty());
+    let d = b.device(0).unwrap();
+    assert_eq!(b.plan_target(0), Some(d.plan_target()));
+    let budget = b.memory_budget(0).unwrap();
+    let PlanTarget::Wgsl {
+        max_storage_buffer_bytes,
+        ..
+    } = d.plan_target()
+    else {
+        unreachable!()
+    };
+    assert!(budget > 0 && budget <= max_storage_buffer_bytes);
+    assert!(matches!(
+        b.submit(0, gpubridge_core::Work::Cpu(Box::new(|_| {}))),
+        Err(Error::Unsupported { .. })
+    ));
+    assert!(matches!(
+        b.submit(7, gpubridge_core::Work::Cpu(Box::new(|_| {}))),
+        Err(Error::DeviceLost { .. })
+    ));
+    assert_eq!(b.health(0), Health::Healthy);
+}
+
+#[test]
+fn unavailable_wgpu_says_exactly_why() {
+    let mut off = BridgeConfig::default();
+    off.wgpu.enabled = false;
+    let why = WgpuBackend::new(&off).unwrap_err().to_string();
+    assert!(
+        why.contains("disabled by configuration (wgpu.enabled = false)"),
+        "{why}"
+    );
+    let report = gpubridge_wgpu_fallback::wgpu_status(&off);
+    assert!(report
+        .unavailable_reason()
+        .unwrap()
+        .contains("wgpu.enabled"));
+
+    let mut filtered = BridgeConfig::default();
+    filtered.wgpu.adapter = Some("no-such-adapter-xyz".to_owned());
+    match WgpuBackend::new(&filtered) {
+        Ok(_) => panic!("an adapter filter that matches nothing left an adapter"),
+        Err(why) => {
+            let why = why.to_string();
+            // Either adapters were found and passed over by the filter, or there were none.
+            assert!(
+                why.contains("wgpu.adapter = \"no-such-adapter-xyz\"") || !wgpu_required(),
+                "{why}"
+            );
+        }
+    }
+
+    if let Some(d) = device(&BridgeConfig::default()) {
+        if d.is_software() {
+            let mut hardware_only = BridgeConfig::default();
+            hardware_only.wgpu.allow_software_adapter = false;
+            let why = WgpuBackend::new(&hardware_only).unwrap_err().to_string();
+            assert!(why.contains("wgpu.allow_software_adapter = false"), "{why}");
+        }
+    }
+}
+
+#[test]
+fn micro_batches_within_the_budget_fit_the_pool() {
+    // A 10 MiB pool: the budget (two fifths) splits this 12 MB batch into micro-batches whose
+    // storage and staging buffers fit the pool, so nothing is refused and all of it runs on wgpu.
+    let mut config = BridgeConfig::default();
+    config.memory.pool_size_mb = 10;
+    let b = match WgpuBackend::new(&config) {
+        Ok(b) => b,
+        Err(why) => {
+            assert!(!wgpu_required(), "wgpu is required here: {why}");
+            return;
+        }
+    };
+    assert_eq!(b.memory_budget(0), Some(4 << 20));
+    let bridge = gpubridge_core::GpuBridge::builder(config)
+        .kernel(VectorAdd)
+        .unwrap()
+        .backend(b.clone())
+        .build()
+        .unwrap();
+    let inputs = random_pairs(10, 100_000);
+    let r = futures::executor::block_on(
+        bridge
+            .batch::<VectorAdd>()
+            .unwrap()
+            .execute(inputs.clone(), gpubridge_core::ExecutionHints::default()),
+    )
+    .unwrap();
+    assert!(r.chunks.len() >= 3, "{} micro-batches", r.chunks.len());
+    assert!(r
+        .chunks
+        .iter()
+        .all(|c| c.device.backend == BackendKind::Wgpu));
+    for (p, o) in inputs.iter().zip(&r.outputs) {
+        assert!(p.a.iter().zip(&p.b).zip(o).all(|((a, b), o)| a + b == *o));
+    }
+    let stats = b.pool_stats(0).unwrap();
+    assert_eq!(stats.failures, 0, "{stats:?}");
+    assert!(stats.peak <= 10 << 20, "{stats:?}");
+}
+
+#[test]
+fn a_panicking_packer_leaves_the_device_and_its_pool_usable() {
+    let Some(d) = device(&BridgeConfig::default()) else {
+        return;
+    };
+    let module = vector_add_module(&d);
+    // One pair of 1000 floats: the same buffer sizes as the plan below, so they share buffers.
+    run_vector_add(&d, &random_pairs(1, 1000)).unwrap();
+    let mut p = Plan::new(VectorAdd::ID);
+    let a = p.input("a", 4000, |_, _| panic!("a kernel's packer panicked"));
+    let b = p.input("b", 4000, |dst, _| dst.fill(0));
+    let out = p.output("out", 4000);
+    p.launch(Launch::new(
+        "vector_add",
+        [4, 1, 1],
+        [256, 1, 1],
+        &[Arg::buf(a), Arg::buf(b), Arg::buf(out), Arg::U32(1000)],
+    ));
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        d.execute(&module, &p, &mut |_| {})
+    }));
+    assert!(unwound.is_err(), "the packer's panic reaches the caller");
+    assert_eq!(
+        d.pool_stats().in_use,
+        0,
+        "the unwound plan gave its buffers back"
+    );
+    // The staging buffers it held (one left mapped mid-write) are reused and work.
+    let before = d.pool_stats();
+    let inputs = random_pairs(1, 1000);
+    let outs = run_vector_add(&d, &inputs).unwrap();
+    for (p, o) in inputs.iter().zip(&outs) {
+        assert!(p.a.iter().zip(&p.b).zip(o).all(|((a, b), o)| a + b == *o));
+    }
+    let after = d.pool_stats();
+    assert_eq!(after.misses, before.misses, "{before:?} -> {after:?}");
+    assert_eq!(d.health(), Health::Healthy);
+}
