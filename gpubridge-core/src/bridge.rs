@@ -293,6 +293,10 @@ impl GpuBridge {
         if cpu_first {
             order.sort_by_key(|s| s.backend.kind().is_gpu());
         }
+        if self.inner.config.fallback.software_adapters_last {
+            // Stable: software-only backends move behind the rest, in their chain order.
+            order.sort_by_key(|s| software_only(s));
+        }
         order
     }
 
@@ -832,6 +836,15 @@ fn consumed(kernel: &str) -> Error {
         ),
         transient: false,
     }
+}
+
+/// Whether every device of `slot` is a software adapter (see `fallback.software_adapters_last`).
+fn software_only(slot: &Slot) -> bool {
+    let devices = slot.backend.devices();
+    !devices.is_empty()
+        && devices
+            .iter()
+            .all(|d| d.device_type == crate::device::DeviceType::SoftwareGpu)
 }
 
 /// Why no device of `slot` was tried: all of them lost (a driver reset, a destroyed device), or

@@ -174,6 +174,10 @@ pub struct FallbackConfig {
     pub circuit_failure_threshold: u32,
     /// How long an open circuit stays open before one probe is let through, in ms (default 1000).
     pub circuit_open_ms: u64,
+    /// In automatic placement, a backend whose every device is a software adapter (Mesa's
+    /// llvmpipe) is tried after the CPU backend, which is faster for every built-in kernel
+    /// (default `true`). Asking for the backend by name still uses it.
+    pub software_adapters_last: bool,
 }
 
 impl Default for FallbackConfig {
@@ -182,6 +186,7 @@ impl Default for FallbackConfig {
             chain: BackendKind::ALL.to_vec(),
             circuit_failure_threshold: 5,
             circuit_open_ms: 1000,
+            software_adapters_last: true,
         }
     }
 }

@@ -130,7 +130,9 @@ impl Captured {
 
 #[test]
 fn work_moves_from_cuda_to_wgpu_then_to_the_cpu_when_wgpu_is_lost() {
-    let config = BridgeConfig::default();
+    let mut config = BridgeConfig::default();
+    // CI's adapter is llvmpipe, which automatic placement would otherwise try after the CPU.
+    config.fallback.software_adapters_last = false;
     let Some(wgpu) = wgpu_or_skip(&config) else {
         return;
     };
@@ -310,7 +312,8 @@ fn wgpu_disabled_or_filtered_away_sends_work_to_the_cpu_with_the_reason_on_recor
 
 #[test]
 fn without_cuda_the_default_bridge_runs_on_wgpu() {
-    let config = BridgeConfig::default();
+    let mut config = BridgeConfig::default();
+    config.fallback.software_adapters_last = false;
     if wgpu_or_skip(&config).is_none() {
         return;
     }
@@ -331,4 +334,36 @@ fn without_cuda_the_default_bridge_runs_on_wgpu() {
     check_add(&inputs, &r.outputs);
     assert_eq!(r.backend(), Some(BackendKind::Wgpu));
     assert!(r.fallbacks.is_empty());
+}
+
+#[test]
+fn a_software_adapter_is_tried_after_the_cpu_unless_asked_for() {
+    let config = BridgeConfig::default();
+    let Some(wgpu) = wgpu_or_skip(&config) else {
+        return;
+    };
+    if wgpu.devices()[0].device_type != gpubridge::DeviceType::SoftwareGpu {
+        eprintln!("a hardware adapter: automatic placement keeps wgpu before the CPU");
+        return;
+    }
+    let cpu = CpuBackend::new(&config).unwrap();
+    let bridge = GpuBridge::builder(config)
+        .kernel(VectorAdd)
+        .unwrap()
+        .backend(wgpu)
+        .backend(cpu)
+        .build()
+        .unwrap();
+    let grain = bridge.batch::<VectorAdd>().unwrap();
+    let inputs = random_pairs(2, 513);
+    let auto = block_on(grain.execute(inputs.clone(), ExecutionHints::default())).unwrap();
+    check_add(&inputs, &auto.outputs);
+    assert_eq!(auto.backend(), Some(BackendKind::Cpu));
+    let asked = block_on(grain.execute(
+        inputs.clone(),
+        ExecutionHints::default().on_backend(BackendKind::Wgpu),
+    ))
+    .unwrap();
+    check_add(&inputs, &asked.outputs);
+    assert_eq!(asked.backend(), Some(BackendKind::Wgpu));
 }
