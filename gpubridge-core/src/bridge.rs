@@ -781,7 +781,7 @@ where
                         spins += 1;
                         // The clock can cost a system call on some virtual machines: read it
                         // once every 64 spins.
-                        if spins % 64 != 0 || t.elapsed() < limit {
+                        if !spins.is_multiple_of(64) || t.elapsed() < limit {
                             std::hint::spin_loop();
                             continue;
                         }

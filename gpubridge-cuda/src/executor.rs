@@ -95,7 +95,7 @@ fn next_job(rx: &mpsc::Receiver<Job>) -> Option<Job> {
         }
         spins += 1;
         // Reading the clock can cost a system call on some virtual machines: check it rarely.
-        if spins % CLOCK_EVERY == 0 && t.elapsed() >= JOB_SPIN {
+        if spins.is_multiple_of(CLOCK_EVERY) && t.elapsed() >= JOB_SPIN {
             return rx.recv().ok();
         }
     }
@@ -1453,7 +1453,7 @@ fn wait_stream(stream: &CudaStream, label: &str) -> Result<()> {
             sys::CUresult::CUDA_SUCCESS => return Ok(()),
             sys::CUresult::CUDA_ERROR_NOT_READY => {
                 spins += 1;
-                if spins % CLOCK_EVERY == 0 && t.elapsed() > SPIN_WAIT {
+                if spins.is_multiple_of(CLOCK_EVERY) && t.elapsed() > SPIN_WAIT {
                     return stream
                         .synchronize()
                         .map_err(|e| driver_error(label, "cuStreamSynchronize", e));
@@ -1875,7 +1875,7 @@ fn pack_and_upload(
             let mut spins = 0u32;
             while left.load(Ordering::Acquire) > 0 {
                 spins += 1;
-                if spins % 64 == 0 {
+                if spins.is_multiple_of(64) {
                     std::thread::yield_now();
                 } else {
                     std::hint::spin_loop();

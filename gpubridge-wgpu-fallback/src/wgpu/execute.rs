@@ -285,7 +285,7 @@ fn check_limits<'p>(dev: &WgpuDevice, plan: &'p Plan) -> Result<Vec<&'p Launch>>
             match a {
                 Arg::Buffer { offset, .. } => {
                     buffers += 1;
-                    if *offset as u64 % align != 0 {
+                    if !(*offset as u64).is_multiple_of(align) {
                         return Err(unsupported(format!(
                             "{}: {} binds a buffer at offset {offset}, not a multiple of the adapter's {align}",
                             dev.label, l.entry
