@@ -133,6 +133,11 @@ impl FaultInjectingBackend {
         }
     }
 
+    /// Jobs held now.
+    pub fn held(&self) -> usize {
+        self.held.lock().as_ref().map_or(0, Vec::len)
+    }
+
     /// Runs the held work and stops holding; returns how many jobs were held.
     pub fn release(&self) -> usize {
         let jobs = self.held.lock().take().unwrap_or_default();
