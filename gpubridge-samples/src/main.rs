@@ -108,21 +108,28 @@ fn log_filter() -> tracing_subscriber::EnvFilter {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
 }
 
+/// What must live until the end of `main`: the OTLP exporter, flushed when dropped.
+struct Tracing {
+    #[cfg(feature = "otlp")]
+    _otlp: Option<gpubridge::telemetry::otlp::OtlpTracing>,
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (default `warn`; `gpubridge::audit=info` adds the
 /// audit log).
 #[cfg(not(feature = "otlp"))]
-fn init_tracing(_config: &BridgeConfig) {
+fn init_tracing(_config: &BridgeConfig) -> Tracing {
     tracing_subscriber::fmt()
         .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         .init();
+    Tracing {}
 }
 
 /// Logs to stderr as above and, when `telemetry.otlp_endpoint` is set, exports the bridge's
 /// spans over OTLP (sampled by `telemetry.sampling_rate`). The returned value flushes the
 /// exporter when dropped at the end of `main`.
 #[cfg(feature = "otlp")]
-fn init_tracing(config: &BridgeConfig) -> Option<gpubridge::telemetry::otlp::OtlpTracing> {
+fn init_tracing(config: &BridgeConfig) -> Tracing {
     use gpubridge::telemetry::otlp::{OtlpSettings, OtlpTracing};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -151,7 +158,7 @@ fn init_tracing(config: &BridgeConfig) -> Option<gpubridge::telemetry::otlp::Otl
             .with_filter(tracing_subscriber::EnvFilter::new("gpubridge_core=info"))
     });
     tracing_subscriber::registry().with(fmt).with(export).init();
-    otlp
+    Tracing { _otlp: otlp }
 }
 
 fn run(cli: Cli, config: BridgeConfig) -> anyhow::Result<ExitCode> {

@@ -54,7 +54,7 @@ impl OtlpSettings {
         let base = self.endpoint.trim();
         let after_scheme = base.split_once("://").map_or(base, |(_, rest)| rest);
         match after_scheme.find('/') {
-            Some(i) if after_scheme[i..].trim_end_matches('/') != "" => base.to_owned(),
+            Some(i) if !after_scheme[i..].trim_end_matches('/').is_empty() => base.to_owned(),
             _ => format!("{}/v1/traces", base.trim_end_matches('/')),
         }
     }

@@ -9,8 +9,8 @@
 //! | `cuda` | the CUDA backend (driver, NVRTC and cuBLAS loaded at run time) | kernels run; graphs and copy/compute overlap are next |
 //! | `wgpu` | the wgpu compute backend | not built yet (reported as such) |
 //! | `gds` | cuFile in `gpubridge-storage` | not built yet |
-//! | `prometheus` | [`telemetry::serve`]: `/metrics` (Prometheus), `/healthz`, `/readyz` | working |
-//! | `nvml` | [`telemetry::start_nvml_sampler`]: GPU utilisation, memory, temperature, power, throttling | working (loads NVML at run time) |
+//! | `prometheus` | `telemetry::serve`: `/metrics` (Prometheus), `/healthz`, `/readyz` | working |
+//! | `nvml` | `telemetry::start_nvml_sampler`: GPU utilisation, memory, temperature, power, throttling | working (loads NVML at run time) |
 //! | `otlp` | `telemetry::otlp`: `tracing` spans exported over OTLP/HTTP | working |
 //!
 //! # Example

@@ -1,6 +1,6 @@
 //! Telemetry for a bridge: every metric's name and description ([`names`]), and behind features
-//! the Prometheus endpoint ([`serve`], `prometheus`), the NVML sampler ([`start_nvml_sampler`],
-//! `nvml`) and OTLP trace export ([`otlp`], `otlp`).
+//! the Prometheus endpoint (`serve`, feature `prometheus`), the NVML sampler
+//! (`start_nvml_sampler`, feature `nvml`) and OTLP trace export (`otlp`, feature `otlp`).
 //!
 //! Everything of `gpubridge-telemetry` is re-exported here; what this module adds knows the
 //! bridge: readiness for `/readyz`, circuit states republished on each scrape, and NVML boards
