@@ -477,7 +477,8 @@ where
     /// outcome) and each attempt of a micro-batch a `gpubridge.kernel` span inside it (kernel,
     /// backend, device, batch size, outcome), unless `telemetry.enable_tracing` is off. Every
     /// request ends with one event on the audit target `gpubridge::audit` (correlation id,
-    /// tenant, kernel, device, items, bytes, outcome, duration) when that target is enabled.
+    /// tenant, kernel, device that ran most items, items, bytes the items need on a device,
+    /// outcome, duration in microseconds) when that target is enabled.
     pub async fn execute(&self, inputs: Vec<I>, hints: ExecutionHints) -> Result<BatchResult<O>> {
         let started = Instant::now();
         let kernel = self.kernel.id();
@@ -530,7 +531,7 @@ where
             }
         };
         span.record("outcome", outcome);
-        if audit {
+        if let (true, Some(correlation)) = (audit, correlation) {
             let device = result
                 .as_ref()
                 .ok()
@@ -538,7 +539,7 @@ where
                 .map_or_else(|| "-".to_owned(), |d| d.to_string());
             tracing::info!(
                 target: AUDIT_TARGET,
-                correlation_id = %correlation.as_ref().map_or(CorrelationId::Numbered(0), |c| *c),
+                correlation_id = %correlation,
                 tenant = hints.tenant.as_deref().unwrap_or("-"),
                 kernel,
                 device = %device,
@@ -978,7 +979,6 @@ impl Drop for Pending<'_> {
 }
 
 /// A request's correlation id: the caller's, or a number unique in this process.
-#[derive(Clone, Copy)]
 enum CorrelationId<'a> {
     Given(&'a str),
     Numbered(u64),

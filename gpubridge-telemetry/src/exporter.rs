@@ -31,7 +31,7 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// are lost (the facade's `serve` republishes the states that matter, such as circuit state).
 ///
 /// # Errors
-/// [`Error::RecorderTaken`] when another recorder was installed first.
+/// [`Error::Recorder`] when another recorder was installed first.
 pub fn install() -> Result<PrometheusHandle, Error> {
     static INSTALLING: Mutex<()> = Mutex::new(());
     if let Some(h) = HANDLE.get() {
@@ -46,12 +46,12 @@ pub fn install() -> Result<PrometheusHandle, Error> {
         if let Some(bounds) = d.buckets {
             builder = builder
                 .set_buckets_for_metric(Matcher::Full(d.name.to_owned()), bounds)
-                .map_err(|e| Error::RecorderTaken(e.to_string()))?;
+                .map_err(|e| Error::Recorder(e.to_string()))?;
         }
     }
     let handle = builder
         .install_recorder()
-        .map_err(|e| Error::RecorderTaken(e.to_string()))?;
+        .map_err(|e| Error::Recorder(e.to_string()))?;
     crate::describe_all();
     let upkeep = handle.clone();
     if let Err(e) = std::thread::Builder::new()

@@ -47,9 +47,10 @@ pub const AUDIT_TARGET: &str = "gpubridge::audit";
 /// What can go wrong setting telemetry up. Recording itself never fails.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Another metrics recorder was installed in this process first.
-    #[error("a metrics recorder is already installed: {0}")]
-    RecorderTaken(String),
+    /// The Prometheus recorder could not be installed (another metrics recorder was installed
+    /// in this process first).
+    #[error("cannot install the metrics recorder: {0}")]
+    Recorder(String),
     /// The endpoint could not bind or serve.
     #[error("metrics endpoint: {0}")]
     Io(#[from] std::io::Error),

@@ -62,7 +62,7 @@ mod serving {
     /// keep everything recorded from the start; `serve` also works on a running bridge.
     ///
     /// # Errors
-    /// [`Error::RecorderTaken`] when another metrics recorder is installed; [`Error::Io`] when
+    /// [`Error::Recorder`] when another metrics recorder is installed; [`Error::Io`] when
     /// the address cannot be bound or there is no tokio runtime.
     pub async fn serve(bridge: &GpuBridge, addr: SocketAddr) -> Result<MetricsServer, Error> {
         let handle = if bridge.config().telemetry.enable_metrics {
