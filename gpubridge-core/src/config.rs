@@ -232,7 +232,9 @@ pub struct BatchingConfig {
     pub max_in_flight: usize,
     /// Longest a single request waits for a batch to fill, in microseconds (default 100).
     pub max_queue_delay_us: u64,
-    /// Requests waiting per kernel before `QueueFull` (default 65536).
+    /// Requests waiting per kernel before `QueueFull` (default 65536). Until the batcher's queues
+    /// land, readiness (`/readyz`) counts the bridge saturated when this many requests are
+    /// pending in all.
     pub queue_capacity: usize,
 }
 

@@ -23,13 +23,17 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::exporter::{render, PrometheusHandle};
 use crate::Error;
+
+/// A client that has not sent its request head by then is disconnected, so idle or stalled
+/// connections cannot pile up.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The content type of the Prometheus text format.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -132,6 +136,8 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stopped: ones
                     connections.spawn(async move {
                         let service = service_fn(move |req| respond(req, state.clone()));
                         if let Err(e) = http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(HEADER_READ_TIMEOUT)
                             .serve_connection(TokioIo::new(stream), service)
                             .await
                         {
