@@ -30,7 +30,7 @@ mod serving {
 
     use gpubridge_core::GpuBridge;
     use gpubridge_telemetry::server::{MetricsServer, Readiness};
-    use gpubridge_telemetry::{exporter, names, Error};
+    use gpubridge_telemetry::{exporter, intern_label, names, Error};
 
     /// `/readyz` over [`GpuBridge::readiness`]: ready while some device (the CPU counts) is
     /// healthy with its circuit admitting work, and the requests pending are below
@@ -73,10 +73,6 @@ mod serving {
         let readiness = BridgeReadiness(bridge.clone());
         readiness.before_scrape();
         MetricsServer::bind(addr, handle, Arc::new(readiness)).await
-    }
-
-    fn intern_label(s: &str) -> &'static str {
-        gpubridge_telemetry::intern_label(s)
     }
 }
 
