@@ -3,13 +3,14 @@
 //! outputs in input order.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use gpubridge_telemetry::names;
+use gpubridge_telemetry::{names, AUDIT_TARGET};
 use tokio::sync::{oneshot, Semaphore};
+use tracing::Instrument;
 
 use crate::catalog::KernelCatalog;
 use crate::circuit::{Admission, CircuitBreaker, CircuitState};
@@ -21,6 +22,8 @@ use crate::device::{
 use crate::error::{Error, ErrorClass, Result};
 use crate::hints::{BatchResult, ChunkReport, ExecutionHints, FallbackEvent, Preference};
 use crate::kernel::{DynKernel, Kernel};
+use crate::plan::BufferRole;
+use crate::readiness::{DeviceReadiness, Readiness};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -38,6 +41,8 @@ struct Inner {
     slots: Vec<Slot>,
     reports: Vec<BackendReport>,
     permits: Semaphore,
+    /// Requests accepted and not yet completed (what `gpubridge_pending_requests` shows).
+    pending: AtomicUsize,
 }
 
 /// The bridge: kernels, backends and configuration, shared by cheap clones.
@@ -204,6 +209,7 @@ impl BridgeBuilder {
                 slots,
                 reports,
                 permits,
+                pending: AtomicUsize::new(0),
             }),
         })
     }
@@ -277,6 +283,37 @@ impl GpuBridge {
             .find(|s| s.backend.kind() == device.backend)
             .and_then(|s| s.breakers.get(device.index))
             .map(CircuitBreaker::state)
+    }
+
+    /// Whether the bridge can take work now: every device's health, circuit and load, and the
+    /// requests pending against `batching.queue_capacity` (see [`Readiness::check`]).
+    pub fn readiness(&self) -> Readiness {
+        let inner = &self.inner;
+        let now = Instant::now();
+        let devices = inner
+            .slots
+            .iter()
+            .flat_map(|s| {
+                s.breakers
+                    .iter()
+                    .enumerate()
+                    .map(move |(d, breaker)| DeviceReadiness {
+                        id: s.backend.devices()[d].id,
+                        health: s.backend.health(d),
+                        circuit: breaker.state(),
+                        admits_work: breaker.admits(now),
+                        in_flight: s.in_flight[d].load(Ordering::Relaxed),
+                    })
+            })
+            .collect();
+        let max = inner.config.general.max_concurrent_kernels;
+        Readiness {
+            devices,
+            pending_requests: inner.pending.load(Ordering::Relaxed),
+            queue_capacity: inner.config.batching.queue_capacity,
+            running_micro_batches: max.saturating_sub(inner.permits.available_permits()),
+            max_concurrent_kernels: max,
+        }
     }
 
     fn candidates(&self, hints: &ExecutionHints) -> Vec<&Slot> {
@@ -438,25 +475,84 @@ where
     ///
     /// A deadline (`hints.timeout`) uses tokio's timer, so it needs a tokio runtime with time
     /// enabled (the default of `#[tokio::main]`).
+    ///
+    /// # Telemetry
+    /// Each request is a `gpubridge.request` span (kernel, items, tenant, correlation id,
+    /// outcome) and each attempt of a micro-batch a `gpubridge.kernel` span inside it (kernel,
+    /// backend, device, batch size, outcome), unless `telemetry.enable_tracing` is off. Every
+    /// request ends with one event on the audit target `gpubridge::audit` (correlation id,
+    /// tenant, kernel, device that ran most items, items, bytes the items need on a device,
+    /// outcome, duration in microseconds) when that target is enabled.
     pub async fn execute(&self, inputs: Vec<I>, hints: ExecutionHints) -> Result<BatchResult<O>> {
         let started = Instant::now();
         let kernel = self.kernel.id();
-        metrics::gauge!(names::PENDING_REQUESTS).increment(1.0);
-        let result = match hints.timeout {
-            Some(after) => {
-                match tokio::time::timeout(after, self.run(inputs, &hints, started)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Error::Timeout { after }),
-                }
-            }
-            None => self.run(inputs, &hints, started).await,
+        let _pending = Pending::start(&self.bridge.inner.pending);
+        let audit = tracing::enabled!(target: AUDIT_TARGET, tracing::Level::INFO);
+        let traced = self.bridge.inner.config.telemetry.enable_tracing
+            && tracing::span_enabled!(tracing::Level::INFO);
+        let correlation = (audit || traced).then(|| CorrelationId::of(&hints));
+        let bytes: u64 = if audit {
+            inputs
+                .iter()
+                .map(|i| self.kernel.device_bytes(i) as u64)
+                .sum()
+        } else {
+            0
         };
-        metrics::gauge!(names::PENDING_REQUESTS).decrement(1.0);
+        let items = inputs.len();
+        let span = match &correlation {
+            Some(id) if traced => tracing::info_span!(
+                "gpubridge.request",
+                kernel,
+                items,
+                tenant = hints.tenant.as_deref(),
+                correlation_id = %id,
+                outcome = tracing::field::Empty,
+            ),
+            _ => tracing::Span::none(),
+        };
+        let run = async {
+            match hints.timeout {
+                Some(after) => {
+                    match tokio::time::timeout(after, self.run(inputs, &hints, started)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(Error::Timeout { after }),
+                    }
+                }
+                None => self.run(inputs, &hints, started).await,
+            }
+        };
+        let result = run.instrument(span.clone()).await;
+        let elapsed = started.elapsed();
         metrics::histogram!(names::REQUEST_DURATION_SECONDS, "kernel" => kernel)
-            .record(started.elapsed().as_secs_f64());
-        if let Err(e) = &result {
-            metrics::counter!(names::REQUEST_FAILURES_TOTAL, "reason" => e.reason_label())
-                .increment(1);
+            .record(elapsed.as_secs_f64());
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => {
+                metrics::counter!(names::REQUEST_FAILURES_TOTAL, "reason" => e.reason_label())
+                    .increment(1);
+                e.reason_label()
+            }
+        };
+        span.record("outcome", outcome);
+        if let (true, Some(correlation)) = (audit, correlation) {
+            let device = result
+                .as_ref()
+                .ok()
+                .and_then(BatchResult::device)
+                .map_or_else(|| "-".to_owned(), |d| d.to_string());
+            tracing::info!(
+                target: AUDIT_TARGET,
+                correlation_id = %correlation,
+                tenant = hints.tenant.as_deref().unwrap_or("-"),
+                kernel,
+                device = %device,
+                items,
+                bytes,
+                outcome,
+                duration_us = elapsed.as_micros() as u64,
+                "request",
+            );
         }
         result
     }
@@ -629,11 +725,29 @@ where
                         transient: false,
                     });
                 }
+                let span = if self.bridge.inner.config.telemetry.enable_tracing {
+                    tracing::info_span!(
+                        "gpubridge.kernel",
+                        kernel = id,
+                        backend = kind.name(),
+                        device = label,
+                        device_index = device,
+                        batch_size = chunk.len,
+                        outcome = tracing::field::Empty,
+                    )
+                } else {
+                    tracing::Span::none()
+                };
                 slot.in_flight[device].fetch_add(1, Ordering::Relaxed);
                 let result = self
                     .attempt(slot, device, chunk, started, hints.spin_wait)
+                    .instrument(span.clone())
                     .await;
                 slot.in_flight[device].fetch_sub(1, Ordering::Relaxed);
+                span.record(
+                    "outcome",
+                    result.as_ref().map_or_else(Error::reason_label, |_| "ok"),
+                );
                 let success = result.is_ok();
                 metrics::counter!(names::KERNELS_EXECUTED_TOTAL, "kernel" => id, "backend" => kind.name(), "device" => label, "success" => if success { "true" } else { "false" })
                     .increment(1);
@@ -712,6 +826,8 @@ where
         let Some(mut lent) = Lent::take(&chunk.items) else {
             return Err(consumed(self.kernel.id()));
         };
+        // Host-device bytes of the plan (none on the CPU): uploads, downloads.
+        let mut copied = (0u64, 0u64);
         match backend.plan_target(device) {
             None => {
                 let job: CpuJob = Box::new(move |ctx| {
@@ -737,6 +853,13 @@ where
             Some(target) => {
                 let plan = self.kernel.plan(lent.items(self.kernel.id())?, &target)?;
                 plan.check()?;
+                for b in &plan.buffers {
+                    match b.role {
+                        BufferRole::Input(_) => copied.0 += b.len as u64,
+                        BufferRole::Output => copied.1 += b.len as u64,
+                        BufferRole::Scratch => {}
+                    }
+                }
                 let t = Instant::now();
                 let complete: PlanCompletion = Box::new(move |res| {
                     let mut keep = true;
@@ -799,6 +922,9 @@ where
             message: "the executor dropped the work without completing it".to_owned(),
             transient: true,
         })??;
+        if copied != (0, 0) {
+            record_copies(copied, stats.transfer);
+        }
         if outputs.len() != chunk.len {
             return Err(Error::Backend {
                 backend: backend.kind(),
@@ -824,6 +950,60 @@ where
                 executor: stats.executor,
             },
         })
+    }
+}
+
+/// Counts a finished plan's host-device bytes and, where the backend timed its copies, their
+/// throughput.
+fn record_copies((up, down): (u64, u64), copying: Duration) {
+    metrics::counter!(names::BYTES_TRANSFERRED_TOTAL, "direction" => "h2d").increment(up);
+    metrics::counter!(names::BYTES_TRANSFERRED_TOTAL, "direction" => "d2h").increment(down);
+    if !copying.is_zero() {
+        metrics::gauge!(names::TRANSFER_THROUGHPUT_BYTES_PER_SECOND)
+            .set((up + down) as f64 / copying.as_secs_f64());
+    }
+}
+
+/// Counts a request as pending from its start until it completes or its future is dropped.
+struct Pending<'a>(&'a AtomicUsize);
+
+impl<'a> Pending<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!(names::PENDING_REQUESTS).increment(1.0);
+        Self(count)
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!(names::PENDING_REQUESTS).decrement(1.0);
+    }
+}
+
+/// A request's correlation id: the caller's, or a number unique in this process.
+enum CorrelationId<'a> {
+    Given(&'a str),
+    Numbered(u64),
+}
+
+impl<'a> CorrelationId<'a> {
+    fn of(hints: &'a ExecutionHints) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        match hints.correlation_id.as_deref() {
+            Some(id) => CorrelationId::Given(id),
+            None => CorrelationId::Numbered(NEXT.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
+}
+
+impl std::fmt::Display for CorrelationId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CorrelationId::Given(id) => f.write_str(id),
+            CorrelationId::Numbered(n) => write!(f, "gpubridge-{}-{n}", std::process::id()),
+        }
     }
 }
 

@@ -82,6 +82,16 @@ impl CircuitBreaker {
         }
     }
 
+    /// Whether [`CircuitBreaker::admit`] would let an attempt through at `now`, without taking
+    /// the half-open probe slot: what readiness reports.
+    pub fn admits(&self, now: Instant) -> bool {
+        match *self.inner.lock() {
+            Inner::Closed { .. } => true,
+            Inner::Open { until } => now >= until,
+            Inner::HalfOpen { probing } => !probing,
+        }
+    }
+
     /// Records a success: the circuit closes.
     pub fn on_success(&self) {
         *self.inner.lock() = Inner::Closed { failures: 0 };
@@ -134,11 +144,14 @@ mod tests {
         b.on_failure(t0);
         assert_eq!(b.state(), CircuitState::Open);
         assert_eq!(b.admit(t0 + Duration::from_millis(50)), Admission::Rejected);
+        assert!(!b.admits(t0 + Duration::from_millis(50)));
+        assert!(b.admits(t0 + Duration::from_millis(150)));
         let later = t0 + Duration::from_millis(150);
         assert_eq!(b.admit(later), Admission::Probe);
         assert_eq!(b.state(), CircuitState::HalfOpen);
         // Only one probe at a time.
         assert_eq!(b.admit(later), Admission::Rejected);
+        assert!(!b.admits(later));
         b.on_success();
         assert_eq!(b.state(), CircuitState::Closed);
         assert_eq!(b.admit(later), Admission::Allowed);

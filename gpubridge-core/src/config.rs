@@ -134,20 +134,30 @@ impl Default for StorageConfig {
     }
 }
 
-/// `[telemetry]`: the original's `EnableMetrics`, `EnableTracing`, `SamplingRate`.
+/// `[telemetry]`: the original's `EnableMetrics`, `EnableTracing`, `SamplingRate`, plus where the
+/// endpoint listens, where traces go and how often GPUs are sampled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
-    /// Record metrics (default `true`).
+    /// Install the Prometheus recorder and serve `/metrics` in `gpubridge serve` and
+    /// `gpubridge::telemetry::serve` (default `true`; off, the endpoint still answers `/healthz`
+    /// and `/readyz`, and `/metrics` is empty).
     pub enable_metrics: bool,
-    /// Emit tracing spans (default `true`).
+    /// Open a `gpubridge.request` span per request and a `gpubridge.kernel` span per micro-batch
+    /// attempt (default `true`). Read by the bridge.
     pub enable_tracing: bool,
-    /// Fraction of requests traced, 0 to 1 (default 0.1).
+    /// Fraction of traces exported over OTLP, 0 to 1 (default 0.1), decided at each trace's root.
     pub sampling_rate: f64,
     /// Address of the metrics endpoint served by `gpubridge serve` (default `127.0.0.1:9464`).
     pub metrics_listen: String,
-    /// OTLP collector endpoint for traces; unset means no export.
+    /// OTLP/HTTP collector for traces, such as `http://127.0.0.1:4318` (spans go to
+    /// `/v1/traces`); unset means no export. Needs the `otlp` feature.
     pub otlp_endpoint: Option<String>,
+    /// The `service.name` of exported traces (default `gpubridge`).
+    pub service_name: String,
+    /// How often the NVML sampler reads every GPU, in ms (default 5000, at least 100). Needs the
+    /// `nvml` feature.
+    pub nvml_interval_ms: u64,
 }
 
 impl Default for TelemetryConfig {
@@ -158,6 +168,8 @@ impl Default for TelemetryConfig {
             sampling_rate: 0.1,
             metrics_listen: "127.0.0.1:9464".to_owned(),
             otlp_endpoint: None,
+            service_name: "gpubridge".to_owned(),
+            nvml_interval_ms: 5000,
         }
     }
 }
@@ -225,7 +237,9 @@ pub struct BatchingConfig {
     pub max_in_flight: usize,
     /// Longest a single request waits for a batch to fill, in microseconds (default 100).
     pub max_queue_delay_us: u64,
-    /// Requests waiting per kernel before `QueueFull` (default 65536).
+    /// Requests waiting per kernel before `QueueFull` (default 65536). Until the batcher's queues
+    /// land, readiness (`/readyz`) counts the bridge saturated when this many requests are
+    /// pending in all.
     pub queue_capacity: usize,
 }
 
@@ -505,6 +519,19 @@ impl BridgeConfig {
                 ),
             ));
         }
+        if let Some(url) = &self.telemetry.otlp_endpoint {
+            if !url.starts_with("http://") || url.len() <= "http://".len() {
+                return Err(Error::config(
+                    "telemetry.otlp_endpoint",
+                    format!("{url:?} is not an http:// URL such as http://127.0.0.1:4318 (OTLP over HTTP, no TLS)"),
+                ));
+            }
+        }
+        at_least(
+            "telemetry.nvml_interval_ms",
+            self.telemetry.nvml_interval_ms,
+            100,
+        )?;
         if self.fallback.chain.is_empty() {
             return Err(Error::config(
                 "fallback.chain",

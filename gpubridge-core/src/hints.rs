@@ -53,8 +53,12 @@ pub struct ExecutionHints {
     pub persistent: bool,
     /// Fail with [`crate::Error::Timeout`] if the request has not completed in time.
     pub timeout: Option<Duration>,
-    /// The tenant this request is accounted to.
+    /// The tenant this request is accounted to; it appears in the request's span and its audit
+    /// log line, never as a metric label.
     pub tenant: Option<String>,
+    /// The caller's id for this request (a request id from the service's own logs), carried into
+    /// the request's span and its audit log line. Unset, the bridge numbers the request itself.
+    pub correlation_id: Option<String>,
     /// Busy-poll for the result on the calling thread for up to this long before yielding.
     ///
     /// A parked thread can take tens of microseconds to wake, which dominates a small batch's
@@ -111,6 +115,11 @@ impl ExecutionHints {
     /// Sets [`ExecutionHints::tenant`].
     pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
         self.tenant = Some(tenant.into());
+        self
+    }
+    /// Sets [`ExecutionHints::correlation_id`].
+    pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.correlation_id = Some(id.into());
         self
     }
 }

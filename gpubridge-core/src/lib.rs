@@ -47,6 +47,7 @@ pub mod janitor;
 pub mod kernel;
 pub mod kernels;
 pub mod plan;
+pub mod readiness;
 pub mod testing;
 
 pub use bridge::{BatchGrain, BridgeBuilder, GpuBridge};
@@ -62,3 +63,4 @@ pub use error::{Error, ErrorClass, Result};
 pub use hints::{BatchResult, ChunkReport, ExecutionHints, FallbackEvent, Preference, Priority};
 pub use kernel::{DynKernel, Kernel, KernelSources};
 pub use plan::{bucket_len, Plan, PlanOutputs, PlanShape, PlanTarget};
+pub use readiness::{DeviceReadiness, Readiness};

@@ -50,6 +50,9 @@ pub struct FaultInjectingBackend {
     per_device: Vec<AtomicUsize>,
     budget: Option<u64>,
     free: Mutex<Vec<Option<u64>>>,
+    lost: Mutex<Vec<Option<String>>>,
+    /// While `Some`, accepted CPU jobs wait here instead of running (see `hold`).
+    held: Mutex<Option<Vec<crate::device::CpuJob>>>,
 }
 
 impl FaultInjectingBackend {
@@ -86,6 +89,7 @@ impl FaultInjectingBackend {
             .collect::<Vec<_>>();
         let per_device = devices.iter().map(|_| AtomicUsize::new(0)).collect();
         let free = Mutex::new(vec![None; devices.len()]);
+        let lost = Mutex::new(vec![None; devices.len()]);
         Ok(Arc::new(Self {
             kind,
             devices,
@@ -95,6 +99,8 @@ impl FaultInjectingBackend {
             per_device,
             budget,
             free,
+            lost,
+            held: Mutex::new(None),
         }))
     }
 
@@ -108,6 +114,39 @@ impl FaultInjectingBackend {
         if let Some(slot) = self.free.lock().get_mut(device) {
             *slot = bytes;
         }
+    }
+
+    /// Marks `device` lost with `reason` (its health reports [`Health::Lost`] and submissions to
+    /// it fail with [`Error::DeviceLost`]), or healthy again with `None`.
+    pub fn set_lost(&self, device: usize, reason: Option<&str>) {
+        if let Some(slot) = self.lost.lock().get_mut(device) {
+            *slot = reason.map(str::to_owned);
+        }
+    }
+
+    /// Holds accepted work instead of running it, until [`FaultInjectingBackend::release`]: the
+    /// requests stay pending, as behind a slow device, for tests of load and readiness.
+    pub fn hold(&self) {
+        let mut held = self.held.lock();
+        if held.is_none() {
+            *held = Some(Vec::new());
+        }
+    }
+
+    /// Jobs held now.
+    pub fn held(&self) -> usize {
+        self.held.lock().as_ref().map_or(0, Vec::len)
+    }
+
+    /// Runs the held work and stops holding; returns how many jobs were held.
+    pub fn release(&self) -> usize {
+        let jobs = self.held.lock().take().unwrap_or_default();
+        let n = jobs.len();
+        for job in jobs {
+            let ctx = self.ctx.clone();
+            self.ctx.spawn(move || job(&ctx));
+        }
+        n
     }
 
     /// Submissions so far (failed ones included).
@@ -168,8 +207,11 @@ impl Backend for FaultInjectingBackend {
         self.budget
     }
 
-    fn health(&self, _device: usize) -> Health {
-        Health::Healthy
+    fn health(&self, device: usize) -> Health {
+        match self.lost.lock().get(device).cloned().flatten() {
+            Some(why) => Health::Lost(why),
+            None => Health::Healthy,
+        }
     }
 
     fn free_memory(&self, device: usize) -> Option<u64> {
@@ -190,8 +232,18 @@ impl Backend for FaultInjectingBackend {
         if fails {
             return Err(self.error(kind, device));
         }
+        if let Some(why) = self.lost.lock().get(device).cloned().flatten() {
+            return Err(Error::DeviceLost {
+                device: self.devices[device].id.to_string(),
+                reason: why,
+            });
+        }
         match work {
             Work::Cpu(job) => {
+                if let Some(held) = self.held.lock().as_mut() {
+                    held.push(job);
+                    return Ok(());
+                }
                 let ctx = self.ctx.clone();
                 self.ctx.spawn(move || job(&ctx));
                 Ok(())

@@ -143,11 +143,47 @@ fn out_of_range_values_name_their_key() {
             "telemetry.metrics_listen",
         ),
         ("[general]\nmax_devices = -1\n", "general.max_devices"),
+        (
+            "[telemetry]\notlp_endpoint = \"https://collector:4318\"\n",
+            "telemetry.otlp_endpoint",
+        ),
+        (
+            "[telemetry]\nnvml_interval_ms = 5\n",
+            "telemetry.nvml_interval_ms",
+        ),
     ];
     for (toml, want) in cases {
         let (key, reason) = key_of(BridgeConfig::from_toml_str(toml).unwrap_err());
         assert_eq!(key, want, "for {toml:?}: {reason}");
     }
+}
+
+#[test]
+fn telemetry_keys_come_from_toml_and_environment() {
+    let c = BridgeConfig::from_sources(
+        Some("[telemetry]\nmetrics_listen = \"0.0.0.0:9100\"\nnvml_interval_ms = 1000\n"),
+        env(&[
+            (
+                "GPUBRIDGE__TELEMETRY__OTLP_ENDPOINT",
+                "http://127.0.0.1:4318",
+            ),
+            ("GPUBRIDGE__TELEMETRY__SERVICE_NAME", "inference-a"),
+            ("GPUBRIDGE__TELEMETRY__ENABLE_TRACING", "false"),
+        ]),
+    )
+    .unwrap();
+    let t = &c.telemetry;
+    assert_eq!(t.metrics_listen, "0.0.0.0:9100");
+    assert_eq!(t.nvml_interval_ms, 1000);
+    assert_eq!(t.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4318"));
+    assert_eq!(t.service_name, "inference-a");
+    assert!(!t.enable_tracing && t.enable_metrics);
+    let d = BridgeConfig::default().telemetry;
+    assert_eq!(
+        (d.nvml_interval_ms, d.service_name.as_str()),
+        (5000, "gpubridge")
+    );
+    assert_eq!(d.otlp_endpoint, None);
 }
 
 #[test]

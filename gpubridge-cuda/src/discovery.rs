@@ -80,3 +80,33 @@ pub fn probe() -> Result<Vec<CudaDevice>, CudaUnavailable> {
         })
         .collect()
 }
+
+/// Each CUDA device's PCI location `(domain, bus, device)`, by ordinal, so that tools numbering
+/// boards their own way (NVML) can be matched to the bridge's `cuda:<ordinal>` labels. Empty when
+/// the driver is missing or does not answer.
+pub fn pci_locations() -> Vec<(usize, u32, u32, u32)> {
+    // SAFETY: `is_culib_present` only tries to dlopen the driver library; it has no preconditions.
+    if !unsafe { sys::is_culib_present() } || result::init().is_err() {
+        return Vec::new();
+    }
+    let count = result::device::get_count().unwrap_or(0).max(0);
+    (0..count)
+        .filter_map(|ordinal| {
+            let dev = result::device::get(ordinal).ok()?;
+            let attr = |a: sys::CUdevice_attribute| -> Option<u32> {
+                // SAFETY: `dev` is a valid device handle from `cuDeviceGet`, after a successful
+                // `cuInit`; the attribute enum value comes from the bindings.
+                unsafe { result::device::get_attribute(dev, a) }
+                    .ok()
+                    .map(|v| v.max(0) as u32)
+            };
+            use sys::CUdevice_attribute::*;
+            Some((
+                ordinal as usize,
+                attr(CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID)?,
+                attr(CU_DEVICE_ATTRIBUTE_PCI_BUS_ID)?,
+                attr(CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID)?,
+            ))
+        })
+        .collect()
+}

@@ -31,7 +31,7 @@ mod memory;
 
 pub use backend::CudaBackend;
 pub use compile::{compile, default_cache_dir, nvrtc_version, PtxCache};
-pub use discovery::{probe, CudaDevice, CudaUnavailable, DRIVER_LIBRARY};
+pub use discovery::{pci_locations, probe, CudaDevice, CudaUnavailable, DRIVER_LIBRARY};
 pub use executor::GraphStats;
 pub use host_alloc::huge_page_vec_f32;
 pub use memory::{size_class, DevicePool, PoolStats};

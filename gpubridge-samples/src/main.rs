@@ -3,6 +3,8 @@
 
 mod bench;
 mod samples;
+#[cfg(feature = "prometheus")]
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +41,9 @@ enum Command {
     Config,
     /// Measure TARGETS.md's rows against baselines measured in the same run.
     Bench(bench::BenchArgs),
+    /// Run a bridge with its metrics endpoint (/metrics, /healthz, /readyz) until Ctrl-C.
+    #[cfg(feature = "prometheus")]
+    Serve(serve::ServeArgs),
     /// Run a sample and verify it against the reference.
     Run {
         /// Which sample.
@@ -90,14 +95,13 @@ fn main() -> ExitCode {
     if std::env::var_os("NODEVICE_SELECT").is_none() {
         std::env::set_var("NODEVICE_SELECT", "1");
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let config = BridgeConfig::load(cli.config.as_deref()).context("loading the configuration");
+    let _tracing = match &config {
+        Ok(config) => init_tracing(config),
+        Err(_) => init_tracing(&BridgeConfig::default()),
+    };
+    match config.and_then(|config| run(cli, config)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -106,8 +110,65 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = BridgeConfig::load(cli.config.as_deref()).context("loading the configuration")?;
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
+}
+
+/// What must live until the end of `main`: the OTLP exporter, flushed when dropped.
+struct Tracing {
+    #[cfg(feature = "otlp")]
+    _otlp: Option<gpubridge::telemetry::otlp::OtlpTracing>,
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `warn`; `gpubridge::audit=info` adds the
+/// audit log).
+#[cfg(not(feature = "otlp"))]
+fn init_tracing(_config: &BridgeConfig) -> Tracing {
+    tracing_subscriber::fmt()
+        .with_env_filter(log_filter())
+        .with_writer(std::io::stderr)
+        .init();
+    Tracing {}
+}
+
+/// Logs to stderr as above and, when `telemetry.otlp_endpoint` is set, exports the bridge's
+/// spans over OTLP (sampled by `telemetry.sampling_rate`). The returned value flushes the
+/// exporter when dropped at the end of `main`.
+#[cfg(feature = "otlp")]
+fn init_tracing(config: &BridgeConfig) -> Tracing {
+    use gpubridge::telemetry::otlp::{OtlpSettings, OtlpTracing};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    let t = &config.telemetry;
+    let otlp = t.otlp_endpoint.as_ref().and_then(|endpoint| {
+        let settings = OtlpSettings {
+            endpoint: endpoint.clone(),
+            sampling_rate: t.sampling_rate,
+            service_name: t.service_name.clone(),
+        };
+        match OtlpTracing::new(&settings) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                eprintln!("warning: traces are not exported: {e}");
+                None
+            }
+        }
+    });
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(log_filter());
+    let export = otlp.as_ref().map(|o| {
+        o.layer()
+            .with_filter(tracing_subscriber::EnvFilter::new("gpubridge_core=info"))
+    });
+    tracing_subscriber::registry().with(fmt).with(export).init();
+    Tracing { _otlp: otlp }
+}
+
+fn run(cli: Cli, config: BridgeConfig) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Devices { json } => devices(&config, json),
         Command::Kernels => {
@@ -140,6 +201,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bench::run(args, config)?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "prometheus")]
+        Command::Serve(args) => serve::run(args, config),
         Command::Run {
             sample,
             backend,

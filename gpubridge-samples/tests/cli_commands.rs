@@ -235,3 +235,99 @@ fn bad_configuration_names_its_key() {
     assert!(stdout(&o).contains("prefer_gpu = false"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Plain HTTP/1.1 GET over TCP: status code and body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to gpubridge serve");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("headers");
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap();
+    (status, body.to_owned())
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_with_demo_load_moves_metrics_and_stops_cleanly_on_sigint() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gpubridge"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--demo-load"])
+        .env_remove("GPUBRIDGE_CONFIG")
+        .env("GPUBRIDGE__FALLBACK__CHAIN", "cpu")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gpubridge serve starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+
+    // Wait (bounded) until every built-in kernel ran and an invalid request was refused.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let kernels = [
+        "kernels/vector/add",
+        "kernels/sum",
+        "kernels/blas/saxpy",
+        "kernels/matrix/multiply",
+    ];
+    loop {
+        let (status, text) = http_get(&addr, "/metrics");
+        assert_eq!(status, 200);
+        let ran = kernels.iter().all(|k| {
+            text.contains(&format!(
+                "gpubridge_request_duration_seconds_count{{kernel=\"{k}\"}}"
+            ))
+        });
+        if ran && text.contains("gpubridge_request_failures_total{reason=\"invalid_input\"}") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo load did not move:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(http_get(&addr, "/readyz"), (200, "ready\n".to_owned()));
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gpubridge serve did not stop on SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "exit {status:?}: {err}");
+    assert!(err.contains("stopped; demo load:"), "{err}");
+    assert!(err.contains(", 0 failed"), "{err}");
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "still listening"
+    );
+}

@@ -1,12 +1,23 @@
-//! Telemetry for gpubridge: the one place where every metric is named, described and given its unit.
+//! Telemetry for gpubridge: the one place where every metric is named, described and given its
+//! unit, and (behind features) the pieces that export them.
 //!
-//! Every other crate records through the [`metrics`] facade using the constants in [`names`], so the
-//! exporter, the Grafana dashboard and the tests all agree on one spelling. Names carry their unit
-//! (`_seconds`, `_bytes`, `_total`, `_ratio`) as Prometheus expects, and labels stay low-cardinality:
-//! kernel ids, backend names, device labels such as `cuda:0`, and short reason words.
+//! Every other crate records through the [`metrics`] facade using the constants in [`names`], so
+//! the exporter, the Grafana dashboard and the tests all agree on one spelling. Names carry their
+//! unit (`_seconds`, `_bytes`, `_total`, `_ratio`) as Prometheus expects, and labels stay
+//! low-cardinality: kernel ids, backend names, device labels such as `cuda:0`, and short reason
+//! words. Request ids, tenants and correlation ids never become labels: they go to spans and to
+//! the audit log ([`AUDIT_TARGET`]).
 //!
-//! This crate installs no recorder. An application (or the `gpubridge serve` command of a later
-//! release) installs one; until then every `metrics::counter!` call is a cheap no-op.
+//! This crate sits below the bridge, so it knows nothing of devices or kernels; the `gpubridge`
+//! facade wires a bridge to what is here. Without a recorder installed every `metrics::counter!`
+//! call is a cheap no-op.
+//!
+//! | feature | adds |
+//! |---|---|
+//! | (always) | [`names`]: every metric's name, kind, unit, help text and buckets; [`describe_all`] |
+//! | `prometheus` | `exporter`: installs the Prometheus recorder and renders its text; `server`: the HTTP endpoint with `/metrics`, `/healthz` and `/readyz` |
+//! | `nvml` | `nvml`: a sampler thread publishing utilisation, memory, temperature, power and throttle reasons per GPU |
+//! | `otlp` | `otlp`: a `tracing` layer exporting spans over OTLP (HTTP/protobuf) with a sampling ratio |
 //!
 //! # Example
 //! ```
@@ -18,7 +29,35 @@
 
 pub mod names;
 
+#[cfg(feature = "prometheus")]
+pub mod exporter;
+#[cfg(feature = "nvml")]
+pub mod nvml;
+#[cfg(feature = "otlp")]
+pub mod otlp;
+#[cfg(feature = "prometheus")]
+pub mod server;
+
 pub use names::describe_all;
+
+/// The `tracing` target of the audit log: one event per request with its correlation id, tenant,
+/// kernel, device, bytes and outcome. Route it with a filter such as `gpubridge::audit=info`.
+pub const AUDIT_TARGET: &str = "gpubridge::audit";
+
+/// What can go wrong setting telemetry up. Recording itself never fails.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Prometheus recorder could not be installed (another metrics recorder was installed
+    /// in this process first).
+    #[error("cannot install the metrics recorder: {0}")]
+    Recorder(String),
+    /// The endpoint could not bind or serve.
+    #[error("metrics endpoint: {0}")]
+    Io(#[from] std::io::Error),
+    /// The OTLP exporter could not be built (a bad endpoint, a client that would not start).
+    #[error("OTLP exporter: {0}")]
+    Otlp(String),
+}
 
 /// The label value used for a device: `"<backend>:<index>"`, for example `"cuda:0"` or `"cpu:0"`.
 ///

@@ -9,7 +9,9 @@
 //! | `cuda` | the CUDA backend (driver, NVRTC and cuBLAS loaded at run time) | kernels run; graphs and copy/compute overlap are next |
 //! | `wgpu` | the wgpu compute backend (Vulkan or GL adapters; Mesa's llvmpipe where there is no GPU) | every built-in kernel runs and is conformance-tested on llvmpipe in CI |
 //! | `gds` | cuFile in `gpubridge-storage` | not built yet |
-//! | `prometheus`, `otlp`, `nvml` | exporters and samplers | not built yet |
+//! | `prometheus` | `telemetry::serve`: `/metrics` (Prometheus), `/healthz`, `/readyz` | working |
+//! | `nvml` | `telemetry::start_nvml_sampler`: GPU utilisation, memory, temperature, power, throttling | working (loads NVML at run time) |
+//! | `otlp` | `telemetry::otlp`: `tracing` spans exported over OTLP/HTTP | working |
 //!
 //! # Example
 //! ```
@@ -28,8 +30,9 @@
 //! ```
 
 pub use gpubridge_core::*;
-pub use gpubridge_telemetry as telemetry;
 pub use gpubridge_wgpu_fallback::cpu;
+
+pub mod telemetry;
 
 #[cfg(feature = "cuda")]
 pub use gpubridge_cuda as cuda;

@@ -1,7 +1,8 @@
-//! `cargo xtask device-pack`: builds everything the GPU test machine runs (release CLI and test
-//! executables, stripped, with the wgpu backend) into the ignored folder `device-pack/`, with
-//! `device-pack/run.sh` that runs them all there with `GPUBRIDGE_REQUIRE_GPU=1` and prints a
-//! summary table.
+//! `cargo xtask device-pack`: builds everything the GPU test machine runs (release CLI with wgpu,
+//! the metrics endpoint and the NVML sampler, and test executables, stripped) into the ignored
+//! folder `device-pack/`, with `device-pack/run.sh` that runs them all there with
+//! `GPUBRIDGE_REQUIRE_GPU=1` (tests, samples, `gpubridge serve --demo-load` scraped into
+//! `$OUT/scrape.txt`, the bench) and prints a summary table.
 //!
 //! For wgpu on the GPU machine, the pack also carries a Vulkan loader (`lib/libvulkan.so.1`,
 //! extracted from Debian's `libvulkan1` package with `apt-get download` and `dpkg-deb -x`) and an
@@ -17,7 +18,8 @@ use serde_json::Value;
 
 use crate::project_root;
 
-const PACKAGES: [&str; 5] = [
+const PACKAGES: [&str; 6] = [
+    "gpubridge-telemetry",
     "gpubridge",
     "gpubridge-core",
     "gpubridge-cuda",
@@ -219,6 +221,14 @@ warm_start=$(date +%s%N); ./gpubridge run vector --backend cuda --pairs 1 --len 
 ./gpubridge run all --backend cuda > "$OUT/run-all-cuda.txt" 2>&1; run_rc=$?
 ./gpubridge run all --backend cpu > "$OUT/run-all-cpu.txt" 2>&1
 ./gpubridge run all --backend wgpu > "$OUT/run-all-wgpu.txt" 2>&1; wgpu_rc=$?
+# Telemetry: the endpoint under the demo load, scraped once the NVML sampler (every 5 s) has read
+# the GPU a few times; then Ctrl-C (SIGINT), which must stop it cleanly.
+fetch() { curl -sf "$1" 2>/dev/null || python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' "$1"; }
+./gpubridge serve --listen 127.0.0.1:9464 --demo-load > "$OUT/serve.out" 2> "$OUT/serve.err" & serve_pid=$!
+sleep 12
+fetch http://127.0.0.1:9464/metrics > "$OUT/scrape.txt"; scrape_rc=$?
+readyz=$(fetch http://127.0.0.1:9464/readyz 2>&1)
+kill -INT "$serve_pid"; wait "$serve_pid"; serve_rc=$?
 ./gpubridge bench --out "$OUT/bench.json" > "$OUT/bench.md" 2> "$OUT/bench.err"; bench_rc=$?
 echo "== gpu"; cat "$OUT/gpu.txt"
 echo "== devices"; cat "$OUT/devices.txt"
@@ -226,6 +236,9 @@ echo "== run all --backend cuda (rc $run_rc)"; cat "$OUT/run-all-cuda.txt"
 echo "== run all --backend cpu"; cat "$OUT/run-all-cpu.txt"
 echo "== run all --backend wgpu (rc $wgpu_rc; VK_ICD_FILENAMES=${VK_ICD_FILENAMES:-driver default})"; cat "$OUT/run-all-wgpu.txt"
 echo "== process start to verified result, tiny vector sample: cold PTX cache $(( (cold_end-cold_start)/1000000 )) ms, warm $(( (warm_end-warm_start)/1000000 )) ms"
+echo "== serve --demo-load (rc $serve_rc, scrape rc $scrape_rc, readyz: $readyz); device series in $OUT/scrape.txt:"
+tail -2 "$OUT/serve.err"
+grep -E '^gpubridge_(gpu_|pool_bytes|graph_cache|bytes_transferred|transfer_|allocation_|kernels_executed)' "$OUT/scrape.txt" | head -60
 echo "== tests"; printf '%s' "$summary"
 echo "== bench (rc $bench_rc)"; tail -5 "$OUT/bench.err"; cat "$OUT/bench.md"
 "#;

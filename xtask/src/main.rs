@@ -32,9 +32,19 @@ fn main() -> anyhow::Result<()> {
 pub fn build_release_cli() -> anyhow::Result<PathBuf> {
     let root = project_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    eprintln!("$ cargo build --release -p gpubridge-samples");
+    // The default features, named so that trimming the defaults cannot drop what the device
+    // pack's `serve` step needs.
+    let args = [
+        "build",
+        "--release",
+        "-p",
+        "gpubridge-samples",
+        "--features",
+        "cuda,wgpu,prometheus,nvml",
+    ];
+    eprintln!("$ cargo {}", args.join(" "));
     let status = std::process::Command::new(cargo)
-        .args(["build", "--release", "-p", "gpubridge-samples"])
+        .args(args)
         .current_dir(&root)
         .status()?;
     anyhow::ensure!(status.success(), "building the CLI failed");
