@@ -100,7 +100,31 @@ pub fn run() -> anyhow::Result<()> {
         out.display(),
         size as f64 / 1048576.0
     );
-    println!("on the device machine, with `device-pack` carried: bash device-pack/run.sh");
+    // The device tool carries at most 64 MiB: ship the pack as one xz archive beside it.
+    let xz = root.join("device-pack-xz");
+    let _ = std::fs::remove_dir_all(&xz);
+    std::fs::create_dir_all(&xz)?;
+    let archive = xz.join("pack.tar.xz");
+    let status = Command::new("tar")
+        .env("XZ_OPT", "-6 -T0")
+        .args(["-cJf"])
+        .arg(&archive)
+        .arg("device-pack")
+        .current_dir(&root)
+        .status()
+        .context("running tar")?;
+    if !status.success() {
+        bail!("packing device-pack into {} failed", archive.display());
+    }
+    let packed = std::fs::metadata(&archive)?.len();
+    println!(
+        "compressed into {} ({:.1} MiB)",
+        archive.display(),
+        packed as f64 / 1048576.0
+    );
+    println!(
+        "on the device machine, with `device-pack-xz` carried: tar -xJf device-pack-xz/pack.tar.xz && bash device-pack/run.sh"
+    );
     Ok(())
 }
 
