@@ -159,10 +159,11 @@ impl DevicePool {
     }
 
     fn gauges(&self) {
-        metrics::gauge!(names::POOL_BYTES, "device" => self.label.clone(), "state" => "in_use")
-            .set(self.stats.in_use as f64);
-        metrics::gauge!(names::POOL_BYTES, "device" => self.label.clone(), "state" => "idle")
-            .set(self.stats.idle as f64);
+        gpubridge_telemetry::record_pool_bytes(
+            &self.label,
+            self.stats.in_use as u64,
+            self.stats.idle as u64,
+        );
     }
 }
 

@@ -66,6 +66,14 @@ pub fn device_label(backend: &str, index: usize) -> String {
     format!("{backend}:{index}")
 }
 
+/// Sets a device pool's `gpubridge_pool_bytes{device, state}` gauges (`in_use` and `idle`), as
+/// every backend's pool reports them.
+pub fn record_pool_bytes(device: &str, in_use: u64, idle: u64) {
+    let device = intern_label(device);
+    metrics::gauge!(names::POOL_BYTES, "device" => device, "state" => "in_use").set(in_use as f64);
+    metrics::gauge!(names::POOL_BYTES, "device" => device, "state" => "idle").set(idle as f64);
+}
+
 /// Interns a label value: returns a `&'static str` equal to `value`, allocating each distinct
 /// value once for the life of the process. Label values are few (device labels, kernel ids), so
 /// this bounds memory while letting hot paths record metrics without allocating.
