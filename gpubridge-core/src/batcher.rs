@@ -219,7 +219,10 @@ where
 {
     let started = Instant::now();
     let size = batch.len();
-    let mut hints = batch[0].hints.clone();
+    let Some(first) = batch.first() else {
+        return;
+    };
+    let mut hints = first.hints.clone();
     hints.timeout = None;
     hints.priority = Priority::Normal;
     hints.correlation_id = None;

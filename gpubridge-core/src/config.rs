@@ -224,7 +224,7 @@ fn de_chain<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<BackendK
         .collect()
 }
 
-/// `[batching]`: how batches are split into micro-batches (and, later, how singles are batched).
+/// `[batching]`: how batches are split into micro-batches and how singles are batched.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchingConfig {
@@ -237,9 +237,9 @@ pub struct BatchingConfig {
     pub max_in_flight: usize,
     /// Longest a single request waits for a batch to fill, in microseconds (default 100).
     pub max_queue_delay_us: u64,
-    /// Requests waiting per kernel before `QueueFull` (default 65536). Until the batcher's queues
-    /// land, readiness (`/readyz`) counts the bridge saturated when this many requests are
-    /// pending in all.
+    /// Single requests waiting per kernel in the dynamic batcher before `QueueFull` (default
+    /// 65536). Readiness (`/readyz`) also counts the bridge saturated when this many requests
+    /// (batches and singles) are pending in all.
     pub queue_capacity: usize,
     /// Most single requests the dynamic batcher puts in one batch (default 65536); the batcher
     /// uses the smaller of this and `max_micro_batch`.

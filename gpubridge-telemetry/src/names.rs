@@ -206,11 +206,6 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         "requests accepted and not yet completed",
     ),
     counter(
-        REJECTIONS_TOTAL,
-        Unit::Count,
-        "single requests the batcher answered without running them, by kernel and reason",
-    ),
-    counter(
         REQUEST_FAILURES_TOTAL,
         Unit::Count,
         "requests that ended in an error, by reason",
@@ -284,6 +279,11 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         GPU_THROTTLE_ACTIVE,
         Unit::Count,
         "1 while a clock throttle reason is active, else 0, from NVML",
+    ),
+    counter(
+        REJECTIONS_TOTAL,
+        Unit::Count,
+        "single requests the batcher answered without running them, by kernel and reason",
     ),
 ];
 
