@@ -124,8 +124,10 @@ where
     I: Send + Sync + 'static,
     O: Send + 'static,
 {
-    /// Takes the next batch: high priority first, submission order within a priority, dropping
-    /// requests whose caller left or whose deadline passed. `None` when nothing runnable is left.
+    /// Takes the next batch (at most `max` requests): high priority first, submission order
+    /// within a priority, dropping requests whose caller left or whose deadline passed; only
+    /// requests with the first one's placement hints join it. Empty when nothing runnable is
+    /// left.
     fn take_batch(&self, state: &mut State<I, O>, max: usize) -> Vec<Request<I, O>> {
         let kernel = self.kernel.id();
         let now = Instant::now();
@@ -134,14 +136,18 @@ where
             let lane = &mut state.lanes[l];
             let mut kept = VecDeque::with_capacity(lane.len());
             while let Some(r) = lane.pop_front() {
-                if r.reply.is_closed() {
+                if r.deadline.is_some_and(|d| d <= now) {
+                    // Past its deadline: answered here unless the caller's own timer already
+                    // answered (and counted) it.
+                    state.len -= 1;
+                    if !r.reply.is_closed() {
+                        reject(kernel, "timeout");
+                        let after = r.deadline.map_or(Duration::ZERO, |d| d - r.enqueued);
+                        let _ = r.reply.send(Err(Error::Timeout { after }));
+                    }
+                } else if r.reply.is_closed() {
                     state.len -= 1;
                     reject(kernel, "cancelled");
-                } else if r.deadline.is_some_and(|d| d <= now) {
-                    state.len -= 1;
-                    reject(kernel, "timeout");
-                    let after = r.deadline.map_or(Duration::ZERO, |d| d - r.enqueued);
-                    let _ = r.reply.send(Err(Error::Timeout { after }));
                 } else if batch.len() < max
                     && batch.first().is_none_or(|f| compatible(&f.hints, &r.hints))
                 {
