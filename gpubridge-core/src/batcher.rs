@@ -162,6 +162,33 @@ where
         batch
     }
 
+    /// Drops queued requests whose caller left or whose deadline passed (as [`Queue::take_batch`]
+    /// would), so that they stop holding room in a full queue.
+    fn prune(&self, state: &mut State<I, O>) {
+        let kernel = self.kernel.id();
+        let now = Instant::now();
+        for lane in &mut state.lanes {
+            lane.retain_mut(|r| {
+                if r.deadline.is_some_and(|d| d <= now) {
+                    if !r.reply.is_closed() {
+                        reject(kernel, "timeout");
+                        let after = r.deadline.map_or(Duration::ZERO, |d| d - r.enqueued);
+                        let (dead, _) = oneshot::channel();
+                        let reply = std::mem::replace(&mut r.reply, dead);
+                        let _ = reply.send(Err(Error::Timeout { after }));
+                    }
+                    false
+                } else if r.reply.is_closed() {
+                    reject(kernel, "cancelled");
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        state.len = state.lanes.iter().map(VecDeque::len).sum();
+    }
+
     fn dispatch(self: Arc<Self>, bridge: Weak<Inner>, cfg: DispatchConfig) {
         let kernel = self.kernel.id();
         loop {
@@ -311,6 +338,9 @@ impl GpuBridge {
                 return Err(Error::Cancelled {
                     reason: "the bridge is shutting down".to_owned(),
                 });
+            }
+            if state.len >= queue.capacity {
+                queue.prune(&mut state);
             }
             if state.len >= queue.capacity {
                 reject(kernel, "queue_full");
