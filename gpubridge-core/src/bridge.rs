@@ -35,7 +35,7 @@ struct Slot {
     labels: Vec<&'static str>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     config: BridgeConfig,
     catalog: KernelCatalog,
     slots: Vec<Slot>,
@@ -43,6 +43,15 @@ struct Inner {
     permits: Semaphore,
     /// Requests accepted and not yet completed (what `gpubridge_pending_requests` shows).
     pending: AtomicUsize,
+    /// The dynamic batcher's queues, one per kernel, created by the first single request.
+    batchers: crate::batcher::Batchers,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone: dispatchers answer what is queued `Cancelled` and exit.
+        drop(self.batchers.stop_all(false));
+    }
 }
 
 /// The bridge: kernels, backends and configuration, shared by cheap clones.
@@ -210,6 +219,7 @@ impl BridgeBuilder {
                 reports,
                 permits,
                 pending: AtomicUsize::new(0),
+                batchers: crate::batcher::Batchers::default(),
             }),
         })
     }
@@ -244,6 +254,29 @@ impl GpuBridge {
             bridge: self.clone(),
             kernel,
         })
+    }
+
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Self {
+        Self { inner }
+    }
+
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    pub(crate) fn batchers(&self) -> &crate::batcher::Batchers {
+        &self.inner.batchers
+    }
+
+    pub(crate) fn pending_guard(&self) -> Pending<'_> {
+        Pending::start(&self.inner.pending)
+    }
+
+    pub(crate) fn grain<I, O>(self, kernel: Arc<dyn DynKernel<I, O>>) -> BatchGrain<I, O> {
+        BatchGrain {
+            bridge: self,
+            kernel,
+        }
     }
 
     /// The configuration.
@@ -965,7 +998,7 @@ fn record_copies((up, down): (u64, u64), copying: Duration) {
 }
 
 /// Counts a request as pending from its start until it completes or its future is dropped.
-struct Pending<'a>(&'a AtomicUsize);
+pub(crate) struct Pending<'a>(&'a AtomicUsize);
 
 impl<'a> Pending<'a> {
     fn start(count: &'a AtomicUsize) -> Self {

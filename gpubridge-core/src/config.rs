@@ -224,7 +224,7 @@ fn de_chain<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<BackendK
         .collect()
 }
 
-/// `[batching]`: how batches are split into micro-batches (and, later, how singles are batched).
+/// `[batching]`: how batches are split into micro-batches and how singles are batched.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchingConfig {
@@ -237,10 +237,16 @@ pub struct BatchingConfig {
     pub max_in_flight: usize,
     /// Longest a single request waits for a batch to fill, in microseconds (default 100).
     pub max_queue_delay_us: u64,
-    /// Requests waiting per kernel before `QueueFull` (default 65536). Until the batcher's queues
-    /// land, readiness (`/readyz`) counts the bridge saturated when this many requests are
-    /// pending in all.
+    /// Single requests waiting per kernel in the dynamic batcher before `QueueFull` (default
+    /// 65536). Readiness (`/readyz`) also counts the bridge saturated when this many requests
+    /// (batches and singles) are pending in all.
     pub queue_capacity: usize,
+    /// Most single requests the dynamic batcher puts in one batch (default 65536); the batcher
+    /// uses the smaller of this and `max_micro_batch`.
+    pub max_batch: usize,
+    /// Batch sizes the dynamic batcher prefers (default none): it dispatches as soon as the
+    /// largest is queued, and when the delay runs out it takes the largest one it can fill.
+    pub preferred_batch_sizes: Vec<usize>,
 }
 
 impl Default for BatchingConfig {
@@ -251,6 +257,8 @@ impl Default for BatchingConfig {
             max_in_flight: 4,
             max_queue_delay_us: 100,
             queue_capacity: 65536,
+            max_batch: 65536,
+            preferred_batch_sizes: Vec::new(),
         }
     }
 }
@@ -559,6 +567,7 @@ impl BridgeConfig {
         )?;
         at_least("batching.max_in_flight", self.batching.max_in_flight, 1)?;
         at_least("batching.queue_capacity", self.batching.queue_capacity, 1)?;
+        at_least("batching.max_batch", self.batching.max_batch, 1)?;
         at_least("cuda.streams_per_device", self.cuda.streams_per_device, 1)?;
         if self.wgpu.apis.is_empty() {
             return Err(Error::config("wgpu.apis", "the list names no graphics API"));

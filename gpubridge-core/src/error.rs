@@ -12,7 +12,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Variants are named by what the caller can do: fix the input ([`Error::InvalidInput`]), register
 /// the kernel ([`Error::UnknownKernel`]), retry later ([`Error::QueueFull`]), and so on. The bridge's
 /// fallback policy decides by [`Error::class`], never by a message string.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The request itself is wrong (lengths, shapes, an empty item where one is not allowed).

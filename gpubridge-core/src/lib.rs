@@ -34,6 +34,7 @@
 //! }
 //! ```
 
+pub mod batcher;
 pub mod bridge;
 pub mod catalog;
 pub mod circuit;
@@ -50,6 +51,7 @@ pub mod plan;
 pub mod readiness;
 pub mod testing;
 
+pub use batcher::SingleResult;
 pub use bridge::{BatchGrain, BridgeBuilder, GpuBridge};
 pub use catalog::{KernelCatalog, KernelDescriptor};
 pub use circuit::{CircuitBreaker, CircuitState};

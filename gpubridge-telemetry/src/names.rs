@@ -16,6 +16,9 @@ pub const QUEUE_DURATION_SECONDS: &str = "gpubridge_queue_duration_seconds";
 pub const BATCH_SIZE: &str = "gpubridge_batch_size";
 /// Requests accepted and not yet completed (gauge).
 pub const PENDING_REQUESTS: &str = "gpubridge_pending_requests";
+/// Single requests the dynamic batcher answered without running them, labelled `kernel`,
+/// `reason` (`queue_full`, `timeout`, `cancelled`).
+pub const REJECTIONS_TOTAL: &str = "gpubridge_rejections_total";
 /// Requests that ended in an error, labelled `reason` (the error's kind).
 pub const REQUEST_FAILURES_TOTAL: &str = "gpubridge_request_failures_total";
 /// Bytes copied between host and device, labelled `direction` (`h2d`, `d2h`).
@@ -51,7 +54,7 @@ pub const GPU_POWER_WATTS: &str = "gpubridge_gpu_power_watts";
 /// `device`, `reason` (`gpu_idle`, `sw_power_cap`, `hw_slowdown`, `sw_thermal_slowdown`, ...).
 pub const GPU_THROTTLE_ACTIVE: &str = "gpubridge_gpu_throttle_active";
 
-/// Every metric name this crate defines: [`DESIGN`]'s, then the NVML sampler's extras.
+/// Every metric name this crate defines: [`DESIGN`]'s, then the NVML sampler's extras, then the batcher's rejections.
 pub const ALL: &[&str] = &[
     KERNELS_EXECUTED_TOTAL,
     KERNEL_DURATION_SECONDS,
@@ -74,6 +77,7 @@ pub const ALL: &[&str] = &[
     GPU_TEMPERATURE_CELSIUS,
     GPU_POWER_WATTS,
     GPU_THROTTLE_ACTIVE,
+    REJECTIONS_TOTAL,
 ];
 
 /// The names DESIGN.md lists, in its order: the first 17 of [`ALL`].
@@ -275,6 +279,11 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         GPU_THROTTLE_ACTIVE,
         Unit::Count,
         "1 while a clock throttle reason is active, else 0, from NVML",
+    ),
+    counter(
+        REJECTIONS_TOTAL,
+        Unit::Count,
+        "single requests the batcher answered without running them, by kernel and reason",
     ),
 ];
 

@@ -1,0 +1,237 @@
+//! The dynamic batcher: correctness under concurrency, batching, priorities, order, bounded
+//! queues, timeouts, cancellation, per-caller validation errors and shutdown. Stalls use the
+//! test backend's `hold`/`release`, not sleeps.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::poll;
+use gpubridge_core::kernels::{VectorAdd, VectorPair};
+use gpubridge_core::testing::FaultInjectingBackend;
+use gpubridge_core::{BackendKind, BridgeConfig, Error, ExecutionHints, GpuBridge, Priority};
+
+fn bridge(
+    max_batch: usize,
+    capacity: usize,
+    delay_us: u64,
+) -> (GpuBridge, Arc<FaultInjectingBackend>) {
+    let mut config = BridgeConfig::default();
+    config.batching.max_batch = max_batch;
+    config.batching.queue_capacity = capacity;
+    config.batching.max_queue_delay_us = delay_us;
+    let mut b = GpuBridge::builder(config);
+    b.register(VectorAdd).unwrap();
+    let backend = FaultInjectingBackend::new(BackendKind::Cpu, 1).unwrap();
+    b.add_backend(backend.clone());
+    (b.build().unwrap(), backend)
+}
+
+fn pair(x: f32) -> VectorPair {
+    VectorPair {
+        a: vec![x, 1.0],
+        b: vec![2.0 * x, 3.0],
+    }
+}
+
+fn want(x: f32) -> Vec<f32> {
+    vec![3.0 * x, 4.0]
+}
+
+/// Submits one request that the (held) backend accepts, and waits until it is held.
+async fn held_first(
+    b: &GpuBridge,
+    backend: &FaultInjectingBackend,
+) -> tokio::task::JoinHandle<gpubridge_core::Result<gpubridge_core::SingleResult<Vec<f32>>>> {
+    backend.hold();
+    let b2 = b.clone();
+    let first = tokio::spawn(async move {
+        b2.single::<VectorAdd>(pair(0.0), ExecutionHints::default())
+            .await
+    });
+    while backend.held() == 0 {
+        tokio::task::yield_now().await;
+    }
+    first
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_singles_are_correct_and_batched() {
+    let (b, _) = bridge(256, 65536, 2000);
+    let tasks: Vec<_> = (0..2000)
+        .map(|i| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let r = b
+                    .single::<VectorAdd>(pair(i as f32), ExecutionHints::default())
+                    .await?;
+                Ok::<_, Error>((i, r))
+            })
+        })
+        .collect();
+    let mut largest = 0;
+    for t in tasks {
+        let (i, r) = t.await.unwrap().unwrap();
+        assert_eq!(r.output, want(i as f32));
+        assert!(r.batch_size >= 1 && r.batch_size <= 256);
+        largest = largest.max(r.batch_size);
+    }
+    assert!(largest > 1, "no batching happened");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn high_priority_overtakes_low_behind_a_held_batch() {
+    let (b, backend) = bridge(2, 100, 100);
+    let first = held_first(&b, &backend).await;
+    let low = |x| {
+        b.single::<VectorAdd>(
+            pair(x),
+            ExecutionHints {
+                priority: Priority::Low,
+                ..Default::default()
+            },
+        )
+    };
+    let mut l1 = Box::pin(low(1.0));
+    let mut l2 = Box::pin(low(2.0));
+    let mut h = Box::pin(b.single::<VectorAdd>(
+        pair(3.0),
+        ExecutionHints {
+            priority: Priority::High,
+            ..Default::default()
+        },
+    ));
+    assert!(poll!(&mut l1).is_pending());
+    assert!(poll!(&mut l2).is_pending());
+    assert!(poll!(&mut h).is_pending());
+    backend.release();
+    first.await.unwrap().unwrap();
+    let h = h.await.unwrap();
+    let l1 = l1.await.unwrap();
+    let l2 = l2.await.unwrap();
+    assert_eq!(h.output, want(3.0));
+    // The high request went first, with the oldest low one; the newer low one ran alone.
+    assert_eq!((h.batch_size, l1.batch_size, l2.batch_size), (2, 2, 1));
+    assert_eq!(l2.output, want(2.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_callers_requests_run_in_submission_order() {
+    let (b, backend) = bridge(2, 100, 100);
+    let first = held_first(&b, &backend).await;
+    let mut futs: Vec<_> = (1..=5)
+        .map(|i| Box::pin(b.single::<VectorAdd>(pair(i as f32), ExecutionHints::default())))
+        .collect();
+    for f in &mut futs {
+        assert!(poll!(f).is_pending());
+    }
+    backend.release();
+    first.await.unwrap().unwrap();
+    let mut sizes = Vec::new();
+    for (i, f) in futs.into_iter().enumerate() {
+        let r = f.await.unwrap();
+        assert_eq!(r.output, want((i + 1) as f32));
+        sizes.push(r.batch_size);
+    }
+    // Taken in order, two at a time: (1,2), (3,4), (5).
+    assert_eq!(sizes, vec![2, 2, 2, 2, 1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_rejects_at_once() {
+    let (b, backend) = bridge(1, 2, 100);
+    let first = held_first(&b, &backend).await;
+    let mut q1 = Box::pin(b.single::<VectorAdd>(pair(1.0), ExecutionHints::default()));
+    let mut q2 = Box::pin(b.single::<VectorAdd>(pair(2.0), ExecutionHints::default()));
+    assert!(poll!(&mut q1).is_pending());
+    assert!(poll!(&mut q2).is_pending());
+    let full = b
+        .single::<VectorAdd>(pair(3.0), ExecutionHints::default())
+        .await;
+    assert!(
+        matches!(full, Err(Error::QueueFull { capacity: 2, .. })),
+        "{full:?}"
+    );
+    backend.release();
+    first.await.unwrap().unwrap();
+    assert_eq!(q1.await.unwrap().output, want(1.0));
+    assert_eq!(q2.await.unwrap().output, want(2.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_request_past_its_deadline_times_out_and_never_runs() {
+    let (b, backend) = bridge(2, 100, 100);
+    let first = held_first(&b, &backend).await;
+    let late = b
+        .single::<VectorAdd>(
+            pair(1.0),
+            ExecutionHints {
+                timeout: Some(Duration::from_millis(5)),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(matches!(late, Err(Error::Timeout { .. })), "{late:?}");
+    let mut next = Box::pin(b.single::<VectorAdd>(pair(2.0), ExecutionHints::default()));
+    assert!(poll!(&mut next).is_pending());
+    backend.release();
+    first.await.unwrap().unwrap();
+    // The timed-out request was skipped: the next one ran alone.
+    assert_eq!(next.await.unwrap().batch_size, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_future_is_removed_and_its_item_never_runs() {
+    let (b, backend) = bridge(2, 100, 100);
+    let first = held_first(&b, &backend).await;
+    let mut gone = Box::pin(b.single::<VectorAdd>(pair(1.0), ExecutionHints::default()));
+    assert!(poll!(&mut gone).is_pending());
+    drop(gone);
+    let mut next = Box::pin(b.single::<VectorAdd>(pair(2.0), ExecutionHints::default()));
+    assert!(poll!(&mut next).is_pending());
+    backend.release();
+    first.await.unwrap().unwrap();
+    let next = next.await.unwrap();
+    assert_eq!(next.batch_size, 1);
+    assert_eq!(next.output, want(2.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_item_fails_only_its_caller() {
+    let (b, _) = bridge(64, 100, 1000);
+    let bad = VectorPair {
+        a: vec![1.0, 2.0],
+        b: vec![1.0],
+    };
+    let (good1, bad, good2) = tokio::join!(
+        b.single::<VectorAdd>(pair(1.0), ExecutionHints::default()),
+        b.single::<VectorAdd>(bad, ExecutionHints::default()),
+        b.single::<VectorAdd>(pair(2.0), ExecutionHints::default()),
+    );
+    assert!(matches!(bad, Err(Error::InvalidInput { .. })), "{bad:?}");
+    assert_eq!(good1.unwrap().output, want(1.0));
+    assert_eq!(good2.unwrap().output, want(2.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_the_queue_and_then_refuses() {
+    let (b, backend) = bridge(2, 100, 100);
+    let first = held_first(&b, &backend).await;
+    let mut futs: Vec<_> = (1..=3)
+        .map(|i| Box::pin(b.single::<VectorAdd>(pair(i as f32), ExecutionHints::default())))
+        .collect();
+    for f in &mut futs {
+        assert!(poll!(f).is_pending());
+    }
+    let b2 = b.clone();
+    let stopping = std::thread::spawn(move || b2.shutdown());
+    backend.release();
+    first.await.unwrap().unwrap();
+    for (i, f) in futs.into_iter().enumerate() {
+        assert_eq!(f.await.unwrap().output, want((i + 1) as f32));
+    }
+    stopping.join().unwrap();
+    let after = b
+        .single::<VectorAdd>(pair(9.0), ExecutionHints::default())
+        .await;
+    assert!(matches!(after, Err(Error::Cancelled { .. })), "{after:?}");
+}
