@@ -1,10 +1,11 @@
 //! The dynamic batcher: single requests from many callers gathered into batches (in the manner
 //! of Triton's dynamic batcher).
 //!
-//! Each kernel gets its own bounded queue and one dispatcher thread, both created by the first
-//! [`GpuBridge::single`] for that kernel. The dispatcher waits until `batching.max_micro_batch`
-//! items are queued (or the largest of `batching.preferred_batch_sizes`), or until the oldest
-//! request has waited `batching.max_queue_delay_us`, then runs the batch through
+//! Each kernel gets its own bounded queue and `batching.batches_in_flight` runner threads, all
+//! created by the first [`GpuBridge::single`] for that kernel. One runner at a time gathers: it
+//! waits until `batching.max_micro_batch` items are queued (or the largest of
+//! `batching.preferred_batch_sizes`), or until the oldest request has waited
+//! `batching.max_queue_delay_us`, then runs the batch (while the next runner gathers) through
 //! [`crate::BatchGrain::execute`], so placement, fallback and circuit breakers apply as for any
 //! batch. High-priority requests are taken first; requests of equal priority run in submission
 //! order. A full queue rejects at once with [`Error::QueueFull`]; a request whose deadline
@@ -12,12 +13,22 @@
 //! request whose future is dropped is skipped and never runs. [`GpuBridge::shutdown`] runs what
 //! is queued and stops the dispatchers; dropping the last bridge handle answers what is queued
 //! with [`Error::Cancelled`].
+//!
+//! The path of a request is built for a million requests a second from many threads: a caller
+//! finds its kernel's queue without a lock, reserves a place with one atomic add, pushes onto a
+//! lock-free queue and wakes the gathering runner only when the queue was empty or has a full
+//! batch. The runner moves what arrived into its own staging area, where priorities, deadlines
+//! and cancellations are handled; callers never touch it except to make room in a full queue.
+//! A batch's answers are sent from a task on the callers' tokio runtime, so that waking its
+//! callers goes through a worker's own run queue.
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use crossbeam_queue::SegQueue;
 use gpubridge_telemetry::names;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
@@ -37,6 +48,9 @@ pub struct SingleResult<O> {
     pub batch_size: usize,
     /// How long the request waited in its kernel's queue before its batch started.
     pub queued: Duration,
+    /// How long its batch took, from its start until its outputs were ready (before the
+    /// callers were answered).
+    pub batch_time: Duration,
     /// The backend that ran the batch (most of it, if it was split).
     pub backend: Option<BackendKind>,
     /// The device that ran the batch (most of it, if it was split).
@@ -49,27 +63,49 @@ fn reject(kernel: &'static str, reason: &'static str) {
     metrics::counter!(names::REJECTIONS_TOTAL, "kernel" => kernel, "reason" => reason).increment(1);
 }
 
-/// The batcher queues of one bridge, by kernel id.
-#[derive(Default)]
+/// The batcher queues of one bridge: one slot per registered kernel, filled by the kernel's
+/// first single request. The map never changes after the bridge is built, so finding a queue
+/// takes no lock.
 pub(crate) struct Batchers {
-    queues: Mutex<HashMap<&'static str, Arc<dyn Any + Send + Sync>>>,
-    shutdown: Mutex<bool>,
+    slots: HashMap<&'static str, OnceLock<Arc<dyn Any + Send + Sync>>>,
+    /// Taken only to create a queue.
+    create: Mutex<()>,
+    shutdown: AtomicBool,
     stoppers: Mutex<Vec<Arc<dyn Stop>>>,
 }
 
 impl Batchers {
+    /// Slots for these kernel ids.
+    pub(crate) fn new(ids: impl IntoIterator<Item = &'static str>) -> Self {
+        Self {
+            slots: ids.into_iter().map(|id| (id, OnceLock::new())).collect(),
+            create: Mutex::new(()),
+            shutdown: AtomicBool::new(false),
+            stoppers: Mutex::new(Vec::new()),
+        }
+    }
+
     /// Tells every dispatcher to stop: `drain` runs what is queued first (the bridge is still
     /// alive), otherwise queued requests are answered `Cancelled`. Returns the dispatcher
     /// threads to join.
     pub(crate) fn stop_all(&self, drain: bool) -> Vec<std::thread::JoinHandle<()>> {
-        *self.shutdown.lock() = true;
+        {
+            let _create = self.create.lock();
+            self.shutdown.store(true, Ordering::SeqCst);
+        }
         let stoppers = std::mem::take(&mut *self.stoppers.lock());
-        stoppers.iter().filter_map(|s| s.stop(drain)).collect()
+        stoppers.iter().flat_map(|s| s.stop(drain)).collect()
+    }
+
+    /// Single requests accepted and not yet answered, in every kernel's batcher.
+    pub(crate) fn pending(&self) -> usize {
+        self.stoppers.lock().iter().map(|s| s.pending()).sum()
     }
 }
 
 trait Stop: Send + Sync {
-    fn stop(&self, drain: bool) -> Option<std::thread::JoinHandle<()>>;
+    fn stop(&self, drain: bool) -> Vec<std::thread::JoinHandle<()>>;
+    fn pending(&self) -> usize;
 }
 
 struct Request<I, O> {
@@ -80,26 +116,68 @@ struct Request<I, O> {
     reply: oneshot::Sender<Result<SingleResult<O>>>,
 }
 
-struct State<I, O> {
-    /// Low, normal, high.
+/// Requests moved off the intake, by priority (low, normal, high), in arrival order.
+struct Staging<I, O> {
     lanes: [VecDeque<Request<I, O>>; 3],
-    len: usize,
-    stopping: Option<bool>,
 }
+
+impl<I, O> Staging<I, O> {
+    fn len(&self) -> usize {
+        self.lanes.iter().map(VecDeque::len).sum()
+    }
+}
+
+const RUNNING: u8 = 0;
+const DRAIN: u8 = 1;
+const CANCEL: u8 = 2;
 
 struct Queue<I, O> {
     kernel: Arc<dyn DynKernel<I, O>>,
     capacity: usize,
-    state: Mutex<State<I, O>>,
+    /// Queued requests at which the gathering runner stops waiting for more (the full batch).
+    target: usize,
+    /// Where callers push, by priority (lock-free).
+    intake: [SegQueue<Request<I, O>>; 3],
+    /// Requests accepted and not yet taken into a batch or dropped (intake and staging).
+    len: AtomicUsize,
+    /// Requests taken into batches and not yet answered.
+    running: AtomicUsize,
+    /// `RUNNING`, or stopping with `DRAIN` or `CANCEL`.
+    stopping: AtomicU8,
+    /// Set while the gathering runner sleeps on `wake`.
+    sleeping: AtomicBool,
+    sleep: Mutex<()>,
     wake: Condvar,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Held by the one runner that gathers the next batch; the others run theirs meanwhile.
+    gather: Mutex<()>,
+    /// Held briefly by the gathering runner, and by a caller making room in a full queue.
+    staging: Mutex<Staging<I, O>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// `gpubridge_queue_duration_seconds{kernel}`, resolved once.
+    queued: metrics::Histogram,
+    /// `gpubridge_pending_requests`, moved by whole batches.
+    pending_gauge: metrics::Gauge,
+    /// The tokio runtime of the first caller that had one: batches are answered from it.
+    runtime: OnceLock<tokio::runtime::Handle>,
 }
 
 impl<I: Send + 'static, O: Send + 'static> Stop for Queue<I, O> {
-    fn stop(&self, drain: bool) -> Option<std::thread::JoinHandle<()>> {
-        self.state.lock().stopping = Some(drain);
-        self.wake.notify_all();
-        self.thread.lock().take()
+    fn stop(&self, drain: bool) -> Vec<std::thread::JoinHandle<()>> {
+        let _ = self.stopping.compare_exchange(
+            RUNNING,
+            if drain { DRAIN } else { CANCEL },
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        {
+            let _sleep = self.sleep.lock();
+            self.wake.notify_all();
+        }
+        std::mem::take(&mut *self.threads.lock())
+    }
+
+    fn pending(&self) -> usize {
+        self.len.load(Ordering::Relaxed) + self.running.load(Ordering::Relaxed)
     }
 }
 
@@ -119,134 +197,222 @@ fn compatible(a: &ExecutionHints, b: &ExecutionHints) -> bool {
         && a.persistent == b.persistent
 }
 
+/// Whether a queued request should be dropped rather than run (its deadline passed or its caller
+/// left), answering it if it timed out.
+fn gone<I, O>(kernel: &'static str, r: &mut Request<I, O>, now: Instant) -> bool {
+    if r.deadline.is_some_and(|d| d <= now) {
+        // Past its deadline: answered here unless the caller's own timer already answered (and
+        // counted) it.
+        if !r.reply.is_closed() {
+            reject(kernel, "timeout");
+            let after = r.deadline.map_or(Duration::ZERO, |d| d - r.enqueued);
+            let (dead, _) = oneshot::channel();
+            let reply = std::mem::replace(&mut r.reply, dead);
+            let _ = reply.send(Err(Error::Timeout { after }));
+        }
+        true
+    } else if r.reply.is_closed() {
+        reject(kernel, "cancelled");
+        true
+    } else {
+        false
+    }
+}
+
 impl<I, O> Queue<I, O>
 where
     I: Send + Sync + 'static,
     O: Send + 'static,
 {
-    /// Takes the next batch (at most `max` requests): high priority first, submission order
-    /// within a priority, dropping requests whose caller left or whose deadline passed; only
-    /// requests with the first one's placement hints join it. Empty when nothing runnable is
-    /// left.
-    fn take_batch(&self, state: &mut State<I, O>, max: usize) -> Vec<Request<I, O>> {
+    fn stopping(&self) -> u8 {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Moves what callers pushed into the staging area.
+    fn move_intake(&self, staging: &mut Staging<I, O>) {
+        for (lane, intake) in staging.lanes.iter_mut().zip(&self.intake) {
+            while let Some(r) = intake.pop() {
+                lane.push_back(r);
+            }
+        }
+    }
+
+    /// Counts `n` requests as no longer queued.
+    fn left(&self, n: usize) {
+        if n > 0 {
+            self.len.fetch_sub(n, Ordering::SeqCst);
+        }
+    }
+
+    /// Sleeps until `ready()` holds, the queue stops, or `until` passes (`false` then).
+    fn sleep_until(&self, until: Option<Instant>, ready: impl Fn() -> bool) -> bool {
+        let mut guard = self.sleep.lock();
+        self.sleeping.store(true, Ordering::SeqCst);
+        let mut woke = true;
+        while !ready() && self.stopping() == RUNNING {
+            match until {
+                Some(t) => {
+                    if self.wake.wait_until(&mut guard, t).timed_out() {
+                        woke = ready();
+                        break;
+                    }
+                }
+                None => self.wake.wait(&mut guard),
+            }
+        }
+        self.sleeping.store(false, Ordering::SeqCst);
+        woke
+    }
+
+    /// Takes the next batch (at most `max` requests) from staging: high priority first,
+    /// submission order within a priority, dropping requests whose caller left or whose
+    /// deadline passed; only requests with the first one's placement hints join it. Empty when
+    /// nothing runnable is left.
+    fn take_batch(&self, staging: &mut Staging<I, O>, max: usize) -> Vec<Request<I, O>> {
         let kernel = self.kernel.id();
         let now = Instant::now();
-        let mut batch: Vec<Request<I, O>> = Vec::new();
+        let mut batch: Vec<Request<I, O>> = Vec::with_capacity(max.min(staging.len()));
+        let mut removed = 0;
         for l in (0..3).rev() {
-            let lane = &mut state.lanes[l];
-            let mut kept = VecDeque::with_capacity(lane.len());
-            while let Some(r) = lane.pop_front() {
-                if r.deadline.is_some_and(|d| d <= now) {
-                    // Past its deadline: answered here unless the caller's own timer already
-                    // answered (and counted) it.
-                    state.len -= 1;
-                    if !r.reply.is_closed() {
-                        reject(kernel, "timeout");
-                        let after = r.deadline.map_or(Duration::ZERO, |d| d - r.enqueued);
-                        let _ = r.reply.send(Err(Error::Timeout { after }));
-                    }
-                } else if r.reply.is_closed() {
-                    state.len -= 1;
-                    reject(kernel, "cancelled");
+            let lane = &mut staging.lanes[l];
+            if lane.is_empty() {
+                continue;
+            }
+            let mut kept = VecDeque::new();
+            while let Some(mut r) = lane.pop_front() {
+                if batch.len() >= max && kept.is_empty() {
+                    // Full, and nothing was set aside: the rest of the lane stays as it is.
+                    lane.push_front(r);
+                    break;
+                }
+                if gone(kernel, &mut r, now) {
+                    removed += 1;
                 } else if batch.len() < max
                     && batch.first().is_none_or(|f| compatible(&f.hints, &r.hints))
                 {
-                    state.len -= 1;
+                    removed += 1;
                     batch.push(r);
                 } else {
                     kept.push_back(r);
                 }
             }
-            *lane = kept;
+            if !kept.is_empty() {
+                kept.append(lane);
+                *lane = kept;
+            }
         }
+        self.left(removed);
         batch
     }
 
-    /// Drops queued requests whose caller left or whose deadline passed (as [`Queue::take_batch`]
-    /// would), so that they stop holding room in a full queue.
-    fn prune(&self, state: &mut State<I, O>) {
+    /// Drops queued requests whose caller left or whose deadline passed, so that they stop
+    /// holding room in a full queue.
+    fn prune(&self, staging: &mut Staging<I, O>) {
         let kernel = self.kernel.id();
         let now = Instant::now();
-        for lane in &mut state.lanes {
+        let mut removed = 0;
+        for lane in &mut staging.lanes {
             lane.retain_mut(|r| {
-                if r.deadline.is_some_and(|d| d <= now) {
-                    if !r.reply.is_closed() {
-                        reject(kernel, "timeout");
-                        let after = r.deadline.map_or(Duration::ZERO, |d| d - r.enqueued);
-                        let (dead, _) = oneshot::channel();
-                        let reply = std::mem::replace(&mut r.reply, dead);
-                        let _ = reply.send(Err(Error::Timeout { after }));
-                    }
-                    false
-                } else if r.reply.is_closed() {
-                    reject(kernel, "cancelled");
-                    false
-                } else {
-                    true
-                }
+                let drop = gone(kernel, r, now);
+                removed += usize::from(drop);
+                !drop
             });
         }
-        state.len = state.lanes.iter().map(VecDeque::len).sum();
+        self.left(removed);
     }
 
-    fn dispatch(self: Arc<Self>, bridge: Weak<Inner>, cfg: DispatchConfig) {
+    /// One runner: gathers a batch (while it holds `gather`), then runs it while another runner
+    /// gathers the next.
+    fn dispatch(self: Arc<Self>, bridge: Weak<Inner>, cfg: Arc<DispatchConfig>) {
         let kernel = self.kernel.id();
         loop {
-            let mut state = self.state.lock();
+            let gathering = self.gather.lock();
             // Wait for work.
-            while state.len == 0 && state.stopping.is_none() {
-                self.wake.wait(&mut state);
-            }
-            if state.len == 0 {
-                return;
+            loop {
+                let staged = {
+                    let mut st = self.staging.lock();
+                    self.move_intake(&mut st);
+                    st.len()
+                };
+                if staged > 0 {
+                    break;
+                }
+                if self.stopping() != RUNNING {
+                    if self.len.load(Ordering::SeqCst) == 0 {
+                        // Stopping, and nothing is left: a caller that reserves a place from
+                        // now on sees the stop and takes its place back.
+                        return;
+                    }
+                    // A caller reserved a place and is about to push, or to see the stop and
+                    // take it back.
+                    std::thread::yield_now();
+                    continue;
+                }
+                self.sleep_until(None, || self.len.load(Ordering::SeqCst) > 0);
             }
             // Gather: until a full (or preferred) batch, the oldest's delay, or a stop.
-            if state.stopping.is_none() {
-                let oldest = state
-                    .lanes
-                    .iter()
-                    .filter_map(|l| l.front().map(|r| r.enqueued))
-                    .min()
-                    .unwrap_or_else(Instant::now);
-                let until = oldest + cfg.delay;
-                while state.len < cfg.target && state.stopping.is_none() {
-                    if self.wake.wait_until(&mut state, until).timed_out() {
-                        break;
-                    }
-                }
+            if self.stopping() == RUNNING {
+                let oldest = {
+                    let st = self.staging.lock();
+                    st.lanes
+                        .iter()
+                        .filter_map(|l| l.front().map(|r| r.enqueued))
+                        .min()
+                        .unwrap_or_else(Instant::now)
+                };
+                self.sleep_until(Some(oldest + cfg.delay), || {
+                    self.len.load(Ordering::SeqCst) >= cfg.target
+                });
             }
-            let drain = state.stopping.unwrap_or(true);
-            let available = state.len.min(cfg.max);
-            let take = cfg
-                .preferred
-                .iter()
-                .rev()
-                .copied()
-                .find(|&p| p <= available)
-                .unwrap_or(available)
-                .max(1);
-            let batch = self.take_batch(&mut state, take);
-            drop(state);
+            let drain = self.stopping() != CANCEL;
+            let batch = {
+                let mut st = self.staging.lock();
+                self.move_intake(&mut st);
+                let available = st.len().min(cfg.max);
+                let take = cfg
+                    .preferred
+                    .iter()
+                    .rev()
+                    .copied()
+                    .find(|&p| p <= available)
+                    .unwrap_or(available)
+                    .max(1);
+                self.take_batch(&mut st, take)
+            };
+            drop(gathering);
             if batch.is_empty() {
                 continue;
             }
-            let Some(inner) = bridge.upgrade().filter(|_| drain) else {
-                for r in batch {
-                    reject(kernel, "cancelled");
-                    let _ = r.reply.send(Err(Error::Cancelled {
-                        reason: "the bridge shut down".to_owned(),
-                    }));
+            let size = batch.len();
+            self.running.fetch_add(size, Ordering::Relaxed);
+            self.pending_gauge.increment(size as f64);
+            match bridge.upgrade().filter(|_| drain) {
+                Some(inner) => {
+                    let grain = GpuBridge::from_inner(inner).grain(self.kernel.clone());
+                    run_batch(&grain, batch, &self.queued, self.runtime.get(), cfg.spin);
                 }
-                continue;
-            };
-            let grain = GpuBridge::from_inner(inner).grain(self.kernel.clone());
-            run_batch(&grain, batch);
+                None => {
+                    for r in batch {
+                        reject(kernel, "cancelled");
+                        let _ = r.reply.send(Err(Error::Cancelled {
+                            reason: "the bridge shut down".to_owned(),
+                        }));
+                    }
+                }
+            }
+            self.running.fetch_sub(size, Ordering::Relaxed);
+            self.pending_gauge.decrement(size as f64);
         }
     }
 }
 
-fn run_batch<I, O>(grain: &crate::BatchGrain<I, O>, batch: Vec<Request<I, O>>)
-where
+fn run_batch<I, O>(
+    grain: &crate::BatchGrain<I, O>,
+    batch: Vec<Request<I, O>>,
+    queued_histogram: &metrics::Histogram,
+    runtime: Option<&tokio::runtime::Handle>,
+    spin: Option<Duration>,
+) where
     I: Send + Sync + 'static,
     O: Send + 'static,
 {
@@ -260,42 +426,101 @@ where
     hints.priority = Priority::Normal;
     hints.correlation_id = None;
     hints.tenant = None;
-    hints.spin_wait = None;
+    // The runner is a thread of its own: it waits for its batch spinning (briefly), which
+    // answers sooner than a parked thread woken by the device.
+    hints.spin_wait = spin;
     let mut inputs = Vec::with_capacity(size);
     let mut replies = Vec::with_capacity(size);
     for r in batch {
         inputs.push(r.input);
-        replies.push((r.reply, started.saturating_duration_since(r.enqueued)));
+        let queued = started.saturating_duration_since(r.enqueued);
+        queued_histogram.record(queued.as_secs_f64());
+        replies.push((r.reply, queued));
     }
     let result: Result<BatchResult<O>> = futures::executor::block_on(grain.execute(inputs, hints));
-    match result {
+    let answers: Vec<Answer<O>> = match result {
         Ok(result) => {
             let backend = result.backend();
             let device = result.device();
-            for ((reply, queued), output) in replies.into_iter().zip(result.outputs) {
-                let _ = reply.send(Ok(SingleResult {
-                    output,
-                    batch_size: size,
-                    queued,
-                    backend,
-                    device,
-                }));
+            let batch_time = result.total;
+            replies
+                .into_iter()
+                .zip(result.outputs)
+                .map(|((reply, queued), output)| {
+                    let single = SingleResult {
+                        output,
+                        batch_size: size,
+                        queued,
+                        batch_time,
+                        backend,
+                        device,
+                    };
+                    (reply, Ok(single))
+                })
+                .collect()
+        }
+        Err(e) => replies
+            .into_iter()
+            .map(|(reply, _)| (reply, Err(e.clone())))
+            .collect(),
+    };
+    match runtime {
+        Some(handle) if size >= ANSWER_ON_RUNTIME => {
+            // Detached tasks of up to `ANSWER_CHUNK` answers each, so that several workers
+            // answer a large batch; a task dropped unpolled (the runtime is gone) answers from
+            // `Answers`' drop instead.
+            let mut answers = answers.into_iter();
+            loop {
+                let chunk: Vec<Answer<O>> = answers.by_ref().take(ANSWER_CHUNK).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                let mut chunk = Answers(chunk.into_iter());
+                drop(handle.spawn(async move { chunk.send_all() }));
             }
         }
-        Err(e) => {
-            for (reply, _) in replies {
-                let _ = reply.send(Err(e.clone()));
-            }
+        _ => Answers(answers.into_iter()).send_all(),
+    }
+}
+
+/// Batches of at least this many requests are answered from tasks on the callers' runtime.
+const ANSWER_ON_RUNTIME: usize = 8;
+/// Answers per task.
+const ANSWER_CHUNK: usize = 256;
+
+type Answer<O> = (
+    oneshot::Sender<Result<SingleResult<O>>>,
+    Result<SingleResult<O>>,
+);
+
+/// A batch's answers. Sent from one of the callers' runtime's workers, each answer wakes its
+/// caller through that worker's own run queue; sent from a foreign thread (a runner), each would
+/// go through the runtime's shared queue and often wake a parked worker, which at a million
+/// answers a second is where the time goes. Whatever is still unsent when this is dropped (the
+/// runtime shut down before the task ran) is sent from the dropping thread, so no caller is
+/// left without an answer.
+struct Answers<O>(std::vec::IntoIter<Answer<O>>);
+
+impl<O> Answers<O> {
+    fn send_all(&mut self) {
+        for (reply, answer) in self.0.by_ref() {
+            let _ = reply.send(answer);
         }
     }
 }
 
-#[derive(Clone)]
+impl<O> Drop for Answers<O> {
+    fn drop(&mut self) {
+        self.send_all();
+    }
+}
+
 struct DispatchConfig {
     max: usize,
     target: usize,
     delay: Duration,
     preferred: Vec<usize>,
+    spin: Option<Duration>,
 }
 
 impl GpuBridge {
@@ -325,61 +550,24 @@ impl GpuBridge {
         hints: ExecutionHints,
     ) -> Result<SingleResult<K::Output>> {
         let queue = self.queue::<K::Input, K::Output>(K::ID)?;
-        let kernel = queue.kernel.id();
-        queue.kernel.validate(0, &input)?;
-        let _pending = self.pending_guard();
-        let enqueued = Instant::now();
-        let timeout = hints.timeout;
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut state = queue.state.lock();
-            if state.stopping.is_some() {
-                reject(kernel, "cancelled");
-                return Err(Error::Cancelled {
-                    reason: "the bridge is shutting down".to_owned(),
-                });
-            }
-            if state.len >= queue.capacity {
-                queue.prune(&mut state);
-            }
-            if state.len >= queue.capacity {
-                reject(kernel, "queue_full");
-                return Err(Error::QueueFull {
-                    kernel: kernel.to_owned(),
-                    capacity: queue.capacity,
-                });
-            }
-            let l = lane(hints.priority);
-            state.lanes[l].push_back(Request {
-                input,
-                deadline: timeout.map(|t| enqueued + t),
-                hints,
-                enqueued,
-                reply: tx,
-            });
-            state.len += 1;
-        }
-        queue.wake.notify_one();
-        let answer = match timeout {
-            Some(after) => match tokio::time::timeout(after, rx).await {
-                Ok(a) => a,
-                Err(_) => {
-                    reject(kernel, "timeout");
-                    return Err(Error::Timeout { after });
-                }
-            },
-            None => rx.await,
-        };
-        let result = answer.unwrap_or_else(|_| {
-            Err(Error::Cancelled {
-                reason: "the batcher stopped".to_owned(),
-            })
-        });
-        if let Ok(r) = &result {
-            metrics::histogram!(names::QUEUE_DURATION_SECONDS, "kernel" => kernel)
-                .record(r.queued.as_secs_f64());
-        }
-        result
+        let rx = queue.submit(input, hints.clone())?;
+        queue.answer(rx, hints.timeout).await
+    }
+
+    /// The batcher queue of kernel `K` (created on first use).
+    pub(crate) fn single_queue<K: Kernel>(&self) -> Result<()> {
+        self.queue::<K::Input, K::Output>(K::ID).map(|_| ())
+    }
+
+    /// Queues one request of kernel `K`; the receiver gets its answer (for the stream grain,
+    /// which awaits answers in send order).
+    pub(crate) fn submit_single<K: Kernel>(
+        &self,
+        input: K::Input,
+        hints: ExecutionHints,
+    ) -> Result<oneshot::Receiver<Result<SingleResult<K::Output>>>> {
+        self.queue::<K::Input, K::Output>(K::ID)?
+            .submit(input, hints)
     }
 
     /// Stops every kernel's batcher: requests already queued run, new ones are answered
@@ -391,22 +579,30 @@ impl GpuBridge {
         }
     }
 
-    fn queue<I, O>(&self, id: &str) -> Result<Arc<Queue<I, O>>>
+    /// The batcher queue of kernel `id`, created (with its runners) on first use.
+    fn queue<I, O>(&self, id: &str) -> Result<&Queue<I, O>>
     where
         I: Send + Sync + 'static,
         O: Send + 'static,
     {
-        let kernel = self.catalog().resolve::<I, O>(id)?;
         let batchers = self.batchers();
-        let mut queues = batchers.queues.lock();
-        if let Some(q) = queues.get(kernel.id()) {
-            return Arc::clone(q).downcast::<Queue<I, O>>().map_err(|_| {
-                Error::KernelTypeMismatch {
-                    id: id.to_owned(),
-                    expected: "the types of the kernel's first single request".to_owned(),
-                    found: std::any::type_name::<I>().to_owned(),
-                }
-            });
+        let mismatch = || Error::KernelTypeMismatch {
+            id: id.to_owned(),
+            expected: "the types of the kernel's first single request".to_owned(),
+            found: std::any::type_name::<I>().to_owned(),
+        };
+        let Some(slot) = batchers.slots.get(id) else {
+            // Not registered: the catalog says so, with the registered ids.
+            self.catalog().resolve::<I, O>(id)?;
+            return Err(mismatch());
+        };
+        if let Some(q) = slot.get() {
+            return q.downcast_ref::<Queue<I, O>>().ok_or_else(mismatch);
+        }
+        let kernel = self.catalog().resolve::<I, O>(id)?;
+        let _create = batchers.create.lock();
+        if let Some(q) = slot.get() {
+            return q.downcast_ref::<Queue<I, O>>().ok_or_else(mismatch);
         }
         let b = &self.config().batching;
         let max = b.max_micro_batch.min(b.max_batch).max(1);
@@ -417,36 +613,149 @@ impl GpuBridge {
             .filter(|&p| p >= 1 && p <= max)
             .collect();
         preferred.sort_unstable();
-        let cfg = DispatchConfig {
+        let target = preferred.last().copied().unwrap_or(max);
+        let cfg = Arc::new(DispatchConfig {
             max,
-            target: preferred.last().copied().unwrap_or(max),
+            target,
             delay: Duration::from_micros(b.max_queue_delay_us),
             preferred,
-        };
+            spin: (b.runner_spin_us > 0).then(|| Duration::from_micros(b.runner_spin_us)),
+        });
+        let stopped = batchers.shutdown.load(Ordering::SeqCst);
         let queue = Arc::new(Queue {
             capacity: b.queue_capacity,
-            kernel: kernel.clone(),
-            state: Mutex::new(State {
-                lanes: [VecDeque::new(), VecDeque::new(), VecDeque::new()],
-                len: 0,
-                stopping: (*batchers.shutdown.lock()).then_some(true),
-            }),
+            target,
+            intake: [SegQueue::new(), SegQueue::new(), SegQueue::new()],
+            len: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            stopping: AtomicU8::new(if stopped { DRAIN } else { RUNNING }),
+            sleeping: AtomicBool::new(false),
+            sleep: Mutex::new(()),
             wake: Condvar::new(),
-            thread: Mutex::new(None),
+            gather: Mutex::new(()),
+            staging: Mutex::new(Staging {
+                lanes: [VecDeque::new(), VecDeque::new(), VecDeque::new()],
+            }),
+            threads: Mutex::new(Vec::new()),
+            queued: metrics::histogram!(names::QUEUE_DURATION_SECONDS, "kernel" => kernel.id()),
+            pending_gauge: metrics::gauge!(names::PENDING_REQUESTS),
+            runtime: OnceLock::new(),
+            kernel: kernel.clone(),
         });
-        let weak = self.downgrade();
-        let q = queue.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("gpubridge-batcher-{}", kernel.id()))
-            .spawn(move || q.dispatch(weak, cfg))
-            .map_err(|e| Error::Backend {
-                backend: BackendKind::Cpu,
-                message: format!("could not start the batcher thread: {e}"),
-                transient: true,
-            })?;
-        *queue.thread.lock() = Some(handle);
+        // Registered before the runners start, so that a failed start still stops the ones
+        // that did.
         batchers.stoppers.lock().push(queue.clone());
-        queues.insert(kernel.id(), queue.clone());
-        Ok(queue)
+        let runners = if stopped {
+            0
+        } else {
+            b.batches_in_flight.max(1)
+        };
+        for runner in 0..runners {
+            let (weak, q, cfg) = (self.downgrade(), queue.clone(), cfg.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("gpubridge-batcher-{runner}-{}", kernel.id()))
+                .spawn(move || q.dispatch(weak, cfg))
+                .map_err(|e| Error::Backend {
+                    backend: BackendKind::Cpu,
+                    message: format!("could not start the batcher thread: {e}"),
+                    transient: true,
+                })?;
+            queue.threads.lock().push(handle);
+        }
+        let any: Arc<dyn Any + Send + Sync> = queue;
+        let q = slot.get_or_init(|| any);
+        q.downcast_ref::<Queue<I, O>>().ok_or_else(mismatch)
+    }
+}
+
+impl<I, O> Queue<I, O>
+where
+    I: Send + Sync + 'static,
+    O: Send + 'static,
+{
+    /// Validates and queues one request; the receiver gets its answer.
+    fn submit(
+        &self,
+        input: I,
+        hints: ExecutionHints,
+    ) -> Result<oneshot::Receiver<Result<SingleResult<O>>>> {
+        let kernel = self.kernel.id();
+        self.kernel.validate(0, &input)?;
+        if self.runtime.get().is_none() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let _ = self.runtime.set(handle);
+            }
+        }
+        let cancelled = || {
+            reject(kernel, "cancelled");
+            Err(Error::Cancelled {
+                reason: "the bridge is shutting down".to_owned(),
+            })
+        };
+        // The place is reserved before the stop is checked, and a stopping runner leaves only
+        // once no place is reserved: a request is either refused here or answered there.
+        let mut n = self.len.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.stopping() != RUNNING {
+            self.left(1);
+            return cancelled();
+        }
+        if n > self.capacity {
+            // Full: make room by dropping requests whose callers left or timed out.
+            {
+                let mut st = self.staging.lock();
+                self.move_intake(&mut st);
+                self.prune(&mut st);
+            }
+            n = self.len.load(Ordering::SeqCst);
+            if n > self.capacity {
+                self.left(1);
+                reject(kernel, "queue_full");
+                return Err(Error::QueueFull {
+                    kernel: kernel.to_owned(),
+                    capacity: self.capacity,
+                });
+            }
+        }
+        let enqueued = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        let l = lane(hints.priority);
+        self.intake[l].push(Request {
+            input,
+            deadline: hints.timeout.map(|t| enqueued + t),
+            hints,
+            enqueued,
+            reply: tx,
+        });
+        // Wake the gathering runner only when it has something to do: the first request after
+        // an empty queue, or a full batch. In between it sleeps until the oldest request's delay
+        // runs out, undisturbed.
+        if (n == 1 || n >= self.target) && self.sleeping.load(Ordering::SeqCst) {
+            let _sleep = self.sleep.lock();
+            self.wake.notify_one();
+        }
+        Ok(rx)
+    }
+
+    /// Waits for a submitted request's answer, up to `timeout`.
+    async fn answer(
+        &self,
+        rx: oneshot::Receiver<Result<SingleResult<O>>>,
+        timeout: Option<Duration>,
+    ) -> Result<SingleResult<O>> {
+        let answer = match timeout {
+            Some(after) => match tokio::time::timeout(after, rx).await {
+                Ok(a) => a,
+                Err(_) => {
+                    reject(self.kernel.id(), "timeout");
+                    return Err(Error::Timeout { after });
+                }
+            },
+            None => rx.await,
+        };
+        answer.unwrap_or_else(|_| {
+            Err(Error::Cancelled {
+                reason: "the batcher stopped".to_owned(),
+            })
+        })
     }
 }

@@ -211,6 +211,7 @@ impl BridgeBuilder {
             tracing::warn!("gpubridge built with no usable backend; every request will fail");
         }
         let permits = Semaphore::new(cfg.general.max_concurrent_kernels);
+        let catalog_ids: Vec<&'static str> = self.catalog.ids().collect();
         Ok(GpuBridge {
             inner: Arc::new(Inner {
                 config: self.config,
@@ -219,7 +220,7 @@ impl BridgeBuilder {
                 reports,
                 permits,
                 pending: AtomicUsize::new(0),
-                batchers: crate::batcher::Batchers::default(),
+                batchers: crate::batcher::Batchers::new(catalog_ids),
             }),
         })
     }
@@ -266,10 +267,6 @@ impl GpuBridge {
 
     pub(crate) fn batchers(&self) -> &crate::batcher::Batchers {
         &self.inner.batchers
-    }
-
-    pub(crate) fn pending_guard(&self) -> Pending<'_> {
-        Pending::start(&self.inner.pending)
     }
 
     pub(crate) fn grain<I, O>(self, kernel: Arc<dyn DynKernel<I, O>>) -> BatchGrain<I, O> {
@@ -342,7 +339,7 @@ impl GpuBridge {
         let max = inner.config.general.max_concurrent_kernels;
         Readiness {
             devices,
-            pending_requests: inner.pending.load(Ordering::Relaxed),
+            pending_requests: inner.pending.load(Ordering::Relaxed) + inner.batchers.pending(),
             queue_capacity: inner.config.batching.queue_capacity,
             running_micro_batches: max.saturating_sub(inner.permits.available_permits()),
             max_concurrent_kernels: max,

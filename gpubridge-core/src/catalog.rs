@@ -112,6 +112,11 @@ impl KernelCatalog {
             .ok_or_else(mismatch)
     }
 
+    /// Every registered kernel id.
+    pub(crate) fn ids(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.entries.keys().copied()
+    }
+
     /// The descriptor of `id`, if registered.
     pub fn descriptor(&self, id: &str) -> Option<&KernelDescriptor> {
         self.entries.get(id).map(|e| &e.descriptor)

@@ -247,6 +247,13 @@ pub struct BatchingConfig {
     /// Batch sizes the dynamic batcher prefers (default none): it dispatches as soon as the
     /// largest is queued, and when the delay runs out it takes the largest one it can fill.
     pub preferred_batch_sizes: Vec<usize>,
+    /// Batches of one kernel's dynamic batcher running at once (default 2): the next batch
+    /// gathers, packs and uploads while the previous one computes and answers its callers.
+    pub batches_in_flight: usize,
+    /// How long a batcher runner busy-polls for its batch's result before it sleeps, in
+    /// microseconds (default 200; 0 never spins). A runner is a thread of its own, and a parked
+    /// thread woken by the device costs tens of microseconds per batch.
+    pub runner_spin_us: u64,
 }
 
 impl Default for BatchingConfig {
@@ -259,6 +266,8 @@ impl Default for BatchingConfig {
             queue_capacity: 65536,
             max_batch: 65536,
             preferred_batch_sizes: Vec::new(),
+            batches_in_flight: 2,
+            runner_spin_us: 200,
         }
     }
 }
@@ -568,6 +577,11 @@ impl BridgeConfig {
         at_least("batching.max_in_flight", self.batching.max_in_flight, 1)?;
         at_least("batching.queue_capacity", self.batching.queue_capacity, 1)?;
         at_least("batching.max_batch", self.batching.max_batch, 1)?;
+        at_least(
+            "batching.batches_in_flight",
+            self.batching.batches_in_flight,
+            1,
+        )?;
         at_least("cuda.streams_per_device", self.cuda.streams_per_device, 1)?;
         if self.wgpu.apis.is_empty() {
             return Err(Error::config("wgpu.apis", "the list names no graphics API"));

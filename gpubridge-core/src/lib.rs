@@ -49,6 +49,7 @@ pub mod kernel;
 pub mod kernels;
 pub mod plan;
 pub mod readiness;
+pub mod stream;
 pub mod testing;
 
 pub use batcher::SingleResult;
@@ -66,3 +67,4 @@ pub use hints::{BatchResult, ChunkReport, ExecutionHints, FallbackEvent, Prefere
 pub use kernel::{DynKernel, Kernel, KernelSources};
 pub use plan::{bucket_len, Plan, PlanOutputs, PlanShape, PlanTarget};
 pub use readiness::{DeviceReadiness, Readiness};
+pub use stream::{StreamReceiver, StreamSender};

@@ -15,10 +15,22 @@ fn bridge(
     capacity: usize,
     delay_us: u64,
 ) -> (GpuBridge, Arc<FaultInjectingBackend>) {
+    bridge_with(max_batch, capacity, delay_us, 1)
+}
+
+fn bridge_with(
+    max_batch: usize,
+    capacity: usize,
+    delay_us: u64,
+    runners: usize,
+) -> (GpuBridge, Arc<FaultInjectingBackend>) {
     let mut config = BridgeConfig::default();
     config.batching.max_batch = max_batch;
     config.batching.queue_capacity = capacity;
     config.batching.max_queue_delay_us = delay_us;
+    // Most tests use one runner: a held batch then holds the queue, which is what they look
+    // behind.
+    config.batching.batches_in_flight = runners;
     let mut b = GpuBridge::builder(config);
     b.register(VectorAdd).unwrap();
     let backend = FaultInjectingBackend::new(BackendKind::Cpu, 1).unwrap();
@@ -52,6 +64,36 @@ async fn held_first(
         tokio::task::yield_now().await;
     }
     first
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_runners_answer_every_caller_correctly() {
+    // Three batches in flight at once; callers that each send a run of requests one after
+    // another, so that every runner sees work, and every answer checked.
+    let (b, _) = bridge_with(64, 65536, 200, 3);
+    let callers: Vec<_> = (0..32)
+        .map(|c| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let mut largest = 0;
+                for k in 0..200 {
+                    let x = (c * 1000 + k) as f32;
+                    let r = b
+                        .single::<VectorAdd>(pair(x), ExecutionHints::default())
+                        .await?;
+                    assert_eq!(r.output, want(x));
+                    largest = largest.max(r.batch_size);
+                }
+                Ok::<_, Error>(largest)
+            })
+        })
+        .collect();
+    let mut largest = 0;
+    for c in callers {
+        largest = largest.max(c.await.unwrap().unwrap());
+    }
+    assert!(largest > 1, "no batching happened");
+    assert_eq!(b.readiness().pending_requests, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

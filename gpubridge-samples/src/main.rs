@@ -2,6 +2,7 @@
 //! backend, each verified against its reference.
 
 mod bench;
+mod load;
 mod samples;
 #[cfg(feature = "prometheus")]
 mod serve;
@@ -41,6 +42,9 @@ enum Command {
     Config,
     /// Measure TARGETS.md's rows against baselines measured in the same run.
     Bench(bench::BenchArgs),
+    /// Open-loop load on the dynamic batcher (single-item requests from many tasks), a rate
+    /// sweep with latency percentiles and the knee (TARGETS.md P3).
+    Load(load::LoadArgs),
     /// Run a bridge with its metrics endpoint (/metrics, /healthz, /readyz) until Ctrl-C.
     #[cfg(feature = "prometheus")]
     Serve(serve::ServeArgs),
@@ -199,6 +203,10 @@ fn run(cli: Cli, config: BridgeConfig) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(args) => {
             bench::run(args, config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Load(args) => {
+            load::run(args, config)?;
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "prometheus")]

@@ -1,0 +1,609 @@
+//! `gpubridge load`: an open-loop load generator for the dynamic batcher (TARGETS.md P3).
+//!
+//! Many tokio tasks (`--tasks`, default 1000) each send single-item requests
+//! ([`GpuBridge::single`]: the sum of a `--len`-float vector) on a fixed schedule, whatever the
+//! bridge's answers are doing: open loop, so a slow bridge meets a growing backlog rather than a
+//! politely waiting client (a task never waits for an answer before its next send). A request's
+//! latency runs from its send to its answer. tokio's timers tick in milliseconds, so a task wakes at most
+//! once per `--tick-us` and sends what fell due since its last wake in one burst; how late each send was against its schedule
+//! (the generator's lag) is reported beside the latencies, and a rate whose P99 lag passes the
+//! tick by 2 ms is marked as one the generator could not offer. Every answer is checked against the sum
+//! computed on the host.
+//!
+//! The sweep runs each offered rate in `--rates` for a warm-up and a measured window, and reports
+//! per rate the completed requests per second, P50/P95/P99/P99.9 latency, errors by reason and
+//! the mean batch size; the knee is the highest offered rate that was served in full (at least
+//! 95% of it completed in the window) with P50 <= 1 ms. With a second backend in `--backends`
+//! (the CPU, by default beside a GPU) the sweep is repeated there as the baseline of the P3 row.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::stream::{FuturesUnordered, StreamExt};
+use gpubridge::kernels::Sum;
+use gpubridge::{BackendKind, BridgeConfig, ExecutionHints, GpuBridge};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+/// Options of `gpubridge load`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Backends to sweep, in order; the first is measured, the second is the baseline
+    /// (`cuda,cpu`, `wgpu,cpu`, `cpu`). Default: `cuda,cpu` where CUDA is usable, else `cpu`.
+    #[arg(long, value_delimiter = ',')]
+    pub backends: Vec<String>,
+    /// Concurrent sending tasks.
+    #[arg(long, default_value_t = 1000)]
+    pub tasks: usize,
+    /// Offered rates in requests per second (`k` and `M` suffixes), comma separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "50k,100k,250k,500k,1M,1.5M,2M,3M,4M"
+    )]
+    pub rates: Vec<String>,
+    /// Measured window per rate, in seconds.
+    #[arg(long, default_value_t = 2.0)]
+    pub seconds: f64,
+    /// Warm-up per rate before the window, in seconds.
+    #[arg(long, default_value_t = 0.5)]
+    pub warmup: f64,
+    /// Shortest time between two wakes of one task, in microseconds: a task sends what fell
+    /// due since its last wake in one burst (tokio's timers tick in milliseconds anyway).
+    #[arg(long, default_value_t = 2000)]
+    pub tick_us: u64,
+    /// Floats per request.
+    #[arg(long, default_value_t = 100)]
+    pub len: usize,
+    /// Stop a backend's sweep after this many rates in a row past the knee.
+    #[arg(long, default_value_t = 2)]
+    pub stop_after: usize,
+    /// Install the Prometheus recorder first, so that the run pays for every metric the bridge
+    /// records (the telemetry-cost comparison runs once with and once without).
+    #[arg(long)]
+    pub telemetry: bool,
+    /// Tokio worker threads (default: one per logical core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Write the report (rows in TARGETS.md's format and every sweep point) as JSON here.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+}
+
+/// One offered rate's outcome.
+#[derive(Debug, Clone, Default)]
+struct Point {
+    offered: f64,
+    achieved: f64,
+    p50_us: f64,
+    p95_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    max_us: f64,
+    lag_p99_us: f64,
+    queued_p50_us: f64,
+    batch_p50_us: f64,
+    tick_us: f64,
+    completed: u64,
+    errors: BTreeMap<&'static str, u64>,
+    wrong: u64,
+    hung: u64,
+    mean_batch: f64,
+}
+
+impl Point {
+    /// Served in full with P50 <= 1 ms: the P3 criterion.
+    fn served(&self) -> bool {
+        self.achieved >= 0.95 * self.offered
+            && self.p50_us <= 1000.0
+            && self.wrong == 0
+            && self.generator_kept_up()
+    }
+
+    /// The generator sent on schedule (P99 lag within its tick and 2 ms more): the offered rate
+    /// was really offered.
+    fn generator_kept_up(&self) -> bool {
+        self.lag_p99_us <= self.tick_us + 2000.0
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "offered_per_s": self.offered, "achieved_per_s": self.achieved,
+            "p50_us": self.p50_us, "p95_us": self.p95_us, "p99_us": self.p99_us,
+            "p999_us": self.p999_us, "max_us": self.max_us, "send_lag_p99_us": self.lag_p99_us, "queued_p50_us": self.queued_p50_us, "batch_time_p50_us": self.batch_p50_us,
+            "generator_kept_up": self.generator_kept_up(), "completed": self.completed,
+            "errors": self.errors, "wrong_answers": self.wrong, "hung": self.hung,
+            "mean_batch": self.mean_batch, "served": self.served(),
+        })
+    }
+}
+
+fn parse_rate(s: &str) -> anyhow::Result<f64> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1e3),
+        Some('m' | 'M') => (&t[..t.len() - 1], 1e6),
+        _ => (t, 1.0),
+    };
+    let v: f64 = num
+        .parse()
+        .with_context(|| format!("bad rate {s:?} (examples: 250000, 250k, 1.5M)"))?;
+    anyhow::ensure!(v.is_finite() && v > 0.0, "a rate must be positive: {s:?}");
+    Ok(v * mult)
+}
+
+fn backend_of(name: &str) -> anyhow::Result<BackendKind> {
+    Ok(match name.trim().to_ascii_lowercase().as_str() {
+        "cuda" => BackendKind::Cuda,
+        "wgpu" => BackendKind::Wgpu,
+        "cpu" => BackendKind::Cpu,
+        other => anyhow::bail!("unknown backend {other:?} (cuda, wgpu or cpu)"),
+    })
+}
+
+/// A duration in tenths of a microsecond (saturating).
+fn tenths(d: Duration) -> u32 {
+    u32::try_from(d.as_nanos() / 100).unwrap_or(u32::MAX)
+}
+
+fn percentile_us(sorted: &[u32], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    f64::from(sorted[i.min(sorted.len() - 1)]) / 10.0
+}
+
+/// What one task saw: latencies (in tenths of a microsecond) of requests scheduled in the window.
+#[derive(Default)]
+struct TaskLog {
+    latencies: Vec<u32>,
+    lags: Vec<u32>,
+    /// Time each answered request waited in the batcher's queue before its batch started.
+    queued: Vec<u32>,
+    /// How long the batch of each answered request took.
+    batch: Vec<u32>,
+    completed_in_window: u64,
+    errors: BTreeMap<&'static str, u64>,
+    wrong: u64,
+    batch_sum: u64,
+    batch_n: u64,
+    unfinished: u64,
+}
+
+/// The inputs every task draws from, with their sums.
+struct Pool {
+    inputs: Vec<Vec<f32>>,
+    sums: Vec<f32>,
+}
+
+impl Pool {
+    fn new(len: usize) -> Self {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        let inputs: Vec<Vec<f32>> = (0..4096)
+            .map(|_| (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect())
+            .collect();
+        let sums = inputs
+            .iter()
+            .map(|v| v.iter().map(|&x| f64::from(x)).sum::<f64>() as f32)
+            .collect();
+        Self { inputs, sums }
+    }
+}
+
+/// One answered request.
+struct Done {
+    scheduled: Instant,
+    sent: Instant,
+    done: Instant,
+    /// Which pool input it sent.
+    i: usize,
+    r: gpubridge::Result<gpubridge::SingleResult<f32>>,
+}
+
+async fn send_one(
+    bridge: &GpuBridge,
+    input: Vec<f32>,
+    hints: ExecutionHints,
+    scheduled: Instant,
+    i: usize,
+) -> Done {
+    let sent = Instant::now();
+    let r = bridge.single::<Sum>(input, hints).await;
+    Done {
+        scheduled,
+        sent,
+        done: Instant::now(),
+        i,
+        r,
+    }
+}
+
+/// Runs one rate on one backend.
+async fn one_rate(
+    bridge: &GpuBridge,
+    pool: &Arc<Pool>,
+    backend: BackendKind,
+    rate: f64,
+    args: &LoadArgs,
+) -> Point {
+    let tasks = args.tasks.max(1);
+    let period = Duration::from_secs_f64(tasks as f64 / rate);
+    let start = Instant::now() + Duration::from_millis(20);
+    let window_start = start + Duration::from_secs_f64(args.warmup);
+    let end = window_start + Duration::from_secs_f64(args.seconds);
+    // Answers still missing this long after the last send are hung.
+    let grace = Duration::from_secs(30);
+    let hints = ExecutionHints::default().on_backend(backend);
+    let tick = Duration::from_micros(args.tick_us);
+    let mut handles = Vec::with_capacity(tasks);
+    for t in 0..tasks {
+        let bridge = bridge.clone();
+        let pool = pool.clone();
+        let hints = hints.clone();
+        // Tasks are staggered across one period so that the offered load is smooth.
+        let first = start + period.mul_f64(t as f64 / tasks as f64);
+        handles.push(tokio::spawn(async move {
+            let mut log = TaskLog::default();
+            let mut inflight = FuturesUnordered::new();
+            let mut next = first;
+            let mut k = t * 7;
+            let deadline = tokio::time::Instant::from_std(end + grace);
+            // One timer per task, reset rather than re-created: a task sends what fell due at
+            // each wake, and wakes at most once per `tick`.
+            let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(first));
+            tokio::pin!(sleep);
+            let mut sending = true;
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(Done { scheduled, sent, done, i, r }) = inflight.next(), if !inflight.is_empty() => {
+                        if done >= window_start && done <= end {
+                            log.completed_in_window += 1;
+                        }
+                        match r {
+                            Ok(single) => {
+                                let want = pool.sums[i];
+                                if (single.output - want).abs() > 1e-4 * (1.0 + want.abs()) {
+                                    log.wrong += 1;
+                                }
+                                log.batch_sum += single.batch_size as u64;
+                                log.batch_n += 1;
+                                if scheduled >= window_start && scheduled < end {
+                                    log.queued.push(tenths(single.queued));
+                                    log.batch.push(tenths(single.batch_time));
+                                }
+                            }
+                            Err(e) => *log.errors.entry(e.reason_label()).or_default() += 1,
+                        }
+                        if scheduled >= window_start && scheduled < end {
+                            log.latencies.push(tenths(done - sent));
+                            log.lags.push(tenths(sent.saturating_duration_since(scheduled)));
+                        }
+                    }
+                    () = &mut sleep => {
+                        if !sending {
+                            // The grace period after the last send ran out.
+                            log.unfinished = inflight.len() as u64;
+                            break;
+                        }
+                        let now = Instant::now();
+                        while next <= now && next < end {
+                            let i = k % pool.inputs.len();
+                            k += 1;
+                            let input = pool.inputs[i].clone();
+                            inflight.push(send_one(&bridge, input, hints.clone(), next, i));
+                            next += period;
+                        }
+                        if next >= end {
+                            sending = false;
+                            sleep.as_mut().reset(deadline);
+                        } else {
+                            sleep.as_mut().reset(tokio::time::Instant::from_std(next.max(now + tick)));
+                        }
+                    }
+                }
+                if !sending && inflight.is_empty() {
+                    break;
+                }
+            }
+            log
+        }));
+    }
+    let mut all = TaskLog::default();
+    let mut latencies = Vec::new();
+    let mut lags = Vec::new();
+    let mut queued = Vec::new();
+    let mut batch = Vec::new();
+    for h in handles {
+        let Ok(log) = h.await else {
+            all.unfinished += 1;
+            continue;
+        };
+        latencies.extend_from_slice(&log.latencies);
+        lags.extend_from_slice(&log.lags);
+        queued.extend_from_slice(&log.queued);
+        batch.extend_from_slice(&log.batch);
+        all.completed_in_window += log.completed_in_window;
+        all.wrong += log.wrong;
+        all.batch_sum += log.batch_sum;
+        all.batch_n += log.batch_n;
+        all.unfinished += log.unfinished;
+        for (k, v) in log.errors {
+            *all.errors.entry(k).or_default() += v;
+        }
+    }
+    latencies.sort_unstable();
+    lags.sort_unstable();
+    queued.sort_unstable();
+    batch.sort_unstable();
+    Point {
+        offered: rate,
+        achieved: all.completed_in_window as f64 / args.seconds,
+        p50_us: percentile_us(&latencies, 0.50),
+        p95_us: percentile_us(&latencies, 0.95),
+        p99_us: percentile_us(&latencies, 0.99),
+        p999_us: percentile_us(&latencies, 0.999),
+        max_us: latencies.last().map_or(f64::NAN, |&m| f64::from(m) / 10.0),
+        lag_p99_us: percentile_us(&lags, 0.99),
+        queued_p50_us: percentile_us(&queued, 0.50),
+        batch_p50_us: percentile_us(&batch, 0.50),
+        tick_us: args.tick_us as f64,
+        completed: all.completed_in_window,
+        errors: all.errors,
+        wrong: all.wrong,
+        hung: all.unfinished,
+        mean_batch: if all.batch_n == 0 {
+            0.0
+        } else {
+            all.batch_sum as f64 / all.batch_n as f64
+        },
+    }
+}
+
+fn fmt_rate(r: f64) -> String {
+    if r >= 1e6 {
+        format!("{:.2}M", r / 1e6)
+    } else if r >= 1e3 {
+        format!("{:.0}k", r / 1e3)
+    } else {
+        format!("{r:.0}")
+    }
+}
+
+fn print_point(backend: &str, p: &Point) {
+    let errors: u64 = p.errors.values().sum();
+    println!(
+        "{backend:<5} {:>8} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.0} {:>7} {:>5} {:>5} {:>8.0} {}",
+        fmt_rate(p.offered),
+        fmt_rate(p.achieved),
+        p.queued_p50_us,
+        p.batch_p50_us,
+        p.p50_us,
+        p.p95_us,
+        p.p99_us,
+        p.p999_us,
+        p.mean_batch,
+        errors,
+        p.wrong,
+        p.hung,
+        p.lag_p99_us,
+        if p.served() { "yes" } else { "no" }
+    );
+}
+
+/// Runs the sweep.
+///
+/// # Errors
+/// Bad arguments, no usable backend of those named, wrong answers or hung requests, or a report
+/// that cannot be written.
+pub fn run(args: LoadArgs, config: BridgeConfig) -> anyhow::Result<()> {
+    let mut rates = args
+        .rates
+        .iter()
+        .map(|r| parse_rate(r))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    rates.sort_by(f64::total_cmp);
+    anyhow::ensure!(!rates.is_empty(), "no rates to sweep");
+    anyhow::ensure!(args.seconds > 0.0, "--seconds must be positive");
+    anyhow::ensure!(args.len >= 1, "--len must be at least 1");
+    if args.telemetry {
+        #[cfg(feature = "prometheus")]
+        gpubridge::telemetry::exporter::install()?;
+        #[cfg(not(feature = "prometheus"))]
+        anyhow::bail!("--telemetry needs the `prometheus` feature");
+    }
+    let workers = args.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(std::num::NonZeroUsize::get)
+            .unwrap_or(1)
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_time()
+        .build()?;
+    let bridge = gpubridge::bridge(config.clone())?;
+    let available = bridge.backends();
+    let backends: Vec<BackendKind> = if args.backends.is_empty() {
+        if available.contains(&BackendKind::Cuda) {
+            vec![BackendKind::Cuda, BackendKind::Cpu]
+        } else {
+            vec![BackendKind::Cpu]
+        }
+    } else {
+        args.backends
+            .iter()
+            .map(|b| backend_of(b))
+            .collect::<anyhow::Result<_>>()?
+    };
+    for b in &backends {
+        anyhow::ensure!(
+            available.contains(b),
+            "backend {b} is not usable here: {}",
+            bridge
+                .reports()
+                .iter()
+                .find(|r| r.kind == *b)
+                .and_then(|r| r.unavailable_reason())
+                .unwrap_or_else(|| "not compiled in".to_owned())
+        );
+    }
+    let device_name = |b: BackendKind| {
+        bridge
+            .devices()
+            .into_iter()
+            .find(|d| d.id.backend == b)
+            .map(|d| d.name)
+            .unwrap_or_default()
+    };
+    let pool = Arc::new(Pool::new(args.len));
+    println!(
+        "open-loop load: {} tasks, sum of {} floats per request, {} s measured per rate after {} s warm-up, telemetry {}, {} tokio workers",
+        args.tasks, args.len, args.seconds, args.warmup, if args.telemetry { "on" } else { "off" }, workers
+    );
+    println!(
+        "{:<5} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>5} {:>5} {:>8} served",
+        "back", "offered", "achieved", "queue50", "batch50", "P50 us", "P95 us", "P99 us", "P99.9 us", "batch", "errors", "wrong", "hung", "lag99 us"
+    );
+    let mut sweeps: Vec<(BackendKind, Vec<Point>)> = Vec::new();
+    for &backend in &backends {
+        // Untimed: kernels compiled, pools and graphs warm, batcher threads started.
+        rt.block_on(async {
+            let hints = ExecutionHints::default().on_backend(backend);
+            let warm: Vec<_> = (0..4096)
+                .map(|i| {
+                    bridge.single::<Sum>(pool.inputs[i % pool.inputs.len()].clone(), hints.clone())
+                })
+                .collect();
+            futures::future::join_all(warm).await
+        })
+        .into_iter()
+        .collect::<gpubridge::Result<Vec<_>>>()
+        .with_context(|| format!("warming up the {backend} backend"))?;
+        let mut points = Vec::new();
+        let mut past_knee = 0;
+        for &rate in &rates {
+            let p = rt.block_on(one_rate(&bridge, &pool, backend, rate, &args));
+            print_point(&backend.to_string(), &p);
+            past_knee = if p.served() { 0 } else { past_knee + 1 };
+            points.push(p);
+            if past_knee >= args.stop_after.max(1) {
+                break;
+            }
+        }
+        sweeps.push((backend, points));
+    }
+    // Let the batchers drain before the bridge goes.
+    bridge.shutdown();
+
+    let knee = |points: &[Point]| {
+        points
+            .iter()
+            .filter(|p| p.served())
+            .max_by(|a, b| a.achieved.total_cmp(&b.achieved))
+            .cloned()
+    };
+    let mut rows = Vec::new();
+    let command = format!(
+        "gpubridge load --backends {} --tasks {} --rates {} --seconds {}{}",
+        backends
+            .iter()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        args.tasks,
+        args.rates.join(","),
+        args.seconds,
+        if args.telemetry { " --telemetry" } else { "" }
+    );
+    if let Some((first, points)) = sweeps.first() {
+        let k = knee(points);
+        let base = sweeps.get(1).and_then(|(_, p)| knee(p));
+        let value = k.as_ref().map(|p| p.achieved);
+        let base_value = base.as_ref().map(|p| p.achieved);
+        let on_gpu = *first != BackendKind::Cpu;
+        rows.push(json!({
+            "id": "P3",
+            "metric": format!("completed single-item requests per second (sum of {} floats) from {} tasks, P50 <= 1 ms", args.len, args.tasks),
+            "value": value,
+            "unit": "req/s",
+            "baseline": sweeps.get(1).map(|(b, _)| format!("the same sweep on the {b} backend")),
+            "baseline_value": base_value,
+            "ratio": value.zip(base_value).map(|(v, b)| v / b),
+            "target": ">= 1M req/s with P50 <= 1 ms (stretch 5M/s)",
+            "pass": if on_gpu { json!(value.is_some_and(|v| v >= 1e6)) } else { Value::Null },
+            "card": device_name(*first),
+            "date": today(),
+            "command": command,
+            "note": k.map(|p| format!("knee at offered {}: P50 {:.0} us, P99 {:.0} us, P99.9 {:.0} us, mean batch {:.0}; telemetry {}", fmt_rate(p.offered), p.p50_us, p.p99_us, p.p999_us, p.mean_batch, if args.telemetry { "on" } else { "off" })).unwrap_or_else(|| "no rate was served with P50 <= 1 ms".to_owned()),
+        }));
+    }
+    let wrong: u64 = sweeps.iter().flat_map(|(_, p)| p).map(|p| p.wrong).sum();
+    let hung: u64 = sweeps.iter().flat_map(|(_, p)| p).map(|p| p.hung).sum();
+    for (b, points) in &sweeps {
+        match knee(points) {
+            Some(p) => println!(
+                "knee on {b} ({}): {} req/s completed at offered {}, P50 {:.0} us, P99 {:.0} us",
+                device_name(*b),
+                fmt_rate(p.achieved),
+                fmt_rate(p.offered),
+                p.p50_us,
+                p.p99_us
+            ),
+            None => println!("knee on {b}: no rate was served with P50 <= 1 ms"),
+        }
+    }
+    let report = json!({
+        "rows": rows,
+        "tasks": args.tasks,
+        "len": args.len,
+        "seconds": args.seconds,
+        "telemetry": args.telemetry,
+        "workers": workers,
+        "sweeps": sweeps.iter().map(|(b, points)| json!({
+            "backend": b.to_string(),
+            "device": device_name(*b),
+            "points": points.iter().map(Point::to_json).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    });
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    anyhow::ensure!(wrong == 0, "{wrong} answers differed from the host's sums");
+    anyhow::ensure!(hung == 0, "{hung} requests were never answered");
+    Ok(())
+}
+
+fn today() -> String {
+    std::process::Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_with_suffixes() {
+        assert_eq!(parse_rate("250k").ok(), Some(250_000.0));
+        assert_eq!(parse_rate("1.5M").ok(), Some(1_500_000.0));
+        assert_eq!(parse_rate("900").ok(), Some(900.0));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("-1k").is_err());
+        assert!(parse_rate("0").is_err());
+    }
+
+    #[test]
+    fn percentiles_of_sorted_tenths() {
+        let v: Vec<u32> = (1..=1000).collect();
+        assert!((percentile_us(&v, 0.5) - 50.0).abs() < 0.2);
+        assert!((percentile_us(&v, 0.99) - 99.0).abs() < 0.2);
+        assert!(percentile_us(&[], 0.5).is_nan());
+    }
+}
