@@ -12,6 +12,7 @@
 mod bench;
 mod ci;
 mod device_pack;
+mod plot;
 
 use std::path::PathBuf;
 
