@@ -770,7 +770,14 @@ where
                 };
                 slot.in_flight[device].fetch_add(1, Ordering::Relaxed);
                 let result = self
-                    .attempt(slot, device, chunk, started, hints.spin_wait)
+                    .attempt(
+                        slot,
+                        device,
+                        chunk,
+                        started,
+                        hints.spin_wait,
+                        hints.persistent,
+                    )
                     .instrument(span.clone())
                     .await;
                 slot.in_flight[device].fetch_sub(1, Ordering::Relaxed);
@@ -847,6 +854,7 @@ where
         chunk: &Chunk<I>,
         started: Instant,
         spin: Option<Duration>,
+        resident: bool,
     ) -> Result<Attempt<O>> {
         let backend = &slot.backend;
         let device_id = backend.devices()[device].id;
@@ -881,8 +889,9 @@ where
                 backend.submit(device, Work::Cpu(job))?;
             }
             Some(target) => {
-                let plan = self.kernel.plan(lent.items(self.kernel.id())?, &target)?;
+                let mut plan = self.kernel.plan(lent.items(self.kernel.id())?, &target)?;
                 plan.check()?;
+                plan.resident = resident;
                 for b in &plan.buffers {
                     match b.role {
                         BufferRole::Input(_) => copied.0 += b.len as u64,

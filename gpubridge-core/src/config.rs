@@ -291,6 +291,11 @@ pub struct CudaConfig {
     pub enable_graphs: bool,
     /// Memory budget of the graph cache per device in MiB (default 512).
     pub graph_cache_mb: u64,
+    /// Device and pinned memory per device in MiB that resident plans (requests with
+    /// `persistent` set) may keep between batches: their graphs and the buffers those own are
+    /// captured on first sight and not evicted by other plans (default 256; 0 turns resident
+    /// mode off). Past it, the least recently used resident graph goes first.
+    pub resident_mb: u64,
     /// Streams per device, so that transfers overlap compute (default 2, at least 2 to overlap).
     pub streams_per_device: usize,
     /// Run plans whose kernel gave stages (large matrix products) staged: each step starts once
@@ -304,6 +309,7 @@ impl Default for CudaConfig {
             ptx_cache_dir: None,
             enable_graphs: true,
             graph_cache_mb: 512,
+            resident_mb: 256,
             streams_per_device: 2,
             staged_plans: true,
         }

@@ -186,6 +186,12 @@ pub struct Plan {
     /// per step. Lets a backend start a step as soon as the inputs it needs have arrived and send
     /// its results back while later steps run.
     pub stages: Vec<Stage>,
+    /// Keep what runs this plan resident on the device between batches (the request's
+    /// [`crate::ExecutionHints::persistent`]): on CUDA its graph, with the device block and
+    /// pinned staging the graph owns, is captured on first sight and never evicted by other
+    /// plans, within `cuda.resident_mb`. Backends without such state ignore it. Set by the
+    /// bridge, not by kernels.
+    pub resident: bool,
 }
 
 /// What one step of a plan needs and produces, for a backend that overlaps copies with compute.
@@ -217,6 +223,7 @@ impl Plan {
             buffers: Vec::new(),
             steps: Vec::new(),
             stages: Vec::new(),
+            resident: false,
         }
     }
 

@@ -76,10 +76,16 @@ pub struct GraphStats {
     pub updated_replays: u64,
     /// Kernel nodes updated in place (`cuGraphExecKernelNodeSetParams`) over all replays.
     pub node_updates: u64,
-    /// Graphs cached now.
+    /// Graphs cached now (resident ones included).
     pub entries: u64,
-    /// Device and pinned bytes the cached graphs own.
+    /// Device and pinned bytes the cached graphs own (resident ones included).
     pub bytes: u64,
+    /// Graphs kept for resident plans (requests with `persistent` set), outside the LRU.
+    pub resident_entries: u64,
+    /// Device and pinned bytes the resident graphs own (at most `cuda.resident_mb`).
+    pub resident_bytes: u64,
+    /// Resident graphs that made room for another resident plan (least recently used first).
+    pub resident_evictions: u64,
 }
 
 /// Waits for the next job: spins briefly first, since requests often come back to back and a
@@ -256,6 +262,9 @@ struct GraphEntry {
     updatable: bool,
     executions: u64,
     last_used: u64,
+    /// Kept for a resident plan: counted in the resident budget, never evicted by the LRU of
+    /// ordinary graphs.
+    resident: bool,
 }
 
 /// A kernel node of a cached graph and the launch parameters it was last given.
@@ -280,7 +289,11 @@ type LaunchValues = smallvec::SmallVec<[u64; 8]>;
 struct GraphCache {
     enabled: bool,
     budget: usize,
+    /// Bytes of ordinary (evictable) graphs.
     used: usize,
+    /// `cuda.resident_mb` in bytes, and the bytes resident graphs own.
+    resident_budget: usize,
+    resident_used: usize,
     clock: u64,
     entries: HashMap<gpubridge_core::PlanShape, GraphEntry>,
     /// Shapes seen once: a shape is captured the second time it runs, so one-off plans never
@@ -313,6 +326,7 @@ pub(crate) fn spawn(
     let graphs = (
         config.cuda.enable_graphs,
         (config.cuda.graph_cache_mb as usize).saturating_mul(1 << 20),
+        (config.cuda.resident_mb as usize).saturating_mul(1 << 20),
     );
     let huge_pages = config.memory.huge_page_outputs;
     let staged_plans = config.cuda.staged_plans;
@@ -388,7 +402,7 @@ impl Executor {
         arch: (u32, u32),
         label: String,
         pool_limit: usize,
-        (graphs_on, graph_budget): (bool, usize),
+        (graphs_on, graph_budget, resident_budget): (bool, usize, usize),
         lanes: usize,
         ptx: PtxCache,
         shared: Arc<Shared>,
@@ -455,6 +469,8 @@ impl Executor {
                 enabled: graphs_on,
                 budget: graph_budget,
                 used: 0,
+                resident_budget,
+                resident_used: 0,
                 clock: 0,
                 entries: HashMap::new(),
                 seen: HashMap::new(),
@@ -588,7 +604,9 @@ impl Executor {
         *self.shared.pool.lock() = self.pool.stats();
         let mut g = self.shared.graphs.lock();
         g.entries = self.graphs.entries.len() as u64;
-        g.bytes = self.graphs.used as u64;
+        g.bytes = (self.graphs.used + self.graphs.resident_used) as u64;
+        g.resident_entries = self.graphs.entries.values().filter(|e| e.resident).count() as u64;
+        g.resident_bytes = self.graphs.resident_used as u64;
     }
 
     /// Reads the device's free memory (`cuMemGetInfo`) into the shared state. Memory the pool
@@ -955,7 +973,8 @@ impl Executor {
         self.graphs.entries.contains_key(&shape).then_some(shape)
     }
 
-    /// The cached graph for this plan's bucket, capturing it on the bucket's second run.
+    /// The cached graph for this plan's bucket, capturing it on the bucket's second run (on the
+    /// first for a resident plan).
     fn graph_for(
         &mut self,
         plan: &Plan,
@@ -964,32 +983,56 @@ impl Executor {
         total: usize,
     ) -> Option<gpubridge_core::PlanShape> {
         let g = &mut self.graphs;
-        if !g.enabled || plan.steps.is_empty() || total > GRAPH_MAX_PLAN || total > g.budget {
+        // A resident plan may use the resident budget instead of the LRU's.
+        let resident = plan.resident && total <= g.resident_budget;
+        if !g.enabled
+            || plan.steps.is_empty()
+            || total > GRAPH_MAX_PLAN
+            || (total > g.budget && !resident)
+        {
             return None;
         }
         let shape = plan.bucket_shape();
-        if g.entries.contains_key(&shape) {
+        if let Some(e) = g.entries.get_mut(&shape) {
+            if resident && !e.resident && g.resident_used + e.bytes <= g.resident_budget {
+                // An ordinary graph that a resident plan now uses: kept from now on.
+                e.resident = true;
+                g.used -= e.bytes;
+                g.resident_used += e.bytes;
+            }
             return Some(shape);
         }
         if g.failed.contains(&shape) {
             return None;
         }
-        let seen = g.seen.entry(shape).or_insert(0);
-        *seen += 1;
-        if *seen < 2 {
-            return None;
+        if !resident {
+            let seen = g.seen.entry(shape).or_insert(0);
+            *seen += 1;
+            if *seen < 2 {
+                return None;
+            }
         }
         g.seen.remove(&shape);
         match self.capture(plan, functions, layout, total) {
-            Ok(entry) => {
+            Ok(mut entry) => {
                 metrics::counter!(names::GRAPH_CACHE_TOTAL, "result" => "miss").increment(1);
                 self.shared.graphs.lock().misses += 1;
-                while self.graphs.used + entry.bytes > self.graphs.budget
-                    && !self.graphs.entries.is_empty()
-                {
-                    self.evict_lru();
+                if resident {
+                    while self.graphs.resident_used + entry.bytes > self.graphs.resident_budget
+                        && self.evict_lru(true)
+                    {}
                 }
-                self.graphs.used += entry.bytes;
+                if resident
+                    && self.graphs.resident_used + entry.bytes <= self.graphs.resident_budget
+                {
+                    entry.resident = true;
+                    self.graphs.resident_used += entry.bytes;
+                } else {
+                    while self.graphs.used + entry.bytes > self.graphs.budget
+                        && self.evict_lru(false)
+                    {}
+                    self.graphs.used += entry.bytes;
+                }
                 self.graphs.entries.insert(shape, entry);
                 Some(shape)
             }
@@ -1002,24 +1045,33 @@ impl Executor {
         }
     }
 
-    fn evict_lru(&mut self) {
+    /// Evicts the least recently used graph among the resident ones or the ordinary ones;
+    /// `false` when there is none.
+    fn evict_lru(&mut self, resident: bool) -> bool {
         let Some(shape) = self
             .graphs
             .entries
             .iter()
+            .filter(|(_, e)| e.resident == resident)
             .min_by_key(|(_, e)| e.last_used)
             .map(|(k, _)| *k)
         else {
-            return;
+            return false;
         };
         if let Some(e) = self.graphs.entries.remove(&shape) {
-            tracing::debug!(device = %self.label, executions = e.executions, "evicting a graph");
-            self.graphs.used -= e.bytes;
+            tracing::debug!(device = %self.label, executions = e.executions, resident, "evicting a graph");
+            if e.resident {
+                self.graphs.resident_used -= e.bytes;
+                self.shared.graphs.lock().resident_evictions += 1;
+            } else {
+                self.graphs.used -= e.bytes;
+            }
             drop(e.graph);
             self.pool.give_back(e.block);
             metrics::counter!(names::GRAPH_CACHE_TOTAL, "result" => "evict").increment(1);
             self.shared.graphs.lock().evictions += 1;
         }
+        true
     }
 
     /// Captures the plan's copies and steps on the stream into a graph that owns its block and
@@ -1095,6 +1147,7 @@ impl Executor {
                     updatable,
                     executions: 0,
                     last_used: 0,
+                    resident: false,
                 })
             }
             Err(e) => {

@@ -240,6 +240,57 @@ fn graph_cache_evicts_least_recently_used_under_its_budget() {
 }
 
 #[test]
+fn a_resident_plan_is_captured_at_once_and_outlives_the_lru() {
+    let mut config = BridgeConfig::default();
+    // Ordinary graphs get 1 MB (about two of the shapes below); resident ones 4 MB.
+    config.cuda.graph_cache_mb = 1;
+    config.cuda.resident_mb = 4;
+    let Some(cuda) = cuda(&config) else { return };
+    let b = bridge(config, cuda.clone());
+    let grain = b.batch::<Sum>().unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+    let mut batch = |len: usize, hints: ExecutionHints| {
+        let v: Vec<Vec<f32>> = (0..8)
+            .map(|_| {
+                (0..len)
+                    .map(|_| rng.random_range(-8i32..8) as f32)
+                    .collect()
+            })
+            .collect();
+        let r = block_on(grain.execute(v.clone(), hints.on_backend(BackendKind::Cuda))).unwrap();
+        for (x, s) in v.iter().zip(&r.outputs) {
+            assert_eq!(x.iter().sum::<f32>(), *s, "length {len}");
+        }
+        r.graph_replayed()
+    };
+    let resident = ExecutionHints::default().persistent(true);
+    // A resident plan is captured on its first run (an ordinary one on its second).
+    assert!(
+        batch(7000, resident.clone()),
+        "captured and replayed at once"
+    );
+    let g = cuda.graph_stats(0).unwrap();
+    assert_eq!((g.resident_entries, g.misses), (1, 1), "{g:?}");
+    // Ordinary shapes churn through their 1 MB cache, evicting one another...
+    for _ in 0..2 {
+        for len in [3000usize, 4000, 5000, 6000] {
+            batch(len, ExecutionHints::default());
+            batch(len, ExecutionHints::default());
+        }
+    }
+    let g = cuda.graph_stats(0).unwrap();
+    assert!(g.evictions >= 1, "{g:?}");
+    assert_eq!(g.resident_evictions, 0, "{g:?}");
+    // ...but the resident graph is still there: replayed with no new capture.
+    let misses = g.misses;
+    assert!(batch(7000, resident));
+    let g = cuda.graph_stats(0).unwrap();
+    assert_eq!(g.misses, misses, "{g:?}");
+    assert_eq!(g.resident_entries, 1, "{g:?}");
+    assert!(g.resident_bytes > 0 && g.resident_bytes <= 4 << 20, "{g:?}");
+}
+
+#[test]
 fn pool_reuses_memory_across_batches() {
     let mut config = BridgeConfig::default();
     config.cuda.enable_graphs = false;

@@ -5,6 +5,8 @@
 //!   `GPUBRIDGE_REQUIRE_WGPU=1`).
 //! - `cargo xtask bench [--quick] [--only P2,P4]`: TARGETS.md's rows measured by `gpubridge bench`
 //!   against baselines from the same run, in `target/bench-report/`.
+//! - `cargo xtask load [--rates 250k,1M ..] [--from FILE.json]`: the open-loop rate sweep on the
+//!   dynamic batcher (P3) with latency against throughput drawn in `target/load-report/load.png`.
 //! - `cargo xtask device-pack`: the release CLI and test executables, stripped, in `device-pack/`,
 //!   with a Vulkan loader and an NVIDIA ICD manifest for wgpu, and `device-pack/run.sh` to run
 //!   them on the GPU machine.
@@ -12,6 +14,7 @@
 mod bench;
 mod ci;
 mod device_pack;
+mod load;
 mod plot;
 
 use std::path::PathBuf;
@@ -22,8 +25,9 @@ fn main() -> anyhow::Result<()> {
         Some("ci") => ci::run(),
         Some("bench") => bench::run(&args[1..]),
         Some("device-pack") => device_pack::run(),
+        Some("load") => load::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [--quick] [--only P2,P4] | device-pack>");
+            eprintln!("usage: cargo xtask <ci | bench [--quick] [--only P2,P4] | load [..] | device-pack>");
             std::process::exit(2);
         }
     }

@@ -10,9 +10,6 @@
 //! Text, line widths and markers scale with the image: 800x500 draws 7-pixel capitals,
 //! 1200x800 draws 14-pixel ones.
 
-// The load and bench commands that call this land separately.
-#![allow(dead_code)]
-
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -38,6 +35,7 @@ pub enum Style {
     #[default]
     Line,
     /// A filled round marker at each point.
+    #[allow(dead_code)] // Only the tests draw markers alone so far.
     Points,
     /// Both: segments, and a marker at each point.
     LineAndPoints,
