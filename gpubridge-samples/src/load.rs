@@ -64,6 +64,10 @@ pub struct LoadArgs {
     /// records (the telemetry-cost comparison runs once with and once without).
     #[arg(long)]
     pub telemetry: bool,
+    /// Before each sweep, time whole batches of 100 to 16384 items through `execute` (no
+    /// batcher), split into the device executor's time and the rest: where a batch's time goes.
+    #[arg(long)]
+    pub calibrate: bool,
     /// Tokio worker threads (default: one per logical core).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -363,6 +367,43 @@ async fn one_rate(
     }
 }
 
+/// Times batches of several sizes through [`gpubridge::BatchGrain::execute`] (median of 20).
+fn calibrate(
+    rt: &tokio::runtime::Runtime,
+    bridge: &GpuBridge,
+    pool: &Pool,
+    backend: BackendKind,
+) -> anyhow::Result<()> {
+    let grain = bridge.batch::<Sum>()?;
+    println!("calibration on {backend}: median of 20 batches through execute (no batcher)");
+    println!("{:>7} {:>10} {:>12} {:>10} {:>10}", "items", "total us", "executor us", "compute", "ns/item");
+    for n in [100usize, 1000, 4096, 16384] {
+        let mut totals = Vec::new();
+        let mut execs = Vec::new();
+        let mut computes = Vec::new();
+        for _ in 0..20 {
+            let inputs: Vec<Vec<f32>> = (0..n).map(|i| pool.inputs[i % pool.inputs.len()].clone()).collect();
+            let hints = ExecutionHints::default().on_backend(backend);
+            let r = rt.block_on(grain.execute(inputs, hints))?;
+            totals.push(r.total.as_secs_f64() * 1e6);
+            execs.push(r.chunks.iter().map(|c| c.executor.as_secs_f64()).sum::<f64>() * 1e6);
+            computes.push(r.chunks.iter().map(|c| c.compute.as_secs_f64()).sum::<f64>() * 1e6);
+        }
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let t = med(&mut totals);
+        println!(
+            "{n:>7} {t:>10.1} {:>12.1} {:>10.1} {:>10.0}",
+            med(&mut execs),
+            med(&mut computes),
+            t * 1e3 / n as f64
+        );
+    }
+    Ok(())
+}
+
 fn fmt_rate(r: f64) -> String {
     if r >= 1e6 {
         format!("{:.2}M", r / 1e6)
@@ -482,6 +523,9 @@ pub fn run(args: LoadArgs, config: BridgeConfig) -> anyhow::Result<()> {
         .into_iter()
         .collect::<gpubridge::Result<Vec<_>>>()
         .with_context(|| format!("warming up the {backend} backend"))?;
+        if args.calibrate {
+            calibrate(&rt, &bridge, &pool, backend)?;
+        }
         let mut points = Vec::new();
         let mut past_knee = 0;
         for &rate in &rates {

@@ -10,6 +10,9 @@ use crate::error::Result;
 use crate::kernel::{Kernel, KernelSources};
 use crate::plan::{Arg, BufferId, Concat, Launch, Plan, PlanOutputs, PlanTarget};
 
+/// Vectors no longer than this on average are summed a warp each on CUDA.
+const WARP_PER_VECTOR_MAX_MEAN: usize = 1024;
+
 /// The sum of each vector. An empty vector sums to `0.0`. The CPU form accumulates in float64
 /// and rounds once; device forms reduce in float32 trees (see the module's tolerances).
 #[derive(Debug, Clone, Copy, Default)]
@@ -62,7 +65,13 @@ impl Kernel for Sum {
         );
         check_wgsl_binding(target, n)?;
         let offs = offsets_input(&mut plan, offsets, target);
+        // Short vectors on CUDA: a warp per vector (8 per block) instead of a block per vector.
+        let warp_per_vector = matches!(target, PlanTarget::Cuda { .. })
+            && n <= WARP_PER_VECTOR_MAX_MEAN * segments.max(1);
         let grid = match target {
+            PlanTarget::Cuda { .. } if warp_per_vector => {
+                segments.div_ceil(BLOCK as usize / 32).clamp(1, 1 << 20) as u32
+            }
             PlanTarget::Cuda { .. } => segments.clamp(1, 1 << 20) as u32,
             PlanTarget::Wgsl {
                 max_workgroups_per_dim,
@@ -72,7 +81,11 @@ impl Kernel for Sum {
         let out = plan.output("out", segments * 4);
         if segments > 0 {
             plan.launch(Launch {
-                entry: "segmented_sum",
+                entry: if warp_per_vector {
+                    "segmented_sum_warp"
+                } else {
+                    "segmented_sum"
+                },
                 grid: [grid, 1, 1],
                 block: [BLOCK, 1, 1],
                 shared_mem_bytes: 0,

@@ -35,3 +35,29 @@ extern "C" __global__ void segmented_sum(const float* __restrict__ data,
         __syncthreads();
     }
 }
+
+// The same for short vectors (the dynamic batcher's typical item): one warp per vector, so a
+// block of 256 threads sums 8 vectors with no block-wide synchronisation.
+extern "C" __global__ void segmented_sum_warp(const float* __restrict__ data,
+                                              const unsigned long long* __restrict__ offsets,
+                                              float* __restrict__ out,
+                                              unsigned int segments) {
+    const unsigned int lane = threadIdx.x & 31u;
+    const unsigned int warps_per_block = blockDim.x >> 5;
+    const unsigned long long first = (unsigned long long)blockIdx.x * warps_per_block + (threadIdx.x >> 5);
+    const unsigned long long stride = (unsigned long long)gridDim.x * warps_per_block;
+    for (unsigned long long s = first; s < segments; s += stride) {
+        const unsigned long long begin = offsets[s];
+        const unsigned long long end = offsets[s + 1];
+        float acc = 0.0f;
+        for (unsigned long long i = begin + lane; i < end; i += 32u) {
+            acc += data[i];
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            acc += __shfl_down_sync(0xffffffffu, acc, o);
+        }
+        if (lane == 0) {
+            out[s] = acc;
+        }
+    }
+}
