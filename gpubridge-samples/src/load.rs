@@ -89,6 +89,9 @@ struct Point {
     lag_p99_us: f64,
     queued_p50_us: f64,
     batch_p50_us: f64,
+    /// Process CPU time (user + system, every thread) per completed request in the window, in
+    /// microseconds: the cost of a request to the machine, generator included.
+    cpu_us_per_request: f64,
     tick_us: f64,
     completed: u64,
     errors: BTreeMap<&'static str, u64>,
@@ -116,7 +119,7 @@ impl Point {
         json!({
             "offered_per_s": self.offered, "achieved_per_s": self.achieved,
             "p50_us": self.p50_us, "p95_us": self.p95_us, "p99_us": self.p99_us,
-            "p999_us": self.p999_us, "max_us": self.max_us, "send_lag_p99_us": self.lag_p99_us, "queued_p50_us": self.queued_p50_us, "batch_time_p50_us": self.batch_p50_us,
+            "p999_us": self.p999_us, "max_us": self.max_us, "send_lag_p99_us": self.lag_p99_us, "queued_p50_us": self.queued_p50_us, "batch_time_p50_us": self.batch_p50_us, "cpu_us_per_request": self.cpu_us_per_request,
             "generator_kept_up": self.generator_kept_up(), "completed": self.completed,
             "errors": self.errors, "wrong_answers": self.wrong, "hung": self.hung,
             "mean_batch": self.mean_batch, "served": self.served(),
@@ -145,6 +148,19 @@ fn backend_of(name: &str) -> anyhow::Result<BackendKind> {
         "cpu" => BackendKind::Cpu,
         other => anyhow::bail!("unknown backend {other:?} (cuda, wgpu or cpu)"),
     })
+}
+
+/// CPU seconds (user + system) this process has used, from `/proc/self/stat` (Linux).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // Clock ticks per second: 100 on every Linux configuration in practice (USER_HZ).
+    Some((utime + stime) / 100.0)
 }
 
 /// A duration in tenths of a microsecond (saturating).
@@ -316,6 +332,14 @@ async fn one_rate(
             log
         }));
     }
+    // CPU time over the measured window, read by a task that wakes at its edges.
+    let cpu_window = tokio::spawn(async move {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(window_start)).await;
+        let a = process_cpu_seconds();
+        tokio::time::sleep_until(tokio::time::Instant::from_std(end)).await;
+        let b = process_cpu_seconds();
+        b.zip(a).map(|(b, a)| b - a)
+    });
     let mut all = TaskLog::default();
     let mut latencies = Vec::new();
     let mut lags = Vec::new();
@@ -339,6 +363,7 @@ async fn one_rate(
             *all.errors.entry(k).or_default() += v;
         }
     }
+    let cpu = cpu_window.await.ok().flatten();
     latencies.sort_unstable();
     lags.sort_unstable();
     queued.sort_unstable();
@@ -354,6 +379,9 @@ async fn one_rate(
         lag_p99_us: percentile_us(&lags, 0.99),
         queued_p50_us: percentile_us(&queued, 0.50),
         batch_p50_us: percentile_us(&batch, 0.50),
+        cpu_us_per_request: cpu.map_or(f64::NAN, |c| {
+            c * 1e6 / (all.completed_in_window.max(1) as f64)
+        }),
         tick_us: args.tick_us as f64,
         completed: all.completed_in_window,
         errors: all.errors,
@@ -376,18 +404,35 @@ fn calibrate(
 ) -> anyhow::Result<()> {
     let grain = bridge.batch::<Sum>()?;
     println!("calibration on {backend}: median of 20 batches through execute (no batcher)");
-    println!("{:>7} {:>10} {:>12} {:>10} {:>10}", "items", "total us", "executor us", "compute", "ns/item");
+    println!(
+        "{:>7} {:>10} {:>12} {:>10} {:>10}",
+        "items", "total us", "executor us", "compute", "ns/item"
+    );
     for n in [100usize, 1000, 4096, 16384] {
         let mut totals = Vec::new();
         let mut execs = Vec::new();
         let mut computes = Vec::new();
         for _ in 0..20 {
-            let inputs: Vec<Vec<f32>> = (0..n).map(|i| pool.inputs[i % pool.inputs.len()].clone()).collect();
+            let inputs: Vec<Vec<f32>> = (0..n)
+                .map(|i| pool.inputs[i % pool.inputs.len()].clone())
+                .collect();
             let hints = ExecutionHints::default().on_backend(backend);
             let r = rt.block_on(grain.execute(inputs, hints))?;
             totals.push(r.total.as_secs_f64() * 1e6);
-            execs.push(r.chunks.iter().map(|c| c.executor.as_secs_f64()).sum::<f64>() * 1e6);
-            computes.push(r.chunks.iter().map(|c| c.compute.as_secs_f64()).sum::<f64>() * 1e6);
+            execs.push(
+                r.chunks
+                    .iter()
+                    .map(|c| c.executor.as_secs_f64())
+                    .sum::<f64>()
+                    * 1e6,
+            );
+            computes.push(
+                r.chunks
+                    .iter()
+                    .map(|c| c.compute.as_secs_f64())
+                    .sum::<f64>()
+                    * 1e6,
+            );
         }
         let med = |v: &mut Vec<f64>| {
             v.sort_by(f64::total_cmp);
@@ -417,7 +462,7 @@ fn fmt_rate(r: f64) -> String {
 fn print_point(backend: &str, p: &Point) {
     let errors: u64 = p.errors.values().sum();
     println!(
-        "{backend:<5} {:>8} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.0} {:>7} {:>5} {:>5} {:>8.0} {}",
+        "{backend:<5} {:>8} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.0} {:>7} {:>5} {:>5} {:>8.0} {:>7.2} {}",
         fmt_rate(p.offered),
         fmt_rate(p.achieved),
         p.queued_p50_us,
@@ -431,6 +476,7 @@ fn print_point(backend: &str, p: &Point) {
         p.wrong,
         p.hung,
         p.lag_p99_us,
+        p.cpu_us_per_request,
         if p.served() { "yes" } else { "no" }
     );
 }
@@ -505,8 +551,8 @@ pub fn run(args: LoadArgs, config: BridgeConfig) -> anyhow::Result<()> {
         args.tasks, args.len, args.seconds, args.warmup, if args.telemetry { "on" } else { "off" }, workers
     );
     println!(
-        "{:<5} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>5} {:>5} {:>8} served",
-        "back", "offered", "achieved", "queue50", "batch50", "P50 us", "P95 us", "P99 us", "P99.9 us", "batch", "errors", "wrong", "hung", "lag99 us"
+        "{:<5} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>5} {:>5} {:>8} {:>7} served",
+        "back", "offered", "achieved", "queue50", "batch50", "P50 us", "P95 us", "P99 us", "P99.9 us", "batch", "errors", "wrong", "hung", "lag99 us", "cpu us"
     );
     let mut sweeps: Vec<(BackendKind, Vec<Point>)> = Vec::new();
     for &backend in &backends {
