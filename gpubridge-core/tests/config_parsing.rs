@@ -227,16 +227,31 @@ fn malformed_toml_is_an_error_not_a_panic() {
 fn storage_values_are_checked_by_name() {
     for (toml, key) in [
         ("[storage]\ntask_size_kb = 6\n", "storage.task_size_kb"),
-        ("[storage]\nbounce_buffer_kb = 10\n", "storage.bounce_buffer_kb"),
+        (
+            "[storage]\nbounce_buffer_kb = 10\n",
+            "storage.bounce_buffer_kb",
+        ),
         ("[storage]\nthreads = 0\n", "storage.threads"),
         (
             "[storage]\nbounce_buffer_kb = 4096\nmax_pinned_memory_mb = 4\n",
             "storage.max_pinned_memory_mb",
         ),
-        ("[storage]\ngds_poll_threshold_kb = 0\n", "storage.gds_poll_threshold_kb"),
-        ("[storage]\ngds_max_direct_io_kb = 0\n", "storage.gds_max_direct_io_kb"),
-        ("[storage]\ngds_max_cache_kb = 0\n", "storage.gds_max_cache_kb"),
-        ("[storage]\ngds_max_pinned_kb = 0\n", "storage.gds_max_pinned_kb"),
+        (
+            "[storage]\ngds_poll_threshold_kb = 0\n",
+            "storage.gds_poll_threshold_kb",
+        ),
+        (
+            "[storage]\ngds_max_direct_io_kb = 0\n",
+            "storage.gds_max_direct_io_kb",
+        ),
+        (
+            "[storage]\ngds_max_cache_kb = 0\n",
+            "storage.gds_max_cache_kb",
+        ),
+        (
+            "[storage]\ngds_max_pinned_kb = 0\n",
+            "storage.gds_max_pinned_kb",
+        ),
         ("[storage]\ndirect_io = \"yes\"\n", "storage.direct_io"),
     ] {
         let (k, reason) = key_of(BridgeConfig::from_toml_str(toml).unwrap_err());

@@ -646,10 +646,13 @@ impl Storage {
         let path = path.as_ref().to_owned();
         self.unblock(move |s| {
             let (offset, len) = resolve_range(&path, range)?;
-            let mut buf = stream
-                .alloc_zeros::<u8>(len.max(1))
-                .map_err(|e| cuda::driver_error("allocating the destination", e))?;
-            let t = s.read(&path, offset, Dest::Cuda(buf.slice_mut(..len)))?;
+            let mut buf = if len == 0 {
+                stream.null::<u8>()
+            } else {
+                stream.alloc_zeros::<u8>(len)
+            }
+            .map_err(|e| cuda::driver_error("allocating the destination", e))?;
+            let t = s.read(&path, offset, Dest::Cuda(buf.as_view_mut()))?;
             Ok((buf, t))
         })
         .await?
