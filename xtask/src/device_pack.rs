@@ -18,8 +18,9 @@ use serde_json::Value;
 
 use crate::project_root;
 
-const PACKAGES: [&str; 6] = [
+const PACKAGES: [&str; 7] = [
     "gpubridge-telemetry",
+    "gpubridge-storage",
     "gpubridge",
     "gpubridge-core",
     "gpubridge-cuda",
@@ -41,7 +42,7 @@ pub fn run() -> anyhow::Result<()> {
         "--no-run",
         "--message-format=json",
         "--features",
-        "gpubridge/wgpu",
+        "gpubridge/wgpu,gpubridge/gds",
     ];
     for p in PACKAGES {
         args.extend(["-p", p]);
