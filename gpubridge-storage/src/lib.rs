@@ -55,9 +55,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! With feature `cuda`, [`Dest::Cuda`] and [`Src::Cuda`] take a cudarc `CudaViewMut<u8>` /
+//! With feature `cuda`, `Dest::Cuda` and `Src::Cuda` take a cudarc `CudaViewMut<u8>` /
 //! `CudaView<u8>` (a whole `CudaSlice<u8>` through `as_view_mut()`, or any range of one), and
-//! [`Storage::load_cuda`] allocates and fills a `CudaSlice<u8>` on a stream. Buffers of the wgpu
+//! `Storage::load_cuda` allocates and fills a `CudaSlice<u8>` on a stream. Buffers of the wgpu
 //! and CPU backends go through [`DeviceRange`] and [`DeviceView`], which work for any
 //! implementation of core's [`gpubridge_core::device::Device`].
 
@@ -301,7 +301,7 @@ struct Inner {
 ///
 /// The blocking methods ([`Storage::read`], [`Storage::write`]) borrow their buffers; the
 /// asynchronous ones ([`Storage::load`], [`Storage::load_into`], [`Storage::save`],
-/// [`Storage::load_cuda`]) own them for the duration, so dropping their future never leaves a
+/// `Storage::load_cuda`) own them for the duration, so dropping their future never leaves a
 /// worker writing into freed memory (the transfer finishes in the background and its buffer is
 /// dropped then). They work on any executor.
 #[derive(Clone)]

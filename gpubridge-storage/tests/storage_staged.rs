@@ -23,6 +23,7 @@ fn scratch(name: &str) -> PathBuf {
     // On disk beside the build (not tmpfs, where O_DIRECT is refused), where the runner allows.
     let base = option_env!("CARGO_TARGET_TMPDIR")
         .map(PathBuf::from)
+        .filter(|p| p.is_dir())
         .unwrap_or_else(std::env::temp_dir);
     let dir = base.join(format!("storage-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
