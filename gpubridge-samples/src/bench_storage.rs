@@ -8,6 +8,8 @@
 //!   host memory, of the same file in the same run.
 //! - P7: the same bytes in tmpfs (`/dev/shm`) loaded into device memory; target 20 GB/s; baseline
 //!   column: pinned host-to-device bandwidth (raw cudarc) measured now.
+//! - P6 (diagnostic, measured without a GPU too): the same cold read into page-aligned host
+//!   memory, against the same baseline.
 //! - P6 (save diagnostic): device memory to a new file on disk (temporary file, fsync, rename),
 //!   against raw `O_DIRECT` writes of the same size by the same number of threads plus fsync.
 //!
@@ -18,6 +20,17 @@
 //! Environment: `GPUBRIDGE_BENCH_DIR` (a directory on the disk to measure; default the system's
 //! temporary directory), `GPUBRIDGE_BENCH_STORAGE_MB` (file size, default 4096, 64 with
 //! `--quick`).
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use gpubridge::storage::{Dest, Storage, Transfer};
+use gpubridge::BridgeConfig;
+use rayon::prelude::*;
 
 use super::Ctx;
 
@@ -34,6 +47,9 @@ const ROWS: [(&str, &str); 3] = [
 pub(super) fn rows(cx: &mut Ctx) -> anyhow::Result<()> {
     if !cx.wants("P6") && !cx.wants("P7") {
         return Ok(());
+    }
+    if cx.wants("P6") {
+        host_row(cx)?;
     }
     #[cfg(feature = "cuda")]
     {
@@ -71,205 +87,294 @@ fn skip(cx: &mut Ctx, why: &str) {
     }
 }
 
+const BLOCK: usize = 16 << 20;
+
+/// Removes the bench's files however the row ends.
+struct Cleanup(Vec<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn gbps(bytes: usize, secs: f64) -> f64 {
+    bytes as f64 / secs / 1e9
+}
+
+/// Deterministic bytes (SplitMix64 per MiB), generated on every core.
+fn data(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    v.par_chunks_mut(1 << 20).enumerate().for_each(|(i, c)| {
+        let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+        for w in c.chunks_mut(8) {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            w.copy_from_slice(&z.to_le_bytes()[..w.len()]);
+        }
+    });
+    v
+}
+
+/// An order-sensitive checksum: FNV-1a over 8-byte words per MiB, chunks mixed by index.
+fn checksum(b: &[u8]) -> u64 {
+    b.par_chunks(1 << 20)
+        .enumerate()
+        .map(|(i, c)| {
+            let mut h = 0xcbf2_9ce4_8422_2325u64 ^ (i as u64).wrapping_mul(0x100_0000_01b3);
+            for w in c.chunks(8) {
+                let mut word = [0u8; 8];
+                word[..w.len()].copy_from_slice(w);
+                h = (h ^ u64::from_le_bytes(word)).wrapping_mul(0x100_0000_01b3);
+            }
+            h.rotate_left((i % 64) as u32)
+        })
+        .reduce(|| 0, |a, b| a ^ b)
+}
+
+fn aligned(len: usize) -> (Vec<u8>, usize) {
+    let v = vec![0u8; len + 4096];
+    let at = v.as_ptr().align_offset(4096);
+    (v, at)
+}
+
+/// Raw `O_DIRECT` reads of `path` in 16 MiB blocks by `threads` threads; GB/s.
+fn raw_direct_read(path: &Path, len: usize, threads: usize) -> anyhow::Result<f64> {
+    gpubridge::storage::evict_from_page_cache(path)?;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .with_context(|| format!("O_DIRECT open of {}", path.display()))?;
+    let next = AtomicUsize::new(0);
+    let t = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| -> anyhow::Result<()> {
+                    let (mut v, at) = aligned(BLOCK);
+                    let buf = &mut v[at..at + BLOCK];
+                    loop {
+                        let off = next.fetch_add(BLOCK, Ordering::Relaxed);
+                        if off >= len {
+                            return Ok(());
+                        }
+                        let n = BLOCK.min(len - off);
+                        let mut done = 0;
+                        while done < n {
+                            let r = f.read_at(&mut buf[done..n], (off + done) as u64)?;
+                            if r == 0 {
+                                bail!("short O_DIRECT read at {}", off + done);
+                            }
+                            done += r;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok(gbps(len, t.elapsed().as_secs_f64()))
+}
+
+/// Raw `O_DIRECT` writes of `data` to `path` by `threads` threads, then fsync; GB/s.
+fn raw_direct_write(path: &Path, data: &[u8], threads: usize) -> anyhow::Result<f64> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .with_context(|| format!("O_DIRECT create of {}", path.display()))?;
+    let next = AtomicUsize::new(0);
+    let len = data.len();
+    let t = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| -> anyhow::Result<()> {
+                    let (mut v, at) = aligned(BLOCK);
+                    loop {
+                        let off = next.fetch_add(BLOCK, Ordering::Relaxed);
+                        if off >= len {
+                            return Ok(());
+                        }
+                        let n = BLOCK.min(len - off);
+                        let buf = &mut v[at..at + n];
+                        buf.copy_from_slice(&data[off..off + n]);
+                        f.write_all_at(buf, off as u64)?;
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        }
+        Ok(())
+    })?;
+    f.sync_all()?;
+    Ok(gbps(len, t.elapsed().as_secs_f64()))
+}
+
+fn route_note(t: &Transfer) -> String {
+    let mut s = format!(
+        "path {}; {} tasks on {} workers",
+        t.route.name(),
+        t.tasks,
+        t.workers
+    );
+    if let Some(why) = &t.gds_declined {
+        s.push_str(&format!("; cuFile not taken: {why}"));
+    }
+    if let Some(why) = &t.buffered {
+        s.push_str(&format!("; page cache used: {why}"));
+    }
+    if let Some(n) = &t.note {
+        s.push_str(&format!("; {n}"));
+    }
+    s
+}
+
+/// Sizes, places and the storage handle every row uses.
+struct Setup {
+    mb: usize,
+    len: usize,
+    reps: usize,
+    threads: usize,
+    dir: PathBuf,
+    cfg: BridgeConfig,
+    storage: Storage,
+    settings: String,
+}
+
+fn setup(cx: &Ctx) -> anyhow::Result<Setup> {
+    let quick = cx.args.quick;
+    let mb: usize = std::env::var("GPUBRIDGE_BENCH_STORAGE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 64 } else { 4096 });
+    let len = (mb.max(16) / 16 * 16) << 20;
+    let reps = if quick { 1 } else { 2 };
+    let threads = std::thread::available_parallelism().map_or(8, |n| n.get());
+    let dir = std::env::var_os("GPUBRIDGE_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let mut cfg = BridgeConfig::default();
+    cfg.storage.threads = threads;
+    cfg.storage.enable_gpu_direct_storage = true;
+    cfg.storage.max_pinned_memory_mb = cfg
+        .storage
+        .max_pinned_memory_mb
+        .max(threads as u64 * 2 * cfg.storage.bounce_buffer_kb / 1024);
+    let storage = Storage::new(&cfg)?;
+    let settings = format!(
+        "{} MiB; storage.threads {threads}, task {} KiB, bounce {} KiB x2 per worker; dir {}",
+        len >> 20,
+        cfg.storage.task_size_kb,
+        cfg.storage.bounce_buffer_kb,
+        dir.display()
+    );
+    Ok(Setup {
+        mb,
+        len,
+        reps,
+        threads,
+        dir,
+        cfg,
+        storage,
+        settings,
+    })
+}
+
+/// P6 (diagnostic, no GPU needed): the same cold read into host memory, against the same raw
+/// `O_DIRECT` baseline.
+fn host_row(cx: &mut Ctx) -> anyhow::Result<()> {
+    let Setup {
+        len,
+        reps,
+        threads,
+        dir,
+        storage,
+        settings,
+        ..
+    } = setup(cx)?;
+    let bytes = data(len);
+    let sum = checksum(&bytes);
+    let file = dir.join(format!("gpubridge-bench-host-{}.bin", std::process::id()));
+    let _cleanup = Cleanup(vec![file.clone()]);
+    std::fs::write(&file, &bytes)?;
+    drop(bytes);
+    let (mut backing, at) = aligned(len);
+    let mut raw = 0f64;
+    let mut best: Option<Transfer> = None;
+    let mut ok = true;
+    for _ in 0..reps {
+        raw = raw.max(raw_direct_read(&file, len, 1)?);
+        raw = raw.max(raw_direct_read(&file, len, threads)?);
+        gpubridge::storage::evict_from_page_cache(&file)?;
+        let buf = &mut backing[at..at + len];
+        buf.fill(0);
+        let t = storage.read(&file, 0, Dest::Host(buf))?;
+        ok &= checksum(buf) == sum;
+        if best.as_ref().is_none_or(|b| t.elapsed < b.elapsed) {
+            best = Some(t);
+        }
+    }
+    let t = best.context("no load measured")?;
+    let v = t.bytes_per_second() / 1e9;
+    cx.row(
+        "P6",
+        "diagnostic: file -> host memory (page-aligned), cold page cache",
+        Some(v),
+        "GB/s",
+        "raw O_DIRECT reads of the same file, 16 MiB blocks, best of 1 thread and the pool's thread count",
+        Some(raw),
+        Some(v / raw),
+        "diagnostic (no target)",
+        None,
+        &format!(
+            "checksum {}; {}; best of {reps}; {settings}",
+            if ok { "matches" } else { "MISMATCH" },
+            route_note(&t)
+        ),
+    );
+    Ok(())
+}
+
 #[cfg(feature = "cuda")]
 mod measure {
-    use std::fs::OpenOptions;
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    use std::path::{Path, PathBuf};
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::path::PathBuf;
     use std::sync::Arc;
     use std::time::Instant;
 
-    use anyhow::{bail, Context};
+    use anyhow::Context;
     use gpubridge::storage::{CudaContext, Dest, Src, Storage, Transfer};
-    use gpubridge::BridgeConfig;
-    use rayon::prelude::*;
 
+    use super::{
+        checksum, data, raw_direct_read, raw_direct_write, route_note, setup, Cleanup, Setup,
+    };
     use super::{Ctx, ROWS};
 
-    const BLOCK: usize = 16 << 20;
-
-    /// Removes the bench's files however the row ends.
-    struct Cleanup(Vec<PathBuf>);
-
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            for p in &self.0 {
-                let _ = std::fs::remove_file(p);
-            }
-        }
-    }
-
-    fn gbps(bytes: usize, secs: f64) -> f64 {
-        bytes as f64 / secs / 1e9
-    }
-
-    /// Deterministic bytes (SplitMix64 per MiB), generated on every core.
-    fn data(len: usize) -> Vec<u8> {
-        let mut v = vec![0u8; len];
-        v.par_chunks_mut(1 << 20).enumerate().for_each(|(i, c)| {
-            let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-            for w in c.chunks_mut(8) {
-                x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = x;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                z ^= z >> 31;
-                w.copy_from_slice(&z.to_le_bytes()[..w.len()]);
-            }
-        });
-        v
-    }
-
-    /// An order-sensitive checksum: FNV-1a over 8-byte words per MiB, chunks mixed by index.
-    fn checksum(b: &[u8]) -> u64 {
-        b.par_chunks(1 << 20)
-            .enumerate()
-            .map(|(i, c)| {
-                let mut h = 0xcbf2_9ce4_8422_2325u64 ^ (i as u64).wrapping_mul(0x100_0000_01b3);
-                for w in c.chunks(8) {
-                    let mut word = [0u8; 8];
-                    word[..w.len()].copy_from_slice(w);
-                    h = (h ^ u64::from_le_bytes(word)).wrapping_mul(0x100_0000_01b3);
-                }
-                h.rotate_left((i % 64) as u32)
-            })
-            .reduce(|| 0, |a, b| a ^ b)
-    }
-
-    fn aligned(len: usize) -> (Vec<u8>, usize) {
-        let v = vec![0u8; len + 4096];
-        let at = v.as_ptr().align_offset(4096);
-        (v, at)
-    }
-
-    /// Raw `O_DIRECT` reads of `path` in 16 MiB blocks by `threads` threads; GB/s.
-    fn raw_direct_read(path: &Path, len: usize, threads: usize) -> anyhow::Result<f64> {
-        gpubridge::storage::evict_from_page_cache(path)?;
-        let f = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .with_context(|| format!("O_DIRECT open of {}", path.display()))?;
-        let next = AtomicUsize::new(0);
-        let t = Instant::now();
-        std::thread::scope(|s| -> anyhow::Result<()> {
-            let workers: Vec<_> = (0..threads)
-                .map(|_| {
-                    s.spawn(|| -> anyhow::Result<()> {
-                        let (mut v, at) = aligned(BLOCK);
-                        let buf = &mut v[at..at + BLOCK];
-                        loop {
-                            let off = next.fetch_add(BLOCK, Ordering::Relaxed);
-                            if off >= len {
-                                return Ok(());
-                            }
-                            let n = BLOCK.min(len - off);
-                            let mut done = 0;
-                            while done < n {
-                                let r = f.read_at(&mut buf[done..n], (off + done) as u64)?;
-                                if r == 0 {
-                                    bail!("short O_DIRECT read at {}", off + done);
-                                }
-                                done += r;
-                            }
-                        }
-                    })
-                })
-                .collect();
-            for w in workers {
-                w.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
-            }
-            Ok(())
-        })?;
-        Ok(gbps(len, t.elapsed().as_secs_f64()))
-    }
-
-    /// Raw `O_DIRECT` writes of `data` to `path` by `threads` threads, then fsync; GB/s.
-    fn raw_direct_write(path: &Path, data: &[u8], threads: usize) -> anyhow::Result<f64> {
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .with_context(|| format!("O_DIRECT create of {}", path.display()))?;
-        let next = AtomicUsize::new(0);
-        let len = data.len();
-        let t = Instant::now();
-        std::thread::scope(|s| -> anyhow::Result<()> {
-            let workers: Vec<_> = (0..threads)
-                .map(|_| {
-                    s.spawn(|| -> anyhow::Result<()> {
-                        let (mut v, at) = aligned(BLOCK);
-                        loop {
-                            let off = next.fetch_add(BLOCK, Ordering::Relaxed);
-                            if off >= len {
-                                return Ok(());
-                            }
-                            let n = BLOCK.min(len - off);
-                            let buf = &mut v[at..at + n];
-                            buf.copy_from_slice(&data[off..off + n]);
-                            f.write_all_at(buf, off as u64)?;
-                        }
-                    })
-                })
-                .collect();
-            for w in workers {
-                w.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
-            }
-            Ok(())
-        })?;
-        f.sync_all()?;
-        Ok(gbps(len, t.elapsed().as_secs_f64()))
-    }
-
-    fn route_note(t: &Transfer) -> String {
-        let mut s = format!(
-            "path {}; {} tasks on {} workers",
-            t.route.name(),
-            t.tasks,
-            t.workers
-        );
-        if let Some(why) = &t.gds_declined {
-            s.push_str(&format!("; cuFile not taken: {why}"));
-        }
-        if let Some(why) = &t.buffered {
-            s.push_str(&format!("; page cache used: {why}"));
-        }
-        if let Some(n) = &t.note {
-            s.push_str(&format!("; {n}"));
-        }
-        s
-    }
-
     pub(super) fn run(cx: &mut Ctx, ctx: Arc<CudaContext>) -> anyhow::Result<()> {
-        let quick = cx.args.quick;
-        let mb: usize = std::env::var("GPUBRIDGE_BENCH_STORAGE_MB")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(if quick { 64 } else { 4096 });
-        let len = (mb.max(16) / 16 * 16) << 20;
-        let reps = if quick { 1 } else { 2 };
-        let threads = std::thread::available_parallelism().map_or(8, |n| n.get());
-        let dir = std::env::var_os("GPUBRIDGE_BENCH_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir);
-        let mut cfg = BridgeConfig::default();
-        cfg.storage.threads = threads;
-        cfg.storage.enable_gpu_direct_storage = true;
-        cfg.storage.max_pinned_memory_mb = cfg
-            .storage
-            .max_pinned_memory_mb
-            .max(threads as u64 * 2 * cfg.storage.bounce_buffer_kb / 1024);
-        let storage = Storage::new(&cfg)?;
+        let Setup {
+            mb,
+            len,
+            reps,
+            threads,
+            dir,
+            cfg,
+            storage,
+            settings,
+        } = setup(cx)?;
         let stream = ctx.new_stream()?;
-        let settings = format!(
-            "{mb} MiB; storage.threads {threads}, task {} KiB, bounce {} KiB x2 per worker; dir {}",
-            cfg.storage.task_size_kb,
-            cfg.storage.bounce_buffer_kb,
-            dir.display()
-        );
 
         let t0 = Instant::now();
         let bytes = data(len);
