@@ -416,6 +416,11 @@ impl Storage {
         };
         let has_body = tasks.iter().any(|t| t.aligned);
         let workers = inner.workers;
+        if len == 0 {
+            // Nothing to move: no device is touched and cuFile is not consulted.
+            t.elapsed = started.elapsed();
+            return Ok(t);
+        }
         match dest {
             Dest::Host(buf) => {
                 let job = host::HostLoad {
@@ -497,6 +502,12 @@ impl Storage {
         };
         let has_body = tasks.iter().any(|t| t.aligned);
         let workers = inner.workers;
+        let src = if len == 0 {
+            // An empty file: nothing to read from the source, the commit still happens.
+            Src::Host(&[])
+        } else {
+            src
+        };
         match src {
             Src::Host(buf) => {
                 let job = host::HostSave {
