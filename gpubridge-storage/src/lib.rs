@@ -144,6 +144,9 @@ impl Transfer {
 }
 
 /// Where a load puts the file's bytes. The load reads exactly `len()` bytes.
+///
+/// Non-exhaustive: the `Cuda` variant exists only with feature `cuda`.
+#[non_exhaustive]
 pub enum Dest<'a> {
     /// Host memory (the CPU backend's buffers, any slice).
     Host(&'a mut [u8]),
@@ -178,6 +181,9 @@ impl Dest<'_> {
 }
 
 /// What a save writes to the file: all of it, nothing else.
+///
+/// Non-exhaustive: the `Cuda` variant exists only with feature `cuda`.
+#[non_exhaustive]
 pub enum Src<'a> {
     /// Host memory.
     Host(&'a [u8]),
