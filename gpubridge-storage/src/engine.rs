@@ -114,6 +114,109 @@ impl AlignedBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gpubridge_core::IoErrorKind;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A job that records what the runner does with it and fails on one task.
+    struct Counting {
+        workers: AtomicUsize,
+        finished: AtomicUsize,
+        ran: AtomicUsize,
+        fail_at: Option<u64>,
+    }
+
+    impl Job for Counting {
+        type Piece = ();
+        type Worker = ();
+
+        fn worker(&self) -> Result<()> {
+            self.workers.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+
+        fn run(&self, (): &mut (), task: &Task, (): ()) -> Result<()> {
+            self.ran.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            if Some(task.file_offset) == self.fail_at {
+                return Err(Error::Io {
+                    path: "f".into(),
+                    kind: IoErrorKind::ShortRead,
+                    message: "task failed".to_owned(),
+                });
+            }
+            Ok(())
+        }
+
+        fn finish(&self, (): ()) -> Result<()> {
+            self.finished.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn tasks(n: u64) -> Vec<(Task, ())> {
+        (0..n)
+            .map(|i| {
+                (
+                    Task {
+                        file_offset: i * 4096,
+                        buf_offset: (i * 4096) as usize,
+                        len: 4096,
+                        aligned: true,
+                    },
+                    (),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_task_runs_once_and_every_worker_finishes() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
+        let job = Counting {
+            workers: AtomicUsize::new(0),
+            finished: AtomicUsize::new(0),
+            ran: AtomicUsize::new(0),
+            fail_at: None,
+        };
+        run(&pool, 8, &job, tasks(100)).unwrap();
+        assert_eq!(job.ran.load(Ordering::SeqCst), 100);
+        assert_eq!(job.workers.load(Ordering::SeqCst), 8);
+        assert_eq!(job.finished.load(Ordering::SeqCst), 8);
+        // Fewer tasks than workers: only as many workers as tasks.
+        let job = Counting {
+            workers: AtomicUsize::new(0),
+            finished: AtomicUsize::new(0),
+            ran: AtomicUsize::new(0),
+            fail_at: None,
+        };
+        run(&pool, 8, &job, tasks(3)).unwrap();
+        assert_eq!(job.workers.load(Ordering::SeqCst), 3);
+        run(&pool, 8, &job, Vec::new()).unwrap();
+    }
+
+    #[test]
+    fn the_first_error_stops_the_rest_and_every_worker_still_finishes() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
+        let job = Counting {
+            workers: AtomicUsize::new(0),
+            finished: AtomicUsize::new(0),
+            ran: AtomicUsize::new(0),
+            fail_at: Some(2 * 4096),
+        };
+        let e = run(&pool, 4, &job, tasks(1000)).unwrap_err();
+        assert!(e.to_string().contains("task failed"), "{e}");
+        assert!(job.ran.load(Ordering::SeqCst) < 1000, "the others stopped");
+        assert_eq!(
+            job.finished.load(Ordering::SeqCst),
+            job.workers.load(Ordering::SeqCst)
+        );
+    }
 
     #[test]
     fn aligned_buffers_start_on_a_page() {
