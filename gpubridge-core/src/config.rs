@@ -121,8 +121,9 @@ pub struct StorageConfig {
     /// Each reader thread holds two, so one is filled while the other is copied to the device.
     pub bounce_buffer_kb: u64,
     /// Read and write the 4 KiB-aligned body of a file with `O_DIRECT`, bypassing the page cache
-    /// (default `true`). A file system that refuses it (tmpfs) is read buffered instead, and why
-    /// is logged.
+    /// (default `true`). A file system that refuses it (tmpfs before Linux 6.6) is read buffered
+    /// instead, and why is recorded. Files that are usually in the page cache already (just
+    /// written, read again and again) load faster with `false`.
     pub direct_io: bool,
     /// cuFile: poll for completion of I/O up to this many KiB instead of waiting on an interrupt
     /// (`cuFileDriverSetPollMode`); unset leaves the driver's setting (`/etc/cufile.json`).
