@@ -117,8 +117,26 @@ pub struct StorageConfig {
     pub threads: usize,
     /// Bytes per read task in KiB (default 4096).
     pub task_size_kb: u64,
-    /// Bytes per pinned bounce buffer in KiB (default 4096).
+    /// Bytes per pinned bounce buffer in KiB (default 4096), a multiple of 4 (`O_DIRECT` alignment).
+    /// Each reader thread holds two, so one is filled while the other is copied to the device.
     pub bounce_buffer_kb: u64,
+    /// Read and write the 4 KiB-aligned body of a file with `O_DIRECT`, bypassing the page cache
+    /// (default `true`). A file system that refuses it (tmpfs before Linux 6.6) is read buffered
+    /// instead, and why is recorded. Files that are usually in the page cache already (just
+    /// written, read again and again) load faster with `false`.
+    pub direct_io: bool,
+    /// cuFile: poll for completion of I/O up to this many KiB instead of waiting on an interrupt
+    /// (`cuFileDriverSetPollMode`); unset leaves the driver's setting (`/etc/cufile.json`).
+    pub gds_poll_threshold_kb: Option<u64>,
+    /// cuFile: largest single direct I/O in KiB (`cuFileDriverSetMaxDirectIOSize`); unset leaves
+    /// the driver's setting.
+    pub gds_max_direct_io_kb: Option<u64>,
+    /// cuFile: device memory the driver may use for its bounce buffers, in KiB
+    /// (`cuFileDriverSetMaxCacheSize`); unset leaves the driver's setting.
+    pub gds_max_cache_kb: Option<u64>,
+    /// cuFile: device memory the driver may pin, in KiB (`cuFileDriverSetMaxPinnedMemSize`);
+    /// unset leaves the driver's setting.
+    pub gds_max_pinned_kb: Option<u64>,
 }
 
 impl Default for StorageConfig {
@@ -130,6 +148,11 @@ impl Default for StorageConfig {
             threads: 8,
             task_size_kb: 4096,
             bounce_buffer_kb: 4096,
+            direct_io: true,
+            gds_poll_threshold_kb: None,
+            gds_max_direct_io_kb: None,
+            gds_max_cache_kb: None,
+            gds_max_pinned_kb: None,
         }
     }
 }
@@ -522,6 +545,44 @@ impl BridgeConfig {
         at_least("storage.threads", self.storage.threads, 1)?;
         at_least("storage.task_size_kb", self.storage.task_size_kb, 4)?;
         at_least("storage.bounce_buffer_kb", self.storage.bounce_buffer_kb, 4)?;
+        for (key, kb) in [
+            ("storage.task_size_kb", self.storage.task_size_kb),
+            ("storage.bounce_buffer_kb", self.storage.bounce_buffer_kb),
+        ] {
+            if kb % 4 != 0 {
+                return Err(Error::config(
+                    key,
+                    format!("{kb} is not a multiple of 4 (O_DIRECT needs 4 KiB-aligned pieces)"),
+                ));
+            }
+        }
+        // Every reader thread needs its two bounce buffers under the cap.
+        let lane_kb = self.storage.bounce_buffer_kb.saturating_mul(2);
+        if self.storage.max_pinned_memory_mb.saturating_mul(1024) < lane_kb {
+            return Err(Error::config(
+                "storage.max_pinned_memory_mb",
+                format!(
+                    "{} MiB cannot hold one reader's two bounce buffers of storage.bounce_buffer_kb = {} KiB",
+                    self.storage.max_pinned_memory_mb, self.storage.bounce_buffer_kb
+                ),
+            ));
+        }
+        for (key, v) in [
+            (
+                "storage.gds_poll_threshold_kb",
+                self.storage.gds_poll_threshold_kb,
+            ),
+            (
+                "storage.gds_max_direct_io_kb",
+                self.storage.gds_max_direct_io_kb,
+            ),
+            ("storage.gds_max_cache_kb", self.storage.gds_max_cache_kb),
+            ("storage.gds_max_pinned_kb", self.storage.gds_max_pinned_kb),
+        ] {
+            if let Some(v) = v {
+                at_least(key, v, 1)?;
+            }
+        }
         if !(0.0..=1.0).contains(&self.telemetry.sampling_rate) {
             return Err(Error::config(
                 "telemetry.sampling_rate",

@@ -1,5 +1,6 @@
 //! The one error type of gpubridge, with variants named by what the caller can do about them.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::device::BackendKind;
@@ -116,6 +117,17 @@ pub enum Error {
         /// Each backend tried (or skipped) with the reason.
         attempts: Vec<(BackendKind, String)>,
     },
+    /// A file could not be read or written (`gpubridge-storage`). [`IoErrorKind`] says what went
+    /// wrong in terms the caller can act on; `message` carries the operating system's words.
+    #[error("{kind} for {}: {message}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        kind: IoErrorKind,
+        /// Details: the operation, the offsets, the OS error.
+        message: String,
+    },
     /// Any other failure reported by a backend (a launch error, a driver error).
     #[error("{backend} backend error: {message}")]
     Backend {
@@ -126,6 +138,57 @@ pub enum Error {
         /// Whether the same call may succeed if repeated.
         transient: bool,
     },
+}
+
+/// What went wrong with a file, in terms the caller can act on (see [`Error::Io`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IoErrorKind {
+    /// The file (or its directory) does not exist.
+    NotFound,
+    /// The process may not open or create the file.
+    PermissionDenied,
+    /// The file ends before the requested range does: it is shorter than the caller expected.
+    Truncated,
+    /// A read returned end-of-file before the bytes the file's size promised (it shrank while
+    /// being read).
+    ShortRead,
+    /// The file system has no room (`ENOSPC`, or `EDQUOT` for a quota).
+    DiskFull,
+    /// Any other operating-system error (`EIO`, a refused flag, a bad file descriptor).
+    Other,
+}
+
+impl IoErrorKind {
+    /// A short, stable word for logs and labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            IoErrorKind::NotFound => "not found",
+            IoErrorKind::PermissionDenied => "permission denied",
+            IoErrorKind::Truncated => "file truncated",
+            IoErrorKind::ShortRead => "short read",
+            IoErrorKind::DiskFull => "disk full",
+            IoErrorKind::Other => "i/o error",
+        }
+    }
+
+    /// The kind of an operating-system error.
+    pub fn of(e: &std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        match e.kind() {
+            K::NotFound => IoErrorKind::NotFound,
+            K::PermissionDenied => IoErrorKind::PermissionDenied,
+            K::StorageFull | K::QuotaExceeded => IoErrorKind::DiskFull,
+            K::UnexpectedEof => IoErrorKind::ShortRead,
+            _ => IoErrorKind::Other,
+        }
+    }
+}
+
+impl std::fmt::Display for IoErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 fn format_attempts(attempts: &[(BackendKind, String)]) -> String {
@@ -163,6 +226,13 @@ impl Error {
             | Error::KernelTypeMismatch { .. }
             | Error::InvalidConfig { .. }
             | Error::Cancelled { .. } => ErrorClass::Caller,
+            Error::Io { kind, .. } => match kind {
+                IoErrorKind::DiskFull | IoErrorKind::Other => ErrorClass::Resource,
+                IoErrorKind::NotFound
+                | IoErrorKind::PermissionDenied
+                | IoErrorKind::Truncated
+                | IoErrorKind::ShortRead => ErrorClass::Caller,
+            },
             Error::Unsupported { .. } | Error::NoBackendAvailable { .. } => ErrorClass::Unsupported,
             Error::OutOfMemory { .. } | Error::QuotaExceeded { .. } => ErrorClass::Resource,
             Error::DeviceLost { .. } | Error::Backend { .. } => ErrorClass::DeviceFault,
@@ -185,6 +255,7 @@ impl Error {
             Error::QuotaExceeded { .. } => "quota_exceeded",
             Error::InvalidConfig { .. } => "invalid_config",
             Error::NoBackendAvailable { .. } => "no_backend",
+            Error::Io { .. } => "io",
             Error::Backend { .. } => "backend_error",
         }
     }
@@ -204,6 +275,15 @@ impl Error {
             kernel: kernel.to_owned(),
             index: None,
             reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Io`] from an operating-system error; `what` names the operation.
+    pub fn io(path: impl Into<PathBuf>, what: &str, e: &std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            kind: IoErrorKind::of(e),
+            message: format!("{what}: {e}"),
         }
     }
 

@@ -62,7 +62,7 @@ pub use device::{
     Api, Backend, BackendKind, BackendReport, BackendStatus, Device, DeviceId, DeviceInfo,
     DeviceType, Health, Instance, MemoryInfo, NoGraph, Work,
 };
-pub use error::{Error, ErrorClass, Result};
+pub use error::{Error, ErrorClass, IoErrorKind, Result};
 pub use hints::{BatchResult, ChunkReport, ExecutionHints, FallbackEvent, Preference, Priority};
 pub use kernel::{DynKernel, Kernel, KernelSources};
 pub use plan::{bucket_len, Plan, PlanOutputs, PlanShape, PlanTarget};

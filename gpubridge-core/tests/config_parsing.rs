@@ -222,3 +222,47 @@ fn malformed_toml_is_an_error_not_a_panic() {
         BridgeConfig::load(Some(std::path::Path::new("/nonexistent/gpubridge.toml"))).unwrap_err();
     assert_eq!(key_of(err).0, "file");
 }
+
+#[test]
+fn storage_values_are_checked_by_name() {
+    for (toml, key) in [
+        ("[storage]\ntask_size_kb = 6\n", "storage.task_size_kb"),
+        (
+            "[storage]\nbounce_buffer_kb = 10\n",
+            "storage.bounce_buffer_kb",
+        ),
+        ("[storage]\nthreads = 0\n", "storage.threads"),
+        (
+            "[storage]\nbounce_buffer_kb = 4096\nmax_pinned_memory_mb = 4\n",
+            "storage.max_pinned_memory_mb",
+        ),
+        (
+            "[storage]\ngds_poll_threshold_kb = 0\n",
+            "storage.gds_poll_threshold_kb",
+        ),
+        (
+            "[storage]\ngds_max_direct_io_kb = 0\n",
+            "storage.gds_max_direct_io_kb",
+        ),
+        (
+            "[storage]\ngds_max_cache_kb = 0\n",
+            "storage.gds_max_cache_kb",
+        ),
+        (
+            "[storage]\ngds_max_pinned_kb = 0\n",
+            "storage.gds_max_pinned_kb",
+        ),
+        ("[storage]\ndirect_io = \"yes\"\n", "storage.direct_io"),
+    ] {
+        let (k, reason) = key_of(BridgeConfig::from_toml_str(toml).unwrap_err());
+        assert_eq!(k, key, "{toml}: {reason}");
+    }
+    let c = BridgeConfig::from_toml_str(
+        "[storage]\ndirect_io = false\ngds_poll_threshold_kb = 4\ngds_max_direct_io_kb = 16384\n",
+    )
+    .unwrap();
+    assert!(!c.storage.direct_io);
+    assert_eq!(c.storage.gds_poll_threshold_kb, Some(4));
+    assert_eq!(c.storage.gds_max_direct_io_kb, Some(16384));
+    assert_eq!(BridgeConfig::from_toml_str(&c.to_toml_string()).unwrap(), c);
+}

@@ -18,6 +18,9 @@ use serde_json::{json, Value};
 #[cfg(feature = "cuda")]
 use gpubridge::cuda::baseline::{median, percentile, Baseline};
 
+#[path = "bench_storage.rs"]
+mod storage_rows;
+
 #[cfg(feature = "cuda")]
 /// `bench/chain`: a chain of `n` tiny kernels (copy, then `n` increments of 32 floats), the plan
 /// shape TARGETS.md P1 measures. Its CPU form is the reference: `x + n`.
@@ -221,6 +224,8 @@ pub fn run(args: BenchArgs, config: BridgeConfig) -> anyhow::Result<()> {
     if cx.wants("W1") || cx.wants("W2") {
         wgpu_rows(&mut cx, &bridge, cpu_name.unwrap_or_default())?;
     }
+    // P6, P7: files to device memory (gpubridge-storage), skipped with the reason without a GPU.
+    storage_rows::rows(&mut cx)?;
     if cuda {
         #[cfg(feature = "cuda")]
         gpu_rows(&mut cx, &bridge)?;

@@ -53,8 +53,13 @@ pub const GPU_POWER_WATTS: &str = "gpubridge_gpu_power_watts";
 /// Whether a clock throttle reason is active per device from NVML, 1 or 0 (gauge), labelled
 /// `device`, `reason` (`gpu_idle`, `sw_power_cap`, `hw_slowdown`, `sw_thermal_slowdown`, ...).
 pub const GPU_THROTTLE_ACTIVE: &str = "gpubridge_gpu_throttle_active";
+/// Transfers of CUDA device memory that did not take cuFile (and went host-staged), labelled
+/// `reason` (`disabled`, `not_compiled`, `outside_mount_point`, `library_missing`, `driver_open`,
+/// `no_o_direct`, `handle_register`, `read`, `write`).
+pub const STORAGE_GDS_DECLINED_TOTAL: &str = "gpubridge_storage_gds_declined_total";
 
-/// Every metric name this crate defines: [`DESIGN`]'s, then the NVML sampler's extras, then the batcher's rejections.
+/// Every metric name this crate defines: [`DESIGN`]'s, then the NVML sampler's extras, then the
+/// batcher's rejections and storage's.
 pub const ALL: &[&str] = &[
     KERNELS_EXECUTED_TOTAL,
     KERNEL_DURATION_SECONDS,
@@ -78,6 +83,7 @@ pub const ALL: &[&str] = &[
     GPU_POWER_WATTS,
     GPU_THROTTLE_ACTIVE,
     REJECTIONS_TOTAL,
+    STORAGE_GDS_DECLINED_TOTAL,
 ];
 
 /// The names DESIGN.md lists, in its order: the first 17 of [`ALL`].
@@ -284,6 +290,11 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         REJECTIONS_TOTAL,
         Unit::Count,
         "single requests the batcher answered without running them, by kernel and reason",
+    ),
+    counter(
+        STORAGE_GDS_DECLINED_TOTAL,
+        Unit::Count,
+        "CUDA transfers that did not take cuFile and went host-staged, by reason",
     ),
 ];
 

@@ -6,9 +6,10 @@
 //! | feature | adds | status |
 //! |---|---|---|
 //! | (always) | the CPU backend, every built-in kernel | working |
-//! | `cuda` | the CUDA backend (driver, NVRTC and cuBLAS loaded at run time) | kernels run; graphs and copy/compute overlap are next |
+//! | `cuda` | the CUDA backend (driver, NVRTC and cuBLAS loaded at run time), and CUDA device memory in [`storage`] | kernels run; graphs and copy/compute overlap are next |
 //! | `wgpu` | the wgpu compute backend (Vulkan or GL adapters; Mesa's llvmpipe where there is no GPU) | every built-in kernel runs and is conformance-tested on llvmpipe in CI |
-//! | `gds` | cuFile in `gpubridge-storage` | not built yet |
+//! | (always) | [`storage`]: files to and from host memory and other backends' buffers (thread pool, `O_DIRECT`, atomic saves) | working |
+//! | `gds` | cuFile (GPUDirect Storage) in [`storage`] for CUDA device memory, per file, with the host-staged path as fallback | working; declines on machines where the file handle does not register |
 //! | `prometheus` | `telemetry::serve`: `/metrics` (Prometheus), `/healthz`, `/readyz` | working |
 //! | `nvml` | `telemetry::start_nvml_sampler`: GPU utilisation, memory, temperature, power, throttling | working (loads NVML at run time) |
 //! | `otlp` | `telemetry::otlp`: `tracing` spans exported over OTLP/HTTP | working |
@@ -30,6 +31,7 @@
 //! ```
 
 pub use gpubridge_core::*;
+pub use gpubridge_storage as storage;
 pub use gpubridge_wgpu_fallback::cpu;
 
 pub mod telemetry;

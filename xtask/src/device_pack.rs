@@ -18,8 +18,9 @@ use serde_json::Value;
 
 use crate::project_root;
 
-const PACKAGES: [&str; 6] = [
+const PACKAGES: [&str; 7] = [
     "gpubridge-telemetry",
+    "gpubridge-storage",
     "gpubridge",
     "gpubridge-core",
     "gpubridge-cuda",
@@ -41,7 +42,7 @@ pub fn run() -> anyhow::Result<()> {
         "--no-run",
         "--message-format=json",
         "--features",
-        "gpubridge/wgpu",
+        "gpubridge/wgpu,gpubridge/gds",
     ];
     for p in PACKAGES {
         args.extend(["-p", p]);
@@ -65,9 +66,15 @@ pub fn run() -> anyhow::Result<()> {
                 // The CLI tests run the binary at its build path; they belong to the build machine.
                 // Configuration parsing and WGSL validation never touch a device: CI runs them,
                 // and leaving them out keeps the pack under the device tool's 64 MiB.
-                if ["cli_commands", "config_parsing", "kernel_sources"]
-                    .iter()
-                    .any(|t| v["target"]["name"] == *t)
+                // storage_wgpu needs wgpu, which the H100's container refuses; CI runs it.
+                if [
+                    "cli_commands",
+                    "config_parsing",
+                    "kernel_sources",
+                    "storage_wgpu",
+                ]
+                .iter()
+                .any(|t| v["target"]["name"] == *t)
                 {
                     continue;
                 }

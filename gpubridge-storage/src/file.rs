@@ -1,0 +1,440 @@
+//! Files as both paths see them: a source opened twice (through the page cache, and with
+//! `O_DIRECT` where the file system allows it) and a target written to a temporary file that only
+//! replaces the real one once every byte is on disk.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use gpubridge_core::{Error, IoErrorKind, Result};
+use parking_lot::Mutex;
+
+use crate::plan::ALIGN;
+
+/// Whether a piece of `len` bytes at file offset `offset` into memory at `ptr` may go through
+/// `O_DIRECT`.
+fn direct_ok(offset: u64, ptr: *const u8, len: usize) -> bool {
+    offset.is_multiple_of(ALIGN)
+        && (ptr as usize).is_multiple_of(ALIGN as usize)
+        && (len as u64).is_multiple_of(ALIGN)
+}
+
+/// An open file to read from.
+#[derive(Debug)]
+pub(crate) struct Source {
+    path: PathBuf,
+    buffered: File,
+    direct: Option<File>,
+    /// Why the aligned body is read through the page cache, once that is known.
+    buffered_why: Mutex<Option<String>>,
+    size: u64,
+}
+
+impl Source {
+    /// Opens `path` for reading; with `direct`, a second descriptor with `O_DIRECT` too. A file
+    /// system that refuses `O_DIRECT` leaves the file readable through the page cache, and the
+    /// reason is kept ([`Source::buffered_reason`]).
+    ///
+    /// # Errors
+    /// [`Error::Io`]: not found, permission denied, a directory.
+    pub(crate) fn open(path: &Path, direct: bool) -> Result<Self> {
+        let buffered = File::open(path).map_err(|e| Error::io(path, "opening for reading", &e))?;
+        let meta = buffered
+            .metadata()
+            .map_err(|e| Error::io(path, "reading metadata", &e))?;
+        if meta.is_dir() {
+            return Err(Error::Io {
+                path: path.to_owned(),
+                kind: IoErrorKind::Other,
+                message: "is a directory, not a file".to_owned(),
+            });
+        }
+        let mut why = None;
+        let direct = if direct {
+            match OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(path)
+            {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    why = Some(format!("the file system refused O_DIRECT ({e})"));
+                    None
+                }
+            }
+        } else {
+            why = Some("storage.direct_io = false".to_owned());
+            None
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            buffered,
+            direct,
+            buffered_why: Mutex::new(why),
+            size: meta.len(),
+        })
+    }
+
+    /// The `O_DIRECT` descriptor, where the file system allows one (for cuFile's registration).
+    #[cfg(feature = "gds")]
+    pub(crate) fn direct_file(&self) -> Option<&File> {
+        self.direct.as_ref()
+    }
+
+    /// Why the aligned body was (or will be) read through the page cache, if it was.
+    pub(crate) fn buffered_reason(&self) -> Option<String> {
+        self.buffered_why.lock().clone()
+    }
+
+    fn direct_usable(&self) -> Option<&File> {
+        self.direct
+            .as_ref()
+            .filter(|_| self.buffered_why.lock().is_none())
+    }
+
+    /// Checks that `len` bytes at `offset` lie inside the file.
+    ///
+    /// # Errors
+    /// [`IoErrorKind::Truncated`] when the file ends before the range does.
+    pub(crate) fn check_range(&self, offset: u64, len: usize) -> Result<()> {
+        let end = offset.checked_add(len as u64);
+        if end.is_none_or(|e| e > self.size) {
+            return Err(Error::Io {
+                path: self.path.clone(),
+                kind: IoErrorKind::Truncated,
+                message: format!(
+                    "bytes {offset}..{} were asked for, but the file has {} bytes",
+                    offset as u128 + len as u128,
+                    self.size
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Fills `buf` with the bytes at `offset`, through `O_DIRECT` where the offset, the length and
+    /// the memory are aligned and the file system allows it, else through the page cache.
+    ///
+    /// # Errors
+    /// [`IoErrorKind::ShortRead`] when the file ends early (it shrank since it was opened); the
+    /// operating system's error otherwise.
+    pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let rest = &mut buf[done..];
+            let direct = self
+                .direct_usable()
+                .filter(|_| direct_ok(at, rest.as_ptr(), rest.len()));
+            let file = direct.unwrap_or(&self.buffered);
+            match file.read_at(rest, at) {
+                Ok(0) => {
+                    return Err(Error::Io {
+                        path: self.path.clone(),
+                        kind: IoErrorKind::ShortRead,
+                        message: format!(
+                            "end of file at byte {at} while reading {} bytes at {offset} (the file had {} bytes when opened)",
+                            buf.len(),
+                            self.size
+                        ),
+                    })
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if direct.is_some() && e.raw_os_error() == Some(libc::EINVAL) => {
+                    // Some file systems accept the O_DIRECT flag at open and refuse the reads.
+                    let mut why = self.buffered_why.lock();
+                    if why.is_none() {
+                        tracing::info!(path = %self.path.display(), "O_DIRECT read refused ({e}); reading this file through the page cache");
+                        *why = Some(format!("the file system refused an O_DIRECT read ({e})"));
+                    }
+                }
+                Err(e) => {
+                    return Err(Error::io(
+                        &self.path,
+                        &format!("reading {} bytes at {at}", rest.len()),
+                        &e,
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes all of `buf` at `offset` of `file`.
+///
+/// # Errors
+/// [`IoErrorKind::DiskFull`] for `ENOSPC`/`EDQUOT`, the operating system's error otherwise.
+pub(crate) fn write_all_at(file: &File, path: &Path, buf: &[u8], offset: u64) -> Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let at = offset + done as u64;
+        match file.write_at(&buf[done..], at) {
+            Ok(0) => {
+                return Err(Error::Io {
+                    path: path.to_owned(),
+                    kind: IoErrorKind::Other,
+                    message: format!(
+                        "the file system wrote 0 of {} bytes at {at}",
+                        buf.len() - done
+                    ),
+                })
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(Error::io(
+                    path,
+                    &format!("writing {} bytes at {at}", buf.len() - done),
+                    &e,
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A file being written: bytes go to a temporary file beside `path`, which [`Target::commit`]
+/// syncs and renames over `path` (then syncs the directory). Dropped uncommitted, the temporary
+/// file is removed, so `path` never holds a partial write.
+#[derive(Debug)]
+pub(crate) struct Target {
+    path: PathBuf,
+    temp: PathBuf,
+    buffered: File,
+    direct: Option<File>,
+    buffered_why: Option<String>,
+    committed: bool,
+    #[cfg(feature = "fault-injection")]
+    budget: Option<AtomicU64>,
+}
+
+impl Target {
+    /// Creates the temporary file beside `path` (and an `O_DIRECT` descriptor of it, with
+    /// `direct`, where the file system allows it).
+    ///
+    /// # Errors
+    /// [`Error::Io`]: the directory is missing or not writable, the disk is full.
+    pub(crate) fn create(path: &Path, direct: bool) -> Result<Self> {
+        let name = path.file_name().ok_or_else(|| Error::Io {
+            path: path.to_owned(),
+            kind: IoErrorKind::Other,
+            message: "the path names no file".to_owned(),
+        })?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let temp = dir.join(format!(
+            ".{}.gpubridge-tmp-{}-{}",
+            name.to_string_lossy(),
+            std::process::id(),
+            TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let buffered = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&temp)
+            .map_err(|e| Error::io(path, "creating a temporary file beside it", &e))?;
+        let mut why = None;
+        let direct = if direct {
+            match OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&temp)
+            {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    why = Some(format!("the file system refused O_DIRECT ({e})"));
+                    None
+                }
+            }
+        } else {
+            why = Some("storage.direct_io = false".to_owned());
+            None
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            temp,
+            buffered,
+            direct,
+            buffered_why: why,
+            committed: false,
+            #[cfg(feature = "fault-injection")]
+            budget: None,
+        })
+    }
+
+    /// The final path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The `O_DIRECT` descriptor of the temporary file (for cuFile's registration).
+    #[cfg(feature = "gds")]
+    pub(crate) fn direct_file(&self) -> Option<&File> {
+        self.direct.as_ref()
+    }
+
+    /// Why the aligned body goes through the page cache, if it does.
+    pub(crate) fn buffered_reason(&self) -> Option<String> {
+        self.buffered_why.clone()
+    }
+
+    /// Sets the file's length (so that every task writes inside it).
+    ///
+    /// # Errors
+    /// The operating system's error.
+    pub(crate) fn set_len(&self, len: u64) -> Result<()> {
+        self.buffered
+            .set_len(len)
+            .map_err(|e| Error::io(&self.path, "sizing the temporary file", &e))
+    }
+
+    /// Fault injection: writes fail with `ENOSPC` once `bytes` have been written.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn fail_after(&mut self, bytes: Option<u64>) {
+        self.budget = bytes.map(AtomicU64::new);
+    }
+
+    /// Writes `buf` at `offset`, through `O_DIRECT` where aligned and allowed.
+    ///
+    /// # Errors
+    /// [`IoErrorKind::DiskFull`] for `ENOSPC`; the operating system's error otherwise.
+    pub(crate) fn write_all_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        #[cfg(feature = "fault-injection")]
+        if let Some(budget) = &self.budget {
+            let n = buf.len() as u64;
+            if budget
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(n))
+                .is_err()
+            {
+                return Err(Error::io(
+                    &self.path,
+                    &format!("writing {n} bytes at {offset} (injected fault)"),
+                    &io::Error::from_raw_os_error(libc::ENOSPC),
+                ));
+            }
+        }
+        let file = self
+            .direct
+            .as_ref()
+            .filter(|_| direct_ok(offset, buf.as_ptr(), buf.len()))
+            .unwrap_or(&self.buffered);
+        write_all_at(file, &self.path, buf, offset)
+    }
+
+    /// Makes the write durable and visible: fsync, rename over the final path, fsync the
+    /// directory.
+    ///
+    /// # Errors
+    /// [`Error::Io`] from any step; the temporary file is removed and the final path untouched
+    /// (unless the rename itself happened).
+    pub(crate) fn commit(mut self) -> Result<()> {
+        self.buffered
+            .sync_all()
+            .map_err(|e| Error::io(&self.path, "syncing the temporary file", &e))?;
+        std::fs::rename(&self.temp, &self.path)
+            .map_err(|e| Error::io(&self.path, "renaming the temporary file over it", &e))?;
+        self.committed = true;
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(&self.path, "syncing its directory", &e))
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if !self.committed {
+            if let Err(e) = std::fs::remove_file(&self.temp) {
+                tracing::warn!(path = %self.temp.display(), "removing an abandoned temporary file failed: {e}");
+            }
+        }
+    }
+}
+
+/// Drops `path`'s pages from the page cache (`posix_fadvise(POSIX_FADV_DONTNEED)` after an
+/// `fdatasync`), so that the next read comes from the disk. Used by the benchmarks to measure cold
+/// reads where `/proc/sys/vm/drop_caches` is not writable (containers).
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be opened or the advice is refused.
+pub fn evict_from_page_cache(path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = File::open(path).map_err(|e| Error::io(path, "opening to evict its pages", &e))?;
+    f.sync_data()
+        .map_err(|e| Error::io(path, "syncing before evicting its pages", &e))?;
+    // SAFETY: `f` is an open descriptor for the whole call; fadvise only advises the kernel
+    // about its page cache and touches no memory of ours.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        return Err(Error::io(
+            path,
+            "posix_fadvise(DONTNEED)",
+            &io::Error::from_raw_os_error(rc),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writing_to_a_full_device_is_disk_full() {
+        // /dev/full answers every write with ENOSPC: the kernel's own disk-full error.
+        let f = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let e = write_all_at(&f, Path::new("/dev/full"), &[1u8; 8192], 0).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Io {
+                    kind: IoErrorKind::DiskFull,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_shrinks_while_read_is_a_short_read() {
+        let dir = std::env::temp_dir().join(format!("gpubridge-shrink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("f");
+        std::fs::write(&p, vec![7u8; 10000]).unwrap();
+        let src = Source::open(&p, true).unwrap();
+        src.check_range(0, 10000).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(5000)
+            .unwrap();
+        let mut buf = vec![0u8; 10000];
+        let e = src.read_exact_at(&mut buf, 0).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Io {
+                    kind: IoErrorKind::ShortRead,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(buf[..5000].iter().all(|b| *b == 7));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
