@@ -57,6 +57,21 @@ pub struct SingleResult<O> {
     pub device: Option<DeviceId>,
 }
 
+/// What [`GpuBridge::shutdown_within`] did with the requests queued when it began (counted over
+/// every stop of this bridge's batchers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Queued requests that ran after the stop began.
+    pub ran: usize,
+    /// Queued requests answered [`Error::Cancelled`] because the deadline passed (or the bridge
+    /// was dropped).
+    pub cancelled: usize,
+    /// Whether the deadline passed before the queues were empty.
+    pub deadline_passed: bool,
+    /// How long the shutdown took.
+    pub took: Duration,
+}
+
 /// Why a request was rejected without running (the `reason` label of
 /// `gpubridge_rejections_total`).
 fn reject(kernel: &'static str, reason: &'static str) {
@@ -93,8 +108,25 @@ impl Batchers {
             let _create = self.create.lock();
             self.shutdown.store(true, Ordering::SeqCst);
         }
-        let stoppers = std::mem::take(&mut *self.stoppers.lock());
+        let stoppers = self.stoppers.lock().clone();
         stoppers.iter().flat_map(|s| s.stop(drain)).collect()
+    }
+
+    /// Turns a draining stop into a cancelling one: what is still queued is answered
+    /// `Cancelled` (batches already running finish).
+    fn escalate(&self) {
+        for s in self.stoppers.lock().iter() {
+            s.escalate();
+        }
+    }
+
+    /// Requests run and requests cancelled since the stop began, over every queue.
+    fn stop_counts(&self) -> (usize, usize) {
+        self.stoppers
+            .lock()
+            .iter()
+            .map(|s| s.stop_counts())
+            .fold((0, 0), |(a, b), (x, y)| (a + x, b + y))
     }
 
     /// Single requests accepted and not yet answered, in every kernel's batcher.
@@ -105,7 +137,9 @@ impl Batchers {
 
 trait Stop: Send + Sync {
     fn stop(&self, drain: bool) -> Vec<std::thread::JoinHandle<()>>;
+    fn escalate(&self);
     fn pending(&self) -> usize;
+    fn stop_counts(&self) -> (usize, usize);
 }
 
 struct Request<I, O> {
@@ -159,6 +193,9 @@ struct Queue<I, O> {
     pending_gauge: metrics::Gauge,
     /// The tokio runtime of the first caller that had one: batches are answered from it.
     runtime: OnceLock<tokio::runtime::Handle>,
+    /// Requests taken into batches after the stop began, run and cancelled.
+    ran_after_stop: AtomicUsize,
+    cancelled_on_stop: AtomicUsize,
 }
 
 impl<I: Send + 'static, O: Send + 'static> Stop for Queue<I, O> {
@@ -176,8 +213,23 @@ impl<I: Send + 'static, O: Send + 'static> Stop for Queue<I, O> {
         std::mem::take(&mut *self.threads.lock())
     }
 
+    fn escalate(&self) {
+        let _ = self
+            .stopping
+            .compare_exchange(DRAIN, CANCEL, Ordering::SeqCst, Ordering::SeqCst);
+        let _sleep = self.sleep.lock();
+        self.wake.notify_all();
+    }
+
     fn pending(&self) -> usize {
         self.len.load(Ordering::Relaxed) + self.running.load(Ordering::Relaxed)
+    }
+
+    fn stop_counts(&self) -> (usize, usize) {
+        (
+            self.ran_after_stop.load(Ordering::Relaxed),
+            self.cancelled_on_stop.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -364,7 +416,8 @@ where
                     self.len.load(Ordering::SeqCst) >= cfg.target
                 });
             }
-            let drain = self.stopping() != CANCEL;
+            let stop = self.stopping();
+            let drain = stop != CANCEL;
             let batch = {
                 let mut st = self.staging.lock();
                 self.move_intake(&mut st);
@@ -384,42 +437,56 @@ where
                 continue;
             }
             let size = batch.len();
+            if stop != RUNNING {
+                let counter = if drain {
+                    &self.ran_after_stop
+                } else {
+                    &self.cancelled_on_stop
+                };
+                counter.fetch_add(size, Ordering::Relaxed);
+            }
             self.running.fetch_add(size, Ordering::Relaxed);
             self.pending_gauge.increment(size as f64);
-            match bridge.upgrade().filter(|_| drain) {
+            let answers = match bridge.upgrade().filter(|_| drain) {
                 Some(inner) => {
                     let grain = GpuBridge::from_inner(inner).grain(self.kernel.clone());
-                    run_batch(&grain, batch, &self.queued, self.runtime.get(), cfg.spin);
+                    run_batch(&grain, batch, &self.queued, cfg.spin)
                 }
-                None => {
-                    for r in batch {
+                None => batch
+                    .into_iter()
+                    .map(|r| {
                         reject(kernel, "cancelled");
-                        let _ = r.reply.send(Err(Error::Cancelled {
+                        let cancelled = Error::Cancelled {
                             reason: "the bridge shut down".to_owned(),
-                        }));
-                    }
-                }
-            }
+                        };
+                        (r.reply, Err(cancelled))
+                    })
+                    .collect(),
+            };
+            // No longer pending once answered: counted out before the callers can see their
+            // answers.
             self.running.fetch_sub(size, Ordering::Relaxed);
             self.pending_gauge.decrement(size as f64);
+            deliver(answers, self.runtime.get());
         }
     }
 }
 
+/// Runs one batch and returns its answers (to be delivered).
 fn run_batch<I, O>(
     grain: &crate::BatchGrain<I, O>,
     batch: Vec<Request<I, O>>,
     queued_histogram: &metrics::Histogram,
-    runtime: Option<&tokio::runtime::Handle>,
     spin: Option<Duration>,
-) where
+) -> Vec<Answer<O>>
+where
     I: Send + Sync + 'static,
     O: Send + 'static,
 {
     let started = Instant::now();
     let size = batch.len();
     let Some(first) = batch.first() else {
-        return;
+        return Vec::new();
     };
     let mut hints = first.hints.clone();
     hints.timeout = None;
@@ -438,7 +505,7 @@ fn run_batch<I, O>(
         replies.push((r.reply, queued));
     }
     let result: Result<BatchResult<O>> = futures::executor::block_on(grain.execute(inputs, hints));
-    let answers: Vec<Answer<O>> = match result {
+    match result {
         Ok(result) => {
             let backend = result.backend();
             let device = result.device();
@@ -463,7 +530,13 @@ fn run_batch<I, O>(
             .into_iter()
             .map(|(reply, _)| (reply, Err(e.clone())))
             .collect(),
-    };
+    }
+}
+
+/// Sends a batch's answers: from tasks on the callers' runtime when there is one and the batch
+/// is large enough to be worth it, else from this thread.
+fn deliver<O: Send + 'static>(answers: Vec<Answer<O>>, runtime: Option<&tokio::runtime::Handle>) {
+    let size = answers.len();
     match runtime {
         Some(handle) if size >= ANSWER_ON_RUNTIME => {
             // Detached tasks of up to `ANSWER_CHUNK` answers each, so that several workers
@@ -579,6 +652,35 @@ impl GpuBridge {
         }
     }
 
+    /// Stops every kernel's batcher within `deadline`: new requests are answered
+    /// [`Error::Cancelled`] at once; queued ones run until the deadline, and whatever is still
+    /// queued then is answered [`Error::Cancelled`] (batches already running finish). Blocks
+    /// until the runners have finished, and reports what happened to the queued requests.
+    pub fn shutdown_within(&self, deadline: Duration) -> ShutdownReport {
+        let started = Instant::now();
+        let batchers = self.batchers();
+        let threads = batchers.stop_all(true);
+        let until = started + deadline;
+        let mut escalated = false;
+        while !threads.iter().all(std::thread::JoinHandle::is_finished) {
+            if !escalated && Instant::now() >= until {
+                batchers.escalate();
+                escalated = true;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        let (ran, cancelled) = batchers.stop_counts();
+        ShutdownReport {
+            ran,
+            cancelled,
+            deadline_passed: escalated,
+            took: started.elapsed(),
+        }
+    }
+
     /// The batcher queue of kernel `id`, created (with its runners) on first use.
     fn queue<I, O>(&self, id: &str) -> Result<&Queue<I, O>>
     where
@@ -640,6 +742,8 @@ impl GpuBridge {
             queued: metrics::histogram!(names::QUEUE_DURATION_SECONDS, "kernel" => kernel.id()),
             pending_gauge: metrics::gauge!(names::PENDING_REQUESTS),
             runtime: OnceLock::new(),
+            ran_after_stop: AtomicUsize::new(0),
+            cancelled_on_stop: AtomicUsize::new(0),
             kernel: kernel.clone(),
         });
         // Registered before the runners start, so that a failed start still stops the ones

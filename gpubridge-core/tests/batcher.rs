@@ -277,3 +277,105 @@ async fn shutdown_drains_the_queue_and_then_refuses() {
         .await;
     assert!(matches!(after, Err(Error::Cancelled { .. })), "{after:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_under_load_answers_every_request_once() {
+    // Callers keep submitting from several tasks while the bridge shuts down: every request
+    // ends with its own correct output or `Cancelled`, none hangs, and nothing stays pending.
+    let (b, _) = bridge_with(32, 65536, 100, 2);
+    let callers: Vec<_> = (0..16)
+        .map(|c| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut cancelled) = (0u32, 0u32);
+                for k in 0..400 {
+                    let x = (c * 1000 + k) as f32;
+                    let r = tokio::time::timeout(
+                        Duration::from_secs(20),
+                        b.single::<VectorAdd>(pair(x), ExecutionHints::default()),
+                    )
+                    .await
+                    .expect("a request hung");
+                    match r {
+                        Ok(r) => {
+                            assert_eq!(r.output, want(x));
+                            ok += 1;
+                        }
+                        Err(Error::Cancelled { .. }) => cancelled += 1,
+                        Err(e) => panic!("unexpected error: {e:?}"),
+                    }
+                }
+                (ok, cancelled)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let b2 = b.clone();
+    tokio::task::spawn_blocking(move || b2.shutdown())
+        .await
+        .unwrap();
+    let (mut ok, mut cancelled) = (0, 0);
+    for c in callers {
+        let (o, x) = c.await.unwrap();
+        ok += o;
+        cancelled += x;
+    }
+    assert_eq!(ok + cancelled, 16 * 400);
+    assert!(
+        cancelled > 0,
+        "the shutdown came after every request: {ok} ok"
+    );
+    assert_eq!(b.readiness().pending_requests, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_within_a_deadline_cancels_what_it_could_not_run_and_says_so() {
+    let (b, backend) = bridge(1, 100, 100);
+    let first = held_first(&b, &backend).await;
+    let mut queued: Vec<_> = (1..=5)
+        .map(|i| Box::pin(b.single::<VectorAdd>(pair(i as f32), ExecutionHints::default())))
+        .collect();
+    for q in &mut queued {
+        assert!(poll!(q).is_pending());
+    }
+    // The held batch outlasts the 20 ms deadline; it is released later and finishes.
+    let b2 = b.clone();
+    let stop = tokio::task::spawn_blocking(move || b2.shutdown_within(Duration::from_millis(20)));
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    backend.release();
+    let report = stop.await.unwrap();
+    assert!(report.deadline_passed, "{report:?}");
+    assert_eq!((report.ran, report.cancelled), (0, 5), "{report:?}");
+    assert_eq!(first.await.unwrap().unwrap().output, want(0.0));
+    for q in queued {
+        assert!(matches!(q.await, Err(Error::Cancelled { .. })));
+    }
+    assert!(matches!(
+        b.single::<VectorAdd>(pair(9.0), ExecutionHints::default())
+            .await,
+        Err(Error::Cancelled { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_within_a_generous_deadline_runs_everything_queued() {
+    let (b, backend) = bridge(2, 100, 100);
+    let first = held_first(&b, &backend).await;
+    let mut queued: Vec<_> = (1..=4)
+        .map(|i| Box::pin(b.single::<VectorAdd>(pair(i as f32), ExecutionHints::default())))
+        .collect();
+    for q in &mut queued {
+        assert!(poll!(q).is_pending());
+    }
+    let b2 = b.clone();
+    let stop = tokio::task::spawn_blocking(move || b2.shutdown_within(Duration::from_secs(30)));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    backend.release();
+    let report = stop.await.unwrap();
+    assert_eq!((report.ran, report.cancelled), (4, 0), "{report:?}");
+    assert!(!report.deadline_passed);
+    first.await.unwrap().unwrap();
+    for (i, q) in queued.into_iter().enumerate() {
+        assert_eq!(q.await.unwrap().output, want((i + 1) as f32));
+    }
+}
