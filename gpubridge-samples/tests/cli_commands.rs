@@ -331,3 +331,47 @@ fn serve_with_demo_load_moves_metrics_and_stops_cleanly_on_sigint() {
         "still listening"
     );
 }
+
+#[test]
+fn load_sweeps_the_cpu_and_writes_its_report() {
+    let dir = std::env::temp_dir().join(format!("gpubridge-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("load.json");
+    let o = gpubridge(
+        &[
+            "load",
+            "--backends",
+            "cpu",
+            "--tasks",
+            "50",
+            "--rates",
+            "2k,4k",
+            "--seconds",
+            "0.3",
+            "--warmup",
+            "0.1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    // Wrong answers or hung requests would fail the command.
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let points = v["sweeps"][0]["points"].as_array().unwrap();
+    assert_eq!(v["sweeps"][0]["backend"], "cpu");
+    assert_eq!(points.len(), 2, "{v}");
+    for p in points {
+        assert_eq!(p["wrong_answers"], 0);
+        assert_eq!(p["hung"], 0);
+        assert!(p["completed"].as_u64().unwrap() > 0, "{p}");
+        assert!(p["p50_us"].as_f64().unwrap() > 0.0, "{p}");
+    }
+    assert_eq!(v["rows"][0]["id"], "P3");
+    // A bad rate is a clear error.
+    let o = gpubridge(&["load", "--rates", "fast"], &[]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("bad rate"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}

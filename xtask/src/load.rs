@@ -96,3 +96,28 @@ pub fn plot(json: &Path, png: &Path) -> anyhow::Result<()> {
     };
     render_png(&chart, png, 1200, 800)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_saved_sweep_is_drawn() {
+        let dir = std::env::temp_dir().join(format!("xtask-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let json = dir.join("load.json");
+        let png = dir.join("load.png");
+        let report = serde_json::json!({
+            "tasks": 1000, "len": 100,
+            "sweeps": [{"backend": "cuda", "device": "test", "points": [
+                {"achieved_per_s": 250000.0, "p50_us": 400.0, "p99_us": 900.0},
+                {"achieved_per_s": 1000000.0, "p50_us": 1300.0, "p99_us": 2500.0}
+            ]}]
+        });
+        std::fs::write(&json, report.to_string()).unwrap();
+        super::plot(&json, &png).unwrap();
+        let bytes = std::fs::read(&png).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+        std::fs::write(&json, "{}").unwrap();
+        assert!(super::plot(&json, &png).is_err(), "no sweep to draw");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
