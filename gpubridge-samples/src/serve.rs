@@ -138,7 +138,8 @@ async fn stop_signal() -> anyhow::Result<()> {
 /// rates move between 15 s scrapes.
 const DEMO_EVERY: Duration = Duration::from_millis(20);
 
-/// Every built-in kernel in turn at a random size, one request at a time, with every eleventh
+/// Every built-in kernel in turn at a random size, one request at a time (and a burst of single
+/// requests through the dynamic batcher every fifth turn), with every eleventh
 /// request invalid (vectors of different lengths). Requests carry tenant `demo` and correlation
 /// ids `demo-<n>`, so the audit log shows them.
 async fn demo_load(bridge: GpuBridge, mut stopped: watch::Receiver<bool>, tally: Arc<Tally>) {
@@ -173,7 +174,7 @@ async fn demo_load(bridge: GpuBridge, mut stopped: watch::Receiver<bool>, tally:
             counter.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let ok = match n % 4 {
+        let ok = match n % 5 {
             0 => {
                 let (pairs, len) = (rng.random_range(1..=16), rng.random_range(16..=65536));
                 let inputs = (0..pairs)
@@ -197,6 +198,17 @@ async fn demo_load(bridge: GpuBridge, mut stopped: watch::Receiver<bool>, tally:
                     y: random_vec(&mut rng, len),
                 }];
                 run_kernel::<gpubridge::kernels::Saxpy>(&bridge, inputs, hints).await
+            }
+            4 => {
+                // A burst of single requests through the dynamic batcher, so that its queue
+                // time, batch sizes and rejections move on the dashboard.
+                let burst = rng.random_range(8..=256);
+                let singles = (0..burst).map(|_| {
+                    let v = random_vec(&mut rng, 100);
+                    bridge.single::<Sum>(v, hints.clone())
+                });
+                let answers = futures::future::join_all(singles).await;
+                answers.iter().all(Result::is_ok)
             }
             _ => {
                 let (m, k, n) = (
