@@ -24,7 +24,7 @@
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -140,6 +140,7 @@ trait Stop: Send + Sync {
     fn escalate(&self);
     fn pending(&self) -> usize;
     fn stop_counts(&self) -> (usize, usize);
+    fn stats(&self) -> (&'static str, BatcherStats);
 }
 
 struct Request<I, O> {
@@ -193,6 +194,8 @@ struct Queue<I, O> {
     pending_gauge: metrics::Gauge,
     /// The tokio runtime of the first caller that had one: batches are answered from it.
     runtime: OnceLock<tokio::runtime::Handle>,
+    /// Where the runners' time went.
+    stats: RunnerClock,
     /// Requests taken into batches after the stop began, run and cancelled.
     ran_after_stop: AtomicUsize,
     cancelled_on_stop: AtomicUsize,
@@ -230,6 +233,61 @@ impl<I: Send + 'static, O: Send + 'static> Stop for Queue<I, O> {
             self.ran_after_stop.load(Ordering::Relaxed),
             self.cancelled_on_stop.load(Ordering::Relaxed),
         )
+    }
+
+    fn stats(&self) -> (&'static str, BatcherStats) {
+        (self.kernel.id(), self.stats.read())
+    }
+}
+
+/// Where one kernel's batcher runners spent their time, summed over its batches (see
+/// [`GpuBridge::batcher_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BatcherStats {
+    /// Batches run.
+    pub batches: u64,
+    /// Requests in them.
+    pub requests: u64,
+    /// Waiting for the turn to gather (another runner was gathering).
+    pub waiting_to_gather: Duration,
+    /// Gathering: waiting for requests and for the batch to fill or its delay to run out.
+    pub gathering: Duration,
+    /// Running batches, from taking them to having their answers.
+    pub running: Duration,
+    /// Handing the answers over.
+    pub delivering: Duration,
+}
+
+/// The counters behind [`BatcherStats`] (nanoseconds).
+#[derive(Default)]
+struct RunnerClock {
+    batches: AtomicU64,
+    requests: AtomicU64,
+    phases: [AtomicU64; 4],
+}
+
+impl RunnerClock {
+    fn record(&self, size: usize, phases: [Duration; 4]) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(size as u64, Ordering::Relaxed);
+        for (c, d) in self.phases.iter().zip(phases) {
+            c.fetch_add(
+                u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    fn read(&self) -> BatcherStats {
+        let ns = |i: usize| Duration::from_nanos(self.phases[i].load(Ordering::Relaxed));
+        BatcherStats {
+            batches: self.batches.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+            waiting_to_gather: ns(0),
+            gathering: ns(1),
+            running: ns(2),
+            delivering: ns(3),
+        }
     }
 }
 
@@ -378,7 +436,9 @@ where
     fn dispatch(self: Arc<Self>, bridge: Weak<Inner>, cfg: Arc<DispatchConfig>) {
         let kernel = self.kernel.id();
         loop {
+            let t0 = Instant::now();
             let gathering = self.gather.lock();
+            let t1 = Instant::now();
             // Wait for work.
             loop {
                 let staged = {
@@ -416,6 +476,7 @@ where
                     self.len.load(Ordering::SeqCst) >= cfg.target
                 });
             }
+            let t2 = Instant::now();
             let stop = self.stopping();
             let drain = stop != CANCEL;
             let batch = {
@@ -465,9 +526,12 @@ where
             };
             // No longer pending once answered: counted out before the callers can see their
             // answers.
+            let t3 = Instant::now();
             self.running.fetch_sub(size, Ordering::Relaxed);
             self.pending_gauge.decrement(size as f64);
             deliver(answers, self.runtime.get());
+            self.stats
+                .record(size, [t1 - t0, t2 - t1, t3 - t2, t3.elapsed()]);
         }
     }
 }
@@ -643,6 +707,17 @@ impl GpuBridge {
             .submit(input, hints)
     }
 
+    /// Where each kernel's batcher runners have spent their time so far, by kernel id (kernels
+    /// that have had single requests only).
+    pub fn batcher_stats(&self) -> Vec<(&'static str, BatcherStats)> {
+        self.batchers()
+            .stoppers
+            .lock()
+            .iter()
+            .map(|s| s.stats())
+            .collect()
+    }
+
     /// Stops every kernel's batcher: requests already queued run, new ones are answered
     /// [`Error::Cancelled`]. Blocks until the dispatchers have finished; batches in flight
     /// complete first. Plain batches ([`crate::BatchGrain::execute`]) are unaffected.
@@ -744,6 +819,7 @@ impl GpuBridge {
             runtime: OnceLock::new(),
             ran_after_stop: AtomicUsize::new(0),
             cancelled_on_stop: AtomicUsize::new(0),
+            stats: RunnerClock::default(),
             kernel: kernel.clone(),
         });
         // Registered before the runners start, so that a failed start still stops the ones

@@ -52,7 +52,7 @@ pub mod readiness;
 pub mod stream;
 pub mod testing;
 
-pub use batcher::{ShutdownReport, SingleResult};
+pub use batcher::{BatcherStats, ShutdownReport, SingleResult};
 pub use bridge::{BatchGrain, BridgeBuilder, GpuBridge};
 pub use catalog::{KernelCatalog, KernelDescriptor};
 pub use circuit::{CircuitBreaker, CircuitState};

@@ -93,6 +93,8 @@ struct Point {
     /// microseconds: the cost of a request to the machine, generator included.
     cpu_us_per_request: f64,
     tick_us: f64,
+    /// Where the batcher's runners spent their time in the window, per batch.
+    runners: String,
     completed: u64,
     errors: BTreeMap<&'static str, u64>,
     wrong: u64,
@@ -119,7 +121,7 @@ impl Point {
         json!({
             "offered_per_s": self.offered, "achieved_per_s": self.achieved,
             "p50_us": self.p50_us, "p95_us": self.p95_us, "p99_us": self.p99_us,
-            "p999_us": self.p999_us, "max_us": self.max_us, "send_lag_p99_us": self.lag_p99_us, "queued_p50_us": self.queued_p50_us, "batch_time_p50_us": self.batch_p50_us, "cpu_us_per_request": self.cpu_us_per_request,
+            "p999_us": self.p999_us, "max_us": self.max_us, "send_lag_p99_us": self.lag_p99_us, "queued_p50_us": self.queued_p50_us, "batch_time_p50_us": self.batch_p50_us, "runners": self.runners, "cpu_us_per_request": self.cpu_us_per_request,
             "generator_kept_up": self.generator_kept_up(), "completed": self.completed,
             "errors": self.errors, "wrong_answers": self.wrong, "hung": self.hung,
             "mean_batch": self.mean_batch, "served": self.served(),
@@ -148,6 +150,23 @@ fn backend_of(name: &str) -> anyhow::Result<BackendKind> {
         "cpu" => BackendKind::Cpu,
         other => anyhow::bail!("unknown backend {other:?} (cuda, wgpu or cpu)"),
     })
+}
+
+/// The runners' time per batch between two snapshots, in words.
+fn runner_split(a: &gpubridge::BatcherStats, b: &gpubridge::BatcherStats) -> String {
+    let n = b.batches.saturating_sub(a.batches);
+    if n == 0 {
+        return String::new();
+    }
+    let per = |x: Duration, y: Duration| x.saturating_sub(y).as_secs_f64() * 1e6 / n as f64;
+    format!(
+        "{n} batches, {:.0} requests each; per batch: waiting to gather {:.0} us, gathering {:.0} us, running {:.0} us, delivering {:.0} us",
+        b.requests.saturating_sub(a.requests) as f64 / n as f64,
+        per(b.waiting_to_gather, a.waiting_to_gather),
+        per(b.gathering, a.gathering),
+        per(b.running, a.running),
+        per(b.delivering, a.delivering),
+    )
 }
 
 /// CPU seconds (user + system) this process has used, from `/proc/self/stat` (Linux).
@@ -333,12 +352,22 @@ async fn one_rate(
         }));
     }
     // CPU time over the measured window, read by a task that wakes at its edges.
+    let stats_of = |b: &GpuBridge| {
+        b.batcher_stats()
+            .into_iter()
+            .find(|(k, _)| *k == <Sum as gpubridge::Kernel>::ID)
+            .map(|(_, s)| s)
+            .unwrap_or_default()
+    };
+    let window_bridge = bridge.clone();
     let cpu_window = tokio::spawn(async move {
         tokio::time::sleep_until(tokio::time::Instant::from_std(window_start)).await;
         let a = process_cpu_seconds();
+        let ra = stats_of(&window_bridge);
         tokio::time::sleep_until(tokio::time::Instant::from_std(end)).await;
         let b = process_cpu_seconds();
-        b.zip(a).map(|(b, a)| b - a)
+        let rb = stats_of(&window_bridge);
+        (b.zip(a).map(|(b, a)| b - a), runner_split(&ra, &rb))
     });
     let mut all = TaskLog::default();
     let mut latencies = Vec::new();
@@ -363,7 +392,7 @@ async fn one_rate(
             *all.errors.entry(k).or_default() += v;
         }
     }
-    let cpu = cpu_window.await.ok().flatten();
+    let (cpu, runners) = cpu_window.await.unwrap_or((None, String::new()));
     latencies.sort_unstable();
     lags.sort_unstable();
     queued.sort_unstable();
@@ -383,6 +412,7 @@ async fn one_rate(
             c * 1e6 / (all.completed_in_window.max(1) as f64)
         }),
         tick_us: args.tick_us as f64,
+        runners,
         completed: all.completed_in_window,
         errors: all.errors,
         wrong: all.wrong,
@@ -577,6 +607,9 @@ pub fn run(args: LoadArgs, config: BridgeConfig) -> anyhow::Result<()> {
         for &rate in &rates {
             let p = rt.block_on(one_rate(&bridge, &pool, backend, rate, &args));
             print_point(&backend.to_string(), &p);
+            if !p.runners.is_empty() {
+                println!("      runners: {}", p.runners);
+            }
             past_knee = if p.served() { 0 } else { past_knee + 1 };
             points.push(p);
             if past_knee >= args.stop_after.max(1) {
