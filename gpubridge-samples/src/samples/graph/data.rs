@@ -1,0 +1,441 @@
+//! The journal-entry graph on disk: `nodes.parquet` (`id` int64, `kind` utf8) and `edges.parquet`
+//! (`src` int64, `dst` int64, `amount` float64), read and written with the `parquet` crate's
+//! low-level column API (no Arrow).
+//!
+//! # What the loader accepts
+//! - Columns are found by name; extra columns are ignored; `REQUIRED` or `OPTIONAL` columns both
+//!   load, but a null in one is [`GraphDataError::Schema`]. Any codec the build has (none,
+//!   Snappy) and any encoding the crate reads (plain, dictionary, delta) load.
+//! - Node ids are any distinct int64s; a repeated id is [`GraphDataError::DuplicateNode`].
+//! - An edge naming an id that is not a node is [`GraphDataError::UnknownNode`].
+//! - Self-loops are kept and counted ([`GraphData::self_loops`]): they do not change connectivity.
+//!   Duplicate edges (either direction) are kept: they do not change connectivity, and the
+//!   pattern analysis counts each undirected edge once.
+//! - A missing file is [`GraphDataError::Missing`]; one that is not parquet, truncated, or that
+//!   the reader cannot decode is [`GraphDataError::Corrupt`] (the reader runs under
+//!   `catch_unwind`, so even a reader bug on hostile bytes is an error, not a crash).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parquet::basic::{Compression, Type as PhysicalType};
+use parquet::column::reader::get_typed_column_reader;
+use parquet::data_type::{ByteArray, ByteArrayType, DataType, DoubleType, Int64Type};
+use parquet::file::properties::WriterProperties;
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::parser::parse_message_type;
+use rayon::prelude::*;
+
+/// Rows per row group when writing.
+const ROW_GROUP: usize = 1 << 20;
+/// Records per read call.
+const READ_BATCH: usize = 1 << 16;
+
+/// Why a graph could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphDataError {
+    /// The file does not exist.
+    #[error("{path}: no such file")]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file could not be opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The file is not parquet, is truncated, or cannot be decoded.
+    #[error("{path}: not a readable parquet file: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The reader's complaint.
+        reason: String,
+    },
+    /// A column is missing, has the wrong type, is nested, or holds a null.
+    #[error("{path}: {reason}")]
+    Schema {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Two nodes share an id.
+    #[error("nodes.parquet: node id {id} appears more than once")]
+    DuplicateNode {
+        /// The repeated id.
+        id: i64,
+    },
+    /// An edge names an id that is not a node.
+    #[error("edges.parquet: row {row}: {column} = {id} is not a node id")]
+    UnknownNode {
+        /// The edge's row.
+        row: usize,
+        /// `src` or `dst`.
+        column: &'static str,
+        /// The id.
+        id: i64,
+    },
+    /// More nodes than `u32` labels can number.
+    #[error("nodes.parquet: {0} nodes exceed the 4294967295 that u32 labels can number")]
+    TooManyNodes(usize),
+    /// Writing failed.
+    #[error("{path}: cannot write: {reason}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A loaded graph: nodes numbered `0..n` in file order, edges as pairs of those numbers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GraphData {
+    /// Node ids, in file order; node `i` has id `ids[i]`.
+    pub ids: Vec<i64>,
+    /// Each node's kind, as an index into [`GraphData::kind_names`].
+    pub kinds: Vec<u32>,
+    /// The distinct kinds, in order of first appearance.
+    pub kind_names: Vec<String>,
+    /// Edges as `[src, dst]` node numbers, in file order.
+    pub edges: Vec<[u32; 2]>,
+    /// Each edge's amount.
+    pub amounts: Vec<f64>,
+    /// Edges from a node to itself.
+    pub self_loops: usize,
+}
+
+/// One file's reader, and its path for errors.
+struct Table {
+    path: PathBuf,
+    reader: SerializedFileReader<File>,
+}
+
+fn corrupt(path: &Path, reason: impl std::fmt::Display) -> GraphDataError {
+    GraphDataError::Corrupt {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+fn schema(path: &Path, reason: impl Into<String>) -> GraphDataError {
+    GraphDataError::Schema {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Runs `f`, turning a panic of the parquet reader into [`GraphDataError::Corrupt`].
+fn guarded<T>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T, GraphDataError>,
+) -> Result<T, GraphDataError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let why = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown");
+        Err(corrupt(path, format!("the reader failed: {why}")))
+    })
+}
+
+impl Table {
+    fn open(path: &Path) -> Result<Self, GraphDataError> {
+        let file = File::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => GraphDataError::Missing {
+                path: path.to_owned(),
+            },
+            _ => GraphDataError::Io {
+                path: path.to_owned(),
+                source: e,
+            },
+        })?;
+        let reader = guarded(path, || {
+            SerializedFileReader::new(file).map_err(|e| corrupt(path, e))
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            reader,
+        })
+    }
+
+    fn rows(&self) -> usize {
+        usize::try_from(self.reader.metadata().file_metadata().num_rows()).unwrap_or(0)
+    }
+
+    /// The index of column `name`, checked to be a flat column of `physical` type.
+    fn column(&self, name: &str, physical: PhysicalType) -> Result<usize, GraphDataError> {
+        let descr = self.reader.metadata().file_metadata().schema_descr();
+        let (i, c) = descr
+            .columns()
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.path().parts() == [name])
+            .ok_or_else(|| schema(&self.path, format!("no column `{name}`")))?;
+        if c.physical_type() != physical {
+            return Err(schema(
+                &self.path,
+                format!("column `{name}` is {}, not {physical}", c.physical_type()),
+            ));
+        }
+        if c.max_rep_level() > 0 {
+            return Err(schema(&self.path, format!("column `{name}` is repeated")));
+        }
+        Ok(i)
+    }
+
+    /// Every value of column `index` (`name` for errors), in row order.
+    fn read<T: DataType>(&self, index: usize, name: &str) -> Result<Vec<T::T>, GraphDataError>
+    where
+        T::T: Clone,
+    {
+        guarded(&self.path, || {
+            let rows = self.rows();
+            let mut values: Vec<T::T> = Vec::with_capacity(rows);
+            let max_def = self
+                .reader
+                .metadata()
+                .file_metadata()
+                .schema_descr()
+                .column(index)
+                .max_def_level();
+            let mut defs: Vec<i16> = Vec::new();
+            for g in 0..self.reader.num_row_groups() {
+                let group = self
+                    .reader
+                    .get_row_group(g)
+                    .map_err(|e| corrupt(&self.path, e))?;
+                let col = group
+                    .get_column_reader(index)
+                    .map_err(|e| corrupt(&self.path, e))?;
+                let mut col = get_typed_column_reader::<T>(col);
+                loop {
+                    defs.clear();
+                    let def = (max_def > 0).then_some(&mut defs);
+                    let (records, _, _) = col
+                        .read_records(READ_BATCH, def, None, &mut values)
+                        .map_err(|e| corrupt(&self.path, e))?;
+                    if defs.iter().any(|d| *d < max_def) {
+                        return Err(schema(&self.path, format!("column `{name}` holds a null")));
+                    }
+                    if records == 0 {
+                        break;
+                    }
+                }
+            }
+            if values.len() != rows {
+                return Err(corrupt(
+                    &self.path,
+                    format!(
+                        "column `{name}` holds {} values for {rows} rows",
+                        values.len()
+                    ),
+                ));
+            }
+            Ok(values)
+        })
+    }
+}
+
+/// Loads `dir/nodes.parquet` and `dir/edges.parquet` (see the module docs for what is accepted).
+///
+/// # Errors
+/// A [`GraphDataError`] saying which file and what is wrong.
+pub fn load(dir: &Path) -> Result<GraphData, GraphDataError> {
+    let nodes = Table::open(&dir.join("nodes.parquet"))?;
+    let id_col = nodes.column("id", PhysicalType::INT64)?;
+    let kind_col = nodes.column("kind", PhysicalType::BYTE_ARRAY)?;
+    let edges = Table::open(&dir.join("edges.parquet"))?;
+    let src_col = edges.column("src", PhysicalType::INT64)?;
+    let dst_col = edges.column("dst", PhysicalType::INT64)?;
+    let amount_col = edges.column("amount", PhysicalType::DOUBLE)?;
+
+    let ids = nodes.read::<Int64Type>(id_col, "id")?;
+    if ids.len() > u32::MAX as usize {
+        return Err(GraphDataError::TooManyNodes(ids.len()));
+    }
+    let raw_kinds = nodes.read::<ByteArrayType>(kind_col, "kind")?;
+    let mut kind_names: Vec<String> = Vec::new();
+    let mut kinds = Vec::with_capacity(raw_kinds.len());
+    for (row, k) in raw_kinds.iter().enumerate() {
+        let s = std::str::from_utf8(k.data()).map_err(|_| {
+            schema(
+                &nodes.path,
+                format!("column `kind`: row {row} is not UTF-8"),
+            )
+        })?;
+        let at = match kind_names.iter().position(|n| n == s) {
+            Some(i) => i,
+            None => {
+                kind_names.push(s.to_owned());
+                kind_names.len() - 1
+            }
+        };
+        kinds.push(at as u32);
+    }
+    drop(raw_kinds);
+
+    // Ids sorted, with each one's node number, for looking up edge endpoints.
+    let mut by_id: Vec<(i64, u32)> = ids
+        .par_iter()
+        .enumerate()
+        .map(|(i, id)| (*id, i as u32))
+        .collect();
+    by_id.par_sort_unstable();
+    if let Some(w) = by_id.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(GraphDataError::DuplicateNode { id: w[0].0 });
+    }
+    let src = edges.read::<Int64Type>(src_col, "src")?;
+    let dst = edges.read::<Int64Type>(dst_col, "dst")?;
+    let amounts = edges.read::<DoubleType>(amount_col, "amount")?;
+    let lookup = |id: i64| {
+        by_id
+            .binary_search_by_key(&id, |p| p.0)
+            .ok()
+            .map(|at| by_id[at].1)
+    };
+    let resolved: Vec<Result<[u32; 2], GraphDataError>> = src
+        .par_iter()
+        .zip(dst.par_iter())
+        .enumerate()
+        .map(|(row, (s, d))| {
+            let a = lookup(*s).ok_or(GraphDataError::UnknownNode {
+                row,
+                column: "src",
+                id: *s,
+            })?;
+            let b = lookup(*d).ok_or(GraphDataError::UnknownNode {
+                row,
+                column: "dst",
+                id: *d,
+            })?;
+            Ok([a, b])
+        })
+        .collect();
+    let mut out = Vec::with_capacity(resolved.len());
+    for r in resolved {
+        out.push(r?);
+    }
+    let self_loops = out.par_iter().filter(|e| e[0] == e[1]).count();
+    Ok(GraphData {
+        ids,
+        kinds,
+        kind_names,
+        edges: out,
+        amounts,
+        self_loops,
+    })
+}
+
+fn write_err(path: &Path, e: impl std::fmt::Display) -> GraphDataError {
+    GraphDataError::Write {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+fn writer(path: &Path, message: &str) -> Result<SerializedFileWriter<File>, GraphDataError> {
+    let schema = parse_message_type(message).map_err(|e| write_err(path, e))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let file = File::create(path).map_err(|e| GraphDataError::Io {
+        path: path.to_owned(),
+        source: e,
+    })?;
+    SerializedFileWriter::new(file, Arc::new(schema), Arc::new(props))
+        .map_err(|e| write_err(path, e))
+}
+
+/// One column's values for a row group, in schema order.
+enum Column<'a> {
+    Int64(&'a [i64]),
+    Double(&'a [f64]),
+    Bytes(Vec<ByteArray>),
+}
+
+fn write_group(
+    w: &mut SerializedFileWriter<File>,
+    path: &Path,
+    columns: Vec<Column<'_>>,
+) -> Result<(), GraphDataError> {
+    let mut group = w.next_row_group().map_err(|e| write_err(path, e))?;
+    let mut cols = columns.into_iter();
+    while let Some(mut c) = group.next_column().map_err(|e| write_err(path, e))? {
+        let written = match cols.next() {
+            Some(Column::Int64(v)) => c.typed::<Int64Type>().write_batch(v, None, None),
+            Some(Column::Double(v)) => c.typed::<DoubleType>().write_batch(v, None, None),
+            Some(Column::Bytes(v)) => c.typed::<ByteArrayType>().write_batch(&v, None, None),
+            None => return Err(write_err(path, "more columns than values")),
+        };
+        written.map_err(|e| write_err(path, e))?;
+        c.close().map_err(|e| write_err(path, e))?;
+    }
+    group.close().map_err(|e| write_err(path, e))?;
+    Ok(())
+}
+
+/// Writes `dir/nodes.parquet` and `dir/edges.parquet` (Snappy, row groups of 1 Mi rows):
+/// node `i` gets id `ids[i]` and kind `kind_names[kinds[i]]`; edge `j` runs from `ids[src]` to
+/// `ids[dst]` with its amount.
+///
+/// # Errors
+/// [`GraphDataError::Io`] or [`GraphDataError::Write`].
+pub fn save(dir: &Path, g: &GraphData) -> Result<(), GraphDataError> {
+    std::fs::create_dir_all(dir).map_err(|e| GraphDataError::Io {
+        path: dir.to_owned(),
+        source: e,
+    })?;
+    let path = dir.join("nodes.parquet");
+    let mut w = writer(
+        &path,
+        "message nodes { REQUIRED INT64 id; REQUIRED BYTE_ARRAY kind (UTF8); }",
+    )?;
+    let names: Vec<ByteArray> = g
+        .kind_names
+        .iter()
+        .map(|k| ByteArray::from(k.as_str()))
+        .collect();
+    for (ids, kinds) in g.ids.chunks(ROW_GROUP).zip(g.kinds.chunks(ROW_GROUP)) {
+        let kinds = kinds
+            .iter()
+            .map(|k| names.get(*k as usize).cloned().unwrap_or_default())
+            .collect();
+        write_group(
+            &mut w,
+            &path,
+            vec![Column::Int64(ids), Column::Bytes(kinds)],
+        )?;
+    }
+    w.close().map_err(|e| write_err(&path, e))?;
+
+    let path = dir.join("edges.parquet");
+    let mut w = writer(
+        &path,
+        "message edges { REQUIRED INT64 src; REQUIRED INT64 dst; REQUIRED DOUBLE amount; }",
+    )?;
+    let id = |v: u32| g.ids.get(v as usize).copied().unwrap_or(-1);
+    for (edges, amounts) in g.edges.chunks(ROW_GROUP).zip(g.amounts.chunks(ROW_GROUP)) {
+        let src: Vec<i64> = edges.iter().map(|e| id(e[0])).collect();
+        let dst: Vec<i64> = edges.iter().map(|e| id(e[1])).collect();
+        write_group(
+            &mut w,
+            &path,
+            vec![
+                Column::Int64(&src),
+                Column::Int64(&dst),
+                Column::Double(amounts),
+            ],
+        )?;
+    }
+    w.close().map_err(|e| write_err(&path, e))?;
+    Ok(())
+}
