@@ -439,3 +439,308 @@ pub fn save(dir: &Path, g: &GraphData) -> Result<(), GraphDataError> {
     w.close().map_err(|e| write_err(&path, e))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::samples::graph::generate::generate;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    /// A fresh directory under the system's temporary directory, removed when dropped.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Self {
+            let d = std::env::temp_dir().join(format!(
+                "gpubridge-graph-test-{name}-{}-{:x}",
+                std::process::id(),
+                rand::random::<u64>()
+            ));
+            std::fs::create_dir_all(&d).unwrap();
+            Dir(d)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn small(seed: u64) -> GraphData {
+        generate(300, 500, seed).unwrap().0
+    }
+
+    /// Writes one table of the given schema and columns.
+    fn table(path: &Path, message: &str, columns: Vec<Column<'_>>) {
+        let mut w = writer(path, message).unwrap();
+        write_group(&mut w, path, columns).unwrap();
+        w.close().unwrap();
+    }
+
+    #[test]
+    fn random_graphs_round_trip_exactly() {
+        let mut rng = SmallRng::seed_from_u64(rand::random());
+        for _ in 0..8 {
+            let dir = Dir::new("roundtrip");
+            let nodes = rng.random_range(0..400);
+            let edges = if nodes < 2 {
+                0
+            } else {
+                rng.random_range(0..800)
+            };
+            let (g, _) = generate(nodes, edges, rng.random()).unwrap();
+            save(&dir.0, &g).unwrap();
+            let back = load(&dir.0).unwrap();
+            let what = format!("{nodes} nodes, {edges} edges");
+            assert!(back.ids == g.ids, "ids differ: {what}");
+            assert!(back.edges == g.edges, "edges differ: {what}");
+            assert!(back.amounts == g.amounts, "amounts differ: {what}");
+            assert_eq!(back.self_loops, 0);
+            // Kinds come back in order of first appearance: compare them by name.
+            let names = |d: &GraphData| -> Vec<String> {
+                d.kinds
+                    .iter()
+                    .map(|k| d.kind_names[*k as usize].clone())
+                    .collect()
+            };
+            assert!(names(&back) == names(&g), "kinds differ: {what}");
+        }
+    }
+
+    #[test]
+    fn missing_files_are_missing() {
+        let dir = Dir::new("missing");
+        assert!(
+            matches!(load(&dir.0), Err(GraphDataError::Missing { path }) if path.ends_with("nodes.parquet"))
+        );
+        save(&dir.0, &small(1)).unwrap();
+        std::fs::remove_file(dir.0.join("edges.parquet")).unwrap();
+        assert!(
+            matches!(load(&dir.0), Err(GraphDataError::Missing { path }) if path.ends_with("edges.parquet"))
+        );
+    }
+
+    #[test]
+    fn garbage_and_truncated_files_are_corrupt() {
+        let dir = Dir::new("corrupt");
+        save(&dir.0, &small(2)).unwrap();
+        let nodes = dir.0.join("nodes.parquet");
+        let good = std::fs::read(&nodes).unwrap();
+        for bad in [
+            b"not parquet at all".to_vec(),
+            Vec::new(),
+            good[..good.len() / 2].to_vec(),
+            good[good.len() / 2..].to_vec(),
+        ] {
+            std::fs::write(&nodes, &bad).unwrap();
+            let err = load(&dir.0).unwrap_err();
+            assert!(matches!(err, GraphDataError::Corrupt { .. }), "{err}");
+        }
+    }
+
+    /// Flipping, zeroing or cutting bytes of a valid file at random never panics: the loader
+    /// gives a graph (the damage hit values only) or an error.
+    #[test]
+    fn damaged_files_never_panic() {
+        let dir = Dir::new("damaged");
+        save(&dir.0, &small(3)).unwrap();
+        let mut rng = SmallRng::seed_from_u64(rand::random());
+        for name in ["nodes.parquet", "edges.parquet"] {
+            let path = dir.0.join(name);
+            let good = std::fs::read(&path).unwrap();
+            for _ in 0..150 {
+                let mut bad = good.clone();
+                match rng.random_range(0..3) {
+                    0 => {
+                        for _ in 0..rng.random_range(1..8) {
+                            let i = rng.random_range(0..bad.len());
+                            bad[i] ^= 1 << rng.random_range(0..8);
+                        }
+                    }
+                    1 => {
+                        let i = rng.random_range(0..bad.len());
+                        let n = rng.random_range(1..64).min(bad.len() - i);
+                        bad[i..i + n].fill(0);
+                    }
+                    _ => bad.truncate(rng.random_range(0..bad.len())),
+                }
+                std::fs::write(&path, &bad).unwrap();
+                match load(&dir.0) {
+                    Ok(g) => assert!(g
+                        .edges
+                        .iter()
+                        .all(|e| (e[0] as usize) < g.ids.len() && (e[1] as usize) < g.ids.len())),
+                    Err(e) => assert!(!e.to_string().is_empty()),
+                }
+            }
+            std::fs::write(&path, &good).unwrap();
+        }
+    }
+
+    #[test]
+    fn wrong_schemas_name_the_column() {
+        let dir = Dir::new("schema");
+        save(&dir.0, &small(4)).unwrap();
+        let nodes = dir.0.join("nodes.parquet");
+        let cases: Vec<(&str, Vec<Column<'_>>, &str)> = vec![
+            (
+                "message m { REQUIRED DOUBLE id; REQUIRED BYTE_ARRAY kind (UTF8); }",
+                vec![Column::Double(&[1.0]), Column::Bytes(vec!["asset".into()])],
+                "column `id` is DOUBLE, not INT64",
+            ),
+            (
+                "message m { REQUIRED INT64 ident; REQUIRED BYTE_ARRAY kind (UTF8); }",
+                vec![Column::Int64(&[1]), Column::Bytes(vec!["asset".into()])],
+                "no column `id`",
+            ),
+            (
+                "message m { REQUIRED INT64 id; REQUIRED BYTE_ARRAY kind; }",
+                vec![
+                    Column::Int64(&[1]),
+                    Column::Bytes(vec![vec![0xff, 0xfe].into()]),
+                ],
+                "row 0 is not UTF-8",
+            ),
+            (
+                "message m { REPEATED INT64 id; REQUIRED BYTE_ARRAY kind (UTF8); }",
+                vec![Column::Int64(&[1]), Column::Bytes(vec!["asset".into()])],
+                "column `id` is repeated",
+            ),
+        ];
+        for (message, columns, want) in cases {
+            // A repeated column needs its levels: write it by hand.
+            if message.contains("REPEATED") {
+                let mut w = writer(&nodes, message).unwrap();
+                let mut group = w.next_row_group().unwrap();
+                let mut c = group.next_column().unwrap().unwrap();
+                c.typed::<Int64Type>()
+                    .write_batch(&[1], Some(&[1]), Some(&[0]))
+                    .unwrap();
+                c.close().unwrap();
+                let mut c = group.next_column().unwrap().unwrap();
+                c.typed::<ByteArrayType>()
+                    .write_batch(&["asset".into()], None, None)
+                    .unwrap();
+                c.close().unwrap();
+                group.close().unwrap();
+                w.close().unwrap();
+            } else {
+                table(&nodes, message, columns);
+            }
+            let err = load(&dir.0).unwrap_err();
+            assert!(
+                matches!(err, GraphDataError::Schema { .. }) && err.to_string().contains(want),
+                "{message}: {err}"
+            );
+        }
+        save(&dir.0, &small(4)).unwrap();
+        table(
+            &dir.0.join("edges.parquet"),
+            "message m { REQUIRED INT64 src; REQUIRED INT64 dst; }",
+            vec![Column::Int64(&[1]), Column::Int64(&[1])],
+        );
+        let err = load(&dir.0).unwrap_err();
+        assert!(err.to_string().contains("no column `amount`"), "{err}");
+    }
+
+    #[test]
+    fn optional_columns_load_but_nulls_do_not() {
+        let dir = Dir::new("nulls");
+        save(&dir.0, &small(5)).unwrap();
+        let nodes = dir.0.join("nodes.parquet");
+        let write = |defs: &[i16], ids: &[i64]| {
+            let mut w = writer(
+                &nodes,
+                "message m { OPTIONAL INT64 id; REQUIRED BYTE_ARRAY kind (UTF8); }",
+            )
+            .unwrap();
+            let mut group = w.next_row_group().unwrap();
+            let mut c = group.next_column().unwrap().unwrap();
+            c.typed::<Int64Type>()
+                .write_batch(ids, Some(defs), None)
+                .unwrap();
+            c.close().unwrap();
+            let mut c = group.next_column().unwrap().unwrap();
+            c.typed::<ByteArrayType>()
+                .write_batch(&["asset".into(), "equity".into()], None, None)
+                .unwrap();
+            c.close().unwrap();
+            group.close().unwrap();
+            w.close().unwrap();
+        };
+        std::fs::write(dir.0.join("edges.parquet"), []).unwrap();
+        save_edges_only(&dir.0, &[(5, 6, 1.0)]);
+        write(&[1, 1], &[5, 6]);
+        let g = load(&dir.0).unwrap();
+        assert_eq!((g.ids, g.edges), (vec![5, 6], vec![[0, 1]]));
+        write(&[1, 0], &[5]);
+        let err = load(&dir.0).unwrap_err();
+        assert!(
+            err.to_string().contains("column `id` holds a null"),
+            "{err}"
+        );
+    }
+
+    fn save_edges_only(dir: &Path, edges: &[(i64, i64, f64)]) {
+        let src: Vec<i64> = edges.iter().map(|e| e.0).collect();
+        let dst: Vec<i64> = edges.iter().map(|e| e.1).collect();
+        let amount: Vec<f64> = edges.iter().map(|e| e.2).collect();
+        table(
+            &dir.join("edges.parquet"),
+            "message m { REQUIRED INT64 src; REQUIRED INT64 dst; REQUIRED DOUBLE amount; }",
+            vec![
+                Column::Int64(&src),
+                Column::Int64(&dst),
+                Column::Double(&amount),
+            ],
+        );
+    }
+
+    fn save_nodes_only(dir: &Path, ids: &[i64]) {
+        let kinds = ids.iter().map(|_| "asset".into()).collect();
+        table(
+            &dir.join("nodes.parquet"),
+            "message m { REQUIRED INT64 id; REQUIRED BYTE_ARRAY kind (UTF8); }",
+            vec![Column::Int64(ids), Column::Bytes(kinds)],
+        );
+    }
+
+    #[test]
+    fn unknown_and_repeated_ids_are_errors_self_loops_and_duplicates_are_kept() {
+        let dir = Dir::new("ids");
+        save_nodes_only(&dir.0, &[10, -3, 7]);
+        save_edges_only(
+            &dir.0,
+            &[(10, -3, 1.0), (7, 7, 2.0), (-3, 10, 3.0), (10, -3, 4.0)],
+        );
+        let g = load(&dir.0).unwrap();
+        assert_eq!(g.edges, [[0, 1], [2, 2], [1, 0], [0, 1]]);
+        assert_eq!(g.self_loops, 1);
+        assert_eq!(g.amounts, [1.0, 2.0, 3.0, 4.0]);
+        save_edges_only(&dir.0, &[(10, -3, 1.0), (7, 8, 2.0)]);
+        assert!(matches!(
+            load(&dir.0),
+            Err(GraphDataError::UnknownNode {
+                row: 1,
+                column: "dst",
+                id: 8
+            })
+        ));
+        save_edges_only(&dir.0, &[(99, -3, 1.0)]);
+        assert!(matches!(
+            load(&dir.0),
+            Err(GraphDataError::UnknownNode {
+                row: 0,
+                column: "src",
+                id: 99
+            })
+        ));
+        save_nodes_only(&dir.0, &[10, -3, 10]);
+        assert!(matches!(
+            load(&dir.0),
+            Err(GraphDataError::DuplicateNode { id: 10 })
+        ));
+    }
+}

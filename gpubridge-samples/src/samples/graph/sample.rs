@@ -219,3 +219,53 @@ fn print_report(
     }
     println!();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::samples::graph::generate::generate;
+
+    #[test]
+    fn planted_patterns_are_found_and_a_broken_decomposition_is_caught() {
+        let seed = rand::random();
+        let (g, m) = generate(3000, 5000, seed).unwrap();
+        assert_eq!((g.ids.len(), g.edges.len()), (3000, 5000));
+        let planted: usize = m.planted.values().sum();
+        assert!(m.planted.len() == 5 && planted > 100, "{m:?}");
+        let labels = union_find_labels(g.ids.len(), &g.edges);
+        let d = Decomposition::new(g.ids.len(), &g.edges, &labels).unwrap();
+        assert_eq!(
+            check_planted(&g, &d, &labels, &m),
+            Ok(planted),
+            "seed {seed}"
+        );
+
+        // An edge from a planted node to a background one merges two components.
+        let mut joined = g.clone();
+        let a = g.ids.iter().position(|id| m.is_planted(*id)).unwrap();
+        let b = g.ids.iter().position(|id| !m.is_planted(*id)).unwrap();
+        joined.edges[0] = [a as u32, b as u32];
+        let labels = union_find_labels(joined.ids.len(), &joined.edges);
+        let d = Decomposition::new(joined.ids.len(), &joined.edges, &labels).unwrap();
+        let err = check_planted(&joined, &d, &labels, &m).unwrap_err();
+        assert!(err.contains("mixes") || err.contains("planted"), "{err}");
+
+        // A manifest that promises another count.
+        let mut wrong = m.clone();
+        *wrong.planted.get_mut("star").unwrap() += 1;
+        let labels = union_find_labels(g.ids.len(), &g.edges);
+        let d = Decomposition::new(g.ids.len(), &g.edges, &labels).unwrap();
+        let err = check_planted(&g, &d, &labels, &wrong).unwrap_err();
+        assert!(err.contains("planted star components"), "{err}");
+    }
+
+    #[test]
+    fn tiny_graphs_generate() {
+        assert!(generate(1, 1, 0).is_err());
+        let (g, m) = generate(0, 0, 0).unwrap();
+        assert!(g.ids.is_empty() && m.planted.is_empty());
+        let (g, _) = generate(2, 3, 0).unwrap();
+        assert_eq!(g.edges.len(), 3);
+        assert!(g.edges.iter().all(|e| e[0] != e[1]));
+    }
+}
