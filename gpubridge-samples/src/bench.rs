@@ -5,6 +5,10 @@
 //!
 //! Prints a table and writes the rows as a JSON array in TARGETS.md's report format.
 
+// P9 (connected components) lives in its own file.
+#[path = "bench_graph.rs"]
+mod bench_graph;
+
 #[cfg(feature = "cuda")]
 use std::time::Duration;
 use std::time::Instant;
@@ -252,6 +256,9 @@ pub fn run(args: BenchArgs, config: BridgeConfig) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    if cx.wants("P9") {
+        bench_graph::p9(&mut cx, &bridge)?;
     }
     print_table(&cx.rows);
     if let Some(path) = &cx.args.out {

@@ -43,7 +43,8 @@ fn wgpu_bridge() -> Option<GpuBridge> {
     b.register(Saxpy).ok()?;
     b.register(MatMul).ok()?;
     // Small chunks, so that the suite's larger graphs cross many chunk boundaries.
-    b.register(ConnectedComponents::with_chunk_edges(4096)).ok()?;
+    b.register(ConnectedComponents::with_chunk_edges(4096))
+        .ok()?;
     b.add_backend(backend);
     b.build().ok()
 }
