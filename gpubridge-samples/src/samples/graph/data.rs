@@ -83,7 +83,7 @@ pub enum GraphDataError {
         id: i64,
     },
     /// More nodes than `u32` labels can number.
-    #[error("nodes.parquet: {0} nodes exceed the 4294967295 that u32 labels can number")]
+    #[error("nodes.parquet: {0} nodes exceed the 4294967294 that u32 labels can number")]
     TooManyNodes(usize),
     /// Writing failed.
     #[error("{path}: cannot write: {reason}")]
@@ -259,7 +259,7 @@ pub fn load(dir: &Path) -> Result<GraphData, GraphDataError> {
     let amount_col = edges.column("amount", PhysicalType::DOUBLE)?;
 
     let ids = nodes.read::<Int64Type>(id_col, "id")?;
-    if ids.len() > u32::MAX as usize {
+    if ids.len() >= u32::MAX as usize {
         return Err(GraphDataError::TooManyNodes(ids.len()));
     }
     let raw_kinds = nodes.read::<ByteArrayType>(kind_col, "kind")?;
@@ -302,28 +302,25 @@ pub fn load(dir: &Path) -> Result<GraphData, GraphDataError> {
             .ok()
             .map(|at| by_id[at].1)
     };
-    let resolved: Vec<Result<[u32; 2], GraphDataError>> = src
+    // `u32::MAX` marks an unknown id: it is never a node number, as there are fewer nodes.
+    const UNKNOWN: u32 = u32::MAX;
+    let out: Vec<[u32; 2]> = src
         .par_iter()
         .zip(dst.par_iter())
-        .enumerate()
-        .map(|(row, (s, d))| {
-            let a = lookup(*s).ok_or(GraphDataError::UnknownNode {
-                row,
-                column: "src",
-                id: *s,
-            })?;
-            let b = lookup(*d).ok_or(GraphDataError::UnknownNode {
-                row,
-                column: "dst",
-                id: *d,
-            })?;
-            Ok([a, b])
-        })
+        .map(|(s, d)| [lookup(*s).unwrap_or(UNKNOWN), lookup(*d).unwrap_or(UNKNOWN)])
         .collect();
-    let mut out = Vec::with_capacity(resolved.len());
-    for r in resolved {
-        out.push(r?);
+    if let Some(row) = out
+        .par_iter()
+        .position_first(|e| e[0] == UNKNOWN || e[1] == UNKNOWN)
+    {
+        let (column, id) = if out[row][0] == UNKNOWN {
+            ("src", src[row])
+        } else {
+            ("dst", dst[row])
+        };
+        return Err(GraphDataError::UnknownNode { row, column, id });
     }
+    drop((src, dst));
     let self_loops = out.par_iter().filter(|e| e[0] == e[1]).count();
     Ok(GraphData {
         ids,
