@@ -390,6 +390,18 @@ pub fn connected_components(bridge: &GpuBridge, backend: BackendKind, seed: u64)
         .map_err(|e| e.to_string())?;
     ran_on(&r, backend)?;
     check(&graphs[last..], &r)?;
+    // Alone, an empty graph plans no launch, and a graph without edges no hook.
+    for alone in [
+        Graph::default(),
+        Graph {
+            nodes: 3,
+            edges: Vec::new(),
+        },
+    ] {
+        let r =
+            block_on(grain.execute(vec![alone.clone()], on(backend))).map_err(|e| e.to_string())?;
+        check(std::slice::from_ref(&alone), &r)?;
+    }
     let bad = Graph {
         nodes: 4,
         edges: vec![[0, 1], [2, 4]],
