@@ -498,3 +498,33 @@ fn load_sweeps_the_cpu_and_writes_its_report() {
     assert!(stderr(&o).contains("bad rate"), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bench_writes_the_p9_row_measured_or_with_the_reason_it_is_not() {
+    let dir = TempDir::new("bench");
+    let out = dir.0.join("rows.json");
+    let o = gpubridge(
+        &[
+            "bench",
+            "--only",
+            "P9",
+            "--quick",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&out).unwrap()).expect("a JSON array");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let r = &rows[0];
+    assert_eq!(r["id"], "P9");
+    let note = r["note"].as_str().unwrap();
+    if r["value"].is_null() {
+        assert!(note.starts_with("not measured: "), "{r}");
+    } else {
+        assert!(note.contains("labels equal the baseline's"), "{r}");
+        assert!(r["baseline_value"].as_f64().unwrap() > 0.0, "{r}");
+    }
+}
