@@ -5,10 +5,6 @@
 //!
 //! Prints a table and writes the rows as a JSON array in TARGETS.md's report format.
 
-// P9 (connected components) lives in its own file.
-#[path = "bench_graph.rs"]
-mod bench_graph;
-
 #[cfg(feature = "cuda")]
 use std::time::Duration;
 use std::time::Instant;
@@ -24,6 +20,9 @@ use gpubridge::cuda::baseline::{median, percentile, Baseline};
 
 #[path = "bench_storage.rs"]
 mod storage_rows;
+// P9 (connected components) lives in its own file.
+#[path = "bench_graph.rs"]
+mod bench_graph;
 
 #[cfg(feature = "cuda")]
 /// `bench/chain`: a chain of `n` tiny kernels (copy, then `n` increments of 32 floats), the plan
