@@ -9,7 +9,10 @@ use rand::{Rng, SeedableRng};
 
 use crate::device::BackendKind;
 use crate::hints::{BatchResult, ExecutionHints};
-use crate::kernels::{MatMul, MatMulInput, Saxpy, SaxpyInput, Sum, VectorAdd, VectorPair};
+use crate::kernels::{
+    union_find_labels, ConnectedComponents, Graph, MatMul, MatMulInput, Saxpy, SaxpyInput, Sum,
+    VectorAdd, VectorPair,
+};
 use crate::GpuBridge;
 
 /// Vector lengths every 1-D kernel is checked at: empty, one, odd, and large (not a multiple of
@@ -296,6 +299,122 @@ pub fn matmul(bridge: &GpuBridge, backend: BackendKind, seed: u64) -> Check {
     Ok(())
 }
 
+/// Random graphs whose components the conformance suite checks: empty, one node, self-loops and
+/// duplicates, a shuffled path (deep trees), a star, sparse and dense random graphs. Register the
+/// kernel with small chunks ([`ConnectedComponents::with_chunk_edges`], as the stamped bridges
+/// do) and the larger graphs cross many chunk boundaries.
+pub fn random_graphs(rng: &mut SmallRng) -> Vec<Graph> {
+    let mut graphs = vec![
+        Graph::default(),
+        Graph {
+            nodes: 1,
+            edges: vec![[0, 0]],
+        },
+        Graph {
+            nodes: 5,
+            edges: vec![[1, 1], [3, 4], [4, 3], [3, 4], [2, 2]],
+        },
+    ];
+    let path = 3000u32;
+    let mut order: Vec<u32> = (0..path).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.random_range(0..=i));
+    }
+    let mut edges: Vec<[u32; 2]> = order.windows(2).map(|w| [w[0], w[1]]).collect();
+    for i in (1..edges.len()).rev() {
+        edges.swap(i, rng.random_range(0..=i));
+    }
+    graphs.push(Graph {
+        nodes: path as usize,
+        edges,
+    });
+    let hub = rng.random_range(0..1000u32);
+    graphs.push(Graph {
+        nodes: 1000,
+        edges: (0..1000).filter(|v| *v != hub).map(|v| [v, hub]).collect(),
+    });
+    for (nodes, edges) in [(20_000u32, 12_000usize), (5_000, 40_000), (65_537, 70_001)] {
+        graphs.push(Graph {
+            nodes: nodes as usize,
+            edges: (0..edges)
+                .map(|_| [rng.random_range(0..nodes), rng.random_range(0..nodes)])
+                .collect(),
+        });
+    }
+    graphs
+}
+
+/// `kernels/graph/connected_components` against a single-threaded union-find, label for label
+/// (every form labels a component by its smallest node), on [`random_graphs`] in one batch and
+/// one at a time; then an edge outside its graph, which must be rejected.
+pub fn connected_components(bridge: &GpuBridge, backend: BackendKind, seed: u64) -> Check {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let grain = bridge
+        .batch::<ConnectedComponents>()
+        .map_err(|e| e.to_string())?;
+    let graphs = random_graphs(&mut rng);
+    let check = |gs: &[Graph], r: &BatchResult<Vec<u32>>| -> Check {
+        if r.outputs.len() != gs.len() {
+            return Err(format!(
+                "{} outputs for {} graphs",
+                r.outputs.len(),
+                gs.len()
+            ));
+        }
+        for (i, (g, got)) in gs.iter().zip(&r.outputs).enumerate() {
+            let want = union_find_labels(g.nodes, &g.edges);
+            if got.len() != want.len() {
+                return Err(format!(
+                    "graph {i}: {} labels for {} nodes",
+                    got.len(),
+                    g.nodes
+                ));
+            }
+            if let Some(v) = (0..want.len()).find(|&v| got[v] != want[v]) {
+                return Err(format!(
+                    "graph {i} ({} nodes, {} edges): node {v} labelled {}, want {}",
+                    g.nodes,
+                    g.edges.len(),
+                    got[v],
+                    want[v]
+                ));
+            }
+        }
+        Ok(())
+    };
+    let r = block_on(grain.execute(graphs.clone(), on(backend))).map_err(|e| e.to_string())?;
+    ran_on(&r, backend)?;
+    check(&graphs, &r)?;
+    let last = graphs.len() - 1;
+    let r = block_on(grain.execute(vec![graphs[last].clone()], on(backend)))
+        .map_err(|e| e.to_string())?;
+    ran_on(&r, backend)?;
+    check(&graphs[last..], &r)?;
+    // Alone, an empty graph plans no launch, and a graph without edges no hook.
+    for alone in [
+        Graph::default(),
+        Graph {
+            nodes: 3,
+            edges: Vec::new(),
+        },
+    ] {
+        let r =
+            block_on(grain.execute(vec![alone.clone()], on(backend))).map_err(|e| e.to_string())?;
+        check(std::slice::from_ref(&alone), &r)?;
+    }
+    let bad = Graph {
+        nodes: 4,
+        edges: vec![[0, 1], [2, 4]],
+    };
+    match block_on(grain.execute(vec![bad], on(backend))) {
+        Err(crate::Error::InvalidInput { .. }) => Ok(()),
+        Err(e) => Err(format!(
+            "an edge outside its graph gave {e}, not InvalidInput"
+        )),
+        Ok(_) => Err("an edge outside its graph was accepted".to_owned()),
+    }
+}
+
 /// Stamps out the conformance suite for one backend: one `#[test]` per kernel.
 ///
 /// `$make` is an expression giving `Option<GpuBridge>` with the backend in it (`None` when the
@@ -346,6 +465,15 @@ macro_rules! conformance_suite {
                 __conformance_bridge(),
                 "matmul",
                 $crate::conformance::matmul,
+            );
+        }
+        #[test]
+        fn conformance_connected_components() {
+            $crate::conformance::run(
+                $backend,
+                __conformance_bridge(),
+                "connected_components",
+                $crate::conformance::connected_components,
             );
         }
     };

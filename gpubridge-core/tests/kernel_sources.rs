@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use gpubridge_core::kernels::{MatMul, MatMulInput, Saxpy, SaxpyInput, Sum, VectorAdd, VectorPair};
+use gpubridge_core::kernels::{
+    ConnectedComponents, Graph, MatMul, MatMulInput, Saxpy, SaxpyInput, Sum, VectorAdd, VectorPair,
+};
 use gpubridge_core::plan::{BufferRole, Step};
 use gpubridge_core::{Kernel, KernelSources, PlanTarget};
 
@@ -12,6 +14,10 @@ fn all_sources() -> Vec<(&'static str, KernelSources)> {
         (Sum::ID, Sum.sources()),
         (Saxpy::ID, Saxpy.sources()),
         (MatMul::ID, MatMul.sources()),
+        (
+            ConnectedComponents::ID,
+            ConnectedComponents::default().sources(),
+        ),
     ]
 }
 
@@ -83,6 +89,18 @@ fn every_kernel_has_a_cuda_entry_point_for_each_launch() {
                             n: 4,
                             a: vec![1.0; 6],
                             b: vec![1.0; 12],
+                        }]),
+                        t,
+                    )
+                    .unwrap(),
+            ),
+            (
+                ConnectedComponents::default().sources(),
+                ConnectedComponents::with_chunk_edges(2)
+                    .plan(
+                        &Arc::from(vec![Graph {
+                            nodes: 4,
+                            edges: vec![[0, 1], [2, 3], [3, 1]],
                         }]),
                         t,
                     )

@@ -3,7 +3,7 @@
 //! `nvidia-cuda-nvrtc` wheel); skips elsewhere unless `GPUBRIDGE_REQUIRE_NVRTC=1` or
 //! `GPUBRIDGE_REQUIRE_GPU=1`.
 
-use gpubridge_core::kernels::{MatMul, Saxpy, Sum, VectorAdd};
+use gpubridge_core::kernels::{ConnectedComponents, MatMul, Saxpy, Sum, VectorAdd};
 use gpubridge_core::{BackendKind, Error, Kernel, KernelSources};
 
 fn required() -> bool {
@@ -18,6 +18,11 @@ fn sources() -> Vec<(&'static str, KernelSources, &'static [&'static str])> {
         (Sum::ID, Sum.sources(), &["segmented_sum"]),
         (Saxpy::ID, Saxpy.sources(), &["saxpy"]),
         (MatMul::ID, MatMul.sources(), &["matmul_f32"]),
+        (
+            ConnectedComponents::ID,
+            ConnectedComponents::default().sources(),
+            &["cc_init", "cc_hook", "cc_flatten"],
+        ),
     ]
 }
 

@@ -20,6 +20,9 @@ use gpubridge::cuda::baseline::{median, percentile, Baseline};
 
 #[path = "bench_storage.rs"]
 mod storage_rows;
+// P9 (connected components) lives in its own file.
+#[path = "bench_graph.rs"]
+mod bench_graph;
 
 #[cfg(feature = "cuda")]
 /// `bench/chain`: a chain of `n` tiny kernels (copy, then `n` increments of 32 floats), the plan
@@ -252,6 +255,9 @@ pub fn run(args: BenchArgs, config: BridgeConfig) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    if cx.wants("P9") {
+        bench_graph::p9(&mut cx, &bridge)?;
     }
     print_table(&cx.rows);
     if let Some(path) = &cx.args.out {

@@ -70,10 +70,7 @@ fn run_vector_on_cpu_is_verified() {
         &[],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let rows: Vec<serde_json::Value> = stdout(&o)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+    let rows = summary_rows(&o);
     assert_eq!(rows.len(), 2);
     for r in &rows {
         assert_eq!(r["verified"], true, "{r}");
@@ -182,16 +179,17 @@ fn run_all_on_wgpu_is_verified_and_devices_names_the_adapter() {
             "1001",
             "--matrix-sizes",
             "1,31,64",
+            "--graph-nodes",
+            "20000",
+            "--graph-edges",
+            "40000",
             "--json",
         ],
         &[],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let rows: Vec<serde_json::Value> = stdout(&o)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
-    assert_eq!(rows.len(), 5, "{rows:?}");
+    let rows = summary_rows(&o);
+    assert_eq!(rows.len(), 6, "{rows:?}");
     for r in &rows {
         assert_eq!(r["verified"], true, "{r}");
         assert_eq!(r["backend"], "wgpu", "{r}");
@@ -199,11 +197,136 @@ fn run_all_on_wgpu_is_verified_and_devices_names_the_adapter() {
     }
 }
 
+/// The rows of `run --json`'s one summary object, checked to agree with its `verified`.
+fn summary_rows(o: &Output) -> Vec<serde_json::Value> {
+    let out = stdout(o);
+    assert_eq!(out.trim().lines().count(), 1, "one JSON object: {out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("valid JSON");
+    let rows = v["rows"].as_array().expect("rows").clone();
+    let all = rows.iter().all(|r| r["verified"] == true);
+    assert_eq!(v["verified"], all, "{v}");
+    rows
+}
+
+/// A fresh directory under the system's temporary directory, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let d = std::env::temp_dir().join(format!(
+            "gpubridge-cli-{name}-{}-{:x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
-fn graph_sample_says_it_is_not_built() {
-    let o = gpubridge(&["run", "graph"], &[]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("not built yet"));
+fn gen_graph_then_run_graph_reports_and_verifies_the_planted_patterns() {
+    let dir = TempDir::new("graph");
+    let o = gpubridge(
+        &[
+            "gen-graph",
+            "--nodes",
+            "6000",
+            "--edges",
+            "9000",
+            "--out",
+            dir.path(),
+            "--seed",
+            "11",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.0.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["nodes"], 6000);
+    assert_eq!(manifest["seed"], 11);
+    let pairs = manifest["planted"]["pair"].as_u64().unwrap();
+    assert!(pairs > 10, "{manifest}");
+
+    let o = gpubridge(
+        &["run", "graph", "--backend", "cpu", "--data", dir.path()],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for want in [
+        "=== JE Decomposition Sample ===",
+        "Loaded 6000 nodes and 9000 edges",
+        "Total JE components found: ",
+        "Average component size: ",
+        "Largest component: ",
+        "Detected patterns:",
+        "planted components as in manifest.json",
+    ] {
+        assert!(out.contains(want), "no {want:?} in {out}");
+    }
+    // At least the planted pairs, and perhaps a few background ones.
+    let reported: u64 = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("- pair: "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a pair count");
+    assert!(reported >= pairs, "{reported} < {pairs}");
+
+    let o = gpubridge(
+        &[
+            "run",
+            "graph",
+            "--backend",
+            "cpu",
+            "--data",
+            dir.path(),
+            "--json",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows = summary_rows(&o);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["sample"], "graph");
+    assert_eq!(rows[0]["verified"], true);
+    assert_eq!(rows[0]["seed"], 11);
+}
+
+#[test]
+fn run_graph_on_bad_data_fails_with_a_clear_error() {
+    let dir = TempDir::new("bad-graph");
+    let o = gpubridge(
+        &["run", "graph", "--backend", "cpu", "--data", dir.path()],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("nodes.parquet: no such file"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(dir.0.join("nodes.parquet"), b"PAR1 but not really").unwrap();
+    let o = gpubridge(
+        &["run", "graph", "--backend", "cpu", "--data", dir.path()],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("not a readable parquet file"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -374,4 +497,34 @@ fn load_sweeps_the_cpu_and_writes_its_report() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("bad rate"), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bench_writes_the_p9_row_measured_or_with_the_reason_it_is_not() {
+    let dir = TempDir::new("bench");
+    let out = dir.0.join("rows.json");
+    let o = gpubridge(
+        &[
+            "bench",
+            "--only",
+            "P9",
+            "--quick",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&out).unwrap()).expect("a JSON array");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let r = &rows[0];
+    assert_eq!(r["id"], "P9");
+    let note = r["note"].as_str().unwrap();
+    if r["value"].is_null() {
+        assert!(note.starts_with("not measured: "), "{r}");
+    } else {
+        assert!(note.contains("labels equal the baseline's"), "{r}");
+        assert!(r["baseline_value"].as_f64().unwrap() > 0.0, "{r}");
+    }
 }

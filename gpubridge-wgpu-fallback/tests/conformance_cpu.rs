@@ -14,6 +14,9 @@ fn cpu_bridge() -> Option<GpuBridge> {
     b.register(gpubridge_core::kernels::Sum).ok()?;
     b.register(gpubridge_core::kernels::Saxpy).ok()?;
     b.register(gpubridge_core::kernels::MatMul).ok()?;
+    // Small chunks, as on the devices, though the CPU form does not chunk.
+    b.register(gpubridge_core::kernels::ConnectedComponents::with_chunk_edges(4096))
+        .ok()?;
     b.add_backend(CpuBackend::new(&config).ok()?);
     b.build().ok()
 }

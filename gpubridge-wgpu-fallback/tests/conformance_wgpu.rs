@@ -7,7 +7,7 @@
 
 use std::io::Write;
 
-use gpubridge_core::kernels::{MatMul, Saxpy, Sum, VectorAdd};
+use gpubridge_core::kernels::{ConnectedComponents, MatMul, Saxpy, Sum, VectorAdd};
 use gpubridge_core::{Backend, BackendKind, BridgeConfig, GpuBridge};
 use gpubridge_wgpu_fallback::wgpu::WgpuBackend;
 
@@ -42,6 +42,9 @@ fn wgpu_bridge() -> Option<GpuBridge> {
     b.register(Sum).ok()?;
     b.register(Saxpy).ok()?;
     b.register(MatMul).ok()?;
+    // Small chunks, so that the suite's larger graphs cross many chunk boundaries.
+    b.register(ConnectedComponents::with_chunk_edges(4096))
+        .ok()?;
     b.add_backend(backend);
     b.build().ok()
 }

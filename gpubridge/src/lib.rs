@@ -180,6 +180,7 @@ fn register_builtins(b: &mut BridgeBuilder) -> Result<()> {
     b.register(kernels::Sum)?;
     b.register(kernels::Saxpy)?;
     b.register(kernels::MatMul)?;
+    b.register(kernels::ConnectedComponents::default())?;
     Ok(())
 }
 

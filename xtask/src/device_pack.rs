@@ -252,6 +252,9 @@ warm_start=$(date +%s%N); ./gpubridge run vector --backend cuda --pairs 1 --len 
 ./gpubridge run all --backend cuda > "$OUT/run-all-cuda.txt" 2>&1; run_rc=$?
 ./gpubridge run all --backend cpu > "$OUT/run-all-cpu.txt" 2>&1
 ./gpubridge run all --backend wgpu > "$OUT/run-all-wgpu.txt" 2>&1; wgpu_rc=$?
+# The graph sample at P9's size: parquet written, loaded, components on the GPU, verified.
+./gpubridge gen-graph --nodes 10000000 --edges 20000000 --out /tmp/gpubridge-graph --seed 9 > "$OUT/run-graph-cuda.txt" 2>&1
+./gpubridge run graph --backend cuda --data /tmp/gpubridge-graph >> "$OUT/run-graph-cuda.txt" 2>&1; graph_rc=$?
 # Telemetry: the endpoint under the demo load, scraped once the NVML sampler (every 5 s) has read
 # the GPU a few times; then Ctrl-C (SIGINT), which must stop it cleanly.
 fetch() { curl -sf "$1" 2>/dev/null || python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' "$1"; }
@@ -266,6 +269,7 @@ echo "== devices"; cat "$OUT/devices.txt"
 echo "== run all --backend cuda (rc $run_rc)"; cat "$OUT/run-all-cuda.txt"
 echo "== run all --backend cpu"; cat "$OUT/run-all-cpu.txt"
 echo "== run all --backend wgpu (rc $wgpu_rc; VK_ICD_FILENAMES=${VK_ICD_FILENAMES:-driver default})"; cat "$OUT/run-all-wgpu.txt"
+echo "== gen-graph 10M/20M, run graph --backend cuda (rc $graph_rc)"; cat "$OUT/run-graph-cuda.txt"
 echo "== process start to verified result, tiny vector sample: cold PTX cache $(( (cold_end-cold_start)/1000000 )) ms, warm $(( (warm_end-warm_start)/1000000 )) ms"
 echo "== serve --demo-load (rc $serve_rc, scrape rc $scrape_rc, readyz: $readyz); device series in $OUT/scrape.txt:"
 tail -2 "$OUT/serve.err"

@@ -6,6 +6,7 @@
 //! | `kernels/sum` | `Vec<f32>` | `f32` | f64 accumulation in 8 lanes, chunks in parallel |
 //! | `kernels/blas/saxpy` | [`SaxpyInput`] | `Vec<f32>` | element-wise, chunks in parallel |
 //! | `kernels/matrix/multiply` | [`MatMulInput`] | [`Matrix`] | row blocks of a blocked SGEMM in parallel |
+//! | `kernels/graph/connected_components` | [`Graph`] | `Vec<u32>` (smallest node of each node's component) | lock-free union-find on atomics, edge chunks in parallel |
 //!
 //! NaN and infinities are data: every form propagates them as IEEE-754 arithmetic does (a NaN in
 //! a summed vector gives a NaN sum, `+inf + 1` is `+inf`), and none rejects them.
@@ -16,12 +17,15 @@
 //!   below 2^24 is exact in f32, whatever the summation order).
 //! - SAXPY: `|got - ref| <= 2 eps (|a x| + |y|)` (fused or unfused multiply-add).
 //! - matrix multiply: `|got - ref| <= (k + 2) eps sum_j |a_ij b_jk|` (the classical GEMM bound).
+//! - connected components: exact (labels are the smallest node of each component on every form).
 
+mod connected_components;
 mod matmul;
 mod saxpy;
 mod sum;
 mod vector_add;
 
+pub use connected_components::{union_find_labels, ConnectedComponents, Graph};
 pub use matmul::{MatMul, MatMulInput, Matrix};
 pub use saxpy::{Saxpy, SaxpyInput};
 pub use sum::Sum;
@@ -49,6 +53,7 @@ pub fn register_builtins(catalog: &mut KernelCatalog) -> Result<()> {
     catalog.register(Sum)?;
     catalog.register(Saxpy)?;
     catalog.register(MatMul)?;
+    catalog.register(ConnectedComponents::default())?;
     Ok(())
 }
 

@@ -1,8 +1,10 @@
 //! The samples `gpubridge run` executes, and how their results are printed.
 
+pub mod graph;
 pub mod matrix;
 pub mod vector;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -23,9 +25,20 @@ pub struct Sizes {
     /// Sum sample: elements per vector.
     #[arg(long, default_value_t = 100)]
     pub sum_len: usize,
-    /// Matrix sample: square sizes, comma separated.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![512usize, 1024, 2048])]
+    /// Matrix sample: square sizes, comma separated (the range is 512 to 8192).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![512usize, 1024, 2048, 4096, 8192])]
     pub matrix_sizes: Vec<usize>,
+    /// Graph sample: a directory holding `nodes.parquet` and `edges.parquet` (as written by
+    /// `gpubridge gen-graph`); without it, a graph of `--graph-nodes` and `--graph-edges` is
+    /// generated into a temporary directory.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Graph sample: nodes of the generated graph when no `--data` is given.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub graph_nodes: usize,
+    /// Graph sample: edges of the generated graph when no `--data` is given.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub graph_edges: usize,
     /// Seed of the random inputs (random when not given).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -73,12 +86,14 @@ pub struct Row {
     pub seed: u64,
 }
 
-/// Prints rows as a table, or as JSON lines.
+/// Prints rows as a table, or as one JSON object: `{"verified": <all rows verified>, "rows": [..]}`.
 pub fn print(rows: &[Row], json: bool) {
     if json {
-        for r in rows {
-            println!("{}", serde_json::to_string(r).unwrap_or_default());
-        }
+        let summary = serde_json::json!({
+            "verified": rows.iter().all(|r| r.verified),
+            "rows": rows,
+        });
+        println!("{summary}");
         return;
     }
     println!(
