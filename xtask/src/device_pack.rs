@@ -4,8 +4,10 @@
 //! `GPUBRIDGE_REQUIRE_GPU=1` (tests, samples, `gpubridge serve --demo-load` scraped into
 //! `$OUT/scrape.txt`, the bench) and prints a summary table.
 //!
-//! For wgpu on the GPU machine, the pack also carries a Vulkan loader (`lib/libvulkan.so.1`,
-//! extracted from Debian's `libvulkan1` package with `apt-get download` and `dpkg-deb -x`) and an
+//! For wgpu on the GPU machine, the pack also carries a Vulkan loader (`lib/libvulkan.so.1`) and
+//! GLVND's libraries (`libGLdispatch.so.0` and friends, which the driver's ICD needs and the
+//! container lacks), extracted from Debian's packages with `apt-get download` and `dpkg-deb -x`,
+//! and an
 //! NVIDIA ICD manifest (`icd/nvidia_icd.json`, pointing at the driver's `libGLX_nvidia.so.0`);
 //! `run.sh` puts `lib/` on `LD_LIBRARY_PATH` and, where the driver installed no ICD manifest of its
 //! own, points `VK_ICD_FILENAMES` and `VK_DRIVER_FILES` at the packed one.
@@ -140,60 +142,86 @@ pub fn run() -> anyhow::Result<()> {
 const NVIDIA_ICD: &str = r#"{"file_format_version":"1.0.1","ICD":{"library_path":"libGLX_nvidia.so.0","api_version":"1.3"}}"#;
 
 /// Extracts `libvulkan.so.1` from Debian's `libvulkan1` package into `out/lib/`.
+/// Debian packages whose libraries go into the pack's `lib/`: the Vulkan loader, and GLVND's
+/// dispatch libraries, without which the driver's ICD (`libGLX_nvidia.so.0`) cannot be loaded in
+/// a container that has the driver but no GL stack (`vkCreateInstance` then fails).
+const GL_PACKAGES: &[&str] = &[
+    "libvulkan1",
+    "libglvnd0",
+    "libglx0",
+    "libegl1",
+    "libgl1",
+    "libopengl0",
+    "libgles2",
+];
+
 fn pack_vulkan_loader(work: &Path, out: &Path) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work)?;
-    eprintln!("$ apt-get download libvulkan1");
+    eprintln!("$ apt-get download {}", GL_PACKAGES.join(" "));
     let status = Command::new("apt-get")
-        .args(["download", "libvulkan1"])
+        .args(["-oAPT::Architecture=amd64", "download"])
+        .args(GL_PACKAGES)
         .current_dir(work)
         .status()
         .context("running apt-get download")?;
     if !status.success() {
-        bail!("apt-get download libvulkan1 failed ({status})");
+        bail!("apt-get download failed ({status})");
     }
-    let deb = std::fs::read_dir(work)?
+    let tree = work.join("root");
+    let debs: Vec<_> = std::fs::read_dir(work)?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .context("apt-get download left no .deb")?;
-    let tree = work.join("root");
-    let status = Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&deb)
-        .arg(&tree)
-        .status()
-        .context("running dpkg-deb -x")?;
-    if !status.success() {
-        bail!("dpkg-deb -x {} failed ({status})", deb.display());
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .collect();
+    anyhow::ensure!(!debs.is_empty(), "apt-get download left no .deb");
+    for deb in &debs {
+        let status = Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(deb)
+            .arg(&tree)
+            .status()
+            .context("running dpkg-deb -x")?;
+        if !status.success() {
+            bail!("dpkg-deb -x {} failed ({status})", deb.display());
+        }
     }
-    let loader = find_file(&tree, "libvulkan.so.1").context("no libvulkan.so.1 in the package")?;
     std::fs::create_dir_all(out.join("lib"))?;
-    // `libvulkan.so.1` is a symbolic link in the package: copy what it points at.
-    std::fs::copy(&loader, out.join("lib/libvulkan.so.1"))
-        .with_context(|| format!("copying {}", loader.display()))?;
-    eprintln!(
-        "packed the Vulkan loader from {}",
-        deb.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("libvulkan1")
+    let mut copied = Vec::new();
+    for lib in shared_libraries(&tree) {
+        let Some(name) = lib.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            continue;
+        };
+        // Links in the packages are copied as what they point at, under the link's name.
+        std::fs::copy(&lib, out.join("lib").join(&name))
+            .with_context(|| format!("copying {}", lib.display()))?;
+        copied.push(name);
+    }
+    anyhow::ensure!(
+        copied.iter().any(|n| n == "libvulkan.so.1"),
+        "no libvulkan.so.1 in the packages"
     );
+    eprintln!("packed {} libraries: {}", copied.len(), copied.join(" "));
     Ok(())
 }
 
-fn find_file(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
+/// Every `lib*.so.<N>` (the names programs load) under `dir`.
+fn shared_libraries(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let p = e.path();
-        if p.file_name().is_some_and(|n| n == name) {
-            return Some(p);
-        }
-        if p.is_dir() && !p.is_symlink() {
-            if let Some(found) = find_file(&p, name) {
-                return Some(found);
+        if p.is_dir() {
+            found.extend(shared_libraries(&p));
+        } else if let Some(n) = p.file_name().and_then(|n| n.to_str()) {
+            let versioned = n
+                .rsplit_once(".so.")
+                .is_some_and(|(_, v)| v.parse::<u32>().is_ok());
+            if n.starts_with("lib") && versioned {
+                found.push(p);
             }
         }
     }
-    None
+    found
 }
 
 fn strip(path: &Path) {
@@ -227,7 +255,11 @@ const RUN_SH: &str = r#"#!/usr/bin/env bash
 set -u
 cd "$(dirname "$0")"
 export GPUBRIDGE_REQUIRE_GPU=1
-# wgpu: the packed Vulkan loader, and the packed NVIDIA ICD manifest where the driver has none.
+# wgpu on the NVIDIA GPU through Vulkan must work there (the pack's lib/ carries what the
+# container lacks), so a missing adapter fails the wgpu tests.
+export GPUBRIDGE_REQUIRE_WGPU=1
+# wgpu: the packed Vulkan loader and GLVND libraries, and the packed NVIDIA ICD manifest where the
+# driver has none.
 export LD_LIBRARY_PATH="$PWD/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 if [ ! -e /usr/share/vulkan/icd.d/nvidia_icd.json ] && [ ! -e /etc/vulkan/icd.d/nvidia_icd.json ]; then
   export VK_ICD_FILENAMES="$PWD/icd/nvidia_icd.json"
