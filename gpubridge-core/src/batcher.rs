@@ -38,6 +38,7 @@ use crate::device::{BackendKind, DeviceId};
 use crate::error::{Error, Result};
 use crate::hints::{BatchResult, ExecutionHints, Priority};
 use crate::kernel::{DynKernel, Kernel};
+use crate::tenants::{TenantGuard, Tenants};
 
 /// The answer to one [`GpuBridge::single`] request.
 #[derive(Debug, Clone)]
@@ -625,6 +626,12 @@ const ANSWER_ON_RUNTIME: usize = 8;
 /// Answers per task.
 const ANSWER_CHUNK: usize = 256;
 
+/// A queued request's answer to come, and its tenant's hold on its allowances.
+pub(crate) type Submitted<O> = (
+    oneshot::Receiver<Result<SingleResult<O>>>,
+    Option<TenantGuard>,
+);
+
 type Answer<O> = (
     oneshot::Sender<Result<SingleResult<O>>>,
     Result<SingleResult<O>>,
@@ -687,8 +694,10 @@ impl GpuBridge {
         hints: ExecutionHints,
     ) -> Result<SingleResult<K::Output>> {
         let queue = self.queue::<K::Input, K::Output>(K::ID)?;
-        let rx = queue.submit(input, hints.clone())?;
-        queue.answer(rx, hints.timeout).await
+        let timeout = hints.timeout;
+        // The tenant's hold (if any) lives until the answer comes or the caller leaves.
+        let (rx, _tenant) = queue.submit(input, hints, self.inner_tenants())?;
+        queue.answer(rx, timeout).await
     }
 
     /// The batcher queue of kernel `K` (created on first use).
@@ -702,9 +711,9 @@ impl GpuBridge {
         &self,
         input: K::Input,
         hints: ExecutionHints,
-    ) -> Result<oneshot::Receiver<Result<SingleResult<K::Output>>>> {
+    ) -> Result<Submitted<K::Output>> {
         self.queue::<K::Input, K::Output>(K::ID)?
-            .submit(input, hints)
+            .submit(input, hints, self.inner_tenants())
     }
 
     /// Where each kernel's batcher runners have spent their time so far, by kernel id (kernels
@@ -853,14 +862,21 @@ where
     I: Send + Sync + 'static,
     O: Send + 'static,
 {
-    /// Validates and queues one request; the receiver gets its answer.
-    fn submit(
-        &self,
-        input: I,
-        hints: ExecutionHints,
-    ) -> Result<oneshot::Receiver<Result<SingleResult<O>>>> {
+    /// Validates, admits (for its tenant) and queues one request; the receiver gets its answer,
+    /// and the guard holds the tenant's allowances until dropped.
+    fn submit(&self, input: I, hints: ExecutionHints, tenants: &Tenants) -> Result<Submitted<O>> {
         let kernel = self.kernel.id();
         self.kernel.validate(0, &input)?;
+        let tenant = match hints.tenant.as_deref() {
+            Some(t) => match tenants.admit(t, 1, self.kernel.device_bytes(&input) as u64) {
+                Ok(guard) => Some(guard),
+                Err(e) => {
+                    reject(kernel, "quota_exceeded");
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         if self.runtime.get().is_none() {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 let _ = self.runtime.set(handle);
@@ -913,7 +929,7 @@ where
             let _sleep = self.sleep.lock();
             self.wake.notify_one();
         }
-        Ok(rx)
+        Ok((rx, tenant))
     }
 
     /// Waits for a submitted request's answer, up to `timeout`.

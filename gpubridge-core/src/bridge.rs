@@ -45,6 +45,8 @@ pub(crate) struct Inner {
     pending: AtomicUsize,
     /// The dynamic batcher's queues, one per kernel, created by the first single request.
     batchers: crate::batcher::Batchers,
+    /// Per-tenant limits and what each tenant holds.
+    pub(crate) tenants: crate::tenants::Tenants,
 }
 
 impl Drop for Inner {
@@ -212,6 +214,7 @@ impl BridgeBuilder {
         }
         let permits = Semaphore::new(cfg.general.max_concurrent_kernels);
         let catalog_ids: Vec<&'static str> = self.catalog.ids().collect();
+        let tenants = crate::tenants::Tenants::new(self.config.tenants.clone());
         Ok(GpuBridge {
             inner: Arc::new(Inner {
                 config: self.config,
@@ -221,6 +224,7 @@ impl BridgeBuilder {
                 permits,
                 pending: AtomicUsize::new(0),
                 batchers: crate::batcher::Batchers::new(catalog_ids),
+                tenants,
             }),
         })
     }
@@ -274,6 +278,16 @@ impl GpuBridge {
             bridge: self,
             kernel,
         }
+    }
+
+    pub(crate) fn inner_tenants(&self) -> &crate::tenants::Tenants {
+        &self.inner.tenants
+    }
+
+    /// What `tenant` holds now (requests and device bytes in flight) and how many of its
+    /// requests were refused; `None` for a tenant that has sent nothing.
+    pub fn tenant_usage(&self, tenant: &str) -> Option<crate::tenants::TenantUsage> {
+        self.inner.tenants.usage(tenant)
     }
 
     /// The configuration.
@@ -604,6 +618,22 @@ where
                 total: started.elapsed(),
             });
         }
+        // The tenant's allowances, held until the batch is answered.
+        let _tenant = match hints.tenant.as_deref() {
+            Some(tenant) => {
+                let bytes = inputs
+                    .iter()
+                    .map(|i| self.kernel.device_bytes(i) as u64)
+                    .sum();
+                Some(
+                    self.bridge
+                        .inner
+                        .tenants
+                        .admit(tenant, inputs.len(), bytes)?,
+                )
+            }
+            None => None,
+        };
         let bridge = &self.bridge;
         let candidates = bridge.candidates(hints);
         let chunks = self.split(inputs, hints, &candidates);

@@ -52,6 +52,45 @@ pub struct BridgeConfig {
     pub cuda: CudaConfig,
     /// The wgpu backend.
     pub wgpu: WgpuConfig,
+    /// Per-tenant limits (requests carrying `hints.tenant`).
+    pub tenants: TenantsConfig,
+}
+
+/// Limits on one tenant's requests; 0 means unlimited. A request's items count against the rate,
+/// the request itself against the concurrency cap, and its items' device bytes (as the kernel
+/// reports them) against the memory quota, from its admission until it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantLimits {
+    /// Items per second, as a token bucket refilled continuously (default 0: unlimited).
+    pub items_per_second: f64,
+    /// The bucket's size: items a tenant may send at once after a quiet spell (default 0: one
+    /// second's worth of `items_per_second`).
+    pub burst: f64,
+    /// Requests of the tenant in flight at once (default 0: unlimited).
+    pub max_concurrent: usize,
+    /// Device bytes of the tenant's requests in flight, in MiB (default 0: unlimited).
+    pub memory_quota_mb: u64,
+}
+
+/// `[tenants]`: limits for every tenant (`[tenants.default]`), and `[tenants.overrides.<name>]` for
+/// particular ones. A
+/// request over a limit fails at once with `QuotaExceeded` and takes nothing from anyone else;
+/// requests without a tenant are not limited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantsConfig {
+    /// Limits of every tenant without an override (`[tenants.default]`).
+    pub default: TenantLimits,
+    /// Limits by tenant name (replacing the defaults for that tenant).
+    pub overrides: std::collections::BTreeMap<String, TenantLimits>,
+}
+
+impl TenantsConfig {
+    /// The limits that apply to `tenant`.
+    pub fn limits(&self, tenant: &str) -> TenantLimits {
+        self.overrides.get(tenant).copied().unwrap_or(self.default)
+    }
 }
 
 /// `[general]`: the original's `PreferGpu`, `MaxDevices`, `MaxConcurrentKernels`.
@@ -650,6 +689,23 @@ impl BridgeConfig {
             1,
         )?;
         at_least("cuda.streams_per_device", self.cuda.streams_per_device, 1)?;
+        let tenant_limits = std::iter::once(("tenants.default".to_owned(), &self.tenants.default))
+            .chain(
+                self.tenants
+                    .overrides
+                    .iter()
+                    .map(|(name, l)| (format!("tenants.overrides.{name}"), l)),
+            );
+        for (section, l) in tenant_limits {
+            for (key, v) in [("items_per_second", l.items_per_second), ("burst", l.burst)] {
+                if !v.is_finite() || v < 0.0 {
+                    return Err(Error::config(
+                        format!("{section}.{key}"),
+                        "must be a finite number >= 0",
+                    ));
+                }
+            }
+        }
         if self.wgpu.apis.is_empty() {
             return Err(Error::config("wgpu.apis", "the list names no graphics API"));
         }

@@ -50,6 +50,7 @@ pub mod kernels;
 pub mod plan;
 pub mod readiness;
 pub mod stream;
+pub mod tenants;
 pub mod testing;
 
 pub use batcher::{BatcherStats, ShutdownReport, SingleResult};
@@ -68,3 +69,4 @@ pub use kernel::{DynKernel, Kernel, KernelSources};
 pub use plan::{bucket_len, Plan, PlanOutputs, PlanShape, PlanTarget};
 pub use readiness::{DeviceReadiness, Readiness};
 pub use stream::{StreamReceiver, StreamSender};
+pub use tenants::TenantUsage;

@@ -44,10 +44,13 @@ use crate::bridge::GpuBridge;
 use crate::error::{Error, Result};
 use crate::hints::ExecutionHints;
 use crate::kernel::Kernel;
+use crate::tenants::TenantGuard;
 
 /// One item in flight: its place in the stream (a permit) and where its answer comes.
 struct InFlight<O> {
     _permit: OwnedSemaphorePermit,
+    /// The tenant's hold on its allowances, given back with the item's output.
+    _tenant: Option<TenantGuard>,
     answer: oneshot::Receiver<Result<SingleResult<O>>>,
 }
 
@@ -182,10 +185,11 @@ impl<K: Kernel> StreamSender<K> {
     }
 
     fn enqueue(&self, permit: OwnedSemaphorePermit, input: K::Input) -> Result<()> {
-        let answer = self.bridge.submit_single::<K>(input, self.hints.clone())?;
+        let (answer, tenant) = self.bridge.submit_single::<K>(input, self.hints.clone())?;
         self.tx
             .send(InFlight {
                 _permit: permit,
+                _tenant: tenant,
                 answer,
             })
             .map_err(|_| Error::Cancelled {
