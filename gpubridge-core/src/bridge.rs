@@ -919,6 +919,12 @@ where
                 backend.submit(device, Work::Cpu(job))?;
             }
             Some(target) => {
+                // Only the device code registered with the kernel is compiled or launched.
+                let sources = self.kernel.sources();
+                self.bridge
+                    .inner
+                    .catalog
+                    .verify_sources(self.kernel.id(), &sources)?;
                 let mut plan = self.kernel.plan(lent.items(self.kernel.id())?, &target)?;
                 plan.check()?;
                 plan.resident = resident;
@@ -954,7 +960,7 @@ where
                     device,
                     Work::Plan {
                         plan,
-                        sources: self.kernel.sources(),
+                        sources,
                         complete,
                     },
                 )?;

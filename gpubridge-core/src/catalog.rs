@@ -112,6 +112,37 @@ impl KernelCatalog {
             .ok_or_else(mismatch)
     }
 
+    /// Checks that `sources` are the device code kernel `id` was registered with, before they
+    /// are compiled or launched. The same static text (the common case) is recognised by address
+    /// without hashing.
+    ///
+    /// # Errors
+    /// [`Error::UnknownKernel`]; [`Error::KernelSourceChanged`] when the sources differ.
+    pub fn verify_sources(&self, id: &str, sources: &KernelSources) -> Result<()> {
+        let entry = self.entries.get(id).ok_or_else(|| Error::UnknownKernel {
+            id: id.to_owned(),
+            registered: self.entries.keys().copied().collect::<Vec<_>>().join(", "),
+        })?;
+        let same = |a: Option<&'static str>, b: Option<&'static str>| match (a, b) {
+            (Some(a), Some(b)) => std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len(),
+            (None, None) => true,
+            _ => false,
+        };
+        let registered = &entry.descriptor.sources;
+        if same(registered.cuda, sources.cuda) && same(registered.wgsl, sources.wgsl) {
+            return Ok(());
+        }
+        let found = sources.hash();
+        if found == entry.descriptor.source_hash {
+            return Ok(());
+        }
+        Err(Error::KernelSourceChanged {
+            id: id.to_owned(),
+            registered: entry.descriptor.source_hash,
+            found,
+        })
+    }
+
     /// Every registered kernel id.
     pub(crate) fn ids(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.entries.keys().copied()

@@ -45,6 +45,17 @@ pub enum Error {
         /// The types the caller asked for.
         found: String,
     },
+    /// The kernel's device code is not the code it was registered with (its sources hash to
+    /// another value): it is neither compiled nor launched.
+    #[error("kernel {id:?}: its device code is not the code registered (source hash {found:016x}, registered {registered:016x}); refusing to compile or launch it")]
+    KernelSourceChanged {
+        /// The kernel id.
+        id: String,
+        /// The hash registered with the kernel.
+        registered: u64,
+        /// The hash of the sources it gave now.
+        found: u64,
+    },
     /// A backend or device lacks a capability or a kernel form. The fallback policy moves on to the
     /// next backend; it is never counted against a device's health.
     #[error("unsupported on {backend}: {what}")]
@@ -224,6 +235,7 @@ impl Error {
             Error::InvalidInput { .. }
             | Error::UnknownKernel { .. }
             | Error::KernelTypeMismatch { .. }
+            | Error::KernelSourceChanged { .. }
             | Error::InvalidConfig { .. }
             | Error::Cancelled { .. } => ErrorClass::Caller,
             Error::Io { kind, .. } => match kind {
@@ -246,6 +258,7 @@ impl Error {
             Error::InvalidInput { .. } => "invalid_input",
             Error::UnknownKernel { .. } => "unknown_kernel",
             Error::KernelTypeMismatch { .. } => "kernel_type_mismatch",
+            Error::KernelSourceChanged { .. } => "kernel_source_changed",
             Error::Unsupported { .. } => "unsupported",
             Error::OutOfMemory { .. } => "out_of_memory",
             Error::DeviceLost { .. } => "device_lost",
