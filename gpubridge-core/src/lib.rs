@@ -43,6 +43,8 @@ pub mod conformance;
 pub mod cpu;
 pub mod device;
 pub mod error;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 pub mod hints;
 pub mod janitor;
 pub mod kernel;
