@@ -179,7 +179,8 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn today() -> String {
+/// Today's date as `YYYY-MM-DD` (the report rows' `date`).
+pub(crate) fn today() -> String {
     std::process::Command::new("date")
         .arg("+%Y-%m-%d")
         .output()

@@ -658,7 +658,7 @@ pub fn run(args: LoadArgs, config: BridgeConfig) -> anyhow::Result<()> {
             "target": ">= 1M req/s with P50 <= 1 ms (stretch 5M/s)",
             "pass": if on_gpu { json!(value.is_some_and(|v| v >= 1e6)) } else { Value::Null },
             "card": device_name(*first),
-            "date": today(),
+            "date": crate::bench::today(),
             "command": command,
             "note": k.map(|p| format!("knee at offered {}: P50 {:.0} us, P99 {:.0} us, P99.9 {:.0} us, mean batch {:.0}; telemetry {}", fmt_rate(p.offered), p.p50_us, p.p99_us, p.p999_us, p.mean_batch, if args.telemetry { "on" } else { "off" })).unwrap_or_else(|| "no rate was served with P50 <= 1 ms".to_owned()),
         }));
@@ -698,14 +698,6 @@ pub fn run(args: LoadArgs, config: BridgeConfig) -> anyhow::Result<()> {
     anyhow::ensure!(wrong == 0, "{wrong} answers differed from the host's sums");
     anyhow::ensure!(hung == 0, "{hung} requests were never answered");
     Ok(())
-}
-
-fn today() -> String {
-    std::process::Command::new("date")
-        .arg("+%Y-%m-%d")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
