@@ -6,6 +6,7 @@ mod load;
 mod samples;
 #[cfg(feature = "prometheus")]
 mod serve;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,10 @@ enum Command {
     /// Open-loop load on the dynamic batcher (single-item requests from many tasks), a rate
     /// sweep with latency percentiles and the knee (TARGETS.md P3).
     Load(load::LoadArgs),
+    /// A long mixed workload (singles, batches of every kernel, a stream, storage round trips)
+    /// sampling memory, descriptors and latency every interval; fails on lost or hung requests,
+    /// errors, or growth beyond TARGETS.md R1.
+    Soak(soak::SoakArgs),
     /// Run a bridge with its metrics endpoint (/metrics, /healthz, /readyz) until Ctrl-C.
     #[cfg(feature = "prometheus")]
     Serve(serve::ServeArgs),
@@ -248,6 +253,7 @@ fn run(cli: Cli, config: BridgeConfig) -> anyhow::Result<ExitCode> {
             load::run(args, config)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Soak(args) => soak::run(args, config),
         #[cfg(feature = "prometheus")]
         Command::Serve(args) => serve::run(args, config),
         Command::Run {

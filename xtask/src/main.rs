@@ -7,6 +7,9 @@
 //!   against baselines from the same run, in `target/bench-report/`.
 //! - `cargo xtask load [--rates 250k,1M ..] [--from FILE.json]`: the open-loop rate sweep on the
 //!   dynamic batcher (P3) with latency against throughput drawn in `target/load-report/load.png`.
+//! - `cargo xtask soak [--duration 24h] [--backend ..] [--faults ..] [--from DIR]`: the mixed
+//!   workload of `gpubridge soak` with its R1/R2 verdict as the exit status, and its samples drawn
+//!   in `target/soak-report/memory.png` and `latency.png`.
 //! - `cargo xtask device-pack`: the release CLI and test executables, stripped, in `device-pack/`,
 //!   with a Vulkan loader and an NVIDIA ICD manifest for wgpu, and `device-pack/run.sh` to run
 //!   them on the GPU machine.
@@ -16,6 +19,7 @@ mod ci;
 mod device_pack;
 mod load;
 mod plot;
+mod soak;
 
 use std::path::PathBuf;
 
@@ -26,8 +30,9 @@ fn main() -> anyhow::Result<()> {
         Some("bench") => bench::run(&args[1..]),
         Some("device-pack") => device_pack::run(),
         Some("load") => load::run(&args[1..]),
+        Some("soak") => soak::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [--quick] [--only P2,P4] | load [..] | device-pack>");
+            eprintln!("usage: cargo xtask <ci | bench [--quick] [--only P2,P4] | load [..] | soak [..] | device-pack>");
             std::process::exit(2);
         }
     }
