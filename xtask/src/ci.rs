@@ -1,4 +1,4 @@
-//! `cargo xtask ci` and `cargo xtask bench`.
+//! `cargo xtask ci`: what CI runs.
 
 use std::process::Command;
 
@@ -25,9 +25,10 @@ fn cargo(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
 /// The wgpu backend is built and tested in CI (on Mesa's llvmpipe where there is no GPU).
 const WGPU: &str = "gpubridge/wgpu";
 
-/// Format check, clippy (with wgpu, then the CPU-only libraries), docs and tests, stopping at
-/// the first failure. The wgpu tests skip without an adapter unless `GPUBRIDGE_REQUIRE_WGPU=1`
-/// (which `.ci/run` sets after installing Mesa's Vulkan drivers).
+/// Format check, clippy (with wgpu, then the CPU-only libraries), docs, tests, the quick bench
+/// and a one-minute soak, stopping at the first failure. The wgpu tests skip without an adapter
+/// unless `GPUBRIDGE_REQUIRE_WGPU=1` (which `.ci/run` sets after installing Mesa's Vulkan
+/// drivers).
 pub fn run() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
     cargo(
@@ -63,5 +64,16 @@ pub fn run() -> anyhow::Result<()> {
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
     cargo(&["test", "--workspace", "--features", WGPU], &[])?;
+    // The bench harness end to end on the CPU and llvmpipe (no pass/fail on timings), and a
+    // bounded soak: one minute of the mixed workload on the CPU, failing on any lost, hung or
+    // wrong request, errors, or memory or latency growth beyond R1 that a minute can resolve.
+    eprintln!("$ cargo xtask bench --quick");
+    crate::bench::run(&["--quick".to_owned()])?;
+    let soak: Vec<String> = ["--duration", "60s", "--backend", "cpu"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    eprintln!("$ cargo xtask soak {}", soak.join(" "));
+    crate::soak::run(&soak)?;
     Ok(())
 }
