@@ -213,6 +213,8 @@ struct Executor {
     staged: bool,
     /// When free memory was last sampled.
     free_sampled: Instant,
+    /// When the pool last released the idle memory of unused classes.
+    idle_released: Instant,
     /// Zero-copy staging for tiny plans.
     mapped: PinnedBuffer,
     /// Large outputs being unpacked off this thread, and their staging coming back.
@@ -480,6 +482,7 @@ impl Executor {
             staged: true,
             mapped: PinnedBuffer::mapped(),
             free_sampled: Instant::now(),
+            idle_released: Instant::now(),
             unpacking: Arc::default(),
         })
     }
@@ -600,6 +603,10 @@ impl Executor {
     fn publish_stats(&mut self) {
         if self.free_sampled.elapsed() >= FREE_MEMORY_EVERY {
             self.sample_free_memory();
+        }
+        if self.idle_released.elapsed() >= crate::memory::IDLE_RELEASE_EVERY {
+            self.idle_released = Instant::now();
+            self.pool.release_unused();
         }
         *self.shared.pool.lock() = self.pool.stats();
         let mut g = self.shared.graphs.lock();

@@ -194,3 +194,8 @@ pub fn register_builtins(b: &mut BridgeBuilder) -> Result<()> {
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The deployment guide's Rust example, compiled as a doc-test.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/DEPLOYMENT.md")]
+pub struct DeploymentDoctests;
