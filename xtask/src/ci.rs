@@ -64,6 +64,19 @@ pub fn run() -> anyhow::Result<()> {
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
     cargo(&["test", "--workspace", "--features", WGPU], &[])?;
+    // Release readiness: every dependency's licence, and every library crate packaged for
+    // crates.io in dependency order (`--no-verify`: the tests above already built them).
+    crate::licenses::run()?;
+    cargo(
+        &[
+            "publish",
+            "--workspace",
+            "--dry-run",
+            "--no-verify",
+            "--allow-dirty",
+        ],
+        &[],
+    )?;
     // The bench harness end to end on the CPU and llvmpipe (no pass/fail on timings), and a
     // bounded soak: one minute of the mixed workload on the CPU, failing on any lost, hung or
     // wrong request, errors, or memory or latency growth beyond R1 that a minute can resolve.

@@ -10,6 +10,7 @@
 //! - `cargo xtask soak [--duration 24h] [--backend ..] [--faults ..] [--from DIR]`: the mixed
 //!   workload of `gpubridge soak` with its R1/R2 verdict as the exit status, and its samples drawn
 //!   in `target/soak-report/memory.png` and `latency.png`.
+//! - `cargo xtask licenses`: every dependency's licence checked against the policy (offline).
 //! - `cargo xtask device-pack`: the release CLI and test executables, stripped, in `device-pack/`,
 //!   with a Vulkan loader and an NVIDIA ICD manifest for wgpu, and `device-pack/run.sh` to run
 //!   them on the GPU machine.
@@ -17,6 +18,7 @@
 mod bench;
 mod ci;
 mod device_pack;
+mod licenses;
 mod load;
 mod plot;
 mod soak;
@@ -31,8 +33,9 @@ fn main() -> anyhow::Result<()> {
         Some("device-pack") => device_pack::run(),
         Some("load") => load::run(&args[1..]),
         Some("soak") => soak::run(&args[1..]),
+        Some("licenses") => licenses::run(),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [--quick] [--only P2,P4] | load [..] | soak [..] | device-pack>");
+            eprintln!("usage: cargo xtask <ci | bench [--quick] [--only P2,P4] | load [..] | soak [..] | licenses | device-pack>");
             std::process::exit(2);
         }
     }
