@@ -727,7 +727,9 @@ async fn stream(bridge: GpuBridge, shared: Arc<Shared>, pool: Arc<load::Pool>, r
                 None => {}
             }
         }
-        next = next.max(Instant::now() - period * 16);
+        // A stalled send does not turn into a burst of more than 16 items.
+        let now = Instant::now();
+        next = next.max(now.checked_sub(period * 16).unwrap_or(now));
     }
     tx.close();
     drop(order_tx);
