@@ -27,6 +27,7 @@ fn empty_batch_gives_empty_result_without_running() {
     assert!(r.outputs.is_empty());
     assert!(r.chunks.is_empty());
     assert_eq!(r.backend(), None);
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -68,6 +69,7 @@ fn unequal_vector_lengths_are_invalid_input_naming_the_item() {
         matches!(err, Error::InvalidInput { index: Some(0), .. }),
         "{err:?}"
     );
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -108,6 +110,7 @@ fn mismatched_matrix_shapes_are_invalid_input() {
             "{err:?}"
         );
     }
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -127,6 +130,7 @@ fn unknown_kernel_and_wrong_types_are_typed_errors() {
     let ok = b.batch_by_id::<Vec<f32>, f32>("kernels/sum").unwrap();
     let r = block_on(ok.execute(vec![vec![1.0, 2.0]], ExecutionHints::default())).unwrap();
     assert_eq!(r.outputs, vec![3.0]);
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -173,6 +177,7 @@ fn batch_over_max_micro_batch_is_split_and_reassembled_in_order() {
         4,
         "the configured 3 is lower than the hint's 5"
     );
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -198,6 +203,7 @@ fn batch_larger_than_device_memory_budget_is_split() {
     for (i, o) in r.outputs.iter().enumerate() {
         assert!(o.iter().all(|v| *v == i as f32 + 1.0));
     }
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -224,6 +230,7 @@ fn timeout_hint_is_enforced() {
         )
         .unwrap();
     assert_eq!(r.outputs, vec![2.0]);
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -249,6 +256,7 @@ fn cpu_results_reuse_the_donated_inputs_memory() {
     assert_eq!(r.outputs, expected);
     let reused: Vec<usize> = r.outputs.iter().map(|o| o.as_ptr() as usize).collect();
     assert_eq!(reused, donors, "each sum was computed in place in its `a`");
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 /// A kernel whose donated CPU form changes its inputs and then fails.
@@ -311,4 +319,5 @@ fn a_donated_run_that_fails_is_not_retried_with_its_changed_inputs() {
         1,
         "the second device never saw the clobbered inputs"
     );
+    gpubridge_core::testing::assert_quiescent(&b);
 }

@@ -158,5 +158,7 @@ async fn every_fault_type_under_load_ends_every_request_and_the_circuit_closes_a
             back,
             "{fault:?}: work never returned to wgpu with a closed circuit"
         );
+        // Every fault's requests are answered, so the pools and queues are back to zero too.
+        gpubridge::testing::assert_quiescent(&bridge);
     }
 }
