@@ -113,6 +113,37 @@ fn mismatched_matrix_shapes_are_invalid_input() {
     gpubridge_core::testing::assert_quiescent(&b);
 }
 
+/// `k = 0` makes any `m x n` product valid with no data; one larger than memory can ever be is
+/// refused with the CPU's `OutOfMemory` as the reason, not an aborted process (found by the batch_decode fuzz target).
+#[test]
+fn a_product_larger_than_memory_is_out_of_memory() {
+    let b = bridge(BridgeConfig::default(), None);
+    let x = MatMulInput {
+        m: 1 << 40,
+        k: 0,
+        n: 1 << 21,
+        a: vec![],
+        b: vec![],
+    };
+    let err = block_on(
+        b.batch::<MatMul>()
+            .unwrap()
+            .execute(vec![x], ExecutionHints::default()),
+    )
+    .unwrap_err();
+    // Every backend was tried: the CPU's out-of-memory is the recorded reason.
+    match &err {
+        Error::NoBackendAvailable { attempts, .. } => assert!(
+            attempts
+                .iter()
+                .any(|(k, why)| *k == BackendKind::Cpu && why.starts_with("out of memory")),
+            "{err:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    gpubridge_core::testing::assert_quiescent(&b);
+}
+
 #[test]
 fn unknown_kernel_and_wrong_types_are_typed_errors() {
     let b = bridge(BridgeConfig::default(), None);

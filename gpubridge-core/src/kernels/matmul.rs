@@ -297,7 +297,18 @@ fn dim(v: usize, target: &PlanTarget) -> Result<u32> {
 /// (`matrixmultiply` through `ndarray`).
 fn cpu_gemm(x: &MatMulInput, threads: usize) -> Result<Matrix> {
     let (m, k, n) = (x.m, x.k, x.n);
-    let mut data = vec![0f32; m * n];
+    // The output's size is declared, not carried: `k = 0` makes any `m x n` valid with no data
+    // at all. Allocated fallibly, so that a product larger than memory is `OutOfMemory` instead
+    // of aborting the process (found by the batch_decode fuzz target).
+    let len = m.saturating_mul(n);
+    let mut data: Vec<f32> = Vec::new();
+    data.try_reserve_exact(len)
+        .map_err(|e| Error::OutOfMemory {
+            device: "cpu".to_owned(),
+            requested: len.saturating_mul(4),
+            reason: format!("the {m} x {n} product: {e}"),
+        })?;
+    data.resize(len, 0.0);
     if m == 0 || n == 0 || k == 0 {
         return Ok(Matrix {
             rows: m,
