@@ -7,6 +7,10 @@
 //!   against baselines from the same run, in `target/bench-report/`.
 //! - `cargo xtask load [--rates 250k,1M ..] [--from FILE.json]`: the open-loop rate sweep on the
 //!   dynamic batcher (P3) with latency against throughput drawn in `target/load-report/load.png`.
+//! - `cargo xtask fuzz [--time SECS] [TARGET ..]`: builds the fuzz targets in `fuzz/` with
+//!   libFuzzer's instrumentation on the stable toolchain and runs each on its seed corpus.
+//! - `cargo xtask valgrind`: the CPU path (the CLI's samples and the batcher's tests) under
+//!   valgrind's memcheck, with `xtask/valgrind.supp`.
 //! - `cargo xtask device-pack`: the release CLI and test executables, stripped, in `device-pack/`,
 //!   with a Vulkan loader and an NVIDIA ICD manifest for wgpu, and `device-pack/run.sh` to run
 //!   them on the GPU machine.
@@ -14,8 +18,10 @@
 mod bench;
 mod ci;
 mod device_pack;
+mod fuzz;
 mod load;
 mod plot;
+mod valgrind;
 
 use std::path::PathBuf;
 
@@ -26,8 +32,10 @@ fn main() -> anyhow::Result<()> {
         Some("bench") => bench::run(&args[1..]),
         Some("device-pack") => device_pack::run(),
         Some("load") => load::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
+        Some("valgrind") => valgrind::run(),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [--quick] [--only P2,P4] | load [..] | device-pack>");
+            eprintln!("usage: cargo xtask <ci | bench [--quick] [--only P2,P4] | load [..] | fuzz [--time SECS] [TARGET ..] | valgrind | device-pack>");
             std::process::exit(2);
         }
     }
