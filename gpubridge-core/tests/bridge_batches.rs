@@ -118,28 +118,32 @@ fn mismatched_matrix_shapes_are_invalid_input() {
 #[test]
 fn a_product_larger_than_memory_is_out_of_memory() {
     let b = bridge(BridgeConfig::default(), None);
-    let x = MatMulInput {
-        m: 1 << 40,
-        k: 0,
-        n: 1 << 21,
-        a: vec![],
-        b: vec![],
-    };
-    let err = block_on(
-        b.batch::<MatMul>()
-            .unwrap()
-            .execute(vec![x], ExecutionHints::default()),
-    )
-    .unwrap_err();
-    // Every backend was tried: the CPU's out-of-memory is the recorded reason.
-    match &err {
-        Error::NoBackendAvailable { attempts, .. } => assert!(
-            attempts
-                .iter()
-                .any(|(k, why)| *k == BackendKind::Cpu && why.starts_with("out of memory")),
-            "{err:?}"
-        ),
-        other => panic!("{other:?}"),
+    // 2^63 bytes of output; and 3 * 2^62 values, whose byte count overflowed while the batch
+    // was split (a panic with overflow checks, a wrong budget without).
+    for (m, n) in [(1usize << 40, 1usize << 21), (1 << 62, 3)] {
+        let x = MatMulInput {
+            m,
+            k: 0,
+            n,
+            a: vec![],
+            b: vec![],
+        };
+        let err = block_on(
+            b.batch::<MatMul>()
+                .unwrap()
+                .execute(vec![x], ExecutionHints::default()),
+        )
+        .unwrap_err();
+        // Every backend was tried: the CPU's out-of-memory is the recorded reason.
+        match &err {
+            Error::NoBackendAvailable { attempts, .. } => assert!(
+                attempts
+                    .iter()
+                    .any(|(k, why)| *k == BackendKind::Cpu && why.starts_with("out of memory")),
+                "{err:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
     gpubridge_core::testing::assert_quiescent(&b);
 }
