@@ -83,9 +83,11 @@ fn dim(u: &mut Unstructured<'_>) -> AResult<usize> {
 }
 
 fn hints(u: &mut Unstructured<'_>) -> AResult<ExecutionHints> {
-    let mut h = ExecutionHints::default();
-    h.prefer = *u.choose(&[Preference::Auto, Preference::Cpu, Preference::Gpu])?;
-    h.priority = *u.choose(&[Priority::Low, Priority::Normal, Priority::High])?;
+    let mut h = ExecutionHints {
+        prefer: *u.choose(&[Preference::Auto, Preference::Cpu, Preference::Gpu])?,
+        priority: *u.choose(&[Priority::Low, Priority::Normal, Priority::High])?,
+        ..ExecutionHints::default()
+    };
     if u.ratio(1, 4)? {
         h.max_micro_batch = Some(u.int_in_range(0usize..=5)?);
     }
@@ -117,7 +119,9 @@ fn run<K: Kernel>(inputs: Vec<K::Input>, hints: ExecutionHints, single: bool) {
     if single {
         let grain = &h.bridge;
         h.rt.block_on(async {
-            let answers = inputs.into_iter().map(|i| grain.single::<K>(i, hints.clone()));
+            let answers = inputs
+                .into_iter()
+                .map(|i| grain.single::<K>(i, hints.clone()));
             // Each answer is Ok or a typed error; a panic would have aborted.
             let answers = futures::future::join_all(answers).await;
             assert_eq!(answers.len(), n, "one answer per request");

@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     match BridgeConfig::from_sources(Some(text), env) {
         Ok(cfg) => {
-            assert!(cfg.validate().is_ok(), "a parsed configuration must validate");
+            assert!(
+                cfg.validate().is_ok(),
+                "a parsed configuration must validate"
+            );
             let written = cfg.to_toml_string();
             let again = BridgeConfig::from_toml_str(&written)
                 .unwrap_or_else(|e| panic!("written configuration does not parse: {e}\n{written}"));

@@ -55,7 +55,9 @@ fuzz_target!(|input: &[u8]| {
             assert_eq!(g.edges.len(), g.amounts.len(), "one amount per edge");
             let n = g.ids.len() as u64;
             assert!(
-                g.edges.iter().all(|e| u64::from(e[0]) < n && u64::from(e[1]) < n),
+                g.edges
+                    .iter()
+                    .all(|e| u64::from(e[0]) < n && u64::from(e[1]) < n),
                 "edges name loaded nodes"
             );
             assert!(g.kinds.iter().all(|&k| (k as usize) < g.kind_names.len()));

@@ -83,7 +83,9 @@ fn one(mut u: Unstructured<'_>) -> AResult<()> {
         }
     } else {
         let mut buf = vec![0u8; len];
-        storage.read(path, offset, Dest::Host(&mut buf)).map(|_| buf)
+        storage
+            .read(path, offset, Dest::Host(&mut buf))
+            .map(|_| buf)
     };
     match result {
         Ok(buf) => {

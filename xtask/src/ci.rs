@@ -34,6 +34,11 @@ const CI_FUZZ_SECONDS: &str = "20";
 /// Mesa's Vulkan drivers).
 pub fn run() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
+    // The fuzz crate is a workspace of its own, outside `--all`.
+    cargo(
+        &["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"],
+        &[],
+    )?;
     cargo(
         &[
             "clippy",
