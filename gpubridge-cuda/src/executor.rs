@@ -215,6 +215,8 @@ struct Executor {
     staged: bool,
     /// When free memory was last sampled.
     free_sampled: Instant,
+    /// When the pool last released the idle memory of unused classes.
+    idle_released: Instant,
     /// Zero-copy staging for tiny plans.
     mapped: PinnedBuffer,
     /// Large outputs being unpacked off this thread, and their staging coming back.
@@ -482,6 +484,7 @@ impl Executor {
             staged: true,
             mapped: PinnedBuffer::mapped(),
             free_sampled: Instant::now(),
+            idle_released: Instant::now(),
             unpacking: Arc::default(),
         })
     }
@@ -602,6 +605,10 @@ impl Executor {
     fn publish_stats(&mut self) {
         if self.free_sampled.elapsed() >= FREE_MEMORY_EVERY {
             self.sample_free_memory();
+        }
+        if self.idle_released.elapsed() >= crate::memory::IDLE_RELEASE_EVERY {
+            self.idle_released = Instant::now();
+            self.pool.release_unused();
         }
         *self.shared.pool.lock() = self.pool.stats();
         let mut g = self.shared.graphs.lock();

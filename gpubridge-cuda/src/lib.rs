@@ -34,4 +34,4 @@ pub use compile::{compile, default_cache_dir, nvrtc_version, PtxCache};
 pub use discovery::{pci_locations, probe, CudaDevice, CudaUnavailable, DRIVER_LIBRARY};
 pub use executor::GraphStats;
 pub use host_alloc::huge_page_vec_f32;
-pub use memory::{size_class, DevicePool, PoolStats};
+pub use memory::{size_class, DevicePool, PoolStats, IDLE_RELEASE_EVERY};

@@ -64,6 +64,8 @@ pub struct DeviceBuffer {
 pub struct DevicePool {
     label: String,
     free: Vec<Vec<sys::CUdeviceptr>>,
+    /// Per class: rented since the last [`DevicePool::release_unused`].
+    rented: Vec<bool>,
     limit: usize,
     stats: PoolStats,
 }
@@ -74,6 +76,7 @@ impl DevicePool {
         Self {
             label,
             free: Vec::new(),
+            rented: Vec::new(),
             limit,
             stats: PoolStats::default(),
         }
@@ -91,6 +94,10 @@ impl DevicePool {
     /// and retrying once. Counted in `gpubridge_allocation_failures_total`.
     pub fn rent(&mut self, bytes: usize) -> Result<DeviceBuffer> {
         let (class, size) = size_class(bytes.max(1));
+        if self.rented.len() <= class {
+            self.rented.resize(class + 1, false);
+        }
+        self.rented[class] = true;
         if let Some(ptr) = self.free.get_mut(class).and_then(Vec::pop) {
             self.stats.hits += 1;
             self.stats.idle -= size;
@@ -131,6 +138,34 @@ impl DevicePool {
         self.stats.idle += buf.size;
     }
 
+    /// Frees the idle buffers of every size class that no rent asked for since the previous call,
+    /// and starts a new period. Called every [`IDLE_RELEASE_EVERY`] by the executor, so that idle
+    /// memory follows the classes in use: a workload whose shapes drift (graph-cache evictions
+    /// returning one set of classes while new captures rent others) does not keep every class it
+    /// ever used.
+    pub fn release_unused(&mut self) {
+        let mut freed = false;
+        for (class, list) in self.free.iter_mut().enumerate() {
+            if self.rented.get(class).copied().unwrap_or(false) || list.is_empty() {
+                continue;
+            }
+            let size = class_size(class);
+            for ptr in list.drain(..) {
+                // SAFETY: `ptr` came from `cuMemAlloc` in this context and is not in use.
+                if let Err(e) = unsafe { result::free_sync(ptr) } {
+                    tracing::warn!(device = %self.label, "cuMemFree failed releasing idle memory: {e}");
+                }
+                self.stats.idle -= size;
+                self.stats.trimmed += size;
+            }
+            freed = true;
+        }
+        self.rented.iter_mut().for_each(|r| *r = false);
+        if freed {
+            self.gauges();
+        }
+    }
+
     /// Frees every idle buffer.
     pub fn trim(&mut self) {
         for (class, list) in self.free.iter_mut().enumerate() {
@@ -166,6 +201,10 @@ impl DevicePool {
         );
     }
 }
+
+/// How often the executor releases the idle memory of size classes nobody rented meanwhile (see
+/// [`DevicePool::release_unused`]): idle memory of an unused class lives 30 to 60 seconds.
+pub const IDLE_RELEASE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn class_size(class: usize) -> usize {
     if class == 0 {

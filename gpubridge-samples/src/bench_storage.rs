@@ -214,6 +214,7 @@ fn raw_direct_read(path: &Path, len: usize, threads: usize) -> anyhow::Result<f6
 }
 
 /// Raw `O_DIRECT` writes of `data` to `path` by `threads` threads, then fsync; GB/s.
+#[cfg(feature = "cuda")]
 fn raw_direct_write(path: &Path, data: &[u8], threads: usize) -> anyhow::Result<f64> {
     let f = OpenOptions::new()
         .write(true)
@@ -273,11 +274,13 @@ fn route_note(t: &Transfer) -> String {
 
 /// Sizes, places and the storage handle every row uses.
 struct Setup {
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     mb: usize,
     len: usize,
     reps: usize,
     threads: usize,
     dir: PathBuf,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     cfg: BridgeConfig,
     storage: Storage,
     settings: String,

@@ -143,7 +143,7 @@ fn parse_rate(s: &str) -> anyhow::Result<f64> {
     Ok(v * mult)
 }
 
-fn backend_of(name: &str) -> anyhow::Result<BackendKind> {
+pub(crate) fn backend_of(name: &str) -> anyhow::Result<BackendKind> {
     Ok(match name.trim().to_ascii_lowercase().as_str() {
         "cuda" => BackendKind::Cuda,
         "wgpu" => BackendKind::Wgpu,
@@ -170,7 +170,7 @@ fn runner_split(a: &gpubridge::BatcherStats, b: &gpubridge::BatcherStats) -> Str
 }
 
 /// CPU seconds (user + system) this process has used, from `/proc/self/stat` (Linux).
-fn process_cpu_seconds() -> Option<f64> {
+pub(crate) fn process_cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name (which is in parentheses and may hold spaces).
     let rest = stat.get(stat.rfind(')')? + 2..)?;
@@ -183,11 +183,11 @@ fn process_cpu_seconds() -> Option<f64> {
 }
 
 /// A duration in tenths of a microsecond (saturating).
-fn tenths(d: Duration) -> u32 {
+pub(crate) fn tenths(d: Duration) -> u32 {
     u32::try_from(d.as_nanos() / 100).unwrap_or(u32::MAX)
 }
 
-fn percentile_us(sorted: &[u32], q: f64) -> f64 {
+pub(crate) fn percentile_us(sorted: &[u32], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -213,13 +213,13 @@ struct TaskLog {
 }
 
 /// The inputs every task draws from, with their sums.
-struct Pool {
-    inputs: Vec<Vec<f32>>,
-    sums: Vec<f32>,
+pub(crate) struct Pool {
+    pub(crate) inputs: Vec<Vec<f32>>,
+    pub(crate) sums: Vec<f32>,
 }
 
 impl Pool {
-    fn new(len: usize) -> Self {
+    pub(crate) fn new(len: usize) -> Self {
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
         let inputs: Vec<Vec<f32>> = (0..4096)
             .map(|_| (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect())
@@ -233,16 +233,16 @@ impl Pool {
 }
 
 /// One answered request.
-struct Done {
-    scheduled: Instant,
-    sent: Instant,
-    done: Instant,
+pub(crate) struct Done {
+    pub(crate) scheduled: Instant,
+    pub(crate) sent: Instant,
+    pub(crate) done: Instant,
     /// Which pool input it sent.
-    i: usize,
-    r: gpubridge::Result<gpubridge::SingleResult<f32>>,
+    pub(crate) i: usize,
+    pub(crate) r: gpubridge::Result<gpubridge::SingleResult<f32>>,
 }
 
-async fn send_one(
+pub(crate) async fn send_one(
     bridge: &GpuBridge,
     input: Vec<f32>,
     hints: ExecutionHints,

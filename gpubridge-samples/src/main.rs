@@ -6,6 +6,7 @@ mod load;
 mod samples;
 #[cfg(feature = "prometheus")]
 mod serve;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,10 @@ enum Command {
     /// Open-loop load on the dynamic batcher (single-item requests from many tasks), a rate
     /// sweep with latency percentiles and the knee (TARGETS.md P3).
     Load(load::LoadArgs),
+    /// A long mixed workload (singles, batches of every kernel, a stream, storage round trips)
+    /// sampling memory, descriptors and latency every interval; fails on lost or hung requests,
+    /// errors, or growth beyond TARGETS.md R1.
+    Soak(soak::SoakArgs),
     /// Run a bridge with its metrics endpoint (/metrics, /healthz, /readyz) until Ctrl-C.
     #[cfg(feature = "prometheus")]
     Serve(serve::ServeArgs),
@@ -116,6 +121,11 @@ fn main() -> ExitCode {
         std::env::set_var("NODEVICE_SELECT", "1");
     }
     let cli = Cli::parse();
+    // The documentation test's hook: stop once the arguments parsed (`docs_commands.rs` checks
+    // every command the guides show this way without running the long ones).
+    if std::env::var_os("GPUBRIDGE_CHECK_ARGS").is_some() {
+        return ExitCode::SUCCESS;
+    }
     let config = BridgeConfig::load(cli.config.as_deref()).context("loading the configuration");
     let _tracing = match &config {
         Ok(config) => init_tracing(config),
@@ -248,6 +258,7 @@ fn run(cli: Cli, config: BridgeConfig) -> anyhow::Result<ExitCode> {
             load::run(args, config)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Soak(args) => soak::run(args, config),
         #[cfg(feature = "prometheus")]
         Command::Serve(args) => serve::run(args, config),
         Command::Run {

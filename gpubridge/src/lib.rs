@@ -175,7 +175,13 @@ pub fn bridge(config: BridgeConfig) -> Result<GpuBridge> {
     builder(config)?.build()
 }
 
-fn register_builtins(b: &mut BridgeBuilder) -> Result<()> {
+/// Registers every built-in kernel (vector add, sum, SAXPY, matrix multiply, connected
+/// components) on `b`: for a bridge assembled from backends of your choosing, as [`builder`] does
+/// for the usable ones.
+///
+/// # Errors
+/// [`Error::InvalidInput`] if one of their ids is already taken.
+pub fn register_builtins(b: &mut BridgeBuilder) -> Result<()> {
     b.register(kernels::VectorAdd)?;
     b.register(kernels::Sum)?;
     b.register(kernels::Saxpy)?;
@@ -188,3 +194,8 @@ fn register_builtins(b: &mut BridgeBuilder) -> Result<()> {
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The deployment guide's Rust example, compiled as a doc-test.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/DEPLOYMENT.md")]
+pub struct DeploymentDoctests;

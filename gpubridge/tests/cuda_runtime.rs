@@ -546,3 +546,38 @@ fn a_kernel_that_does_not_compile_falls_back_without_blaming_the_device() {
     );
     gpubridge::testing::assert_quiescent(&b);
 }
+
+/// The pool releases the idle memory of size classes nobody rented in the last period, and keeps
+/// the classes in use, so that drifting shapes do not keep every class they ever touched.
+#[test]
+fn the_pool_releases_idle_classes_that_went_unused() {
+    if cuda(&BridgeConfig::default()).is_none() {
+        return;
+    }
+    // A context current on this thread for the pool's allocations.
+    let _base = gpubridge_cuda::baseline::Baseline::new().unwrap();
+    let mut pool = gpubridge_cuda::DevicePool::new("cuda:0".to_owned(), 1 << 30);
+    let (a, b) = (1 << 20, 3 << 20);
+    let (ra, rb) = (pool.rent(a).unwrap(), pool.rent(b).unwrap());
+    let (sa, sb) = (ra.size, rb.size);
+    pool.give_back(ra);
+    pool.give_back(rb);
+    assert_eq!(pool.stats().idle, sa + sb);
+    // Both classes were rented in this period: nothing is released.
+    pool.release_unused();
+    assert_eq!(pool.stats().idle, sa + sb);
+    // Only `a` is rented in the next one: `b`'s idle buffer goes, `a`'s stays for reuse.
+    let ra = pool.rent(a).unwrap();
+    pool.give_back(ra);
+    pool.release_unused();
+    assert_eq!(pool.stats().idle, sa);
+    assert_eq!(pool.stats().trimmed, sb);
+    let hits = pool.stats().hits;
+    let ra = pool.rent(a).unwrap();
+    assert_eq!(
+        pool.stats().hits,
+        hits + 1,
+        "the class in use is still pooled"
+    );
+    pool.give_back(ra);
+}

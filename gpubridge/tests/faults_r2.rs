@@ -1,9 +1,9 @@
-//! TARGETS.md R2 on real backends: faults injected under concurrent load into the real wgpu
-//! backend (Mesa's llvmpipe in CI, the GPU's Vulkan driver on the GPU machine), with the real CPU
-//! backend behind it. For each fault type: every request ends with its exact result or an error
-//! (none hangs), within a second; nothing stays pending; and once the faults stop, the wgpu
-//! device's circuit closes again and work returns to it. Skips without a wgpu adapter unless
-//! `GPUBRIDGE_REQUIRE_WGPU=1`.
+//! TARGETS.md R2 on real backends: faults injected under concurrent load into the real CUDA and
+//! wgpu backends (the GPU on the GPU machine; Mesa's llvmpipe for wgpu in CI), with the real CPU
+//! backend behind them. For each fault type: every request ends with its exact result or an error
+//! (none hangs), within a second; nothing stays pending; and once the faults stop, the device's
+//! circuit closes again and work returns to it. Each test skips without its backend unless
+//! `GPUBRIDGE_REQUIRE_GPU=1` (CUDA) or `GPUBRIDGE_REQUIRE_WGPU=1` (wgpu) makes that a failure.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,25 +15,36 @@ use gpubridge_wgpu_fallback::wgpu::WgpuBackend;
 use gpubridge_wgpu_fallback::CpuBackend;
 use rand::{Rng, SeedableRng};
 
-fn setup() -> Option<(GpuBridge, Arc<FaultInjector>)> {
+/// A bridge with the `kind` device under fault injection and the CPU behind it, or `None` (the
+/// test skips) where that backend is not usable and not required.
+fn setup(kind: BackendKind) -> Option<(GpuBridge, Arc<FaultInjector>)> {
     let mut config = BridgeConfig::default();
     // llvmpipe is a software adapter: put it first here, so that it is the device under test.
     config.fallback.software_adapters_last = false;
-    config.fallback.chain = vec![BackendKind::Wgpu, BackendKind::Cpu];
+    config.fallback.chain = vec![kind, BackendKind::Cpu];
     config.fallback.circuit_failure_threshold = 3;
     config.fallback.circuit_open_ms = 200;
-    let wgpu = match WgpuBackend::new(&config) {
+    let device: Result<Arc<dyn Backend>, String> = match kind {
+        BackendKind::Wgpu => WgpuBackend::new(&config)
+            .map(|b| b as Arc<dyn Backend>)
+            .map_err(|e| e.to_string()),
+        BackendKind::Cuda => gpubridge_cuda::CudaBackend::new(&config)
+            .map(|b| b as Arc<dyn Backend>)
+            .map_err(|e| e.to_string()),
+        BackendKind::Cpu => unreachable!("the CPU is the fallback here"),
+    };
+    let device = match device {
         Ok(b) => b,
         Err(why) => {
             assert!(
-                !gpubridge::conformance::wgpu_required(),
-                "wgpu is required here: {why}"
+                !gpubridge::conformance::backend_required(kind),
+                "{kind} is required here: {why}"
             );
-            eprintln!("skipped: wgpu not available: {why}");
+            eprintln!("skipped: {kind} not available: {why}");
             return None;
         }
     };
-    let faulty = FaultInjector::wrap(wgpu as Arc<dyn Backend>);
+    let faulty = FaultInjector::wrap(device);
     let cpu = CpuBackend::new(&config).unwrap();
     let bridge = GpuBridge::builder(config)
         .kernel(VectorAdd)
@@ -100,15 +111,24 @@ async fn load(bridge: &GpuBridge) -> (usize, usize, Duration) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_fault_type_under_load_ends_every_request_and_the_circuit_closes_again() {
-    let Some((bridge, faulty)) = setup() else {
+async fn wgpu_every_fault_type_under_load_ends_every_request_and_the_circuit_closes_again() {
+    every_fault_type(BackendKind::Wgpu).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cuda_every_fault_type_under_load_ends_every_request_and_the_circuit_closes_again() {
+    every_fault_type(BackendKind::Cuda).await;
+}
+
+async fn every_fault_type(kind: BackendKind) {
+    let Some((bridge, faulty)) = setup(kind) else {
         return;
     };
-    let wgpu_circuit = |b: &GpuBridge| {
+    let device_circuit = |b: &GpuBridge| {
         b.readiness()
             .devices
             .iter()
-            .find(|d| d.id.backend == BackendKind::Wgpu)
+            .find(|d| d.id.backend == kind)
             .map(|d| d.circuit)
     };
     for (fault, when) in [
@@ -146,9 +166,7 @@ async fn every_fault_type_under_load_ends_every_request_and_the_circuit_closes_a
                 .execute(pairs(&mut rand::rng(), 2, 64), ExecutionHints::default())
                 .await
                 .unwrap();
-            if r.backend() == Some(BackendKind::Wgpu)
-                && wgpu_circuit(&bridge) == Some(CircuitState::Closed)
-            {
+            if r.backend() == Some(kind) && device_circuit(&bridge) == Some(CircuitState::Closed) {
                 back = true;
                 break;
             }
@@ -156,7 +174,7 @@ async fn every_fault_type_under_load_ends_every_request_and_the_circuit_closes_a
         }
         assert!(
             back,
-            "{fault:?}: work never returned to wgpu with a closed circuit"
+            "{fault:?}: work never returned to {kind} with a closed circuit"
         );
         // Every fault's requests are answered, so the pools and queues are back to zero too.
         gpubridge::testing::assert_quiescent(&bridge);

@@ -1,4 +1,4 @@
-//! `cargo xtask ci`.
+//! `cargo xtask ci`: what CI runs.
 
 use std::process::Command;
 
@@ -28,10 +28,10 @@ const WGPU: &str = "gpubridge/wgpu";
 /// Seconds each fuzz target runs in CI.
 const CI_FUZZ_SECONDS: &str = "20";
 
-/// Format check, clippy (with wgpu, then the CPU-only libraries), docs, tests, valgrind on the CPU
-/// path and a short run of every fuzz target, stopping at the first failure. The wgpu tests skip
-/// without an adapter unless `GPUBRIDGE_REQUIRE_WGPU=1` (which `.ci/run` sets after installing
-/// Mesa's Vulkan drivers).
+/// Format check, clippy (with wgpu, then the CPU-only libraries), docs, tests, the quick bench,
+/// a one-minute soak, valgrind on the CPU path and a short run of every fuzz target, stopping at
+/// the first failure. The wgpu tests skip without an adapter unless `GPUBRIDGE_REQUIRE_WGPU=1`
+/// (which `.ci/run` sets after installing Mesa's Vulkan drivers).
 pub fn run() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
     // The fuzz crate is a workspace of its own, outside `--all`.
@@ -72,7 +72,18 @@ pub fn run() -> anyhow::Result<()> {
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
     cargo(&["test", "--workspace", "--features", WGPU], &[])?;
-    // The CPU path under valgrind's memcheck (the executables the tests just built; about a
+    // The bench harness end to end on the CPU and llvmpipe (no pass/fail on timings), and a
+    // bounded soak: one minute of the mixed workload on the CPU, failing on any lost, hung or
+    // wrong request, errors, or memory or latency growth beyond R1 that a minute can resolve.
+    eprintln!("$ cargo xtask bench --quick");
+    crate::bench::run(&["--quick".to_owned()])?;
+    let soak: Vec<String> = ["--duration", "60s", "--backend", "cpu"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    eprintln!("$ cargo xtask soak {}", soak.join(" "));
+    crate::soak::run(&soak)?;
+    // The CPU path under valgrind's memcheck (the executables the tests built; about half a
     // minute).
     crate::valgrind::run()?;
     // Every fuzz target briefly on its seed corpus, built on the stable toolchain (about three

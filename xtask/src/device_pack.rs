@@ -92,6 +92,40 @@ pub fn run() -> anyhow::Result<()> {
             }
         }
     }
+    // The original's five benchmarks (criterion), run there as `bench-seed --bench` with
+    // `CRITERION_HOME` set; `cargo xtask bench --from DIR` folds the results into a report here.
+    let args = [
+        "bench",
+        "--no-run",
+        "--message-format=json",
+        "-p",
+        "gpubridge",
+        "--features",
+        "cuda,wgpu",
+        "--bench",
+        "seed",
+    ];
+    eprintln!("$ cargo {}", args.join(" "));
+    let output = Command::new(&cargo)
+        .args(args)
+        .current_dir(&root)
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !output.status.success() {
+        bail!("building the criterion benches failed");
+    }
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if v["reason"] == "compiler-artifact" && v["target"]["name"] == "seed" {
+            if let Some(exe) = v["executable"].as_str() {
+                std::fs::copy(exe, out.join("bench-seed"))
+                    .with_context(|| format!("copying {exe}"))?;
+                strip(&out.join("bench-seed"));
+            }
+        }
+    }
     std::fs::copy(crate::build_release_cli()?, out.join("gpubridge"))?;
     strip(&out.join("gpubridge"));
     if let Err(e) = pack_vulkan_loader(&root.join("target/device-pack-vulkan"), &out) {

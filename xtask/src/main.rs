@@ -7,6 +7,9 @@
 //!   against baselines from the same run, in `target/bench-report/`.
 //! - `cargo xtask load [--rates 250k,1M ..] [--from FILE.json]`: the open-loop rate sweep on the
 //!   dynamic batcher (P3) with latency against throughput drawn in `target/load-report/load.png`.
+//! - `cargo xtask soak [--duration 24h] [--backend ..] [--faults ..] [--from DIR]`: the mixed
+//!   workload of `gpubridge soak` with its R1/R2 verdict as the exit status, and its samples drawn
+//!   in `target/soak-report/memory.png` and `latency.png`.
 //! - `cargo xtask fuzz [--time SECS] [TARGET ..]`: builds the fuzz targets in `fuzz/` with
 //!   libFuzzer's instrumentation on the stable toolchain and runs each on its seed corpus.
 //! - `cargo xtask valgrind`: the CPU path (the CLI's samples and the batcher's tests) under
@@ -21,6 +24,7 @@ mod device_pack;
 mod fuzz;
 mod load;
 mod plot;
+mod soak;
 mod valgrind;
 
 use std::path::PathBuf;
@@ -32,10 +36,11 @@ fn main() -> anyhow::Result<()> {
         Some("bench") => bench::run(&args[1..]),
         Some("device-pack") => device_pack::run(),
         Some("load") => load::run(&args[1..]),
+        Some("soak") => soak::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("valgrind") => valgrind::run(),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [--quick] [--only P2,P4] | load [..] | fuzz [--time SECS] [TARGET ..] | valgrind | device-pack>");
+            eprintln!("usage: cargo xtask <ci | bench [--quick] [--only P2,P4] | load [..] | soak [..] | fuzz [--time SECS] [TARGET ..] | valgrind | device-pack>");
             std::process::exit(2);
         }
     }

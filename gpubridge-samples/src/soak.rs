@@ -1,0 +1,1698 @@
+//! `gpubridge soak`: a long mixed workload that catches leaks, lost requests and slow drift
+//! (TARGETS.md R1, and R2 with `--faults`).
+//!
+//! Four workloads run at once, for `--duration`, against one bridge:
+//!
+//! - **singles**: open-loop single-item requests through the dynamic batcher (the traffic of
+//!   `gpubridge load`: its input pool, its send path), `--rate` per second from `--tasks` tasks;
+//! - **batches**: every registered kernel in turn (vector add, sum, SAXPY, matrix multiply,
+//!   connected components) with random batch sizes and shapes, `--batch-rate` per second;
+//! - **stream**: one [`GpuBridge::stream`] of sums with in-order answers, `--stream-rate` items
+//!   per second;
+//! - **storage**: a file round trip (save random bytes, load them back, compare) every
+//!   `--storage-every`.
+//!
+//! Every answer is checked against a reference computed on the host. Every `--interval` a
+//! sample is appended to `OUT/soak.jsonl` (flushed, so `tail -f` watches it) and
+//! `OUT/summary.json` is rewritten: requests by workload and outcome, latency percentiles, process
+//! RSS, open file descriptors, pending requests, the device pool's statistics and, for CUDA, the
+//! device's free memory. A terminal gets a progress bar; anything else gets one plain line per
+//! interval.
+//!
+//! # Verdict (the exit status)
+//! The soak fails on: any lost or hung request (no answer within `--hang-after`, or still
+//! unanswered when the workloads stop); any wrong answer; an error rate above
+//! `--max-error-rate`; or growth beyond R1 after the warm-up: memory (RSS, the live heap, and the
+//! device pool) whose least-squares slope over the second half of the measured span is above
+//! `--max-growth-mib-per-hour` with 95% confidence (the interval widened for autocorrelated
+//! samples), or a
+//! singles P99 in the last window above `--max-p99-growth` times the first. A window is a tenth
+//! of the measured span (at least one interval). A slope whose confidence interval straddles the
+//! limit is reported as `unresolved`: the run was too short or too noisy to prove R1 either way,
+//! and does not fail; R1 is shown only by `flat` (the whole interval under the limit).
+//!
+//! With `--faults`, the backend under test is wrapped in a [`FaultInjector`] with the CPU behind
+//! it; its rules are re-armed (and lost devices healed) every interval, so recovery is exercised
+//! again and again, and the last tenth of the run has no faults: the summary then checks that the
+//! device's circuit closed again. The verdict's fits and latency windows then cover the faulted
+//! span only (one regime throughout).
+//!
+//! Bounded caches fill before they are flat: the CUDA graph cache grows to `cuda.graph_cache_mb`
+//! and the device pool keeps idle memory of the size classes in use (releasing classes unused for
+//! 30 to 60 s). A soak of many distinct shapes shows R1 only once they are full, so the warm-up
+//! must outlast the fill (each sample records the graph cache's entries, bytes, captures and
+//! evictions to show it).
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures::stream::{FuturesUnordered, StreamExt};
+use gpubridge::faults::{FaultInjector, InjectedFault, Trigger};
+use gpubridge::kernels::{
+    union_find_labels, ConnectedComponents, Graph, MatMul, MatMulInput, Saxpy, SaxpyInput, Sum,
+    VectorAdd, VectorPair,
+};
+use gpubridge::{
+    Backend, BackendKind, BridgeConfig, CircuitState, ExecutionHints, GpuBridge, Kernel,
+};
+use parking_lot::Mutex;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+use crate::load::{self, percentile_us, tenths};
+
+/// Options of `gpubridge soak`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SoakArgs {
+    /// How long to run (`90s`, `8m`, `24h`, `1h30m`).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Time between samples. Default: a sixtieth of the duration, from 1 s to 60 s.
+    #[arg(long, value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// Samples before this are the warm-up, left out of the verdict's fits. Default: a quarter
+    /// of the duration, at most 10 minutes.
+    #[arg(long, value_parser = parse_duration)]
+    pub warmup: Option<Duration>,
+    /// The backend under test (`auto`: the first usable of CUDA, wgpu, the CPU); the CPU runs
+    /// behind a device backend as its fallback.
+    #[arg(long, default_value = "auto")]
+    pub backend: String,
+    /// Faults injected into the backend under test, comma separated: `KIND:WHEN` with KIND one of
+    /// `launch`, `oom`, `copy`, `lost`, `slow=DURATION`, and WHEN a probability (`0.001`),
+    /// `nth=N` or `every=N`. Example: `launch:0.002,oom:0.002,copy:0.002,slow=50ms:0.002,lost:every=20000`.
+    #[arg(long, value_delimiter = ',')]
+    pub faults: Vec<String>,
+    /// Single-item requests per second (open loop).
+    #[arg(long, default_value_t = 20_000.0)]
+    pub rate: f64,
+    /// Tasks sending the singles.
+    #[arg(long, default_value_t = 64)]
+    pub tasks: usize,
+    /// Batches per second, spread over every kernel.
+    #[arg(long, default_value_t = 40.0)]
+    pub batch_rate: f64,
+    /// Stream items per second.
+    #[arg(long, default_value_t = 2_000.0)]
+    pub stream_rate: f64,
+    /// Time between storage round trips (`0s` for none).
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub storage_every: Duration,
+    /// Bytes per storage round trip.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub storage_bytes: usize,
+    /// A request with no answer after this long is hung.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub hang_after: Duration,
+    /// Most errors per request allowed, over the whole run.
+    #[arg(long, default_value_t = 0.001)]
+    pub max_error_rate: f64,
+    /// R1: most memory growth after the warm-up, in MiB per hour.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_growth_mib_per_hour: f64,
+    /// R1: most the singles' P99 of the last window may be, as a multiple of the first's.
+    #[arg(long, default_value_t = 1.5)]
+    pub max_p99_growth: f64,
+    /// Where `soak.jsonl` and `summary.json` go.
+    #[arg(long, default_value = "target/soak-report")]
+    pub out: PathBuf,
+    /// Tokio worker threads (default: one per logical core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Bytes leaked on purpose per completed single: a planted leak, set only by the test that
+    /// proves the slope check catches one.
+    #[arg(skip)]
+    pub planted_leak_bytes: usize,
+}
+
+/// Parses `500ms`, `90s`, `8m`, `24h`, `1h30m` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"));
+    }
+    let mut total = 0.0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err("an empty duration".to_owned());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("`{s}`: a number without a unit (ms, s, m, h)"))?;
+        let (num, tail) = rest.split_at(digits);
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("`{s}`: `{num}` is not a number"))?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_len);
+        let scale = match unit {
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" | "min" => 60.0,
+            "h" => 3600.0,
+            "d" => 86_400.0,
+            _ => return Err(format!("`{s}`: unknown unit `{unit}` (ms, s, m, h, d)")),
+        };
+        total += value * scale;
+        rest = next;
+    }
+    Duration::try_from_secs_f64(total).map_err(|e| format!("`{s}`: {e}"))
+}
+
+/// One fault rule from `--faults`.
+fn parse_fault(spec: &str) -> anyhow::Result<(InjectedFault, Trigger)> {
+    let (kind, when) = spec
+        .split_once(':')
+        .with_context(|| format!("fault `{spec}`: expected KIND:WHEN"))?;
+    let fault = match kind {
+        "launch" => InjectedFault::LaunchFailure,
+        "oom" => InjectedFault::OutOfMemory,
+        "copy" => InjectedFault::CopyFailure,
+        "lost" => InjectedFault::DeviceLost,
+        _ => match kind.strip_prefix("slow=") {
+            Some(d) => InjectedFault::Slow(parse_duration(d).map_err(anyhow::Error::msg)?),
+            None => bail!(
+                "fault `{spec}`: unknown kind `{kind}` (launch, oom, copy, lost, slow=DURATION)"
+            ),
+        },
+    };
+    let trigger = if let Some(n) = when.strip_prefix("nth=") {
+        Trigger::Nth(n.parse().with_context(|| format!("fault `{spec}`"))?)
+    } else if let Some(n) = when.strip_prefix("every=") {
+        let n: u64 = n.parse().with_context(|| format!("fault `{spec}`"))?;
+        anyhow::ensure!(n > 0, "fault `{spec}`: every=0");
+        Trigger::EveryNth(n)
+    } else {
+        let p: f64 = when
+            .parse()
+            .with_context(|| format!("fault `{spec}`: WHEN is a probability, nth=N or every=N"))?;
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&p),
+            "fault `{spec}`: probability {p} outside 0..1"
+        );
+        Trigger::Rate(p)
+    };
+    Ok((fault, trigger))
+}
+
+/// The workloads, in report order.
+const WORKLOADS: [&str; 4] = ["singles", "batches", "stream", "storage"];
+const SINGLES: usize = 0;
+const BATCHES: usize = 1;
+const STREAM: usize = 2;
+const STORAGE: usize = 3;
+
+/// What one workload saw in the current interval.
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    wrong: u64,
+    errors: BTreeMap<&'static str, u64>,
+    /// Latencies of answered requests, in tenths of a microsecond.
+    latencies: Vec<u32>,
+}
+
+/// Counters shared by the workloads and the sampler.
+struct Shared {
+    tallies: [Mutex<Tally>; 4],
+    sent: [AtomicU64; 4],
+    answered: [AtomicU64; 4],
+    hung: AtomicU64,
+    stop: AtomicBool,
+    hang_after: Duration,
+    planted_leak_bytes: usize,
+}
+
+impl Shared {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Records one request's end: `Ok(true)` a right answer, `Ok(false)` a wrong one.
+    fn record(&self, w: usize, latency: Duration, outcome: Result<bool, &'static str>) {
+        self.answered[w].fetch_add(1, Ordering::Relaxed);
+        let mut t = self.tallies[w].lock();
+        match outcome {
+            Ok(true) => {
+                t.ok += 1;
+                t.latencies.push(tenths(latency));
+            }
+            Ok(false) => t.wrong += 1,
+            Err(reason) => *t.errors.entry(reason).or_default() += 1,
+        }
+    }
+
+    /// Runs one request with the hang deadline: `None` (and counted as hung) past it.
+    async fn guard<T>(&self, fut: impl std::future::Future<Output = T>) -> Option<T> {
+        match tokio::time::timeout(self.hang_after, fut).await {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.hung.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+}
+
+/// A reading of the device's memory, where the backend under test has a pool.
+#[derive(Debug, Clone, Copy, Default)]
+struct DeviceMemory {
+    /// Pool bytes rented plus held idle: the bridge's footprint on the device.
+    pool_bytes: u64,
+    pool_in_use: u64,
+    pool_peak: u64,
+    pool_hits: u64,
+    pool_misses: u64,
+    pool_failures: u64,
+    /// Free device memory as the driver reports it, where known.
+    free_bytes: Option<u64>,
+    /// CUDA graph cache: graphs cached, the device and pinned bytes they own (within
+    /// `cuda.graph_cache_mb`), captures and evictions so far.
+    graphs: Option<(u64, u64, u64, u64)>,
+}
+
+type MemoryProbe = Box<dyn Fn() -> Option<DeviceMemory> + Send + Sync>;
+
+/// The bridge under soak, with a way to read its device memory and, with `--faults`, its
+/// injector.
+struct Rig {
+    bridge: GpuBridge,
+    backend: BackendKind,
+    device_name: String,
+    memory: MemoryProbe,
+    faults: Option<Arc<FaultInjector>>,
+}
+
+fn build_rig(args: &SoakArgs, config: &BridgeConfig) -> anyhow::Result<Rig> {
+    let requested = match args.backend.as_str() {
+        "auto" => None,
+        b => Some(load::backend_of(b)?),
+    };
+    let probe = |kind: BackendKind| {
+        gpubridge::probe_backends(config)
+            .into_iter()
+            .find(|r| r.kind == kind)
+            .and_then(|r| r.unavailable_reason())
+    };
+    let backend = match requested {
+        Some(b) => b,
+        None => [BackendKind::Cuda, BackendKind::Wgpu]
+            .into_iter()
+            .find(|&k| probe(k).is_none())
+            .unwrap_or(BackendKind::Cpu),
+    };
+    let mut config = config.clone();
+    config.fallback.chain = if backend == BackendKind::Cpu {
+        vec![BackendKind::Cpu]
+    } else {
+        vec![backend, BackendKind::Cpu]
+    };
+    // The device under test is first even when it is a software adapter (llvmpipe in CI).
+    config.fallback.software_adapters_last = false;
+    let mut builder = GpuBridge::builder(config.clone());
+    gpubridge::register_builtins(&mut builder)?;
+    let (device, memory): (Option<Arc<dyn Backend>>, MemoryProbe) = match backend {
+        BackendKind::Cpu => (None, Box::new(|| None)),
+        BackendKind::Cuda => cuda_device(&config)?,
+        BackendKind::Wgpu => wgpu_device(&config)?,
+    };
+    let mut faults = None;
+    if let Some(device) = device {
+        let device = if args.faults.is_empty() {
+            device
+        } else {
+            let f = FaultInjector::wrap(device);
+            faults = Some(f.clone());
+            f as Arc<dyn Backend>
+        };
+        builder.add_backend(device);
+    } else if !args.faults.is_empty() {
+        bail!("--faults needs a device backend under test (cuda or wgpu) with the CPU behind it");
+    }
+    builder.add_backend(gpubridge::cpu::CpuBackend::new(&config)?);
+    let bridge = builder.build()?;
+    let device_name = bridge
+        .devices()
+        .into_iter()
+        .find(|d| d.id.backend == backend)
+        .map(|d| d.name)
+        .unwrap_or_default();
+    Ok(Rig {
+        bridge,
+        backend,
+        device_name,
+        memory,
+        faults,
+    })
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(config: &BridgeConfig) -> anyhow::Result<(Option<Arc<dyn Backend>>, MemoryProbe)> {
+    let cuda = gpubridge::cuda::CudaBackend::new(config)
+        .map_err(|why| anyhow::anyhow!("CUDA is not usable here: {why}"))?;
+    let probe = cuda.clone();
+    let memory: MemoryProbe = Box::new(move || {
+        let s = probe.pool_stats(0)?;
+        Some(DeviceMemory {
+            pool_bytes: (s.in_use + s.idle) as u64,
+            pool_in_use: s.in_use as u64,
+            pool_peak: s.peak as u64,
+            pool_hits: s.hits,
+            pool_misses: s.misses,
+            pool_failures: s.failures,
+            free_bytes: probe.free_memory(0),
+            graphs: probe
+                .graph_stats(0)
+                .map(|g| (g.entries, g.bytes, g.misses, g.evictions)),
+        })
+    });
+    Ok((Some(cuda as Arc<dyn Backend>), memory))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(_: &BridgeConfig) -> anyhow::Result<(Option<Arc<dyn Backend>>, MemoryProbe)> {
+    bail!("CUDA is not compiled in (build with the `cuda` feature)")
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_device(config: &BridgeConfig) -> anyhow::Result<(Option<Arc<dyn Backend>>, MemoryProbe)> {
+    let wgpu = gpubridge::wgpu::WgpuBackend::new(config)
+        .map_err(|why| anyhow::anyhow!("wgpu is not usable here: {why}"))?;
+    let probe = wgpu.clone();
+    let memory: MemoryProbe = Box::new(move || {
+        let s = probe.pool_stats(0)?;
+        Some(DeviceMemory {
+            pool_bytes: s.in_use + s.idle,
+            pool_in_use: s.in_use,
+            pool_peak: s.peak,
+            pool_hits: s.hits,
+            pool_misses: s.misses,
+            pool_failures: s.failures,
+            free_bytes: None,
+            graphs: None,
+        })
+    });
+    Ok((Some(wgpu as Arc<dyn Backend>), memory))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_device(_: &BridgeConfig) -> anyhow::Result<(Option<Arc<dyn Backend>>, MemoryProbe)> {
+    bail!("wgpu is not compiled in (build with the `wgpu` feature)")
+}
+
+/// Process resident set size in bytes (Linux `/proc/self/statm`).
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+/// Bytes the C allocator has handed out and not had back (glibc's `mallinfo2`: in-use chunks
+/// in every arena plus mmapped blocks): live heap, without the free memory that fragmentation
+/// keeps resident. Rust's global allocator is the C allocator here.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap_live_bytes() -> Option<u64> {
+    // SAFETY: mallinfo2 has no preconditions; it takes each arena's lock while it counts.
+    let m = unsafe { libc::mallinfo2() };
+    Some((m.uordblks + m.hblkhd) as u64)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn heap_live_bytes() -> Option<u64> {
+    None
+}
+
+/// Open file descriptors of this process (Linux `/proc/self/fd`).
+fn open_fds() -> Option<u64> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
+}
+
+/// Sleeps until `next`, or returns `false` at once when the soak is stopping.
+async fn pace(shared: &Shared, next: Instant) -> bool {
+    if shared.stopping() {
+        return false;
+    }
+    tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
+    !shared.stopping()
+}
+
+/// The singles: `gpubridge load`'s traffic, open loop, for as long as the soak runs.
+async fn singles(
+    bridge: GpuBridge,
+    shared: Arc<Shared>,
+    pool: Arc<load::Pool>,
+    task: usize,
+    period: Duration,
+) {
+    let mut next = Instant::now() + period.mul_f64(task as f64 / 64.0);
+    let mut k = task * 7;
+    let mut inflight = FuturesUnordered::new();
+    let tick = Duration::from_millis(1);
+    let hints = ExecutionHints::default();
+    loop {
+        tokio::select! {
+            biased;
+            Some(done) = inflight.next(), if !inflight.is_empty() => {
+                let Some(load::Done { sent, done, i, r, .. }) = done else { continue };
+                let outcome = match r {
+                    Ok(single) => {
+                        let want = pool.sums[i];
+                        if shared.planted_leak_bytes > 0 {
+                            // The planted leak: bytes written (so that they are resident) and
+                            // never freed.
+                            std::mem::forget(vec![0xa5u8; shared.planted_leak_bytes]);
+                        }
+                        Ok((single.output - want).abs() <= 1e-4 * (1.0 + want.abs()))
+                    }
+                    Err(e) => Err(e.reason_label()),
+                };
+                shared.record(SINGLES, done - sent, outcome);
+            }
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(next.max(Instant::now() + tick))), if !shared.stopping() => {
+                let now = Instant::now();
+                while next <= now {
+                    let i = k % pool.inputs.len();
+                    k += 1;
+                    shared.sent[SINGLES].fetch_add(1, Ordering::Relaxed);
+                    let bridge = bridge.clone();
+                    let input = pool.inputs[i].clone();
+                    let hints = hints.clone();
+                    let shared = shared.clone();
+                    inflight.push(async move {
+                        shared.guard(load::send_one(&bridge, input, hints, now, i)).await
+                    });
+                    next += period;
+                }
+            }
+            else => {
+                if inflight.is_empty() {
+                    break;
+                }
+            }
+        }
+        if shared.stopping() && inflight.is_empty() {
+            break;
+        }
+    }
+}
+
+fn random_vec(rng: &mut impl Rng, len: usize) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn close(got: &[f32], want: &[f32], tol: f32) -> bool {
+    got.len() == want.len()
+        && got
+            .iter()
+            .zip(want)
+            .all(|(g, w)| (g - w).abs() <= tol * (1.0 + w.abs()))
+}
+
+/// One batch of kernel `K` checked by `check`: `Ok(right)` or the error's reason.
+async fn one_batch<K: Kernel>(
+    bridge: &GpuBridge,
+    inputs: Vec<K::Input>,
+    check: impl FnOnce(&[K::Output]) -> bool,
+) -> Result<bool, &'static str> {
+    let grain = bridge.batch::<K>().map_err(|e| e.reason_label())?;
+    let out = grain
+        .execute(inputs, ExecutionHints::default())
+        .await
+        .map_err(|e| e.reason_label())?;
+    Ok(check(&out.outputs))
+}
+
+/// A random batch of one of the built-in kernels, checked against the host's answer.
+async fn random_batch(
+    bridge: &GpuBridge,
+    rng: &mut rand::rngs::SmallRng,
+    which: usize,
+) -> Result<bool, &'static str> {
+    match which % 5 {
+        0 => {
+            let n = rng.random_range(1..=64);
+            let inputs: Vec<VectorPair> = (0..n)
+                .map(|_| {
+                    let len = rng.random_range(1..=4096);
+                    VectorPair {
+                        a: random_vec(rng, len),
+                        b: random_vec(rng, len),
+                    }
+                })
+                .collect();
+            let want: Vec<Vec<f32>> = inputs
+                .iter()
+                .map(|p| p.a.iter().zip(&p.b).map(|(a, b)| a + b).collect())
+                .collect();
+            one_batch::<VectorAdd>(bridge, inputs, |out| {
+                out.len() == want.len() && out.iter().zip(&want).all(|(o, w)| close(o, w, 1e-6))
+            })
+            .await
+        }
+        1 => {
+            let n = rng.random_range(1..=256);
+            let inputs: Vec<Vec<f32>> = (0..n)
+                .map(|_| {
+                    let len = rng.random_range(1..=2048);
+                    random_vec(rng, len)
+                })
+                .collect();
+            let want: Vec<f32> = inputs
+                .iter()
+                .map(|v| v.iter().map(|&x| f64::from(x)).sum::<f64>() as f32)
+                .collect();
+            one_batch::<Sum>(bridge, inputs, |out| close(out, &want, 1e-4)).await
+        }
+        2 => {
+            let n = rng.random_range(1..=32);
+            let inputs: Vec<SaxpyInput> = (0..n)
+                .map(|_| {
+                    let len = rng.random_range(1..=8192);
+                    SaxpyInput {
+                        alpha: rng.random_range(-2.0f32..2.0),
+                        x: random_vec(rng, len),
+                        y: random_vec(rng, len),
+                    }
+                })
+                .collect();
+            let want: Vec<Vec<f32>> = inputs
+                .iter()
+                .map(|s| s.x.iter().zip(&s.y).map(|(x, y)| s.alpha * x + y).collect())
+                .collect();
+            one_batch::<Saxpy>(bridge, inputs, |out| {
+                out.len() == want.len() && out.iter().zip(&want).all(|(o, w)| close(o, w, 1e-5))
+            })
+            .await
+        }
+        3 => {
+            let n = rng.random_range(1..=4);
+            let inputs: Vec<MatMulInput> = (0..n)
+                .map(|_| {
+                    let (m, k, nn) = (
+                        rng.random_range(1..=96),
+                        rng.random_range(1..=96),
+                        rng.random_range(1..=96),
+                    );
+                    MatMulInput {
+                        m,
+                        k,
+                        n: nn,
+                        a: random_vec(rng, m * k),
+                        b: random_vec(rng, k * nn),
+                    }
+                })
+                .collect();
+            let want: Vec<Vec<f32>> = inputs
+                .iter()
+                .map(|x| {
+                    let mut c = vec![0f32; x.m * x.n];
+                    for i in 0..x.m {
+                        for p in 0..x.k {
+                            let a = f64::from(x.a[i * x.k + p]);
+                            for j in 0..x.n {
+                                c[i * x.n + j] += (a * f64::from(x.b[p * x.n + j])) as f32;
+                            }
+                        }
+                    }
+                    c
+                })
+                .collect();
+            one_batch::<MatMul>(bridge, inputs, |out| {
+                out.len() == want.len()
+                    && out.iter().zip(&want).all(|(o, w)| close(&o.data, w, 1e-3))
+            })
+            .await
+        }
+        _ => {
+            let n = rng.random_range(1..=2);
+            let inputs: Vec<Graph> = (0..n)
+                .map(|_| {
+                    let nodes = rng.random_range(1..=20_000u32);
+                    let edges = (0..rng.random_range(0..=nodes as usize))
+                        .map(|_| [rng.random_range(0..nodes), rng.random_range(0..nodes)])
+                        .collect();
+                    Graph {
+                        nodes: nodes as usize,
+                        edges,
+                    }
+                })
+                .collect();
+            let want: Vec<Vec<u32>> = inputs
+                .iter()
+                .map(|g| union_find_labels(g.nodes, &g.edges))
+                .collect();
+            one_batch::<ConnectedComponents>(bridge, inputs, |out| out == want.as_slice()).await
+        }
+    }
+}
+
+/// The batches: every kernel in turn, `rate` per second.
+async fn batches(bridge: GpuBridge, shared: Arc<Shared>, rate: f64, seed: u64) {
+    if rate <= 0.0 {
+        return;
+    }
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut next = Instant::now();
+    let mut which = 0usize;
+    while pace(&shared, next).await {
+        next += period;
+        let t0 = Instant::now();
+        shared.sent[BATCHES].fetch_add(1, Ordering::Relaxed);
+        if let Some(outcome) = shared.guard(random_batch(&bridge, &mut rng, which)).await {
+            shared.record(BATCHES, t0.elapsed(), outcome);
+        }
+        which += 1;
+        // A slow batch does not make the next ones burst.
+        next = next.max(Instant::now());
+    }
+}
+
+/// The stream: sums sent at `rate`, answers checked in order.
+async fn stream(bridge: GpuBridge, shared: Arc<Shared>, pool: Arc<load::Pool>, rate: f64) {
+    if rate <= 0.0 {
+        return;
+    }
+    let (tx, mut rx) = match bridge.stream::<Sum>(ExecutionHints::default(), 256) {
+        Ok(s) => s,
+        Err(e) => {
+            shared.sent[STREAM].fetch_add(1, Ordering::Relaxed);
+            shared.record(STREAM, Duration::ZERO, Err(e.reason_label()));
+            return;
+        }
+    };
+    // What was sent, in order: when, and which input.
+    let (order_tx, mut order_rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, usize)>();
+    let receiver = {
+        let shared = shared.clone();
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            while let Some(got) = rx.recv().await {
+                let Some((sent, i)) = order_rx.recv().await else {
+                    break;
+                };
+                let outcome = match got {
+                    Ok(sum) => Ok((sum - pool.sums[i]).abs() <= 1e-4 * (1.0 + pool.sums[i].abs())),
+                    Err(e) => Err(e.reason_label()),
+                };
+                shared.record(STREAM, sent.elapsed(), outcome);
+            }
+        })
+    };
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut next = Instant::now();
+    let mut k = 3usize;
+    while pace(&shared, next).await {
+        let now = Instant::now();
+        while next <= now {
+            let i = k % pool.inputs.len();
+            k += 1;
+            next += period;
+            shared.sent[STREAM].fetch_add(1, Ordering::Relaxed);
+            match shared.guard(tx.send(pool.inputs[i].clone())).await {
+                Some(Ok(())) => {
+                    let _ = order_tx.send((Instant::now(), i));
+                }
+                Some(Err(e)) => shared.record(STREAM, Duration::ZERO, Err(e.reason_label())),
+                None => {}
+            }
+        }
+        next = next.max(Instant::now() - period * 16);
+    }
+    tx.close();
+    drop(order_tx);
+    if shared.guard(receiver).await.is_none() {
+        tracing::warn!("the stream's receiver did not finish");
+    }
+}
+
+/// The storage round trips.
+async fn storage(
+    shared: Arc<Shared>,
+    config: BridgeConfig,
+    dir: PathBuf,
+    every: Duration,
+    bytes: usize,
+) {
+    if every.is_zero() || bytes == 0 {
+        return;
+    }
+    let store = match gpubridge::storage::Storage::new(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            shared.sent[STORAGE].fetch_add(1, Ordering::Relaxed);
+            shared.record(STORAGE, Duration::ZERO, Err(e.reason_label()));
+            return;
+        }
+    };
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(0x50a6);
+    let mut next = Instant::now();
+    let mut n = 0u64;
+    // The buffers go round and come back, as a service's would (a failed trip drops them).
+    let mut buffers: Option<(Vec<u8>, Vec<u8>)> = None;
+    while pace(&shared, next).await {
+        next += every;
+        let (mut data, back) = buffers
+            .take()
+            .unwrap_or_else(|| (vec![0u8; bytes], vec![0u8; bytes]));
+        rng.fill(&mut data[..]);
+        let path = dir.join(format!("round-trip-{}.bin", n % 4));
+        n += 1;
+        let t0 = Instant::now();
+        shared.sent[STORAGE].fetch_add(1, Ordering::Relaxed);
+        let trip = async {
+            let (data, _) = store.save(data, &path).await?;
+            let (back, _) = store.load_into(&path, 0, back).await?;
+            Ok::<_, gpubridge::Error>((data, back))
+        };
+        if let Some(r) = shared.guard(trip).await {
+            let outcome = match r {
+                Ok((data, back)) => {
+                    let same = back == data;
+                    buffers = Some((data, back));
+                    Ok(same)
+                }
+                Err(e) => Err(e.reason_label()),
+            };
+            shared.record(STORAGE, t0.elapsed(), outcome);
+        }
+        let _ = std::fs::remove_file(&path);
+        next = next.max(Instant::now());
+    }
+}
+
+/// One interval's sample: what the fits need (a few bytes, so that a day of samples does not
+/// itself look like a leak).
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    t_s: f64,
+    warm: bool,
+    rss: Option<u64>,
+    heap: Option<u64>,
+    device: Option<DeviceMemory>,
+}
+
+/// A latency histogram of fixed size: 16 buckets per power of two of tenths of a microsecond
+/// (quantiles within about 6%).
+#[derive(Clone)]
+struct Hist([u64; 30 * 16]);
+
+impl Default for Hist {
+    fn default() -> Self {
+        Self([0; 30 * 16])
+    }
+}
+
+impl Hist {
+    fn bucket(v: u32) -> usize {
+        if v < 16 {
+            return v as usize;
+        }
+        let exp = 31 - v.leading_zeros() as usize;
+        let mantissa = ((v >> (exp - 4)) & 15) as usize;
+        (exp - 3) * 16 + mantissa
+    }
+
+    /// The smallest value of bucket `b`.
+    fn floor_of(b: usize) -> u64 {
+        if b < 16 {
+            return b as u64;
+        }
+        let exp = b / 16 + 3;
+        let mantissa = (b % 16) as u64;
+        (16 + mantissa) << (exp - 4)
+    }
+
+    fn add_all(&mut self, values: &[u32]) {
+        for &v in values {
+            self.0[Self::bucket(v)] += 1;
+        }
+    }
+
+    fn merge(&mut self, other: &Hist) {
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a += b;
+        }
+    }
+
+    /// The `q` quantile in microseconds (its bucket's floor), NaN when empty.
+    fn quantile_us(&self, q: f64) -> f64 {
+        let n: u64 = self.0.iter().sum();
+        if n == 0 {
+            return f64::NAN;
+        }
+        let rank = ((n - 1) as f64 * q).round() as u64;
+        let mut seen = 0u64;
+        for (b, &c) in self.0.iter().enumerate() {
+            seen += c;
+            if seen > rank {
+                return Self::floor_of(b) as f64 / 10.0;
+            }
+        }
+        f64::NAN
+    }
+}
+
+/// The singles' latencies of the first and of the latest window after the warm-up, in fixed
+/// memory: a window is `len` intervals.
+struct Windows {
+    len: usize,
+    first: Hist,
+    first_filled: usize,
+    recent: std::collections::VecDeque<Hist>,
+}
+
+impl Windows {
+    fn new(len: usize) -> Self {
+        Self {
+            len,
+            first: Hist::default(),
+            first_filled: 0,
+            recent: std::collections::VecDeque::with_capacity(len + 1),
+        }
+    }
+
+    fn push(&mut self, values: &[u32]) {
+        let mut h = Hist::default();
+        h.add_all(values);
+        if self.first_filled < self.len {
+            self.first.merge(&h);
+            self.first_filled += 1;
+        }
+        if self.recent.len() == self.len {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(h);
+    }
+
+    /// P99 of the first and the last window, once `intervals` (measured) are at least two.
+    fn p99s(&self, intervals: usize) -> (f64, f64) {
+        if intervals < 2 {
+            return (f64::NAN, f64::NAN);
+        }
+        let mut last = Hist::default();
+        for h in &self.recent {
+            last.merge(h);
+        }
+        (self.first.quantile_us(0.99), last.quantile_us(0.99))
+    }
+}
+
+/// A least-squares slope with its 95% confidence interval, in MiB per hour.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Growth {
+    slope: f64,
+    low: f64,
+    high: f64,
+    points: usize,
+    /// `points` shrunk by the residuals' autocorrelation.
+    effective_points: f64,
+}
+
+impl Growth {
+    /// Fits `(seconds, bytes)`; `None` with fewer than 3 points.
+    fn fit(points: &[(f64, f64)]) -> Option<Self> {
+        let n = points.len();
+        if n < 3 {
+            return None;
+        }
+        let nf = n as f64;
+        let mx = points.iter().map(|p| p.0).sum::<f64>() / nf;
+        let my = points.iter().map(|p| p.1).sum::<f64>() / nf;
+        let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+        if sxx <= 0.0 {
+            return None;
+        }
+        let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+        let b = sxy / sxx;
+        let a = my - b * mx;
+        let residuals: Vec<f64> = points.iter().map(|p| p.1 - a - b * p.0).collect();
+        let ssr: f64 = residuals.iter().map(|r| r * r).sum();
+        // Memory samples are not independent: in-flight requests and allocator high-water marks
+        // make neighbours alike. The residuals' lag-1 autocorrelation shrinks the sample to its
+        // effective size (the AR(1) correction), which widens the interval accordingly: a smooth
+        // bend over a short run is not taken for a trend.
+        let lag1 = if ssr > 0.0 {
+            residuals.windows(2).map(|w| w[0] * w[1]).sum::<f64>() / ssr
+        } else {
+            0.0
+        };
+        let rho = lag1.clamp(0.0, 0.99);
+        let n_eff = (nf * (1.0 - rho) / (1.0 + rho)).clamp(3.0, nf);
+        let se = (ssr / (nf - 2.0) / sxx).sqrt() * ((nf - 2.0) / (n_eff - 2.0)).sqrt();
+        let half = t975(n_eff as usize - 2) * se;
+        let per_hour = 3600.0 / f64::from(1u32 << 20);
+        Some(Self {
+            slope: b * per_hour,
+            low: (b - half) * per_hour,
+            high: (b + half) * per_hour,
+            points: n,
+            effective_points: n_eff,
+        })
+    }
+
+    /// `flat` (all under the limit), `growing` (all over it) or `unresolved`.
+    fn verdict(&self, limit: f64) -> &'static str {
+        if self.high <= limit {
+            "flat"
+        } else if self.low > limit {
+            "growing"
+        } else {
+            "unresolved"
+        }
+    }
+
+    fn to_json(self, limit: f64) -> Value {
+        json!({
+            "slope_mib_per_hour": self.slope, "ci95_low": self.low, "ci95_high": self.high,
+            "points": self.points, "effective_points": self.effective_points,
+            "limit_mib_per_hour": limit, "verdict": self.verdict(limit),
+        })
+    }
+}
+
+/// The 97.5% quantile of Student's t with `df` degrees of freedom.
+fn t975(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::INFINITY,
+        1..=30 => T[df - 1],
+        31..=60 => 2.00,
+        61..=120 => 1.98,
+        _ => 1.96,
+    }
+}
+
+/// Totals over the whole run, per workload.
+#[derive(Debug, Clone, Default)]
+struct Totals {
+    sent: [u64; 4],
+    answered: [u64; 4],
+    ok: [u64; 4],
+    wrong: [u64; 4],
+    errors: [BTreeMap<&'static str, u64>; 4],
+}
+
+/// Runs the soak; the exit status is the verdict.
+pub fn run(args: SoakArgs, config: BridgeConfig) -> anyhow::Result<std::process::ExitCode> {
+    let summary = soak(&args, &config)?;
+    Ok(if summary["passed"].as_bool() == Some(true) {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
+/// Runs the soak and returns its summary (also in `OUT/summary.json`).
+fn soak(args: &SoakArgs, config: &BridgeConfig) -> anyhow::Result<Value> {
+    anyhow::ensure!(!args.duration.is_zero(), "--duration must be positive");
+    anyhow::ensure!(
+        args.rate > 0.0 && args.tasks > 0,
+        "--rate and --tasks must be positive"
+    );
+    let interval = args.interval.unwrap_or_else(|| {
+        (args.duration / 60).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    });
+    anyhow::ensure!(!interval.is_zero(), "--interval must be positive");
+    let warmup = args
+        .warmup
+        .unwrap_or_else(|| (args.duration / 4).min(Duration::from_secs(600)));
+    let rules = args
+        .faults
+        .iter()
+        .map(|f| parse_fault(f))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let scratch = args.out.join("storage-scratch");
+    std::fs::create_dir_all(&scratch)?;
+    let workers = args.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(std::num::NonZeroUsize::get)
+            .unwrap_or(1)
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_time()
+        .build()?;
+    let rig = build_rig(args, config)?;
+    let bridge = rig.bridge.clone();
+    if let Some(f) = &rig.faults {
+        for &(fault, when) in &rules {
+            f.inject(fault, when);
+        }
+    }
+    let shared = Arc::new(Shared {
+        tallies: Default::default(),
+        sent: Default::default(),
+        answered: Default::default(),
+        hung: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        hang_after: args.hang_after,
+        planted_leak_bytes: args.planted_leak_bytes,
+    });
+    let pool = Arc::new(load::Pool::new(100));
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let started = crate::bench::today();
+    let mut jsonl = std::io::BufWriter::new(
+        std::fs::File::create(args.out.join("soak.jsonl")).context("creating soak.jsonl")?,
+    );
+    let terminal = std::io::stderr().is_terminal();
+    let bar = terminal.then(|| {
+        let bar = indicatif::ProgressBar::new(args.duration.as_secs().max(1));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "soak {elapsed_precise}/{duration_precise} [{bar:30}] {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    eprintln!(
+        "soak: {} on {} ({}), {:?} in intervals of {:?} after {:?} of warm-up, faults: {}; report in {}",
+        command,
+        rig.backend,
+        rig.device_name,
+        args.duration,
+        interval,
+        warmup,
+        if args.faults.is_empty() { "none".to_owned() } else { args.faults.join(",") },
+        args.out.display()
+    );
+
+    // Everything the run keeps is allocated here, so that the soak's own bookkeeping does not
+    // grow.
+    let intervals = (args.duration.as_secs_f64() / interval.as_secs_f64()).ceil() as usize + 2;
+    // With faults, the last tenth runs with none (so that the circuit can close again): the
+    // verdict's fits and latency windows cover the faulted span only, one regime throughout.
+    let measured_until = if rules.is_empty() {
+        Duration::MAX
+    } else {
+        args.duration.mul_f64(0.9)
+    };
+    let measured = (measured_until
+        .min(args.duration)
+        .saturating_sub(warmup)
+        .as_secs_f64()
+        / interval.as_secs_f64()) as usize;
+    let mut samples: Vec<Sample> = Vec::with_capacity(intervals);
+    let mut windows = Windows::new((measured / 10).max(1));
+    let mut totals = Totals::default();
+    let start = Instant::now();
+    let end = start + args.duration;
+    // The last tenth runs with no faults, so that the circuit can close again.
+    let calm_from = start + args.duration.mul_f64(0.9);
+    let mut healed = false;
+    let cpu0 = load::process_cpu_seconds();
+
+    let handles = rt.block_on(async {
+        let mut handles = Vec::new();
+        let period = Duration::from_secs_f64(args.tasks as f64 / args.rate);
+        for t in 0..args.tasks {
+            handles.push(tokio::spawn(singles(
+                bridge.clone(),
+                shared.clone(),
+                pool.clone(),
+                t,
+                period,
+            )));
+        }
+        handles.push(tokio::spawn(batches(
+            bridge.clone(),
+            shared.clone(),
+            args.batch_rate,
+            7,
+        )));
+        handles.push(tokio::spawn(stream(
+            bridge.clone(),
+            shared.clone(),
+            pool.clone(),
+            args.stream_rate,
+        )));
+        handles.push(tokio::spawn(storage(
+            shared.clone(),
+            rig.bridge.config().clone(),
+            scratch.clone(),
+            args.storage_every,
+            args.storage_bytes,
+        )));
+        handles
+    });
+
+    let mut next = start + interval;
+    let mut index = 0u64;
+    loop {
+        let now = Instant::now();
+        let last = next >= end;
+        let wake = next.min(end);
+        if wake > now {
+            std::thread::sleep(wake - now);
+        }
+        if let Some(f) = &rig.faults {
+            f.heal();
+            if Instant::now() < calm_from {
+                for &(fault, when) in &rules {
+                    f.inject(fault, when);
+                }
+            } else {
+                healed = true;
+            }
+        }
+        index += 1;
+        let line = take_sample(
+            &shared,
+            &rig,
+            &mut totals,
+            start,
+            (warmup, measured_until),
+            index,
+            &mut samples,
+            &mut windows,
+        );
+        writeln!(jsonl, "{line}")?;
+        jsonl.flush()?;
+        let progress = format!(
+            "{:>6.0} s  singles {:>9} ok  P99 {:>8.0} us  RSS {:>7.1} MiB  errors {}  wrong {}  hung {}",
+            line["t_s"].as_f64().unwrap_or(0.0),
+            totals.ok[SINGLES],
+            line["singles"]["p99_us"].as_f64().unwrap_or(f64::NAN),
+            line["rss_bytes"].as_f64().unwrap_or(0.0) / f64::from(1u32 << 20),
+            totals.errors.iter().map(|e| e.values().sum::<u64>()).sum::<u64>(),
+            totals.wrong.iter().sum::<u64>(),
+            shared.hung.load(Ordering::Relaxed),
+        );
+        match &bar {
+            Some(bar) => {
+                bar.set_position(start.elapsed().as_secs());
+                bar.set_message(progress);
+            }
+            None => eprintln!("{progress}"),
+        }
+        let checkpoint = summarize(
+            args, &rig, &samples, &windows, &totals, &shared, warmup, interval, &command, &started,
+            false, None,
+        );
+        write_atomically(&args.out.join("summary.json"), &checkpoint)?;
+        if last {
+            break;
+        }
+        next += interval;
+    }
+
+    // Stop the workloads and wait for every request in flight to end.
+    shared.stop.store(true, Ordering::SeqCst);
+    if let Some(f) = &rig.faults {
+        f.heal();
+        healed = true;
+    }
+    let drained = rt.block_on(async {
+        let wait = args.hang_after + Duration::from_secs(5);
+        tokio::time::timeout(wait, futures::future::join_all(handles))
+            .await
+            .is_ok()
+    });
+    // The answers that came in while draining.
+    let _ = take_sample(
+        &shared,
+        &rig,
+        &mut totals,
+        start,
+        (Duration::MAX, Duration::MAX),
+        index + 1,
+        &mut Vec::new(),
+        &mut windows,
+    );
+    let circuit = rig.faults.as_ref().map(|_| {
+        // Once healthy, the device's circuit closes again: give it a few half-open probes.
+        rt.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let _ = bridge
+                    .single::<Sum>(vec![1.0; 100], ExecutionHints::default())
+                    .await;
+                let states: Vec<CircuitState> = bridge
+                    .readiness()
+                    .devices
+                    .iter()
+                    .filter(|d| d.id.backend == rig.backend)
+                    .map(|d| d.circuit)
+                    .collect();
+                if states.iter().all(|s| *s == CircuitState::Closed) || Instant::now() > deadline {
+                    break states.iter().all(|s| *s == CircuitState::Closed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    });
+    let cpu_s = load::process_cpu_seconds().zip(cpu0).map(|(b, a)| b - a);
+    let mut summary = summarize(
+        args, &rig, &samples, &windows, &totals, &shared, warmup, interval, &command, &started,
+        true, circuit,
+    );
+    summary["drained"] = json!(drained);
+    summary["faults_healed_for_the_end"] = json!(healed || rig.faults.is_none());
+    summary["cpu_seconds"] = json!(cpu_s);
+    summary["pending_after"] = json!(bridge.readiness().pending_requests);
+    if !drained {
+        summary["passed"] = json!(false);
+        if let Some(f) = summary["failures"].as_array_mut() {
+            f.push(json!("the workloads did not stop within the hang deadline"));
+        }
+    }
+    write_atomically(&args.out.join("summary.json"), &summary)?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    print_summary(&summary);
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(summary)
+}
+
+/// Takes this interval's tallies into `totals` and `samples`, and returns its JSON line.
+#[allow(clippy::too_many_arguments)]
+fn take_sample(
+    shared: &Shared,
+    rig: &Rig,
+    totals: &mut Totals,
+    start: Instant,
+    measured: (Duration, Duration),
+    index: u64,
+    samples: &mut Vec<Sample>,
+    windows: &mut Windows,
+) -> Value {
+    let elapsed = start.elapsed();
+    let mut workloads = serde_json::Map::new();
+    let mut singles = Vec::new();
+    for (w, name) in WORKLOADS.iter().enumerate() {
+        let mut t = std::mem::take(&mut *shared.tallies[w].lock());
+        t.latencies.sort_unstable();
+        totals.sent[w] = shared.sent[w].load(Ordering::Relaxed);
+        totals.answered[w] = shared.answered[w].load(Ordering::Relaxed);
+        totals.ok[w] += t.ok;
+        totals.wrong[w] += t.wrong;
+        for (k, v) in &t.errors {
+            *totals.errors[w].entry(k).or_default() += v;
+        }
+        workloads.insert(
+            (*name).to_owned(),
+            json!({
+                "ok": t.ok, "wrong": t.wrong, "errors": t.errors,
+                "p50_us": percentile_us(&t.latencies, 0.5),
+                "p99_us": percentile_us(&t.latencies, 0.99),
+                "p999_us": percentile_us(&t.latencies, 0.999),
+                "max_us": t.latencies.last().map_or(f64::NAN, |&m| f64::from(m) / 10.0),
+            }),
+        );
+        if w == SINGLES {
+            singles = t.latencies;
+        }
+    }
+    let rss = rss_bytes();
+    let heap = heap_live_bytes();
+    let device = (rig.memory)();
+    let readiness = rig.bridge.readiness();
+    let sample = Sample {
+        t_s: elapsed.as_secs_f64(),
+        warm: elapsed >= measured.0 && elapsed <= measured.1,
+        rss,
+        heap,
+        device,
+    };
+    if sample.warm {
+        windows.push(&singles);
+    }
+    let mut line = json!({
+        "interval": index,
+        "t_s": sample.t_s,
+        "phase": if sample.warm {
+            "measured"
+        } else if elapsed < measured.0 {
+            "warm-up"
+        } else {
+            "calm (faults off)"
+        },
+        "rss_bytes": rss,
+        "heap_live_bytes": heap,
+        "open_fds": open_fds(),
+        "pending_requests": readiness.pending_requests,
+        "running_micro_batches": readiness.running_micro_batches,
+        "hung": shared.hung.load(Ordering::Relaxed),
+        "faults_injected": rig.faults.as_ref().map(|f| f.injected()),
+        "device": device.map(|d| json!({
+            "pool_bytes": d.pool_bytes, "pool_in_use": d.pool_in_use, "pool_peak": d.pool_peak,
+            "pool_hits": d.pool_hits, "pool_misses": d.pool_misses,
+            "pool_failures": d.pool_failures, "free_bytes": d.free_bytes,
+            "graph_entries": d.graphs.map(|g| g.0), "graph_bytes": d.graphs.map(|g| g.1),
+            "graph_captures": d.graphs.map(|g| g.2), "graph_evictions": d.graphs.map(|g| g.3),
+        })),
+    });
+    if let Some(obj) = line.as_object_mut() {
+        obj.extend(workloads);
+    }
+    samples.push(sample);
+    line
+}
+
+fn write_atomically(path: &std::path::Path, value: &Value) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// The verdict so far (`done`: the run is over and drained).
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    args: &SoakArgs,
+    rig: &Rig,
+    samples: &[Sample],
+    windows: &Windows,
+    totals: &Totals,
+    shared: &Shared,
+    warmup: Duration,
+    interval: Duration,
+    command: &str,
+    started: &str,
+    done: bool,
+    circuit_closed: Option<bool>,
+) -> Value {
+    let limit = args.max_growth_mib_per_hour;
+    let measured: Vec<&Sample> = samples.iter().filter(|s| s.warm).collect();
+    // Growth is fitted over the second half of the measured span: what settles early (allocator
+    // high-water marks, pools and queues reaching their working set) is not extrapolated as a
+    // leak, and a leak keeps its slope to the end.
+    let tail = &measured[measured.len() / 2..];
+    let rss_fit = Growth::fit(
+        &tail
+            .iter()
+            .filter_map(|s| Some((s.t_s, s.rss? as f64)))
+            .collect::<Vec<_>>(),
+    );
+    let heap_fit = Growth::fit(
+        &tail
+            .iter()
+            .filter_map(|s| Some((s.t_s, s.heap? as f64)))
+            .collect::<Vec<_>>(),
+    );
+    let device_fit = Growth::fit(
+        &tail
+            .iter()
+            .filter_map(|s| Some((s.t_s, s.device?.pool_bytes as f64)))
+            .collect::<Vec<_>>(),
+    );
+    // P99 of the first and last windows (a tenth of the measured span each).
+    let (p99_first, p99_last) = windows.p99s(measured.len());
+    let sent: u64 = totals.sent.iter().sum();
+    let answered: u64 = totals.answered.iter().sum();
+    let hung = shared.hung.load(Ordering::Relaxed);
+    let errors: u64 = totals.errors.iter().map(|e| e.values().sum::<u64>()).sum();
+    let wrong: u64 = totals.wrong.iter().sum();
+    let error_rate = errors as f64 / sent.max(1) as f64;
+    // Requests sent but never answered (not counting those already counted as hung).
+    let lost = if done {
+        sent.saturating_sub(answered + hung)
+    } else {
+        0
+    };
+    let mut failures = Vec::new();
+    if lost > 0 {
+        failures.push(format!("{lost} requests were never answered"));
+    }
+    if hung > 0 {
+        failures.push(format!(
+            "{hung} requests hung (no answer within {:?})",
+            args.hang_after
+        ));
+    }
+    if wrong > 0 {
+        failures.push(format!("{wrong} wrong answers"));
+    }
+    if error_rate > args.max_error_rate {
+        failures.push(format!(
+            "error rate {error_rate:.5} above {} ({errors} errors in {sent} requests)",
+            args.max_error_rate
+        ));
+    }
+    for (what, fit) in [
+        ("RSS", rss_fit),
+        ("live heap", heap_fit),
+        ("device pool", device_fit),
+    ] {
+        if let Some(g) = fit {
+            if g.verdict(limit) == "growing" {
+                failures.push(format!(
+                    "{what} grows {:.2} MiB/h (95% CI {:.2}..{:.2}) after the warm-up, above R1's {limit} MiB/h",
+                    g.slope, g.low, g.high
+                ));
+            }
+        }
+    }
+    if p99_last > args.max_p99_growth * p99_first {
+        failures.push(format!(
+            "singles P99 grew from {p99_first:.0} us (first window) to {p99_last:.0} us (last), above {}x",
+            args.max_p99_growth
+        ));
+    }
+    if circuit_closed == Some(false) {
+        failures.push(format!(
+            "the {} device's circuit did not close again once healthy",
+            rig.backend
+        ));
+    }
+    let per_workload: serde_json::Map<String, Value> = WORKLOADS
+        .iter()
+        .enumerate()
+        .map(|(w, name)| {
+            (
+                (*name).to_owned(),
+                json!({
+                    "sent": totals.sent[w], "answered": totals.answered[w], "ok": totals.ok[w],
+                    "wrong": totals.wrong[w], "errors": totals.errors[w],
+                }),
+            )
+        })
+        .collect();
+    let first_rss = measured.first().and_then(|s| s.rss);
+    let last_rss = measured.last().and_then(|s| s.rss);
+    json!({
+        "command": command,
+        "date": started,
+        "done": done,
+        "backend": rig.backend.to_string(),
+        "device": rig.device_name,
+        "duration_s": args.duration.as_secs_f64(),
+        "elapsed_s": samples.last().map_or(0.0, |s| s.t_s),
+        "interval_s": interval.as_secs_f64(),
+        "warmup_s": warmup.as_secs_f64(),
+        "faults": args.faults,
+        "faults_injected": rig.faults.as_ref().map(|f| f.injected()),
+        "offered": {"singles_per_s": args.rate, "tasks": args.tasks, "batches_per_s": args.batch_rate,
+                    "stream_items_per_s": args.stream_rate, "storage_every_s": args.storage_every.as_secs_f64(),
+                    "storage_bytes": args.storage_bytes},
+        "workloads": per_workload,
+        "sent": sent, "answered": answered, "lost": lost, "hung": hung, "wrong": wrong,
+        "errors": errors, "error_rate": error_rate, "max_error_rate": args.max_error_rate,
+        "rss_first_measured_bytes": first_rss, "rss_last_bytes": last_rss,
+        "rss_growth": rss_fit.map(|g| g.to_json(limit)),
+        "heap_live_growth": heap_fit.map(|g| g.to_json(limit)),
+        "device_pool_growth": device_fit.map(|g| g.to_json(limit)),
+        "window_intervals": windows.len,
+        "p99_first_window_us": p99_first, "p99_last_window_us": p99_last,
+        "max_p99_growth": args.max_p99_growth,
+        "circuit_closed_after_faults": circuit_closed,
+        "r1": if rss_fit.map(|g| g.verdict(limit)) == Some("flat")
+            && device_fit.is_none_or(|g| g.verdict(limit) == "flat")
+            && p99_last <= args.max_p99_growth * p99_first { "pass" }
+            else if failures.is_empty() { "unresolved" } else { "fail" },
+        "failures": failures,
+        "passed": failures.is_empty(),
+    })
+}
+
+fn print_summary(s: &Value) {
+    println!(
+        "soak on {} ({}): {:.0} s, {} requests ({} singles), {} errors, {} wrong, {} lost, {} hung",
+        s["backend"].as_str().unwrap_or("?"),
+        s["device"].as_str().unwrap_or("?"),
+        s["elapsed_s"].as_f64().unwrap_or(0.0),
+        s["sent"],
+        s["workloads"]["singles"]["sent"],
+        s["errors"],
+        s["wrong"],
+        s["lost"],
+        s["hung"],
+    );
+    for key in ["rss_growth", "heap_live_growth", "device_pool_growth"] {
+        let g = &s[key];
+        if !g.is_null() {
+            println!(
+                "{key}: {:+.3} MiB/h (95% CI {:+.3} .. {:+.3}, {} points): {}",
+                g["slope_mib_per_hour"].as_f64().unwrap_or(f64::NAN),
+                g["ci95_low"].as_f64().unwrap_or(f64::NAN),
+                g["ci95_high"].as_f64().unwrap_or(f64::NAN),
+                g["points"],
+                g["verdict"].as_str().unwrap_or("?"),
+            );
+        }
+    }
+    println!(
+        "singles P99: first window {:.0} us, last window {:.0} us; R1 {}",
+        s["p99_first_window_us"].as_f64().unwrap_or(f64::NAN),
+        s["p99_last_window_us"].as_f64().unwrap_or(f64::NAN),
+        s["r1"].as_str().unwrap_or("?"),
+    );
+    if let Some(f) = s["failures"].as_array() {
+        for f in f {
+            println!("FAIL: {}", f.as_str().unwrap_or(""));
+        }
+    }
+    println!(
+        "{}",
+        if s["passed"].as_bool() == Some(true) {
+            "PASS"
+        } else {
+            "FAIL"
+        }
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("8m"), Ok(Duration::from_secs(480)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("12").is_ok());
+        assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn fault_specs_parse_and_bad_ones_are_refused() {
+        assert_eq!(
+            parse_fault("launch:0.01").unwrap(),
+            (InjectedFault::LaunchFailure, Trigger::Rate(0.01))
+        );
+        assert_eq!(
+            parse_fault("slow=20ms:every=100").unwrap(),
+            (
+                InjectedFault::Slow(Duration::from_millis(20)),
+                Trigger::EveryNth(100)
+            )
+        );
+        assert_eq!(
+            parse_fault("lost:nth=5").unwrap(),
+            (InjectedFault::DeviceLost, Trigger::Nth(5))
+        );
+        for bad in [
+            "launch",
+            "boom:0.1",
+            "oom:2",
+            "copy:every=0",
+            "slow=fast:0.1",
+        ] {
+            assert!(parse_fault(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_fit_finds_a_known_slope_and_calls_flat_memory_flat() {
+        // 1 MiB per minute = 60 MiB/h, with a little noise.
+        let mib = f64::from(1u32 << 20);
+        let growing: Vec<(f64, f64)> = (0..30)
+            .map(|i| {
+                (
+                    i as f64 * 10.0,
+                    100.0 * mib + i as f64 * mib / 6.0 + ((i * 7919) % 13) as f64 * 1000.0,
+                )
+            })
+            .collect();
+        let g = Growth::fit(&growing).unwrap();
+        assert!((g.slope - 60.0).abs() < 1.0, "{g:?}");
+        assert_eq!(g.verdict(1.0), "growing");
+        let flat: Vec<(f64, f64)> = (0..30).map(|i| (i as f64 * 10.0, 100.0 * mib)).collect();
+        assert_eq!(Growth::fit(&flat).unwrap().verdict(1.0), "flat");
+        assert!(Growth::fit(&flat[..2]).is_none());
+    }
+
+    #[test]
+    fn histogram_quantiles_are_within_a_bucket() {
+        let values: Vec<u32> = (1..=100_000).collect();
+        let mut h = Hist::default();
+        h.add_all(&values);
+        for q in [0.5, 0.9, 0.99, 0.999] {
+            let exact = percentile_us(&values, q);
+            let got = h.quantile_us(q);
+            assert!(
+                got <= exact && got >= exact * 0.93,
+                "q {q}: {got} vs {exact}"
+            );
+        }
+        for v in [0u32, 1, 15, 16, 17, 31, 32, 1000, 123_456, u32::MAX] {
+            let b = Hist::bucket(v);
+            assert!(b < h.0.len(), "{v}");
+            assert!(Hist::floor_of(b) <= u64::from(v), "{v}");
+            assert!(Hist::floor_of(b + 1) > u64::from(v), "{v}");
+        }
+    }
+
+    /// A leak planted on purpose (bytes forgotten on every answered single) is caught by the
+    /// slope check, and the soak fails; the same soak without it would not be called growing.
+    #[test]
+    fn a_planted_leak_is_caught_by_the_slope_check() {
+        let out = std::env::temp_dir().join(format!("gpubridge-soak-leak-{}", std::process::id()));
+        let args = SoakArgs {
+            duration: Duration::from_secs(8),
+            interval: Some(Duration::from_millis(500)),
+            warmup: Some(Duration::from_secs(2)),
+            backend: "cpu".to_owned(),
+            faults: Vec::new(),
+            rate: 4_000.0,
+            tasks: 8,
+            batch_rate: 10.0,
+            stream_rate: 200.0,
+            storage_every: Duration::from_secs(1),
+            storage_bytes: 64 << 10,
+            hang_after: Duration::from_secs(30),
+            max_error_rate: 0.0,
+            max_growth_mib_per_hour: 1.0,
+            // Only the leak's verdict is under test here, not latency on a busy test machine.
+            max_p99_growth: f64::INFINITY,
+            out: out.clone(),
+            workers: Some(2),
+            // 4000 answers a second x 1 KiB: about 14 GiB an hour.
+            planted_leak_bytes: 1024,
+        };
+        let summary = soak(&args, &BridgeConfig::default()).unwrap();
+        assert_eq!(summary["rss_growth"]["verdict"], "growing", "{summary:#}");
+        assert_eq!(summary["passed"], false);
+        assert_eq!(summary["r1"], "fail");
+        assert_eq!(summary["lost"], 0);
+        assert_eq!(summary["hung"], 0);
+        assert_eq!(summary["wrong"], 0);
+        // The report was written as it ran.
+        let lines = std::fs::read_to_string(out.join("soak.jsonl")).unwrap();
+        assert!(lines.lines().count() >= 10, "{lines}");
+        let _ = std::fs::remove_dir_all(out);
+    }
+}

@@ -1,0 +1,145 @@
+//! `cargo xtask soak`: builds the release CLI, runs `gpubridge soak` (the mixed workload that
+//! checks TARGETS.md R1, and R2 with `--faults`) and draws its samples.
+//!
+//! Arguments pass through (`--duration 24h --backend cuda --faults launch:0.001`); the report
+//! goes to `target/soak-report/` unless `--out` says otherwise: `soak.jsonl` (one sample per
+//! interval, written as the run goes), `summary.json` (rewritten every interval, the verdict at
+//! the end), and `memory.png` and `latency.png`. The exit status is the soak's verdict.
+//! `cargo xtask soak --from DIR` draws a report written elsewhere (the GPU machine's).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Context;
+use serde_json::Value;
+
+use crate::plot::{render_png, Chart, Series, Style};
+use crate::project_root;
+
+/// Runs the soak (or draws a saved one) and fails when the soak failed.
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let root = project_root();
+    let mut from: Option<PathBuf> = None;
+    let mut out: Option<PathBuf> = None;
+    let mut pass = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--from" => from = it.next().map(PathBuf::from),
+            "--out" => out = it.next().map(PathBuf::from),
+            _ => pass.push(a.clone()),
+        }
+    }
+    let (dir, passed) = match from {
+        Some(dir) => (dir, true),
+        None => {
+            let dir = out.unwrap_or_else(|| root.join("target/soak-report"));
+            let cli = crate::build_release_cli()?;
+            let status = Command::new(cli)
+                .arg("soak")
+                .args(&pass)
+                .arg("--out")
+                .arg(&dir)
+                .current_dir(&root)
+                .status()
+                .context("running gpubridge soak")?;
+            (dir, status.success())
+        }
+    };
+    plot(&dir)?;
+    eprintln!(
+        "soak report: {} (memory.png, latency.png)",
+        dir.join("summary.json").display()
+    );
+    anyhow::ensure!(
+        passed,
+        "the soak failed: see {}",
+        dir.join("summary.json").display()
+    );
+    Ok(())
+}
+
+fn samples(dir: &Path) -> anyhow::Result<Vec<Value>> {
+    let path = dir.join("soak.jsonl");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).context("a line of soak.jsonl"))
+        .collect()
+}
+
+/// Draws memory (RSS, live heap, device pool) and the singles' latency against time.
+pub fn plot(dir: &Path) -> anyhow::Result<()> {
+    let samples = samples(dir)?;
+    let summary: Value = std::fs::read_to_string(dir.join("summary.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    let title = format!(
+        "soak on {} ({}), {}",
+        summary["backend"].as_str().unwrap_or("?"),
+        summary["device"].as_str().unwrap_or("?"),
+        summary["date"].as_str().unwrap_or("")
+    );
+    let mib = f64::from(1u32 << 20);
+    let series_of = |label: &str, f: &dyn Fn(&Value) -> Option<f64>| Series {
+        label: label.to_owned(),
+        points: samples
+            .iter()
+            .filter_map(|s| Some((s["t_s"].as_f64()?, f(s)?)))
+            .collect(),
+        style: Style::Line,
+    };
+    let mut memory = vec![
+        series_of("process RSS (MiB)", &|s| {
+            Some(s["rss_bytes"].as_f64()? / mib)
+        }),
+        series_of("live heap (MiB)", &|s| {
+            Some(s["heap_live_bytes"].as_f64()? / mib)
+        }),
+    ];
+    let pool = series_of("device pool (MiB)", &|s| {
+        Some(s["device"]["pool_bytes"].as_f64()? / mib)
+    });
+    if !pool.points.is_empty() {
+        memory.push(pool);
+    }
+    let warmup = summary["warmup_s"].as_f64().unwrap_or(f64::NAN);
+    render_png(
+        &Chart {
+            title: format!("{title}: memory"),
+            x_label: "seconds".to_owned(),
+            y_label: "MiB".to_owned(),
+            series: memory,
+            v_lines: vec![(warmup, "end of warm-up".to_owned())],
+            ..Chart::default()
+        },
+        &dir.join("memory.png"),
+        1200,
+        700,
+    )?;
+    let latency = ["p50_us", "p99_us", "p999_us"]
+        .iter()
+        .map(|k| {
+            series_of(&format!("singles {}", k.trim_end_matches("_us")), &|s| {
+                s["singles"][*k].as_f64()
+            })
+        })
+        .collect();
+    render_png(
+        &Chart {
+            title: format!("{title}: single-request latency per interval"),
+            x_label: "seconds".to_owned(),
+            y_label: "latency (us)".to_owned(),
+            y_log: true,
+            series: latency,
+            v_lines: vec![(warmup, "end of warm-up".to_owned())],
+            ..Chart::default()
+        },
+        &dir.join("latency.png"),
+        1200,
+        700,
+    )?;
+    Ok(())
+}
