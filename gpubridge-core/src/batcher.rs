@@ -130,6 +130,11 @@ impl Batchers {
             .fold((0, 0), |(a, b), (x, y)| (a + x, b + y))
     }
 
+    /// Each kernel's batcher now, by kernel id.
+    pub(crate) fn occupancy(&self) -> Vec<(&'static str, crate::accounting::BatcherOccupancy)> {
+        self.stoppers.lock().iter().map(|s| s.occupancy()).collect()
+    }
+
     /// Single requests accepted and not yet answered, in every kernel's batcher.
     pub(crate) fn pending(&self) -> usize {
         self.stoppers.lock().iter().map(|s| s.pending()).sum()
@@ -142,6 +147,7 @@ trait Stop: Send + Sync {
     fn pending(&self) -> usize;
     fn stop_counts(&self) -> (usize, usize);
     fn stats(&self) -> (&'static str, BatcherStats);
+    fn occupancy(&self) -> (&'static str, crate::accounting::BatcherOccupancy);
 }
 
 struct Request<I, O> {
@@ -238,6 +244,19 @@ impl<I: Send + 'static, O: Send + 'static> Stop for Queue<I, O> {
 
     fn stats(&self) -> (&'static str, BatcherStats) {
         (self.kernel.id(), self.stats.read())
+    }
+
+    fn occupancy(&self) -> (&'static str, crate::accounting::BatcherOccupancy) {
+        let staged =
+            self.staging.lock().len() + self.intake.iter().map(SegQueue::len).sum::<usize>();
+        (
+            self.kernel.id(),
+            crate::accounting::BatcherOccupancy {
+                queued: self.len.load(Ordering::SeqCst),
+                staged,
+                running: self.running.load(Ordering::SeqCst),
+            },
+        )
     }
 }
 

@@ -329,6 +329,33 @@ impl GpuBridge {
             .map(CircuitBreaker::state)
     }
 
+    /// What the bridge holds now: batches pending, each batcher's queue, micro-batches running
+    /// and in flight per device, tenants' allowances and pooled device memory. All of it is zero
+    /// once every request is answered; see [`crate::testing::assert_quiescent`].
+    pub fn accounting(&self) -> crate::accounting::Accounting {
+        let inner = &self.inner;
+        let max = inner.config.general.max_concurrent_kernels;
+        let mut device_in_flight = Vec::new();
+        let mut device_memory_in_use = Vec::new();
+        for s in &inner.slots {
+            for (d, n) in s.in_flight.iter().enumerate() {
+                let id = s.backend.devices()[d].id;
+                device_in_flight.push((id, n.load(Ordering::SeqCst)));
+                if let Some(bytes) = s.backend.memory_in_use(d) {
+                    device_memory_in_use.push((id, bytes));
+                }
+            }
+        }
+        crate::accounting::Accounting {
+            pending_batches: inner.pending.load(Ordering::SeqCst),
+            batchers: inner.batchers.occupancy(),
+            running_micro_batches: max.saturating_sub(inner.permits.available_permits()),
+            device_in_flight,
+            tenants: inner.tenants.all_usage(),
+            device_memory_in_use,
+        }
+    }
+
     /// Whether the bridge can take work now: every device's health, circuit and load, and the
     /// requests pending against `batching.queue_capacity` (see [`Readiness::check`]).
     pub fn readiness(&self) -> Readiness {
@@ -798,7 +825,7 @@ where
                 } else {
                     tracing::Span::none()
                 };
-                slot.in_flight[device].fetch_add(1, Ordering::Relaxed);
+                let in_flight = InFlight::start(&slot.in_flight[device]);
                 let result = self
                     .attempt(
                         slot,
@@ -810,7 +837,7 @@ where
                     )
                     .instrument(span.clone())
                     .await;
-                slot.in_flight[device].fetch_sub(1, Ordering::Relaxed);
+                drop(in_flight);
                 span.record(
                     "outcome",
                     result.as_ref().map_or_else(Error::reason_label, |_| "ok"),
@@ -1047,6 +1074,24 @@ impl<'a> Pending<'a> {
         count.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!(names::PENDING_REQUESTS).increment(1.0);
         Self(count)
+    }
+}
+
+/// Counts a micro-batch as in flight on its device from its submission until its attempt ends,
+/// or until its future is dropped (a caller that timed out or left): counted by hand, a dropped
+/// future never gave its count back, and placement saw the device busier for ever.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

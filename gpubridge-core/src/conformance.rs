@@ -63,7 +63,8 @@ pub fn backend_required(backend: BackendKind) -> bool {
 /// [`backend_required`]).
 ///
 /// # Panics
-/// When the check fails, or a required GPU backend is missing: this is a test harness.
+/// When the check fails, a required GPU backend is missing, or the bridge still holds something
+/// afterwards ([`crate::testing::check_quiescent`]): this is a test harness.
 pub fn run(
     backend: BackendKind,
     bridge: Option<GpuBridge>,
@@ -83,6 +84,12 @@ pub fn run(
         .unwrap_or_else(rand::random::<u64>);
     if let Err(msg) = check(&bridge, backend, seed) {
         panic!("{name} on {backend} failed (GPUBRIDGE_TEST_SEED={seed}): {msg}");
+    }
+    if let Err(leaks) = crate::testing::check_quiescent(&bridge) {
+        panic!(
+            "{name} on {backend}: the bridge is not back to zero afterwards:\n  {}",
+            leaks.join("\n  ")
+        );
     }
 }
 

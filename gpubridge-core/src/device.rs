@@ -346,6 +346,14 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// Bytes of `device`'s memory pool rented out now, for a backend with a pool (`None`
+    /// otherwise). With no work in flight it is 0: [`crate::GpuBridge::accounting`] reports it and
+    /// the tests assert it after each test.
+    fn memory_in_use(&self, device: usize) -> Option<u64> {
+        let _ = device;
+        None
+    }
+
     /// Enqueues `work` on `device`.
     ///
     /// # Errors

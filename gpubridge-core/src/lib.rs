@@ -34,6 +34,7 @@
 //! }
 //! ```
 
+pub mod accounting;
 pub mod batcher;
 pub mod bridge;
 pub mod catalog;
@@ -55,6 +56,7 @@ pub mod stream;
 pub mod tenants;
 pub mod testing;
 
+pub use accounting::{Accounting, BatcherOccupancy};
 pub use batcher::{BatcherStats, ShutdownReport, SingleResult};
 pub use bridge::{BatchGrain, BridgeBuilder, GpuBridge};
 pub use catalog::{KernelCatalog, KernelDescriptor};

@@ -168,6 +168,27 @@ impl Tenants {
         Ok(TenantGuard { state: s, bytes })
     }
 
+    /// Every tenant seen so far, by name.
+    pub(crate) fn all_usage(&self) -> Vec<(String, TenantUsage)> {
+        let mut all: Vec<(String, TenantUsage)> = self
+            .known
+            .lock()
+            .values()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    TenantUsage {
+                        in_flight: s.in_flight.load(Ordering::Acquire),
+                        bytes_in_flight: s.bytes.load(Ordering::Acquire),
+                        refused: s.refused.load(Ordering::Relaxed),
+                    },
+                )
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
     pub(crate) fn usage(&self, tenant: &str) -> Option<TenantUsage> {
         self.known.lock().get(tenant).map(|s| TenantUsage {
             in_flight: s.in_flight.load(Ordering::Acquire),

@@ -1,4 +1,5 @@
-//! Fault injection for tests of the runtime itself: a backend that fails on demand.
+//! Helpers for tests of the runtime itself: a backend that fails on demand, and the check that a
+//! bridge holds nothing once a test is done ([`assert_quiescent`]).
 //!
 //! [`FaultInjectingBackend`] is a test double, named as one. It runs kernels' real CPU forms on
 //! its own pool but reports itself as whichever backend kind a test names, with as many devices
@@ -15,6 +16,49 @@ use crate::cpu::CpuContext;
 use crate::device::{Backend, BackendKind, DeviceId, DeviceInfo, DeviceType, Health, Work};
 use crate::error::{Error, Result};
 use crate::plan::PlanTarget;
+use crate::GpuBridge;
+
+/// How long [`assert_quiescent`] waits for the counts to reach zero: answers reach callers before
+/// an executor has given its buffers back or a batcher runner has counted its batch out.
+const QUIESCE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Checks that `bridge` holds nothing: no batch pending, every batcher's queue, staging and
+/// running counts at zero, no kernel permit held, no micro-batch in flight on any device, no
+/// tenant with requests or bytes in flight, and no pooled device memory rented out
+/// ([`GpuBridge::accounting`]). Waits up to 10 seconds for the counts to settle first.
+///
+/// Call it at the end of every test that builds a bridge, once every request is answered.
+///
+/// # Errors
+/// The counts that stayed above zero, one line each.
+pub fn check_quiescent(bridge: &GpuBridge) -> std::result::Result<(), Vec<String>> {
+    let until = std::time::Instant::now() + QUIESCE_WITHIN;
+    loop {
+        let leaks = bridge.accounting().leaks();
+        if leaks.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= until {
+            return Err(leaks);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// [`check_quiescent`] as a test assertion.
+///
+/// # Panics
+/// When the bridge still holds something after 10 seconds: a leak in the runtime, listed in the
+/// message.
+#[track_caller]
+pub fn assert_quiescent(bridge: &GpuBridge) {
+    if let Err(leaks) = check_quiescent(bridge) {
+        panic!(
+            "the bridge is not back to zero after the test:\n  {}",
+            leaks.join("\n  ")
+        );
+    }
+}
 
 /// Which submissions fail.
 #[derive(Debug, Clone, PartialEq)]

@@ -94,6 +94,7 @@ async fn several_runners_answer_every_caller_correctly() {
     }
     assert!(largest > 1, "no batching happened");
     assert_eq!(b.readiness().pending_requests, 0);
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,6 +119,7 @@ async fn many_concurrent_singles_are_correct_and_batched() {
         largest = largest.max(r.batch_size);
     }
     assert!(largest > 1, "no batching happened");
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,6 +156,7 @@ async fn high_priority_overtakes_low_behind_a_held_batch() {
     // The high request went first, with the oldest low one; the newer low one ran alone.
     assert_eq!((h.batch_size, l1.batch_size, l2.batch_size), (2, 2, 1));
     assert_eq!(l2.output, want(2.0));
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,6 +179,7 @@ async fn one_callers_requests_run_in_submission_order() {
     }
     // Taken in order, two at a time: (1,2), (3,4), (5).
     assert_eq!(sizes, vec![2, 2, 2, 2, 1]);
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,6 +201,7 @@ async fn a_full_queue_rejects_at_once() {
     first.await.unwrap().unwrap();
     assert_eq!(q1.await.unwrap().output, want(1.0));
     assert_eq!(q2.await.unwrap().output, want(2.0));
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,6 +224,7 @@ async fn a_queued_request_past_its_deadline_times_out_and_never_runs() {
     first.await.unwrap().unwrap();
     // The timed-out request was skipped: the next one ran alone.
     assert_eq!(next.await.unwrap().batch_size, 1);
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,6 +241,7 @@ async fn a_dropped_future_is_removed_and_its_item_never_runs() {
     let next = next.await.unwrap();
     assert_eq!(next.batch_size, 1);
     assert_eq!(next.output, want(2.0));
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,6 +259,7 @@ async fn an_invalid_item_fails_only_its_caller() {
     assert!(matches!(bad, Err(Error::InvalidInput { .. })), "{bad:?}");
     assert_eq!(good1.unwrap().output, want(1.0));
     assert_eq!(good2.unwrap().output, want(2.0));
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,6 +284,7 @@ async fn shutdown_drains_the_queue_and_then_refuses() {
         .single::<VectorAdd>(pair(9.0), ExecutionHints::default())
         .await;
     assert!(matches!(after, Err(Error::Cancelled { .. })), "{after:?}");
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -326,6 +335,7 @@ async fn shutdown_under_load_answers_every_request_once() {
         "the shutdown came after every request: {ok} ok"
     );
     assert_eq!(b.readiness().pending_requests, 0);
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,6 +365,7 @@ async fn shutdown_within_a_deadline_cancels_what_it_could_not_run_and_says_so() 
             .await,
         Err(Error::Cancelled { .. })
     ));
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,4 +389,5 @@ async fn shutdown_within_a_generous_deadline_runs_everything_queued() {
     for (i, q) in queued.into_iter().enumerate() {
         assert_eq!(q.await.unwrap().output, want((i + 1) as f32));
     }
+    gpubridge_core::testing::assert_quiescent(&b);
 }

@@ -83,4 +83,5 @@ async fn rejections_are_counted_once_by_reason() {
     assert_eq!(count("timeout"), 1);
     assert_eq!(count("cancelled"), 1);
     assert_eq!(count("queue_full"), 1);
+    gpubridge_core::testing::assert_quiescent(&b);
 }

@@ -27,6 +27,7 @@ fn empty_batch_gives_empty_result_without_running() {
     assert!(r.outputs.is_empty());
     assert!(r.chunks.is_empty());
     assert_eq!(r.backend(), None);
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -68,6 +69,7 @@ fn unequal_vector_lengths_are_invalid_input_naming_the_item() {
         matches!(err, Error::InvalidInput { index: Some(0), .. }),
         "{err:?}"
     );
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -108,6 +110,42 @@ fn mismatched_matrix_shapes_are_invalid_input() {
             "{err:?}"
         );
     }
+    gpubridge_core::testing::assert_quiescent(&b);
+}
+
+/// `k = 0` makes any `m x n` product valid with no data; one larger than memory can ever be is
+/// refused with the CPU's `OutOfMemory` as the reason, not an aborted process (found by the batch_decode fuzz target).
+#[test]
+fn a_product_larger_than_memory_is_out_of_memory() {
+    let b = bridge(BridgeConfig::default(), None);
+    // 2^63 bytes of output; and 3 * 2^62 values, whose byte count overflowed while the batch
+    // was split (a panic with overflow checks, a wrong budget without).
+    for (m, n) in [(1usize << 40, 1usize << 21), (1 << 62, 3)] {
+        let x = MatMulInput {
+            m,
+            k: 0,
+            n,
+            a: vec![],
+            b: vec![],
+        };
+        let err = block_on(
+            b.batch::<MatMul>()
+                .unwrap()
+                .execute(vec![x], ExecutionHints::default()),
+        )
+        .unwrap_err();
+        // Every backend was tried: the CPU's out-of-memory is the recorded reason.
+        match &err {
+            Error::NoBackendAvailable { attempts, .. } => assert!(
+                attempts
+                    .iter()
+                    .any(|(k, why)| *k == BackendKind::Cpu && why.starts_with("out of memory")),
+                "{err:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -127,6 +165,7 @@ fn unknown_kernel_and_wrong_types_are_typed_errors() {
     let ok = b.batch_by_id::<Vec<f32>, f32>("kernels/sum").unwrap();
     let r = block_on(ok.execute(vec![vec![1.0, 2.0]], ExecutionHints::default())).unwrap();
     assert_eq!(r.outputs, vec![3.0]);
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -173,6 +212,7 @@ fn batch_over_max_micro_batch_is_split_and_reassembled_in_order() {
         4,
         "the configured 3 is lower than the hint's 5"
     );
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -198,6 +238,7 @@ fn batch_larger_than_device_memory_budget_is_split() {
     for (i, o) in r.outputs.iter().enumerate() {
         assert!(o.iter().all(|v| *v == i as f32 + 1.0));
     }
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -224,6 +265,7 @@ fn timeout_hint_is_enforced() {
         )
         .unwrap();
     assert_eq!(r.outputs, vec![2.0]);
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -249,6 +291,7 @@ fn cpu_results_reuse_the_donated_inputs_memory() {
     assert_eq!(r.outputs, expected);
     let reused: Vec<usize> = r.outputs.iter().map(|o| o.as_ptr() as usize).collect();
     assert_eq!(reused, donors, "each sum was computed in place in its `a`");
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 /// A kernel whose donated CPU form changes its inputs and then fails.
@@ -311,4 +354,5 @@ fn a_donated_run_that_fails_is_not_retried_with_its_changed_inputs() {
         1,
         "the second device never saw the clobbered inputs"
     );
+    gpubridge_core::testing::assert_quiescent(&b);
 }

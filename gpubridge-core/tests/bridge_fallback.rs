@@ -96,6 +96,7 @@ fn device_lost_falls_back_to_next_backend_and_is_counted() {
         fallbacks, 1,
         "gpubridge_fallbacks_total{{reason=device_lost}} counted once"
     );
+    gpubridge_core::testing::assert_quiescent(&bridge);
 }
 
 #[test]
@@ -131,6 +132,7 @@ fn circuit_opens_skips_device_then_probes_and_closes() {
     let r = block_on(grain.execute(pairs(2), ExecutionHints::default())).unwrap();
     assert_eq!(r.backend(), Some(BackendKind::Cuda));
     assert_eq!(bridge.circuit_state(dev), Some(CircuitState::Closed));
+    gpubridge_core::testing::assert_quiescent(&bridge);
 }
 
 #[test]
@@ -159,6 +161,7 @@ fn failing_device_moves_work_to_another_device_of_the_same_backend() {
         "moving to another device is not a backend fallback"
     );
     assert_eq!(cpu.submissions(), 0);
+    gpubridge_core::testing::assert_quiescent(&bridge);
 }
 
 #[test]
@@ -177,6 +180,7 @@ fn preferred_device_is_honoured() {
             })
         );
     }
+    gpubridge_core::testing::assert_quiescent(&bridge);
 }
 
 #[test]
@@ -209,6 +213,7 @@ fn unsupported_and_out_of_memory_fall_back_without_opening_the_circuit() {
             Some(CircuitState::Closed),
             "{fault:?} is not a device fault"
         );
+        gpubridge_core::testing::assert_quiescent(&bridge);
     }
 }
 
@@ -234,6 +239,7 @@ fn transient_failure_then_success_loses_nothing() {
             BackendKind::Cuda
         ]
     );
+    gpubridge_core::testing::assert_quiescent(&bridge);
 }
 
 #[test]
@@ -256,6 +262,7 @@ fn forced_backend_does_not_fall_back() {
         other => panic!("expected NoBackendAvailable, got {other:?}"),
     }
     assert_eq!(cpu.submissions(), 0);
+    gpubridge_core::testing::assert_quiescent(&bridge);
 }
 
 #[test]
@@ -276,6 +283,7 @@ fn forced_missing_backend_names_its_reason() {
     .unwrap_err();
     assert!(matches!(err, Error::NoBackendAvailable { .. }), "{err:?}");
     assert!(err.to_string().contains("libcuda.so.1 not found"), "{err}");
+    gpubridge_core::testing::assert_quiescent(&bridge);
 }
 
 #[test]
@@ -304,6 +312,7 @@ fn cpu_preference_puts_the_cpu_first() {
     .unwrap();
     assert_eq!(r.backend(), Some(BackendKind::Cpu));
     assert_eq!(r.outputs, vec![3.0]);
+    gpubridge_core::testing::assert_quiescent(&bridge);
 }
 
 #[test]
@@ -323,6 +332,7 @@ fn chain_order_comes_from_config_and_omitted_backends_are_unused() {
     .unwrap();
     assert_eq!(r.backend(), Some(BackendKind::Cpu));
     assert_eq!(cuda.submissions(), 0);
+    gpubridge_core::testing::assert_quiescent(&bridge);
 }
 
 #[test]
@@ -353,6 +363,7 @@ fn concurrent_requests_under_faults_all_complete() {
             t.await.expect("no task panicked");
         }
     });
+    gpubridge_core::testing::assert_quiescent(&bridge);
 }
 
 #[test]
@@ -398,4 +409,5 @@ fn placement_prefers_a_device_with_room_for_the_batch() {
             index: 0
         })
     );
+    gpubridge_core::testing::assert_quiescent(&bridge);
 }

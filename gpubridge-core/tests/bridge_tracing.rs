@@ -188,6 +188,7 @@ fn a_request_span_holds_one_kernel_span_per_micro_batch_and_the_audit_log_has_ev
         failed["correlation_id"].starts_with("gpubridge-"),
         "the bridge numbers requests without one: {failed:?}"
     );
+    gpubridge_core::testing::assert_quiescent(&bridge);
 }
 
 #[test]
@@ -204,4 +205,5 @@ fn tracing_turned_off_opens_no_spans_but_keeps_the_audit_log() {
     });
     assert!(capture.spans.lock().is_empty());
     assert_eq!(capture.audit.lock().len(), 1);
+    gpubridge_core::testing::assert_quiescent(&bridge);
 }

@@ -57,6 +57,7 @@ async fn outputs_come_in_send_order_and_match_the_host() {
     producer.await.unwrap().unwrap();
     assert_eq!(i, inputs.len(), "every item came out once");
     assert_eq!(b.readiness().pending_requests, 0);
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,6 +89,7 @@ async fn a_full_stream_holds_the_sender_until_an_output_is_received() {
     drop(tx);
     let rest: Vec<f32> = rx.map(|r| r.unwrap()).collect().await;
     assert_eq!(rest, vec![4.0, 8.0, 12.0]);
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,6 +109,7 @@ async fn closing_the_sender_lets_the_receiver_drain_then_end() {
     }
     assert_eq!(got, (0..=10).map(|k| k as f32).collect::<Vec<_>>());
     assert!(rx.recv().await.is_none(), "an ended stream stays ended");
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,6 +134,7 @@ async fn a_dropped_receiver_stops_the_senders() {
         Err(Error::Cancelled { .. })
     ));
     backend.release();
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,6 +158,7 @@ async fn a_bad_item_fails_its_send_and_the_stream_goes_on() {
     assert_eq!(rx.recv().await.unwrap().unwrap(), vec![2.0, 3.0]);
     assert_eq!(rx.recv().await.unwrap().unwrap(), vec![6.0, 7.0]);
     assert!(rx.recv().await.is_none());
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[tokio::test]
@@ -168,4 +173,6 @@ async fn a_stream_needs_room_and_a_registered_kernel() {
         lone.stream::<Sum>(ExecutionHints::default(), 4),
         Err(Error::UnknownKernel { .. })
     ));
+    gpubridge_core::testing::assert_quiescent(&b);
+    gpubridge_core::testing::assert_quiescent(&lone);
 }

@@ -63,6 +63,7 @@ async fn a_tenant_over_its_rate_is_refused_and_another_is_not() {
     let usage = b.tenant_usage("flood").unwrap();
     assert_eq!(usage.refused, 2);
     assert_eq!((usage.in_flight, usage.bytes_in_flight), (0, 0));
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,6 +105,7 @@ async fn a_tenant_at_its_concurrency_cap_is_refused_until_a_request_finishes() {
         5.0
     );
     assert_eq!(b.tenant_usage("a").unwrap().in_flight, 0);
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,6 +146,7 @@ async fn a_request_over_the_memory_quota_is_refused_whole() {
         .unwrap();
     assert_eq!(small.outputs[0], vec![2.0; 16]);
     assert_eq!(b.tenant_usage("small").unwrap().bytes_in_flight, 0);
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -202,6 +205,7 @@ async fn one_tenants_flood_does_not_starve_another() {
     assert_eq!(u64::from(refused), usage.refused);
     assert_eq!((usage.in_flight, usage.bytes_in_flight), (0, 0));
     assert_eq!(b.tenant_usage("steady").unwrap().refused, 0);
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,6 +237,7 @@ async fn a_streams_items_hold_their_tenants_places_until_received() {
     }
     assert_eq!(rest, vec![1.0, 2.0, 3.0]);
     assert_eq!(b.tenant_usage("s").unwrap().in_flight, 0);
+    gpubridge_core::testing::assert_quiescent(&b);
 }
 
 #[test]

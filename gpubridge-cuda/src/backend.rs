@@ -149,6 +149,16 @@ impl Backend for CudaBackend {
         self.slots.get(device).map(|s| s.budget)
     }
 
+    /// The pool's bytes rented out, less the blocks that cached graphs keep (they are the
+    /// graph cache's, bounded by `cuda.graph_cache_mb` and `cuda.resident_mb`), as of the
+    /// device's last plan.
+    fn memory_in_use(&self, device: usize) -> Option<u64> {
+        self.slots.get(device).map(|s| {
+            let in_use = s.shared.pool.lock().in_use as u64;
+            in_use.saturating_sub(s.shared.graphs.lock().device_bytes)
+        })
+    }
+
     fn free_memory(&self, device: usize) -> Option<u64> {
         self.slots.get(device).map(|s| {
             s.shared

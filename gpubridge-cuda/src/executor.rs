@@ -80,6 +80,8 @@ pub struct GraphStats {
     pub entries: u64,
     /// Device and pinned bytes the cached graphs own (resident ones included).
     pub bytes: u64,
+    /// Of those, the device bytes: blocks rented from the pool that the graphs keep.
+    pub device_bytes: u64,
     /// Graphs kept for resident plans (requests with `persistent` set), outside the LRU.
     pub resident_entries: u64,
     /// Device and pinned bytes the resident graphs own (at most `cuda.resident_mb`).
@@ -612,6 +614,12 @@ impl Executor {
         let mut g = self.shared.graphs.lock();
         g.entries = self.graphs.entries.len() as u64;
         g.bytes = (self.graphs.used + self.graphs.resident_used) as u64;
+        g.device_bytes = self
+            .graphs
+            .entries
+            .values()
+            .map(|e| e.block.size as u64)
+            .sum();
         g.resident_entries = self.graphs.entries.values().filter(|e| e.resident).count() as u64;
         g.resident_bytes = self.graphs.resident_used as u64;
     }

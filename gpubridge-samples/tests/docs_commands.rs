@@ -38,7 +38,7 @@ fn guides() -> Vec<PathBuf> {
 /// Commands in a markdown text: lines of `sh`/`bash` fences and inline code spans, each starting
 /// with `gpubridge ` or `cargo `; trailing `# comments` removed.
 fn commands(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
+    let mut out: Vec<String> = Vec::new();
     let mut fence: Option<String> = None;
     for line in text.lines() {
         let t = line.trim_start();
@@ -51,7 +51,15 @@ fn commands(text: &str) -> Vec<String> {
         }
         match &fence {
             Some(info) if info == "sh" || info == "bash" || info == "console" => {
-                out.push(t.to_owned());
+                // A line ending in `\` goes on with the next one.
+                match out.last_mut() {
+                    Some(prev) if prev.ends_with('\\') => {
+                        prev.pop();
+                        prev.push(' ');
+                        prev.push_str(t);
+                    }
+                    _ => out.push(t.to_owned()),
+                }
             }
             Some(_) => {}
             None => {
@@ -130,7 +138,17 @@ fn check_cargo(cmd: &str, meta: &Metadata) -> Result<(), String> {
     match words.get(1).copied() {
         Some("xtask") => {
             let task = words.get(2).copied().unwrap_or("");
-            let known = ["ci", "bench", "load", "soak", "device-pack"];
+            // The tasks `cargo xtask` dispatches on, read from its `main`.
+            let main = std::fs::read_to_string(root().join("xtask/src/main.rs"))
+                .map_err(|e| format!("reading xtask/src/main.rs: {e}"))?;
+            let known: Vec<&str> = main
+                .split("Some(\"")
+                .skip(1)
+                .filter_map(|rest| {
+                    let (name, after) = rest.split_once('"')?;
+                    after.trim_start().starts_with(") =>").then_some(name)
+                })
+                .collect();
             if known.contains(&task) {
                 Ok(())
             } else {

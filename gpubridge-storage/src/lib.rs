@@ -788,21 +788,33 @@ fn unit_pieces(tasks: Vec<plan::Task>) -> Vec<(plan::Task, ())> {
 }
 
 /// `(offset, len)` of `range` in `path`, the whole file for `None`.
+/// The offset and length of `range` in `path` (the whole file for `None`), checked against the
+/// file's size before the caller allocates a destination for it: a range past the end is
+/// [`IoErrorKind::Truncated`] here, so that a hostile range never becomes a huge allocation.
 fn resolve_range(path: &Path, range: Option<Range<u64>>) -> Result<(u64, usize)> {
+    if let Some(r) = range.as_ref().filter(|r| r.end < r.start) {
+        return Err(Error::InvalidInput {
+            kernel: "storage".to_owned(),
+            index: None,
+            reason: format!("byte range {}..{} ends before it starts", r.start, r.end),
+        });
+    }
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "reading metadata", &e))?;
     let (offset, len) = match range {
-        Some(r) if r.end < r.start => {
-            return Err(Error::InvalidInput {
-                kernel: "storage".to_owned(),
-                index: None,
-                reason: format!("byte range {}..{} ends before it starts", r.start, r.end),
+        Some(r) if r.end > meta.len() => {
+            return Err(Error::Io {
+                path: path.to_owned(),
+                kind: IoErrorKind::Truncated,
+                message: format!(
+                    "bytes {}..{} were asked for, but the file has {} bytes",
+                    r.start,
+                    r.end,
+                    meta.len()
+                ),
             })
         }
         Some(r) => (r.start, r.end - r.start),
-        None => {
-            let meta =
-                std::fs::metadata(path).map_err(|e| Error::io(path, "reading metadata", &e))?;
-            (0, meta.len())
-        }
+        None => (0, meta.len()),
     };
     let len = usize::try_from(len).map_err(|_| Error::InvalidInput {
         kernel: "storage".to_owned(),

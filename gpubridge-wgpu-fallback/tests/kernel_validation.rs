@@ -104,4 +104,5 @@ fn swapped_device_code_is_refused_and_registered_code_runs() {
     let ok = futures::executor::block_on(bridge.batch::<Sum>().unwrap().execute(inputs, on_wgpu))
         .unwrap();
     assert_eq!(ok.outputs, vec![6.0; 4]);
+    gpubridge_core::testing::assert_quiescent(&bridge);
 }

@@ -88,4 +88,5 @@ fn concurrent_requests_all_complete_correctly_and_reuse_buffers() {
         stats.hits > stats.misses,
         "buffers are reused across plans: {stats:?}"
     );
+    gpubridge_core::testing::assert_quiescent(&bridge);
 }

@@ -484,6 +484,7 @@ fn micro_batches_within_the_budget_fit_the_pool() {
     let stats = b.pool_stats(0).unwrap();
     assert_eq!(stats.failures, 0, "{stats:?}");
     assert!(stats.peak <= 10 << 20, "{stats:?}");
+    gpubridge_core::testing::assert_quiescent(&bridge);
 }
 
 #[test]

@@ -80,6 +80,7 @@ fn repeated_plan_shapes_are_captured_once_and_replayed_with_fresh_data() {
     assert_eq!(replayed, [false, true, true, true, true, true]);
     let g = cuda.graph_stats(0).unwrap();
     assert_eq!((g.misses, g.hits, g.entries), (1, 5, 1), "{g:?}");
+    gpubridge::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -139,6 +140,7 @@ fn batches_of_nearby_sizes_share_a_bucketed_graph_updated_in_place() {
     let g2 = cuda.graph_stats(0).unwrap();
     assert_eq!((g2.misses - g.misses, g2.entries), (3, 4), "{g2:?}");
     assert_eq!(g2.hits - g.hits, 6, "{g2:?}");
+    gpubridge::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -160,6 +162,7 @@ fn large_results_land_in_the_donated_inputs_memory() {
     check_add(&kept, &r.outputs);
     let reused: Vec<usize> = r.outputs.iter().map(|o| o.as_ptr() as usize).collect();
     assert_eq!(reused, donors);
+    gpubridge::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -200,6 +203,7 @@ fn a_large_matrix_product_runs_staged_and_matches_the_cpu() {
         assert_eq!((g.rows, g.cols), (c.rows, c.cols));
         assert!(g.data == c.data, "staged product differs from the CPU's");
     }
+    gpubridge::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -237,6 +241,7 @@ fn graph_cache_evicts_least_recently_used_under_its_budget() {
     let g = cuda.graph_stats(0).unwrap();
     assert!(g.evictions >= 1, "{g:?}");
     assert!(g.bytes <= 1 << 20 || g.entries == 1, "{g:?}");
+    gpubridge::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -288,6 +293,7 @@ fn a_resident_plan_is_captured_at_once_and_outlives_the_lru() {
     assert_eq!(g.misses, misses, "{g:?}");
     assert_eq!(g.resident_entries, 1, "{g:?}");
     assert!(g.resident_bytes > 0 && g.resident_bytes <= 4 << 20, "{g:?}");
+    gpubridge::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -314,6 +320,7 @@ fn pool_reuses_memory_across_batches() {
     // Placement sees the device's free memory, sampled by its executor.
     let free = gpubridge::Backend::free_memory(&*cuda, 0).unwrap_or(0);
     assert!(free > 1 << 30, "free memory sampled: {free}");
+    gpubridge::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -341,6 +348,7 @@ fn out_of_memory_falls_back_to_the_cpu() {
         }),
         Some(CircuitState::Closed)
     );
+    gpubridge::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -381,6 +389,7 @@ fn a_lost_device_trips_its_circuit_and_work_moves_on_with_nothing_lost() {
         }),
         Some(CircuitState::Open)
     );
+    gpubridge::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -413,6 +422,7 @@ fn tiny_plans_run_zero_copy_with_fresh_data_every_time() {
     }
     let g = cuda.graph_stats(0).unwrap();
     assert_eq!((g.misses, g.hits), (0, 0), "{g:?}");
+    gpubridge::testing::assert_quiescent(&b);
 }
 
 #[test]
@@ -445,6 +455,7 @@ fn micro_batches_overlap_on_two_lanes_and_not_on_one() {
                 "with two lanes the next micro-batch starts before the previous one finishes"
             );
         }
+        gpubridge::testing::assert_quiescent(&b);
     }
 }
 
@@ -533,6 +544,7 @@ fn a_kernel_that_does_not_compile_falls_back_without_blaming_the_device() {
         }),
         Some(CircuitState::Closed)
     );
+    gpubridge::testing::assert_quiescent(&b);
 }
 
 /// The pool releases the idle memory of size classes nobody rented in the last period, and keeps

@@ -243,6 +243,7 @@ fn work_moves_from_cuda_to_wgpu_then_to_the_cpu_when_wgpu_is_lost() {
         logs.lines(&["falling back", "from=wgpu", "to=cpu", "device_lost"]),
         1
     );
+    gpubridge::testing::assert_quiescent(&bridge);
 }
 
 #[test]
@@ -307,6 +308,7 @@ fn wgpu_disabled_or_filtered_away_sends_work_to_the_cpu_with_the_reason_on_recor
         .unwrap_err();
         assert!(matches!(err, Error::NoBackendAvailable { .. }), "{err:?}");
         assert!(err.to_string().contains(&reason), "{err}");
+        gpubridge::testing::assert_quiescent(&bridge);
     }
 }
 
@@ -334,6 +336,7 @@ fn without_cuda_the_default_bridge_runs_on_wgpu() {
     check_add(&inputs, &r.outputs);
     assert_eq!(r.backend(), Some(BackendKind::Wgpu));
     assert!(r.fallbacks.is_empty());
+    gpubridge::testing::assert_quiescent(&bridge);
 }
 
 #[test]
@@ -366,4 +369,5 @@ fn a_software_adapter_is_tried_after_the_cpu_unless_asked_for() {
     .unwrap();
     check_add(&inputs, &asked.outputs);
     assert_eq!(asked.backend(), Some(BackendKind::Wgpu));
+    gpubridge::testing::assert_quiescent(&bridge);
 }

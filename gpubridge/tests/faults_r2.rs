@@ -176,5 +176,7 @@ async fn every_fault_type(kind: BackendKind) {
             back,
             "{fault:?}: work never returned to {kind} with a closed circuit"
         );
+        // Every fault's requests are answered, so the pools and queues are back to zero too.
+        gpubridge::testing::assert_quiescent(&bridge);
     }
 }

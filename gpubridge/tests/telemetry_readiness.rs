@@ -61,6 +61,7 @@ async fn not_ready_while_every_device_is_lost_and_ready_again_after() {
     backend.set_lost(1, None);
     assert_eq!(get(addr, "/readyz").await.0, 200);
     server.shutdown().await;
+    gpubridge::testing::assert_quiescent(&bridge);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,6 +96,7 @@ async fn not_ready_while_every_circuit_is_open_and_the_scrape_shows_it() {
     );
     assert_eq!(get(addr, "/healthz").await.0, 200);
     server.shutdown().await;
+    gpubridge::testing::assert_quiescent(&bridge);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,6 +144,7 @@ async fn not_ready_while_pending_requests_reach_the_queue_capacity() {
     assert_eq!(bridge.readiness().pending_requests, 0);
     assert_eq!(get(addr, "/readyz").await.0, 200);
     server.shutdown().await;
+    gpubridge::testing::assert_quiescent(&bridge);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,4 +167,5 @@ async fn unknown_paths_and_methods_and_metrics_turned_off() {
     server.shutdown().await;
     // Stopped means stopped: nothing listens there any more.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    gpubridge::testing::assert_quiescent(&bridge);
 }

@@ -289,6 +289,7 @@ async fn scrape_shows_every_metric_with_the_workloads_counts_and_the_dashboard_u
     check_dashboard(&scrape);
     check_prometheus_config();
     server.shutdown().await;
+    gpubridge::testing::assert_quiescent(&bridge);
 }
 
 /// Every PromQL expression of the dashboard (panel targets and variable queries) parses, and

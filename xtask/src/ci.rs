@@ -25,12 +25,20 @@ fn cargo(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
 /// The wgpu backend is built and tested in CI (on Mesa's llvmpipe where there is no GPU).
 const WGPU: &str = "gpubridge/wgpu";
 
-/// Format check, clippy (with wgpu, then the CPU-only libraries), docs, tests, the quick bench
-/// and a one-minute soak, stopping at the first failure. The wgpu tests skip without an adapter
-/// unless `GPUBRIDGE_REQUIRE_WGPU=1` (which `.ci/run` sets after installing Mesa's Vulkan
-/// drivers).
+/// Seconds each fuzz target runs in CI.
+const CI_FUZZ_SECONDS: &str = "20";
+
+/// Format check, clippy (with wgpu, then the CPU-only libraries), docs, tests, the quick bench,
+/// a one-minute soak, valgrind on the CPU path and a short run of every fuzz target, stopping at
+/// the first failure. The wgpu tests skip without an adapter unless `GPUBRIDGE_REQUIRE_WGPU=1`
+/// (which `.ci/run` sets after installing Mesa's Vulkan drivers).
 pub fn run() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
+    // The fuzz crate is a workspace of its own, outside `--all`.
+    cargo(
+        &["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"],
+        &[],
+    )?;
     cargo(
         &[
             "clippy",
@@ -88,5 +96,11 @@ pub fn run() -> anyhow::Result<()> {
         .collect();
     eprintln!("$ cargo xtask soak {}", soak.join(" "));
     crate::soak::run(&soak)?;
+    // The CPU path under valgrind's memcheck (the executables the tests built; about half a
+    // minute).
+    crate::valgrind::run()?;
+    // Every fuzz target briefly on its seed corpus, built on the stable toolchain (about three
+    // minutes on two cores, most of it the instrumented build).
+    crate::fuzz::run(&["--time".to_owned(), CI_FUZZ_SECONDS.to_owned()])?;
     Ok(())
 }

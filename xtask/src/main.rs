@@ -11,6 +11,10 @@
 //!   workload of `gpubridge soak` with its R1/R2 verdict as the exit status, and its samples drawn
 //!   in `target/soak-report/memory.png` and `latency.png`.
 //! - `cargo xtask licenses`: every dependency's licence checked against the policy (offline).
+//! - `cargo xtask fuzz [--time SECS] [TARGET ..]`: builds the fuzz targets in `fuzz/` with
+//!   libFuzzer's instrumentation on the stable toolchain and runs each on its seed corpus.
+//! - `cargo xtask valgrind`: the CPU path (the CLI's samples and the batcher's tests) under
+//!   valgrind's memcheck, with `xtask/valgrind.supp`.
 //! - `cargo xtask device-pack`: the release CLI and test executables, stripped, in `device-pack/`,
 //!   with a Vulkan loader and an NVIDIA ICD manifest for wgpu, and `device-pack/run.sh` to run
 //!   them on the GPU machine.
@@ -18,10 +22,12 @@
 mod bench;
 mod ci;
 mod device_pack;
+mod fuzz;
 mod licenses;
 mod load;
 mod plot;
 mod soak;
+mod valgrind;
 
 use std::path::PathBuf;
 
@@ -34,8 +40,10 @@ fn main() -> anyhow::Result<()> {
         Some("load") => load::run(&args[1..]),
         Some("soak") => soak::run(&args[1..]),
         Some("licenses") => licenses::run(),
+        Some("fuzz") => fuzz::run(&args[1..]),
+        Some("valgrind") => valgrind::run(),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [--quick] [--only P2,P4] | load [..] | soak [..] | licenses | device-pack>");
+            eprintln!("usage: cargo xtask <ci | bench [--quick] [--only P2,P4] | load [..] | soak [..] | licenses | fuzz [--time SECS] [TARGET ..] | valgrind | device-pack>");
             std::process::exit(2);
         }
     }

@@ -54,7 +54,16 @@ const PIPELINE_BLOCKS: usize = 8;
 const PIPELINE_MIN_ROWS: usize = 64;
 
 fn aligned(bytes: usize) -> usize {
-    bytes.div_ceil(ALIGN) * ALIGN
+    bytes.div_ceil(ALIGN).saturating_mul(ALIGN)
+}
+
+/// Bytes of `c`, aligned, or `None` when they do not fit the address space: with `k = 0` a
+/// valid input can declare any `m x n` with no data.
+fn c_bytes(x: &MatMulInput) -> Option<usize> {
+    x.m.checked_mul(x.n)?
+        .checked_mul(4)?
+        .checked_next_multiple_of(ALIGN)
+        .filter(|b| *b <= isize::MAX as usize)
 }
 
 impl Kernel for MatMul {
@@ -98,7 +107,11 @@ impl Kernel for MatMul {
     }
 
     fn device_bytes(&self, x: &MatMulInput) -> usize {
-        aligned(4 * x.a.len()) + aligned(4 * x.b.len()) + aligned(4 * x.m.saturating_mul(x.n))
+        // Saturating: an output too large for the address space (found by the batch_decode
+        // fuzz target) counts as the largest item there can be, and runs alone.
+        aligned(4 * x.a.len())
+            .saturating_add(aligned(4 * x.b.len()))
+            .saturating_add(c_bytes(x).unwrap_or(usize::MAX))
     }
 
     fn run_cpu(&self, inputs: &[MatMulInput], ctx: &CpuContext) -> Result<Vec<Matrix>> {
@@ -107,6 +120,18 @@ impl Kernel for MatMul {
     }
 
     fn plan(&self, inputs: &Arc<[MatMulInput]>, target: &PlanTarget) -> Result<Plan> {
+        // Every size below is computed from the declared shapes: refuse outputs that cannot
+        // exist before any of that arithmetic runs.
+        let c_total = inputs
+            .iter()
+            .try_fold(0usize, |sum, x| sum.checked_add(c_bytes(x)?))
+            .filter(|b| *b <= isize::MAX as usize);
+        if c_total.is_none() {
+            return Err(Error::Unsupported {
+                backend: target.backend(),
+                what: "a product larger than the address space".to_owned(),
+            });
+        }
         let mut plan = Plan::new(Self::ID);
         let a_cat = Concat::aligned(inputs.clone(), |x: &MatMulInput| &x.a, ALIGN);
         let b_cat = Concat::aligned(inputs.clone(), |x: &MatMulInput| &x.b, ALIGN);
@@ -297,7 +322,18 @@ fn dim(v: usize, target: &PlanTarget) -> Result<u32> {
 /// (`matrixmultiply` through `ndarray`).
 fn cpu_gemm(x: &MatMulInput, threads: usize) -> Result<Matrix> {
     let (m, k, n) = (x.m, x.k, x.n);
-    let mut data = vec![0f32; m * n];
+    // The output's size is declared, not carried: `k = 0` makes any `m x n` valid with no data
+    // at all. Allocated fallibly, so that a product larger than memory is `OutOfMemory` instead
+    // of aborting the process (found by the batch_decode fuzz target).
+    let len = m.saturating_mul(n);
+    let mut data: Vec<f32> = Vec::new();
+    data.try_reserve_exact(len)
+        .map_err(|e| Error::OutOfMemory {
+            device: "cpu".to_owned(),
+            requested: len.saturating_mul(4),
+            reason: format!("the {m} x {n} product: {e}"),
+        })?;
+    data.resize(len, 0.0);
     if m == 0 || n == 0 || k == 0 {
         return Ok(Matrix {
             rows: m,

@@ -140,6 +140,10 @@ impl Backend for WgpuBackend {
         self.slots.get(device).map(|s| s.budget)
     }
 
+    fn memory_in_use(&self, device: usize) -> Option<u64> {
+        self.pool_stats(device).map(|p| p.in_use)
+    }
+
     fn health(&self, device: usize) -> Health {
         match self.slots.get(device) {
             Some(s) => s.device.health(),
