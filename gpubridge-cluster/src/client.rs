@@ -228,15 +228,79 @@ impl ClusterClient {
             .map_err(js("reading an answer"))
     }
 
-    /// Requests waiting in the work stream (not yet delivered or not yet acknowledged).
+    /// What to monitor: requests waiting and in flight, redeliveries, answers written, workers.
     ///
     /// # Errors
     /// [`ClusterError::JetStream`].
-    pub async fn queued(&self) -> Result<u64, ClusterError> {
+    pub async fn stats(&self) -> Result<ClusterStats, ClusterError> {
         let mut stream = self.infra.stream.clone();
-        let info = stream.info().await.map_err(js("reading the stream"))?;
-        Ok(info.state.messages)
+        let queued = stream
+            .info()
+            .await
+            .map_err(js("reading the work stream"))?
+            .state
+            .messages;
+        let (pending, ack_pending, redelivered, deliveries) =
+            match stream.consumer_info(&self.settings.consumer).await {
+                Ok(info) => (
+                    info.num_pending,
+                    info.num_ack_pending as u64,
+                    info.num_redelivered as u64,
+                    info.delivered.consumer_sequence,
+                ),
+                // No worker has created the consumer yet.
+                Err(_) => (queued, 0, 0, 0),
+            };
+        let mut results = self
+            .infra
+            .js
+            .get_stream(format!("KV_{}", self.settings.results_bucket))
+            .await
+            .map_err(js("reading the results bucket"))?;
+        let answers_written = results
+            .info()
+            .await
+            .map_err(js("reading the results bucket"))?
+            .state
+            .last_sequence;
+        let mut workers = 0;
+        if let Ok(mut keys) = self.infra.workers.keys().await {
+            while let Some(Ok(_)) = keys.next().await {
+                workers += 1;
+            }
+        }
+        Ok(ClusterStats {
+            queued,
+            pending,
+            ack_pending,
+            redelivered,
+            deliveries,
+            answers_written,
+            workers,
+        })
     }
+}
+
+/// A snapshot of the cluster's queues ([`ClusterClient::stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Requests in the work stream (not yet acknowledged).
+    pub queued: u64,
+    /// Requests not yet delivered to any worker (the consumer's pending count).
+    pub pending: u64,
+    /// Requests delivered and not yet acknowledged.
+    pub ack_pending: u64,
+    /// Requests delivered more than once and not yet acknowledged (a worker died or was too
+    /// slow): a gauge, back to zero once they are answered.
+    pub redelivered: u64,
+    /// Deliveries since the consumer was created, redeliveries included: above the number of
+    /// requests ever sent, some were delivered again.
+    pub deliveries: u64,
+    /// Answers ever written to the results bucket (its stream's last sequence): writes are
+    /// create-only, so at most one per request id.
+    pub answers_written: u64,
+    /// Workers announced in the last minute.
+    pub workers: u64,
 }
 
 #[cfg(test)]

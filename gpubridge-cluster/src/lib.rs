@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
-pub use client::{ClusterClient, ClusterKernel};
+pub use client::{ClusterClient, ClusterKernel, ClusterStats};
 pub use worker::{Announcement, Worker, WorkerConfig};
 
 /// Header carrying the request id (also sent as `Nats-Msg-Id`).
@@ -179,15 +179,27 @@ async fn bucket(
     if let Ok(store) = js.get_key_value(name).await {
         return Ok(store);
     }
-    let config = jetstream::kv::Config {
-        bucket: name.to_owned(),
-        history: 1,
+    // The stream `create_key_value` would make, created directly: `create_key_value` first
+    // queries the account, whose reply from servers before 2.10 (Debian's 2.9) this client
+    // cannot parse.
+    let config = jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
         max_age,
         storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        num_replicas: 1,
         ..Default::default()
     };
-    match js.create_key_value(config).await {
-        Ok(store) => Ok(store),
+    match js.create_stream(config).await {
+        Ok(_) => js
+            .get_key_value(name)
+            .await
+            .map_err(crate::js("opening a key-value bucket")),
         // Another process may have created it in the meantime.
         Err(e) => js
             .get_key_value(name)
