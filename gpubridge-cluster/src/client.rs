@@ -13,7 +13,9 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::wire::{self, Answer, Wire};
-use crate::{js, ClusterError, ClusterSettings, Infra, HEADER_KERNEL, HEADER_OBJECT, HEADER_REQUEST};
+use crate::{
+    js, ClusterError, ClusterSettings, Infra, HEADER_KERNEL, HEADER_OBJECT, HEADER_REQUEST,
+};
 
 /// A kernel whose inputs and outputs can travel ([`Wire`]): every [`gpubridge::Kernel`] whose
 /// types implement it, among the built-ins `kernels::Sum` (`Vec<f32>` -> `f32`) and

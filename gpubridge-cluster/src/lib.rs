@@ -270,10 +270,7 @@ pub(crate) async fn read_object(
     name: &str,
 ) -> Result<Vec<u8>, ClusterError> {
     use tokio::io::AsyncReadExt;
-    let mut object = objects
-        .get(name)
-        .await
-        .map_err(js("opening an object"))?;
+    let mut object = objects.get(name).await.map_err(js("opening an object"))?;
     let mut out = Vec::new();
     object
         .read_to_end(&mut out)

@@ -177,8 +177,12 @@ pub fn answer(tag: u8, body: &[u8]) -> Vec<u8> {
 pub fn read_answer(bytes: &[u8]) -> Result<Answer<'_>, WireError> {
     match bytes.split_first() {
         Some((&ANSWER_OK, body)) => Ok(Answer::Inline(body)),
-        Some((&ANSWER_ERROR, body)) => Ok(Answer::Error(String::from_utf8_lossy(body).into_owned())),
-        Some((&ANSWER_OBJECT, body)) => Ok(Answer::Object(String::from_utf8_lossy(body).into_owned())),
+        Some((&ANSWER_ERROR, body)) => {
+            Ok(Answer::Error(String::from_utf8_lossy(body).into_owned()))
+        }
+        Some((&ANSWER_OBJECT, body)) => {
+            Ok(Answer::Object(String::from_utf8_lossy(body).into_owned()))
+        }
         Some((&tag, _)) => Err(WireError::UnknownTag(Some(tag))),
         None => Err(WireError::UnknownTag(None)),
     }
@@ -215,6 +219,9 @@ mod tests {
         assert!(decode::<Vec<f32>>(&u32::MAX.to_le_bytes()).is_err());
         assert_eq!(read_answer(&[]), Err(WireError::UnknownTag(None)));
         assert_eq!(read_answer(&[9]), Err(WireError::UnknownTag(Some(9))));
-        assert_eq!(read_answer(&answer(ANSWER_OK, b"x")), Ok(Answer::Inline(b"x")));
+        assert_eq!(
+            read_answer(&answer(ANSWER_OK, b"x")),
+            Ok(Answer::Inline(b"x"))
+        );
     }
 }

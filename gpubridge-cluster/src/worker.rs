@@ -143,7 +143,12 @@ impl Worker {
                 .iter()
                 .map(|d| format!("{} {}", d.id, d.name))
                 .collect(),
-            backends: self.bridge.backends().iter().map(|b| b.to_string()).collect(),
+            backends: self
+                .bridge
+                .backends()
+                .iter()
+                .map(|b| b.to_string())
+                .collect(),
             max_in_flight: self.config.max_in_flight,
         }
     }
@@ -295,7 +300,9 @@ async fn handle(shared: &Shared, message: jetstream::Message) {
         let _ = message.ack().await;
         return;
     }
-    let kernel = header(&message, HEADER_KERNEL).unwrap_or_default().to_owned();
+    let kernel = header(&message, HEADER_KERNEL)
+        .unwrap_or_default()
+        .to_owned();
     let object = header(&message, HEADER_OBJECT).map(str::to_owned);
     let work = async {
         let object = object.as_ref();

@@ -56,10 +56,7 @@ fn nats_server() -> Option<Nats> {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let dir = std::env::temp_dir().join(format!(
-        "gpubridge-nats-{}-{port}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("gpubridge-nats-{}-{port}", std::process::id()));
     let server = Command::new("nats-server")
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(&dir)
@@ -86,7 +83,15 @@ fn nats_server() -> Option<Nats> {
 /// A `gpubridge worker` on the CPU backend with a 2 s ack_wait.
 fn worker(url: &str, name: &str, hold_ms: u64) -> Proc {
     let child = Command::new(env!("CARGO_BIN_EXE_gpubridge"))
-        .args(["worker", "--nats", url, "--name", name, "--max-in-flight", "4"])
+        .args([
+            "worker",
+            "--nats",
+            url,
+            "--name",
+            name,
+            "--max-in-flight",
+            "4",
+        ])
         .args(["--ack-wait-ms", "2000", "--max-deliver", "10"])
         .args(["--hold-ms", &hold_ms.to_string()])
         .env("GPUBRIDGE__FALLBACK__CHAIN", "cpu")
@@ -225,7 +230,10 @@ async fn a_killed_worker_loses_no_request() {
     // Wait until the three have announced themselves.
     let started = Instant::now();
     while client.stats().await.map(|s| s.workers).unwrap_or(0) < 3 {
-        assert!(started.elapsed() < Duration::from_secs(10), "workers did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "workers did not start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
