@@ -439,3 +439,20 @@ async fn cluster_bench() {
     std::fs::write(&path, serde_json::to_vec_pretty(&json).expect("json")).expect("writing JSON");
     println!("wrote {}", path.display());
 }
+
+/// A batch that outlives `ack_wait` (3 s against 2 s) is not delivered again: the worker sends
+/// progress acknowledgements while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_keeps_a_long_batch_with_its_worker() {
+    let Some(nats) = nats_server() else { return };
+    let _w = worker(&nats.url, "slow", 3000);
+    let client = client(&nats.url).await;
+    let got = client
+        .submit::<Sum>(&[vec![1.0, 2.0, 3.0]])
+        .await
+        .expect("slow sum");
+    assert_eq!(got, vec![6.0]);
+    let stats = settled(&client).await;
+    assert_eq!(stats.deliveries, 1, "{stats:?}");
+    assert_eq!(stats.answers_written, 1, "{stats:?}");
+}
