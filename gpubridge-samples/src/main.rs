@@ -2,6 +2,8 @@
 //! backend, each verified against its reference.
 
 mod bench;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod load;
 mod samples;
 #[cfg(feature = "prometheus")]
@@ -53,6 +55,10 @@ enum Command {
     /// Run a bridge with its metrics endpoint (/metrics, /healthz, /readyz) until Ctrl-C.
     #[cfg(feature = "prometheus")]
     Serve(serve::ServeArgs),
+    /// Serve batch requests (`kernels/sum`, `kernels/vector/add`) from a NATS JetStream work
+    /// queue on this machine's bridge until Ctrl-C or SIGTERM (gpubridge-cluster).
+    #[cfg(feature = "cluster")]
+    Worker(cluster::WorkerArgs),
     /// Write a synthetic journal-entry graph with planted component patterns: `OUT/nodes.parquet`,
     /// `OUT/edges.parquet` and `OUT/manifest.json` (the planted counts).
     GenGraph {
@@ -261,6 +267,8 @@ fn run(cli: Cli, config: BridgeConfig) -> anyhow::Result<ExitCode> {
         Command::Soak(args) => soak::run(args, config),
         #[cfg(feature = "prometheus")]
         Command::Serve(args) => serve::run(args, config),
+        #[cfg(feature = "cluster")]
+        Command::Worker(args) => cluster::run(args, config),
         Command::Run {
             sample,
             backend,

@@ -30,6 +30,9 @@
 //! # Ok(()) }
 //! ```
 
+/// Beyond one machine: GPU workers pulling batches from NATS JetStream (feature `cluster`).
+#[cfg(feature = "cluster")]
+pub use gpubridge_cluster as cluster;
 pub use gpubridge_core::*;
 pub use gpubridge_storage as storage;
 pub use gpubridge_wgpu_fallback::cpu;

@@ -1,0 +1,300 @@
+//! gpubridge beyond one machine: [`Worker`]s pull batch requests from a NATS JetStream work queue
+//! and run them on their local [`gpubridge::GpuBridge`]; a [`ClusterClient`] submits batches and
+//! awaits their answers.
+//!
+//! # How a request travels
+//! 1. The client encodes the batch ([`wire`]) and publishes it on
+//!    `gpubridge.work.<kernel id with dots>` (`kernels/sum` -> `gpubridge.work.kernels.sum`) with
+//!    `Nats-Msg-Id` set to the request id, so that a repeated publish inside the stream's
+//!    duplicate window is dropped. A batch larger than [`ClusterSettings::inline_limit`] is put
+//!    in the object store first and the message carries only its name.
+//! 2. The stream (`GPUBRIDGE_WORK`) keeps work-queue retention: a message leaves it when a worker
+//!    acknowledges it. Workers share one durable pull consumer and ask for only as many messages
+//!    as they have free slots (`max_in_flight`).
+//! 3. A worker runs the batch, writes the answer to the results key-value bucket under the request
+//!    id with a create-only write (the first answer wins: a redelivered request can never give
+//!    the caller a second, different answer), then acknowledges. During a long batch it sends
+//!    progress acknowledgements every [`WorkerConfig::progress_interval`]. A worker that dies
+//!    leaves its messages unacknowledged; after `ack_wait` the server delivers them to another.
+//! 4. The client watches the results bucket and reads the answer under its request id.
+//!
+//! Workers announce themselves (name, kernels, devices, backends, capacity) in the
+//! `GPUBRIDGE_WORKERS` bucket and on `gpubridge.workers.announce`.
+
+#![warn(missing_docs)]
+
+// The core library under the facade's name: the types are the facade's own re-exports.
+extern crate gpubridge_core as gpubridge;
+
+mod client;
+pub mod wire;
+mod worker;
+
+use std::fmt::Display;
+use std::time::Duration;
+
+use async_nats::jetstream;
+
+pub use client::{ClusterClient, ClusterKernel, ClusterStats};
+pub use worker::{Announcement, Worker, WorkerConfig};
+
+/// Header carrying the request id (also sent as `Nats-Msg-Id`).
+pub const HEADER_REQUEST: &str = "Gpubridge-Request";
+/// Header carrying the kernel id.
+pub const HEADER_KERNEL: &str = "Gpubridge-Kernel";
+/// Header carrying the object-store name of a batch sent by reference.
+pub const HEADER_OBJECT: &str = "Gpubridge-Object";
+/// Subject on which workers announce themselves.
+pub const ANNOUNCE_SUBJECT: &str = "gpubridge.workers.announce";
+
+/// Errors of the cluster client and worker.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The NATS server could not be reached.
+    #[error("connecting to NATS at {url}: {source}")]
+    Connect {
+        /// The URL given.
+        url: String,
+        /// Why.
+        source: async_nats::ConnectError,
+    },
+    /// A JetStream operation (stream, consumer, bucket, publish) failed.
+    #[error("{what}: {message}")]
+    JetStream {
+        /// What was being done.
+        what: &'static str,
+        /// The client's error.
+        message: String,
+    },
+    /// Malformed bytes in a request or an answer.
+    #[error("malformed payload: {0}")]
+    Wire(#[from] wire::WireError),
+    /// No answer came in time.
+    #[error("request {id}: no answer within {timeout:?}")]
+    Timeout {
+        /// The request id.
+        id: String,
+        /// How long the client waited.
+        timeout: Duration,
+    },
+    /// The worker answered with an error (invalid input, a kernel failure on every backend).
+    #[error("request {id} failed on a worker: {message}")]
+    Remote {
+        /// The request id.
+        id: String,
+        /// The worker's error message.
+        message: String,
+    },
+    /// A request id that is not a valid key (letters, digits, `-`, `_`, `=`; at most 200 bytes).
+    #[error("invalid request id {0:?}: use letters, digits, '-', '_' or '=' (at most 200 bytes)")]
+    InvalidRequestId(String),
+    /// The local bridge failed.
+    #[error(transparent)]
+    Bridge(#[from] gpubridge::Error),
+    /// Reading a payload from the object store failed.
+    #[error("reading object {name}: {source}")]
+    Object {
+        /// The object's name.
+        name: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// `map_err` helper for the many error types of async-nats.
+pub(crate) fn js<E: Display>(what: &'static str) -> impl FnOnce(E) -> ClusterError {
+    move |e| ClusterError::JetStream {
+        what,
+        message: e.to_string(),
+    }
+}
+
+/// Names and limits shared by workers and clients; both sides create what is missing.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// The work-queue stream.
+    pub stream: String,
+    /// Subject prefix of requests; the kernel id follows with `/` replaced by `.`.
+    pub subject_prefix: String,
+    /// The workers' shared durable pull consumer.
+    pub consumer: String,
+    /// Key-value bucket of answers, keyed by request id.
+    pub results_bucket: String,
+    /// Object store of payloads sent by reference.
+    pub objects_bucket: String,
+    /// Key-value bucket of worker announcements.
+    pub workers_bucket: String,
+    /// How long a delivered request may stay unacknowledged (progress acknowledgements extend
+    /// it) before the server delivers it to another worker.
+    pub ack_wait: Duration,
+    /// Deliveries of one request at most.
+    pub max_deliver: i64,
+    /// Redelivery delays (empty: `ack_wait` each time); must be shorter than `max_deliver`.
+    pub backoff: Vec<Duration>,
+    /// Batches and answers larger than this travel through the object store.
+    pub inline_limit: usize,
+    /// How long answers, requests and payloads are kept.
+    pub retention: Duration,
+    /// Window in which a repeated `Nats-Msg-Id` is dropped by the stream.
+    pub duplicate_window: Duration,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            stream: "GPUBRIDGE_WORK".to_owned(),
+            subject_prefix: "gpubridge.work".to_owned(),
+            consumer: "gpubridge-workers".to_owned(),
+            results_bucket: "GPUBRIDGE_RESULTS".to_owned(),
+            objects_bucket: "GPUBRIDGE_PAYLOADS".to_owned(),
+            workers_bucket: "GPUBRIDGE_WORKERS".to_owned(),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            backoff: Vec::new(),
+            inline_limit: 512 * 1024,
+            retention: Duration::from_secs(3600),
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// The subject of kernel `id`'s requests.
+    pub fn subject(&self, kernel_id: &str) -> String {
+        format!("{}.{}", self.subject_prefix, kernel_id.replace('/', "."))
+    }
+}
+
+/// The JetStream objects both sides use.
+pub(crate) struct Infra {
+    pub(crate) js: jetstream::Context,
+    pub(crate) stream: jetstream::stream::Stream,
+    pub(crate) results: jetstream::kv::Store,
+    pub(crate) objects: jetstream::object_store::ObjectStore,
+    pub(crate) workers: jetstream::kv::Store,
+}
+
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+) -> Result<jetstream::kv::Store, ClusterError> {
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    // The stream `create_key_value` would make, created directly: `create_key_value` first
+    // queries the account, whose reply from servers before 2.10 (Debian's 2.9) this client
+    // cannot parse.
+    let config = jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    match js.create_stream(config).await {
+        Ok(_) => js
+            .get_key_value(name)
+            .await
+            .map_err(crate::js("opening a key-value bucket")),
+        // Another process may have created it in the meantime.
+        Err(e) => js
+            .get_key_value(name)
+            .await
+            .map_err(|_| crate::js("creating a key-value bucket")(e)),
+    }
+}
+
+impl Infra {
+    pub(crate) async fn open(
+        client: async_nats::Client,
+        s: &ClusterSettings,
+    ) -> Result<Self, ClusterError> {
+        let js = jetstream::new(client);
+        let stream = js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: s.stream.clone(),
+                subjects: vec![format!("{}.>", s.subject_prefix)],
+                retention: jetstream::stream::RetentionPolicy::WorkQueue,
+                storage: jetstream::stream::StorageType::File,
+                max_age: s.retention,
+                duplicate_window: s.duplicate_window,
+                ..Default::default()
+            })
+            .await
+            .map_err(crate::js("opening the work stream"))?;
+        let results = bucket(&js, &s.results_bucket, s.retention).await?;
+        let workers = bucket(&js, &s.workers_bucket, Duration::from_secs(60)).await?;
+        let objects = match js.get_object_store(&s.objects_bucket).await {
+            Ok(o) => o,
+            Err(_) => {
+                let config = jetstream::object_store::Config {
+                    bucket: s.objects_bucket.clone(),
+                    max_age: s.retention,
+                    ..Default::default()
+                };
+                match js.create_object_store(config).await {
+                    Ok(o) => o,
+                    Err(e) => js
+                        .get_object_store(&s.objects_bucket)
+                        .await
+                        .map_err(|_| crate::js("creating the object store")(e))?,
+                }
+            }
+        };
+        Ok(Self {
+            js,
+            stream,
+            results,
+            objects,
+            workers,
+        })
+    }
+}
+
+pub(crate) async fn connect(url: &str) -> Result<async_nats::Client, ClusterError> {
+    async_nats::connect(url)
+        .await
+        .map_err(|source| ClusterError::Connect {
+            url: url.to_owned(),
+            source,
+        })
+}
+
+/// Reads a whole object.
+pub(crate) async fn read_object(
+    objects: &jetstream::object_store::ObjectStore,
+    name: &str,
+) -> Result<Vec<u8>, ClusterError> {
+    use tokio::io::AsyncReadExt;
+    let mut object = objects.get(name).await.map_err(js("opening an object"))?;
+    let mut out = Vec::new();
+    object
+        .read_to_end(&mut out)
+        .await
+        .map_err(|source| ClusterError::Object {
+            name: name.to_owned(),
+            source,
+        })?;
+    Ok(out)
+}
+
+/// Writes a whole object.
+pub(crate) async fn write_object(
+    objects: &jetstream::object_store::ObjectStore,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(), ClusterError> {
+    let mut reader = bytes;
+    objects
+        .put(name, &mut reader)
+        .await
+        .map_err(js("writing an object"))?;
+    Ok(())
+}

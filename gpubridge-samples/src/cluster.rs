@@ -1,0 +1,86 @@
+//! `gpubridge worker`: serve batch requests from a NATS JetStream work queue.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use gpubridge::BridgeConfig;
+use gpubridge_cluster::{ClusterSettings, Worker, WorkerConfig};
+
+/// Arguments of `gpubridge worker`.
+#[derive(clap::Args)]
+pub struct WorkerArgs {
+    /// NATS server URL (JetStream enabled).
+    #[arg(long, env = "GPUBRIDGE_NATS_URL")]
+    nats: String,
+    /// Batches running at once at most; the worker fetches only as many requests.
+    #[arg(long, default_value_t = 4)]
+    max_in_flight: usize,
+    /// This worker's name in announcements (default: a random one).
+    #[arg(long)]
+    name: Option<String>,
+    /// Milliseconds a delivered request may stay unacknowledged before it is delivered to
+    /// another worker (the consumer's ack_wait; applies when the consumer is created).
+    #[arg(long, default_value_t = 30_000)]
+    ack_wait_ms: u64,
+    /// Deliveries of one request at most (applies when the consumer is created).
+    #[arg(long, default_value_t = 5)]
+    max_deliver: i64,
+    /// Milliseconds to pause before each batch (tests and demonstrations of redelivery).
+    #[arg(long, default_value_t = 0, hide = true)]
+    hold_ms: u64,
+}
+
+/// Runs the worker until Ctrl-C or SIGTERM, then lets the batches in flight finish.
+pub fn run(args: WorkerArgs, config: BridgeConfig) -> anyhow::Result<ExitCode> {
+    let bridge = gpubridge::bridge(config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let settings = ClusterSettings {
+        ack_wait: Duration::from_millis(args.ack_wait_ms),
+        max_deliver: args.max_deliver,
+        ..ClusterSettings::default()
+    };
+    let mut wc = WorkerConfig::new(args.nats.clone(), settings);
+    wc.max_in_flight = args.max_in_flight.max(1);
+    wc.hold = Duration::from_millis(args.hold_ms);
+    if let Some(name) = args.name {
+        wc.name = name;
+    }
+    let worker = Worker::new(bridge, wc);
+    let a = worker.announcement();
+    eprintln!(
+        "worker {} serving {} on {} (max {} in flight), NATS {}",
+        a.name,
+        a.kernels.join(", "),
+        a.backends.join(", "),
+        a.max_in_flight,
+        args.nats
+    );
+    rt.block_on(worker.run(async {
+        if let Err(e) = stop_signal().await {
+            eprintln!("warning: {e:#}");
+        }
+    }))
+    .context("serving")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM.
+async fn stop_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    Ok(())
+}

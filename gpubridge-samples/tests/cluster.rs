@@ -1,0 +1,458 @@
+//! The cluster end to end: a real `nats-server` with JetStream on loopback, `gpubridge worker`
+//! processes on the CPU backend, and a `ClusterClient` in the test.
+//!
+//! Skipped when `nats-server` is not on the PATH, unless `GPUBRIDGE_REQUIRE_NATS=1` (CI), which
+//! turns the skip into a failure.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use gpubridge::kernels::{Sum, VectorAdd, VectorPair};
+use gpubridge_cluster::{ClusterClient, ClusterSettings};
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A NATS server with JetStream in its own store directory.
+struct Nats {
+    _server: Proc,
+    url: String,
+    dir: PathBuf,
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn nats_server() -> Option<Nats> {
+    let found = Command::new("nats-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        if std::env::var("GPUBRIDGE_REQUIRE_NATS").as_deref() == Ok("1") {
+            panic!("nats-server is not on the PATH and GPUBRIDGE_REQUIRE_NATS=1");
+        }
+        eprintln!("skipped: nats-server is not on the PATH (apt-get install nats-server)");
+        return None;
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = std::env::temp_dir().join(format!("gpubridge-nats-{}-{port}", std::process::id()));
+    let server = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting nats-server");
+    let server = Proc(server);
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nats-server did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(Nats {
+        _server: server,
+        url: format!("nats://127.0.0.1:{port}"),
+        dir,
+    })
+}
+
+/// A `gpubridge worker` on the CPU backend with a 2 s ack_wait.
+fn worker(url: &str, name: &str, hold_ms: u64) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_gpubridge"))
+        .args([
+            "worker",
+            "--nats",
+            url,
+            "--name",
+            name,
+            "--max-in-flight",
+            "4",
+        ])
+        .args(["--ack-wait-ms", "2000", "--max-deliver", "10"])
+        .args(["--hold-ms", &hold_ms.to_string()])
+        .env("GPUBRIDGE__FALLBACK__CHAIN", "cpu")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting gpubridge worker");
+    Proc(child)
+}
+
+/// The stats once every request is acknowledged (a worker stores the answer, then
+/// acknowledges: the caller may see its answer a moment before the stream drops the request).
+async fn settled(client: &ClusterClient) -> gpubridge_cluster::ClusterStats {
+    let started = Instant::now();
+    loop {
+        let stats = client.stats().await.expect("stats");
+        if stats.queued == 0 || started.elapsed() > Duration::from_secs(10) {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn client(url: &str) -> ClusterClient {
+    let started = Instant::now();
+    loop {
+        match ClusterClient::connect(url, ClusterSettings::default()).await {
+            Ok(c) => return c.with_timeout(Duration::from_secs(30)),
+            Err(e) if started.elapsed() < Duration::from_secs(10) => {
+                eprintln!("connecting: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("connecting to {url}: {e}"),
+        }
+    }
+}
+
+/// Deterministic inputs: request `r`'s batch of `items` vectors of varying lengths.
+fn sum_batch(r: usize, items: usize) -> Vec<Vec<f32>> {
+    let mut x = (r as u32).wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..items)
+        .map(|i| {
+            (0..(1 + (r * 7 + i * 13) % 300))
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    (x % 2000) as f32 / 1000.0 - 1.0
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn assert_sums(r: usize, got: &[f32], batch: &[Vec<f32>]) {
+    assert_eq!(got.len(), batch.len(), "request {r}: one output per item");
+    for (i, (g, v)) in got.iter().zip(batch).enumerate() {
+        let want: f64 = v.iter().map(|&x| f64::from(x)).sum();
+        assert!(
+            (f64::from(*g) - want).abs() <= 1e-3 * (1.0 + want.abs()),
+            "request {r} item {i}: {g} against {want}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_answers_every_batch() {
+    let Some(nats) = nats_server() else { return };
+    let _w = worker(&nats.url, "solo", 0);
+    let client = client(&nats.url).await;
+
+    let batches: Vec<Vec<Vec<f32>>> = (0..200).map(|r| sum_batch(r, 16)).collect();
+    let answers = join_all(batches.iter().map(|b| client.submit::<Sum>(b))).await;
+    for (r, (answer, batch)) in answers.into_iter().zip(&batches).enumerate() {
+        let got = answer.unwrap_or_else(|e| panic!("request {r}: {e}"));
+        assert_sums(r, &got, batch);
+    }
+
+    // Vector add, and a batch large enough to travel by reference both ways (1.2 MB request,
+    // 600 kB answer, above the 512 kB inline limit).
+    let pairs = vec![
+        VectorPair {
+            a: vec![1.0, 2.0, 3.0],
+            b: vec![10.0, 20.0, 30.0],
+        },
+        VectorPair {
+            a: (0..150_000).map(|i| i as f32).collect(),
+            b: (0..150_000).map(|i| (2 * i) as f32).collect(),
+        },
+    ];
+    let got = client
+        .submit::<VectorAdd>(&pairs)
+        .await
+        .expect("vector add");
+    assert_eq!(got[0], vec![11.0, 22.0, 33.0]);
+    assert_eq!(got[1].len(), 150_000);
+    assert!(got[1].iter().enumerate().all(|(i, &x)| x == (3 * i) as f32));
+
+    // The same request id again: the first answer, not a second computation.
+    let id = client.new_request_id();
+    let first = client
+        .submit_with_id::<Sum>(&id, &[vec![1.0, 2.0]])
+        .await
+        .expect("first");
+    let again = client
+        .submit_with_id::<Sum>(&id, &[vec![1.0, 2.0]])
+        .await
+        .expect("again");
+    assert_eq!(first, vec![3.0]);
+    assert_eq!(again, first);
+
+    // Invalid input comes back as the worker's error.
+    let bad = client
+        .submit::<VectorAdd>(&[VectorPair {
+            a: vec![1.0],
+            b: vec![1.0, 2.0],
+        }])
+        .await;
+    assert!(bad.is_err(), "mismatched lengths must fail: {bad:?}");
+
+    let stats = settled(&client).await;
+    // 200 sums, 1 vector add, 1 id answered once, 1 error.
+    assert_eq!(stats.answers_written, 203, "{stats:?}");
+    assert_eq!(stats.queued, 0, "{stats:?}");
+    assert_eq!(stats.workers, 1, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_loses_no_request() {
+    let Some(nats) = nats_server() else { return };
+    // Each batch holds its slot 40 ms, so every worker always has requests in flight.
+    let mut workers: Vec<Option<Proc>> = (0..3)
+        .map(|i| Some(worker(&nats.url, &format!("w{i}"), 40)))
+        .collect();
+    let client = client(&nats.url).await;
+    // Wait until the three have announced themselves.
+    let started = Instant::now();
+    while client.stats().await.map(|s| s.workers).unwrap_or(0) < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "workers did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    const REQUESTS: usize = 300;
+    let batches: Vec<Vec<Vec<f32>>> = (0..REQUESTS).map(|r| sum_batch(r, 8)).collect();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let killer = {
+        let answered = Arc::clone(&answered);
+        let victim = workers[0].take();
+        tokio::spawn(async move {
+            while answered.load(Ordering::Relaxed) < REQUESTS / 4 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            drop(victim); // SIGKILL, mid-load
+            answered.load(Ordering::Relaxed)
+        })
+    };
+    let t = Instant::now();
+    let answers = join_all(batches.iter().map(|b| {
+        let answered = Arc::clone(&answered);
+        let client = &client;
+        async move {
+            let r = client.submit::<Sum>(b).await;
+            answered.fetch_add(1, Ordering::Relaxed);
+            r
+        }
+    }))
+    .await;
+    let killed_at = killer.await.expect("killer");
+    for (r, (answer, batch)) in answers.into_iter().zip(&batches).enumerate() {
+        let got = answer.unwrap_or_else(|e| panic!("request {r}: {e}"));
+        assert_sums(r, &got, batch);
+    }
+    let stats = settled(&client).await;
+    eprintln!(
+        "{REQUESTS} requests in {:.2} s, worker w0 killed after {killed_at} answers: {stats:?}",
+        t.elapsed().as_secs_f64()
+    );
+    // Exactly one answer per request: create-only writes, one stored per id.
+    assert_eq!(stats.answers_written, REQUESTS as u64, "{stats:?}");
+    assert_eq!(stats.queued, 0, "{stats:?}");
+    // The killed worker held requests; they were delivered again to the others.
+    assert!(stats.deliveries > REQUESTS as u64, "{stats:?}");
+    drop(workers);
+}
+
+/// Latency percentile (`q` in 0..=1) of sorted durations, in milliseconds.
+fn pct(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+struct Row {
+    mode: String,
+    requests: usize,
+    seconds: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// `requests` sum batches, `concurrency` at once, through `run`; latency per request.
+async fn measure<F, Fut>(mode: &str, requests: usize, concurrency: usize, run: F) -> Row
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Vec<f32>>,
+{
+    use futures::StreamExt;
+    let t = Instant::now();
+    let mut lat: Vec<Duration> = futures::stream::iter(0..requests)
+        .map(|r| {
+            let fut = run(r);
+            async move {
+                let s = Instant::now();
+                let out = fut.await;
+                assert_eq!(out.len(), BENCH_ITEMS);
+                s.elapsed()
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let seconds = t.elapsed().as_secs_f64();
+    lat.sort();
+    Row {
+        mode: mode.to_owned(),
+        requests,
+        seconds,
+        p50_ms: pct(&lat, 0.5),
+        p99_ms: pct(&lat, 0.99),
+    }
+}
+
+const BENCH_ITEMS: usize = 64;
+const BENCH_LEN: usize = 256;
+
+/// Throughput and latency of 1 and 3 worker processes on loopback against in-process
+/// `bridge.batch` calls, all on the CPU backend. Prints a table and writes
+/// `cluster-bench.json` (to `GPUBRIDGE_BENCH_OUT` or the test's temporary directory). Run with
+/// `cargo test -p gpubridge-samples --release --test cluster -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run with --ignored --release"]
+async fn cluster_bench() {
+    let requests: usize = std::env::var("GPUBRIDGE_BENCH_REQUESTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
+    let concurrency = 32;
+    let batch: Vec<Vec<f32>> = (0..BENCH_ITEMS)
+        .map(|i| (0..BENCH_LEN).map(|j| ((i + j) % 7) as f32).collect())
+        .collect();
+    let batch = Arc::new(batch);
+    let mut rows = Vec::new();
+
+    let mut config = gpubridge::BridgeConfig::default();
+    config.fallback.chain = vec![gpubridge::BackendKind::Cpu];
+    let bridge = gpubridge::bridge(config).expect("bridge");
+    let grain = bridge.batch::<Sum>().expect("sum");
+    rows.push(
+        measure("in-process bridge.batch", requests, concurrency, |_| {
+            let grain = grain.clone();
+            let batch = Vec::clone(&batch);
+            async move {
+                grain
+                    .execute(batch, gpubridge::ExecutionHints::default())
+                    .await
+                    .expect("in-process sum")
+                    .outputs
+            }
+        })
+        .await,
+    );
+
+    for workers in [1usize, 3] {
+        let Some(nats) = nats_server() else { return };
+        let _procs: Vec<Proc> = (0..workers)
+            .map(|i| {
+                let child = Command::new(env!("CARGO_BIN_EXE_gpubridge"))
+                    .args(["worker", "--nats", &nats.url, "--name", &format!("b{i}")])
+                    .args(["--max-in-flight", "8"])
+                    .env("GPUBRIDGE__FALLBACK__CHAIN", "cpu")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("starting gpubridge worker");
+                Proc(child)
+            })
+            .collect();
+        let client = client(&nats.url).await;
+        let started = Instant::now();
+        while client.stats().await.map(|s| s.workers).unwrap_or(0) < workers as u64 {
+            assert!(started.elapsed() < Duration::from_secs(20));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Warm up the connections and the workers' bridges.
+        for _ in 0..20 {
+            client.submit::<Sum>(&batch).await.expect("warm-up");
+        }
+        let client = &client;
+        rows.push(
+            measure(
+                &format!("cluster, {workers} worker process(es)"),
+                requests,
+                concurrency,
+                |_| {
+                    let batch = Arc::clone(&batch);
+                    async move { client.submit::<Sum>(&batch).await.expect("cluster sum") }
+                },
+            )
+            .await,
+        );
+    }
+
+    println!(
+        "\n{requests} sum batches of {BENCH_ITEMS} x {BENCH_LEN} f32 ({} kB each), {concurrency} in flight",
+        BENCH_ITEMS * (BENCH_LEN * 4 + 4) / 1000
+    );
+    println!(
+        "| {:<34} | {:>8} | {:>9} | {:>8} | {:>8} |",
+        "mode", "requests", "batches/s", "P50 ms", "P99 ms"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    let mut json = Vec::new();
+    for r in &rows {
+        let rate = r.requests as f64 / r.seconds;
+        println!(
+            "| {:<34} | {:>8} | {:>9.0} | {:>8.2} | {:>8.2} |",
+            r.mode, r.requests, rate, r.p50_ms, r.p99_ms
+        );
+        json.push(serde_json::json!({
+            "mode": r.mode, "requests": r.requests, "seconds": r.seconds,
+            "batches_per_s": rate, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
+            "items": BENCH_ITEMS, "item_len": BENCH_LEN, "concurrency": concurrency,
+        }));
+    }
+    let dir = std::env::var_os("GPUBRIDGE_BENCH_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join("cluster-bench.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&json).expect("json")).expect("writing JSON");
+    println!("wrote {}", path.display());
+}
+
+/// A batch that outlives `ack_wait` (3 s against 2 s) is not delivered again: the worker sends
+/// progress acknowledgements while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_keeps_a_long_batch_with_its_worker() {
+    let Some(nats) = nats_server() else { return };
+    let _w = worker(&nats.url, "slow", 3000);
+    let client = client(&nats.url).await;
+    let got = client
+        .submit::<Sum>(&[vec![1.0, 2.0, 3.0]])
+        .await
+        .expect("slow sum");
+    assert_eq!(got, vec![6.0]);
+    let stats = settled(&client).await;
+    assert_eq!(stats.deliveries, 1, "{stats:?}");
+    assert_eq!(stats.answers_written, 1, "{stats:?}");
+}
