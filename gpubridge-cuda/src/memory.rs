@@ -144,42 +144,39 @@ impl DevicePool {
     /// returning one set of classes while new captures rent others) does not keep every class it
     /// ever used.
     pub fn release_unused(&mut self) {
+        let rented = std::mem::take(&mut self.rented);
+        if self.free_idle(|class| !rented.get(class).copied().unwrap_or(false)) {
+            self.gauges();
+        }
+        self.rented = rented;
+        self.rented.iter_mut().for_each(|r| *r = false);
+    }
+
+    /// Frees every idle buffer.
+    pub fn trim(&mut self) {
+        self.free_idle(|_| true);
+        self.gauges();
+    }
+
+    /// Frees the idle buffers of the size classes `which` picks; whether any were freed.
+    fn free_idle(&mut self, which: impl Fn(usize) -> bool) -> bool {
         let mut freed = false;
         for (class, list) in self.free.iter_mut().enumerate() {
-            if self.rented.get(class).copied().unwrap_or(false) || list.is_empty() {
+            if list.is_empty() || !which(class) {
                 continue;
             }
             let size = class_size(class);
             for ptr in list.drain(..) {
                 // SAFETY: `ptr` came from `cuMemAlloc` in this context and is not in use.
                 if let Err(e) = unsafe { result::free_sync(ptr) } {
-                    tracing::warn!(device = %self.label, "cuMemFree failed releasing idle memory: {e}");
+                    tracing::warn!(device = %self.label, "cuMemFree failed freeing idle memory: {e}");
                 }
                 self.stats.idle -= size;
                 self.stats.trimmed += size;
             }
             freed = true;
         }
-        self.rented.iter_mut().for_each(|r| *r = false);
-        if freed {
-            self.gauges();
-        }
-    }
-
-    /// Frees every idle buffer.
-    pub fn trim(&mut self) {
-        for (class, list) in self.free.iter_mut().enumerate() {
-            let size = class_size(class);
-            for ptr in list.drain(..) {
-                // SAFETY: `ptr` came from `cuMemAlloc` in this context and is not in use.
-                if let Err(e) = unsafe { result::free_sync(ptr) } {
-                    tracing::warn!(device = %self.label, "cuMemFree failed during trim: {e}");
-                }
-                self.stats.idle -= size;
-                self.stats.trimmed += size;
-            }
-        }
-        self.gauges();
+        freed
     }
 
     fn refuse(&mut self, size: usize, reason: &str) -> Error {

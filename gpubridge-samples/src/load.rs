@@ -169,6 +169,21 @@ fn runner_split(a: &gpubridge::BatcherStats, b: &gpubridge::BatcherStats) -> Str
     )
 }
 
+/// A multi-threaded tokio runtime with `workers` threads (default: one per logical core), and
+/// that count.
+pub(crate) fn runtime(workers: Option<usize>) -> anyhow::Result<(tokio::runtime::Runtime, usize)> {
+    let workers = workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(std::num::NonZeroUsize::get)
+            .unwrap_or(1)
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_time()
+        .build()?;
+    Ok((rt, workers))
+}
+
 /// CPU seconds (user + system) this process has used, from `/proc/self/stat` (Linux).
 pub(crate) fn process_cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
@@ -532,15 +547,7 @@ pub fn run(args: LoadArgs, config: BridgeConfig) -> anyhow::Result<()> {
         #[cfg(not(feature = "prometheus"))]
         anyhow::bail!("--telemetry needs the `prometheus` feature");
     }
-    let workers = args.workers.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(std::num::NonZeroUsize::get)
-            .unwrap_or(1)
-    });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_time()
-        .build()?;
+    let (rt, workers) = runtime(args.workers)?;
     let bridge = gpubridge::bridge(config.clone())?;
     let available = bridge.backends();
     let backends: Vec<BackendKind> = if args.backends.is_empty() {

@@ -1042,15 +1042,7 @@ fn soak(args: &SoakArgs, config: &BridgeConfig) -> anyhow::Result<Value> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let scratch = args.out.join("storage-scratch");
     std::fs::create_dir_all(&scratch)?;
-    let workers = args.workers.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(std::num::NonZeroUsize::get)
-            .unwrap_or(1)
-    });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_time()
-        .build()?;
+    let (rt, _) = load::runtime(args.workers)?;
     let rig = build_rig(args, config)?;
     let bridge = rig.bridge.clone();
     if let Some(f) = &rig.faults {
