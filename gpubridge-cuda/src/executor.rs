@@ -298,6 +298,8 @@ struct GraphCache {
     /// `cuda.resident_mb` in bytes, and the bytes resident graphs own.
     resident_budget: usize,
     resident_used: usize,
+    /// Device bytes (pool blocks) every cached graph keeps, kept as entries come and go.
+    device_bytes: usize,
     clock: u64,
     entries: HashMap<gpubridge_core::PlanShape, GraphEntry>,
     /// Shapes seen once: a shape is captured the second time it runs, so one-off plans never
@@ -475,6 +477,7 @@ impl Executor {
                 used: 0,
                 resident_budget,
                 resident_used: 0,
+                device_bytes: 0,
                 clock: 0,
                 entries: HashMap::new(),
                 seen: HashMap::new(),
@@ -614,12 +617,7 @@ impl Executor {
         let mut g = self.shared.graphs.lock();
         g.entries = self.graphs.entries.len() as u64;
         g.bytes = (self.graphs.used + self.graphs.resident_used) as u64;
-        g.device_bytes = self
-            .graphs
-            .entries
-            .values()
-            .map(|e| e.block.size as u64)
-            .sum();
+        g.device_bytes = self.graphs.device_bytes as u64;
         g.resident_entries = self.graphs.entries.values().filter(|e| e.resident).count() as u64;
         g.resident_bytes = self.graphs.resident_used as u64;
     }
@@ -1048,6 +1046,7 @@ impl Executor {
                     {}
                     self.graphs.used += entry.bytes;
                 }
+                self.graphs.device_bytes += entry.block.size;
                 self.graphs.entries.insert(shape, entry);
                 Some(shape)
             }
@@ -1082,6 +1081,7 @@ impl Executor {
                 self.graphs.used -= e.bytes;
             }
             drop(e.graph);
+            self.graphs.device_bytes -= e.block.size;
             self.pool.give_back(e.block);
             metrics::counter!(names::GRAPH_CACHE_TOTAL, "result" => "evict").increment(1);
             self.shared.graphs.lock().evictions += 1;

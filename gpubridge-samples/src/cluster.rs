@@ -59,28 +59,10 @@ pub fn run(args: WorkerArgs, config: BridgeConfig) -> anyhow::Result<ExitCode> {
         args.nats
     );
     rt.block_on(worker.run(async {
-        if let Err(e) = stop_signal().await {
+        if let Err(e) = crate::stop_signal().await {
             eprintln!("warning: {e:#}");
         }
     }))
     .context("serving")?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM.
-async fn stop_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    Ok(())
 }

@@ -79,7 +79,7 @@ async fn serve(args: ServeArgs, config: BridgeConfig) -> anyhow::Result<ExitCode
     let load = args
         .demo_load
         .then(|| tokio::spawn(demo_load(bridge.clone(), stopped, tally.clone())));
-    stop_signal().await?;
+    crate::stop_signal().await?;
     eprintln!("gpubridge serve: stopping");
     let _ = stop.send(true);
     if let Some(load) = load {
@@ -114,24 +114,6 @@ fn nvml_sampler(
 #[cfg(not(feature = "nvml"))]
 fn nvml_sampler(_bridge: &GpuBridge) -> anyhow::Result<Option<()>> {
     Ok(None)
-}
-
-/// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM.
-async fn stop_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    Ok(())
 }
 
 /// Pause between demo requests: light enough to leave a machine usable, frequent enough that

@@ -279,6 +279,22 @@ struct DeviceMemory {
     graphs: Option<(u64, u64, u64, u64)>,
 }
 
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+impl DeviceMemory {
+    /// A reading from a pool's bytes `[in use, idle, peak]` and counts `[hits, misses, failures]`.
+    fn of_pool([in_use, idle, peak]: [u64; 3], [hits, misses, failures]: [u64; 3]) -> Self {
+        Self {
+            pool_bytes: in_use + idle,
+            pool_in_use: in_use,
+            pool_peak: peak,
+            pool_hits: hits,
+            pool_misses: misses,
+            pool_failures: failures,
+            ..Self::default()
+        }
+    }
+}
+
 type MemoryProbe = Box<dyn Fn() -> Option<DeviceMemory> + Send + Sync>;
 
 /// The bridge under soak, with a way to read its device memory and, with `--faults`, its
@@ -361,18 +377,15 @@ fn cuda_device(config: &BridgeConfig) -> anyhow::Result<(Option<Arc<dyn Backend>
     let probe = cuda.clone();
     let memory: MemoryProbe = Box::new(move || {
         let s = probe.pool_stats(0)?;
-        Some(DeviceMemory {
-            pool_bytes: (s.in_use + s.idle) as u64,
-            pool_in_use: s.in_use as u64,
-            pool_peak: s.peak as u64,
-            pool_hits: s.hits,
-            pool_misses: s.misses,
-            pool_failures: s.failures,
-            free_bytes: probe.free_memory(0),
-            graphs: probe
-                .graph_stats(0)
-                .map(|g| (g.entries, g.bytes, g.misses, g.evictions)),
-        })
+        let mut m = DeviceMemory::of_pool(
+            [s.in_use as u64, s.idle as u64, s.peak as u64],
+            [s.hits, s.misses, s.failures],
+        );
+        m.free_bytes = probe.free_memory(0);
+        m.graphs = probe
+            .graph_stats(0)
+            .map(|g| (g.entries, g.bytes, g.misses, g.evictions));
+        Some(m)
     });
     Ok((Some(cuda as Arc<dyn Backend>), memory))
 }
@@ -389,16 +402,10 @@ fn wgpu_device(config: &BridgeConfig) -> anyhow::Result<(Option<Arc<dyn Backend>
     let probe = wgpu.clone();
     let memory: MemoryProbe = Box::new(move || {
         let s = probe.pool_stats(0)?;
-        Some(DeviceMemory {
-            pool_bytes: s.in_use + s.idle,
-            pool_in_use: s.in_use,
-            pool_peak: s.peak,
-            pool_hits: s.hits,
-            pool_misses: s.misses,
-            pool_failures: s.failures,
-            free_bytes: None,
-            graphs: None,
-        })
+        Some(DeviceMemory::of_pool(
+            [s.in_use, s.idle, s.peak],
+            [s.hits, s.misses, s.failures],
+        ))
     });
     Ok((Some(wgpu as Arc<dyn Backend>), memory))
 }
