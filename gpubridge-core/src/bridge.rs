@@ -571,6 +571,7 @@ where
             0
         };
         let items = inputs.len();
+        let _range = crate::nvtx::batch(kernel, items);
         let span = match &correlation {
             Some(id) if traced => tracing::info_span!(
                 "gpubridge.request",
@@ -755,6 +756,11 @@ where
         let mut attempts: Vec<(BackendKind, String)> = Vec::new();
         let mut fallbacks: Vec<FallbackEvent> = Vec::new();
         let mut last_failed: Option<(BackendKind, &'static str, String)> = None;
+        // Ends when the micro-batch is first handed to a device.
+        let mut queued = Some(crate::nvtx::range(
+            crate::nvtx::Phase::Queue,
+            chunk.len as u64,
+        ));
         let _permit = self
             .bridge
             .inner
@@ -826,6 +832,7 @@ where
                     tracing::Span::none()
                 };
                 let in_flight = InFlight::start(&slot.in_flight[device]);
+                drop(queued.take());
                 let result = self
                     .attempt(
                         slot,
@@ -915,7 +922,9 @@ where
     ) -> Result<Attempt<O>> {
         let backend = &slot.backend;
         let device_id = backend.devices()[device].id;
-        let (tx, rx) = oneshot::channel::<Result<(Vec<O>, Instant, crate::plan::ExecStats)>>();
+        // The outputs, when the device took the work, how it ran, and the time unpacking.
+        let (tx, rx) =
+            oneshot::channel::<Result<(Vec<O>, Instant, crate::plan::ExecStats, Duration)>>();
         let kernel = self.kernel.clone();
         let bytes = chunk.bytes as usize;
         let Some(mut lent) = Lent::take(&chunk.items) else {
@@ -927,6 +936,7 @@ where
             None => {
                 let job: CpuJob = Box::new(move |ctx| {
                     let t = Instant::now();
+                    let range = crate::nvtx::range(crate::nvtx::Phase::Launch, 1);
                     let donated = lent.donate().is_some();
                     let r = std::panic::catch_unwind(AssertUnwindSafe(|| match lent.donate() {
                         Some(items) => kernel.run_cpu_donated(items, ctx),
@@ -935,13 +945,14 @@ where
                             .and_then(|items| kernel.run_cpu(items, ctx)),
                     }))
                     .unwrap_or_else(|p| Err(panicked(BackendKind::Cpu, kernel.id(), &*p)));
+                    drop(range);
                     let stats = crate::plan::ExecStats {
                         compute: t.elapsed(),
                         ..Default::default()
                     };
                     // Settle the items before answering, so a retry finds them home.
                     lent.finish(r.is_err() && !donated, bytes);
-                    let _ = tx.send(r.map(|o| (o, t, stats)));
+                    let _ = tx.send(r.map(|o| (o, t, stats, Duration::ZERO)));
                 });
                 backend.submit(device, Work::Cpu(job))?;
             }
@@ -962,11 +973,14 @@ where
                         BufferRole::Scratch => {}
                     }
                 }
+                let items = chunk.len;
                 let t = Instant::now();
                 let complete: PlanCompletion = Box::new(move |res| {
                     let mut keep = true;
                     let r = res.and_then(|outs| {
                         let stats = outs.stats;
+                        let unpacking = Instant::now();
+                        let range = crate::nvtx::range(crate::nvtx::Phase::Unpack, items as u64);
                         let donated = lent.donate().is_some();
                         let r =
                             std::panic::catch_unwind(AssertUnwindSafe(|| match lent.donate() {
@@ -977,7 +991,9 @@ where
                             }))
                             .unwrap_or_else(|p| Err(panicked(target.backend(), kernel.id(), &*p)));
                         keep = r.is_err() && !donated;
-                        r.map(|o| (o, t, stats))
+                        drop(range);
+                        let unpacked = unpacking.elapsed();
+                        r.map(|o| (o, t, stats, unpacked))
                     });
                     // Settle the items before answering, so a retry finds them home.
                     lent.finish(keep, bytes);
@@ -1019,7 +1035,7 @@ where
             Some(r) => r,
             None => rx.await.map_err(|_| ()),
         };
-        let (outputs, begun, stats) = received.map_err(|_| Error::Backend {
+        let (outputs, begun, stats, unpack) = received.map_err(|_| Error::Backend {
             backend: backend.kind(),
             message: "the executor dropped the work without completing it".to_owned(),
             transient: true,
@@ -1050,6 +1066,12 @@ where
                 transfer: stats.transfer,
                 graph_replayed: stats.graph_replayed,
                 executor: stats.executor,
+                pack: stats.pack,
+                upload: stats.upload,
+                download: stats.download,
+                unpack,
+                bytes_in: copied.0,
+                bytes_out: copied.1,
             },
         })
     }

@@ -144,6 +144,19 @@ pub struct ChunkReport {
     /// Time the device's executor spent on it, from taking it to handing its outputs on (zero
     /// where the backend does not measure it).
     pub executor: Duration,
+    /// Host time packing its inputs into staging (zero on the CPU).
+    pub pack: Duration,
+    /// Device time in host-to-device copies (part of `transfer`; zero where the backend does not
+    /// time them apart, and inside `compute` for a replayed graph).
+    pub upload: Duration,
+    /// Device time in device-to-host copies (as `upload`).
+    pub download: Duration,
+    /// Host time turning the downloaded bytes into typed outputs (zero on the CPU).
+    pub unpack: Duration,
+    /// Bytes copied host to device (zero on the CPU).
+    pub bytes_in: u64,
+    /// Bytes copied device to host (zero on the CPU).
+    pub bytes_out: u64,
 }
 
 /// One move from a backend to the next.

@@ -50,6 +50,7 @@ pub mod hints;
 pub mod janitor;
 pub mod kernel;
 pub mod kernels;
+pub mod nvtx;
 pub mod plan;
 pub mod readiness;
 pub mod stream;

@@ -534,6 +534,14 @@ pub struct ExecStats {
     /// Time the device's executor spent on the plan, from taking it to handing its outputs on
     /// (zero where the backend does not measure it).
     pub executor: std::time::Duration,
+    /// Host time packing the inputs into staging (zero where the backend has no staging).
+    pub pack: std::time::Duration,
+    /// Device time in host-to-device copies, where the backend times them apart (part of
+    /// `transfer`; inside `compute` for a replayed graph).
+    pub upload: std::time::Duration,
+    /// Device time in device-to-host copies, where the backend times them apart (part of
+    /// `transfer`; inside `compute` for a replayed graph).
+    pub download: std::time::Duration,
 }
 
 impl<'a> PlanOutputs<'a> {

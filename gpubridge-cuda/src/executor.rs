@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use cudarc::cublas;
 use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream};
+use gpubridge_core::nvtx::{self, Phase};
 use gpubridge_core::plan::{Arg, BufferId, BufferRole, ExecStats, Plan, PlanOutputs, Step};
 use gpubridge_core::{bucket_len, BackendKind, BridgeConfig, Error, KernelSources, Result};
 use parking_lot::Mutex;
@@ -192,6 +193,8 @@ struct InFlight {
     complete: gpubridge_core::device::PlanCompletion,
     /// When the executor took the job.
     taken: Instant,
+    /// Host time packing its inputs.
+    pack: Duration,
 }
 
 struct Executor {
@@ -581,13 +584,14 @@ impl Executor {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         match self.start(&plan, sources, lane) {
-            Ok((block, outputs)) => pending.push_back(InFlight {
+            Ok((block, outputs, pack)) => pending.push_back(InFlight {
                 lane,
                 block,
                 outputs,
                 plan,
                 complete,
                 taken,
+                pack,
             }),
             Err(e) => {
                 self.fail(complete, e);
@@ -639,7 +643,9 @@ impl Executor {
 
     /// Waits for a plan's lane, hands its outputs to its completion, returns its block.
     fn finish(&mut self, f: InFlight) {
+        let range = nvtx::range(Phase::Wait, 0);
         let waited = wait_stream(&self.lanes[f.lane].stream, &self.label);
+        drop(range);
         self.pool.give_back(f.block);
         match waited {
             Ok(()) => {
@@ -650,11 +656,15 @@ impl Executor {
                         .map(|m| Duration::from_secs_f64(f64::from(m.max(0.0)) / 1e3))
                         .unwrap_or_default()
                 };
+                let (upload, download) = (ms(0, 1), ms(2, 3));
                 let stats = ExecStats {
                     compute: ms(1, 2),
-                    transfer: ms(0, 1) + ms(2, 3),
+                    transfer: upload + download,
                     graph_replayed: false,
                     executor: f.taken.elapsed(),
+                    pack: f.pack,
+                    upload,
+                    download,
                 };
                 let total = f
                     .outputs
@@ -882,12 +892,16 @@ impl Executor {
         let (layout, total) = Self::layout(plan);
         self.mapped.ensure(total.max(1), &self.label)?;
         let t = Instant::now();
+        let range = nvtx::range(Phase::Pack, layout.in_total as u64);
         pack_piece(
             plan,
             &layout.inputs,
             self.mapped.slice_mut(layout.in_total),
             0,
         );
+        drop(range);
+        let pack = t.elapsed();
+        let t = Instant::now();
         let base = self.mapped.device_ptr();
         let lane = &self.lanes[0];
         let enqueued = enqueue(
@@ -904,14 +918,15 @@ impl Executor {
             false,
             false,
         );
+        let range = nvtx::range(Phase::Wait, 0);
         let waited = wait_stream(&lane.stream, &self.label);
+        drop(range);
         enqueued?;
         waited?;
         let stats = ExecStats {
             compute: t.elapsed(),
-            transfer: Duration::ZERO,
-            graph_replayed: false,
-            executor: Duration::ZERO,
+            pack,
+            ..ExecStats::default()
         };
         Ok((layout.outputs, layout.out_start, layout.out_end, stats))
     }
@@ -930,7 +945,11 @@ impl Executor {
         plan: &Plan,
         sources: &KernelSources,
         lane: usize,
-    ) -> Result<(crate::memory::DeviceBuffer, Vec<(BufferId, usize, usize)>)> {
+    ) -> Result<(
+        crate::memory::DeviceBuffer,
+        Vec<(BufferId, usize, usize)>,
+        Duration,
+    )> {
         let functions = self.functions(plan, sources)?;
         let (layout, total) = Self::layout(plan);
         let out_len = layout.out_end - layout.out_start;
@@ -967,7 +986,7 @@ impl Executor {
             )
         };
         match result {
-            Ok(()) => Ok((block, layout.outputs)),
+            Ok(pack) => Ok((block, layout.outputs, pack)),
             Err(e) => {
                 // Nothing may still be using the block when it goes back.
                 let _ = wait_stream(&self.lanes[lane].stream, &self.label);
@@ -1194,7 +1213,6 @@ impl Executor {
                 message: "graph cache lost an entry".to_owned(),
                 transient: false,
             })?;
-        let t = Instant::now();
         let updates = match update_nodes(entry, plan, &label)? {
             Some(n) => n,
             None => return Ok(None),
@@ -1215,14 +1233,23 @@ impl Executor {
         for o in &mut outputs {
             o.1 -= out_start;
         }
+        let t = Instant::now();
+        let range = nvtx::range(Phase::Pack, entry.in_total as u64);
         pack_piece(plan, &inputs, entry.staging_in.slice_mut(entry.in_total), 0);
+        drop(range);
+        let pack = t.elapsed();
+        let t = Instant::now();
+        let range = nvtx::range(Phase::Replay, entry.bytes as u64);
         entry
             .graph
             .launch()
             .map_err(|e| driver_error(&label, "cuGraphLaunch", e))?;
+        drop(range);
         entry.executions += 1;
         entry.last_used = clock;
+        let range = nvtx::range(Phase::Wait, 0);
         wait_stream(&self.lanes[0].stream, &label)?;
+        drop(range);
         metrics::counter!(names::GRAPH_CACHE_TOTAL, "result" => "hit").increment(1);
         {
             let mut g = self.shared.graphs.lock();
@@ -1236,9 +1263,9 @@ impl Executor {
             outputs,
             ExecStats {
                 compute: t.elapsed(),
-                transfer: Duration::ZERO,
                 graph_replayed: true,
-                executor: Duration::ZERO,
+                pack,
+                ..ExecStats::default()
             },
         )))
     }
@@ -1556,9 +1583,10 @@ fn enqueue(
     staging_out: &mut [u8],
     pack: bool,
     copies: bool,
-) -> Result<()> {
+) -> Result<Duration> {
     let drv = |what: &str, e| driver_error(label, what, e);
     let cs = stream.cu_stream();
+    let mut packing = Duration::ZERO;
     let record = |i: usize| -> Result<()> {
         match events {
             Some(ev) => ev[i].record(stream).map_err(|e| drv("cuEventRecord", e)),
@@ -1567,6 +1595,8 @@ fn enqueue(
     };
     record(0)?;
     if copies && pack && layout.in_total > SMALL_PLAN {
+        let t = Instant::now();
+        let _range = nvtx::range(Phase::Pack, layout.in_total as u64);
         pack_and_upload(
             plan,
             &layout.inputs,
@@ -1576,6 +1606,7 @@ fn enqueue(
             label,
             &mut |_| Ok(()),
         )?;
+        packing += t.elapsed();
     }
     let mut rest: &mut [u8] = staging_in;
     let mut done = 0;
@@ -1588,8 +1619,12 @@ fn enqueue(
         let (piece, tail) = std::mem::take(&mut rest).split_at_mut(piece_len);
         rest = tail;
         if pack {
+            let t = Instant::now();
+            let _range = nvtx::range(Phase::Pack, piece_len as u64);
             pack_piece(plan, &layout.inputs, piece, done);
+            packing += t.elapsed();
         }
+        let _range = nvtx::range(Phase::Upload, piece_len as u64);
         // SAFETY: the destination range lies inside the rented block (sized for the whole
         // layout); the pinned source is not written again until the stream is synchronised.
         unsafe { result::memcpy_htod_async(base + done as u64, &*piece, cs) }
@@ -1597,14 +1632,17 @@ fn enqueue(
         done += piece_len;
     }
     record(1)?;
+    let range = nvtx::range(Phase::Launch, plan.steps.len() as u64);
     let mut next_fn = functions.iter();
     for step in &plan.steps {
         let f = step_function(plan, step, &mut next_fn)?;
         enqueue_step(cs, blas, label, plan, step, f, base, layout)?;
     }
+    drop(range);
     record(2)?;
     let out_len = layout.out_end - layout.out_start;
     if copies && out_len > 0 {
+        let _range = nvtx::range(Phase::Download, out_len as u64);
         let staging = &mut staging_out[..out_len];
         // SAFETY: the destination is our pinned staging (alive and untouched until after the
         // synchronisation); the source range lies inside the block.
@@ -1612,7 +1650,7 @@ fn enqueue(
             .map_err(|e| drv("cuMemcpyDtoHAsync", e))?;
     }
     record(3)?;
-    Ok(())
+    Ok(packing)
 }
 
 /// Whether a plan runs staged ([`enqueue_staged`]): its kernel gave stages and its inputs are
@@ -1641,7 +1679,7 @@ fn enqueue_staged(
     functions: &[sys::CUfunction],
     base: sys::CUdeviceptr,
     layout: &Layout,
-) -> Result<()> {
+) -> Result<Duration> {
     let drv = |what: &str, e| driver_error(label, what, e);
     let (compute, cin, cout) = (
         lane.stream.cu_stream(),
@@ -1717,6 +1755,8 @@ fn enqueue_staged(
         }
         Ok(())
     };
+    let t = Instant::now();
+    let range = nvtx::range(Phase::Pack, layout.in_total as u64);
     pack_and_upload(
         plan,
         &layout.inputs,
@@ -1726,6 +1766,8 @@ fn enqueue_staged(
         label,
         &mut run_ready,
     )?;
+    drop(range);
+    let packing = t.elapsed();
     // Whatever is left (steps needing every input), then the lane's stream waits for the last
     // upload even if no step did.
     run_ready(usize::MAX)?;
@@ -1746,7 +1788,8 @@ fn enqueue_staged(
         at = at.max(e);
     }
     record(3, &lane.copy_out)?;
-    order(cout, compute)
+    order(cout, compute)?;
+    Ok(packing)
 }
 
 /// The function a step launches, taken in order from the plan's `functions` (`None` for a library
@@ -1959,6 +2002,7 @@ fn pack_and_upload(
             // lies inside `staging`, which stays untouched until the stream is synchronised, and
             // the destination lies inside the rented block (sized for the whole layout).
             let piece = unsafe { std::slice::from_raw_parts(src.0.add(at), len) };
+            let _range = nvtx::range(Phase::Upload, len as u64);
             // SAFETY: as above.
             match unsafe { result::memcpy_htod_async(base + at as u64, piece, cs) } {
                 Ok(()) => result = uploaded(at + len),

@@ -5,6 +5,7 @@ mod bench;
 #[cfg(feature = "cluster")]
 mod cluster;
 mod load;
+mod profile;
 mod samples;
 #[cfg(feature = "prometheus")]
 mod serve;
@@ -52,6 +53,9 @@ enum Command {
     /// sampling memory, descriptors and latency every interval; fails on lost or hung requests,
     /// errors, or growth beyond TARGETS.md R1.
     Soak(soak::SoakArgs),
+    /// Run a sample's workload and print where the time went, phase by phase (queue, pack, h2d,
+    /// launch or graph replay, d2h, unpack), against the pinned-copy bandwidth measured now.
+    Profile(profile::ProfileArgs),
     /// Run a bridge with its metrics endpoint (/metrics, /healthz, /readyz) until Ctrl-C.
     #[cfg(feature = "prometheus")]
     Serve(serve::ServeArgs),
@@ -98,7 +102,7 @@ enum Sample {
     All,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum BackendChoice {
     Auto,
     Cuda,
@@ -265,6 +269,7 @@ fn run(cli: Cli, config: BridgeConfig) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Soak(args) => soak::run(args, config),
+        Command::Profile(args) => profile::run(args, config),
         #[cfg(feature = "prometheus")]
         Command::Serve(args) => serve::run(args, config),
         #[cfg(feature = "cluster")]
