@@ -89,7 +89,18 @@ pub struct GraphStats {
     pub resident_bytes: u64,
     /// Resident graphs that made room for another resident plan (least recently used first).
     pub resident_evictions: u64,
+    /// Plan shapes seen once and remembered, to be captured if they come again (at most
+    /// [`MAX_SHAPES_REMEMBERED`]: beyond it the memory is cleared, so a stream of one-off shapes,
+    /// such as multiplies of ever-new sizes, cannot grow it).
+    pub shapes_seen_once: u64,
+    /// Plan shapes remembered as failing to capture (at most [`MAX_SHAPES_REMEMBERED`]).
+    pub shapes_failed: u64,
 }
+
+/// The most plan shapes the graph cache remembers as seen once, and as failed; past it, that
+/// memory starts over. One-off shapes (a multiply of new sizes each time, say) would otherwise
+/// grow it for as long as the process lives.
+pub const MAX_SHAPES_REMEMBERED: usize = 4096;
 
 /// Waits for the next job: spins briefly first, since requests often come back to back and a
 /// sleeping thread takes tens of microseconds to wake.
@@ -624,6 +635,8 @@ impl Executor {
         g.device_bytes = self.graphs.device_bytes as u64;
         g.resident_entries = self.graphs.entries.values().filter(|e| e.resident).count() as u64;
         g.resident_bytes = self.graphs.resident_used as u64;
+        g.shapes_seen_once = self.graphs.seen.len() as u64;
+        g.shapes_failed = self.graphs.failed.len() as u64;
     }
 
     /// Reads the device's free memory (`cuMemGetInfo`) into the shared state. Memory the pool
@@ -1038,6 +1051,9 @@ impl Executor {
             return None;
         }
         if !resident {
+            if g.seen.len() >= MAX_SHAPES_REMEMBERED && !g.seen.contains_key(&shape) {
+                g.seen = HashMap::new();
+            }
             let seen = g.seen.entry(shape).or_insert(0);
             *seen += 1;
             if *seen < 2 {
@@ -1071,6 +1087,9 @@ impl Executor {
             }
             Err(e) => {
                 tracing::warn!(device = %self.label, kernel = plan.kernel, "graph capture failed, this plan shape runs as stream launches: {e}");
+                if self.graphs.failed.len() >= MAX_SHAPES_REMEMBERED {
+                    self.graphs.failed = std::collections::HashSet::new();
+                }
                 self.graphs.failed.insert(shape);
                 self.shared.graphs.lock().capture_failures += 1;
                 None

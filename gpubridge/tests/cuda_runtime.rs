@@ -581,3 +581,57 @@ fn the_pool_releases_idle_classes_that_went_unused() {
     );
     pool.give_back(ra);
 }
+
+#[test]
+fn one_off_plan_shapes_do_not_grow_the_graph_cache_memory() {
+    use gpubridge::kernels::{MatMul, MatMulInput};
+    let config = BridgeConfig::default();
+    let Some(cuda) = cuda(&config) else { return };
+    let b = GpuBridge::builder(config)
+        .kernel(MatMul)
+        .unwrap()
+        .backend(cuda.clone())
+        .build()
+        .unwrap();
+    let grain = b.batch::<MatMul>().unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+    // Multiplies are keyed by their exact shape: every size below is a shape seen once, which
+    // the cache would remember for ever without its bound (the soak's ever-new multiplies).
+    let side = 67;
+    assert!(side * side > gpubridge::cuda::MAX_SHAPES_REMEMBERED);
+    for m in 1..=side {
+        for k in 1..=side {
+            let input = MatMulInput {
+                m,
+                k,
+                n: 2,
+                a: (0..m * k)
+                    .map(|_| rng.random_range(-3i32..=3) as f32)
+                    .collect(),
+                b: (0..k * 2)
+                    .map(|_| rng.random_range(-3i32..=3) as f32)
+                    .collect(),
+            };
+            let r =
+                block_on(grain.execute(vec![input.clone()], ExecutionHints::default())).unwrap();
+            if (m * side + k) % 97 == 0 {
+                let c = &r.outputs[0];
+                for i in 0..m {
+                    for j in 0..2 {
+                        let want: f32 = (0..k)
+                            .map(|t| input.a[i * k + t] * input.b[t * 2 + j])
+                            .sum();
+                        assert_eq!(c.data[i * 2 + j], want, "{m}x{k}x2 at ({i},{j})");
+                    }
+                }
+            }
+        }
+    }
+    let g = cuda.graph_stats(0).unwrap();
+    assert!(
+        g.shapes_seen_once as usize <= gpubridge::cuda::MAX_SHAPES_REMEMBERED,
+        "{g:?}"
+    );
+    assert!(g.shapes_seen_once > 0, "{g:?}");
+    gpubridge::testing::assert_quiescent(&b);
+}
