@@ -1,8 +1,8 @@
 //! Every command the guides show (README.md, CONTRIBUTING.md, docs/*.md), checked against the
 //! code as written:
 //!
-//! - `gpubridge ...` commands: the quick ones (`devices`, `kernels`, `config`, `run` of a sample
-//!   on the CPU) run for real and must succeed; every other one is parsed by the real binary
+//! - `gpubridge ...` commands: the quick ones (`devices`, `kernels`, `config`, `profile` on the
+//!   CPU) run for real and must succeed; every other one is parsed by the real binary
 //!   (`GPUBRIDGE_CHECK_ARGS=1` makes it stop after parsing), so a renamed flag or subcommand fails
 //!   here. Long runs (`bench`, `load`, `soak`, `serve`) are run for real by CI in their quick forms
 //!   (`cargo xtask ci`) and by `cli_commands.rs`.
@@ -216,7 +216,12 @@ fn every_command_in_the_guides_runs_or_parses_as_written() {
             }
             let args = split(&cmd);
             let sub = args.get(1).map(String::as_str).unwrap_or("");
-            let quick_run = matches!(sub, "devices" | "kernels" | "config");
+            // A profile on the CPU takes milliseconds: it runs for real too.
+            let quick_run = matches!(sub, "devices" | "kernels" | "config")
+                || (sub == "profile"
+                    && args
+                        .windows(2)
+                        .any(|w| w[0] == "--backend" && w[1] == "cpu"));
             let mut c = Command::new(env!("CARGO_BIN_EXE_gpubridge"));
             c.args(&args[1..]).env("NODEVICE_SELECT", "1");
             if !quick_run {

@@ -635,3 +635,109 @@ fn one_off_plan_shapes_do_not_grow_the_graph_cache_memory() {
     assert!(g.shapes_seen_once > 0, "{g:?}");
     gpubridge::testing::assert_quiescent(&b);
 }
+
+/// Bytes the C allocator has handed out and not had back, in every arena (glibc's `mallinfo2`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap_live() -> i64 {
+    // SAFETY: mallinfo2 has no preconditions.
+    let m = unsafe { libc::mallinfo2() };
+    (m.uordblks + m.hblkhd) as i64
+}
+
+/// The host heap must not grow while the graph cache captures and evicts graphs over and over
+/// (kernel graphs of a few bucketed shapes, then multiply graphs of ever-new shapes): the GPU
+/// soak saw the live heap's floor creep under such churn (TARGETS.md R1).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn graph_churn_keeps_the_host_heap_flat() {
+    use gpubridge::kernels::{MatMul, MatMulInput};
+    let mut config = BridgeConfig::default();
+    config.cuda.graph_cache_mb = 1;
+    let Some(cuda) = cuda(&config) else { return };
+    let b = GpuBridge::builder(config)
+        .kernel(Sum)
+        .unwrap()
+        .kernel(MatMul)
+        .unwrap()
+        .backend(cuda.clone())
+        .build()
+        .unwrap();
+    let sum = b.batch::<Sum>().unwrap();
+    let mm = b.batch::<MatMul>().unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+    let inputs: Vec<Vec<Vec<f32>>> = [3000usize, 4000, 5000, 6000]
+        .iter()
+        .map(|&len| {
+            (0..8)
+                .map(|_| {
+                    (0..len)
+                        .map(|_| rng.random_range(-8i32..8) as f32)
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    let sums = |n: usize| {
+        for i in 0..n {
+            let v = inputs[i % inputs.len()].clone();
+            let want: Vec<f32> = v.iter().map(|x| x.iter().sum()).collect();
+            let r = block_on(sum.execute(v, ExecutionHints::default())).unwrap();
+            assert_eq!(r.outputs, want);
+        }
+    };
+    let multiplies = |from: usize, n: usize, rng: &mut rand::rngs::SmallRng| {
+        for i in from..from + n {
+            let (m, k) = (1 + i % 40, 1 + (i / 40) % 40 + 40 * (i / 1600));
+            let input = MatMulInput {
+                m,
+                k,
+                n: 3,
+                a: (0..m * k)
+                    .map(|_| rng.random_range(-3i32..=3) as f32)
+                    .collect(),
+                b: (0..k * 3)
+                    .map(|_| rng.random_range(-3i32..=3) as f32)
+                    .collect(),
+            };
+            // Twice: captured on its second run, then evicted by later ones.
+            for _ in 0..2 {
+                let r =
+                    block_on(mm.execute(vec![input.clone()], ExecutionHints::default())).unwrap();
+                let want: f32 = (0..k).map(|t| input.a[t] * input.b[t * 3]).sum();
+                assert_eq!(r.outputs[0].data[0], want, "{m}x{k}x3");
+            }
+        }
+    };
+    let evictions = || cuda.graph_stats(0).unwrap().evictions as i64;
+    // Warm-up: every buffer class, staging and cache structure at its working size.
+    sums(400);
+    multiplies(0, 200, &mut rng);
+    let (h0, e0) = (heap_live(), evictions());
+    sums(4000);
+    let (h1, e1) = (heap_live(), evictions());
+    multiplies(200, 2000, &mut rng);
+    let (h2, e2) = (heap_live(), evictions());
+    let per = |dh: i64, de: i64| dh as f64 / de.max(1) as f64;
+    eprintln!(
+        "kernel graphs: {} evictions, heap {:+} B ({:+.1} B each); multiply graphs: {} evictions, heap {:+} B ({:+.1} B each)",
+        e1 - e0,
+        h1 - h0,
+        per(h1 - h0, e1 - e0),
+        e2 - e1,
+        h2 - h1,
+        per(h2 - h1, e2 - e1)
+    );
+    assert!(
+        e1 - e0 >= 1000 && e2 - e1 >= 1000,
+        "too little churn: {e0} {e1} {e2}"
+    );
+    assert!(
+        per(h1 - h0, e1 - e0) < 256.0,
+        "kernel-graph churn grows the heap"
+    );
+    assert!(
+        per(h2 - h1, e2 - e1) < 256.0,
+        "multiply-graph churn grows the heap"
+    );
+    gpubridge::testing::assert_quiescent(&b);
+}
