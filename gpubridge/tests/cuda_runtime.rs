@@ -645,8 +645,10 @@ fn heap_live() -> i64 {
 }
 
 /// The host heap must not grow while the graph cache captures and evicts graphs over and over
-/// (kernel graphs of a few bucketed shapes, then multiply graphs of ever-new shapes): the GPU
-/// soak saw the live heap's floor creep under such churn (TARGETS.md R1).
+/// (kernel graphs of a few bucketed shapes), nor under multiplies of ever-new shapes: the GPU soak
+/// saw the live heap's floor creep under such churn (TARGETS.md R1). Capturing cuBLAS calls kept
+/// about 440 bytes per graph after its destruction, so plans with a library step are no longer
+/// captured unless resident: the multiplies here must run uncaptured and leave the heap flat.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
 fn graph_churn_keeps_the_host_heap_flat() {
@@ -699,7 +701,7 @@ fn graph_churn_keeps_the_host_heap_flat() {
                     .map(|_| rng.random_range(-3i32..=3) as f32)
                     .collect(),
             };
-            // Twice: captured on its second run, then evicted by later ones.
+            // Twice: an ordinary plan's shape would be captured on its second run.
             for _ in 0..2 {
                 let r =
                     block_on(mm.execute(vec![input.clone()], ExecutionHints::default())).unwrap();
@@ -709,35 +711,31 @@ fn graph_churn_keeps_the_host_heap_flat() {
         }
     };
     let evictions = || cuda.graph_stats(0).unwrap().evictions as i64;
+    let captures = || cuda.graph_stats(0).unwrap().misses as i64;
     // Warm-up: every buffer class, staging and cache structure at its working size.
     sums(400);
     multiplies(0, 200, &mut rng);
     let (h0, e0) = (heap_live(), evictions());
     sums(4000);
-    let (h1, e1) = (heap_live(), evictions());
+    let (h1, e1, c1) = (heap_live(), evictions(), captures());
     multiplies(200, 2000, &mut rng);
-    let (h2, e2) = (heap_live(), evictions());
-    let per = |dh: i64, de: i64| dh as f64 / de.max(1) as f64;
+    let (h2, c2) = (heap_live(), captures());
+    let per = |dh: i64, n: i64| dh as f64 / n.max(1) as f64;
     eprintln!(
-        "kernel graphs: {} evictions, heap {:+} B ({:+.1} B each); multiply graphs: {} evictions, heap {:+} B ({:+.1} B each)",
+        "kernel graphs: {} evictions, heap {:+} B ({:+.1} B each); 2000 multiply shapes run twice: {} captures, heap {:+} B ({:+.1} B each)",
         e1 - e0,
         h1 - h0,
         per(h1 - h0, e1 - e0),
-        e2 - e1,
+        c2 - c1,
         h2 - h1,
-        per(h2 - h1, e2 - e1)
+        per(h2 - h1, 2000)
     );
-    assert!(
-        e1 - e0 >= 1000 && e2 - e1 >= 1000,
-        "too little churn: {e0} {e1} {e2}"
-    );
+    assert!(e1 - e0 >= 1000, "too little churn: {e0} {e1}");
     assert!(
         per(h1 - h0, e1 - e0) < 256.0,
         "kernel-graph churn grows the heap"
     );
-    assert!(
-        per(h2 - h1, e2 - e1) < 256.0,
-        "multiply-graph churn grows the heap"
-    );
+    assert_eq!(c2, c1, "a multiply was captured");
+    assert!(per(h2 - h1, 2000) < 256.0, "multiplies grow the heap");
     gpubridge::testing::assert_quiescent(&b);
 }

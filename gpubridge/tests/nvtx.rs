@@ -371,10 +371,11 @@ fn cuda_batches(rng: &mut impl Rng) {
         8
     );
 
-    // A small batch repeated: captured on its second run, replayed from the third.
+    // A small batch repeated (400 KB: past the zero-copy path's 64 KiB): captured on its second
+    // run, replayed from the third.
     let mut replayed = false;
     for _ in 0..4 {
-        let inputs = random_vectors(rng, 100, 100);
+        let inputs = random_vectors(rng, 100, 1000);
         take_ranges();
         let result = futures::executor::block_on(
             bridge

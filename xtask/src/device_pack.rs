@@ -65,12 +65,14 @@ pub fn run() -> anyhow::Result<()> {
         };
         if v["reason"] == "compiler-artifact" && v["profile"]["test"] == true {
             if let Some(exe) = v["executable"].as_str() {
-                // The CLI tests run the binary at its build path; they belong to the build machine.
+                // The CLI and guide tests run the binary at its build path and read the repository; they
+                // belong to the build machine.
                 // Configuration parsing and WGSL validation never touch a device: CI runs them,
                 // and leaving them out keeps the pack under the device tool's 64 MiB.
                 // storage_wgpu needs wgpu, which the H100's container refuses; CI runs it.
                 if [
                     "cli_commands",
+                    "docs_commands",
                     "config_parsing",
                     "kernel_sources",
                     "storage_wgpu",
