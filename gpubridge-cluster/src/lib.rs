@@ -252,42 +252,6 @@ pub(crate) fn valid_kernel_id(id: &str) -> bool {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subjects_and_consumer_names() {
-        let s = ClusterSettings::default();
-        assert_eq!(
-            s.subject(Capability::Any, "kernels/sum"),
-            "gpubridge.work.any.kernels.sum"
-        );
-        assert_eq!(
-            s.subject(Capability::Cuda, "kernels/vector/add"),
-            "gpubridge.work.cuda.kernels.vector.add"
-        );
-        assert_eq!(
-            s.consumer_name(Capability::Gpu, "kernels/vector/add"),
-            "gpubridge-workers-gpu-kernels__vector__add"
-        );
-        // Distinct ids, distinct names.
-        assert_ne!(
-            s.consumer_name(Capability::Any, "a/b"),
-            s.consumer_name(Capability::Any, "a__b")
-        );
-        assert_ne!(
-            s.consumer_name(Capability::Any, "a_/b"),
-            s.consumer_name(Capability::Any, "a/_b")
-        );
-        assert!(valid_kernel_id("kernels/vector/add"));
-        assert!(valid_kernel_id("my_kernel-2"));
-        for bad in ["", "a//b", "/a", "a/", "a.b", "a*", "a>", "a b"] {
-            assert!(!valid_kernel_id(bad), "{bad:?}");
-        }
-    }
-}
-
 /// The JetStream objects both sides use.
 pub(crate) struct Infra {
     pub(crate) js: jetstream::Context,
@@ -420,4 +384,40 @@ pub(crate) async fn write_object(
         .await
         .map_err(js("writing an object"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_and_consumer_names() {
+        let s = ClusterSettings::default();
+        assert_eq!(
+            s.subject(Capability::Any, "kernels/sum"),
+            "gpubridge.work.any.kernels.sum"
+        );
+        assert_eq!(
+            s.subject(Capability::Cuda, "kernels/vector/add"),
+            "gpubridge.work.cuda.kernels.vector.add"
+        );
+        assert_eq!(
+            s.consumer_name(Capability::Gpu, "kernels/vector/add"),
+            "gpubridge-workers-gpu-kernels__vector__add"
+        );
+        // Distinct ids, distinct names.
+        assert_ne!(
+            s.consumer_name(Capability::Any, "a/b"),
+            s.consumer_name(Capability::Any, "a__b")
+        );
+        assert_ne!(
+            s.consumer_name(Capability::Any, "a_/b"),
+            s.consumer_name(Capability::Any, "a/_b")
+        );
+        assert!(valid_kernel_id("kernels/vector/add"));
+        assert!(valid_kernel_id("my_kernel-2"));
+        for bad in ["", "a//b", "/a", "a/", "a.b", "a*", "a>", "a b"] {
+            assert!(!valid_kernel_id(bad), "{bad:?}");
+        }
+    }
 }

@@ -297,7 +297,11 @@ impl Worker {
                     },
                 )
                 .await
-                .map_err(js("creating a workers' consumer"))?;
+                .map_err(js(
+                    "creating a workers' consumer (a work-queue stream refuses overlapping \
+                     filters: delete any consumer filtering the whole prefix, such as the single \
+                     `gpubridge-workers` of releases before per-capability subjects)",
+                ))?;
             consumers.push(consumer);
         }
         let json = serde_json::to_vec(&announcement).map_err(js("encoding the announcement"))?;

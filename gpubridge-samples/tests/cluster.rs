@@ -579,7 +579,7 @@ async fn workers_pull_only_the_kernels_they_serve() {
     let sums: Vec<Vec<Vec<f32>>> = (0..60).map(|r| sum_batch(r, 8)).collect();
     let pairs: Vec<Vec<VectorPair>> = (0..60).map(|r| add_batch(r, 3)).collect();
     let cap = |r: usize| {
-        if r % 2 == 0 {
+        if r.is_multiple_of(2) {
             Capability::Any
         } else {
             Capability::Cpu
