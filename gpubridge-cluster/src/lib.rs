@@ -129,6 +129,22 @@ pub enum ClusterError {
     /// A worker with nothing to serve: no kernel left after the restriction, or no backend.
     #[error("worker {0} has no kernel or no capability to serve")]
     NothingToServe(String),
+    /// Another consumer on the work stream takes requests a worker's consumer would (a
+    /// work-queue stream gives each message to one consumer): such as the single
+    /// `gpubridge-workers` consumer, filtering the whole prefix, of releases before subjects
+    /// per capability. Delete it (`nats consumer rm`) once its requests are answered.
+    #[error(
+        "consumer {consumer:?} on the work stream filters {filter:?}, overlapping this worker's \
+         {subject:?}: delete it (nats consumer rm) once the requests it holds are answered"
+    )]
+    OverlappingConsumer {
+        /// The other consumer.
+        consumer: String,
+        /// Its filter subject (empty: the whole stream).
+        filter: String,
+        /// The worker's subject it overlaps.
+        subject: String,
+    },
     /// The local bridge failed.
     #[error(transparent)]
     Bridge(#[from] gpubridge::Error),
@@ -239,6 +255,25 @@ impl ClusterSettings {
         }
         name
     }
+}
+
+/// Whether a consumer filtering `filter` (empty: everything) would take messages on `subject`
+/// (no wildcards).
+pub(crate) fn filter_matches(filter: &str, subject: &str) -> bool {
+    if filter.is_empty() {
+        return true;
+    }
+    let mut subject = subject.split('.');
+    for token in filter.split('.') {
+        match (token, subject.next()) {
+            (">", Some(_)) => return true,
+            (_, None) => return false,
+            ("*", Some(_)) => {}
+            (t, Some(s)) if t == s => {}
+            _ => return false,
+        }
+    }
+    subject.next().is_none()
 }
 
 /// Whether `id` can be part of a subject and a consumer name: `/`-separated non-empty segments
@@ -414,6 +449,35 @@ mod tests {
             s.consumer_name(Capability::Any, "a_/b"),
             s.consumer_name(Capability::Any, "a/_b")
         );
+        assert!(filter_matches("", "gpubridge.work.any.kernels.sum"));
+        assert!(filter_matches(
+            "gpubridge.work.>",
+            "gpubridge.work.any.kernels.sum"
+        ));
+        assert!(filter_matches(
+            "gpubridge.work.*.kernels.sum",
+            "gpubridge.work.any.kernels.sum"
+        ));
+        assert!(filter_matches(
+            "gpubridge.work.any.kernels.sum",
+            "gpubridge.work.any.kernels.sum"
+        ));
+        assert!(!filter_matches(
+            "gpubridge.work.cpu.kernels.sum",
+            "gpubridge.work.any.kernels.sum"
+        ));
+        assert!(!filter_matches(
+            "gpubridge.work.any.kernels",
+            "gpubridge.work.any.kernels.sum"
+        ));
+        assert!(!filter_matches(
+            "gpubridge.work.any.kernels.sum.x",
+            "gpubridge.work.any.kernels.sum"
+        ));
+        assert!(!filter_matches(
+            "gpubridge.work.any.kernels.sum.>",
+            "gpubridge.work.any.kernels.sum"
+        ));
         assert!(valid_kernel_id("kernels/vector/add"));
         assert!(valid_kernel_id("my_kernel-2"));
         for bad in ["", "a//b", "/a", "a/", "a.b", "a*", "a>", "a b"] {

@@ -270,7 +270,8 @@ impl Worker {
     ///
     /// # Errors
     /// [`ClusterError::KernelNotServed`] and [`ClusterError::NothingToServe`] (nothing to serve),
-    /// [`ClusterError::Connect`] and [`ClusterError::JetStream`] while starting; once serving,
+    /// [`ClusterError::OverlappingConsumer`] (another consumer on the stream would take its
+    /// requests), [`ClusterError::Connect`] and [`ClusterError::JetStream`] while starting; once serving,
     /// failures are logged and retried.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ClusterError> {
         let announcement = self.announcement()?;
@@ -278,6 +279,23 @@ impl Worker {
         let client = crate::connect(&self.config.nats_url).await?;
         let infra = Infra::open(client.clone(), &self.config.settings).await?;
         let s = &self.config.settings;
+        // A consumer filtering more than one (capability, kernel) would take requests from under
+        // the workers' consumers (a work-queue stream gives each message to one consumer).
+        let mut existing = infra.stream.consumers();
+        while let Some(info) = existing.next().await {
+            let info = info.map_err(js("listing the work stream's consumers"))?;
+            let filter = &info.config.filter_subject;
+            for route in &routes {
+                let subject = s.subject(route.capability, route.kernel);
+                if *filter != subject && crate::filter_matches(filter, &subject) {
+                    return Err(ClusterError::OverlappingConsumer {
+                        consumer: info.name.clone(),
+                        filter: filter.clone(),
+                        subject,
+                    });
+                }
+            }
+        }
         let mut consumers: Vec<jetstream::consumer::Consumer<pull::Config>> = Vec::new();
         for route in &routes {
             let name = s.consumer_name(route.capability, route.kernel);
@@ -297,11 +315,7 @@ impl Worker {
                     },
                 )
                 .await
-                .map_err(js(
-                    "creating a workers' consumer (a work-queue stream refuses overlapping \
-                     filters: delete any consumer filtering the whole prefix, such as the single \
-                     `gpubridge-workers` of releases before per-capability subjects)",
-                ))?;
+                .map_err(js("creating a workers' consumer"))?;
             consumers.push(consumer);
         }
         let json = serde_json::to_vec(&announcement).map_err(js("encoding the announcement"))?;

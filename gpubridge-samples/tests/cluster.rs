@@ -817,3 +817,45 @@ async fn a_busy_kernel_does_not_starve_another() {
         "the vector add waited for {sums_before_add} of {SUMS} sums"
     );
 }
+
+/// A consumer filtering the whole prefix (the single consumer of earlier releases) would take
+/// requests from under the workers' consumers: a worker refuses to start beside it, saying which
+/// to delete, and starts once it is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_refuses_an_overlapping_consumer() {
+    use async_nats::jetstream::consumer::pull;
+    let Some(nats) = nats_server() else { return };
+    let client = client(&nats.url).await; // creates the work stream
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.expect("connect"));
+    let stream = js.get_stream("GPUBRIDGE_WORK").await.expect("work stream");
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some("gpubridge-workers".to_owned()),
+            filter_subject: "gpubridge.work.>".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("the old consumer");
+    let out = Command::new(env!("CARGO_BIN_EXE_gpubridge"))
+        .args(["worker", "--nats", &nats.url, "--name", "refused"])
+        .env("GPUBRIDGE__FALLBACK__CHAIN", "cpu")
+        .output()
+        .expect("running gpubridge worker");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            r#"consumer "gpubridge-workers" on the work stream filters "gpubridge.work.>""#
+        ),
+        "{stderr}"
+    );
+    assert!(client.queues().await.expect("queues").is_empty());
+
+    stream
+        .delete_consumer("gpubridge-workers")
+        .await
+        .expect("deleting the old consumer");
+    let _w = worker(&nats.url, "after", 0);
+    let got = client.submit::<Sum>(&[vec![2.0, 3.0]]).await.expect("sum");
+    assert_eq!(got, vec![5.0]);
+}
