@@ -270,6 +270,17 @@ impl ClusterClient {
             .map_err(js("publishing a request"))?
             .await
             .map_err(js("awaiting the stream's acknowledgement"))?;
+        // Wake idle workers serving it (they also sweep every `fetch_wait`: a lost doorbell
+        // only delays the request).
+        if let Err(e) = self
+            .infra
+            .js
+            .client()
+            .publish(self.settings.doorbell(capability, K::ID), Bytes::new())
+            .await
+        {
+            tracing::debug!(request = %id, "ringing the workers: {e}");
+        }
         // A duplicate may have been answered before the watch saw it.
         let early = if ack.duplicate {
             self.stored_answer(id).await?

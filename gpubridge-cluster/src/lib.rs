@@ -174,6 +174,11 @@ pub struct ClusterSettings {
     /// Subject prefix of requests; the capability and the kernel id (with `/` replaced by `.`)
     /// follow ([`ClusterSettings::subject`]).
     pub subject_prefix: String,
+    /// Subject prefix of doorbells: after a request is stored, the client publishes an empty
+    /// core-NATS message on `<doorbell_prefix>.<capability>.<kernel>` so that idle workers
+    /// serving it fetch at once instead of at their next sweep. Outside the work stream's
+    /// subjects.
+    pub doorbell_prefix: String,
     /// Prefix of the workers' durable pull consumers, one per (capability, kernel)
     /// ([`ClusterSettings::consumer_name`]).
     pub consumer_prefix: String,
@@ -203,6 +208,7 @@ impl Default for ClusterSettings {
         Self {
             stream: "GPUBRIDGE_WORK".to_owned(),
             subject_prefix: "gpubridge.work".to_owned(),
+            doorbell_prefix: "gpubridge.ready".to_owned(),
             consumer_prefix: "gpubridge-workers".to_owned(),
             results_bucket: "GPUBRIDGE_RESULTS".to_owned(),
             objects_bucket: "GPUBRIDGE_PAYLOADS".to_owned(),
@@ -230,6 +236,16 @@ impl ClusterSettings {
         format!(
             "{}.{capability}.{}",
             self.subject_prefix,
+            kernel_id.replace('/', ".")
+        )
+    }
+
+    /// The doorbell subject of kernel `kernel_id`'s requests that require `capability`:
+    /// `<doorbell_prefix>.<capability>.<kernel id with '/' as '.'>`.
+    pub fn doorbell(&self, capability: Capability, kernel_id: &str) -> String {
+        format!(
+            "{}.{capability}.{}",
+            self.doorbell_prefix,
             kernel_id.replace('/', ".")
         )
     }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use gpubridge::{ExecutionHints, GpuBridge};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::client::ClusterKernel;
 use crate::wire::{self, ANSWER_ERROR, ANSWER_OBJECT, ANSWER_OK};
@@ -35,7 +35,9 @@ pub struct WorkerConfig {
     pub max_in_flight: usize,
     /// Interval of progress acknowledgements during a batch; keep it below `ack_wait`.
     pub progress_interval: Duration,
-    /// How long one fetch waits for requests.
+    /// How long an idle worker waits for a doorbell (a client saying it sent a request the
+    /// worker serves) before it sweeps its consumers anyway: the longest an idle worker takes to
+    /// see a redelivered request or one whose doorbell was lost.
     pub fetch_wait: Duration,
     /// Serve only these kernel ids (`None`: every kernel this worker has a handler for and its
     /// bridge has registered). An id it cannot serve fails [`Worker::run`] with
@@ -262,11 +264,10 @@ impl Worker {
     /// serves, announces itself and serves requests until `shutdown` completes, then waits for
     /// the batches in flight to be answered.
     ///
-    /// It fetches only as many requests as it has free slots, taking its consumers in turn:
-    /// first without waiting, starting one consumer further each time so that a busy kernel
-    /// never starves another; when none had anything, it waits up to
-    /// [`WorkerConfig::fetch_wait`] on as many consumers as it has free slots (its slots split
-    /// between them), the next ones in turn.
+    /// It fetches only as many requests as it has free slots, taking its consumers in turn
+    /// without waiting on any, starting one consumer further each round so that a busy kernel
+    /// never starves another. When none had anything it waits for a doorbell (a client
+    /// announcing a request it serves) or [`WorkerConfig::fetch_wait`], whichever comes first.
     ///
     /// # Errors
     /// [`ClusterError::KernelNotServed`] and [`ClusterError::NothingToServe`] (nothing to serve),
@@ -358,11 +359,31 @@ impl Worker {
         let routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
         let n = consumers.len();
         let fetch_wait = self.config.fetch_wait;
+        // Doorbells of every (capability, kernel) served wake an idle worker; a notification
+        // that comes while it fetches is kept, so none is lost between a round and the wait.
+        let ring = Arc::new(Notify::new());
+        let mut doorbells = Vec::with_capacity(n);
+        for route in routes.iter() {
+            let mut sub = client
+                .subscribe(s.doorbell(route.capability, route.kernel))
+                .await
+                .map_err(js("subscribing to the doorbells"))?;
+            let ring = Arc::clone(&ring);
+            doorbells.push(tokio::spawn(async move {
+                while sub.next().await.is_some() {
+                    ring.notify_one();
+                }
+            }));
+        }
+        // The doorbells' subscriptions are in place before the first round.
+        client
+            .flush()
+            .await
+            .map_err(js("subscribing to the doorbells"))?;
         // The consumer the next round starts at.
         let mut next = 0usize;
-        let mut stopping = false;
         tokio::pin!(shutdown);
-        while !stopping {
+        'serve: loop {
             let first = tokio::select! {
                 p = Arc::clone(&slots).acquire_owned() => match p {
                     Ok(p) => p,
@@ -374,7 +395,8 @@ impl Worker {
             while let Ok(p) = Arc::clone(&slots).try_acquire_owned() {
                 permits.push(p);
             }
-            // A round without waiting: each consumer in turn, for the slots still free.
+            // A round: each consumer in turn, without waiting, for the slots still free;
+            // starting one further each time, so a busy kernel never starves another.
             let start = next;
             next = (next + 1) % n;
             let mut got = 0;
@@ -406,50 +428,20 @@ impl Worker {
                     Err(e) => tracing::warn!("fetching requests: {e}"),
                 }
             }
-            if got > 0 || permits.is_empty() {
+            if got > 0 {
                 continue;
             }
-            // Nothing waiting anywhere: wait on as many consumers as there are free slots, the
-            // slots split between them (never more messages than slots), the next ones in turn.
-            let polled = permits.len().min(n);
-            let mut polls = Vec::with_capacity(polled);
-            for k in 0..polled {
-                let i = (start + k) % n;
-                let quota = permits.len() / polled + usize::from(k < permits.len() % polled);
-                match consumers[i]
-                    .batch()
-                    .max_messages(quota)
-                    .expires(fetch_wait)
-                    .messages()
-                    .await
-                {
-                    Ok(batch) => polls.push(batch.map(move |m| (i, m))),
-                    Err(e) => tracing::warn!("fetching requests: {e}"),
-                }
+            // Nothing waiting: no pull request stays open (none holds a slot or a message
+            // while other consumers have work); wait for a doorbell or the next sweep.
+            drop(permits);
+            tokio::select! {
+                _ = ring.notified() => {}
+                _ = tokio::time::sleep(fetch_wait) => {}
+                _ = &mut shutdown => break 'serve,
             }
-            next = (start + polled) % n;
-            if polls.is_empty() {
-                // The server did not take the requests (a reconnect): try again shortly.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-            let mut merged = futures::stream::select_all(polls);
-            loop {
-                // On shutdown, the waits already asked for still end (within `fetch_wait`) and
-                // what they bring is served: nothing is left delivered to no one.
-                let item = tokio::select! {
-                    m = merged.next() => m,
-                    _ = &mut shutdown, if !stopping => {
-                        stopping = true;
-                        continue;
-                    }
-                };
-                let Some((i, message)) = item else { break };
-                match message {
-                    Ok(m) => dispatch(&shared, &routes[i], m, &mut permits).await,
-                    Err(e) => tracing::warn!("fetching requests: {e}"),
-                }
-            }
+        }
+        for d in doorbells {
+            d.abort();
         }
         // Drain: every slot back means every batch in flight answered.
         let _ = slots.acquire_many(max as u32).await;
