@@ -17,7 +17,10 @@
 //!    consumers of kernels it serves and capabilities its backends satisfy, so it never pulls a
 //!    request it cannot run. A request no live worker serves waits in the stream until one starts.
 //!    Workers ask for only as many messages as they have free slots (`max_in_flight`), taking
-//!    their consumers in turn.
+//!    their consumers in turn. An idle worker holds no pull request open: the client rings an
+//!    empty core-NATS doorbell on `gpubridge.ready.<capability>.<kernel>`
+//!    ([`ClusterSettings::doorbell`]) after each request, and workers also sweep their consumers
+//!    every [`WorkerConfig::fetch_wait`].
 //! 3. A worker runs the batch (pinned to the backend the capability names, or on its fallback
 //!    chain for `any`), writes the answer to the results key-value bucket under the request id
 //!    with a create-only write (the first answer wins: a redelivered request can never give the
