@@ -210,7 +210,8 @@ impl ClusterClient {
     /// and send.
     ///
     /// ```no_run
-    /// # async fn f(client: &gpubridge_cluster::ClusterClient) -> Result<(), gpubridge_cluster::ClusterError> {
+    /// # use gpubridge_cluster::{ClusterClient, ClusterError};
+    /// # async fn f(client: &ClusterClient) -> Result<(), ClusterError> {
     /// use gpubridge_cluster::Capability;
     /// use gpubridge_core::kernels::Sum;
     /// let sums = client

@@ -233,7 +233,10 @@ impl ClusterSettings {
     /// ```
     /// use gpubridge_cluster::{Capability, ClusterSettings};
     /// let s = ClusterSettings::default();
-    /// assert_eq!(s.subject(Capability::Wgpu, "kernels/vector/add"), "gpubridge.work.wgpu.kernels.vector.add");
+    /// assert_eq!(
+    ///     s.subject(Capability::Wgpu, "kernels/vector/add"),
+    ///     "gpubridge.work.wgpu.kernels.vector.add"
+    /// );
     /// ```
     pub fn subject(&self, capability: Capability, kernel_id: &str) -> String {
         format!(
@@ -261,7 +264,10 @@ impl ClusterSettings {
     /// ```
     /// use gpubridge_cluster::{Capability, ClusterSettings};
     /// let s = ClusterSettings::default();
-    /// assert_eq!(s.consumer_name(Capability::Any, "kernels/sum"), "gpubridge-workers-any-kernels__sum");
+    /// assert_eq!(
+    ///     s.consumer_name(Capability::Any, "kernels/sum"),
+    ///     "gpubridge-workers-any-kernels__sum"
+    /// );
     /// ```
     pub fn consumer_name(&self, capability: Capability, kernel_id: &str) -> String {
         let mut name = format!("{}-{capability}-", self.consumer_prefix);

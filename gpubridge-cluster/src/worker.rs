@@ -272,8 +272,8 @@ impl Worker {
     /// # Errors
     /// [`ClusterError::KernelNotServed`] and [`ClusterError::NothingToServe`] (nothing to serve),
     /// [`ClusterError::OverlappingConsumer`] (another consumer on the stream would take its
-    /// requests), [`ClusterError::Connect`] and [`ClusterError::JetStream`] while starting; once serving,
-    /// failures are logged and retried.
+    /// requests), [`ClusterError::Connect`] and [`ClusterError::JetStream`] while starting; once
+    /// serving, failures are logged and retried.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ClusterError> {
         let announcement = self.announcement()?;
         let routes = self.routes()?;
@@ -547,7 +547,12 @@ async fn handle(shared: &Shared, route: &Route, message: jetstream::Message) {
         }
         Ok(body) => wire::answer(ANSWER_OK, &body),
         Err(why) => {
-            tracing::warn!(request = %id, kernel = %kernel, capability = %route.capability, "failed: {why}");
+            tracing::warn!(
+                request = %id,
+                kernel = %kernel,
+                capability = %route.capability,
+                "failed: {why}"
+            );
             wire::answer(ANSWER_ERROR, why.as_bytes())
         }
     };
