@@ -1050,13 +1050,6 @@ impl Executor {
         if g.failed.contains(&shape) {
             return None;
         }
-        // A plan with a cuBLAS step is keyed by its exact shape, so only a repeat of the very same
-        // sizes replays it, and capturing cuBLAS calls costs host memory that destroying the graph
-        // does not give back (about 440 bytes per capture on the H200 with CUDA 13.0, found by
-        // `graph_churn_keeps_the_host_heap_flat`): such plans are captured only when resident.
-        if !resident && has_library_step(plan) {
-            return None;
-        }
         if !resident {
             if g.seen.len() >= MAX_SHAPES_REMEMBERED && !g.seen.contains_key(&shape) {
                 g.seen = HashMap::new();

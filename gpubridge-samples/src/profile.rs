@@ -467,6 +467,9 @@ fn print_table(p: &Profile) {
             human_bytes(l.bytes),
             l.gbps.map_or_else(|| "-".to_owned(), |g| format!("{g:.1}")),
             match (l.gbps, l.pinned_gbps) {
+                // Faster than a pinned copy: the span is only the part of the copies that compute
+                // did not hide (a staged plan overlaps them), not their whole duration.
+                (Some(g), Some(pin)) if pin > 0.0 && g > pin * 1.05 => "overlapped".to_owned(),
                 (Some(g), Some(pin)) if pin > 0.0 => format!("{:.0}%", g / pin * 100.0),
                 _ => "-".to_owned(),
             }
@@ -479,7 +482,8 @@ fn print_table(p: &Profile) {
     }
     println!(
         "busy = time in the phase summed over micro-batches; micro-batches on different lanes overlap, so shares can sum past 100%. \
-         A replayed graph's copies are inside `replay`. Each phase is also an NVTX range in the `gpubridge` domain (nsys profile --trace=cuda,nvtx)."
+         A replayed graph's copies are inside `replay`; h2d spans pipelined packing (each piece's upload waits for its packing); \
+         `overlapped` marks copies partly hidden under compute (staged plans), whose span is only the unhidden part. Each phase is also an NVTX range in the `gpubridge` domain (nsys profile --trace=cuda,nvtx)."
     );
     if p.micro_batches > 0 && p.phases.iter().all(|l| l.count == 0) {
         println!("no phase took measurable time");

@@ -645,10 +645,12 @@ fn heap_live() -> i64 {
 }
 
 /// The host heap must not grow while the graph cache captures and evicts graphs over and over
-/// (kernel graphs of a few bucketed shapes), nor under multiplies of ever-new shapes: the GPU soak
-/// saw the live heap's floor creep under such churn (TARGETS.md R1). Capturing cuBLAS calls kept
-/// about 440 bytes per graph after its destruction, so plans with a library step are no longer
-/// captured unless resident: the multiplies here must run uncaptured and leave the heap flat.
+/// (kernel graphs of a few bucketed shapes, then multiply graphs of ever-new shapes): the GPU
+/// soak saw the live heap's floor creep under such churn (TARGETS.md R1). The first multiplies
+/// of new shapes do grow it, by about 370 bytes each on the H200 (CUDA 13.0), captured or not:
+/// cuBLAS keeps a heuristics cache per problem size, bounded by
+/// `CUBLASLT_HEURISTICS_CACHE_CAPACITY` (8192 by default). So the multiply phase first runs
+/// past that capacity, then measures.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
 fn graph_churn_keeps_the_host_heap_flat() {
@@ -701,7 +703,7 @@ fn graph_churn_keeps_the_host_heap_flat() {
                     .map(|_| rng.random_range(-3i32..=3) as f32)
                     .collect(),
             };
-            // Twice: an ordinary plan's shape would be captured on its second run.
+            // Twice: captured on its second run, then evicted by later ones.
             for _ in 0..2 {
                 let r =
                     block_on(mm.execute(vec![input.clone()], ExecutionHints::default())).unwrap();
@@ -711,31 +713,35 @@ fn graph_churn_keeps_the_host_heap_flat() {
         }
     };
     let evictions = || cuda.graph_stats(0).unwrap().evictions as i64;
-    let captures = || cuda.graph_stats(0).unwrap().misses as i64;
     // Warm-up: every buffer class, staging and cache structure at its working size.
     sums(400);
-    multiplies(0, 200, &mut rng);
+    multiplies(0, 9000, &mut rng);
     let (h0, e0) = (heap_live(), evictions());
     sums(4000);
-    let (h1, e1, c1) = (heap_live(), evictions(), captures());
-    multiplies(200, 2000, &mut rng);
-    let (h2, c2) = (heap_live(), captures());
+    let (h1, e1) = (heap_live(), evictions());
+    multiplies(9000, 2000, &mut rng);
+    let (h2, e2) = (heap_live(), evictions());
     let per = |dh: i64, n: i64| dh as f64 / n.max(1) as f64;
     eprintln!(
-        "kernel graphs: {} evictions, heap {:+} B ({:+.1} B each); 2000 multiply shapes run twice: {} captures, heap {:+} B ({:+.1} B each)",
+        "kernel graphs: {} evictions, heap {:+} B ({:+.1} B each); multiply graphs: {} evictions, heap {:+} B ({:+.1} B each)",
         e1 - e0,
         h1 - h0,
         per(h1 - h0, e1 - e0),
-        c2 - c1,
+        e2 - e1,
         h2 - h1,
-        per(h2 - h1, 2000)
+        per(h2 - h1, e2 - e1)
     );
-    assert!(e1 - e0 >= 1000, "too little churn: {e0} {e1}");
+    assert!(
+        e1 - e0 >= 1000 && e2 - e1 >= 1000,
+        "too little churn: {e0} {e1} {e2}"
+    );
     assert!(
         per(h1 - h0, e1 - e0) < 256.0,
         "kernel-graph churn grows the heap"
     );
-    assert_eq!(c2, c1, "a multiply was captured");
-    assert!(per(h2 - h1, 2000) < 256.0, "multiplies grow the heap");
+    assert!(
+        per(h2 - h1, e2 - e1) < 256.0,
+        "multiply-graph churn grows the heap"
+    );
     gpubridge::testing::assert_quiescent(&b);
 }
