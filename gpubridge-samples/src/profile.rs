@@ -244,15 +244,7 @@ async fn sum(
         let vectors: Vec<Vec<f32>> = (0..args.sum_vectors)
             .map(|_| random(rng, args.sum_len))
             .collect();
-        let want: Vec<(f64, f64)> = vectors
-            .iter()
-            .map(|v| {
-                (
-                    v.iter().map(|x| f64::from(*x)).sum(),
-                    v.iter().map(|x| f64::from(x.abs())).sum(),
-                )
-            })
-            .collect();
+        let want = crate::samples::vector::sum_reference(&vectors);
         let t = Instant::now();
         let result = grain.execute(vectors, hints.clone()).await?;
         let wall = t.elapsed();

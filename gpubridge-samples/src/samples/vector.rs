@@ -27,6 +27,19 @@ fn random_vectors(count: usize, len: usize, seed: u64, what: &str) -> Vec<Vec<f3
     v
 }
 
+/// Each vector's float64 sum and the sum of its magnitudes (the scale of its rounding error).
+pub fn sum_reference(vectors: &[Vec<f32>]) -> Vec<(f64, f64)> {
+    vectors
+        .iter()
+        .map(|v| {
+            (
+                v.iter().map(|x| f64::from(*x)).sum(),
+                v.iter().map(|x| f64::from(x.abs())).sum(),
+            )
+        })
+        .collect()
+}
+
 /// Runs both cases and verifies every output element against a float64 reference.
 ///
 /// # Errors
@@ -96,15 +109,7 @@ pub async fn run(
 
     let (m, l) = (sizes.sum_vectors, sizes.sum_len);
     let vectors = random_vectors(m, l, seed.wrapping_add(2), "sum inputs");
-    let want: Vec<(f64, f64)> = vectors
-        .iter()
-        .map(|v| {
-            (
-                v.iter().map(|x| f64::from(*x)).sum(),
-                v.iter().map(|x| f64::from(x.abs())).sum(),
-            )
-        })
-        .collect();
+    let want = sum_reference(&vectors);
     let sum = bridge.batch::<Sum>()?;
     for _ in 0..sizes.warmup {
         sum.execute(vectors.clone(), hints.clone()).await?;
