@@ -20,7 +20,6 @@
 //! let _range = nvtx::range(Phase::Pack, 4096); // ends when dropped
 //! ```
 
-use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::OnceLock;
 
@@ -125,8 +124,9 @@ unsafe impl Sync for Handle {}
 struct Domain {
     domain: Handle,
     phases: [Handle; Phase::ALL.len()],
-    /// Registered strings of kernel ids, for requests' ranges.
-    kernels: parking_lot::RwLock<HashMap<&'static str, Handle>>,
+    /// Registered strings of kernel ids, for requests' ranges (a handful: a list, searched in
+    /// order; it lives as long as the process).
+    kernels: parking_lot::RwLock<Vec<(&'static str, Handle)>>,
 }
 
 fn domain() -> &'static Domain {
@@ -150,7 +150,7 @@ fn domain() -> &'static Domain {
         Domain {
             domain,
             phases,
-            kernels: parking_lot::RwLock::new(HashMap::new()),
+            kernels: parking_lot::RwLock::new(Vec::new()),
         }
     })
 }
@@ -191,14 +191,23 @@ pub fn range(phase: Phase, payload: u64) -> Range {
 /// Opens a request's range, named by its kernel, with its item count as payload.
 pub fn batch(kernel: &'static str, items: usize) -> Range {
     let d = domain();
-    let known = d.kernels.read().get(kernel).copied();
+    let find =
+        |list: &[(&'static str, Handle)]| list.iter().find(|(k, _)| *k == kernel).map(|(_, h)| *h);
+    let known = find(&d.kernels.read());
     let message = match known {
         Some(h) => h,
         None => {
             let s = CString::new(kernel).unwrap_or_default();
             // SAFETY: as in `domain`.
             let h = Handle(unsafe { gpubridge_nvtx_register(d.domain.0, s.as_ptr()) });
-            *d.kernels.write().entry(kernel).or_insert(h)
+            let mut list = d.kernels.write();
+            match find(&list) {
+                Some(h) => h,
+                None => {
+                    list.push((kernel, h));
+                    h
+                }
+            }
         }
     };
     // SAFETY: as in `range`.
