@@ -1511,6 +1511,7 @@ fn summarize(
         "done": done,
         "backend": rig.backend.to_string(),
         "device": rig.device_name,
+        "malloc_arena_max": crate::malloc_arenas(),
         "duration_s": args.duration.as_secs_f64(),
         "elapsed_s": samples.last().map_or(0.0, |s| s.t_s),
         "interval_s": interval.as_secs_f64(),
