@@ -405,6 +405,12 @@ impl Worker {
                     break;
                 }
                 let i = (start + k) % n;
+                // A fetch that does not wait still ends only when the server says so (its
+                // messages, then "no messages"); async-nats puts no timer on it, and an expiry
+                // would change what the server does with it (with nats-server 2.9.10 the tests'
+                // requests then went unanswered). A server silent for `fetch_wait + ROUND_STALL` (a lost status, a
+                // reconnect) is given up on: the round goes on, and anything delivered to the
+                // abandoned fetch comes back after `ack_wait`.
                 match consumers[i]
                     .fetch()
                     .max_messages(permits.len())
@@ -412,7 +418,22 @@ impl Worker {
                     .await
                 {
                     Ok(mut batch) => {
-                        while let Some(message) = batch.next().await {
+                        loop {
+                            let message =
+                                match tokio::time::timeout(fetch_wait + ROUND_STALL, batch.next())
+                                    .await
+                                {
+                                    Ok(Some(message)) => message,
+                                    Ok(None) => break,
+                                    Err(_) => {
+                                        tracing::warn!(
+                                        "fetching requests: no end of the fetch from the server \
+                                         within {:?}; going on",
+                                        fetch_wait + ROUND_STALL
+                                    );
+                                        break;
+                                    }
+                                };
                             match message {
                                 Ok(m) => {
                                     got += 1;
@@ -451,6 +472,9 @@ impl Worker {
         Ok(())
     }
 }
+
+/// How long past its expiry a fetch may stay silent before the worker gives up on it.
+const ROUND_STALL: Duration = Duration::from_secs(1);
 
 /// Runs `message` on a slot of `permits`, or hands it back when there is none left.
 async fn dispatch(

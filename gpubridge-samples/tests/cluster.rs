@@ -246,9 +246,14 @@ async fn one_worker_answers_every_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_loses_no_request() {
     let Some(nats) = nats_server() else { return };
-    // Each batch holds its slot 40 ms, so every worker always has requests in flight.
+    // Each batch holds its slot 40 ms, so every worker always has requests in flight; the
+    // victim's hold theirs 1.5 s (under the 2 s ack_wait), so that it surely holds the four it
+    // took first when it is killed.
     let mut workers: Vec<Option<Proc>> = (0..3)
-        .map(|i| Some(worker(&nats.url, &format!("w{i}"), 40)))
+        .map(|i| {
+            let hold = if i == 0 { 1500 } else { 40 };
+            Some(worker(&nats.url, &format!("w{i}"), hold))
+        })
         .collect();
     let client = client(&nats.url).await;
     // Wait until the three have announced themselves.
@@ -268,7 +273,10 @@ async fn a_killed_worker_loses_no_request() {
         let answered = Arc::clone(&answered);
         let victim = workers[0].take();
         tokio::spawn(async move {
-            while answered.load(Ordering::Relaxed) < REQUESTS / 4 {
+            let waiting = Instant::now();
+            while answered.load(Ordering::Relaxed) < REQUESTS / 4
+                && waiting.elapsed() < Duration::from_secs(60)
+            {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             drop(victim); // SIGKILL, mid-load
