@@ -13,8 +13,10 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::wire::{self, Answer, Wire};
+use crate::worker::Announcement;
 use crate::{
-    js, ClusterError, ClusterSettings, Infra, HEADER_KERNEL, HEADER_OBJECT, HEADER_REQUEST,
+    js, Capability, ClusterError, ClusterSettings, Infra, HEADER_CAPABILITY, HEADER_KERNEL,
+    HEADER_OBJECT, HEADER_REQUEST,
 };
 
 /// A kernel whose inputs and outputs can travel ([`Wire`]): every [`gpubridge::Kernel`] whose
@@ -56,6 +58,52 @@ pub struct ClusterClient {
 impl Drop for ClusterClient {
     fn drop(&mut self) {
         self.watcher.abort();
+    }
+}
+
+/// A request being configured ([`ClusterClient::request`]): what it requires of its worker and
+/// its request id; [`Submit::send`] publishes it and awaits the answer.
+#[must_use = "a request does nothing until it is sent"]
+pub struct Submit<'a, K: ClusterKernel> {
+    client: &'a ClusterClient,
+    items: &'a [K::Input],
+    capability: Capability,
+    id: Option<String>,
+}
+
+impl<K: ClusterKernel> Submit<'_, K> {
+    /// Only a worker satisfying `capability` may run it (default [`Capability::Any`]). A request
+    /// that no running worker serves waits in the stream for one (until the stream's
+    /// `retention`); the client's timeout reports it as [`ClusterError::Timeout`].
+    pub fn requires(mut self, capability: Capability) -> Self {
+        self.capability = capability;
+        self
+    }
+
+    /// Sends it under request id `id` instead of a fresh one: submitting the same id again (a
+    /// retry after a lost connection or a timeout) returns the first answer, never a second
+    /// computation.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Publishes the request on its capability's subject and awaits the answer.
+    ///
+    /// # Errors
+    /// [`ClusterError::InvalidRequestId`], [`ClusterError::InvalidKernelId`],
+    /// [`ClusterError::Timeout`] when no answer came within the client's timeout (no worker
+    /// serving the kernel and capability is running, or they are all busy),
+    /// [`ClusterError::Remote`] when the worker failed the batch, [`ClusterError::JetStream`]
+    /// and [`ClusterError::Wire`].
+    pub async fn send(self) -> Result<Vec<K::Output>, ClusterError> {
+        let id = match self.id {
+            Some(id) => id,
+            None => self.client.new_request_id(),
+        };
+        self.client
+            .send::<K>(&id, self.capability, self.items)
+            .await
     }
 }
 
@@ -133,33 +181,66 @@ impl ClusterClient {
         format!("{}-{n}", self.prefix)
     }
 
-    /// Runs `items` on kernel `K` on some worker, under a fresh request id.
+    /// Runs `items` on kernel `K` on some worker ([`Capability::Any`]), under a fresh request id.
     ///
     /// # Errors
-    /// As [`ClusterClient::submit_with_id`].
+    /// As [`Submit::send`].
     pub async fn submit<K: ClusterKernel>(
         &self,
         items: &[K::Input],
     ) -> Result<Vec<K::Output>, ClusterError> {
-        let id = self.new_request_id();
-        self.submit_with_id::<K>(&id, items).await
+        self.request::<K>(items).send().await
     }
 
-    /// Runs `items` on kernel `K` on some worker under request id `id`. Submitting the same id
-    /// again (a retry after a lost connection) returns the first answer: it is never computed
-    /// twice for the caller.
+    /// Runs `items` on kernel `K` on some worker ([`Capability::Any`]) under request id `id`.
+    /// Submitting the same id again (a retry after a lost connection) returns the first answer:
+    /// it is never computed twice for the caller.
     ///
     /// # Errors
-    /// [`ClusterError::InvalidRequestId`], [`ClusterError::Timeout`] when no answer came within
-    /// the client's timeout, [`ClusterError::Remote`] when the worker failed the batch,
-    /// [`ClusterError::JetStream`] and [`ClusterError::Wire`].
+    /// As [`Submit::send`].
     pub async fn submit_with_id<K: ClusterKernel>(
         &self,
         id: &str,
         items: &[K::Input],
     ) -> Result<Vec<K::Output>, ClusterError> {
+        self.request::<K>(items).id(id).send().await
+    }
+
+    /// A request of `items` on kernel `K` to configure ([`Submit::requires`], [`Submit::id`])
+    /// and send.
+    ///
+    /// ```no_run
+    /// # use gpubridge_cluster::{ClusterClient, ClusterError};
+    /// # async fn f(client: &ClusterClient) -> Result<(), ClusterError> {
+    /// use gpubridge_cluster::Capability;
+    /// use gpubridge_core::kernels::Sum;
+    /// let sums = client
+    ///     .request::<Sum>(&[vec![1.0, 2.0]])
+    ///     .requires(Capability::Gpu)
+    ///     .send()
+    ///     .await?;
+    /// # let _ = sums; Ok(()) }
+    /// ```
+    pub fn request<'a, K: ClusterKernel>(&'a self, items: &'a [K::Input]) -> Submit<'a, K> {
+        Submit {
+            client: self,
+            items,
+            capability: Capability::Any,
+            id: None,
+        }
+    }
+
+    async fn send<K: ClusterKernel>(
+        &self,
+        id: &str,
+        capability: Capability,
+        items: &[K::Input],
+    ) -> Result<Vec<K::Output>, ClusterError> {
         if !valid_id(id) {
             return Err(ClusterError::InvalidRequestId(id.to_owned()));
+        }
+        if !crate::valid_kernel_id(K::ID) {
+            return Err(ClusterError::InvalidKernelId(K::ID.to_owned()));
         }
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().insert(id.to_owned(), tx);
@@ -171,7 +252,8 @@ impl ClusterClient {
         let mut publish = Publish::build()
             .message_id(id)
             .header(HEADER_REQUEST, id)
-            .header(HEADER_KERNEL, K::ID);
+            .header(HEADER_KERNEL, K::ID)
+            .header(HEADER_CAPABILITY, capability.name());
         if payload.len() > self.settings.inline_limit {
             let name = format!("request-{id}");
             crate::write_object(&self.infra.objects, &name, &payload).await?;
@@ -184,11 +266,22 @@ impl ClusterClient {
         let ack = self
             .infra
             .js
-            .send_publish(self.settings.subject(K::ID), publish)
+            .send_publish(self.settings.subject(capability, K::ID), publish)
             .await
             .map_err(js("publishing a request"))?
             .await
             .map_err(js("awaiting the stream's acknowledgement"))?;
+        // Wake idle workers serving it (they also sweep every `fetch_wait`: a lost doorbell
+        // only delays the request).
+        if let Err(e) = self
+            .infra
+            .js
+            .client()
+            .publish(self.settings.doorbell(capability, K::ID), Bytes::new())
+            .await
+        {
+            tracing::debug!(request = %id, "ringing the workers: {e}");
+        }
         // A duplicate may have been answered before the watch saw it.
         let early = if ack.duplicate {
             self.stored_answer(id).await?
@@ -205,6 +298,8 @@ impl ClusterClient {
                     .await?
                     .ok_or_else(|| ClusterError::Timeout {
                         id: id.to_owned(),
+                        kernel: K::ID.to_owned(),
+                        capability,
                         timeout: self.timeout,
                     })?,
             },
@@ -230,7 +325,9 @@ impl ClusterClient {
             .map_err(js("reading an answer"))
     }
 
-    /// What to monitor: requests waiting and in flight, redeliveries, answers written, workers.
+    /// What to monitor: requests waiting and in flight, redeliveries, answers written, workers;
+    /// the consumers' counts summed over every (capability, kernel) ([`ClusterClient::queues`]
+    /// per consumer).
     ///
     /// # Errors
     /// [`ClusterError::JetStream`].
@@ -242,17 +339,8 @@ impl ClusterClient {
             .map_err(js("reading the work stream"))?
             .state
             .messages;
-        let (pending, ack_pending, redelivered, deliveries) =
-            match stream.consumer_info(&self.settings.consumer).await {
-                Ok(info) => (
-                    info.num_pending,
-                    info.num_ack_pending as u64,
-                    info.num_redelivered as u64,
-                    info.delivered.consumer_sequence,
-                ),
-                // No worker has created the consumer yet.
-                Err(_) => (queued, 0, 0, 0),
-            };
+        let queues = self.queues().await?;
+        let ack_pending = queues.iter().map(|q| q.ack_pending).sum::<u64>();
         let mut results = self
             .infra
             .js
@@ -273,13 +361,86 @@ impl ClusterClient {
         }
         Ok(ClusterStats {
             queued,
-            pending,
+            // In a work-queue stream every message is either delivered and unacknowledged or
+            // not yet delivered, whether or not some consumer serves its subject.
+            pending: queued.saturating_sub(ack_pending),
             ack_pending,
-            redelivered,
-            deliveries,
+            redelivered: queues.iter().map(|q| q.redelivered).sum(),
+            deliveries: queues.iter().map(|q| q.deliveries).sum(),
             answers_written,
             workers,
         })
+    }
+
+    /// One entry per workers' consumer on the work stream (one per (capability, kernel) some
+    /// worker has served), ordered by consumer name: where the backlog is, kernel by kernel.
+    ///
+    /// # Errors
+    /// [`ClusterError::JetStream`].
+    pub async fn queues(&self) -> Result<Vec<QueueStats>, ClusterError> {
+        let prefix = format!("{}-", self.settings.consumer_prefix);
+        let subject_prefix = format!("{}.", self.settings.subject_prefix);
+        let mut consumers = self.infra.stream.consumers();
+        let mut out = Vec::new();
+        while let Some(info) = consumers.next().await {
+            let info = info.map_err(js("listing the workers' consumers"))?;
+            if !info.name.starts_with(&prefix) {
+                continue;
+            }
+            // The route from the filter subject: `<prefix>.<capability>.<kernel with dots>`.
+            let route = info
+                .config
+                .filter_subject
+                .strip_prefix(&subject_prefix)
+                .and_then(|rest| rest.split_once('.'))
+                .and_then(|(cap, kernel)| Some((cap.parse().ok()?, kernel.replace('.', "/"))));
+            let Some((capability, kernel)) = route else {
+                continue;
+            };
+            out.push(QueueStats {
+                consumer: info.name.clone(),
+                capability,
+                kernel,
+                pending: info.num_pending,
+                ack_pending: info.num_ack_pending as u64,
+                redelivered: info.num_redelivered as u64,
+                deliveries: info.delivered.consumer_sequence,
+            });
+        }
+        out.sort_by(|a, b| a.consumer.cmp(&b.consumer));
+        Ok(out)
+    }
+
+    /// The workers announced in the last minute, ordered by name.
+    ///
+    /// # Errors
+    /// [`ClusterError::JetStream`]; an entry that is not an announcement is skipped.
+    pub async fn workers(&self) -> Result<Vec<Announcement>, ClusterError> {
+        let mut keys = self
+            .infra
+            .workers
+            .keys()
+            .await
+            .map_err(js("listing the workers"))?;
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(js("listing the workers"))?;
+            let Some(value) = self
+                .infra
+                .workers
+                .get(&key)
+                .await
+                .map_err(js("reading a worker's announcement"))?
+            else {
+                continue; // gone since the listing
+            };
+            match serde_json::from_slice::<Announcement>(&value) {
+                Ok(a) => out.push(a),
+                Err(e) => tracing::warn!(worker = %key, "unreadable announcement: {e}"),
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 }
 
@@ -288,14 +449,14 @@ impl ClusterClient {
 pub struct ClusterStats {
     /// Requests in the work stream (not yet acknowledged).
     pub queued: u64,
-    /// Requests not yet delivered to any worker (the consumer's pending count).
+    /// Requests not yet delivered to any worker, those that no running worker serves included.
     pub pending: u64,
     /// Requests delivered and not yet acknowledged.
     pub ack_pending: u64,
     /// Requests delivered more than once and not yet acknowledged (a worker died or was too
     /// slow): a gauge, back to zero once they are answered.
     pub redelivered: u64,
-    /// Deliveries since the consumer was created, redeliveries included: above the number of
+    /// Deliveries since the consumers were created, redeliveries included: above the number of
     /// requests ever sent, some were delivered again.
     pub deliveries: u64,
     /// Answers ever written to the results bucket (its stream's last sequence): writes are
@@ -303,6 +464,26 @@ pub struct ClusterStats {
     pub answers_written: u64,
     /// Workers announced in the last minute.
     pub workers: u64,
+}
+
+/// One workers' consumer ([`ClusterClient::queues`]): the requests for one kernel under one
+/// capability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueStats {
+    /// The durable consumer's name ([`ClusterSettings::consumer_name`]).
+    pub consumer: String,
+    /// The capability it serves.
+    pub capability: Capability,
+    /// The kernel id it serves.
+    pub kernel: String,
+    /// Requests not yet delivered: growing means too few workers serve this kernel.
+    pub pending: u64,
+    /// Requests delivered and not yet acknowledged.
+    pub ack_pending: u64,
+    /// Requests delivered more than once and not yet acknowledged.
+    pub redelivered: u64,
+    /// Deliveries since the consumer was created, redeliveries included.
+    pub deliveries: u64,
 }
 
 #[cfg(test)]

@@ -4,28 +4,40 @@
 //!
 //! # How a request travels
 //! 1. The client encodes the batch ([`wire`]) and publishes it on
-//!    `gpubridge.work.<kernel id with dots>` (`kernels/sum` -> `gpubridge.work.kernels.sum`) with
-//!    `Nats-Msg-Id` set to the request id, so that a repeated publish inside the stream's
-//!    duplicate window is dropped. A batch larger than [`ClusterSettings::inline_limit`] is put
-//!    in the object store first and the message carries only its name.
+//!    `gpubridge.work.<capability>.<kernel id with dots>` ([`ClusterSettings::subject`]:
+//!    `kernels/sum` needing any worker -> `gpubridge.work.any.kernels.sum`, needing wgpu ->
+//!    `gpubridge.work.wgpu.kernels.sum`; [`Capability`]) with `Nats-Msg-Id` set to the request
+//!    id, so that a repeated publish inside the stream's duplicate window is dropped. A batch
+//!    larger than [`ClusterSettings::inline_limit`] is put in the object store first and the
+//!    message carries only its name.
 //! 2. The stream (`GPUBRIDGE_WORK`) keeps work-queue retention: a message leaves it when a worker
-//!    acknowledges it. Workers share one durable pull consumer and ask for only as many messages
-//!    as they have free slots (`max_in_flight`).
-//! 3. A worker runs the batch, writes the answer to the results key-value bucket under the request
-//!    id with a create-only write (the first answer wins: a redelivered request can never give
-//!    the caller a second, different answer), then acknowledges. During a long batch it sends
+//!    acknowledges it. There is one durable pull consumer per (capability, kernel)
+//!    ([`ClusterSettings::consumer_name`]: `gpubridge-workers-any-kernels__sum`), filtering
+//!    exactly that subject and shared by every worker that serves it: a worker binds only the
+//!    consumers of kernels it serves and capabilities its backends satisfy, so it never pulls a
+//!    request it cannot run. A request no live worker serves waits in the stream until one starts.
+//!    Workers ask for only as many messages as they have free slots (`max_in_flight`), taking
+//!    their consumers in turn. An idle worker holds no pull request open: the client rings an
+//!    empty core-NATS doorbell on `gpubridge.ready.<capability>.<kernel>`
+//!    ([`ClusterSettings::doorbell`]) after each request, and workers also sweep their consumers
+//!    every [`WorkerConfig::fetch_wait`].
+//! 3. A worker runs the batch (pinned to the backend the capability names, or on its fallback
+//!    chain for `any`), writes the answer to the results key-value bucket under the request id
+//!    with a create-only write (the first answer wins: a redelivered request can never give the
+//!    caller a second, different answer), then acknowledges. During a long batch it sends
 //!    progress acknowledgements every [`WorkerConfig::progress_interval`]. A worker that dies
 //!    leaves its messages unacknowledged; after `ack_wait` the server delivers them to another.
 //! 4. The client watches the results bucket and reads the answer under its request id.
 //!
-//! Workers announce themselves (name, kernels, devices, backends, capacity) in the
-//! `GPUBRIDGE_WORKERS` bucket and on `gpubridge.workers.announce`.
+//! Workers announce themselves ([`Announcement`]: name, kernels, capabilities, devices, backends,
+//! capacity) in the `GPUBRIDGE_WORKERS` bucket and on `gpubridge.workers.announce`.
 
 #![warn(missing_docs)]
 
 // The core library under the facade's name: the types are the facade's own re-exports.
 extern crate gpubridge_core as gpubridge;
 
+mod capability;
 mod client;
 pub mod wire;
 mod worker;
@@ -35,13 +47,17 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
-pub use client::{ClusterClient, ClusterKernel, ClusterStats};
+pub use capability::{Capability, ParseCapabilityError};
+pub use client::{ClusterClient, ClusterKernel, ClusterStats, QueueStats, Submit};
 pub use worker::{Announcement, Worker, WorkerConfig};
 
 /// Header carrying the request id (also sent as `Nats-Msg-Id`).
 pub const HEADER_REQUEST: &str = "Gpubridge-Request";
 /// Header carrying the kernel id.
 pub const HEADER_KERNEL: &str = "Gpubridge-Kernel";
+/// Header carrying the capability the request requires (also the subject's token after the
+/// prefix).
+pub const HEADER_CAPABILITY: &str = "Gpubridge-Capability";
 /// Header carrying the object-store name of a batch sent by reference.
 pub const HEADER_OBJECT: &str = "Gpubridge-Object";
 /// Subject on which workers announce themselves.
@@ -69,11 +85,20 @@ pub enum ClusterError {
     /// Malformed bytes in a request or an answer.
     #[error("malformed payload: {0}")]
     Wire(#[from] wire::WireError),
-    /// No answer came in time.
-    #[error("request {id}: no answer within {timeout:?}")]
+    /// No answer came in time. The request stays in the work stream (until `retention`): a
+    /// worker that serves its kernel and capability answers it when one is running, and
+    /// submitting the same request id again awaits that answer.
+    #[error(
+        "request {id} ({kernel}, requires {capability}): no answer within {timeout:?} \
+         (is a worker serving {capability} {kernel} running?)"
+    )]
     Timeout {
         /// The request id.
         id: String,
+        /// The kernel id.
+        kernel: String,
+        /// What the request requires.
+        capability: Capability,
         /// How long the client waited.
         timeout: Duration,
     },
@@ -88,6 +113,41 @@ pub enum ClusterError {
     /// A request id that is not a valid key (letters, digits, `-`, `_`, `=`; at most 200 bytes).
     #[error("invalid request id {0:?}: use letters, digits, '-', '_' or '=' (at most 200 bytes)")]
     InvalidRequestId(String),
+    /// A kernel id that cannot be part of a subject: use `/`-separated non-empty segments of
+    /// letters, digits, `-` and `_`.
+    #[error(
+        "kernel id {0:?} cannot travel: use '/'-separated non-empty segments of letters, digits, \
+         '-' and '_'"
+    )]
+    InvalidKernelId(String),
+    /// A worker was asked to serve a kernel it has no handler for, or that its bridge has not
+    /// registered.
+    #[error("this worker cannot serve kernel {kernel:?} (it serves {served:?})")]
+    KernelNotServed {
+        /// The kernel asked for.
+        kernel: String,
+        /// The kernels it can serve.
+        served: Vec<String>,
+    },
+    /// A worker with nothing to serve: no kernel left after the restriction, or no backend.
+    #[error("worker {0} has no kernel or no capability to serve")]
+    NothingToServe(String),
+    /// Another consumer on the work stream takes requests a worker's consumer would (a
+    /// work-queue stream gives each message to one consumer): such as the single
+    /// `gpubridge-workers` consumer, filtering the whole prefix, of releases before subjects
+    /// per capability. Delete it (`nats consumer rm`) once its requests are answered.
+    #[error(
+        "consumer {consumer:?} on the work stream filters {filter:?}, overlapping this worker's \
+         {subject:?}: delete it (nats consumer rm) once the requests it holds are answered"
+    )]
+    OverlappingConsumer {
+        /// The other consumer.
+        consumer: String,
+        /// Its filter subject (empty: the whole stream).
+        filter: String,
+        /// The worker's subject it overlaps.
+        subject: String,
+    },
     /// The local bridge failed.
     #[error(transparent)]
     Bridge(#[from] gpubridge::Error),
@@ -114,10 +174,17 @@ pub(crate) fn js<E: Display>(what: &'static str) -> impl FnOnce(E) -> ClusterErr
 pub struct ClusterSettings {
     /// The work-queue stream.
     pub stream: String,
-    /// Subject prefix of requests; the kernel id follows with `/` replaced by `.`.
+    /// Subject prefix of requests; the capability and the kernel id (with `/` replaced by `.`)
+    /// follow ([`ClusterSettings::subject`]).
     pub subject_prefix: String,
-    /// The workers' shared durable pull consumer.
-    pub consumer: String,
+    /// Subject prefix of doorbells: after a request is stored, the client publishes an empty
+    /// core-NATS message on `<doorbell_prefix>.<capability>.<kernel>` so that idle workers
+    /// serving it fetch at once instead of at their next sweep. Outside the work stream's
+    /// subjects.
+    pub doorbell_prefix: String,
+    /// Prefix of the workers' durable pull consumers, one per (capability, kernel)
+    /// ([`ClusterSettings::consumer_name`]).
+    pub consumer_prefix: String,
     /// Key-value bucket of answers, keyed by request id.
     pub results_bucket: String,
     /// Object store of payloads sent by reference.
@@ -144,7 +211,8 @@ impl Default for ClusterSettings {
         Self {
             stream: "GPUBRIDGE_WORK".to_owned(),
             subject_prefix: "gpubridge.work".to_owned(),
-            consumer: "gpubridge-workers".to_owned(),
+            doorbell_prefix: "gpubridge.ready".to_owned(),
+            consumer_prefix: "gpubridge-workers".to_owned(),
             results_bucket: "GPUBRIDGE_RESULTS".to_owned(),
             objects_bucket: "GPUBRIDGE_PAYLOADS".to_owned(),
             workers_bucket: "GPUBRIDGE_WORKERS".to_owned(),
@@ -159,10 +227,89 @@ impl Default for ClusterSettings {
 }
 
 impl ClusterSettings {
-    /// The subject of kernel `id`'s requests.
-    pub fn subject(&self, kernel_id: &str) -> String {
-        format!("{}.{}", self.subject_prefix, kernel_id.replace('/', "."))
+    /// The subject of kernel `kernel_id`'s requests that require `capability`:
+    /// `<subject_prefix>.<capability>.<kernel id with '/' as '.'>`.
+    ///
+    /// ```
+    /// use gpubridge_cluster::{Capability, ClusterSettings};
+    /// let s = ClusterSettings::default();
+    /// assert_eq!(
+    ///     s.subject(Capability::Wgpu, "kernels/vector/add"),
+    ///     "gpubridge.work.wgpu.kernels.vector.add"
+    /// );
+    /// ```
+    pub fn subject(&self, capability: Capability, kernel_id: &str) -> String {
+        format!(
+            "{}.{capability}.{}",
+            self.subject_prefix,
+            kernel_id.replace('/', ".")
+        )
     }
+
+    /// The doorbell subject of kernel `kernel_id`'s requests that require `capability`:
+    /// `<doorbell_prefix>.<capability>.<kernel id with '/' as '.'>`.
+    pub fn doorbell(&self, capability: Capability, kernel_id: &str) -> String {
+        format!(
+            "{}.{capability}.{}",
+            self.doorbell_prefix,
+            kernel_id.replace('/', ".")
+        )
+    }
+
+    /// The durable consumer every worker serving kernel `kernel_id` under `capability` shares:
+    /// `<consumer_prefix>-<capability>-<kernel id>`, the kernel id written with `/` as `__` and
+    /// `_` as `_u` (consumer names may hold neither `.` nor `/`; the encoding keeps distinct ids
+    /// distinct).
+    ///
+    /// ```
+    /// use gpubridge_cluster::{Capability, ClusterSettings};
+    /// let s = ClusterSettings::default();
+    /// assert_eq!(
+    ///     s.consumer_name(Capability::Any, "kernels/sum"),
+    ///     "gpubridge-workers-any-kernels__sum"
+    /// );
+    /// ```
+    pub fn consumer_name(&self, capability: Capability, kernel_id: &str) -> String {
+        let mut name = format!("{}-{capability}-", self.consumer_prefix);
+        for c in kernel_id.chars() {
+            match c {
+                '/' => name.push_str("__"),
+                '_' => name.push_str("_u"),
+                c => name.push(c),
+            }
+        }
+        name
+    }
+}
+
+/// Whether a consumer filtering `filter` (empty: everything) would take messages on `subject`
+/// (no wildcards).
+pub(crate) fn filter_matches(filter: &str, subject: &str) -> bool {
+    if filter.is_empty() {
+        return true;
+    }
+    let mut subject = subject.split('.');
+    for token in filter.split('.') {
+        match (token, subject.next()) {
+            (">", Some(_)) => return true,
+            (_, None) => return false,
+            ("*", Some(_)) => {}
+            (t, Some(s)) if t == s => {}
+            _ => return false,
+        }
+    }
+    subject.next().is_none()
+}
+
+/// Whether `id` can be part of a subject and a consumer name: `/`-separated non-empty segments
+/// of ASCII letters, digits, `-` and `_`.
+pub(crate) fn valid_kernel_id(id: &str) -> bool {
+    id.split('/').all(|seg| {
+        !seg.is_empty()
+            && seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+    })
 }
 
 /// The JetStream objects both sides use.
@@ -297,4 +444,69 @@ pub(crate) async fn write_object(
         .await
         .map_err(js("writing an object"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_and_consumer_names() {
+        let s = ClusterSettings::default();
+        assert_eq!(
+            s.subject(Capability::Any, "kernels/sum"),
+            "gpubridge.work.any.kernels.sum"
+        );
+        assert_eq!(
+            s.subject(Capability::Cuda, "kernels/vector/add"),
+            "gpubridge.work.cuda.kernels.vector.add"
+        );
+        assert_eq!(
+            s.consumer_name(Capability::Gpu, "kernels/vector/add"),
+            "gpubridge-workers-gpu-kernels__vector__add"
+        );
+        // Distinct ids, distinct names.
+        assert_ne!(
+            s.consumer_name(Capability::Any, "a/b"),
+            s.consumer_name(Capability::Any, "a__b")
+        );
+        assert_ne!(
+            s.consumer_name(Capability::Any, "a_/b"),
+            s.consumer_name(Capability::Any, "a/_b")
+        );
+        assert!(filter_matches("", "gpubridge.work.any.kernels.sum"));
+        assert!(filter_matches(
+            "gpubridge.work.>",
+            "gpubridge.work.any.kernels.sum"
+        ));
+        assert!(filter_matches(
+            "gpubridge.work.*.kernels.sum",
+            "gpubridge.work.any.kernels.sum"
+        ));
+        assert!(filter_matches(
+            "gpubridge.work.any.kernels.sum",
+            "gpubridge.work.any.kernels.sum"
+        ));
+        assert!(!filter_matches(
+            "gpubridge.work.cpu.kernels.sum",
+            "gpubridge.work.any.kernels.sum"
+        ));
+        assert!(!filter_matches(
+            "gpubridge.work.any.kernels",
+            "gpubridge.work.any.kernels.sum"
+        ));
+        assert!(!filter_matches(
+            "gpubridge.work.any.kernels.sum.x",
+            "gpubridge.work.any.kernels.sum"
+        ));
+        assert!(!filter_matches(
+            "gpubridge.work.any.kernels.sum.>",
+            "gpubridge.work.any.kernels.sum"
+        ));
+        assert!(valid_kernel_id("kernels/vector/add"));
+        assert!(valid_kernel_id("my_kernel-2"));
+        for bad in ["", "a//b", "/a", "a/", "a.b", "a*", "a>", "a b"] {
+            assert!(!valid_kernel_id(bad), "{bad:?}");
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! `gpubridge worker`: serve batch requests from a NATS JetStream work queue.
+//! `gpubridge worker`: serve batch requests from a NATS JetStream work queue, for the kernels and
+//! capabilities this machine has.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -26,13 +27,24 @@ pub struct WorkerArgs {
     /// Deliveries of one request at most (applies when the consumer is created).
     #[arg(long, default_value_t = 5)]
     max_deliver: i64,
+    /// Serve only these kernels (comma-separated ids, e.g. `kernels/sum`); default: every kernel
+    /// the worker has (`kernels/sum`, `kernels/vector/add`).
+    #[arg(long, value_delimiter = ',')]
+    kernels: Option<Vec<String>>,
+    /// Which backend; `auto` follows the fallback chain. The worker serves the capabilities its
+    /// backends satisfy: cuda (cuda, gpu, any), wgpu (wgpu, gpu, any), cpu (cpu, any).
+    #[arg(long, default_value = "auto")]
+    backend: crate::BackendChoice,
     /// Milliseconds to pause before each batch (tests and demonstrations of redelivery).
     #[arg(long, default_value_t = 0, hide = true)]
     hold_ms: u64,
 }
 
 /// Runs the worker until Ctrl-C or SIGTERM, then lets the batches in flight finish.
-pub fn run(args: WorkerArgs, config: BridgeConfig) -> anyhow::Result<ExitCode> {
+pub fn run(args: WorkerArgs, mut config: BridgeConfig) -> anyhow::Result<ExitCode> {
+    if let Some(kind) = args.backend.kind() {
+        config.fallback.chain = vec![kind];
+    }
     let bridge = gpubridge::bridge(config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -48,12 +60,15 @@ pub fn run(args: WorkerArgs, config: BridgeConfig) -> anyhow::Result<ExitCode> {
     if let Some(name) = args.name {
         wc.name = name;
     }
+    wc.kernels = args.kernels;
     let worker = Worker::new(bridge, wc);
-    let a = worker.announcement();
+    let a = worker.announcement()?;
+    let capabilities: Vec<String> = a.capabilities.iter().map(|c| c.to_string()).collect();
     eprintln!(
-        "worker {} serving {} on {} (max {} in flight), NATS {}",
+        "worker {} serving {} for {} on {} (max {} in flight), NATS {}",
         a.name,
         a.kernels.join(", "),
+        capabilities.join(", "),
         a.backends.join(", "),
         a.max_in_flight,
         args.nats

@@ -60,7 +60,8 @@ enum Command {
     #[cfg(feature = "prometheus")]
     Serve(serve::ServeArgs),
     /// Serve batch requests (`kernels/sum`, `kernels/vector/add`) from a NATS JetStream work
-    /// queue on this machine's bridge until Ctrl-C or SIGTERM (gpubridge-cluster).
+    /// queue on this machine's bridge until Ctrl-C or SIGTERM (gpubridge-cluster): one consumer
+    /// per kernel and capability it serves.
     #[cfg(feature = "cluster")]
     Worker(cluster::WorkerArgs),
     /// Write a synthetic journal-entry graph with planted component patterns: `OUT/nodes.parquet`,
@@ -111,14 +112,21 @@ enum BackendChoice {
 }
 
 impl BackendChoice {
+    /// The one backend chosen; `None` for `auto`.
+    fn kind(self) -> Option<BackendKind> {
+        match self {
+            BackendChoice::Auto => None,
+            BackendChoice::Cuda => Some(BackendKind::Cuda),
+            BackendChoice::Wgpu => Some(BackendKind::Wgpu),
+            BackendChoice::Cpu => Some(BackendKind::Cpu),
+        }
+    }
+
     fn hints(self) -> ExecutionHints {
-        let kind = match self {
-            BackendChoice::Auto => return ExecutionHints::default(),
-            BackendChoice::Cuda => BackendKind::Cuda,
-            BackendChoice::Wgpu => BackendKind::Wgpu,
-            BackendChoice::Cpu => BackendKind::Cpu,
-        };
-        ExecutionHints::default().on_backend(kind)
+        match self.kind() {
+            Some(kind) => ExecutionHints::default().on_backend(kind),
+            None => ExecutionHints::default(),
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! The cluster end to end: a real `nats-server` with JetStream on loopback, `gpubridge worker`
-//! processes on the CPU backend, and a `ClusterClient` in the test.
+//! processes on the CPU backend (and one on wgpu), and a `ClusterClient` in the test.
 //!
 //! Skipped when `nats-server` is not on the PATH, unless `GPUBRIDGE_REQUIRE_NATS=1` (CI), which
-//! turns the skip into a failure.
+//! turns the skip into a failure. The wgpu worker's test also skips without a wgpu adapter,
+//! unless `GPUBRIDGE_REQUIRE_WGPU=1` (CI, on llvmpipe).
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use gpubridge::kernels::{Sum, VectorAdd, VectorPair};
-use gpubridge_cluster::{ClusterClient, ClusterSettings};
+use gpubridge_cluster::{Capability, ClusterClient, ClusterError, ClusterSettings};
 
 /// A child process killed (SIGKILL) and reaped when dropped.
 struct Proc(Child);
@@ -82,6 +83,12 @@ fn nats_server() -> Option<Nats> {
 
 /// A `gpubridge worker` on the CPU backend with a 2 s ack_wait.
 fn worker(url: &str, name: &str, hold_ms: u64) -> Proc {
+    worker_with(url, name, hold_ms, &[])
+}
+
+/// A `gpubridge worker` on the CPU backend (unless `extra` names another) with a 2 s ack_wait,
+/// and `extra` arguments (`--kernels`, `--backend`).
+fn worker_with(url: &str, name: &str, hold_ms: u64, extra: &[&str]) -> Proc {
     let child = Command::new(env!("CARGO_BIN_EXE_gpubridge"))
         .args([
             "worker",
@@ -94,12 +101,29 @@ fn worker(url: &str, name: &str, hold_ms: u64) -> Proc {
         ])
         .args(["--ack-wait-ms", "2000", "--max-deliver", "10"])
         .args(["--hold-ms", &hold_ms.to_string()])
+        .args(extra)
         .env("GPUBRIDGE__FALLBACK__CHAIN", "cpu")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("starting gpubridge worker");
     Proc(child)
+}
+
+/// Waits until the workers named `names` have announced themselves; returns every announcement.
+async fn announced(client: &ClusterClient, names: &[&str]) -> Vec<gpubridge_cluster::Announcement> {
+    let started = Instant::now();
+    loop {
+        let workers = client.workers().await.expect("workers");
+        if names.iter().all(|n| workers.iter().any(|w| w.name == *n)) {
+            return workers;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "workers {names:?} did not announce themselves: {workers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The stats once every request is acknowledged (a worker stores the answer, then
@@ -222,9 +246,14 @@ async fn one_worker_answers_every_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_loses_no_request() {
     let Some(nats) = nats_server() else { return };
-    // Each batch holds its slot 40 ms, so every worker always has requests in flight.
+    // Each batch holds its slot 40 ms, so every worker always has requests in flight; the
+    // victim's hold theirs 1.5 s (under the 2 s ack_wait), so that it surely holds the four it
+    // took first when it is killed.
     let mut workers: Vec<Option<Proc>> = (0..3)
-        .map(|i| Some(worker(&nats.url, &format!("w{i}"), 40)))
+        .map(|i| {
+            let hold = if i == 0 { 1500 } else { 40 };
+            Some(worker(&nats.url, &format!("w{i}"), hold))
+        })
         .collect();
     let client = client(&nats.url).await;
     // Wait until the three have announced themselves.
@@ -244,7 +273,10 @@ async fn a_killed_worker_loses_no_request() {
         let answered = Arc::clone(&answered);
         let victim = workers[0].take();
         tokio::spawn(async move {
-            while answered.load(Ordering::Relaxed) < REQUESTS / 4 {
+            let waiting = Instant::now();
+            while answered.load(Ordering::Relaxed) < REQUESTS / 4
+                && waiting.elapsed() < Duration::from_secs(60)
+            {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             drop(victim); // SIGKILL, mid-load
@@ -455,4 +487,383 @@ async fn progress_keeps_a_long_batch_with_its_worker() {
     let stats = settled(&client).await;
     assert_eq!(stats.deliveries, 1, "{stats:?}");
     assert_eq!(stats.answers_written, 1, "{stats:?}");
+}
+
+fn assert_adds(r: usize, got: &[Vec<f32>], pairs: &[VectorPair]) {
+    assert_eq!(got.len(), pairs.len(), "request {r}: one output per item");
+    for (i, (g, p)) in got.iter().zip(pairs).enumerate() {
+        let want: Vec<f32> = p.a.iter().zip(&p.b).map(|(a, b)| a + b).collect();
+        assert_eq!(g, &want, "request {r} item {i}");
+    }
+}
+
+fn add_batch(r: usize, items: usize) -> Vec<VectorPair> {
+    sum_batch(r, 2 * items)
+        .chunks(2)
+        .map(|c| {
+            let n = c[0].len().min(c[1].len());
+            VectorPair {
+                a: c[0][..n].to_vec(),
+                b: c[1][..n].to_vec(),
+            }
+        })
+        .collect()
+}
+
+/// Two workers with different kernels (`--kernels`): each pulls only its own kernel's requests.
+/// A vector add sent while only the sums' worker runs is not taken by it: it waits in the stream
+/// (the client's timeout says so, by variant) and is answered once a worker serving vector add
+/// starts; then a mixed load is answered in full, each request by a worker with its kernel (a
+/// worker handed another kernel's request answers with an error, which would fail the test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_pull_only_the_kernels_they_serve() {
+    let Some(nats) = nats_server() else { return };
+    let _sums = worker_with(&nats.url, "sums", 0, &["--kernels", "kernels/sum"]);
+    let client = client(&nats.url).await;
+    let workers = announced(&client, &["sums"]).await;
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    let a = &workers[0];
+    assert_eq!(a.kernels, ["kernels/sum"], "{a:?}");
+    assert_eq!(a.capabilities, [Capability::Any, Capability::Cpu], "{a:?}");
+    assert_eq!(a.backend, "cpu", "{a:?}");
+    assert_eq!(
+        a.subjects,
+        [
+            "gpubridge.work.any.kernels.sum",
+            "gpubridge.work.cpu.kernels.sum"
+        ],
+        "{a:?}"
+    );
+
+    // A vector add: no running worker serves it.
+    let waiting = add_batch(0, 4);
+    let id = client.new_request_id();
+    let short = ClusterClient::connect(&nats.url, ClusterSettings::default())
+        .await
+        .expect("second client")
+        .with_timeout(Duration::from_secs(2));
+    match short
+        .request::<VectorAdd>(&waiting)
+        .id(id.as_str())
+        .send()
+        .await
+    {
+        Err(ClusterError::Timeout {
+            id: got,
+            kernel,
+            capability,
+            ..
+        }) => {
+            assert_eq!(got, id);
+            assert_eq!(kernel, "kernels/vector/add");
+            assert_eq!(capability, Capability::Any);
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    // Sums are answered meanwhile; the vector add still waits, undelivered.
+    let got = client.submit::<Sum>(&[vec![1.0, 2.0]]).await.expect("sum");
+    assert_eq!(got, vec![3.0]);
+    let stats = settled_but(&client, 1).await;
+    assert_eq!((stats.queued, stats.pending), (1, 1), "{stats:?}");
+    let queues = client.queues().await.expect("queues");
+    assert!(
+        queues.iter().all(|q| q.kernel == "kernels/sum"),
+        "only the sums' consumers exist: {queues:?}"
+    );
+
+    // A worker serving vector add starts: the waiting request is answered (the same id again
+    // awaits the one answer).
+    let _adds = worker_with(&nats.url, "adds", 0, &["--kernels", "kernels/vector/add"]);
+    let got = client
+        .submit_with_id::<VectorAdd>(&id, &waiting)
+        .await
+        .expect("the waiting vector add");
+    assert_adds(0, &got, &waiting);
+    let workers = announced(&client, &["sums", "adds"]).await;
+    let adds = workers.iter().find(|w| w.name == "adds").expect("adds");
+    assert_eq!(adds.kernels, ["kernels/vector/add"], "{adds:?}");
+
+    // A mixed load, half of it requiring the CPU backend.
+    let sums: Vec<Vec<Vec<f32>>> = (0..60).map(|r| sum_batch(r, 8)).collect();
+    let pairs: Vec<Vec<VectorPair>> = (0..60).map(|r| add_batch(r, 3)).collect();
+    let cap = |r: usize| {
+        if r.is_multiple_of(2) {
+            Capability::Any
+        } else {
+            Capability::Cpu
+        }
+    };
+    let (sum_answers, add_answers) = futures::join!(
+        join_all(
+            sums.iter()
+                .enumerate()
+                .map(|(r, b)| client.request::<Sum>(b).requires(cap(r)).send())
+        ),
+        join_all(
+            pairs
+                .iter()
+                .enumerate()
+                .map(|(r, b)| client.request::<VectorAdd>(b).requires(cap(r)).send())
+        ),
+    );
+    for (r, (answer, batch)) in sum_answers.into_iter().zip(&sums).enumerate() {
+        assert_sums(r, &answer.unwrap_or_else(|e| panic!("sum {r}: {e}")), batch);
+    }
+    for (r, (answer, batch)) in add_answers.into_iter().zip(&pairs).enumerate() {
+        assert_adds(r, &answer.unwrap_or_else(|e| panic!("add {r}: {e}")), batch);
+    }
+    let stats = settled(&client).await;
+    assert_eq!(stats.queued, 0, "{stats:?}");
+    // 1 + 60 sums, 1 + 60 adds, each delivered once to a consumer of its own kernel.
+    assert_eq!(stats.answers_written, 122, "{stats:?}");
+    let queues = client.queues().await.expect("queues");
+    let deliveries = |cap: Capability, kernel: &str| {
+        queues
+            .iter()
+            .find(|q| q.capability == cap && q.kernel == kernel)
+            .unwrap_or_else(|| panic!("no consumer for {cap} {kernel}: {queues:?}"))
+            .deliveries
+    };
+    assert_eq!(deliveries(Capability::Any, "kernels/sum"), 31, "{queues:?}");
+    assert_eq!(deliveries(Capability::Cpu, "kernels/sum"), 30, "{queues:?}");
+    assert_eq!(
+        deliveries(Capability::Any, "kernels/vector/add"),
+        31,
+        "{queues:?}"
+    );
+    assert_eq!(
+        deliveries(Capability::Cpu, "kernels/vector/add"),
+        30,
+        "{queues:?}"
+    );
+    assert_eq!(queues.len(), 4, "{queues:?}");
+}
+
+/// The stats once all but `left` requests are acknowledged.
+async fn settled_but(client: &ClusterClient, left: u64) -> gpubridge_cluster::ClusterStats {
+    let started = Instant::now();
+    loop {
+        let stats = client.stats().await.expect("stats");
+        if stats.queued <= left || started.elapsed() > Duration::from_secs(10) {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether `gpubridge devices` finds a usable wgpu adapter; fails the test when none is found
+/// and `GPUBRIDGE_REQUIRE_WGPU=1`.
+fn wgpu_usable() -> bool {
+    let o = Command::new(env!("CARGO_BIN_EXE_gpubridge"))
+        .args(["devices", "--json"])
+        .stderr(Stdio::null())
+        .output()
+        .expect("running gpubridge devices");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    let wgpu = v
+        .as_array()
+        .and_then(|a| a.iter().find(|b| b["backend"] == "wgpu"))
+        .cloned()
+        .unwrap_or_default();
+    if wgpu["usable"] == true {
+        return true;
+    }
+    assert!(
+        std::env::var("GPUBRIDGE_REQUIRE_WGPU").as_deref() != Ok("1"),
+        "wgpu is required here (GPUBRIDGE_REQUIRE_WGPU=1) but not usable: {}",
+        wgpu["reason"]
+    );
+    eprintln!("skipped: wgpu not usable: {}", wgpu["reason"]);
+    false
+}
+
+/// Requests requiring wgpu (and any GPU) are not taken by a `--backend cpu` worker: they wait
+/// (the client's timeout reports it, by variant) and are answered, on wgpu, as soon as a
+/// `--backend wgpu` worker starts; the CPU worker keeps answering what it serves meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waits_for_a_worker_with_its_capability() {
+    let Some(nats) = nats_server() else { return };
+    if !wgpu_usable() {
+        return;
+    }
+    let _cpu = worker_with(&nats.url, "cpu-only", 0, &["--backend", "cpu"]);
+    let client = client(&nats.url).await;
+    let workers = announced(&client, &["cpu-only"]).await;
+    assert_eq!(
+        workers[0].capabilities,
+        [Capability::Any, Capability::Cpu],
+        "{workers:?}"
+    );
+
+    // Requiring wgpu: nobody serves it yet.
+    let batch = sum_batch(1, 16);
+    let id = client.new_request_id();
+    let short = ClusterClient::connect(&nats.url, ClusterSettings::default())
+        .await
+        .expect("second client")
+        .with_timeout(Duration::from_secs(2));
+    match short
+        .request::<Sum>(&batch)
+        .requires(Capability::Wgpu)
+        .id(id.as_str())
+        .send()
+        .await
+    {
+        Err(ClusterError::Timeout {
+            kernel, capability, ..
+        }) => {
+            assert_eq!(kernel, "kernels/sum");
+            assert_eq!(capability, Capability::Wgpu);
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    // Requiring any GPU, awaited while the CPU worker answers CPU and `any` requests.
+    let gpu_batch = sum_batch(2, 16);
+    let gpu = client
+        .request::<Sum>(&gpu_batch)
+        .requires(Capability::Gpu)
+        .send();
+    tokio::pin!(gpu);
+    let cpu_batch = sum_batch(3, 16);
+    tokio::select! {
+        r = &mut gpu => panic!("answered with no GPU worker running: {r:?}"),
+        r = async {
+            let cpu = client.request::<Sum>(&cpu_batch).requires(Capability::Cpu).send().await;
+            let any = client.submit::<Sum>(&cpu_batch).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            (cpu, any)
+        } => {
+            let (cpu, any) = r;
+            assert_sums(3, &cpu.expect("cpu"), &cpu_batch);
+            assert_sums(3, &any.expect("any"), &cpu_batch);
+        }
+    }
+    let stats = settled_but(&client, 2).await;
+    assert_eq!((stats.queued, stats.pending), (2, 2), "{stats:?}");
+    let queues = client.queues().await.expect("queues");
+    assert!(
+        queues
+            .iter()
+            .all(|q| matches!(q.capability, Capability::Any | Capability::Cpu)),
+        "the CPU worker binds no GPU consumer: {queues:?}"
+    );
+
+    // A wgpu worker starts: both are answered, on wgpu.
+    let _wgpu = worker_with(&nats.url, "wgpu", 0, &["--backend", "wgpu"]);
+    let got = client
+        .request::<Sum>(&batch)
+        .requires(Capability::Wgpu)
+        .id(id.as_str())
+        .send()
+        .await
+        .expect("the waiting wgpu request");
+    assert_sums(1, &got, &batch);
+    assert_sums(2, &gpu.await.expect("the waiting gpu request"), &gpu_batch);
+    let workers = announced(&client, &["cpu-only", "wgpu"]).await;
+    let w = workers.iter().find(|w| w.name == "wgpu").expect("wgpu");
+    assert_eq!(w.backend, "wgpu", "{w:?}");
+    assert_eq!(
+        w.capabilities,
+        [Capability::Any, Capability::Gpu, Capability::Wgpu],
+        "{w:?}"
+    );
+    let stats = settled(&client).await;
+    assert_eq!(stats.queued, 0, "{stats:?}");
+    assert_eq!(stats.answers_written, 4, "{stats:?}");
+    let queues = client.queues().await.expect("queues");
+    for cap in [Capability::Wgpu, Capability::Gpu] {
+        let q = queues
+            .iter()
+            .find(|q| q.capability == cap)
+            .unwrap_or_else(|| panic!("no {cap} consumer: {queues:?}"));
+        assert_eq!(q.deliveries, 1, "{q:?}");
+    }
+}
+
+/// A busy kernel does not starve another: with a backlog of sums holding every slot of the one
+/// worker, a vector add sent afterwards is answered long before the backlog is (the worker
+/// takes its consumers in turn).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_kernel_does_not_starve_another() {
+    let Some(nats) = nats_server() else { return };
+    // Each batch holds its slot 25 ms: 200 sums on 4 slots take over a second.
+    let _w = worker(&nats.url, "busy", 25);
+    let client = client(&nats.url).await;
+    announced(&client, &["busy"]).await;
+    const SUMS: usize = 200;
+    let batches: Vec<Vec<Vec<f32>>> = (0..SUMS).map(|r| sum_batch(r, 2)).collect();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let sums = join_all(batches.iter().map(|b| {
+        let answered = Arc::clone(&answered);
+        let client = &client;
+        async move {
+            let r = client.submit::<Sum>(b).await;
+            answered.fetch_add(1, Ordering::Relaxed);
+            r
+        }
+    }));
+    let add = async {
+        // Once the backlog is being served.
+        while answered.load(Ordering::Relaxed) < 8 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let pairs = add_batch(7, 2);
+        let got = client
+            .submit::<VectorAdd>(&pairs)
+            .await
+            .expect("vector add");
+        assert_adds(7, &got, &pairs);
+        answered.load(Ordering::Relaxed)
+    };
+    let (sums, sums_before_add) = futures::join!(sums, add);
+    for (r, (answer, batch)) in sums.into_iter().zip(&batches).enumerate() {
+        assert_sums(r, &answer.unwrap_or_else(|e| panic!("sum {r}: {e}")), batch);
+    }
+    eprintln!("the vector add was answered after {sums_before_add} of {SUMS} sums");
+    assert!(
+        sums_before_add < SUMS / 2,
+        "the vector add waited for {sums_before_add} of {SUMS} sums"
+    );
+}
+
+/// A consumer filtering the whole prefix (the single consumer of earlier releases) would take
+/// requests from under the workers' consumers: a worker refuses to start beside it, saying which
+/// to delete, and starts once it is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_refuses_an_overlapping_consumer() {
+    use async_nats::jetstream::consumer::pull;
+    let Some(nats) = nats_server() else { return };
+    let client = client(&nats.url).await; // creates the work stream
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.expect("connect"));
+    let stream = js.get_stream("GPUBRIDGE_WORK").await.expect("work stream");
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some("gpubridge-workers".to_owned()),
+            filter_subject: "gpubridge.work.>".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("the old consumer");
+    let out = Command::new(env!("CARGO_BIN_EXE_gpubridge"))
+        .args(["worker", "--nats", &nats.url, "--name", "refused"])
+        .env("GPUBRIDGE__FALLBACK__CHAIN", "cpu")
+        .output()
+        .expect("running gpubridge worker");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            r#"consumer "gpubridge-workers" on the work stream filters "gpubridge.work.>""#
+        ),
+        "{stderr}"
+    );
+    assert!(client.queues().await.expect("queues").is_empty());
+
+    stream
+        .delete_consumer("gpubridge-workers")
+        .await
+        .expect("deleting the old consumer");
+    let _w = worker(&nats.url, "after", 0);
+    let got = client.submit::<Sum>(&[vec![2.0, 3.0]]).await.expect("sum");
+    assert_eq!(got, vec![5.0]);
 }
