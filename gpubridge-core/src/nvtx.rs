@@ -20,7 +20,7 @@
 //! let _range = nvtx::range(Phase::Pack, 4096); // ends when dropped
 //! ```
 
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::{c_char, c_void, CString};
 use std::sync::OnceLock;
 
 extern "C" {
@@ -223,12 +223,6 @@ pub fn batch(kernel: &'static str, items: usize) -> Range {
     Range { id }
 }
 
-/// The phase whose range name is `name`, if any (for tools that read ranges back).
-pub fn phase_named(name: &CStr) -> Option<Phase> {
-    let name = name.to_str().ok()?;
-    Phase::ALL.into_iter().find(|p| p.name() == name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,10 +237,7 @@ mod tests {
             assert_eq!(p.category(), i as u32 + 1);
             assert_ne!(p.category(), BATCH_CATEGORY);
             assert_eq!(Phase::ALL[*p as usize], *p);
-            let c = CString::new(p.name()).unwrap();
-            assert_eq!(phase_named(&c), Some(*p));
         }
-        assert_eq!(phase_named(c"nope"), None);
     }
 
     #[test]

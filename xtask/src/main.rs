@@ -18,9 +18,12 @@
 //! - `cargo xtask device-pack`: the release CLI and test executables, stripped, in `device-pack/`,
 //!   with a Vulkan loader and an NVIDIA ICD manifest for wgpu, and `device-pack/run.sh` to run
 //!   them on the GPU machine.
+//! - `cargo xtask coverage [--pack | --device-profiles FILE.tgz]`: line coverage of the library
+//!   crates with cargo-llvm-cov, the CUDA paths from instrumented tests run on the GPU machine.
 
 mod bench;
 mod ci;
+mod coverage;
 mod device_pack;
 mod fuzz;
 mod licenses;
@@ -37,13 +40,14 @@ fn main() -> anyhow::Result<()> {
         Some("ci") => ci::run(),
         Some("bench") => bench::run(&args[1..]),
         Some("device-pack") => device_pack::run(),
+        Some("coverage") => coverage::run(&args[1..]),
         Some("load") => load::run(&args[1..]),
         Some("soak") => soak::run(&args[1..]),
         Some("licenses") => licenses::run(),
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("valgrind") => valgrind::run(),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [--quick] [--only P2,P4] | load [..] | soak [..] | licenses | fuzz [--time SECS] [TARGET ..] | valgrind | device-pack>");
+            eprintln!("usage: cargo xtask <ci | bench [--quick] [--only P2,P4] | load [..] | soak [..] | licenses | fuzz [--time SECS] [TARGET ..] | valgrind | device-pack | coverage [--pack | --device-profiles FILE.tgz]>");
             std::process::exit(2);
         }
     }

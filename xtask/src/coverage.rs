@@ -1,0 +1,319 @@
+//! `cargo xtask coverage`: line coverage of the library crates with `cargo llvm-cov`, the CUDA
+//! paths included from a run on the GPU machine.
+//!
+//! The build is cargo-llvm-cov's "external tests" mode (`cargo llvm-cov show-env`): the workspace's
+//! crates are instrumented (`-C instrument-coverage`, dependencies are not) into `target/cov/`,
+//! and every run of a test executable leaves a `.profraw` file there. So the same executables can
+//! run here and on the GPU machine, and `cargo llvm-cov report` merges both:
+//!
+//! 1. `cargo xtask coverage --pack`: builds the instrumented test executables and packs those that
+//!    reach a GPU (debug information dropped; the coverage maps stay) into `coverage-pack/`, with
+//!    `run.sh`, as one archive `coverage-pack-xz/pack.tar.xz` for the device tool.
+//! 2. On the GPU machine: `tar -xJf coverage-pack-xz/pack.tar.xz && bash coverage-pack/run.sh`
+//!    runs them with `GPUBRIDGE_REQUIRE_GPU=1` and leaves `$OUT/profraw.tgz`.
+//! 3. `cargo xtask coverage --device-profiles DIR/profraw.tgz`: runs the whole test suite here
+//!    (the same executables: nothing is rebuilt at the same commit), adds the device's profiles
+//!    and writes the report to `target/coverage-report/` (`summary.txt`, `coverage.json`).
+//!
+//! Without `--device-profiles` the report covers this machine's run only (no GPU paths). Steps 1
+//! and 3 must be at the same commit: profiles of other executables are reported as mismatched and
+//! left out.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use crate::project_root;
+
+/// What `cargo test` builds and runs, in both steps (the same arguments, so the same
+/// executables).
+const TEST_ARGS: &[&str] = &[
+    "test",
+    "--workspace",
+    "--exclude",
+    "xtask",
+    "--features",
+    "gpubridge/wgpu,gpubridge/gds",
+];
+
+/// Files that are not library code: the samples and CLI, the automation, the fuzz targets, and
+/// tests themselves.
+pub const IGNORE_FILENAME_REGEX: &str = r"(gpubridge-samples|xtask|fuzz)/|/tests/|/benches/";
+
+/// Test targets the GPU machine runs: those that reach CUDA, cuFile or NVML. The rest (parsing,
+/// WGSL validation, wgpu on llvmpipe, the CLI's and guides' checks, the cluster on loopback) run
+/// here.
+const DEVICE_TESTS: &[&str] = &[
+    "gpubridge_cuda",
+    "nvrtc_sources",
+    "conformance_cuda",
+    "cuda_runtime",
+    "nvtx",
+    "fallback_chain",
+    "faults_r2",
+    "bad_input_r3",
+    "telemetry_readiness",
+    "telemetry_scrape",
+    "gpubridge_telemetry",
+    "storage_cuda",
+    "storage_staged",
+    "gpubridge_storage",
+    "gpubridge",
+];
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let mut pack = false;
+    let mut device: Option<PathBuf> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--pack" => pack = true,
+            "--device-profiles" => {
+                device = Some(PathBuf::from(
+                    it.next().context("--device-profiles needs a .tgz")?,
+                ));
+            }
+            other => bail!("unknown argument {other}: --pack | --device-profiles FILE.tgz"),
+        }
+    }
+    let root = project_root();
+    let target = root.join("target/cov");
+    let env = llvm_cov_env(&root, &target)?;
+    if pack {
+        return build_pack(&root, &target, &env);
+    }
+    // Every test here, each executable's profile beside the device's.
+    let status = cargo(&root, &env)
+        .args(TEST_ARGS)
+        .arg("--no-fail-fast")
+        .status()
+        .context("running cargo test")?;
+    if !status.success() {
+        eprintln!("warning: some tests failed; their coverage is still counted");
+    }
+    if let Some(tgz) = device {
+        let dir = target.join("device-profiles");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let status = Command::new("tar")
+            .arg("-xzf")
+            .arg(&tgz)
+            .arg("-C")
+            .arg(&dir)
+            .status()
+            .context("running tar")?;
+        anyhow::ensure!(status.success(), "unpacking {} failed", tgz.display());
+        // cargo llvm-cov merges the `.profraw` files at the top of its target directory.
+        let mut n = 0;
+        for path in walk(&dir) {
+            if path.extension().is_some_and(|e| e == "profraw") {
+                let name = format!("device-{n}.profraw");
+                std::fs::rename(&path, target.join(name))?;
+                n += 1;
+            }
+        }
+        eprintln!("added {n} profiles from the GPU machine");
+        anyhow::ensure!(n > 0, "no .profraw in {}", tgz.display());
+    }
+    let out = root.join("target/coverage-report");
+    std::fs::create_dir_all(&out)?;
+    let report = |extra: &[&str]| -> anyhow::Result<std::process::Output> {
+        let output = Command::new(cargo_bin())
+            .args([
+                "llvm-cov",
+                "report",
+                "--ignore-filename-regex",
+                IGNORE_FILENAME_REGEX,
+            ])
+            .args(extra)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(&root)
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running cargo llvm-cov report")?;
+        anyhow::ensure!(output.status.success(), "cargo llvm-cov report failed");
+        Ok(output)
+    };
+    let summary = report(&["--summary-only"])?;
+    std::fs::write(out.join("summary.txt"), &summary.stdout)?;
+    let json = report(&["--json", "--summary-only"])?;
+    std::fs::write(out.join("coverage.json"), &json.stdout)?;
+    print!("{}", String::from_utf8_lossy(&summary.stdout));
+    let v: Value = serde_json::from_slice(&json.stdout).context("the JSON report")?;
+    let lines = &v["data"][0]["totals"]["lines"];
+    println!(
+        "library lines covered: {} / {} ({:.1}%); report in {}",
+        lines["covered"],
+        lines["count"],
+        lines["percent"].as_f64().unwrap_or(f64::NAN),
+        out.display()
+    );
+    Ok(())
+}
+
+/// cargo-llvm-cov's environment for building and running instrumented executables into
+/// `target`.
+fn llvm_cov_env(root: &Path, target: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let output = Command::new(cargo_bin())
+        .args(["llvm-cov", "show-env"])
+        .env("CARGO_TARGET_DIR", target)
+        .current_dir(root)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo llvm-cov show-env (cargo install cargo-llvm-cov)")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "cargo llvm-cov show-env failed: is cargo-llvm-cov installed?"
+    );
+    let mut env: Vec<(String, String)> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            Some((k.trim().to_owned(), v.trim().trim_matches('\'').to_owned()))
+        })
+        .collect();
+    env.push(("CARGO_TARGET_DIR".to_owned(), target.display().to_string()));
+    // Coverage maps do not need debug information; without it the pack is a fraction the size.
+    env.push(("CARGO_PROFILE_DEV_DEBUG".to_owned(), "0".to_owned()));
+    env.push(("CARGO_PROFILE_TEST_DEBUG".to_owned(), "0".to_owned()));
+    Ok(env)
+}
+
+fn cargo_bin() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+fn cargo(root: &Path, env: &[(String, String)]) -> Command {
+    let mut c = Command::new(cargo_bin());
+    c.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(root);
+    c
+}
+
+fn build_pack(root: &Path, target: &Path, env: &[(String, String)]) -> anyhow::Result<()> {
+    let status = cargo(root, env)
+        .args(["llvm-cov", "clean", "--workspace"])
+        .status()
+        .context("running cargo llvm-cov clean")?;
+    anyhow::ensure!(status.success(), "cargo llvm-cov clean failed");
+    let output = cargo(root, env)
+        .args(TEST_ARGS)
+        .args(["--no-run", "--message-format=json"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building the instrumented tests")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "building the instrumented tests failed"
+    );
+    let out = root.join("coverage-pack");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(out.join("tests"))?;
+    let mut packed = Vec::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if v["reason"] != "compiler-artifact" || v["profile"]["test"] != true {
+            continue;
+        }
+        let Some(exe) = v["executable"].as_str() else {
+            continue;
+        };
+        let name = v["target"]["name"].as_str().unwrap_or("");
+        // The facade's unit tests and the CLI crate's share the name `gpubridge`; only the
+        // library's are wanted.
+        let from_samples = v["package_id"]
+            .as_str()
+            .is_some_and(|p| p.contains("gpubridge-samples"));
+        if !DEVICE_TESTS.contains(&name) || from_samples {
+            continue;
+        }
+        let file = Path::new(exe)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("test")
+            .to_owned();
+        let dst = out.join("tests").join(&file);
+        std::fs::copy(exe, &dst).with_context(|| format!("copying {exe}"))?;
+        // Symbols and debug sections go; the coverage maps (`__llvm_covfun`, `__llvm_covmap`)
+        // and the profile counters' sections stay, so the profiles match the executables here.
+        let _ = Command::new("strip")
+            .arg("--strip-debug")
+            .arg(&dst)
+            .status();
+        packed.push(file);
+    }
+    anyhow::ensure!(!packed.is_empty(), "no test executables were packed");
+    std::fs::write(out.join("run.sh"), RUN_SH)?;
+    let xz = root.join("coverage-pack-xz");
+    let _ = std::fs::remove_dir_all(&xz);
+    std::fs::create_dir_all(&xz)?;
+    let archive = xz.join("pack.tar.xz");
+    let status = Command::new("tar")
+        .env("XZ_OPT", "-6 -T0")
+        .arg("-cJf")
+        .arg(&archive)
+        .arg("coverage-pack")
+        .current_dir(root)
+        .status()
+        .context("running tar")?;
+    anyhow::ensure!(status.success(), "packing coverage-pack failed");
+    println!(
+        "packed {} instrumented test executables ({}) into {} ({:.1} MiB)",
+        packed.len(),
+        packed.join(" "),
+        archive.display(),
+        std::fs::metadata(&archive)?.len() as f64 / 1048576.0
+    );
+    println!(
+        "build directory: {} (keep it for the report)",
+        target.display()
+    );
+    println!(
+        "on the device machine, with `coverage-pack-xz` carried: tar -xJf coverage-pack-xz/pack.tar.xz && bash coverage-pack/run.sh"
+    );
+    println!("then here: cargo xtask coverage --device-profiles <files_at>/profraw.tgz");
+    Ok(())
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Runs every packed executable on the GPU machine with its profile under `$OUT`.
+const RUN_SH: &str = r#"#!/usr/bin/env bash
+# Runs the instrumented test executables on the GPU machine; their coverage profiles end up in
+# $OUT/profraw.tgz for `cargo xtask coverage --device-profiles`.
+set -u
+cd "$(dirname "$0")"
+export GPUBRIDGE_REQUIRE_GPU=1 NODEVICE_SELECT=1
+export XDG_CACHE_HOME="${XDG_CACHE_HOME:-/tmp/gpubridge-cache}"
+OUT="${OUT:-/tmp/gpubridge-out}"
+PROF=/tmp/gpubridge-profraw LOGS=/tmp/gpubridge-cov-logs
+rm -rf "$PROF" "$LOGS"; mkdir -p "$PROF" "$LOGS" "$OUT"
+summary=""
+for t in tests/*; do
+  name=$(basename "$t")
+  if LLVM_PROFILE_FILE="$PROF/$name-%p-%m.profraw" timeout 300 "./$t" --test-threads=1 > "$LOGS/$name.log" 2>&1; then r=pass; else r=FAIL; fi
+  summary+=$(printf '%-44s %-5s %s' "$name" "$r" "$(grep -E '^test result' "$LOGS/$name.log" | tail -1)")$'\n'
+done
+tar -czf "$OUT/profraw.tgz" -C "$PROF" .
+tar -czf "$OUT/cov-logs.tgz" -C "$LOGS" .
+echo "== profiles: $(ls "$PROF" | wc -l) files, $(du -sh "$OUT/profraw.tgz" | cut -f1)"
+printf '%s' "$summary"
+"#;
