@@ -16,13 +16,47 @@ use futures::future::join_all;
 use gpubridge::kernels::{Sum, VectorAdd, VectorPair};
 use gpubridge_cluster::{Capability, ClusterClient, ClusterError, ClusterSettings};
 
-/// A child process killed (SIGKILL) and reaped when dropped.
-struct Proc(Child);
+/// A child process, stopped and reaped when dropped: SIGTERM first (a worker then stops cleanly,
+/// as under systemd or Kubernetes, and an instrumented build writes its coverage profile), SIGKILL
+/// if it is still running 10 s later. [`Proc::kill`] kills at once, as a crash would.
+struct Proc(Option<Child>);
+
+impl Proc {
+    fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// SIGKILL now, and reap.
+    fn kill(mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let Some(mut child) = self.0.take() else {
+            return;
+        };
+        if let Ok(None) = child.try_wait() {
+            if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+                // SAFETY: `pid` is this process's own child, not yet reaped (so not reused).
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                }
+            }
+            let asked = Instant::now();
+            while asked.elapsed() < Duration::from_secs(10) {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -65,7 +99,7 @@ fn nats_server() -> Option<Nats> {
         .stderr(Stdio::null())
         .spawn()
         .expect("starting nats-server");
-    let server = Proc(server);
+    let server = Proc::new(server);
     let started = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -107,7 +141,7 @@ fn worker_with(url: &str, name: &str, hold_ms: u64, extra: &[&str]) -> Proc {
         .stderr(Stdio::null())
         .spawn()
         .expect("starting gpubridge worker");
-    Proc(child)
+    Proc::new(child)
 }
 
 /// Waits until the workers named `names` have announced themselves; returns every announcement.
@@ -279,7 +313,9 @@ async fn a_killed_worker_loses_no_request() {
             {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            drop(victim); // SIGKILL, mid-load
+            if let Some(victim) = victim {
+                victim.kill(); // SIGKILL, mid-load
+            }
             answered.load(Ordering::Relaxed)
         })
     };
@@ -413,7 +449,7 @@ async fn cluster_bench() {
                     .stderr(Stdio::null())
                     .spawn()
                     .expect("starting gpubridge worker");
-                Proc(child)
+                Proc::new(child)
             })
             .collect();
         let client = client(&nats.url).await;

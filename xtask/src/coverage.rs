@@ -13,7 +13,8 @@
 //!    runs them with `GPUBRIDGE_REQUIRE_GPU=1` and leaves `$OUT/profraw.tgz`.
 //! 3. `cargo xtask coverage --device-profiles DIR/profraw.tgz`: runs the whole test suite here
 //!    (the same executables: nothing is rebuilt at the same commit), adds the device's profiles
-//!    and writes the report to `target/coverage-report/` (`summary.txt`, `coverage.json`).
+//!    and writes the report to `target/coverage-report/` (`summary.txt`, `coverage.json`, and
+//!    `files.md`: the tables of `docs/COVERAGE.md`).
 //!
 //! Without `--device-profiles` the report covers this machine's run only (no GPU paths). Steps 1
 //! and 3 must be at the same commit: profiles of other executables are reported as mismatched and
@@ -142,6 +143,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     std::fs::write(out.join("coverage.json"), &json.stdout)?;
     print!("{}", String::from_utf8_lossy(&summary.stdout));
     let v: Value = serde_json::from_slice(&json.stdout).context("the JSON report")?;
+    std::fs::write(out.join("files.md"), files_table(&v, &root))?;
     let lines = &v["data"][0]["totals"]["lines"];
     println!(
         "library lines covered: {} / {} ({:.1}%); report in {}",
@@ -151,6 +153,72 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// Files that run only with a CUDA device (or libcufile, NVML).
+const GPU_ONLY: &[&str] = &[
+    "gpubridge-cuda/",
+    "gpubridge-storage/src/cuda.rs",
+    "gpubridge-storage/src/gds.rs",
+    "gpubridge-telemetry/src/nvml.rs",
+];
+
+/// A Markdown table of the report's files, least covered first, by crate and in all, with the
+/// GPU-only files marked and summed apart (for `docs/COVERAGE.md`).
+fn files_table(v: &Value, root: &Path) -> String {
+    let prefix = format!("{}/", root.display());
+    let mut files: Vec<(String, u64, u64)> = v["data"][0]["files"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| {
+                    let name = f["filename"].as_str()?;
+                    let lines = &f["summary"]["lines"];
+                    Some((
+                        name.strip_prefix(&prefix).unwrap_or(name).to_owned(),
+                        lines["covered"].as_u64()?,
+                        lines["count"].as_u64()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort_by(|a, b| {
+        let pa = a.1 as f64 / a.2.max(1) as f64;
+        let pb = b.1 as f64 / b.2.max(1) as f64;
+        pa.total_cmp(&pb).then_with(|| a.0.cmp(&b.0))
+    });
+    let gpu_only = |f: &str| GPU_ONLY.iter().any(|g| f.starts_with(g));
+    let mut sums: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for (f, c, n) in &files {
+        let scopes = [
+            "all library code".to_owned(),
+            if gpu_only(f) {
+                "GPU-only files".to_owned()
+            } else {
+                "library code that runs without a GPU".to_owned()
+            },
+            format!("`{}`", f.split('/').next().unwrap_or(f)),
+        ];
+        for scope in scopes {
+            let e = sums.entry(scope).or_default();
+            e.0 += c;
+            e.1 += n;
+        }
+    }
+    let pct = |c: u64, n: u64| 100.0 * c as f64 / n.max(1) as f64;
+    let mut out = String::from("| scope | lines covered | coverage |\n|---|---|---|\n");
+    let mut scopes: Vec<_> = sums.into_iter().collect();
+    scopes.sort_by(|a, b| pct(b.1 .0, b.1 .1).total_cmp(&pct(a.1 .0, a.1 .1)));
+    for (scope, (c, n)) in scopes {
+        out += &format!("| {scope} | {c} / {n} | {:.1}% |\n", pct(c, n));
+    }
+    out += "\n| file | lines | coverage | |\n|---|---|---|---|\n";
+    for (f, c, n) in &files {
+        let note = if gpu_only(f) { "GPU only" } else { "" };
+        out += &format!("| `{f}` | {c} / {n} | {:.1}% | {note} |\n", pct(*c, *n));
+    }
+    out
 }
 
 /// cargo-llvm-cov's environment for building and running instrumented executables into
