@@ -763,8 +763,9 @@ impl Storage {
     }
 }
 
-/// Which open file cuFile would register.
+/// Which open file cuFile would register (read only when built with `gds`).
 #[cfg(feature = "cuda")]
+#[cfg_attr(not(feature = "gds"), allow(dead_code))]
 enum GdsFile<'a> {
     Source(&'a Source),
     Target(&'a Target),

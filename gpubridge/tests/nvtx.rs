@@ -211,6 +211,11 @@ fn named(ranges: &[Seen], phase: Phase) -> Vec<&Seen> {
         .collect()
 }
 
+/// The payloads of `phase`'s ranges, summed (bytes for copies, items for unpacking).
+fn payloads(ranges: &[Seen], phase: Phase) -> u64 {
+    named(ranges, phase).iter().map(|r| r.payload).sum()
+}
+
 fn random_vectors(rng: &mut impl Rng, n: usize, len: usize) -> Vec<Vec<f32>> {
     (0..n)
         .map(|_| (0..len).map(|_| rng.random_range(-1.0..1.0)).collect())
@@ -265,7 +270,7 @@ fn cpu_batch(rng: &mut impl Rng) {
     assert!(chunks >= 2, "200 items in batches of 64: {chunks} chunks");
     let queued = named(&ranges, Phase::Queue);
     assert_eq!(queued.len(), chunks);
-    assert_eq!(queued.iter().map(|r| r.payload).sum::<u64>(), 200);
+    assert_eq!(payloads(&ranges, Phase::Queue), 200);
     assert_eq!(named(&ranges, Phase::Launch).len(), chunks);
     // The request's range holds its micro-batches' ranges.
     let (b0, b1) = (batches[0].start, batches[0].end.unwrap());
@@ -343,14 +348,8 @@ fn cuda_batches(rng: &mut impl Rng) {
     let bytes_out: u64 = result.chunks.iter().map(|c| c.bytes_out).sum();
     assert_eq!(bytes_in, 8 * 2 * len as u64 * 4);
     assert_eq!(bytes_out, 8 * len as u64 * 4);
-    let uploaded: u64 = named(&ranges, Phase::Upload)
-        .iter()
-        .map(|r| r.payload)
-        .sum();
-    let downloaded: u64 = named(&ranges, Phase::Download)
-        .iter()
-        .map(|r| r.payload)
-        .sum();
+    let uploaded = payloads(&ranges, Phase::Upload);
+    let downloaded = payloads(&ranges, Phase::Download);
     assert!(uploaded >= bytes_in, "{uploaded} uploaded < {bytes_in}");
     assert!(
         downloaded >= bytes_out,
@@ -363,13 +362,7 @@ fn cuda_batches(rng: &mut impl Rng) {
         );
         assert!(!c.compute.is_zero() && !c.unpack.is_zero(), "{c:?}");
     }
-    assert_eq!(
-        named(&ranges, Phase::Unpack)
-            .iter()
-            .map(|r| r.payload)
-            .sum::<u64>(),
-        8
-    );
+    assert_eq!(payloads(&ranges, Phase::Unpack), 8);
 
     // A small batch repeated (400 KB: past the zero-copy path's 64 KiB): captured on its second
     // run, replayed from the third.
