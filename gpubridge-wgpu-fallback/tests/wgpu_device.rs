@@ -738,6 +738,24 @@ fn the_executor_turns_panics_and_failures_into_errors_and_carries_on() {
         matches!(&e, Error::Unsupported { backend: BackendKind::Wgpu, what } if what.contains("no WGSL form")),
         "{e:?}"
     );
+    // A completion that panics after taking its outputs: the error comes too late for anyone to
+    // hear it (it is logged), and the executor carries on.
+    let (tx, rx) = std::sync::mpsc::channel();
+    b.submit(
+        0,
+        gpubridge_core::Work::Plan {
+            plan: packer_plan(|dst, _| dst.fill(0)),
+            sources,
+            complete: Box::new(move |r| {
+                let _ = tx.send(r.is_ok());
+                panic!("the caller's completion failed");
+            }),
+        },
+    )
+    .unwrap();
+    assert!(rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the completion ran"));
     // The executor is still there and the device is fine: a good plan completes.
     submit_and_wait(&b, packer_plan(|dst, _| dst.fill(0)), sources).unwrap();
     assert_eq!(b.health(0), Health::Healthy);
