@@ -5,6 +5,7 @@
 //! and failure rules are checked too.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 
 use gpubridge_core::conformance::{self, backend_required, gpu_required, wgpu_required, Check};
 use gpubridge_core::kernels::{
@@ -386,4 +387,61 @@ fn a_missing_backend_skips_unless_required_and_a_failed_check_panics_with_its_se
         "vector_add",
         conformance::vector_add,
     );
+}
+
+/// The backend of the bridge [`leaves_work_on_the_device`] runs on.
+static HOLDING: std::sync::OnceLock<Arc<FaultInjectingBackend>> = std::sync::OnceLock::new();
+/// The request that check leaves unfinished, kept alive until the test lets it go.
+static PARKED: std::sync::Mutex<Vec<Box<dyn std::any::Any + Send>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// A "check" that passes but leaves a request waiting on a device that holds its micro-batch.
+fn leaves_work_on_the_device(bridge: &GpuBridge, _: BackendKind, _: u64) -> Check {
+    let backend = HOLDING.get().expect("set by the test");
+    backend.hold();
+    let grain = bridge.batch::<VectorAdd>().map_err(|e| e.to_string())?;
+    let pair = VectorPair {
+        a: vec![1.0; 8],
+        b: vec![2.0; 8],
+    };
+    let mut batch = Box::pin(async move { grain.execute(vec![pair], Default::default()).await });
+    let started = std::time::Instant::now();
+    while backend.held() == 0 {
+        let polled = futures::executor::block_on(async { futures::poll!(batch.as_mut()) });
+        assert!(polled.is_pending());
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    PARKED.lock().unwrap().push(Box::new(batch));
+    Ok(())
+}
+
+#[test]
+fn a_check_that_leaves_the_bridge_holding_work_fails_the_suite() {
+    let backend = HOLDING
+        .get_or_init(|| FaultInjectingBackend::new(BackendKind::Cpu, 1).unwrap())
+        .clone();
+    let mut b = GpuBridge::builder(BridgeConfig::default());
+    b.register(VectorAdd).unwrap();
+    b.add_backend(backend.clone());
+    let bridge = b.build().unwrap();
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        conformance::run(
+            BackendKind::Cpu,
+            Some(bridge.clone()),
+            "leaky",
+            leaves_work_on_the_device,
+        );
+    }));
+    let msg = panic_text(&*r.expect_err("a leak fails the suite"));
+    assert!(
+        msg.starts_with("leaky on cpu: the bridge is not back to zero afterwards:"),
+        "{msg}"
+    );
+    assert!(msg.contains("1 batches pending"), "{msg}");
+    assert!(msg.contains("cpu:0: 1 micro-batches in flight"), "{msg}");
+    // Once the device lets the work go and the request is dropped, the bridge is back to zero.
+    assert_eq!(backend.release(), 1);
+    PARKED.lock().unwrap().clear();
+    gpubridge_core::testing::assert_quiescent(&bridge);
 }
