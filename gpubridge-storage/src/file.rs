@@ -437,4 +437,63 @@ mod tests {
         assert!(buf[..5000].iter().all(|b| *b == 7));
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn a_file_system_without_o_direct_is_read_through_the_page_cache_with_the_reason() {
+        // procfs takes no O_DIRECT: the open is refused and the file is read buffered.
+        let p = Path::new("/proc/self/status");
+        let src = Source::open(p, true).unwrap();
+        assert!(src.direct.is_none());
+        let why = src.buffered_reason().expect("a reason");
+        assert!(
+            why.starts_with("the file system refused O_DIRECT ("),
+            "{why}"
+        );
+        let mut buf = [0u8; 5];
+        src.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"Name:");
+    }
+
+    #[test]
+    fn an_operating_system_read_error_is_an_io_error_naming_the_range() {
+        // Reading this process's memory at address 0 (never mapped) fails with EIO.
+        let p = Path::new("/proc/self/mem");
+        let src = Source::open(p, false).unwrap();
+        assert_eq!(
+            src.buffered_reason().as_deref(),
+            Some("storage.direct_io = false")
+        );
+        let mut buf = [0u8; 16];
+        let e = src.read_exact_at(&mut buf, 0).unwrap_err();
+        match &e {
+            Error::Io {
+                path,
+                kind: IoErrorKind::Other,
+                message,
+            } => {
+                assert_eq!(path, p);
+                assert!(message.starts_with("reading 16 bytes at 0: "), "{message}");
+            }
+            other => panic!("expected an Io error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_abandoned_target_whose_temporary_file_is_already_gone_drops_quietly() {
+        let dir = std::env::temp_dir().join(format!("gpubridge-abandon-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("f");
+        let t = Target::create(&p, false).unwrap();
+        assert_eq!(t.path(), p);
+        assert_eq!(
+            t.buffered_reason().as_deref(),
+            Some("storage.direct_io = false")
+        );
+        t.write_all_at(b"partial", 0).unwrap();
+        std::fs::remove_file(&t.temp).unwrap();
+        drop(t);
+        assert!(!p.exists(), "an uncommitted target never becomes the file");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

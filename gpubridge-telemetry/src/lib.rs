@@ -92,3 +92,19 @@ pub fn intern_label(value: &str) -> &'static str {
     set.insert(leaked);
     leaked
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{device_label, intern_label};
+
+    #[test]
+    fn device_labels_are_backend_colon_index_and_interned_once() {
+        assert_eq!(device_label("cuda", 0), "cuda:0");
+        assert_eq!(device_label("wgpu", 12), "wgpu:12");
+        let a = intern_label(&device_label("cpu", 3));
+        let b = intern_label("cpu:3");
+        assert_eq!(a, "cpu:3");
+        assert!(std::ptr::eq(a, b), "one allocation per distinct value");
+        assert!(!std::ptr::eq(a, intern_label("cpu:4")));
+    }
+}

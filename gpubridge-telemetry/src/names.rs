@@ -318,7 +318,7 @@ pub fn describe_all() {
 
 #[cfg(test)]
 mod tests {
-    use super::{Kind, ALL, DESCRIPTORS, DESIGN};
+    use super::{counter, descriptor, gauge, histogram, Kind, ALL, DESCRIPTORS, DESIGN};
 
     #[test]
     fn names_are_unique_prefixed_and_snake_case() {
@@ -376,5 +376,35 @@ mod tests {
     fn seconds_buckets_span_microseconds_to_seconds() {
         let b = super::SECONDS_BUCKETS;
         assert!(b[0] <= 1e-6 && *b.last().unwrap_or(&0.0) >= 10.0);
+    }
+
+    #[test]
+    fn every_name_finds_its_descriptor_and_others_find_none() {
+        for name in ALL {
+            let d = descriptor(name).unwrap_or_else(|| panic!("{name} has no descriptor"));
+            assert_eq!(d.name, *name);
+            // The table entry is what its kind's constructor makes at run time too.
+            let rebuilt = match d.kind {
+                Kind::Counter => counter(d.name, d.unit, d.help),
+                Kind::Gauge => gauge(d.name, d.unit, d.help),
+                Kind::Histogram => histogram(d.name, d.unit, d.help, d.buckets.unwrap()),
+            };
+            assert_eq!(&rebuilt, d);
+            assert!(!d.help.is_empty(), "{name} has no help text");
+        }
+        assert_eq!(descriptor("gpubridge_no_such_metric"), None);
+        assert_eq!(descriptor(""), None);
+        assert_eq!(
+            descriptor("gpubridge_batch_size").map(|d| (d.kind, d.buckets)),
+            Some((Kind::Histogram, Some(super::BATCH_SIZE_BUCKETS)))
+        );
+        assert_eq!(
+            descriptor("gpubridge_pool_bytes").map(|d| d.kind.prometheus_type()),
+            Some("gauge")
+        );
+        assert_eq!(
+            descriptor("gpubridge_fallbacks_total").map(|d| d.kind.prometheus_type()),
+            Some("counter")
+        );
     }
 }

@@ -87,3 +87,40 @@ fn backend_runs_cpu_jobs_and_refuses_plans() {
         Err(Error::DeviceLost { .. })
     ));
 }
+
+#[test]
+fn optional_capabilities_are_typed_unsupported_on_the_host() {
+    let b = CpuBackend::new(&BridgeConfig::default()).unwrap();
+    let d = b.device();
+    assert_eq!(d.info(), &b.devices()[0]);
+    assert_eq!(d.info().id.backend, BackendKind::Cpu);
+    // The host's free memory is not sampled for placement, and every kernel can run here.
+    assert_eq!(b.free_memory(0), None);
+    assert!(b.can_run(&Default::default()));
+    assert_eq!(b.plan_target(0), None);
+    assert_eq!(b.memory_budget(0), None);
+    assert_eq!(b.health(0), Health::Healthy);
+
+    let pinned = d.alloc_pinned(4096).unwrap_err();
+    let mut buf = d.alloc(8).unwrap();
+    let direct = d
+        .read_file_direct(std::path::Path::new("/proc/self/stat"), 0, 8, &mut buf)
+        .unwrap_err();
+    for (e, what) in [
+        (pinned, "pinned host memory"),
+        (direct, "direct storage reads"),
+    ] {
+        match e {
+            Error::Unsupported { backend, what: w } => {
+                assert_eq!(backend, BackendKind::Cpu);
+                assert_eq!(w, what);
+            }
+            other => panic!("expected Unsupported({what}), got {other:?}"),
+        }
+    }
+    // The refused direct read left the buffer as it was.
+    let mut out = [0xffu8; 8];
+    d.read(&buf, 0, &mut out).unwrap();
+    assert_eq!(out, [0; 8]);
+    d.synchronize().unwrap();
+}

@@ -167,6 +167,12 @@ fn modules_compile_once_and_bad_wgsl_is_unsupported_and_remembered() {
     let a = vector_add_module(&d);
     let b = vector_add_module(&d);
     assert!(a.same_as(&b), "a module is compiled once per source");
+    assert_eq!(a.kernel(), VectorAdd::ID);
+    let shown = format!("{a:?}");
+    assert!(
+        shown.starts_with("WgpuModule") && shown.contains(VectorAdd::ID),
+        "{shown}"
+    );
     assert!(matches!(
         d.load_module("cpu/only", &KernelSources::default()),
         Err(Error::Unsupported { .. })
@@ -524,4 +530,358 @@ fn a_panicking_packer_leaves_the_device_and_its_pool_usable() {
     let after = d.pool_stats();
     assert_eq!(after.misses, before.misses, "{before:?} -> {after:?}");
     assert_eq!(d.health(), Health::Healthy);
+}
+
+#[test]
+fn the_instance_names_its_adapters_and_opens_as_core_opens_it() {
+    let config = BridgeConfig::default();
+    let instance = match WgpuInstance::open(&config) {
+        Ok(i) => i,
+        Err(e) => {
+            assert!(!wgpu_required(), "wgpu is required here: {e}");
+            return;
+        }
+    };
+    let infos = instance.adapter_infos();
+    assert!(!infos.is_empty());
+    let shown = format!("{instance:?}");
+    for a in &infos {
+        assert!(shown.contains(&a.name), "{shown} lacks {}", a.name);
+    }
+    // The raw instance is the live one: it finds an adapter too.
+    let adapters = futures::executor::block_on(
+        instance
+            .raw()
+            .enumerate_adapters(wgpu::Backends::VULKAN | wgpu::Backends::GL),
+    );
+    assert!(!adapters.is_empty());
+    let devices = instance.enumerate().unwrap();
+    assert_eq!(devices.len(), infos.len());
+    for (d, a) in devices.iter().zip(&infos) {
+        assert_eq!(d.adapter_info().name, a.name);
+        let shown = format!("{d:?}");
+        assert!(
+            shown.starts_with("WgpuDevice") && shown.contains(&a.name),
+            "{shown}"
+        );
+    }
+
+    // Through core's `Instance::open`, disabled wgpu is Unsupported with the reason.
+    let mut off = BridgeConfig::default();
+    off.wgpu.enabled = false;
+    match WgpuInstance::open(&off) {
+        Err(Error::Unsupported {
+            backend: BackendKind::Wgpu,
+            what,
+        }) => assert!(what.contains("wgpu.enabled = false"), "{what}"),
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+}
+
+#[test]
+fn empty_buffers_and_empty_copies_are_allowed() {
+    let Some(d) = device(&BridgeConfig::default()) else {
+        return;
+    };
+    let mut empty = d.alloc(0).unwrap();
+    assert!(empty.is_empty());
+    assert_eq!(empty.len(), 0);
+    d.write(&mut empty, 0, &[]).unwrap();
+    d.read(&empty, 0, &mut []).unwrap();
+    // Past the end is still refused, even for an empty buffer.
+    assert!(matches!(
+        d.write(&mut empty, 0, &[1]),
+        Err(Error::InvalidInput { .. })
+    ));
+
+    let mut buf = d.alloc(6).unwrap();
+    assert!(!buf.is_empty());
+    d.write(&mut buf, 0, &[1, 2, 3, 4, 5, 6]).unwrap();
+    // Empty copies at any offset within the buffer, the end included, leave it as it was.
+    for at in [0, 3, 6] {
+        d.write(&mut buf, at, &[]).unwrap();
+        d.read(&buf, at, &mut []).unwrap();
+    }
+    let mut out = [0u8; 6];
+    d.read(&buf, 0, &mut out).unwrap();
+    assert_eq!(out, [1, 2, 3, 4, 5, 6]);
+    assert!(matches!(
+        d.read(&buf, 7, &mut []),
+        Err(Error::InvalidInput { .. })
+    ));
+}
+
+#[test]
+fn graphs_pinned_memory_and_direct_reads_are_typed_unsupported() {
+    let Some(d) = device(&BridgeConfig::default()) else {
+        return;
+    };
+    let module = vector_add_module(&d);
+    let inputs: Arc<[VectorPair]> = Arc::from(random_pairs(1, 16));
+    let plan = VectorAdd.plan(&inputs, &d.plan_target()).unwrap();
+    let mut buf = d.alloc(16).unwrap();
+    let errors = [
+        ("graphs", d.capture_graph(&module, &plan).unwrap_err()),
+        ("pinned host memory", d.alloc_pinned(4096).unwrap_err()),
+        (
+            "direct storage reads",
+            d.read_file_direct(std::path::Path::new("/proc/self/stat"), 0, 16, &mut buf)
+                .unwrap_err(),
+        ),
+    ];
+    for (what, e) in errors {
+        match e {
+            Error::Unsupported { backend, what: w } => {
+                assert_eq!(backend, BackendKind::Wgpu);
+                assert_eq!(w, what);
+            }
+            other => panic!("expected Unsupported({what}), got {other:?}"),
+        }
+    }
+    // None of that touched the device: the plan still runs.
+    let mut out = None;
+    d.execute(&module, &plan, &mut |o| {
+        out = Some(VectorAdd.unpack(&inputs, &o))
+    })
+    .unwrap();
+    let want: Vec<f32> = inputs[0]
+        .a
+        .iter()
+        .zip(&inputs[0].b)
+        .map(|(a, b)| a + b)
+        .collect();
+    assert_eq!(out.unwrap().unwrap(), vec![want]);
+    assert_eq!(d.health(), Health::Healthy);
+}
+
+/// Submits `plan` to device 0 of `b` and waits for its completion's verdict.
+fn submit_and_wait(b: &WgpuBackend, plan: Plan, sources: KernelSources) -> Result<(), Error> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    b.submit(
+        0,
+        gpubridge_core::Work::Plan {
+            plan,
+            sources,
+            complete: Box::new(move |r| {
+                let _ = tx.send(r.map(|o| {
+                    assert!(!o.stats.graph_replayed);
+                }));
+            }),
+        },
+    )
+    .expect("the executor takes the plan");
+    rx.recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the executor completes every plan")
+}
+
+fn packer_plan(pack: impl Fn(&mut [u8], usize) + Send + Sync + 'static) -> Plan {
+    let mut p = Plan::new(VectorAdd::ID);
+    let a = p.input("a", 4000, pack);
+    let b = p.input("b", 4000, |dst, _| dst.fill(0));
+    let out = p.output("out", 4000);
+    p.launch(Launch::new(
+        "vector_add",
+        [4, 1, 1],
+        [256, 1, 1],
+        &[Arg::buf(a), Arg::buf(b), Arg::buf(out), Arg::U32(1000)],
+    ));
+    p
+}
+
+#[test]
+fn the_executor_turns_panics_and_failures_into_errors_and_carries_on() {
+    let b = match WgpuBackend::new(&BridgeConfig::default()) {
+        Ok(b) => b,
+        Err(why) => {
+            assert!(!wgpu_required(), "wgpu is required here: {why}");
+            return;
+        }
+    };
+    assert!(format!("{b:?}").starts_with("WgpuBackend"));
+    assert_eq!(b.health(9), Health::Lost("no such device".to_owned()));
+    let sources = VectorAdd.sources();
+    let bytes = 4000;
+    // A packer's panic, whatever its payload, completes the plan with a backend error naming the
+    // kernel and the panic.
+    let cases: [(Plan, &str); 3] = [
+        (
+            packer_plan(|_, _| panic!("the packer gave up")),
+            "panicked while running kernels/vector/add: the packer gave up",
+        ),
+        (
+            packer_plan(move |_, _| panic!("the packer gave up on {bytes} bytes")),
+            "the packer gave up on 4000 bytes",
+        ),
+        (
+            packer_plan(|_, _| std::panic::panic_any(42u32)),
+            "panicked while running kernels/vector/add: unknown panic",
+        ),
+    ];
+    for (plan, want) in cases {
+        match submit_and_wait(&b, plan, sources) {
+            Err(Error::Backend {
+                backend: BackendKind::Wgpu,
+                message,
+                transient: false,
+            }) => assert!(message.contains(want), "{message}"),
+            other => panic!("expected a backend error containing {want:?}, got {other:?}"),
+        }
+    }
+    // A kernel without a WGSL form fails before anything runs, with its own error.
+    let e = submit_and_wait(
+        &b,
+        packer_plan(|dst, _| dst.fill(0)),
+        KernelSources::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, Error::Unsupported { backend: BackendKind::Wgpu, what } if what.contains("no WGSL form")),
+        "{e:?}"
+    );
+    // A completion that panics after taking its outputs: the error comes too late for anyone to
+    // hear it (it is logged), and the executor carries on.
+    let (tx, rx) = std::sync::mpsc::channel();
+    b.submit(
+        0,
+        gpubridge_core::Work::Plan {
+            plan: packer_plan(|dst, _| dst.fill(0)),
+            sources,
+            complete: Box::new(move |r| {
+                let _ = tx.send(r.is_ok());
+                panic!("the caller's completion failed");
+            }),
+        },
+    )
+    .unwrap();
+    assert!(rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the completion ran"));
+    // The executor is still there and the device is fine: a good plan completes.
+    submit_and_wait(&b, packer_plan(|dst, _| dst.fill(0)), sources).unwrap();
+    assert_eq!(b.health(0), Health::Healthy);
+    assert_eq!(b.pool_stats(0).unwrap().in_use, 0);
+}
+
+#[test]
+fn more_plans_the_adapter_cannot_run_are_refused_before_anything_is_rented() {
+    let Some(d) = device(&BridgeConfig::default()) else {
+        return;
+    };
+    let module = vector_add_module(&d);
+    let before = d.pool_stats();
+    let limits = d.limits().clone();
+    let vector_add = |p: &mut Plan, a, b, out, shared: u32| {
+        let mut l = Launch::new(
+            "vector_add",
+            [1, 1, 1],
+            [256, 1, 1],
+            &[Arg::buf(a), Arg::buf(b), Arg::buf(out), Arg::U32(16)],
+        );
+        l.shared_mem_bytes = shared;
+        p.launch(l);
+    };
+    let mut cases = Vec::new();
+
+    // Dynamic shared memory: WGSL declares workgroup memory in the source.
+    let mut p = Plan::new(VectorAdd::ID);
+    let (a, b, out) = (
+        p.input("a", 64, |dst, _| dst.fill(0)),
+        p.input("b", 64, |dst, _| dst.fill(0)),
+        p.output("out", 64),
+    );
+    vector_add(&mut p, a, b, out, 1024);
+    cases.push(("dynamic shared memory", p));
+
+    // An output larger than the adapter's largest buffer (declared, never allocated).
+    if let Ok(huge) = usize::try_from(limits.max_buffer_size + 4) {
+        let mut p = Plan::new(VectorAdd::ID);
+        let (a, b, out) = (
+            p.input("a", 64, |dst, _| dst.fill(0)),
+            p.input("b", 64, |dst, _| dst.fill(0)),
+            p.output("out", huge),
+        );
+        vector_add(&mut p, a, b, out, 0);
+        cases.push(("beyond the adapter's largest buffer", p));
+    }
+
+    // One storage binding more than a shader stage may have.
+    let most = limits.max_storage_buffers_per_shader_stage;
+    if most < 1 << 16 {
+        let mut p = Plan::new(VectorAdd::ID);
+        let a = p.input("a", 64, |dst, _| dst.fill(0));
+        let args: Vec<Arg> = (0..=most).map(|_| Arg::buf(a)).collect();
+        p.launch(Launch::new("vector_add", [1, 1, 1], [256, 1, 1], &args));
+        cases.push(("storage buffers, beyond the adapter's", p));
+    } else {
+        eprintln!("not checked: this adapter allows {most} storage buffers per stage");
+    }
+
+    for (what, plan) in cases {
+        let mut called = false;
+        let err = d
+            .execute(&module, &plan, &mut |_| called = true)
+            .expect_err(what);
+        match &err {
+            Error::Unsupported {
+                backend: BackendKind::Wgpu,
+                what: w,
+            } => assert!(w.contains(what), "{w:?} lacks {what:?}"),
+            other => panic!("{what}: expected Unsupported, got {other:?}"),
+        }
+        assert!(!called, "{what}: outputs handed over for a refused plan");
+    }
+    let after = d.pool_stats();
+    assert_eq!(
+        (after.misses, after.hits, after.in_use),
+        (before.misses, before.hits, 0),
+        "nothing was rented for a refused plan"
+    );
+    assert_eq!(d.health(), Health::Healthy);
+}
+
+#[test]
+fn scalars_are_packed_as_their_bits_and_scratch_and_empty_inputs_are_bound() {
+    let Some(d) = device(&BridgeConfig::default()) else {
+        return;
+    };
+    let module = vector_add_module(&d);
+    let inputs = random_pairs(1, 1000);
+    let want: Vec<f32> = inputs[0]
+        .a
+        .iter()
+        .zip(&inputs[0].b)
+        .map(|(a, b)| a + b)
+        .collect();
+    let (a_vals, b_vals) = (inputs[0].a.clone(), inputs[0].b.clone());
+    let mut p = Plan::new(VectorAdd::ID);
+    let a = p.input("a", 4000, move |dst, at| {
+        gpubridge_core::plan::pack_range(dst, at, &a_vals)
+    });
+    let b = p.input("b", 4000, move |dst, at| {
+        gpubridge_core::plan::pack_range(dst, at, &b_vals)
+    });
+    let out = p.output("out", 4000);
+    // Buffers the launch does not use: device-only scratch and an empty input.
+    let _scratch = p.scratch("scratch", 512);
+    let _nothing = p.input("nothing", 0, |_, _| {});
+    // The element count as an F32 argument with the same bits as the u32 the shader reads: the
+    // scalar slot receives the argument's bytes as they are.
+    p.launch(Launch::new(
+        "vector_add",
+        [4, 1, 1],
+        [256, 1, 1],
+        &[
+            Arg::buf(a),
+            Arg::buf(b),
+            Arg::buf(out),
+            Arg::F32(f32::from_bits(1000)),
+        ],
+    ));
+    let mut got = None;
+    d.execute(&module, &p, &mut |o| {
+        got = Some(o.f32s(out).unwrap().into_owned());
+    })
+    .unwrap();
+    assert_eq!(got.unwrap(), want);
+    assert_eq!(d.pool_stats().in_use, 0);
 }

@@ -587,3 +587,58 @@ impl Device for WgpuDevice {
         self.poll_wait()
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The first device of this machine's first adapter, or `None` (a skip) where there is none
+    /// and `GPUBRIDGE_REQUIRE_WGPU` is not set.
+    pub(crate) fn test_device() -> Option<WgpuDevice> {
+        match WgpuInstance::discover(&BridgeConfig::default()) {
+            Ok(i) => Some(i.enumerate().expect("a found adapter opens").remove(0)),
+            Err(why) => {
+                assert!(
+                    !gpubridge_core::conformance::wgpu_required(),
+                    "wgpu is required here: {why}"
+                );
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn an_error_outside_every_scope_is_counted_and_degrades_health_without_losing_the_device() {
+        let Some(d) = test_device() else { return };
+        assert_eq!(d.health(), Health::Healthy);
+        // A mappable buffer that is also a storage buffer needs a feature this device does not
+        // ask for: a validation error, raised here outside any error scope, which only the
+        // device's uncaptured-error handler sees.
+        let _invalid = d.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("invalid on purpose"),
+            size: 16,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        d.poll_wait().unwrap();
+        assert_eq!(d.state.uncaptured.load(Ordering::Relaxed), 1);
+        match d.health() {
+            Health::Degraded(why) => {
+                assert!(
+                    why.starts_with("1 uncaptured wgpu errors, the last: "),
+                    "{why}"
+                );
+                assert!(!why.contains('\n'), "one line: {why}");
+            }
+            other => panic!("expected Degraded, got {other:?}"),
+        }
+        assert_eq!(d.lost(), None, "degraded is not lost");
+        // The device still works.
+        let mut buf = d.alloc(8).unwrap();
+        d.write(&mut buf, 0, &[9; 8]).unwrap();
+        let mut out = [0u8; 8];
+        d.read(&buf, 0, &mut out).unwrap();
+        assert_eq!(out, [9; 8]);
+        assert!(matches!(d.health(), Health::Degraded(_)));
+    }
+}

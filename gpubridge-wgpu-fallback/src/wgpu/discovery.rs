@@ -238,3 +238,48 @@ fn library_present(name: &str) -> bool {
                 .any(|w| &w[..name.len()] == name.as_bytes() && w[name.len()] == 0)
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hardware_ranks_before_software_and_discrete_first() {
+        use wgpu::DeviceType as T;
+        let order = [
+            T::DiscreteGpu,
+            T::IntegratedGpu,
+            T::VirtualGpu,
+            T::Other,
+            T::Cpu,
+        ];
+        let ranks: Vec<u8> = order.iter().map(|t| rank(*t)).collect();
+        assert!(ranks.windows(2).all(|w| w[0] < w[1]), "{ranks:?}");
+        assert_eq!(api_name(WgpuApi::Vulkan), "Vulkan");
+        assert_eq!(api_name(WgpuApi::Gl), "GL");
+    }
+
+    #[test]
+    fn libraries_are_found_in_the_loader_cache_or_the_library_path() {
+        // The C library is in every loader cache; a made-up name is in none.
+        assert!(library_present("libc.so.6"));
+        assert!(!library_present("libgpubridge-no-such-library.so.9"));
+        // A prefix of a real name is not that library.
+        assert!(!library_present("libc.so"));
+    }
+
+    #[test]
+    fn gl_alone_either_gives_gl_adapters_or_says_why_not() {
+        let mut gl = BridgeConfig::default();
+        gl.wgpu.apis = vec![WgpuApi::Gl];
+        match discover(&gl) {
+            Ok(found) => {
+                assert!(!found.adapters.is_empty());
+                for a in &found.adapters {
+                    assert_eq!(a.get_info().backend, wgpu::Backend::Gl);
+                }
+            }
+            Err(why) => assert!(why.0.starts_with("GL: "), "{why}"),
+        }
+    }
+}

@@ -80,3 +80,88 @@ impl Scopes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpubridge_core::ErrorClass;
+
+    #[test]
+    fn wgpu_errors_map_to_what_the_caller_can_do_on_one_line() {
+        let oom = map_error(
+            "wgpu:0",
+            "creating a 64-byte buffer",
+            wgpu::Error::OutOfMemory {
+                source: "the driver has no room".into(),
+            },
+        );
+        match &oom {
+            Error::OutOfMemory {
+                device,
+                requested,
+                reason,
+            } => {
+                assert_eq!(device, "wgpu:0");
+                assert_eq!(*requested, 0);
+                assert_eq!(reason, "wgpu: creating a 64-byte buffer");
+            }
+            other => panic!("expected OutOfMemory, got {other:?}"),
+        }
+        assert_eq!(
+            oom.class(),
+            ErrorClass::Resource,
+            "worth a retry, not a fault"
+        );
+
+        let refused = map_error(
+            "wgpu:1",
+            "binding the plan",
+            wgpu::Error::Validation {
+                source: "invalid".into(),
+                description: "Binding 2\n    is missing\tfrom the layout\n".to_owned(),
+            },
+        );
+        match &refused {
+            Error::Unsupported { backend, what } => {
+                assert_eq!(*backend, BackendKind::Wgpu);
+                assert_eq!(
+                    what,
+                    "wgpu:1: binding the plan refused by wgpu: Binding 2 is missing from the layout"
+                );
+            }
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+        assert_eq!(refused.class(), ErrorClass::Unsupported);
+
+        let internal = map_error(
+            "wgpu:2",
+            "submitting",
+            wgpu::Error::Internal {
+                source: "vk".into(),
+                description: "VK_ERROR_DEVICE_LOST\n  (driver reset)".to_owned(),
+            },
+        );
+        match &internal {
+            Error::Backend {
+                backend,
+                message,
+                transient,
+            } => {
+                assert_eq!(*backend, BackendKind::Wgpu);
+                assert_eq!(
+                    message,
+                    "wgpu:2: submitting: VK_ERROR_DEVICE_LOST (driver reset)"
+                );
+                assert!(!transient);
+            }
+            other => panic!("expected Backend, got {other:?}"),
+        }
+        assert_eq!(
+            internal.class(),
+            ErrorClass::DeviceFault,
+            "a driver fault counts against the device"
+        );
+        assert_eq!(one_line("  a\n\tb  c \n"), "a b c");
+        assert_eq!(one_line(""), "");
+    }
+}

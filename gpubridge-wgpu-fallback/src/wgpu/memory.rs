@@ -310,7 +310,8 @@ impl BufferPool {
 
 #[cfg(test)]
 mod tests {
-    use super::size_class;
+    use super::*;
+    use crate::wgpu::device::tests::test_device;
 
     #[test]
     fn classes_round_up_by_at_most_a_quarter() {
@@ -324,5 +325,49 @@ mod tests {
             assert!(s >= b && s - b <= b / 4 + 64, "{b} -> {s}");
             assert_eq!(s % 4, 0);
         }
+    }
+
+    #[test]
+    fn buffers_past_the_adapter_or_its_largest_class_are_refused_or_made_to_measure() {
+        let Some(d) = test_device() else { return };
+        // An adapter whose largest buffer is 300 bytes: 320, the class of 300, is past it.
+        let mut pool = BufferPool::new("wgpu:test".to_owned(), 1 << 20, 300);
+        let e = pool.rent(&d.device, Kind::Storage, 301).unwrap_err();
+        assert!(
+            matches!(&e, Error::Unsupported { backend: BackendKind::Wgpu, what }
+                if what == "wgpu:test: a 304-byte buffer exceeds the adapter's largest buffer (300 bytes)"),
+            "{e:?}"
+        );
+        assert_eq!(
+            pool.stats(),
+            PoolStats::default(),
+            "a refused rent counts nothing"
+        );
+
+        // 297 bytes round to 300: no class fits, so the buffer is made to measure...
+        let exact = pool.rent(&d.device, Kind::Storage, 297).unwrap();
+        assert_eq!(exact.size, 300);
+        assert_eq!(exact.buffer.size(), 300);
+        assert_eq!((pool.stats().in_use, pool.stats().misses), (300, 1));
+        // ...and freed when it comes back rather than kept, so the next rent makes another.
+        pool.give_back(exact);
+        assert_eq!((pool.stats().in_use, pool.stats().idle), (0, 0));
+        let again = pool.rent(&d.device, Kind::Storage, 300).unwrap();
+        assert_eq!((pool.stats().misses, pool.stats().hits), (2, 0));
+        // A discarded buffer is released, not kept.
+        pool.discard(again);
+        assert_eq!((pool.stats().in_use, pool.stats().idle), (0, 0));
+
+        // Within a class: kept on return, reused, and released when discarded.
+        let small = pool.rent(&d.device, Kind::Readback, 100).unwrap();
+        assert_eq!(small.size, 256);
+        pool.give_back(small);
+        assert_eq!(pool.stats().idle, 256);
+        let reused = pool.rent(&d.device, Kind::Readback, 200).unwrap();
+        assert_eq!((pool.stats().hits, pool.stats().idle), (1, 0));
+        pool.discard(reused);
+        let s = pool.stats();
+        assert_eq!((s.in_use, s.idle, s.failures), (0, 0, 0), "{s:?}");
+        assert_eq!(s.peak, 300);
     }
 }
