@@ -316,19 +316,7 @@ fn build_pack(root: &Path, target: &Path, env: &[(String, String)]) -> anyhow::R
     }
     anyhow::ensure!(!packed.is_empty(), "no test executables were packed");
     std::fs::write(out.join("run.sh"), RUN_SH)?;
-    let xz = root.join("coverage-pack-xz");
-    let _ = std::fs::remove_dir_all(&xz);
-    std::fs::create_dir_all(&xz)?;
-    let archive = xz.join("pack.tar.xz");
-    let status = Command::new("tar")
-        .env("XZ_OPT", "-6 -T0")
-        .arg("-cJf")
-        .arg(&archive)
-        .arg("coverage-pack")
-        .current_dir(root)
-        .status()
-        .context("running tar")?;
-    anyhow::ensure!(status.success(), "packing coverage-pack failed");
+    let archive = crate::device_pack::xz_archive(root, "coverage-pack")?;
     println!(
         "packed {} instrumented test executables ({}) into {} ({:.1} MiB)",
         packed.len(),

@@ -146,21 +146,7 @@ pub fn run() -> anyhow::Result<()> {
         size as f64 / 1048576.0
     );
     // The device tool carries at most 64 MiB: ship the pack as one xz archive beside it.
-    let xz = root.join("device-pack-xz");
-    let _ = std::fs::remove_dir_all(&xz);
-    std::fs::create_dir_all(&xz)?;
-    let archive = xz.join("pack.tar.xz");
-    let status = Command::new("tar")
-        .env("XZ_OPT", "-6 -T0")
-        .args(["-cJf"])
-        .arg(&archive)
-        .arg("device-pack")
-        .current_dir(&root)
-        .status()
-        .context("running tar")?;
-    if !status.success() {
-        bail!("packing device-pack into {} failed", archive.display());
-    }
+    let archive = xz_archive(&root, "device-pack")?;
     let packed = std::fs::metadata(&archive)?.len();
     println!(
         "compressed into {} ({:.1} MiB)",
@@ -171,6 +157,27 @@ pub fn run() -> anyhow::Result<()> {
         "on the device machine, with `device-pack-xz` carried: tar -xJf device-pack-xz/pack.tar.xz && bash device-pack/run.sh"
     );
     Ok(())
+}
+
+/// Packs the folder `name` of `root` into `root/<name>-xz/pack.tar.xz` (the folder made anew),
+/// the one file the device tool carries; returns the archive's path.
+pub(crate) fn xz_archive(root: &Path, name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let xz = root.join(format!("{name}-xz"));
+    let _ = std::fs::remove_dir_all(&xz);
+    std::fs::create_dir_all(&xz)?;
+    let archive = xz.join("pack.tar.xz");
+    let status = Command::new("tar")
+        .env("XZ_OPT", "-6 -T0")
+        .arg("-cJf")
+        .arg(&archive)
+        .arg(name)
+        .current_dir(root)
+        .status()
+        .context("running tar")?;
+    if !status.success() {
+        bail!("packing {name} into {} failed", archive.display());
+    }
+    Ok(archive)
 }
 
 /// The NVIDIA Vulkan driver's ICD manifest, as the driver's own installer writes it: the loader
@@ -345,3 +352,27 @@ grep -E '^gpubridge_(gpu_|pool_bytes|graph_cache|bytes_transferred|transfer_|all
 echo "== tests"; printf '%s' "$summary"
 echo "== bench (rc $bench_rc)"; tail -5 "$OUT/bench.err"; cat "$OUT/bench.md"
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_packs_into_one_xz_archive_beside_it() {
+        let root = std::env::temp_dir().join(format!("xtask-xz-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("some-pack/tests")).unwrap();
+        std::fs::write(root.join("some-pack/tests/a"), b"abc").unwrap();
+        let archive = xz_archive(&root, "some-pack").unwrap();
+        assert_eq!(archive, root.join("some-pack-xz/pack.tar.xz"));
+        let listed = Command::new("tar")
+            .arg("-tJf")
+            .arg(&archive)
+            .output()
+            .unwrap();
+        let listed = String::from_utf8_lossy(&listed.stdout);
+        assert!(listed.contains("some-pack/tests/a"), "{listed}");
+        assert!(xz_archive(&root, "no-such-folder").is_err());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
