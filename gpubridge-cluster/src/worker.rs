@@ -359,6 +359,7 @@ impl Worker {
         let routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
         let n = consumers.len();
         let fetch_wait = self.config.fetch_wait;
+        let stall = fetch_wait + ROUND_STALL;
         // Doorbells of every (capability, kernel) served wake an idle worker; a notification
         // that comes while it fetches is kept, so none is lost between a round and the wait.
         let ring = Arc::new(Notify::new());
@@ -408,7 +409,7 @@ impl Worker {
                 // A fetch that does not wait still ends only when the server says so (its
                 // messages, then "no messages"); async-nats puts no timer on it, and an expiry
                 // would change what the server does with it (with nats-server 2.9.10 the tests'
-                // requests then went unanswered). A server silent for `fetch_wait + ROUND_STALL` (a lost status, a
+                // requests then went unanswered). A server silent for `stall` (a lost status, a
                 // reconnect) is given up on: the round goes on, and anything delivered to the
                 // abandoned fetch comes back after `ack_wait`.
                 match consumers[i]
@@ -417,35 +418,26 @@ impl Worker {
                     .messages()
                     .await
                 {
-                    Ok(mut batch) => {
-                        loop {
-                            let message =
-                                match tokio::time::timeout(fetch_wait + ROUND_STALL, batch.next())
-                                    .await
-                                {
-                                    Ok(Some(message)) => message,
-                                    Ok(None) => break,
-                                    Err(_) => {
-                                        tracing::warn!(
-                                        "fetching requests: no end of the fetch from the server \
-                                         within {:?}; going on",
-                                        fetch_wait + ROUND_STALL
-                                    );
-                                        break;
-                                    }
-                                };
-                            match message {
-                                Ok(m) => {
-                                    got += 1;
-                                    dispatch(&shared, &routes[i], m, &mut permits).await;
-                                }
-                                Err(e) => {
-                                    tracing::warn!("fetching requests: {e}");
-                                    break;
-                                }
+                    Ok(mut batch) => loop {
+                        let Ok(next) = tokio::time::timeout(stall, batch.next()).await else {
+                            tracing::warn!(
+                                "fetching requests: the server did not end a fetch within \
+                                     {stall:?}; going on"
+                            );
+                            break;
+                        };
+                        let Some(message) = next else { break };
+                        match message {
+                            Ok(m) => {
+                                got += 1;
+                                dispatch(&shared, &routes[i], m, &mut permits).await;
+                            }
+                            Err(e) => {
+                                tracing::warn!("fetching requests: {e}");
+                                break;
                             }
                         }
-                    }
+                    },
                     Err(e) => tracing::warn!("fetching requests: {e}"),
                 }
             }

@@ -17,6 +17,18 @@ fn base() -> (Plan, BufferId, BufferId, BufferId) {
     (p, a, s, out)
 }
 
+/// [`base`] with one launch reading `a` and writing `out`; returns the plan, `a` and `out`.
+fn launched() -> (Plan, BufferId, BufferId) {
+    let (mut p, a, _, out) = base();
+    p.launch(Launch::new(
+        "k",
+        [1, 1, 1],
+        [1, 1, 1],
+        &[Arg::buf(a), Arg::buf(out)],
+    ));
+    (p, a, out)
+}
+
 fn refused(p: &Plan, want: &str) {
     match p.check() {
         Err(Error::InvalidInput {
@@ -104,24 +116,12 @@ fn malformed_plans_are_refused_before_they_run() {
     refused(&p, "offset 65 past the end of buffer \"out\" (64 bytes)");
 
     // More stages than steps.
-    let (mut p, a, _, out) = base();
-    p.launch(Launch::new(
-        "k",
-        [1, 1, 1],
-        [1, 1, 1],
-        &[Arg::buf(a), Arg::buf(out)],
-    ));
+    let (mut p, _, _) = launched();
     p.stages = vec![Stage::default(), Stage::default()];
     refused(&p, "2 stages for 1 steps");
 
     // A stage yielding a range that runs backwards.
-    let (mut p, a, _, out) = base();
-    p.launch(Launch::new(
-        "k",
-        [1, 1, 1],
-        [1, 1, 1],
-        &[Arg::buf(a), Arg::buf(out)],
-    ));
+    let (mut p, _, out) = launched();
     #[allow(clippy::reversed_empty_ranges)] // The point: a range that ends before it starts.
     let backwards = 32..16;
     p.stage(Stage {
@@ -149,13 +149,7 @@ fn malformed_plans_are_refused_before_they_run() {
             yields: Some((out, 0..65)),
         },
     ] {
-        let (mut p, a, _, out) = base();
-        p.launch(Launch::new(
-            "k",
-            [1, 1, 1],
-            [1, 1, 1],
-            &[Arg::buf(a), Arg::buf(out)],
-        ));
+        let (mut p, _, _) = launched();
         p.stage(stage);
         refused(&p, "which it does not have");
     }

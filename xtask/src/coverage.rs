@@ -13,8 +13,8 @@
 //!    runs them with `GPUBRIDGE_REQUIRE_GPU=1` and leaves `$OUT/profraw.tgz`.
 //! 3. `cargo xtask coverage --device-profiles DIR/profraw.tgz`: runs the whole test suite here
 //!    (the same executables: nothing is rebuilt at the same commit), adds the device's profiles
-//!    and writes the report to `target/coverage-report/` (`summary.txt`, `coverage.json`, and
-//!    `files.md`: the tables of `docs/COVERAGE.md`).
+//!    and writes the report to `target/coverage-report/` (`coverage.json`, and `files.md`: the
+//!    tables of `docs/COVERAGE.md`). Profiles of earlier runs are removed first.
 //!
 //! Without `--device-profiles` the report covers this machine's run only (no GPU paths). Steps 1
 //! and 3 must be at the same commit: profiles of other executables are reported as mismatched and
@@ -85,6 +85,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if pack {
         return build_pack(&root, &target, &env);
     }
+    // Profiles of earlier runs would be merged too: only this run's and the device's count.
+    let status = cargo(&root, &env)
+        .args(["llvm-cov", "clean", "--profraw-only"])
+        .status()
+        .context("running cargo llvm-cov clean")?;
+    anyhow::ensure!(
+        status.success(),
+        "cargo llvm-cov clean --profraw-only failed"
+    );
     // Every test here, each executable's profile beside the device's.
     let status = cargo(&root, &env)
         .args(TEST_ARGS)
@@ -106,9 +115,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             .status()
             .context("running tar")?;
         anyhow::ensure!(status.success(), "unpacking {} failed", tgz.display());
-        // cargo llvm-cov merges the `.profraw` files at the top of its target directory.
+        // cargo llvm-cov merges the `.profraw` files at the top of its target directory;
+        // `run.sh` archived them flat.
         let mut n = 0;
-        for path in walk(&dir) {
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let path = entry.path();
             if path.extension().is_some_and(|e| e == "profraw") {
                 let name = format!("device-{n}.profraw");
                 std::fs::rename(&path, target.join(name))?;
@@ -120,30 +131,25 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     let out = root.join("target/coverage-report");
     std::fs::create_dir_all(&out)?;
-    let report = |extra: &[&str]| -> anyhow::Result<std::process::Output> {
-        let output = Command::new(cargo_bin())
-            .args([
-                "llvm-cov",
-                "report",
-                "--ignore-filename-regex",
-                IGNORE_FILENAME_REGEX,
-            ])
-            .args(extra)
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .current_dir(&root)
-            .stderr(Stdio::inherit())
-            .output()
-            .context("running cargo llvm-cov report")?;
-        anyhow::ensure!(output.status.success(), "cargo llvm-cov report failed");
-        Ok(output)
-    };
-    let summary = report(&["--summary-only"])?;
-    std::fs::write(out.join("summary.txt"), &summary.stdout)?;
-    let json = report(&["--json", "--summary-only"])?;
+    // One merge of the profiles: the tables are drawn from the JSON.
+    let json = cargo(&root, &env)
+        .args([
+            "llvm-cov",
+            "report",
+            "--json",
+            "--summary-only",
+            "--ignore-filename-regex",
+            IGNORE_FILENAME_REGEX,
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo llvm-cov report")?;
+    anyhow::ensure!(json.status.success(), "cargo llvm-cov report failed");
     std::fs::write(out.join("coverage.json"), &json.stdout)?;
-    print!("{}", String::from_utf8_lossy(&summary.stdout));
     let v: Value = serde_json::from_slice(&json.stdout).context("the JSON report")?;
-    std::fs::write(out.join("files.md"), files_table(&v, &root))?;
+    let tables = files_table(&v, &root);
+    std::fs::write(out.join("files.md"), &tables)?;
+    print!("{tables}");
     let lines = &v["data"][0]["totals"]["lines"];
     println!(
         "library lines covered: {} / {} ({:.1}%); report in {}",
@@ -333,22 +339,6 @@ fn build_pack(root: &Path, target: &Path, env: &[(String, String)]) -> anyhow::R
     );
     println!("then here: cargo xtask coverage --device-profiles <files_at>/profraw.tgz");
     Ok(())
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// Runs every packed executable on the GPU machine with its profile under `$OUT`.
