@@ -19,6 +19,12 @@ use crate::{
     HEADER_OBJECT, HEADER_REQUEST,
 };
 
+/// The longest one listing of the workers' bucket may take before it is started again.
+const LISTING_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// The longest listing the workers' bucket may take in all.
+const LISTING_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A kernel whose inputs and outputs can travel ([`Wire`]): every [`gpubridge::Kernel`] whose
 /// types implement it, among the built-ins `kernels::Sum` (`Vec<f32>` -> `f32`) and
 /// `kernels::VectorAdd` (`VectorPair` -> `Vec<f32>`).
@@ -353,12 +359,7 @@ impl ClusterClient {
             .map_err(js("reading the results bucket"))?
             .state
             .last_sequence;
-        let mut workers = 0;
-        if let Ok(mut keys) = self.infra.workers.keys().await {
-            while let Some(Ok(_)) = keys.next().await {
-                workers += 1;
-            }
-        }
+        let workers = self.worker_keys().await.map_or(0, |k| k.len() as u64);
         Ok(ClusterStats {
             queued,
             // In a work-queue stream every message is either delivered and unacknowledged or
@@ -411,20 +412,44 @@ impl ClusterClient {
         Ok(out)
     }
 
+    /// The keys of the workers' bucket. async-nats lists them through an ordered consumer that
+    /// ends only when the server says the listing is complete, and while workers write and delete
+    /// their entries a listing can stall for minutes (a three-worker test saw a `stats` call stall
+    /// about five). A listing is given [`LISTING_ATTEMPT`] and started again, until
+    /// [`LISTING_TIMEOUT`] has passed.
+    async fn worker_keys(&self) -> Result<Vec<String>, ClusterError> {
+        let list = || async {
+            let mut keys = self
+                .infra
+                .workers
+                .keys()
+                .await
+                .map_err(js("listing the workers"))?;
+            let mut out = Vec::new();
+            while let Some(key) = keys.next().await {
+                out.push(key.map_err(js("listing the workers"))?);
+            }
+            Ok(out)
+        };
+        let started = std::time::Instant::now();
+        while started.elapsed() < LISTING_TIMEOUT {
+            if let Ok(listed) = tokio::time::timeout(LISTING_ATTEMPT, list()).await {
+                return listed;
+            }
+        }
+        Err(ClusterError::JetStream {
+            what: "listing the workers",
+            message: format!("no complete listing within {LISTING_TIMEOUT:?}"),
+        })
+    }
+
     /// The workers announced in the last minute, ordered by name.
     ///
     /// # Errors
     /// [`ClusterError::JetStream`]; an entry that is not an announcement is skipped.
     pub async fn workers(&self) -> Result<Vec<Announcement>, ClusterError> {
-        let mut keys = self
-            .infra
-            .workers
-            .keys()
-            .await
-            .map_err(js("listing the workers"))?;
         let mut out = Vec::new();
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(js("listing the workers"))?;
+        for key in self.worker_keys().await? {
             let Some(value) = self
                 .infra
                 .workers
