@@ -932,6 +932,8 @@ where
         };
         // Host-device bytes of the plan (none on the CPU): uploads, downloads.
         let mut copied = (0u64, 0u64);
+        // When the micro-batch went to the backend: the start of the hand-offs' span.
+        let submitted;
         match backend.plan_target(device) {
             None => {
                 let job: CpuJob = Box::new(move |ctx| {
@@ -954,6 +956,7 @@ where
                     lent.finish(r.is_err() && !donated, bytes);
                     let _ = tx.send(r.map(|o| (o, t, stats, Duration::ZERO)));
                 });
+                submitted = Instant::now();
                 backend.submit(device, Work::Cpu(job))?;
             }
             Some(target) => {
@@ -999,6 +1002,7 @@ where
                     lent.finish(keep, bytes);
                     let _ = tx.send(r);
                 });
+                submitted = Instant::now();
                 backend.submit(
                     device,
                     Work::Plan {
@@ -1040,6 +1044,13 @@ where
             message: "the executor dropped the work without completing it".to_owned(),
             transient: true,
         })??;
+        let round_trip = submitted.elapsed();
+        let worked = if stats.executor.is_zero() {
+            stats.compute
+        } else {
+            stats.executor
+        };
+        let handoff = round_trip.saturating_sub(worked + unpack);
         if copied != (0, 0) {
             record_copies(copied, stats.transfer);
         }
@@ -1070,6 +1081,7 @@ where
                 upload: stats.upload,
                 download: stats.download,
                 unpack,
+                handoff,
                 bytes_in: copied.0,
                 bytes_out: copied.1,
             },

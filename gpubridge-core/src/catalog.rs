@@ -113,8 +113,8 @@ impl KernelCatalog {
     }
 
     /// Checks that `sources` are the device code kernel `id` was registered with, before they
-    /// are compiled or launched. The same static text (the common case) is recognised by address
-    /// without hashing.
+    /// are compiled or launched: the text must be the registered text (the same address, the
+    /// common case, or the same bytes).
     ///
     /// # Errors
     /// [`Error::UnknownKernel`]; [`Error::KernelSourceChanged`] when the sources differ.
@@ -123,8 +123,14 @@ impl KernelCatalog {
             id: id.to_owned(),
             registered: self.entries.keys().copied().collect::<Vec<_>>().join(", "),
         })?;
+        // The registered text itself is kept: comparing against it (by address first, then by
+        // content) is exact and costs a `memcmp`, where hashing kilobytes of source on every
+        // request cost microseconds. A literal's address is not stable: each codegen unit that
+        // inlines `sources()` may hold its own copy of the text.
         let same = |a: Option<&'static str>, b: Option<&'static str>| match (a, b) {
-            (Some(a), Some(b)) => std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len(),
+            (Some(a), Some(b)) => {
+                (std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len()) || a == b
+            }
             (None, None) => true,
             _ => false,
         };
@@ -133,9 +139,6 @@ impl KernelCatalog {
             return Ok(());
         }
         let found = sources.hash();
-        if found == entry.descriptor.source_hash {
-            return Ok(());
-        }
         Err(Error::KernelSourceChanged {
             id: id.to_owned(),
             registered: entry.descriptor.source_hash,

@@ -153,6 +153,12 @@ pub struct ChunkReport {
     pub download: Duration,
     /// Host time turning the downloaded bytes into typed outputs (zero on the CPU).
     pub unpack: Duration,
+    /// Time between threads: from the micro-batch's submission to its backend until the caller
+    /// had its outputs back, less the time the backend reports working on it (`executor`, or
+    /// `compute` where the backend does not measure `executor`) and `unpack`. It is the cost of
+    /// the two hand-offs (to the device's executor thread or the CPU pool, and back), waits
+    /// behind other work on that thread included.
+    pub handoff: Duration,
     /// Bytes copied host to device (zero on the CPU).
     pub bytes_in: u64,
     /// Bytes copied device to host (zero on the CPU).

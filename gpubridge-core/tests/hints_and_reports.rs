@@ -141,6 +141,7 @@ fn chunk(device: DeviceId, items: usize, ms: u64, graph: bool) -> ChunkReport {
         upload: Duration::ZERO,
         download: Duration::ZERO,
         unpack: Duration::ZERO,
+        handoff: Duration::ZERO,
         bytes_in: 0,
         bytes_out: 0,
     }

@@ -1,5 +1,5 @@
 //! Kernel validation: the catalog accepts only the device code a kernel was registered with,
-//! recognised by address (the same static text) or by its hash (the same text elsewhere), and
+//! recognised by address (the same static text) or by content (the same text elsewhere), and
 //! refuses anything else before it could be compiled or launched.
 
 use gpubridge_core::kernels::VectorAdd;
@@ -14,7 +14,8 @@ fn only_the_registered_device_code_passes() {
         .verify_sources(VectorAdd::ID, &registered)
         .expect("the registered static text");
 
-    // The same text at another address (copied at run time) hashes the same.
+    // The same text at another address (copied at run time, or a literal's copy in another
+    // codegen unit) is the same text.
     let copy = |s: Option<&'static str>| s.map(|t| &*String::leak(t.to_owned()));
     let copied = KernelSources {
         cuda: copy(registered.cuda),
@@ -28,12 +29,19 @@ fn only_the_registered_device_code_passes() {
         .verify_sources(VectorAdd::ID, &copied)
         .expect("the same text elsewhere");
 
-    // One changed byte, one missing form, one added form: refused, naming the kernel.
-    let mut changed = registered.cuda.unwrap().to_owned();
-    changed.push(' ');
+    // One byte more, one byte changed (same length), one missing form: refused, naming the
+    // kernel.
+    let mut longer = registered.cuda.unwrap().to_owned();
+    longer.push(' ');
+    let flipped = registered.cuda.unwrap().replacen('{', "(", 1);
+    assert_eq!(flipped.len(), registered.cuda.unwrap().len());
     for bad in [
         KernelSources {
-            cuda: Some(String::leak(changed)),
+            cuda: Some(String::leak(longer)),
+            wgsl: registered.wgsl,
+        },
+        KernelSources {
+            cuda: Some(String::leak(flipped)),
             wgsl: registered.wgsl,
         },
         KernelSources {

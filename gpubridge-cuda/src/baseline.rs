@@ -261,22 +261,38 @@ impl Baseline {
 
     /// Per-kernel time of a chain of `n` small kernels with a 128-byte upload before and download
     /// after (the same work as the bridge's chain plan): (stream launches, one graph replay),
-    /// each the median of `reps` runs after a warm-up.
+    /// each the median of `reps` runs after a warm-up. The downloaded values are checked after
+    /// each way of running.
     ///
     /// # Errors
-    /// Driver errors.
+    /// Driver errors; [`Error::Backend`] if the chain computed a wrong value.
     pub fn chain_per_kernel(&mut self, n: usize, reps: usize) -> Result<(Duration, Duration)> {
         let buf = DevMem::new(1024)?;
         let mut host = Pinned::new(128)?;
-        let host_ptr = host.slice().as_mut_ptr();
+        let mut back = Pinned::new(128)?;
+        for (i, x) in host.slice().chunks_exact_mut(4).enumerate() {
+            x.copy_from_slice(&(i as f32).to_ne_bytes());
+        }
+        let (host_ptr, back_ptr) = (host.slice().as_mut_ptr(), back.slice().as_mut_ptr());
         let cs = self.stream.cu_stream();
-        let launch_all = || -> Result<()> {
-            // SAFETY: 128 pinned bytes to/from a 1024-byte device buffer, on this stream; the
-            // host buffer outlives every use (the function synchronises before returning).
-            let host = unsafe { std::slice::from_raw_parts_mut(host_ptr, 128) };
-            // SAFETY: as above.
-            unsafe { result::memcpy_htod_async(buf.0, &*host, cs) }
-                .map_err(drv("cuMemcpyHtoDAsync"))?;
+        // Every run uploads the same 32 floats, bumps them `n` times and downloads them.
+        let check = || -> Result<()> {
+            // SAFETY: 128 pinned bytes, read after the stream was synchronised.
+            let out = unsafe { std::slice::from_raw_parts(back_ptr, 128) };
+            let wrong = out
+                .chunks_exact(4)
+                .enumerate()
+                .find(|(i, x)| f32::from_ne_bytes([x[0], x[1], x[2], x[3]]) != (i + n) as f32);
+            match wrong {
+                None => Ok(()),
+                Some((i, _)) => Err(Error::Backend {
+                    backend: BackendKind::Cuda,
+                    message: format!("baseline chain of {n} kernels computed a wrong value at {i}"),
+                    transient: false,
+                }),
+            }
+        };
+        let launch_bumps = || -> Result<()> {
             for _ in 0..n {
                 let mut p = buf.0;
                 let mut params = [(&mut p as *mut u64).cast::<c_void>()];
@@ -295,8 +311,27 @@ impl Baseline {
             }
             Ok(())
         };
+        let launch_all = || -> Result<()> {
+            // SAFETY: 128 pinned bytes to and from a 1024-byte device buffer, on this stream;
+            // both host buffers outlive every use (the function synchronises before returning).
+            let (host, back) = unsafe {
+                (
+                    std::slice::from_raw_parts(host_ptr, 128),
+                    std::slice::from_raw_parts_mut(back_ptr, 128),
+                )
+            };
+            // SAFETY: as above.
+            unsafe { result::memcpy_htod_async(buf.0, host, cs) }
+                .map_err(drv("cuMemcpyHtoDAsync"))?;
+            launch_bumps()?;
+            // SAFETY: as above.
+            unsafe { result::memcpy_dtoh_async(back, buf.0, cs) }
+                .map_err(drv("cuMemcpyDtoHAsync"))?;
+            Ok(())
+        };
         launch_all()?;
         self.sync()?;
+        check()?;
         let mut stream_times = Vec::new();
         for _ in 0..reps.max(1) {
             let t = Instant::now();
@@ -304,6 +339,7 @@ impl Baseline {
             self.sync()?;
             stream_times.push(t.elapsed());
         }
+        check()?;
         self.stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(drv("cuStreamBeginCapture"))?;
@@ -318,6 +354,7 @@ impl Baseline {
             self.sync()?;
             graph_times.push(t.elapsed());
         }
+        check()?;
         let mut spun = Vec::new();
         let cs = self.stream.cu_stream();
         for _ in 0..reps.max(1) {
@@ -329,8 +366,10 @@ impl Baseline {
             }
             spun.push(t.elapsed());
         }
+        check()?;
+        drop(graph);
         self.last_chain_spin = Some(median(&mut spun) / n as u32);
-        drop(host);
+        drop((host, back));
         Ok((
             median(&mut stream_times) / n as u32,
             median(&mut graph_times) / n as u32,
@@ -347,7 +386,8 @@ impl Baseline {
     /// synchronise), the best of `reps` after a warm-up; and the SGEMM alone.
     ///
     /// # Errors
-    /// Driver or cuBLAS errors; [`Error::Unsupported`] without cuBLAS.
+    /// Driver or cuBLAS errors; [`Error::Unsupported`] without cuBLAS; [`Error::Backend`] if the
+    /// product (of constant matrices, so known exactly) is wrong.
     pub fn cublas_sgemm(&self, n: usize, reps: usize) -> Result<(Duration, Duration, Duration)> {
         // SAFETY: only probes for the library.
         if !unsafe { cublas::sys::is_culib_present() } {
@@ -434,6 +474,18 @@ impl Baseline {
             for _ in 0..reps.max(1) {
                 best_round = best_round.min(round()?);
             }
+            // A and B hold 0.5 and 0.25 everywhere: every entry of the product is n / 8.
+            let want = n as f32 * 0.125;
+            let wrong = c.slice().chunks_exact(4).position(|x| {
+                (f32::from_ne_bytes([x[0], x[1], x[2], x[3]]) - want).abs() > want * 1e-5
+            });
+            if let Some(i) = wrong {
+                return Err(Error::Backend {
+                    backend: BackendKind::Cuda,
+                    message: format!("baseline SGEMM {n}^3 computed a wrong entry at {i}"),
+                    transient: false,
+                });
+            }
             let mut best_gemm = Duration::MAX;
             for _ in 0..reps.max(1) {
                 let t = Instant::now();
@@ -466,7 +518,7 @@ impl Baseline {
     /// downloaded, all captured as one graph, replayed `iters` times with a spinning wait.
     ///
     /// # Errors
-    /// Driver or NVRTC errors.
+    /// Driver or NVRTC errors; [`Error::Backend`] if the last replay's sums are wrong.
     pub fn small_batch_graph(&self, iters: usize) -> Result<Vec<Duration>> {
         use gpubridge_core::Kernel;
         let src = gpubridge_core::kernels::Sum
@@ -571,6 +623,18 @@ impl Baseline {
             }
         }
         drop(graph);
+        // SAFETY: 40 pinned bytes, read after the last replay finished.
+        let sums = unsafe { std::slice::from_raw_parts(out_ptr, segments * 4) };
+        for (seg, x) in sums.chunks_exact(4).enumerate() {
+            let want: f32 = (seg * len..(seg + 1) * len).map(|i| (i % 7) as f32).sum();
+            if f32::from_ne_bytes([x[0], x[1], x[2], x[3]]) != want {
+                return Err(Error::Backend {
+                    backend: BackendKind::Cuda,
+                    message: format!("baseline small batch summed segment {seg} wrong"),
+                    transient: false,
+                });
+            }
+        }
         Ok(out)
     }
 

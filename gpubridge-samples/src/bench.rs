@@ -708,55 +708,73 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
         let graphs = gpubridge::builder(bridge.config().clone())?
             .kernel(chain::Chain)?
             .build()?;
+        let spin = on_cuda.clone().spin_wait(Duration::from_millis(1));
         for n in [10u32, 100, 1000] {
-            let per = |b: &GpuBridge| -> anyhow::Result<(Duration, bool, Duration)> {
+            // Per kernel, whether every timed call replayed a graph, the executor's device time
+            // per call, and the hand-offs per call.
+            let per = |b: &GpuBridge,
+                       hints: &ExecutionHints|
+             -> anyhow::Result<(Duration, bool, Duration, Duration)> {
                 let grain = b.batch::<chain::Chain>()?;
                 let x: Vec<f32> = (0..32).map(|i| i as f32).collect();
-                let mut replayed = false;
+                let mut replayed = true;
                 for _ in 0..3 {
                     block_on(
-                        grain.execute(vec![chain::ChainInput { x: x.clone(), n }], on_cuda.clone()),
+                        grain.execute(vec![chain::ChainInput { x: x.clone(), n }], hints.clone()),
                     )?;
                 }
                 let mut t = Vec::with_capacity(reps);
                 let mut device = Vec::with_capacity(reps);
+                let mut handoff = Vec::with_capacity(reps);
                 for _ in 0..reps {
                     let s = Instant::now();
                     let r = block_on(
-                        grain.execute(vec![chain::ChainInput { x: x.clone(), n }], on_cuda.clone()),
+                        grain.execute(vec![chain::ChainInput { x: x.clone(), n }], hints.clone()),
                     )?;
                     t.push(s.elapsed());
                     device.push(r.compute_time() + r.transfer_time());
+                    handoff.push(r.chunks.iter().map(|c| c.handoff).sum::<Duration>());
                     anyhow::ensure!(r.outputs[0][5] == 5.0 + n as f32, "chain result wrong");
-                    replayed = r.graph_replayed();
+                    replayed &= r.graph_replayed();
                 }
-                Ok((median(&mut t) / n, replayed, median(&mut device)))
+                Ok((
+                    median(&mut t) / n,
+                    replayed,
+                    median(&mut device),
+                    median(&mut handoff),
+                ))
             };
-            let (graph, replayed, graph_device) = per(&graphs)?;
-            let (stream, _, _) = per(&plain)?;
+            let (stream, _, _, _) = per(&plain, &on_cuda)?;
             let (raw_stream, raw_graph) = base.chain_per_kernel(n as usize, reps)?;
-            let ratio = us(graph) / us(raw_graph);
-            let below_stream = 1.0 - us(graph) / us(stream);
-            cx.row(
-                "P1",
-                &format!("CUDA graph replay through the bridge, chain of {n} small kernels (128 B in and out), per kernel"),
-                Some(us(graph)),
-                "us/kernel",
-                "raw cudarc graph replay of the same chain and copies",
-                Some(us(raw_graph)),
-                Some(ratio),
-                "<= 1.1x raw graph replay and >= 65% below the bridge's stream launches",
-                Some(replayed && ratio <= 1.1 && below_stream >= 0.65),
-                &format!(
-                    "bridge stream launches {:.2} us/kernel ({:.0}% below); raw stream launches {:.2} us/kernel; raw graph with a spinning wait {:.2} us/kernel; per call {:.1} us of which executor pack+replay+wait {:.1} us; medians of {reps}",
-                    us(stream),
-                    below_stream * 100.0,
-                    us(raw_stream),
-                    base.last_chain_spin().map_or(0.0, us),
-                    us(graph) * f64::from(n),
-                    us(graph_device)
-                ),
-            );
+            let raw_spin = base.last_chain_spin().map_or(0.0, us);
+            // The raw baseline waits in cuStreamSynchronize, which spins while the host has
+            // cores to spare (CUDA's automatic scheduling): the bridge's `spin_wait` hint is
+            // that wait; the default parks the caller until the executor wakes it.
+            for (mode, hints) in [("spin_wait hint", &spin), ("default wait", &on_cuda)] {
+                let (graph, replayed, graph_device, handoff) = per(&graphs, hints)?;
+                let ratio = us(graph) / us(raw_graph);
+                let below_stream = 1.0 - us(graph) / us(stream);
+                cx.row(
+                    "P1",
+                    &format!("CUDA graph replay through the bridge, chain of {n} small kernels (128 B in and out), per kernel, {mode}"),
+                    Some(us(graph)),
+                    "us/kernel",
+                    "raw cudarc graph replay of the same chain and copies (cuStreamSynchronize)",
+                    Some(us(raw_graph)),
+                    Some(ratio),
+                    "<= 1.1x raw graph replay and >= 65% below the bridge's stream launches",
+                    Some(replayed && ratio <= 1.1 && below_stream >= 0.65),
+                    &format!(
+                        "{mode}; every call a graph replay: {replayed}; bridge stream launches (default wait) {:.2} us/kernel ({:.0}% below); raw stream launches {:.2} us/kernel; raw graph with a spinning wait {raw_spin:.2} us/kernel; per call {:.1} us of which executor pack+replay+wait {:.1} us and hand-offs {:.1} us; medians of {reps}",
+                        us(stream),
+                        below_stream * 100.0,
+                        us(raw_stream),
+                        us(graph) * f64::from(n),
+                        us(graph_device),
+                        us(handoff),
+                    ),
+                );
+            }
         }
     }
 
@@ -796,6 +814,8 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
             let mut lat = Vec::with_capacity(iters);
             let mut device = Vec::with_capacity(iters);
             let mut executor = Vec::with_capacity(iters);
+            let mut handoff = Vec::with_capacity(iters);
+            let mut queue = Vec::with_capacity(iters);
             let mut replayed = true;
             for _ in 0..iters {
                 let b = batch.clone();
@@ -804,17 +824,21 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                 lat.push(t.elapsed());
                 device.push(r.compute_time());
                 executor.push(r.chunks.iter().map(|c| c.executor).sum::<Duration>());
+                handoff.push(r.chunks.iter().map(|c| c.handoff).sum::<Duration>());
+                queue.push(r.chunks.iter().map(|c| c.queue).sum::<Duration>());
                 replayed &= r.graph_replayed();
                 std::hint::black_box(r);
             }
             let device50 = us(median(&mut device));
             let executor50 = us(median(&mut executor));
+            let handoff50 = us(median(&mut handoff));
+            let queue50 = us(median(&mut queue));
             let (p50, p99) = (
                 us(percentile(&mut lat, 0.5)),
                 us(percentile(&mut lat, 0.99)),
             );
             let note = format!(
-                "{mode}; every call a graph replay: {replayed}; executor pack+replay+wait P50 {device50:.1} us, job taken to outputs handed on P50 {executor50:.1} us; Instant::now {clock_ns:.0} ns; raw empty-kernel launch + sync P50 {launch50:.1} us; {iters} calls after {warm} warm-up"
+                "{mode}; every call a graph replay: {replayed}; executor pack+replay+wait P50 {device50:.1} us, job taken to outputs handed on P50 {executor50:.1} us; request start to submission P50 {queue50:.1} us; hand-offs (to the executor and back) P50 {handoff50:.1} us; Instant::now {clock_ns:.0} ns; raw empty-kernel launch + sync P50 {launch50:.1} us; {iters} calls after {warm} warm-up"
             );
             cx.row(
                 "P2",

@@ -70,7 +70,7 @@ pub enum ProfileSample {
 /// One phase's line of the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct PhaseLine {
-    /// The phase's name (its NVTX range's name).
+    /// The phase's name (its NVTX range's name; `hand-off` is the time between threads).
     pub phase: &'static str,
     /// Micro-batches in which the phase took time.
     pub count: usize,
@@ -351,40 +351,28 @@ fn summarise(
                 times.push(t);
             }
         }
-        let busy: Duration = times.iter().sum();
-        let count = times.len();
-        let gbps = (bytes > 0 && !busy.is_zero()).then(|| bytes as f64 / busy.as_secs_f64() / 1e9);
-        PhaseLine {
-            phase: p.name(),
-            count,
-            busy_s: busy.as_secs_f64(),
-            share_of_wall: if wall.is_zero() {
-                0.0
-            } else {
-                busy.as_secs_f64() / wall.as_secs_f64()
-            },
-            mean_s: if count == 0 {
-                0.0
-            } else {
-                busy.as_secs_f64() / count as f64
-            },
-            p99_s: p99(&mut times).as_secs_f64(),
+        line(
+            p.name(),
+            times,
             bytes,
-            gbps,
-            pinned_gbps: match p {
+            wall,
+            match p {
                 Phase::Upload => h2d,
                 Phase::Download => d2h,
                 _ => None,
             },
-        }
+        )
     };
     // The executor's wait for a stream is not a phase of its own in the reports: it is the
     // device time of h2d, launch and d2h seen from the host.
-    let phases = Phase::ALL
+    let mut phases: Vec<PhaseLine> = Phase::ALL
         .into_iter()
         .filter(|p| *p != Phase::Wait)
         .map(phase)
         .collect();
+    // Not a phase of the work but of its travel: to the executor thread (or CPU pool) and back.
+    let handoffs = chunks.iter().map(|c| c.handoff).filter(|t| !t.is_zero());
+    phases.push(line("hand-off", handoffs.collect(), 0, wall, None));
     let device_name = device
         .and_then(|d| bridge.devices().into_iter().find(|i| i.id == d))
         .map(|i| format!("{} ({})", i.id, i.name))
@@ -404,6 +392,39 @@ fn summarise(
         phases,
         pinned_h2d_gbps: h2d,
         pinned_d2h_gbps: d2h,
+    }
+}
+
+/// One line of the table: `times` (the non-zero spans of a phase, one per micro-batch) summed,
+/// averaged and ranked against the run's `wall` time.
+fn line(
+    phase: &'static str,
+    mut times: Vec<Duration>,
+    bytes: u64,
+    wall: Duration,
+    pinned_gbps: Option<f64>,
+) -> PhaseLine {
+    let busy: Duration = times.iter().sum();
+    let count = times.len();
+    let gbps = (bytes > 0 && !busy.is_zero()).then(|| bytes as f64 / busy.as_secs_f64() / 1e9);
+    PhaseLine {
+        phase,
+        count,
+        busy_s: busy.as_secs_f64(),
+        share_of_wall: if wall.is_zero() {
+            0.0
+        } else {
+            busy.as_secs_f64() / wall.as_secs_f64()
+        },
+        mean_s: if count == 0 {
+            0.0
+        } else {
+            busy.as_secs_f64() / count as f64
+        },
+        p99_s: p99(&mut times).as_secs_f64(),
+        bytes,
+        gbps,
+        pinned_gbps,
     }
 }
 
@@ -444,12 +465,12 @@ fn print_table(p: &Profile) {
         if p.verified { "verified" } else { "WRONG RESULTS" }
     );
     println!(
-        "{:<8} {:>7} {:>11} {:>7} {:>11} {:>11} {:>11} {:>10} {:>10}",
+        "{:<9} {:>7} {:>11} {:>7} {:>11} {:>11} {:>11} {:>10} {:>10}",
         "phase", "batches", "busy", "% wall", "mean", "p99", "bytes", "GB/s", "% pinned"
     );
     for l in &p.phases {
         println!(
-            "{:<8} {:>7} {:>11} {:>6.1}% {:>11} {:>11} {:>11} {:>10} {:>10}",
+            "{:<9} {:>7} {:>11} {:>6.1}% {:>11} {:>11} {:>11} {:>10} {:>10}",
             l.phase,
             l.count,
             human_time(l.busy_s),
@@ -475,7 +496,9 @@ fn print_table(p: &Profile) {
     println!(
         "busy = time in the phase summed over micro-batches; micro-batches on different lanes overlap, so shares can sum past 100%. \
          A replayed graph's copies are inside `replay`; h2d spans pipelined packing (each piece's upload waits for its packing); \
-         `overlapped` marks copies partly hidden under compute (staged plans), whose span is only the unhidden part. Each phase is also an NVTX range in the `gpubridge` domain (nsys profile --trace=cuda,nvtx)."
+         `overlapped` marks copies partly hidden under compute (staged plans), whose span is only the unhidden part. \
+         `hand-off` is the time between threads: submission to the executor (or CPU pool) and the outputs' way back, less the work. \
+         Each phase but `hand-off` is also an NVTX range in the `gpubridge` domain (nsys profile --trace=cuda,nvtx)."
     );
     if p.micro_batches > 0 && p.phases.iter().all(|l| l.count == 0) {
         println!("no phase took measurable time");
@@ -547,6 +570,9 @@ mod tests {
             assert_eq!(line(copy).bytes, 0, "{copy}");
         }
         assert!(line("launch").p99_s <= line("launch").busy_s);
+        // Each micro-batch went to the CPU pool and back: time between threads, beside the work.
+        assert_eq!(line("hand-off").count, 30);
+        assert_eq!(line("hand-off").bytes, 0);
         assert!(p.wall_s > 0.0 && line("launch").share_of_wall > 0.0);
     }
 }

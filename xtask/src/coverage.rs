@@ -48,6 +48,7 @@ pub const IGNORE_FILENAME_REGEX: &str = r"(gpubridge-samples|xtask|fuzz)/|/tests
 /// here.
 const DEVICE_TESTS: &[&str] = &[
     "gpubridge_cuda",
+    "baselines",
     "nvrtc_sources",
     "conformance_cuda",
     "cuda_runtime",

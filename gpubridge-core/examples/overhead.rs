@@ -1,0 +1,205 @@
+//! The bridge's own cost per call, without a device: a small batch (10 x 100 f32 sum, TARGETS.md
+//! P2's shape) and chains of 10, 100 and 1000 launches (P1's) through `batch`, on a profiling
+//! double that completes every plan on the submitting thread with zeroed outputs. What is timed
+//! is validation, planning, placement, submission, completion and unpacking alone: the part of
+//! P1's and P2's latency that is the bridge's host code, which a profiler can then take apart
+//! (`perf record -g target/release/examples/overhead`). The outputs are not results; nothing
+//! here stands in for a backend outside this measurement.
+//!
+//! `cargo run --release -p gpubridge-core --example overhead [-- ITERATIONS]`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gpubridge_core::device::{
+    Backend, BackendKind, DeviceId, DeviceInfo, DeviceType, Health, Work,
+};
+use gpubridge_core::kernels::Sum;
+use gpubridge_core::plan::{BufferRole, PlanOutputs, PlanTarget};
+use gpubridge_core::{BridgeConfig, ExecutionHints, GpuBridge, Result};
+
+/// A profiling double (named as one): reports one CUDA device and answers every plan at once,
+/// on the submitting thread, with zeroed outputs.
+struct InstantDouble {
+    devices: Vec<DeviceInfo>,
+}
+
+impl Backend for InstantDouble {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cuda
+    }
+    fn devices(&self) -> &[DeviceInfo] {
+        &self.devices
+    }
+    fn plan_target(&self, _device: usize) -> Option<PlanTarget> {
+        Some(PlanTarget::Cuda {
+            compute_capability: (9, 0),
+            blas: false,
+            max_grid_yz: 65535,
+        })
+    }
+    fn can_run(&self, _sources: &gpubridge_core::KernelSources) -> bool {
+        true
+    }
+    fn memory_budget(&self, _device: usize) -> Option<u64> {
+        None
+    }
+    fn health(&self, _device: usize) -> Health {
+        Health::Healthy
+    }
+    fn submit(&self, _device: usize, work: Work) -> Result<()> {
+        if let Work::Plan { plan, complete, .. } = work {
+            let outs: Vec<_> = plan
+                .buffers
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| matches!(b.role, BufferRole::Output))
+                .map(|(i, b)| (i, vec![0u8; b.len]))
+                .collect();
+            let ids = plan.output_ids();
+            let slices = outs.iter().map(|(_, v)| v.as_slice()).collect();
+            complete(Ok(PlanOutputs::new(ids, slices, Default::default())));
+        }
+        Ok(())
+    }
+}
+
+/// The bench's chain: one copy and `n` bumps of 32 floats.
+#[derive(Clone)]
+struct ChainInput {
+    x: Vec<f32>,
+    n: u32,
+}
+
+struct Chain;
+
+impl gpubridge_core::Kernel for Chain {
+    type Input = ChainInput;
+    type Output = Vec<f32>;
+    const ID: &'static str = "overhead/chain";
+
+    fn sources(&self) -> gpubridge_core::KernelSources {
+        gpubridge_core::KernelSources {
+            cuda: Some("extern \"C\" __global__ void chain_copy(const float* x, float* y) {}\n"),
+            wgsl: None,
+        }
+    }
+
+    fn validate(&self, _index: usize, _input: &ChainInput) -> Result<()> {
+        Ok(())
+    }
+
+    fn device_bytes(&self, _input: &ChainInput) -> usize {
+        256
+    }
+
+    fn run_cpu(
+        &self,
+        inputs: &[ChainInput],
+        _ctx: &gpubridge_core::CpuContext,
+    ) -> Result<Vec<Vec<f32>>> {
+        Ok(inputs.iter().map(|i| i.x.clone()).collect())
+    }
+
+    fn plan(
+        &self,
+        inputs: &Arc<[ChainInput]>,
+        _target: &PlanTarget,
+    ) -> Result<gpubridge_core::plan::Plan> {
+        use gpubridge_core::plan::{pack_range, Arg, Launch, Plan};
+        let first = &inputs[0];
+        let (x_vals, n) = (first.x.clone(), first.n);
+        let mut plan = Plan::new(Self::ID);
+        let x = plan.input("x", 128, move |dst, at| pack_range(dst, at, &x_vals));
+        let y = plan.output("y", 128);
+        plan.launch(Launch::new(
+            "chain_copy",
+            [1, 1, 1],
+            [32, 1, 1],
+            &[Arg::buf(x), Arg::buf(y)],
+        ));
+        for _ in 0..n {
+            plan.launch(Launch::new(
+                "chain_bump",
+                [1, 1, 1],
+                [32, 1, 1],
+                &[Arg::buf(y)],
+            ));
+        }
+        Ok(plan)
+    }
+
+    fn unpack(&self, _inputs: &[ChainInput], outputs: &PlanOutputs<'_>) -> Result<Vec<Vec<f32>>> {
+        Ok(vec![outputs
+            .f32s(gpubridge_core::plan::BufferId(1))?
+            .to_vec()])
+    }
+}
+
+fn main() {
+    let iters: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(200_000);
+    let mut b = GpuBridge::builder(BridgeConfig::default());
+    b.register(Sum).unwrap();
+    b.register(Chain).unwrap();
+    b.add_backend(Arc::new(InstantDouble {
+        devices: vec![DeviceInfo {
+            id: DeviceId {
+                backend: BackendKind::Cuda,
+                index: 0,
+            },
+            name: "instant profiling double".into(),
+            device_type: DeviceType::DiscreteGpu,
+            total_memory: 1 << 34,
+            compute_units: 1,
+            compute_capability: Some((9, 0)),
+            details: String::new(),
+        }],
+    }));
+    let bridge = b.build().unwrap();
+    let grain = bridge.batch::<Sum>().unwrap();
+    let batch: Vec<Vec<f32>> = (0..10)
+        .map(|i| (0..100).map(|j| (i * j) as f32).collect())
+        .collect();
+    let hints = ExecutionHints::default().spin_wait(Duration::from_millis(1));
+    let mut lat = Vec::with_capacity(iters);
+    for i in 0..iters + 1000 {
+        let input = batch.clone();
+        let t = Instant::now();
+        let r = futures::executor::block_on(grain.execute(input, hints.clone())).unwrap();
+        if i >= 1000 {
+            lat.push(t.elapsed());
+        }
+        std::hint::black_box(r);
+    }
+    lat.sort();
+    let chain = bridge.batch::<Chain>().unwrap();
+    for n in [10u32, 100, 1000] {
+        let mut t = Vec::new();
+        for i in 0..(iters / n as usize).max(200) + 50 {
+            let input = vec![ChainInput {
+                x: vec![1.0; 32],
+                n,
+            }];
+            let s = Instant::now();
+            let r = futures::executor::block_on(chain.execute(input, hints.clone())).unwrap();
+            if i >= 50 {
+                t.push(s.elapsed());
+            }
+            std::hint::black_box(r);
+        }
+        t.sort();
+        println!(
+            "chain {n}: P50 {:.2} us per call",
+            t[t.len() / 2].as_secs_f64() * 1e6
+        );
+    }
+    println!(
+        "bridge overhead per call (10 x 100 sum, instant double): P50 {:.2} us, P90 {:.2} us, P99 {:.2} us",
+        lat[lat.len() / 2].as_secs_f64() * 1e6,
+        lat[lat.len() * 9 / 10].as_secs_f64() * 1e6,
+        lat[lat.len() * 99 / 100].as_secs_f64() * 1e6
+    );
+}
