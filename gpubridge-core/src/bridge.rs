@@ -1241,9 +1241,9 @@ fn panicked(backend: BackendKind, kernel: &str, payload: &(dyn std::any::Any + S
         .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".to_owned());
-    Error::Backend {
+    Error::KernelPanicked {
+        kernel: kernel.to_owned(),
         backend,
-        message: format!("kernel {kernel} panicked: {what}"),
-        transient: false,
+        message: what,
     }
 }

@@ -139,6 +139,20 @@ pub enum Error {
         /// Details: the operation, the offsets, the OS error.
         message: String,
     },
+    /// A kernel's own host code (its CPU form, or the unpacking of a device's outputs) panicked.
+    /// The bridge caught it; the request fails, nothing else does: the device is not blamed (its
+    /// circuit is untouched) and the request is not retried elsewhere, where the same code would
+    /// panic again. A bug in the kernel, or an input its validation should refuse. Singles that
+    /// the dynamic batcher put in one batch share one run, and all of them get this error.
+    #[error("kernel {kernel} panicked on {backend}: {message}")]
+    KernelPanicked {
+        /// The kernel id.
+        kernel: String,
+        /// The backend whose run it was.
+        backend: BackendKind,
+        /// The panic's message (or `unknown panic` when it carried no text).
+        message: String,
+    },
     /// Any other failure reported by a backend (a launch error, a driver error).
     #[error("{backend} backend error: {message}")]
     Backend {
@@ -236,6 +250,7 @@ impl Error {
             | Error::UnknownKernel { .. }
             | Error::KernelTypeMismatch { .. }
             | Error::KernelSourceChanged { .. }
+            | Error::KernelPanicked { .. }
             | Error::InvalidConfig { .. }
             | Error::Cancelled { .. } => ErrorClass::Caller,
             Error::Io { kind, .. } => match kind {
@@ -259,6 +274,7 @@ impl Error {
             Error::UnknownKernel { .. } => "unknown_kernel",
             Error::KernelTypeMismatch { .. } => "kernel_type_mismatch",
             Error::KernelSourceChanged { .. } => "kernel_source_changed",
+            Error::KernelPanicked { .. } => "kernel_panicked",
             Error::Unsupported { .. } => "unsupported",
             Error::OutOfMemory { .. } => "out_of_memory",
             Error::DeviceLost { .. } => "device_lost",

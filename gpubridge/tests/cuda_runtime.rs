@@ -745,3 +745,29 @@ fn graph_churn_keeps_the_host_heap_flat() {
     );
     gpubridge::testing::assert_quiescent(&b);
 }
+
+/// NVML's boards are labelled with the bridge's own device labels: the CUDA device the bridge
+/// runs on is found by its PCI location and sampled as `cuda:0`, not as an anonymous
+/// `nvml:<index>`, so the GPU's utilisation and memory line up with the bridge's metrics.
+#[cfg(feature = "nvml")]
+#[test]
+fn the_nvml_sampler_labels_the_bridges_cuda_device() {
+    let config = BridgeConfig::default();
+    let Some(cuda) = cuda(&config) else { return };
+    let locations = gpubridge_cuda::pci_locations();
+    assert!(
+        locations.iter().any(|(ordinal, ..)| *ordinal == 0),
+        "device 0 has a PCI location: {locations:?}"
+    );
+    let b = bridge(config, cuda);
+    let sampler = gpubridge::telemetry::start_nvml_sampler(&b)
+        .unwrap()
+        .expect("NVML loads where a CUDA device is");
+    assert!(
+        sampler.devices().iter().any(|d| d == "cuda:0"),
+        "{:?}",
+        sampler.devices()
+    );
+    sampler.stop();
+    gpubridge::testing::assert_quiescent(&b);
+}
