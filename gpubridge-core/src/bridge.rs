@@ -969,6 +969,7 @@ where
                 let mut plan = self.kernel.plan(lent.items(self.kernel.id())?, &target)?;
                 plan.check()?;
                 plan.resident = resident;
+                plan.caller_spins = spin.is_some();
                 for b in &plan.buffers {
                     match b.role {
                         BufferRole::Input(_) => copied.0 += b.len as u64,

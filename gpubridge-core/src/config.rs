@@ -363,6 +363,13 @@ pub struct CudaConfig {
     /// Run plans whose kernel gave stages (large matrix products) staged: each step starts once
     /// its inputs are uploaded and its results download while later steps run (default `true`).
     pub staged_plans: bool,
+    /// Run a tiny plan (one that goes zero-copy: at most 64 KiB of buffers and two launches) on
+    /// the caller's own thread when the caller waits by spinning
+    /// ([`crate::ExecutionHints::spin_wait`], and the batcher's runners): its context made
+    /// current there, on a stream and mapped buffer of its own, skipping the two thread
+    /// hand-offs to the device's executor and back (default `true`). One such caller at a time
+    /// per device; others go through the executor as usual.
+    pub inline_tiny_plans: bool,
 }
 
 impl Default for CudaConfig {
@@ -374,6 +381,7 @@ impl Default for CudaConfig {
             resident_mb: 256,
             streams_per_device: 2,
             staged_plans: true,
+            inline_tiny_plans: true,
         }
     }
 }

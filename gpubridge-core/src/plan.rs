@@ -192,6 +192,12 @@ pub struct Plan {
     /// plans, within `cuda.resident_mb`. Backends without such state ignore it. Set by the
     /// bridge, not by kernels.
     pub resident: bool,
+    /// The caller waits for this plan by spinning (the request's
+    /// [`crate::ExecutionHints::spin_wait`]), so its thread is busy either way: a backend may run
+    /// a tiny plan on the submitting thread instead of handing it to its executor and back (CUDA
+    /// does, for zero-copy plans, when `cuda.inline_tiny_plans` is on). Set by the bridge, not by
+    /// kernels.
+    pub caller_spins: bool,
 }
 
 /// What one step of a plan needs and produces, for a backend that overlaps copies with compute.
@@ -224,6 +230,7 @@ impl Plan {
             steps: Vec::new(),
             stages: Vec::new(),
             resident: false,
+            caller_spins: false,
         }
     }
 

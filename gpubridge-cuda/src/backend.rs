@@ -126,6 +126,15 @@ impl CudaBackend {
         }
     }
 
+    /// Plans of `device` that ran on their caller's thread (`cuda.inline_tiny_plans`).
+    pub fn inline_runs(&self, device: usize) -> u64 {
+        self.slots.get(device).map_or(0, |s| {
+            s.shared
+                .inline_runs
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
     /// Pool statistics of `device` after its last plan.
     pub fn pool_stats(&self, device: usize) -> Option<PoolStats> {
         self.slots.get(device).map(|s| *s.shared.pool.lock())
@@ -191,18 +200,22 @@ impl Backend for CudaBackend {
                 plan,
                 sources,
                 complete,
-            } => slot
-                .tx
-                .lock()
-                .send(Job::Plan {
+            } => {
+                let Some((plan, sources, complete)) =
+                    executor::run_inline(&slot.shared, plan, sources, complete)
+                else {
+                    return Ok(());
+                };
+                slot.tx.lock().send(Job::Plan {
                     plan,
                     sources,
                     complete,
                 })
-                .map_err(|_| Error::DeviceLost {
-                    device: format!("cuda:{device}"),
-                    reason: "executor thread exited".to_owned(),
-                }),
+            }
+            .map_err(|_| Error::DeviceLost {
+                device: format!("cuda:{device}"),
+                reason: "executor thread exited".to_owned(),
+            }),
             Work::Cpu(_) => Err(Error::Unsupported {
                 backend: BackendKind::Cuda,
                 what: "CPU jobs".to_owned(),

@@ -56,6 +56,45 @@ pub(crate) struct Shared {
     /// Free device memory in bytes, sampled by the executor (at most every
     /// [`FREE_MEMORY_EVERY`]) for placement.
     pub free_memory: std::sync::atomic::AtomicU64,
+    /// Every function the executor has loaded, for callers that run tiny plans themselves.
+    pub functions: Mutex<HashMap<FunctionKey, SharedFunction>>,
+    /// The stream and mapped buffer on which a spinning caller runs a tiny plan itself (see
+    /// [`run_inline`]); `None` when `cuda.inline_tiny_plans` is off or the executor has ended.
+    pub inline: Mutex<Option<InlineLane>>,
+    /// Plans run on their caller's thread.
+    pub inline_runs: std::sync::atomic::AtomicU64,
+}
+
+/// A loaded function by (kernel, its CUDA source's address and length, entry point).
+pub(crate) type FunctionKey = (&'static str, usize, usize, &'static str);
+
+/// A function handle shared with callers that run tiny plans on their own threads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SharedFunction(sys::CUfunction);
+
+// SAFETY: a `CUfunction` is valid in its context from any thread. Its module stays loaded for
+// as long as the executor lives (the executor never unloads one), and callers use it only while
+// they hold the inline lane, which the executor takes away before it ends.
+unsafe impl Send for SharedFunction {}
+// SAFETY: as above; the handle is only read.
+unsafe impl Sync for SharedFunction {}
+
+/// What a spinning caller needs to run a tiny plan on its own thread: the device's context, a
+/// stream of its own and mapped pinned memory of its own (apart from the executor's, so the two
+/// never wait for each other).
+pub(crate) struct InlineLane {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    mapped: PinnedBuffer,
+    label: String,
+}
+
+impl std::fmt::Debug for InlineLane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InlineLane")
+            .field("device", &self.label)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How often the executor samples the device's free memory.
@@ -350,6 +389,7 @@ pub(crate) fn spawn(
     );
     let huge_pages = config.memory.huge_page_outputs;
     let staged_plans = config.cuda.staged_plans;
+    let inline = config.cuda.inline_tiny_plans;
     let lanes = config.cuda.streams_per_device.max(1);
     let handle = std::thread::Builder::new()
         .name(format!("gpubridge-{label}"))
@@ -359,6 +399,9 @@ pub(crate) fn spawn(
                     Ok(mut ex) => {
                         ex.huge_pages = huge_pages;
                         ex.staged = staged_plans;
+                        if inline {
+                            ex.open_inline_lane();
+                        }
                         ex
                     }
                     Err(e) => {
@@ -401,6 +444,9 @@ pub(crate) fn spawn(
                 ex.finish(f);
             }
             ex.drain_unpacking();
+            // Its mapped memory is freed here, with the context current; a caller running a
+            // plan on it finishes first (the lock).
+            drop(ex.shared.inline.lock().take());
         })
         .map_err(|e| Error::Backend {
             backend: BackendKind::Cuda,
@@ -504,6 +550,24 @@ impl Executor {
             idle_released: Instant::now(),
             unpacking: Arc::default(),
         })
+    }
+
+    /// Creates the stream spinning callers run tiny plans on (see [`run_inline`]). Without it
+    /// (the stream cannot be created), every plan goes through this thread.
+    fn open_inline_lane(&mut self) {
+        match self.ctx.new_stream() {
+            Ok(stream) => {
+                *self.shared.inline.lock() = Some(InlineLane {
+                    ctx: self.ctx.clone(),
+                    stream,
+                    mapped: PinnedBuffer::mapped(),
+                    label: self.label.clone(),
+                });
+            }
+            Err(e) => {
+                tracing::warn!(device = %self.label, "no stream for inline plans, all go through the executor: {e}");
+            }
+        }
     }
 
     /// Takes one job: a cached or newly captured graph runs at once; anything else is enqueued on
@@ -810,6 +874,10 @@ impl Executor {
                         backend: BackendKind::Cuda,
                         what: format!("kernel {} has no entry point {entry:?}: {e}", plan.kernel),
                     })?;
+                self.shared.functions.lock().insert(
+                    (key.0, key.1, key.2, entry),
+                    SharedFunction(f.cu_function()),
+                );
                 loaded.functions.insert(entry, f);
             }
             out.push(loaded.functions[entry].cu_function());
@@ -1510,6 +1578,111 @@ fn update_nodes(entry: &mut GraphEntry, plan: &Plan, label: &str) -> Result<Opti
         node.values = values;
     }
     Ok(Some(updates))
+}
+
+/// Work handed back by [`run_inline`], to go to the executor as usual.
+pub(crate) type NotInline = (Plan, KernelSources, gpubridge_core::device::PlanCompletion);
+
+/// Runs a tiny plan on the calling thread, as the executor would run it zero-copy: when its
+/// caller spins anyway ([`Plan::caller_spins`]), the plan qualifies for zero-copy, no other caller
+/// holds the device's inline lane, and the executor has loaded every function it launches
+/// (the first run of a kernel goes through the executor, which compiles it). The two thread
+/// hand-offs, to the executor and back, are skipped. Completes the plan (with its outputs or the
+/// error) and returns `None`, or hands the work back untouched.
+pub(crate) fn run_inline(
+    shared: &Shared,
+    plan: Plan,
+    sources: KernelSources,
+    complete: gpubridge_core::device::PlanCompletion,
+) -> Option<NotInline> {
+    let taken = Instant::now();
+    if !plan.caller_spins || !zero_copy_candidate(&plan) {
+        return Some((plan, sources, complete));
+    }
+    let Some(mut guard) = shared.inline.try_lock() else {
+        return Some((plan, sources, complete));
+    };
+    let Some(source) = sources.cuda else {
+        return Some((plan, sources, complete));
+    };
+    let functions: Option<Vec<sys::CUfunction>> = {
+        let known = shared.functions.lock();
+        plan.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Launch(l) => Some(l.entry),
+                Step::Gemm(_) => None,
+            })
+            .map(|entry| {
+                known
+                    .get(&(plan.kernel, source.as_ptr() as usize, source.len(), entry))
+                    .map(|f| f.0)
+            })
+            .collect()
+    };
+    let (Some(lane), Some(functions)) = (guard.as_mut(), functions) else {
+        return Some((plan, sources, complete));
+    };
+    let (layout, total) = Executor::layout(&plan);
+    if lane.ctx.bind_to_thread().is_err() || lane.mapped.ensure(total.max(1), &lane.label).is_err()
+    {
+        return Some((plan, sources, complete));
+    }
+    let t = Instant::now();
+    let range = nvtx::range(Phase::Pack, layout.in_total as u64);
+    pack_piece(
+        &plan,
+        &layout.inputs,
+        lane.mapped.slice_mut(layout.in_total),
+        0,
+    );
+    drop(range);
+    let pack = t.elapsed();
+    let t = Instant::now();
+    let enqueued = enqueue(
+        &lane.stream,
+        None,
+        None,
+        &lane.label,
+        &plan,
+        &functions,
+        lane.mapped.device_ptr(),
+        &layout,
+        &mut [],
+        &mut [],
+        false,
+        false,
+    );
+    // Waited for even after a failed enqueue: launches already queued read the mapped memory.
+    let range = nvtx::range(Phase::Wait, 0);
+    let waited = wait_stream(&lane.stream, &lane.label);
+    drop(range);
+    if let Err(e) = enqueued.and(waited) {
+        if let Error::DeviceLost { reason, .. } = &e {
+            tracing::error!(device = %lane.label, "device lost: {reason}");
+            *shared.lost.lock() = Some(reason.clone());
+        }
+        drop(guard);
+        complete(Err(e));
+        drop_plan(plan);
+        return None;
+    }
+    let stats = ExecStats {
+        compute: t.elapsed(),
+        pack,
+        executor: taken.elapsed(),
+        ..ExecStats::default()
+    };
+    let steps = release_inputs(plan);
+    let staging = &lane.mapped.slice_mut(layout.out_end)[layout.out_start..];
+    // Tiny outputs: the plain allocator (huge pages are for large vectors).
+    deliver(complete, &layout.outputs, staging, stats, false);
+    drop(guard);
+    drop(steps);
+    shared
+        .inline_runs
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    None
 }
 
 /// Whether a plan is small and simple enough to run zero-copy (see [`ZERO_COPY_MAX_BYTES`]).

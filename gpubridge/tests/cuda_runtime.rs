@@ -425,6 +425,92 @@ fn tiny_plans_run_zero_copy_with_fresh_data_every_time() {
     gpubridge::testing::assert_quiescent(&b);
 }
 
+fn small_sums(rng: &mut impl Rng) -> Vec<Vec<f32>> {
+    (0..10)
+        .map(|_| {
+            (0..100)
+                .map(|_| rng.random_range(-8i32..8) as f32)
+                .collect()
+        })
+        .collect()
+}
+
+/// A caller that spins runs a tiny plan on its own thread (`cuda.inline_tiny_plans`): the first
+/// run of the kernel goes through the executor (which compiles it), later ones do not; callers
+/// that park, and every caller when the option is off, go through the executor. Results are
+/// checked against the CPU's sums every time, from many threads at once too (one caller at a
+/// time holds the inline lane; the others' plans go to the executor meanwhile).
+#[test]
+fn spinning_callers_run_tiny_plans_on_their_own_threads() {
+    let config = BridgeConfig::default();
+    let Some(cuda) = cuda(&config) else { return };
+    let b = bridge(config, cuda.clone());
+    let grain = b.batch::<Sum>().unwrap();
+    let on_cuda = ExecutionHints::default().on_backend(BackendKind::Cuda);
+    let spin = on_cuda
+        .clone()
+        .spin_wait(std::time::Duration::from_millis(5));
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+    let check = |v: &[Vec<f32>], out: &[f32]| {
+        assert_eq!(v.len(), out.len());
+        for (x, s) in v.iter().zip(out) {
+            assert_eq!(x.iter().sum::<f32>(), *s);
+        }
+    };
+    // Parked callers never run inline.
+    for _ in 0..5 {
+        let v = small_sums(&mut rng);
+        let r = block_on(grain.execute(v.clone(), on_cuda.clone())).unwrap();
+        check(&v, &r.outputs);
+    }
+    assert_eq!(cuda.inline_runs(0), 0);
+    for _ in 0..50 {
+        let v = small_sums(&mut rng);
+        let r = block_on(grain.execute(v.clone(), spin.clone())).unwrap();
+        check(&v, &r.outputs);
+        assert!(!r.graph_replayed());
+    }
+    assert_eq!(
+        cuda.inline_runs(0),
+        50,
+        "the kernel was loaded by the parked calls"
+    );
+    // Eight threads at once: every answer right, the lane shared one caller at a time.
+    std::thread::scope(|scope| {
+        for t in 0..8u64 {
+            let (grain, spin) = (&grain, &spin);
+            scope.spawn(move || {
+                let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random::<u64>() ^ t);
+                for _ in 0..200 {
+                    let v = small_sums(&mut rng);
+                    let r = block_on(grain.execute(v.clone(), spin.clone())).unwrap();
+                    check(&v, &r.outputs);
+                }
+            });
+        }
+    });
+    let inline = cuda.inline_runs(0);
+    assert!(
+        inline > 50,
+        "some of the concurrent calls ran inline: {inline}"
+    );
+    gpubridge::testing::assert_quiescent(&b);
+
+    // Off: every plan goes through the executor.
+    let mut off = BridgeConfig::default();
+    off.cuda.inline_tiny_plans = false;
+    let Some(cuda) = self::cuda(&off) else { return };
+    let b = bridge(off, cuda.clone());
+    let grain = b.batch::<Sum>().unwrap();
+    for _ in 0..20 {
+        let v = small_sums(&mut rng);
+        let r = block_on(grain.execute(v.clone(), spin.clone())).unwrap();
+        check(&v, &r.outputs);
+    }
+    assert_eq!(cuda.inline_runs(0), 0);
+    gpubridge::testing::assert_quiescent(&b);
+}
+
 #[test]
 fn micro_batches_overlap_on_two_lanes_and_not_on_one() {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
