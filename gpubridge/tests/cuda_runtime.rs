@@ -26,6 +26,14 @@ fn cuda(config: &BridgeConfig) -> Option<Arc<CudaBackend>> {
     }
 }
 
+/// The default configuration on one GPU (`general.max_devices = 1`), for tests that read one
+/// device's statistics: on a machine of several, placement may send the work to any of them.
+fn one_gpu() -> BridgeConfig {
+    let mut config = BridgeConfig::default();
+    config.general.max_devices = 1;
+    config
+}
+
 fn bridge(config: BridgeConfig, cuda: Arc<CudaBackend>) -> GpuBridge {
     let cpu = gpubridge::cpu::CpuBackend::new(&config).unwrap();
     GpuBridge::builder(config)
@@ -59,7 +67,7 @@ fn check_add(inputs: &[VectorPair], outputs: &[Vec<f32>]) {
 
 #[test]
 fn repeated_plan_shapes_are_captured_once_and_replayed_with_fresh_data() {
-    let config = BridgeConfig::default();
+    let config = one_gpu();
     let Some(cuda) = cuda(&config) else { return };
     let b = bridge(config, cuda.clone());
     let grain = b.batch::<VectorAdd>().unwrap();
@@ -85,7 +93,7 @@ fn repeated_plan_shapes_are_captured_once_and_replayed_with_fresh_data() {
 
 #[test]
 fn batches_of_nearby_sizes_share_a_bucketed_graph_updated_in_place() {
-    let config = BridgeConfig::default();
+    let config = one_gpu();
     let Some(cuda) = cuda(&config) else { return };
     let b = bridge(config, cuda.clone());
     let grain = b.batch::<VectorAdd>().unwrap();
@@ -208,7 +216,7 @@ fn a_large_matrix_product_runs_staged_and_matches_the_cpu() {
 
 #[test]
 fn graph_cache_evicts_least_recently_used_under_its_budget() {
-    let mut config = BridgeConfig::default();
+    let mut config = one_gpu();
     // Each of the four shapes' graphs owns about 0.4 MB (device block and pinned staging), so a
     // 1 MB cache cannot hold them all.
     config.cuda.graph_cache_mb = 1;
@@ -246,7 +254,7 @@ fn graph_cache_evicts_least_recently_used_under_its_budget() {
 
 #[test]
 fn a_resident_plan_is_captured_at_once_and_outlives_the_lru() {
-    let mut config = BridgeConfig::default();
+    let mut config = one_gpu();
     // Ordinary graphs get 1 MB (about two of the shapes below); resident ones 4 MB.
     config.cuda.graph_cache_mb = 1;
     config.cuda.resident_mb = 4;
@@ -298,7 +306,7 @@ fn a_resident_plan_is_captured_at_once_and_outlives_the_lru() {
 
 #[test]
 fn pool_reuses_memory_across_batches() {
-    let mut config = BridgeConfig::default();
+    let mut config = one_gpu();
     config.cuda.enable_graphs = false;
     let Some(cuda) = cuda(&config) else { return };
     let b = bridge(config, cuda.clone());
@@ -392,9 +400,69 @@ fn a_lost_device_trips_its_circuit_and_work_moves_on_with_nothing_lost() {
     gpubridge::testing::assert_quiescent(&b);
 }
 
+/// Placement over every GPU: a preferred device is honoured, and concurrent batches without a
+/// preference spread over the devices by their queue depth, each answer checked. On a machine
+/// of one GPU the spreading part has nothing to show and says so.
+#[test]
+fn batches_spread_over_every_gpu_and_a_preferred_device_is_honoured() {
+    let config = BridgeConfig::default();
+    let Some(cuda) = cuda(&config) else { return };
+    let devices = cuda.devices_len();
+    let b = bridge(config, cuda.clone());
+    let grain = b.batch::<VectorAdd>().unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+    for d in 0..devices {
+        let inputs = random_pairs(&mut rng, 4, 50_000);
+        let r = block_on(
+            grain.execute(
+                inputs.clone(),
+                ExecutionHints::default()
+                    .on_backend(BackendKind::Cuda)
+                    .preferred_device(d),
+            ),
+        )
+        .unwrap();
+        check_add(&inputs, &r.outputs);
+        assert_eq!(
+            r.device(),
+            Some(DeviceId {
+                backend: BackendKind::Cuda,
+                index: d
+            })
+        );
+    }
+    let used = std::sync::Mutex::new(std::collections::BTreeMap::<usize, usize>::new());
+    std::thread::scope(|scope| {
+        for t in 0..8u64 {
+            let (grain, used) = (&grain, &used);
+            scope.spawn(move || {
+                let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random::<u64>() ^ t);
+                for _ in 0..10 {
+                    let inputs = random_pairs(&mut rng, 8, 250_000);
+                    let r = block_on(grain.execute(
+                        inputs.clone(),
+                        ExecutionHints::default().on_backend(BackendKind::Cuda),
+                    ))
+                    .unwrap();
+                    check_add(&inputs, &r.outputs);
+                    for c in &r.chunks {
+                        *used.lock().unwrap().entry(c.device.index).or_default() += 1;
+                    }
+                }
+            });
+        }
+    });
+    let used = used.into_inner().unwrap();
+    eprintln!("{devices} CUDA device(s); micro-batches per device: {used:?}");
+    if devices > 1 {
+        assert_eq!(used.len(), devices, "every GPU took work: {used:?}");
+    }
+    gpubridge::testing::assert_quiescent(&b);
+}
+
 #[test]
 fn tiny_plans_run_zero_copy_with_fresh_data_every_time() {
-    let config = BridgeConfig::default();
+    let config = one_gpu();
     let Some(cuda) = cuda(&config) else { return };
     let b = bridge(config, cuda.clone());
     let grain = b.batch::<Sum>().unwrap();
@@ -442,7 +510,7 @@ fn small_sums(rng: &mut impl Rng) -> Vec<Vec<f32>> {
 /// time holds the inline lane; the others' plans go to the executor meanwhile).
 #[test]
 fn spinning_callers_run_tiny_plans_on_their_own_threads() {
-    let config = BridgeConfig::default();
+    let config = one_gpu();
     let Some(cuda) = cuda(&config) else { return };
     let b = bridge(config, cuda.clone());
     let grain = b.batch::<Sum>().unwrap();
@@ -497,7 +565,7 @@ fn spinning_callers_run_tiny_plans_on_their_own_threads() {
     gpubridge::testing::assert_quiescent(&b);
 
     // Off: every plan goes through the executor.
-    let mut off = BridgeConfig::default();
+    let mut off = one_gpu();
     off.cuda.inline_tiny_plans = false;
     let Some(cuda) = self::cuda(&off) else { return };
     let b = bridge(off, cuda.clone());
@@ -516,7 +584,7 @@ fn micro_batches_overlap_on_two_lanes_and_not_on_one() {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
     let inputs = random_pairs(&mut rng, 8, 200_000);
     for lanes in [2usize, 1] {
-        let mut config = BridgeConfig::default();
+        let mut config = one_gpu();
         config.cuda.streams_per_device = lanes;
         config.cuda.enable_graphs = false;
         let Some(cuda) = cuda(&config) else { return };
@@ -671,7 +739,7 @@ fn the_pool_releases_idle_classes_that_went_unused() {
 #[test]
 fn one_off_plan_shapes_do_not_grow_the_graph_cache_memory() {
     use gpubridge::kernels::{MatMul, MatMulInput};
-    let config = BridgeConfig::default();
+    let config = one_gpu();
     let Some(cuda) = cuda(&config) else { return };
     let b = GpuBridge::builder(config)
         .kernel(MatMul)
@@ -741,7 +809,7 @@ fn heap_live() -> i64 {
 #[test]
 fn graph_churn_keeps_the_host_heap_flat() {
     use gpubridge::kernels::{MatMul, MatMulInput};
-    let mut config = BridgeConfig::default();
+    let mut config = one_gpu();
     config.cuda.graph_cache_mb = 1;
     let Some(cuda) = cuda(&config) else { return };
     let b = GpuBridge::builder(config)
