@@ -973,43 +973,14 @@ impl Executor {
         let functions = self.functions(plan, sources)?;
         let (layout, total) = Self::layout(plan);
         self.mapped.ensure(total.max(1), &self.label)?;
-        let t = Instant::now();
-        let range = nvtx::range(Phase::Pack, layout.in_total as u64);
-        pack_piece(
-            plan,
-            &layout.inputs,
-            self.mapped.slice_mut(layout.in_total),
-            0,
-        );
-        drop(range);
-        let pack = t.elapsed();
-        let t = Instant::now();
-        let base = self.mapped.device_ptr();
-        let lane = &self.lanes[0];
-        let enqueued = enqueue(
-            &lane.stream,
-            None,
-            self.blas.as_ref(),
+        let stats = zero_copy(
+            &self.lanes[0].stream,
+            &mut self.mapped,
             &self.label,
             plan,
             &functions,
-            base,
             &layout,
-            &mut [],
-            &mut [],
-            false,
-            false,
-        );
-        let range = nvtx::range(Phase::Wait, 0);
-        let waited = wait_stream(&lane.stream, &self.label);
-        drop(range);
-        enqueued?;
-        waited?;
-        let stats = ExecStats {
-            compute: t.elapsed(),
-            pack,
-            ..ExecStats::default()
-        };
+        )?;
         Ok((layout.outputs, layout.out_start, layout.out_end, stats))
     }
 
@@ -1580,6 +1551,51 @@ fn update_nodes(entry: &mut GraphEntry, plan: &Plan, label: &str) -> Result<Opti
     Ok(Some(updates))
 }
 
+/// Runs a plan zero-copy on `stream`: packs its inputs into `mapped` (already large enough for
+/// `layout`), launches with pointers into that memory, and waits (even after a failed enqueue:
+/// launches already queued read the mapped memory). The outputs are then in `mapped` at the
+/// layout's output range. Returns the pack and compute times.
+fn zero_copy(
+    stream: &CudaStream,
+    mapped: &mut PinnedBuffer,
+    label: &str,
+    plan: &Plan,
+    functions: &[sys::CUfunction],
+    layout: &Layout,
+) -> Result<ExecStats> {
+    let t = Instant::now();
+    let range = nvtx::range(Phase::Pack, layout.in_total as u64);
+    pack_piece(plan, &layout.inputs, mapped.slice_mut(layout.in_total), 0);
+    drop(range);
+    let pack = t.elapsed();
+    let t = Instant::now();
+    // Zero-copy plans have no library step: no cuBLAS handle is needed.
+    let enqueued = enqueue(
+        stream,
+        None,
+        None,
+        label,
+        plan,
+        functions,
+        mapped.device_ptr(),
+        layout,
+        &mut [],
+        &mut [],
+        false,
+        false,
+    );
+    let range = nvtx::range(Phase::Wait, 0);
+    let waited = wait_stream(stream, label);
+    drop(range);
+    enqueued?;
+    waited?;
+    Ok(ExecStats {
+        compute: t.elapsed(),
+        pack,
+        ..ExecStats::default()
+    })
+}
+
 /// Work handed back by [`run_inline`], to go to the executor as usual.
 pub(crate) type NotInline = (Plan, KernelSources, gpubridge_core::device::PlanCompletion);
 
@@ -1628,50 +1644,29 @@ pub(crate) fn run_inline(
     {
         return Some((plan, sources, complete));
     }
-    let t = Instant::now();
-    let range = nvtx::range(Phase::Pack, layout.in_total as u64);
-    pack_piece(
-        &plan,
-        &layout.inputs,
-        lane.mapped.slice_mut(layout.in_total),
-        0,
-    );
-    drop(range);
-    let pack = t.elapsed();
-    let t = Instant::now();
-    let enqueued = enqueue(
+    let ran = zero_copy(
         &lane.stream,
-        None,
-        None,
+        &mut lane.mapped,
         &lane.label,
         &plan,
         &functions,
-        lane.mapped.device_ptr(),
         &layout,
-        &mut [],
-        &mut [],
-        false,
-        false,
     );
-    // Waited for even after a failed enqueue: launches already queued read the mapped memory.
-    let range = nvtx::range(Phase::Wait, 0);
-    let waited = wait_stream(&lane.stream, &lane.label);
-    drop(range);
-    if let Err(e) = enqueued.and(waited) {
-        if let Error::DeviceLost { reason, .. } = &e {
-            tracing::error!(device = %lane.label, "device lost: {reason}");
-            *shared.lost.lock() = Some(reason.clone());
+    let stats = match ran {
+        Ok(stats) => ExecStats {
+            executor: taken.elapsed(),
+            ..stats
+        },
+        Err(e) => {
+            if let Error::DeviceLost { reason, .. } = &e {
+                tracing::error!(device = %lane.label, "device lost: {reason}");
+                *shared.lost.lock() = Some(reason.clone());
+            }
+            drop(guard);
+            complete(Err(e));
+            drop_plan(plan);
+            return None;
         }
-        drop(guard);
-        complete(Err(e));
-        drop_plan(plan);
-        return None;
-    }
-    let stats = ExecStats {
-        compute: t.elapsed(),
-        pack,
-        executor: taken.elapsed(),
-        ..ExecStats::default()
     };
     let steps = release_inputs(plan);
     let staging = &lane.mapped.slice_mut(layout.out_end)[layout.out_start..];
