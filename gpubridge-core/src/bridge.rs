@@ -1237,14 +1237,5 @@ fn pick_device(
 }
 
 fn panicked(backend: BackendKind, kernel: &str, payload: &(dyn std::any::Any + Send)) -> Error {
-    let what = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_owned());
-    Error::KernelPanicked {
-        kernel: kernel.to_owned(),
-        backend,
-        message: what,
-    }
+    Error::kernel_panicked(kernel, backend, payload)
 }

@@ -139,7 +139,8 @@ pub enum Error {
         /// Details: the operation, the offsets, the OS error.
         message: String,
     },
-    /// A kernel's own host code (its CPU form, or the unpacking of a device's outputs) panicked.
+    /// A kernel's own host code (its CPU form, a packer filling a device's input, or the
+    /// unpacking of a device's outputs) panicked.
     /// The bridge caught it; the request fails, nothing else does: the device is not blamed (its
     /// circuit is untouched) and the request is not retried elsewhere, where the same code would
     /// panic again. A bug in the kernel, or an input its validation should refuse. Singles that
@@ -295,6 +296,24 @@ impl Error {
             kernel: kernel.to_owned(),
             index: Some(index),
             reason: reason.into(),
+        }
+    }
+
+    /// [`Error::KernelPanicked`] from a caught panic's payload (its `&str` or `String` message).
+    pub fn kernel_panicked(
+        kernel: &str,
+        backend: BackendKind,
+        payload: &(dyn std::any::Any + Send),
+    ) -> Self {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        Error::KernelPanicked {
+            kernel: kernel.to_owned(),
+            backend,
+            message,
         }
     }
 

@@ -24,6 +24,23 @@ use crate::error::{Error, Result};
 /// and overlaps the copies), so packing costs one pass over the data.
 pub type Packer = Box<dyn Fn(&mut [u8], usize) + Send + Sync>;
 
+/// Runs a kernel's packer into `dst` (the bytes of its buffer from `at`), catching a panic: a
+/// kernel's own code that panics fails the request ([`Error::KernelPanicked`]), never the backend's
+/// thread. Backends call every packer through this.
+///
+/// # Errors
+/// [`Error::KernelPanicked`] when the packer panicked (`dst` may then be partly written).
+pub fn run_packer(
+    kernel: &str,
+    backend: BackendKind,
+    pack: &Packer,
+    dst: &mut [u8],
+    at: usize,
+) -> Result<()> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pack(dst, at)))
+        .map_err(|p| Error::kernel_panicked(kernel, backend, &*p))
+}
+
 /// Index of a buffer within its plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BufferId(pub u32);

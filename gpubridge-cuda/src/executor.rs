@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use cudarc::cublas;
 use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream};
 use gpubridge_core::nvtx::{self, Phase};
-use gpubridge_core::plan::{Arg, BufferId, BufferRole, ExecStats, Plan, PlanOutputs, Step};
+use gpubridge_core::plan::{
+    run_packer, Arg, BufferId, BufferRole, ExecStats, Plan, PlanOutputs, Step,
+};
 use gpubridge_core::{bucket_len, BackendKind, BridgeConfig, Error, KernelSources, Result};
 use parking_lot::Mutex;
 
@@ -1041,8 +1043,14 @@ impl Executor {
         match result {
             Ok(pack) => Ok((block, layout.outputs, pack)),
             Err(e) => {
-                // Nothing may still be using the block when it goes back.
-                let _ = wait_stream(&self.lanes[lane].stream, &self.label);
+                // Nothing may still be using the block when it goes back: a staged plan that
+                // failed half-way (a kernel's packer that panicked, say) may have uploads and
+                // downloads queued on the lane's copy streams, which the lane's own stream was
+                // not yet told to wait for.
+                let l = &self.lanes[lane];
+                for stream in [&l.stream, &l.copy_in, &l.copy_out] {
+                    let _ = wait_stream(stream, &self.label);
+                }
                 self.pool.give_back(block);
                 Err(e)
             }
@@ -1294,8 +1302,9 @@ impl Executor {
         }
         let t = Instant::now();
         let range = nvtx::range(Phase::Pack, entry.in_total as u64);
-        pack_piece(plan, &inputs, entry.staging_in.slice_mut(entry.in_total), 0);
+        let packed = pack_piece(plan, &inputs, entry.staging_in.slice_mut(entry.in_total), 0);
         drop(range);
+        packed?;
         let pack = t.elapsed();
         let t = Instant::now();
         let range = nvtx::range(Phase::Replay, entry.bytes as u64);
@@ -1565,8 +1574,9 @@ fn zero_copy(
 ) -> Result<ExecStats> {
     let t = Instant::now();
     let range = nvtx::range(Phase::Pack, layout.in_total as u64);
-    pack_piece(plan, &layout.inputs, mapped.slice_mut(layout.in_total), 0);
+    let packed = pack_piece(plan, &layout.inputs, mapped.slice_mut(layout.in_total), 0);
     drop(range);
+    packed?;
     let pack = t.elapsed();
     let t = Instant::now();
     // Zero-copy plans have no library step: no cuBLAS handle is needed.
@@ -1819,7 +1829,7 @@ fn enqueue(
         if pack {
             let t = Instant::now();
             let _range = nvtx::range(Phase::Pack, piece_len as u64);
-            pack_piece(plan, &layout.inputs, piece, done);
+            pack_piece(plan, &layout.inputs, piece, done)?;
             packing += t.elapsed();
         }
         let _range = nvtx::range(Phase::Upload, piece_len as u64);
@@ -2155,6 +2165,10 @@ fn pack_and_upload(
     // Every slice below is made from this one pointer, so the tasks' ranges (disjoint) and the
     // copies' ranges (each read only after its tasks are done) never alias a live borrow.
     let src = SendPtr(staging.as_mut_ptr());
+    // The first packer that panicked (kernel code): the plan fails with it, nothing is uploaded
+    // after it is seen.
+    let panicked: Mutex<Option<Error>> = Mutex::new(None);
+    let panicked = &panicked;
     let mut result = Ok(());
     rayon::in_place_scope(|scope| {
         for (p, left) in left.iter().enumerate() {
@@ -2171,10 +2185,20 @@ fn pack_and_upload(
                         let (s, e) = (off.max(from), (off + len).min(from + n));
                         if s < e {
                             if let BufferRole::Input(pack) = &plan.buffers[i].role {
-                                pack(&mut dst[s - from..e - from], s - off);
+                                let packed = run_packer(
+                                    plan.kernel,
+                                    BackendKind::Cuda,
+                                    pack,
+                                    &mut dst[s - from..e - from],
+                                    s - off,
+                                );
+                                if let Err(e) = packed {
+                                    panicked.lock().get_or_insert(e);
+                                }
                             }
                         }
                     }
+                    // Counted down whatever the packer did, so the uploads never wait for ever.
                     left.fetch_sub(1, Ordering::Release);
                 });
                 from += n;
@@ -2188,6 +2212,11 @@ fn pack_and_upload(
                     std::thread::yield_now();
                 } else {
                     std::hint::spin_loop();
+                }
+            }
+            if result.is_ok() {
+                if let Some(e) = panicked.lock().take() {
+                    result = Err(e);
                 }
             }
             if result.is_err() {
@@ -2220,16 +2249,32 @@ unsafe impl Send for SendPtr {}
 
 /// Packs the bytes `at .. at + piece.len()` of the input region into `piece`: each input overlapping
 /// the range packs its part, split across the rayon pool when the piece is large.
-fn pack_piece(plan: &Plan, inputs: &[(usize, usize, usize)], piece: &mut [u8], at: usize) {
+fn pack_piece(
+    plan: &Plan,
+    inputs: &[(usize, usize, usize)],
+    piece: &mut [u8],
+    at: usize,
+) -> Result<()> {
     let tasks = (piece.len() / PACK_TASK).clamp(1, rayon::current_num_threads().max(1) * 2);
     let per = piece.len().div_ceil(tasks).div_ceil(64) * 64;
+    // The first packer that panicked (kernel code), for the plan's error.
+    let panicked = Mutex::new(None);
     let fill = |dst: &mut [u8], from: usize| {
         let to = from + dst.len();
         for &(i, off, len) in inputs {
             let (s, e) = (off.max(from), (off + len).min(to));
             if s < e {
                 if let BufferRole::Input(pack) = &plan.buffers[i].role {
-                    pack(&mut dst[s - from..e - from], s - off);
+                    let packed = run_packer(
+                        plan.kernel,
+                        BackendKind::Cuda,
+                        pack,
+                        &mut dst[s - from..e - from],
+                        s - off,
+                    );
+                    if let Err(e) = packed {
+                        panicked.lock().get_or_insert(e);
+                    }
                 }
             }
         }
@@ -2243,4 +2288,5 @@ fn pack_piece(plan: &Plan, inputs: &[(usize, usize, usize)], piece: &mut [u8], a
             .enumerate()
             .for_each(|(t, dst)| fill(dst, at + t * per));
     }
+    panicked.into_inner().map_or(Ok(()), Err)
 }

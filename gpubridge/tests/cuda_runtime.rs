@@ -460,6 +460,119 @@ fn batches_spread_over_every_gpu_and_a_preferred_device_is_honoured() {
     gpubridge::testing::assert_quiescent(&b);
 }
 
+/// Vector add whose packers panic when the first pair's first value is -7: a kernel bug on a
+/// poison input, in the kernel's own host code that the executor runs.
+struct FragileAdd;
+
+impl gpubridge::Kernel for FragileAdd {
+    type Input = VectorPair;
+    type Output = Vec<f32>;
+    const ID: &'static str = "tests/fragile-add";
+
+    fn sources(&self) -> gpubridge::KernelSources {
+        VectorAdd.sources()
+    }
+
+    fn validate(&self, index: usize, input: &VectorPair) -> gpubridge::Result<()> {
+        VectorAdd.validate(index, input)
+    }
+
+    fn device_bytes(&self, input: &VectorPair) -> usize {
+        VectorAdd.device_bytes(input)
+    }
+
+    fn run_cpu(
+        &self,
+        inputs: &[VectorPair],
+        ctx: &gpubridge::CpuContext,
+    ) -> gpubridge::Result<Vec<Vec<f32>>> {
+        VectorAdd.run_cpu(inputs, ctx)
+    }
+
+    fn plan(
+        &self,
+        inputs: &Arc<[VectorPair]>,
+        target: &gpubridge::plan::PlanTarget,
+    ) -> gpubridge::Result<gpubridge::plan::Plan> {
+        use gpubridge::plan::BufferRole;
+        let poison = inputs.first().and_then(|p| p.a.first()) == Some(&-7.0);
+        let mut plan = VectorAdd.plan(inputs, target)?;
+        plan.kernel = Self::ID;
+        for b in plan
+            .buffers
+            .iter_mut()
+            .filter(|b| matches!(b.role, BufferRole::Input(_)))
+        {
+            if let BufferRole::Input(pack) = std::mem::replace(&mut b.role, BufferRole::Scratch) {
+                b.role = BufferRole::Input(Box::new(move |dst: &mut [u8], at: usize| {
+                    assert!(!poison, "poisoned input");
+                    pack(dst, at)
+                }));
+            }
+        }
+        Ok(plan)
+    }
+
+    fn unpack(
+        &self,
+        inputs: &[VectorPair],
+        outputs: &gpubridge::plan::PlanOutputs<'_>,
+    ) -> gpubridge::Result<Vec<Vec<f32>>> {
+        VectorAdd.unpack(inputs, outputs)
+    }
+}
+
+/// A kernel whose packer panics on one request fails that request with `KernelPanicked`, on every
+/// CUDA path (zero-copy on the executor and on a spinning caller's thread, a replayed graph, and
+/// a large plan packed on the rayon pool while it uploads), and nothing else: the device's
+/// circuit stays closed, the next request is right, and the bridge holds nothing afterwards.
+#[test]
+fn a_panicking_packer_fails_its_request_on_every_cuda_path_and_nothing_else() {
+    let config = one_gpu();
+    let Some(cuda) = cuda(&config) else { return };
+    let b = GpuBridge::builder(config)
+        .kernel(FragileAdd)
+        .unwrap()
+        .backend(cuda)
+        .build()
+        .unwrap();
+    let grain = b.batch::<FragileAdd>().unwrap();
+    let on_cuda = ExecutionHints::default().on_backend(BackendKind::Cuda);
+    let spin = on_cuda
+        .clone()
+        .spin_wait(std::time::Duration::from_millis(5));
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+    // (pairs, length): zero-copy (4 KiB); a graph candidate, run often enough to be replayed;
+    // 16 MiB, packed in pieces on the rayon pool.
+    for (pairs, len, hints) in [
+        (4, 100, &on_cuda),
+        (4, 100, &spin),
+        (8, 20_000, &on_cuda),
+        (4, 350_000, &on_cuda),
+    ] {
+        for round in 0..4 {
+            let good = random_pairs(&mut rng, pairs, len);
+            let r = block_on(grain.execute(good.clone(), hints.clone())).unwrap();
+            check_add(&good, &r.outputs);
+            let mut bad = random_pairs(&mut rng, pairs, len);
+            bad[0].a[0] = -7.0;
+            let e = block_on(grain.execute(bad, hints.clone())).unwrap_err();
+            assert!(
+                matches!(&e, gpubridge::Error::KernelPanicked { kernel, backend: BackendKind::Cuda, message } if kernel == "tests/fragile-add" && message == "poisoned input"),
+                "{pairs} x {len}, round {round}: {e:?}"
+            );
+        }
+    }
+    assert_eq!(
+        b.circuit_state(DeviceId {
+            backend: BackendKind::Cuda,
+            index: 0
+        }),
+        Some(CircuitState::Closed)
+    );
+    gpubridge::testing::assert_quiescent(&b);
+}
+
 #[test]
 fn tiny_plans_run_zero_copy_with_fresh_data_every_time() {
     let config = one_gpu();
