@@ -701,12 +701,12 @@ fn the_executor_turns_panics_and_failures_into_errors_and_carries_on() {
     assert_eq!(b.health(9), Health::Lost("no such device".to_owned()));
     let sources = VectorAdd.sources();
     let bytes = 4000;
-    // A packer's panic, whatever its payload, completes the plan with a backend error naming the
-    // kernel and the panic.
+    // A packer's panic (kernel code), whatever its payload, completes the plan with
+    // `KernelPanicked` naming the kernel and the panic: the request's failure, not the device's.
     let cases: [(Plan, &str); 3] = [
         (
             packer_plan(|_, _| panic!("the packer gave up")),
-            "panicked while running kernels/vector/add: the packer gave up",
+            "the packer gave up",
         ),
         (
             packer_plan(move |_, _| panic!("the packer gave up on {bytes} bytes")),
@@ -714,18 +714,22 @@ fn the_executor_turns_panics_and_failures_into_errors_and_carries_on() {
         ),
         (
             packer_plan(|_, _| std::panic::panic_any(42u32)),
-            "panicked while running kernels/vector/add: unknown panic",
+            "unknown panic",
         ),
     ];
     for (plan, want) in cases {
         match submit_and_wait(&b, plan, sources) {
-            Err(Error::Backend {
+            Err(Error::KernelPanicked {
+                kernel,
                 backend: BackendKind::Wgpu,
                 message,
-                transient: false,
-            }) => assert!(message.contains(want), "{message}"),
-            other => panic!("expected a backend error containing {want:?}, got {other:?}"),
+            }) => {
+                assert_eq!(kernel, VectorAdd::ID);
+                assert_eq!(message, want);
+            }
+            other => panic!("expected KernelPanicked with {want:?}, got {other:?}"),
         }
+        assert_eq!(b.health(0), Health::Healthy);
     }
     // A kernel without a WGSL form fails before anything runs, with its own error.
     let e = submit_and_wait(

@@ -15,7 +15,7 @@ use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
 use gpubridge_core::plan::{
-    Arg, BufferId, BufferRole, ExecStats, Launch, Packer, Plan, PlanOutputs, Step,
+    run_packer, Arg, BufferId, BufferRole, ExecStats, Launch, Packer, Plan, PlanOutputs, Step,
 };
 use gpubridge_core::{BackendKind, Error, Result};
 use parking_lot::MutexGuard;
@@ -431,11 +431,17 @@ fn write_upload(
         }
         region.copy_from_slice(&bytes);
     }
+    // The first packer that panicked (kernel code): the plan fails with it.
+    let panicked = parking_lot::Mutex::new(None);
     let run =
         |scratch: &mut Vec<u8>, pack: &Packer, at: usize, mut dst: wgpu::WriteOnly<'_, [u8]>| {
             let n = dst.len();
-            pack(&mut scratch[..n], at);
-            dst.copy_from_slice(&scratch[..n]);
+            match run_packer(plan.kernel, BackendKind::Wgpu, pack, &mut scratch[..n], at) {
+                Ok(()) => dst.copy_from_slice(&scratch[..n]),
+                Err(e) => {
+                    panicked.lock().get_or_insert(e);
+                }
+            }
         };
     if total >= PARALLEL_MIN {
         pieces.into_par_iter().for_each_init(
@@ -452,7 +458,7 @@ fn write_upload(
     for (pack, at, dst) in tails {
         run(&mut scratch, pack, at, dst);
     }
-    Ok(())
+    panicked.into_inner().map_or(Ok(()), Err)
 }
 
 /// Records the copies, the launches and the readback copies in one command buffer and submits it.
