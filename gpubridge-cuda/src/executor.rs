@@ -2181,23 +2181,7 @@ fn pack_and_upload(
                     // SAFETY: bytes `from .. from + n` lie inside `staging` and belong to this
                     // task alone until it decrements its piece's counter.
                     let dst = unsafe { std::slice::from_raw_parts_mut(src.0.add(from), n) };
-                    for &(i, off, len) in inputs {
-                        let (s, e) = (off.max(from), (off + len).min(from + n));
-                        if s < e {
-                            if let BufferRole::Input(pack) = &plan.buffers[i].role {
-                                let packed = run_packer(
-                                    plan.kernel,
-                                    BackendKind::Cuda,
-                                    pack,
-                                    &mut dst[s - from..e - from],
-                                    s - off,
-                                );
-                                if let Err(e) = packed {
-                                    panicked.lock().get_or_insert(e);
-                                }
-                            }
-                        }
-                    }
+                    pack_overlap(plan, inputs, dst, from, panicked);
                     // Counted down whatever the packer did, so the uploads never wait for ever.
                     left.fetch_sub(1, Ordering::Release);
                 });
@@ -2240,6 +2224,36 @@ fn pack_and_upload(
     result
 }
 
+/// Packs the bytes `from .. from + dst.len()` of the input region into `dst`: each input
+/// overlapping the range packs its part. A packer that panics (kernel code) leaves its part
+/// unwritten, and the first such error is kept in `panicked` for the plan.
+fn pack_overlap(
+    plan: &Plan,
+    inputs: &[(usize, usize, usize)],
+    dst: &mut [u8],
+    from: usize,
+    panicked: &Mutex<Option<Error>>,
+) {
+    let to = from + dst.len();
+    for &(i, off, len) in inputs {
+        let (s, e) = (off.max(from), (off + len).min(to));
+        if s < e {
+            if let BufferRole::Input(pack) = &plan.buffers[i].role {
+                let packed = run_packer(
+                    plan.kernel,
+                    BackendKind::Cuda,
+                    pack,
+                    &mut dst[s - from..e - from],
+                    s - off,
+                );
+                if let Err(e) = packed {
+                    panicked.lock().get_or_insert(e);
+                }
+            }
+        }
+    }
+}
+
 /// A pointer into pinned staging handed to packing tasks (each writes a disjoint range).
 #[derive(Clone, Copy)]
 struct SendPtr(*mut u8);
@@ -2259,26 +2273,7 @@ fn pack_piece(
     let per = piece.len().div_ceil(tasks).div_ceil(64) * 64;
     // The first packer that panicked (kernel code), for the plan's error.
     let panicked = Mutex::new(None);
-    let fill = |dst: &mut [u8], from: usize| {
-        let to = from + dst.len();
-        for &(i, off, len) in inputs {
-            let (s, e) = (off.max(from), (off + len).min(to));
-            if s < e {
-                if let BufferRole::Input(pack) = &plan.buffers[i].role {
-                    let packed = run_packer(
-                        plan.kernel,
-                        BackendKind::Cuda,
-                        pack,
-                        &mut dst[s - from..e - from],
-                        s - off,
-                    );
-                    if let Err(e) = packed {
-                        panicked.lock().get_or_insert(e);
-                    }
-                }
-            }
-        }
-    };
+    let fill = |dst: &mut [u8], from: usize| pack_overlap(plan, inputs, dst, from, &panicked);
     if tasks == 1 {
         fill(piece, at);
     } else {
