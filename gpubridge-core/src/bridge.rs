@@ -946,7 +946,9 @@ where
                             .items(kernel.id())
                             .and_then(|items| kernel.run_cpu(items, ctx)),
                     }))
-                    .unwrap_or_else(|p| Err(panicked(BackendKind::Cpu, kernel.id(), &*p)));
+                    .unwrap_or_else(|p| {
+                        Err(Error::kernel_panicked(kernel.id(), BackendKind::Cpu, &*p))
+                    });
                     drop(range);
                     let stats = crate::plan::ExecStats {
                         compute: t.elapsed(),
@@ -993,7 +995,9 @@ where
                                     .items(kernel.id())
                                     .and_then(|items| kernel.unpack(items, &outs)),
                             }))
-                            .unwrap_or_else(|p| Err(panicked(target.backend(), kernel.id(), &*p)));
+                            .unwrap_or_else(|p| {
+                                Err(Error::kernel_panicked(kernel.id(), target.backend(), &*p))
+                            });
                         keep = r.is_err() && !donated;
                         drop(range);
                         let unpacked = unpacking.elapsed();
@@ -1234,8 +1238,4 @@ fn pick_device(
             Admission::Rejected => None,
             a => Some((d, a)),
         })
-}
-
-fn panicked(backend: BackendKind, kernel: &str, payload: &(dyn std::any::Any + Send)) -> Error {
-    Error::kernel_panicked(kernel, backend, payload)
 }

@@ -679,10 +679,7 @@ impl Executor {
     }
 
     fn fail(&mut self, complete: gpubridge_core::device::PlanCompletion, e: Error) {
-        if let Error::DeviceLost { reason, .. } = &e {
-            tracing::error!(device = %self.label, "device lost: {reason}");
-            *self.shared.lost.lock() = Some(reason.clone());
-        }
+        note_lost(&self.shared, &self.label, &e);
         complete(Err(e));
         self.publish_stats();
     }
@@ -805,14 +802,7 @@ impl Executor {
 
     /// The functions of `plan`'s launches, compiling and loading the kernel's module on first use.
     fn functions(&mut self, plan: &Plan, sources: &KernelSources) -> Result<Vec<sys::CUfunction>> {
-        let entries: Vec<&'static str> = plan
-            .steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::Launch(l) => Some(l.entry),
-                Step::Gemm(_) => None,
-            })
-            .collect();
+        let entries: Vec<&'static str> = launch_entries(plan).collect();
         if entries.is_empty() {
             return Ok(Vec::new());
         }
@@ -1606,6 +1596,23 @@ fn zero_copy(
     })
 }
 
+/// Marks the device lost when `e` says so (a sticky driver error): every later submission
+/// then fails with it.
+fn note_lost(shared: &Shared, label: &str, e: &Error) {
+    if let Error::DeviceLost { reason, .. } = e {
+        tracing::error!(device = %label, "device lost: {reason}");
+        *shared.lost.lock() = Some(reason.clone());
+    }
+}
+
+/// The entry points of a plan's launches, in order.
+fn launch_entries(plan: &Plan) -> impl Iterator<Item = &'static str> + '_ {
+    plan.steps.iter().filter_map(|s| match s {
+        Step::Launch(l) => Some(l.entry),
+        Step::Gemm(_) => None,
+    })
+}
+
 /// Work handed back by [`run_inline`], to go to the executor as usual.
 pub(crate) type NotInline = (Plan, KernelSources, gpubridge_core::device::PlanCompletion);
 
@@ -1633,12 +1640,7 @@ pub(crate) fn run_inline(
     };
     let functions: Option<Vec<sys::CUfunction>> = {
         let known = shared.functions.lock();
-        plan.steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::Launch(l) => Some(l.entry),
-                Step::Gemm(_) => None,
-            })
+        launch_entries(&plan)
             .map(|entry| {
                 known
                     .get(&(plan.kernel, source.as_ptr() as usize, source.len(), entry))
@@ -1668,10 +1670,7 @@ pub(crate) fn run_inline(
             ..stats
         },
         Err(e) => {
-            if let Error::DeviceLost { reason, .. } = &e {
-                tracing::error!(device = %lane.label, "device lost: {reason}");
-                *shared.lost.lock() = Some(reason.clone());
-            }
+            note_lost(shared, &lane.label, &e);
             drop(guard);
             complete(Err(e));
             drop_plan(plan);

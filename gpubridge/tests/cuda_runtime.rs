@@ -47,6 +47,16 @@ fn bridge(config: BridgeConfig, cuda: Arc<CudaBackend>) -> GpuBridge {
         .unwrap()
 }
 
+/// Asserts the circuit state of CUDA device `index`.
+#[track_caller]
+fn assert_circuit(b: &GpuBridge, index: usize, state: CircuitState) {
+    let device = DeviceId {
+        backend: BackendKind::Cuda,
+        index,
+    };
+    assert_eq!(b.circuit_state(device), Some(state));
+}
+
 fn random_pairs(rng: &mut impl Rng, n: usize, len: usize) -> Vec<VectorPair> {
     (0..n)
         .map(|_| VectorPair {
@@ -349,13 +359,7 @@ fn out_of_memory_falls_back_to_the_cpu() {
     check_add(&inputs, &r.outputs);
     assert_eq!(r.backend(), Some(BackendKind::Cpu));
     assert_eq!(r.fallbacks[0].reason, "out_of_memory");
-    assert_eq!(
-        b.circuit_state(DeviceId {
-            backend: BackendKind::Cuda,
-            index: 0
-        }),
-        Some(CircuitState::Closed)
-    );
+    assert_circuit(&b, 0, CircuitState::Closed);
     gpubridge::testing::assert_quiescent(&b);
 }
 
@@ -390,13 +394,7 @@ fn a_lost_device_trips_its_circuit_and_work_moves_on_with_nothing_lost() {
             assert_eq!(r.backend(), Some(BackendKind::Cpu), "moved to the CPU");
         }
     }
-    assert_eq!(
-        b.circuit_state(DeviceId {
-            backend: BackendKind::Cuda,
-            index: 0
-        }),
-        Some(CircuitState::Open)
-    );
+    assert_circuit(&b, 0, CircuitState::Open);
     gpubridge::testing::assert_quiescent(&b);
 }
 
@@ -563,13 +561,7 @@ fn a_panicking_packer_fails_its_request_on_every_cuda_path_and_nothing_else() {
             );
         }
     }
-    assert_eq!(
-        b.circuit_state(DeviceId {
-            backend: BackendKind::Cuda,
-            index: 0
-        }),
-        Some(CircuitState::Closed)
-    );
+    assert_circuit(&b, 0, CircuitState::Closed);
     gpubridge::testing::assert_quiescent(&b);
 }
 
@@ -804,13 +796,7 @@ fn a_kernel_that_does_not_compile_falls_back_without_blaming_the_device() {
             r.fallbacks[0].message
         );
     }
-    assert_eq!(
-        b.circuit_state(DeviceId {
-            backend: BackendKind::Cuda,
-            index: 0
-        }),
-        Some(CircuitState::Closed)
-    );
+    assert_circuit(&b, 0, CircuitState::Closed);
     gpubridge::testing::assert_quiescent(&b);
 }
 
