@@ -323,6 +323,14 @@ fn route_note(t: &Transfer) -> String {
     if let Some(why) = &t.buffered {
         s.push_str(&format!("; page cache used: {why}"));
     }
+    let p = &t.phases;
+    s.push_str(&format!(
+        "; phases: open {:.1} ms, cuFile attempt {:.1} ms, transfer {:.1} ms, commit {:.1} ms",
+        p.open.as_secs_f64() * 1e3,
+        p.gds_attempt.as_secs_f64() * 1e3,
+        p.transfer.as_secs_f64() * 1e3,
+        p.commit.as_secs_f64() * 1e3
+    ));
     if let Some(n) = &t.note {
         s.push_str(&format!("; {n}"));
     }

@@ -137,6 +137,24 @@ pub struct Transfer {
     pub workers: usize,
     /// Wall time of the whole transfer (open to close, rename and fsyncs included for a save).
     pub elapsed: Duration,
+    /// Where [`Transfer::elapsed`] went.
+    pub phases: Phases,
+}
+
+/// A transfer's wall time by phase (they add up to about [`Transfer::elapsed`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Phases {
+    /// Opening the file and checking the range (a load), or creating the temporary file and
+    /// allocating its blocks (a save).
+    pub open: Duration,
+    /// Trying cuFile for CUDA device memory: opening the driver (once per process), registering
+    /// the file; zero where cuFile does not apply. When cuFile declines, this is what the attempt
+    /// cost before the staged path started.
+    pub gds_attempt: Duration,
+    /// Moving the bytes (either path), until the last of them is in place.
+    pub transfer: Duration,
+    /// A save's fsync of the temporary file, rename and directory fsync; zero for a load.
+    pub commit: Duration,
 }
 
 impl Transfer {
@@ -422,6 +440,10 @@ impl Storage {
             tasks: tasks.len(),
             workers: inner.workers.min(tasks.len()),
             elapsed: Duration::ZERO,
+            phases: Phases {
+                open: started.elapsed(),
+                ..Phases::default()
+            },
         };
         let has_body = tasks.iter().any(|t| t.aligned);
         let workers = inner.workers;
@@ -450,13 +472,16 @@ impl Storage {
             }
             #[cfg(feature = "cuda")]
             Dest::Cuda(view) => cuda::with_dest(view, |side| {
-                match self.try_gds(path, side, offset, false, GdsFile::Source(&src)) {
+                let attempt = Instant::now();
+                let tried = self.try_gds(path, side, offset, false, GdsFile::Source(&src));
+                match tried {
                     Ok(note) => {
                         t.route = Route::Gds;
                         t.note = note;
                         return Ok(());
                     }
                     Err(d) => {
+                        t.phases.gds_attempt = attempt.elapsed();
                         t.gds_declined = Some(d.detail.clone());
                         self.log_declined(&d);
                     }
@@ -474,6 +499,9 @@ impl Storage {
         }
         self.count(&t);
         t.elapsed = started.elapsed();
+        t.phases.transfer = t
+            .elapsed
+            .saturating_sub(t.phases.open + t.phases.gds_attempt);
         tracing::debug!(path = %path.display(), bytes = t.bytes, route = t.route.name(), elapsed_ms = t.elapsed.as_secs_f64() * 1e3, "storage read");
         Ok(t)
     }
@@ -508,6 +536,10 @@ impl Storage {
             tasks: tasks.len(),
             workers: inner.workers.min(tasks.len()),
             elapsed: Duration::ZERO,
+            phases: Phases {
+                open: started.elapsed(),
+                ..Phases::default()
+            },
         };
         let has_body = tasks.iter().any(|t| t.aligned);
         let workers = inner.workers;
@@ -536,13 +568,16 @@ impl Storage {
             }
             #[cfg(feature = "cuda")]
             Src::Cuda(view) => cuda::with_src(view, |side| {
-                match self.try_gds(path, side, 0, true, GdsFile::Target(&target)) {
+                let attempt = Instant::now();
+                let tried = self.try_gds(path, side, 0, true, GdsFile::Target(&target));
+                match tried {
                     Ok(note) => {
                         t.route = Route::Gds;
                         t.note = note;
                         return Ok(());
                     }
                     Err(d) => {
+                        t.phases.gds_attempt = attempt.elapsed();
                         t.gds_declined = Some(d.detail.clone());
                         self.log_declined(&d);
                     }
@@ -558,10 +593,13 @@ impl Storage {
         if t.route == Route::Staged && has_body {
             t.buffered = target.buffered_reason();
         }
+        let moved = started.elapsed();
+        t.phases.transfer = moved.saturating_sub(t.phases.open + t.phases.gds_attempt);
         tracing::trace!(path = %target.path().display(), "committing");
         target.commit()?;
         self.count(&t);
         t.elapsed = started.elapsed();
+        t.phases.commit = t.elapsed.saturating_sub(moved);
         tracing::debug!(path = %path.display(), bytes = t.bytes, route = t.route.name(), elapsed_ms = t.elapsed.as_secs_f64() * 1e3, "storage write");
         Ok(t)
     }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use gpubridge_core::device::Device;
 use gpubridge_core::{BridgeConfig, Error, IoErrorKind};
 use gpubridge_storage::{
-    evict_from_page_cache, Dest, DeviceRange, DeviceRead, DeviceView, DeviceWrite, Route, Src,
-    Storage, Transfer,
+    evict_from_page_cache, Dest, DeviceRange, DeviceRead, DeviceView, DeviceWrite, Phases, Route,
+    Src, Storage, Transfer,
 };
 
 fn storage_with(toml: &str) -> Storage {
@@ -101,6 +101,7 @@ fn a_transfer_reports_its_rate_and_route() {
         tasks: 3,
         workers: 2,
         elapsed: Duration::from_millis(1500),
+        phases: Phases::default(),
     };
     assert!((t.bytes_per_second() - 2_000_000.0).abs() < 1e-6);
     // An instant transfer does not divide by zero.
@@ -118,6 +119,29 @@ fn a_transfer_reports_its_rate_and_route() {
     let data = bytes(123_457, 5);
     let t = s.write(Src::Host(&data), &dir.join("f.bin")).unwrap();
     assert_eq!(t.bytes, data.len() as u64);
+    // The phases account for the whole save, and a save has a commit (fsync, rename).
+    let p = t.phases;
+    assert_eq!(
+        p.gds_attempt,
+        Duration::ZERO,
+        "host memory: no cuFile attempt"
+    );
+    assert!(
+        p.commit > Duration::ZERO && p.transfer > Duration::ZERO,
+        "{p:?}"
+    );
+    let sum = p.open + p.gds_attempt + p.transfer + p.commit;
+    assert!(
+        sum <= t.elapsed && sum + Duration::from_millis(1) >= t.elapsed,
+        "{p:?} vs {t:?}"
+    );
+    let mut back = vec![0u8; data.len()];
+    let r = s
+        .read(&dir.join("f.bin"), 0, Dest::Host(&mut back))
+        .unwrap();
+    assert_eq!(back, data);
+    assert_eq!(r.phases.commit, Duration::ZERO, "a load commits nothing");
+    assert!(r.phases.open + r.phases.transfer <= r.elapsed);
     let rate = t.bytes_per_second();
     let want = t.bytes as f64 / t.elapsed.as_secs_f64().max(1e-9);
     assert!(

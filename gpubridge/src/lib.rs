@@ -6,7 +6,7 @@
 //! | feature | adds | status |
 //! |---|---|---|
 //! | (always) | the CPU backend, every built-in kernel | working |
-//! | `cuda` | the CUDA backend (driver, NVRTC and cuBLAS loaded at run time), and CUDA device memory in [`storage`] | kernels run; graphs and copy/compute overlap are next |
+//! | `cuda` | the CUDA backend (driver, NVRTC and cuBLAS loaded at run time), and CUDA device memory in [`storage`] | working: device pool, pinned staging, pipelined copies on two streams, CUDA graphs, zero-copy tiny plans, cuBLAS, multi-GPU placement and failover (tested on H100 and H200) |
 //! | `wgpu` | the wgpu compute backend (Vulkan or GL adapters; Mesa's llvmpipe where there is no GPU) | every built-in kernel runs and is conformance-tested on llvmpipe in CI |
 //! | (always) | [`storage`]: files to and from host memory and other backends' buffers (thread pool, `O_DIRECT`, atomic saves) | working |
 //! | `gds` | cuFile (GPUDirect Storage) in [`storage`] for CUDA device memory, per file, with the host-staged path as fallback | working; declines on machines where the file handle does not register |
