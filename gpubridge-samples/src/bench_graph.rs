@@ -77,12 +77,20 @@ pub(super) fn p9(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
             if took < best.0 {
                 let c = &r.chunks[0];
                 best.0 = took;
+                let ms = |d: Duration| d.as_secs_f64() * 1e3;
+                // Where the call's time went, for the host side's share: the request's start to
+                // the device (validation, planning, submission), the executor (packing inside
+                // it), the unpack and the hand-offs.
                 best.1 = format!(
-                    "executor {:.2} ms (device: compute {:.2} ms, copies outside it {:.2} ms) on {}",
-                    c.executor.as_secs_f64() * 1e3,
-                    c.compute.as_secs_f64() * 1e3,
-                    c.transfer.as_secs_f64() * 1e3,
-                    c.device
+                    "executor {:.2} ms (device: compute {:.2} ms, copies outside it {:.2} ms; packing {:.2} ms) on {}; start to device {:.2} ms, unpack {:.2} ms, hand-offs {:.2} ms",
+                    ms(c.executor),
+                    ms(c.compute),
+                    ms(c.transfer),
+                    ms(c.pack),
+                    c.device,
+                    ms(c.queue),
+                    ms(c.unpack),
+                    ms(c.handoff),
                 );
             }
         }
