@@ -10,6 +10,8 @@
 //!   column: pinned host-to-device bandwidth (raw cudarc) measured now.
 //! - P6 (diagnostic, measured without a GPU too): the same cold read into page-aligned host
 //!   memory, against the same baseline.
+//! - P6 (diagnostic): the cold load to device memory again with 1, 2, 4 and 8 storage workers,
+//!   one pass each: which `storage.threads` the disk wants.
 //! - P6 (save): device memory to a new file on disk (temporary file, fsync, rename), against raw
 //!   `O_DIRECT` writes of the same size by the same number of threads plus fsync, the best of 4
 //!   and 16 MiB blocks into a file grown by its writes and one preallocated with `fallocate`.
@@ -691,6 +693,41 @@ mod measure {
                     "checksum {}; {}; raw 1 thread {raw_1:.2} GB/s, {threads} threads {raw_n:.2} GB/s; pages dropped with posix_fadvise(DONTNEED) before each read; best of {reps}; {settings}",
                     if ok { "matches" } else { "MISMATCH" },
                     route_note(&t)
+                ),
+            );
+
+            // The same cold load with fewer workers, once each: a virtual disk may serve one
+            // reader faster than many (the raw reads above say how much), and this says what
+            // `storage.threads` the load wants on this disk.
+            let mut sweep = Vec::new();
+            for workers in [1usize, 2, 4, 8] {
+                let mut c = cfg.clone();
+                c.storage.threads = workers;
+                let s = Storage::new(&c)?;
+                gpubridge::storage::evict_from_page_cache(&file)?;
+                let t = s.read(&file, 0, Dest::Cuda(dev.as_view_mut()))?;
+                let same = checksum(&stream.clone_dtoh(&dev)?) == sum;
+                sweep.push((workers, t.bytes_per_second() / 1e9, same));
+            }
+            let best_sweep = sweep.iter().map(|w| w.1).fold(v, f64::max);
+            cx.row(
+                "P6",
+                "diagnostic: cold load to CUDA by storage.threads",
+                Some(best_sweep),
+                "GB/s",
+                "raw O_DIRECT reads as in the P6 row",
+                Some(base),
+                Some(best_sweep / base),
+                "diagnostic (no target)",
+                None,
+                &format!(
+                    "{}; {threads} workers (the P6 row) {v:.2} GB/s; one pass each, its new storage's pinned lanes set up inside it; checksums {}",
+                    sweep
+                        .iter()
+                        .map(|(w, g, _)| format!("{w} workers {g:.2} GB/s"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if sweep.iter().all(|w| w.2) { "match" } else { "MISMATCH" }
                 ),
             );
         }
