@@ -34,8 +34,11 @@ pub struct Accounting {
     pub pending_batches: usize,
     /// Each kernel's dynamic batcher, by kernel id (kernels that have had single requests).
     pub batchers: Vec<(&'static str, BatcherOccupancy)>,
-    /// Micro-batches holding one of the `general.max_concurrent_kernels` permits.
+    /// Micro-batches holding one of the `general.max_concurrent_kernels` device slots.
     pub running_micro_batches: usize,
+    /// Micro-batches waiting for a device slot (bounded by `batching.batch_queue_capacity` for
+    /// new `execute` requests).
+    pub waiting_micro_batches: usize,
     /// Micro-batches submitted to each device and not yet completed.
     pub device_in_flight: Vec<(DeviceId, usize)>,
     /// Each tenant seen so far.
@@ -62,8 +65,14 @@ impl Accounting {
         }
         if self.running_micro_batches > 0 {
             out.push(format!(
-                "{} micro-batches hold a kernel permit",
+                "{} micro-batches hold a device slot",
                 self.running_micro_batches
+            ));
+        }
+        if self.waiting_micro_batches > 0 {
+            out.push(format!(
+                "{} micro-batches wait for a device slot",
+                self.waiting_micro_batches
             ));
         }
         for (device, n) in &self.device_in_flight {

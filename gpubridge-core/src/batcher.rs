@@ -75,7 +75,7 @@ pub struct ShutdownReport {
 
 /// Why a request was rejected without running (the `reason` label of
 /// `gpubridge_rejections_total`).
-fn reject(kernel: &'static str, reason: &'static str) {
+pub(crate) fn reject(kernel: &'static str, reason: &'static str) {
     metrics::counter!(names::REJECTIONS_TOTAL, "kernel" => kernel, "reason" => reason).increment(1);
 }
 
@@ -574,7 +574,9 @@ where
     };
     let mut hints = first.hints.clone();
     hints.timeout = None;
-    hints.priority = Priority::Normal;
+    // The batch waits for a device slot at its most urgent request's priority (the first: the
+    // queues hand out high priority first).
+    hints.priority = first.hints.priority;
     hints.correlation_id = None;
     hints.tenant = None;
     // The runner is a thread of its own: it waits for its batch spinning (briefly), which
@@ -588,7 +590,8 @@ where
         queued_histogram.record(queued.as_secs_f64());
         replies.push((r.reply, queued));
     }
-    let result: Result<BatchResult<O>> = futures::executor::block_on(grain.execute(inputs, hints));
+    let result: Result<BatchResult<O>> =
+        futures::executor::block_on(grain.execute_admitted(inputs, hints));
     match result {
         Ok(result) => {
             let backend = result.backend();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use gpubridge_telemetry::{names, AUDIT_TARGET};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::catalog::KernelCatalog;
@@ -40,7 +40,8 @@ pub(crate) struct Inner {
     catalog: KernelCatalog,
     slots: Vec<Slot>,
     reports: Vec<BackendReport>,
-    permits: Semaphore,
+    /// Device slots for micro-batches (`general.max_concurrent_kernels`), by priority.
+    kernel_slots: crate::slots::Slots,
     /// Requests accepted and not yet completed (what `gpubridge_pending_requests` shows).
     pending: AtomicUsize,
     /// The dynamic batcher's queues, one per kernel, created by the first single request.
@@ -212,7 +213,7 @@ impl BridgeBuilder {
         if slots.is_empty() {
             tracing::warn!("gpubridge built with no usable backend; every request will fail");
         }
-        let permits = Semaphore::new(cfg.general.max_concurrent_kernels);
+        let kernel_slots = crate::slots::Slots::new(cfg.general.max_concurrent_kernels);
         let catalog_ids: Vec<&'static str> = self.catalog.ids().collect();
         let tenants = crate::tenants::Tenants::new(self.config.tenants.clone());
         Ok(GpuBridge {
@@ -221,7 +222,7 @@ impl BridgeBuilder {
                 catalog: self.catalog,
                 slots,
                 reports,
-                permits,
+                kernel_slots,
                 pending: AtomicUsize::new(0),
                 batchers: crate::batcher::Batchers::new(catalog_ids),
                 tenants,
@@ -334,7 +335,6 @@ impl GpuBridge {
     /// once every request is answered; see [`crate::testing::assert_quiescent`].
     pub fn accounting(&self) -> crate::accounting::Accounting {
         let inner = &self.inner;
-        let max = inner.config.general.max_concurrent_kernels;
         let mut device_in_flight = Vec::new();
         let mut device_memory_in_use = Vec::new();
         for s in &inner.slots {
@@ -349,7 +349,8 @@ impl GpuBridge {
         crate::accounting::Accounting {
             pending_batches: inner.pending.load(Ordering::SeqCst),
             batchers: inner.batchers.occupancy(),
-            running_micro_batches: max.saturating_sub(inner.permits.available_permits()),
+            running_micro_batches: inner.kernel_slots.taken(),
+            waiting_micro_batches: inner.kernel_slots.waiting(),
             device_in_flight,
             tenants: inner.tenants.all_usage(),
             device_memory_in_use,
@@ -382,7 +383,7 @@ impl GpuBridge {
             devices,
             pending_requests: inner.pending.load(Ordering::Relaxed) + inner.batchers.pending(),
             queue_capacity: inner.config.batching.queue_capacity,
-            running_micro_batches: max.saturating_sub(inner.permits.available_permits()),
+            running_micro_batches: inner.kernel_slots.taken(),
             max_concurrent_kernels: max,
         }
     }
@@ -541,7 +542,14 @@ where
     /// # Errors
     /// [`Error::InvalidInput`] for a bad item (nothing runs), [`Error::NoBackendAvailable`] when no
     /// backend could run a micro-batch (each one's reason listed), [`Error::Timeout`] when the
-    /// hints' deadline passes. NaN and infinities are data, not errors: they propagate as IEEE-754
+    /// hints' deadline passes, [`Error::QueueFull`] (at once, nothing runs) when
+    /// `batching.batch_queue_capacity` micro-batches already wait for a device slot.
+    ///
+    /// # Priority
+    /// Micro-batches run in up to `general.max_concurrent_kernels` device slots at once. When all
+    /// are taken, a freed slot goes to the waiting micro-batch of the highest
+    /// [`ExecutionHints::priority`] (high, normal, low), the longest-waiting first within a
+    /// level. NaN and infinities are data, not errors: they propagate as IEEE-754
     /// arithmetic says.
     ///
     /// A deadline (`hints.timeout`) uses tokio's timer, so it needs a tokio runtime with time
@@ -555,6 +563,26 @@ where
     /// tenant, kernel, device that ran most items, items, bytes the items need on a device,
     /// outcome, duration in microseconds) when that target is enabled.
     pub async fn execute(&self, inputs: Vec<I>, hints: ExecutionHints) -> Result<BatchResult<O>> {
+        // Overload sheds at the door: a request that would join a full queue of micro-batches
+        // waiting for device slots is rejected before it holds anything.
+        let capacity = self.bridge.inner.config.batching.batch_queue_capacity;
+        if self.bridge.inner.kernel_slots.waiting() >= capacity {
+            crate::batcher::reject(self.kernel.id(), "queue_full");
+            return Err(Error::QueueFull {
+                kernel: self.kernel.id().to_owned(),
+                capacity,
+            });
+        }
+        self.execute_admitted(inputs, hints).await
+    }
+
+    /// [`BatchGrain::execute`] without the queue bound: the dynamic batcher's own batches, whose
+    /// requests its bounded queue admitted already.
+    pub(crate) async fn execute_admitted(
+        &self,
+        inputs: Vec<I>,
+        hints: ExecutionHints,
+    ) -> Result<BatchResult<O>> {
         let started = Instant::now();
         let kernel = self.kernel.id();
         let _pending = Pending::start(&self.bridge.inner.pending);
@@ -761,15 +789,8 @@ where
             crate::nvtx::Phase::Queue,
             chunk.len as u64,
         ));
-        let _permit = self
-            .bridge
-            .inner
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| Error::Cancelled {
-                reason: "the bridge is shutting down".to_owned(),
-            })?;
+        // A device slot, high priority first when they are all taken.
+        let _slot = self.bridge.inner.kernel_slots.acquire(hints.priority).await;
         for slot in candidates {
             let kind = slot.backend.kind();
             if let Some((from, reason, message)) = last_failed.take() {

@@ -303,6 +303,11 @@ pub struct BatchingConfig {
     /// 65536). Readiness (`/readyz`) also counts the bridge saturated when this many requests
     /// (batches and singles) are pending in all.
     pub queue_capacity: usize,
+    /// Micro-batches of `execute` requests waiting for a device slot
+    /// (`general.max_concurrent_kernels`) at which a new batch request is rejected with
+    /// `QueueFull` instead of queueing (default 4096), so that a flood sheds load rather than
+    /// holding ever more inputs in memory. The waiting micro-batches get slots by priority.
+    pub batch_queue_capacity: usize,
     /// Most single requests the dynamic batcher puts in one batch (default 65536); the batcher
     /// uses the smaller of this and `max_micro_batch`.
     pub max_batch: usize,
@@ -326,6 +331,7 @@ impl Default for BatchingConfig {
             max_in_flight: 4,
             max_queue_delay_us: 100,
             queue_capacity: 65536,
+            batch_queue_capacity: 4096,
             max_batch: 65536,
             preferred_batch_sizes: Vec::new(),
             batches_in_flight: 2,
@@ -690,6 +696,11 @@ impl BridgeConfig {
         )?;
         at_least("batching.max_in_flight", self.batching.max_in_flight, 1)?;
         at_least("batching.queue_capacity", self.batching.queue_capacity, 1)?;
+        at_least(
+            "batching.batch_queue_capacity",
+            self.batching.batch_queue_capacity,
+            1,
+        )?;
         at_least("batching.max_batch", self.batching.max_batch, 1)?;
         at_least(
             "batching.batches_in_flight",

@@ -16,7 +16,8 @@ pub enum Preference {
     Cpu,
 }
 
-/// How urgent a request is. Used by the batcher's queues.
+/// How urgent a request is: the batcher's queues and the device slots
+/// (`general.max_concurrent_kernels`) serve high before normal before low.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum Priority {
     /// Background work.

@@ -53,6 +53,7 @@ pub mod kernels;
 pub mod nvtx;
 pub mod plan;
 pub mod readiness;
+mod slots;
 pub mod stream;
 pub mod tenants;
 pub mod testing;

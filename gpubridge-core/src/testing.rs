@@ -23,7 +23,7 @@ use crate::GpuBridge;
 const QUIESCE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Checks that `bridge` holds nothing: no batch pending, every batcher's queue, staging and
-/// running counts at zero, no kernel permit held, no micro-batch in flight on any device, no
+/// running counts at zero, no device slot held or waited for, no micro-batch in flight on any device, no
 /// tenant with requests or bytes in flight, and no pooled device memory rented out
 /// ([`GpuBridge::accounting`]). Waits up to 10 seconds for the counts to settle first.
 ///

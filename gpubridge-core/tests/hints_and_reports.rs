@@ -205,6 +205,7 @@ fn accounting_names_every_count_that_is_not_zero() {
         pending_batches: 0,
         batchers: vec![("kernels/sum", BatcherOccupancy::default())],
         running_micro_batches: 0,
+        waiting_micro_batches: 0,
         device_in_flight: vec![(dev, 0)],
         tenants: vec![("quiet".to_owned(), TenantUsage::default())],
         device_memory_in_use: vec![(dev, 0)],
@@ -224,6 +225,7 @@ fn accounting_names_every_count_that_is_not_zero() {
             ),
         ],
         running_micro_batches: 4,
+        waiting_micro_batches: 9,
         device_in_flight: vec![(dev, 5)],
         tenants: vec![
             ("quiet".to_owned(), TenantUsage::default()),
@@ -244,7 +246,8 @@ fn accounting_names_every_count_that_is_not_zero() {
         vec![
             "2 batches pending".to_owned(),
             "batcher of kernels/vector/add: 1 queued, 2 staged, 3 running".to_owned(),
-            "4 micro-batches hold a kernel permit".to_owned(),
+            "4 micro-batches hold a device slot".to_owned(),
+            "9 micro-batches wait for a device slot".to_owned(),
             "wgpu:1: 5 micro-batches in flight".to_owned(),
             "tenant \"busy\": 6 requests and 7 bytes in flight".to_owned(),
             "wgpu:1: 4096 pool bytes rented out".to_owned(),
@@ -288,7 +291,7 @@ async fn a_live_bridge_lists_what_it_holds_while_a_device_holds_work() {
     assert!(
         leaks
             .iter()
-            .any(|l| l.ends_with("micro-batches hold a kernel permit")),
+            .any(|l| l.ends_with("micro-batches hold a device slot")),
         "{leaks:?}"
     );
     assert!(

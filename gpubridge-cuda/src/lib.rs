@@ -11,15 +11,15 @@
 //!   kernels' CUDA C is compiled by NVRTC for the device's architecture once, its PTX cached on
 //!   disk ([`PtxCache`]: key = source hash, architecture, NVRTC version); inputs are packed into
 //!   pinned staging, copied, the plan's launches (and cuBLAS SGEMMs) run, outputs come back.
-//!
 //! - CUDA graphs: a plan shape seen a second time is captured (its uploads, launches, SGEMMs and
 //!   download) into a graph that owns its device block and pinned staging; later runs of that
 //!   shape pack into the staging and replay the graph once. Least recently used graphs are evicted
 //!   under `cuda.graph_cache_mb`; a failed capture leaves that shape on stream launches.
-//!
-//! # Not yet
-//! Batch-size bucketing for graph keys, in-place kernel-node updates, and overlap of one
-//! micro-batch's copies with another's compute on a second stream (see `docs/PERFORMANCE.md`).
+//! - Batch sizes share a graph by bucket (the graph is keyed by the bucket, and a batch of another
+//!   size in it updates the kernel nodes' parameters in place instead of capturing again); one
+//!   micro-batch's copies overlap another's compute on a second stream; tiny plans read their
+//!   inputs through mapped host memory (zero-copy), on the caller's own thread when it spins
+//!   (`cuda.inline_tiny_plans`). Figures: `docs/PERFORMANCE.md`.
 
 mod backend;
 pub mod baseline;
