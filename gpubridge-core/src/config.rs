@@ -164,6 +164,10 @@ pub struct StorageConfig {
     /// instead, and why is recorded. Files that are usually in the page cache already (just
     /// written, read again and again) load faster with `false`.
     pub direct_io: bool,
+    /// A save creates the target's missing parent directories (each synced into its parent, so
+    /// that they survive a crash with the file), as the original's `SaveDirect` does (default
+    /// `true`). With `false`, saving into a directory that does not exist fails with `NotFound`.
+    pub create_dirs: bool,
     /// cuFile: poll for completion of I/O up to this many KiB instead of waiting on an interrupt
     /// (`cuFileDriverSetPollMode`); unset leaves the driver's setting (`/etc/cufile.json`).
     pub gds_poll_threshold_kb: Option<u64>,
@@ -188,6 +192,7 @@ impl Default for StorageConfig {
             task_size_kb: 4096,
             bounce_buffer_kb: 4096,
             direct_io: true,
+            create_dirs: true,
             gds_poll_threshold_kb: None,
             gds_max_direct_io_kb: None,
             gds_max_cache_kb: None,

@@ -220,7 +220,7 @@ impl Target {
     ///
     /// # Errors
     /// [`Error::Io`]: the directory is missing or not writable, the disk is full.
-    pub(crate) fn create(path: &Path, direct: bool) -> Result<Self> {
+    pub(crate) fn create(path: &Path, direct: bool, create_dirs: bool) -> Result<Self> {
         let name = path.file_name().ok_or_else(|| Error::Io {
             path: path.to_owned(),
             kind: IoErrorKind::Other,
@@ -230,6 +230,9 @@ impl Target {
             Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
             _ => PathBuf::from("."),
         };
+        if create_dirs {
+            create_dirs_durably(&dir).map_err(|e| Error::io(path, "creating its directory", &e))?;
+        }
         let temp = dir.join(format!(
             ".{}.gpubridge-tmp-{}-{}",
             name.to_string_lossy(),
@@ -396,6 +399,32 @@ impl Drop for Target {
     }
 }
 
+/// Creates `dir` and its missing ancestors, then syncs each new directory's parent, so that the
+/// new entries are on disk before a file in them is committed (whose own commit syncs `dir`).
+fn create_dirs_durably(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at {
+        if d.as_os_str().is_empty() || d.exists() {
+            break;
+        }
+        missing.push(d.to_owned());
+        at = d.parent();
+    }
+    std::fs::create_dir_all(dir)?;
+    for d in missing.iter().rev() {
+        let parent = match d.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Drops `path`'s pages from the page cache (`posix_fadvise(POSIX_FADV_DONTNEED)` after an
 /// `fdatasync`), so that the next read comes from the disk. Used by the benchmarks to measure cold
 /// reads where `/proc/sys/vm/drop_caches` is not writable (containers).
@@ -517,7 +546,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("gpubridge-reserve-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("f");
-        let t = Target::create(&p, true).unwrap();
+        let t = Target::create(&p, true, false).unwrap();
         t.reserve(3 << 20).unwrap();
         let meta = std::fs::metadata(&t.temp).unwrap();
         assert_eq!(meta.len(), 3 << 20);
@@ -535,7 +564,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("gpubridge-abandon-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("f");
-        let t = Target::create(&p, false).unwrap();
+        let t = Target::create(&p, false, false).unwrap();
         assert_eq!(t.path(), p);
         assert_eq!(
             t.buffered_reason().as_deref(),

@@ -511,7 +511,8 @@ impl Storage {
     /// over `path`, and the directory is fsynced.
     ///
     /// # Errors
-    /// [`Error::Io`]: [`IoErrorKind::NotFound`] (no such directory),
+    /// [`Error::Io`]: [`IoErrorKind::NotFound`] (no such directory, with
+    /// `storage.create_dirs = false`; by default missing directories are created),
     /// [`IoErrorKind::PermissionDenied`], [`IoErrorKind::DiskFull`], [`IoErrorKind::Other`];
     /// device errors. On any error `path` is left as it was and the temporary file is removed.
     ///
@@ -521,7 +522,7 @@ impl Storage {
         let started = Instant::now();
         let inner = &*self.inner;
         #[allow(unused_mut)] // Only fault injection changes it.
-        let mut target = Target::create(path, inner.config.direct_io)?;
+        let mut target = Target::create(path, inner.config.direct_io, inner.config.create_dirs)?;
         #[cfg(feature = "fault-injection")]
         target.fail_after(*inner.disk_full_after.lock());
         let len = src.len();

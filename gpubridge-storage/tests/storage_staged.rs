@@ -132,11 +132,39 @@ fn a_missing_file_is_not_found() {
     assert!(e.to_string().contains("nope.bin"), "{e}");
     let e = futures::executor::block_on(s.load(dir.join("nope.bin"), None)).unwrap_err();
     assert_eq!(kind(&e), Some(IoErrorKind::NotFound), "{e}");
-    // Saving into a directory that does not exist.
-    let e = s
+    // Saving into a directory that does not exist, with `storage.create_dirs = false`.
+    let strict =
+        Storage::new(&BridgeConfig::from_toml_str("[storage]\ncreate_dirs = false\n").unwrap())
+            .unwrap();
+    let e = strict
         .write(Src::Host(&[1, 2, 3]), &dir.join("no-dir").join("f.bin"))
         .unwrap_err();
     assert_eq!(kind(&e), Some(IoErrorKind::NotFound), "{e}");
+    assert!(!dir.join("no-dir").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_save_creates_missing_directories_by_default() {
+    let s = storage();
+    let dir = scratch("mkdirs");
+    let path = dir.join("a").join("b").join("f.bin");
+    let data = random_bytes(10_000, 3);
+    s.write(Src::Host(&data), &path).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+    // Only the file is left beside the new directories: no temporary file.
+    let names: Vec<_> = std::fs::read_dir(dir.join("a").join("b"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("f.bin")]);
+    // A file where a directory should be is an error, not a panic, and leaves the file alone.
+    std::fs::write(dir.join("plain"), b"x").unwrap();
+    let e = s
+        .write(Src::Host(&data), &dir.join("plain").join("f.bin"))
+        .unwrap_err();
+    assert!(e.to_string().contains("creating its directory"), "{e}");
+    assert_eq!(std::fs::read(dir.join("plain")).unwrap(), b"x");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
