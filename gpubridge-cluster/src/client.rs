@@ -26,8 +26,10 @@ const LISTING_ATTEMPT: Duration = Duration::from_secs(1);
 const LISTING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A kernel whose inputs and outputs can travel ([`Wire`]): every [`gpubridge::Kernel`] whose
-/// types implement it, among the built-ins `kernels::Sum` (`Vec<f32>` -> `f32`) and
-/// `kernels::VectorAdd` (`VectorPair` -> `Vec<f32>`).
+/// types implement it, among them every built-in: `kernels::Sum` (`Vec<f32>` -> `f32`),
+/// `kernels::VectorAdd` (`VectorPair` -> `Vec<f32>`), `kernels::Saxpy` (`SaxpyInput` ->
+/// `Vec<f32>`), `kernels::MatMul` (`MatMulInput` -> `Matrix`) and
+/// `kernels::ConnectedComponents` (`Graph` -> `Vec<u32>`).
 pub trait ClusterKernel {
     /// The kernel id (`kernels/sum`).
     const ID: &'static str;

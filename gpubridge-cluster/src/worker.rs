@@ -130,8 +130,10 @@ struct Shared {
 }
 
 impl Worker {
-    /// A worker serving the built-in `kernels/sum` and `kernels/vector/add` on `bridge` (those
-    /// of them its bridge has registered; [`WorkerConfig::kernels`] restricts them further).
+    /// A worker serving the built-in kernels (`kernels/sum`, `kernels/vector/add`,
+    /// `kernels/blas/saxpy`, `kernels/matrix/multiply`, `kernels/graph/connected_components`) on
+    /// `bridge`: those of them its bridge has registered; [`WorkerConfig::kernels`] restricts
+    /// them further.
     pub fn new(bridge: GpuBridge, config: WorkerConfig) -> Self {
         let mut w = Self {
             bridge,
@@ -140,6 +142,9 @@ impl Worker {
         };
         w.serve::<gpubridge::kernels::Sum>();
         w.serve::<gpubridge::kernels::VectorAdd>();
+        w.serve::<gpubridge::kernels::Saxpy>();
+        w.serve::<gpubridge::kernels::MatMul>();
+        w.serve::<gpubridge::kernels::ConnectedComponents>();
         w
     }
 

@@ -13,7 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use gpubridge::kernels::{Sum, VectorAdd, VectorPair};
+use gpubridge::kernels::{
+    union_find_labels, ConnectedComponents, Graph, MatMul, MatMulInput, Saxpy, SaxpyInput, Sum,
+    VectorAdd, VectorPair,
+};
 use gpubridge_cluster::{Capability, ClusterClient, ClusterError, ClusterSettings};
 
 /// A child process, stopped and reaped when dropped: SIGTERM first (a worker then stops cleanly,
@@ -270,9 +273,49 @@ async fn one_worker_answers_every_batch() {
         .await;
     assert!(bad.is_err(), "mismatched lengths must fail: {bad:?}");
 
+    // Every other built-in kernel travels too, its answers checked against the CPU reference.
+    let saxpy = vec![SaxpyInput {
+        alpha: 2.0,
+        x: vec![1.0, -2.0, 0.5],
+        y: vec![10.0, 10.0, 10.0],
+    }];
+    let got = client.submit::<Saxpy>(&saxpy).await.expect("saxpy");
+    assert_eq!(got, vec![vec![12.0, 6.0, 11.0]]);
+    let (m, k, n) = (3, 4, 2);
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.5).collect();
+    let got = client
+        .submit::<MatMul>(&[MatMulInput {
+            m,
+            k,
+            n,
+            a: a.clone(),
+            b: b.clone(),
+        }])
+        .await
+        .expect("matmul");
+    assert_eq!((got[0].rows, got[0].cols), (m, n));
+    for i in 0..m {
+        for j in 0..n {
+            let want: f32 = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            assert!((got[0].data[i * n + j] - want).abs() <= 1e-4, "c[{i}][{j}]");
+        }
+    }
+    let graph = Graph {
+        nodes: 1000,
+        edges: (0..1500u32)
+            .map(|i| [(i * 7) % 1000, (i * 13 + 5) % 1000])
+            .collect(),
+    };
+    let got = client
+        .submit::<ConnectedComponents>(std::slice::from_ref(&graph))
+        .await
+        .expect("connected components");
+    assert_eq!(got, vec![union_find_labels(graph.nodes, &graph.edges)]);
+
     let stats = settled(&client).await;
-    // 200 sums, 1 vector add, 1 id answered once, 1 error.
-    assert_eq!(stats.answers_written, 203, "{stats:?}");
+    // 200 sums, 1 vector add, 1 id answered once, 1 error, 1 saxpy, 1 matmul, 1 graph.
+    assert_eq!(stats.answers_written, 206, "{stats:?}");
     assert_eq!(stats.queued, 0, "{stats:?}");
     assert_eq!(stats.workers, 1, "{stats:?}");
 }
