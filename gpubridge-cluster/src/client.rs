@@ -77,6 +77,14 @@ pub struct Submit<'a, K: ClusterKernel> {
     items: &'a [K::Input],
     capability: Capability,
     id: Option<String>,
+    hints: RemoteHints,
+}
+
+/// What of a request's [`gpubridge::ExecutionHints`] travels to the worker.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RemoteHints {
+    priority: Option<gpubridge::Priority>,
+    tenant: Option<String>,
 }
 
 impl<K: ClusterKernel> Submit<'_, K> {
@@ -85,6 +93,21 @@ impl<K: ClusterKernel> Submit<'_, K> {
     /// `retention`); the client's timeout reports it as [`ClusterError::Timeout`].
     pub fn requires(mut self, capability: Capability) -> Self {
         self.capability = capability;
+        self
+    }
+
+    /// Runs it at `priority` on the worker's bridge (its device slots and batcher queues serve
+    /// high before normal before low). Which worker takes a request is still the order of the
+    /// stream.
+    pub fn priority(mut self, priority: gpubridge::Priority) -> Self {
+        self.hints.priority = Some(priority);
+        self
+    }
+
+    /// Charges it to `tenant` on the worker's bridge: the worker's `[tenants]` limits apply, and
+    /// a request over them is answered [`ClusterError::Remote`] with the quota error.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.hints.tenant = Some(tenant.into());
         self
     }
 
@@ -110,7 +133,7 @@ impl<K: ClusterKernel> Submit<'_, K> {
             None => self.client.new_request_id(),
         };
         self.client
-            .send::<K>(&id, self.capability, self.items)
+            .send::<K>(&id, self.capability, self.items, &self.hints)
             .await
     }
 }
@@ -235,6 +258,7 @@ impl ClusterClient {
             items,
             capability: Capability::Any,
             id: None,
+            hints: RemoteHints::default(),
         }
     }
 
@@ -243,6 +267,7 @@ impl ClusterClient {
         id: &str,
         capability: Capability,
         items: &[K::Input],
+        hints: &RemoteHints,
     ) -> Result<Vec<K::Output>, ClusterError> {
         if !valid_id(id) {
             return Err(ClusterError::InvalidRequestId(id.to_owned()));
@@ -262,6 +287,12 @@ impl ClusterClient {
             .header(HEADER_REQUEST, id)
             .header(HEADER_KERNEL, K::ID)
             .header(HEADER_CAPABILITY, capability.name());
+        if let Some(p) = hints.priority {
+            publish = publish.header(crate::HEADER_PRIORITY, crate::priority_name(p));
+        }
+        if let Some(tenant) = &hints.tenant {
+            publish = publish.header(crate::HEADER_TENANT, tenant.as_str());
+        }
         if payload.len() > self.settings.inline_limit {
             let name = format!("request-{id}");
             crate::write_object(&self.infra.objects, &name, &payload).await?;

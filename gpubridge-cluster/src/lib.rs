@@ -60,6 +60,30 @@ pub const HEADER_KERNEL: &str = "Gpubridge-Kernel";
 pub const HEADER_CAPABILITY: &str = "Gpubridge-Capability";
 /// Header carrying the object-store name of a batch sent by reference.
 pub const HEADER_OBJECT: &str = "Gpubridge-Object";
+/// Header carrying the request's priority on the worker's bridge (`low`, `normal`, `high`;
+/// absent: normal).
+pub const HEADER_PRIORITY: &str = "Gpubridge-Priority";
+/// Header carrying the tenant the worker's bridge charges the request to (absent: none).
+pub const HEADER_TENANT: &str = "Gpubridge-Tenant";
+
+/// The header value of a priority.
+pub(crate) fn priority_name(p: gpubridge::Priority) -> &'static str {
+    match p {
+        gpubridge::Priority::Low => "low",
+        gpubridge::Priority::Normal => "normal",
+        gpubridge::Priority::High => "high",
+    }
+}
+
+/// Reads a priority header value.
+pub(crate) fn parse_priority(v: &str) -> Option<gpubridge::Priority> {
+    match v {
+        "low" => Some(gpubridge::Priority::Low),
+        "normal" => Some(gpubridge::Priority::Normal),
+        "high" => Some(gpubridge::Priority::High),
+        _ => None,
+    }
+}
 /// Subject on which workers announce themselves.
 pub const ANNOUNCE_SUBJECT: &str = "gpubridge.workers.announce";
 
@@ -504,6 +528,15 @@ mod tests {
             "gpubridge.work.any.kernels.sum"
         ));
         assert!(valid_kernel_id("kernels/vector/add"));
+        for p in [
+            gpubridge::Priority::Low,
+            gpubridge::Priority::Normal,
+            gpubridge::Priority::High,
+        ] {
+            assert_eq!(parse_priority(priority_name(p)), Some(p));
+        }
+        assert_eq!(parse_priority("urgent"), None);
+        assert_eq!(parse_priority(""), None);
         assert!(valid_kernel_id("my_kernel-2"));
         for bad in ["", "a//b", "/a", "a/", "a.b", "a*", "a>", "a b"] {
             assert!(!valid_kernel_id(bad), "{bad:?}");

@@ -501,6 +501,28 @@ fn header<'a>(message: &'a jetstream::Message, name: &str) -> Option<&'a str> {
         .map(|v| v.as_str())
 }
 
+/// The hints a request runs with: the route's (its backend), the priority and tenant its headers
+/// carry, and its request id as the correlation id of the worker's spans and audit events.
+fn request_hints(
+    message: &jetstream::Message,
+    route: &ExecutionHints,
+    id: &str,
+) -> Result<ExecutionHints, String> {
+    let mut hints = route.clone().correlation_id(id);
+    if let Some(v) = header(message, crate::HEADER_PRIORITY) {
+        hints.priority = crate::parse_priority(v).ok_or_else(|| {
+            format!(
+                "invalid {} header {v:?} (low, normal or high)",
+                crate::HEADER_PRIORITY
+            )
+        })?;
+    }
+    if let Some(tenant) = header(message, crate::HEADER_TENANT) {
+        hints.tenant = Some(tenant.to_owned());
+    }
+    Ok(hints)
+}
+
 /// Runs one request and acknowledges it once its answer is stored.
 async fn handle(shared: &Shared, route: &Route, message: jetstream::Message) {
     let Some(id) = header(&message, HEADER_REQUEST).map(str::to_owned) else {
@@ -534,10 +556,11 @@ async fn handle(shared: &Shared, route: &Route, message: jetstream::Message) {
                 .map_err(|e| e.to_string())?,
             None => message.payload.to_vec(),
         };
+        let hints = request_hints(&message, &route.hints, &id)?;
         if !shared.hold.is_zero() {
             tokio::time::sleep(shared.hold).await;
         }
-        handler(shared.bridge.clone(), bytes, route.hints.clone()).await
+        handler(shared.bridge.clone(), bytes, hints).await
     };
     tokio::pin!(work);
     let mut tick = tokio::time::interval_at(

@@ -17,6 +17,7 @@ use gpubridge::kernels::{
     union_find_labels, ConnectedComponents, Graph, MatMul, MatMulInput, Saxpy, SaxpyInput, Sum,
     VectorAdd, VectorPair,
 };
+use gpubridge::Priority;
 use gpubridge_cluster::{Capability, ClusterClient, ClusterError, ClusterSettings};
 
 /// A child process, stopped and reaped when dropped: SIGTERM first (a worker then stops cleanly,
@@ -318,6 +319,53 @@ async fn one_worker_answers_every_batch() {
     assert_eq!(stats.answers_written, 206, "{stats:?}");
     assert_eq!(stats.queued, 0, "{stats:?}");
     assert_eq!(stats.workers, 1, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requests_priority_and_tenant_travel_to_the_worker() {
+    let Some(nats) = nats_server() else { return };
+    // The worker's bridge limits tenant "tiny" to one item at a time (a bucket of one item,
+    // refilled once in 1000 s): a batch of two is over its quota there.
+    let config = nats.dir.join("worker.toml");
+    std::fs::write(
+        &config,
+        "[tenants.overrides.tiny]\nitems_per_second = 0.001\nburst = 1\n",
+    )
+    .unwrap();
+    let _w = worker_with(
+        &nats.url,
+        "tenants",
+        0,
+        &["--config", config.to_str().unwrap()],
+    );
+    let client = client(&nats.url).await;
+    let batch = sum_batch(1, 2);
+    let over = client
+        .request::<Sum>(&batch)
+        .tenant("tiny")
+        .send()
+        .await
+        .unwrap_err();
+    match &over {
+        ClusterError::Remote { message, .. } => {
+            assert!(
+                message.contains("quota exceeded for tenant \"tiny\""),
+                "{message}"
+            );
+        }
+        other => panic!("expected the worker's quota error, got {other:?}"),
+    }
+    // Another tenant, and no tenant, are not limited; a priority travels and is honoured.
+    for request in [
+        client.request::<Sum>(&batch).tenant("roomy"),
+        client.request::<Sum>(&batch).priority(Priority::High),
+        client.request::<Sum>(&batch).priority(Priority::Low),
+    ] {
+        let got = request.send().await.expect("served");
+        assert_sums(1, &got, &batch);
+    }
+    let stats = settled(&client).await;
+    assert_eq!(stats.answers_written, 4, "{stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
