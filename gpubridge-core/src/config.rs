@@ -129,6 +129,11 @@ pub struct MemoryConfig {
     /// Ask the OS for transparent huge pages for large output vectors unpacked from a device
     /// (default `true`): fresh pages then fault 512 times less often. Read by the CUDA backend.
     pub huge_page_outputs: bool,
+    /// How often a device pool frees the idle buffers of size classes that nothing rented since
+    /// the last time, in seconds (default 30: idle memory of an unused class lives 30 to 60 s).
+    /// Lower it to give memory back sooner when shapes drift (the original's "pool eviction
+    /// rate"); a class in use keeps its buffers whatever this is. Read by the CUDA backend.
+    pub idle_release_s: u64,
 }
 
 impl Default for MemoryConfig {
@@ -138,6 +143,7 @@ impl Default for MemoryConfig {
             pinned_pool_mb: 256,
             device_memory_fraction: 0.5,
             huge_page_outputs: true,
+            idle_release_s: 30,
         }
     }
 }
@@ -600,6 +606,7 @@ impl BridgeConfig {
                 format!("{} is outside (0, 1]", self.memory.device_memory_fraction),
             ));
         }
+        at_least("memory.idle_release_s", self.memory.idle_release_s, 1)?;
         at_least("storage.threads", self.storage.threads, 1)?;
         at_least("storage.task_size_kb", self.storage.task_size_kb, 4)?;
         at_least("storage.bounce_buffer_kb", self.storage.bounce_buffer_kb, 4)?;

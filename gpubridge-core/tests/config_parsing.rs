@@ -135,6 +135,11 @@ fn out_of_range_values_name_their_key() {
             "[memory]\ndevice_memory_fraction = 0.0\n",
             "memory.device_memory_fraction",
         ),
+        ("[memory]\nidle_release_s = 0\n", "memory.idle_release_s"),
+        (
+            "[batching]\nbatch_queue_capacity = 0\n",
+            "batching.batch_queue_capacity",
+        ),
         ("[fallback]\nchain = []\n", "fallback.chain"),
         ("[fallback]\nchain = [\"cpu\", \"cpu\"]\n", "fallback.chain"),
         ("[fallback]\nchain = [\"opencl\"]\n", "fallback.chain"),

@@ -272,6 +272,8 @@ struct Executor {
     free_sampled: Instant,
     /// When the pool last released the idle memory of unused classes.
     idle_released: Instant,
+    /// How often it does (`memory.idle_release_s`).
+    idle_release_every: Duration,
     /// Zero-copy staging for tiny plans.
     mapped: PinnedBuffer,
     /// Large outputs being unpacked off this thread, and their staging coming back.
@@ -390,6 +392,7 @@ pub(crate) fn spawn(
         (config.cuda.resident_mb as usize).saturating_mul(1 << 20),
     );
     let huge_pages = config.memory.huge_page_outputs;
+    let idle_release_every = Duration::from_secs(config.memory.idle_release_s.max(1));
     let staged_plans = config.cuda.staged_plans;
     let inline = config.cuda.inline_tiny_plans;
     let lanes = config.cuda.streams_per_device.max(1);
@@ -400,6 +403,7 @@ pub(crate) fn spawn(
                 match Executor::new(ordinal, arch, label, pool_limit, graphs, lanes, ptx, shared) {
                     Ok(mut ex) => {
                         ex.huge_pages = huge_pages;
+                        ex.idle_release_every = idle_release_every;
                         ex.staged = staged_plans;
                         if inline {
                             ex.open_inline_lane();
@@ -550,6 +554,7 @@ impl Executor {
             mapped: PinnedBuffer::mapped(),
             free_sampled: Instant::now(),
             idle_released: Instant::now(),
+            idle_release_every: crate::memory::IDLE_RELEASE_EVERY,
             unpacking: Arc::default(),
         })
     }
@@ -688,7 +693,7 @@ impl Executor {
         if self.free_sampled.elapsed() >= FREE_MEMORY_EVERY {
             self.sample_free_memory();
         }
-        if self.idle_released.elapsed() >= crate::memory::IDLE_RELEASE_EVERY {
+        if self.idle_released.elapsed() >= self.idle_release_every {
             self.idle_released = Instant::now();
             self.pool.release_unused();
         }

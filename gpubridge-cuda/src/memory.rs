@@ -139,10 +139,10 @@ impl DevicePool {
     }
 
     /// Frees the idle buffers of every size class that no rent asked for since the previous call,
-    /// and starts a new period. Called every [`IDLE_RELEASE_EVERY`] by the executor, so that idle
-    /// memory follows the classes in use: a workload whose shapes drift (graph-cache evictions
-    /// returning one set of classes while new captures rent others) does not keep every class it
-    /// ever used.
+    /// and starts a new period. Called every `memory.idle_release_s` ([`IDLE_RELEASE_EVERY`] by
+    /// default) by the executor, so that idle memory follows the classes in use: a workload whose
+    /// shapes drift (graph-cache evictions returning one set of classes while new captures rent
+    /// others) does not keep every class it ever used.
     pub fn release_unused(&mut self) {
         let rented = std::mem::take(&mut self.rented);
         if self.free_idle(|class| !rented.get(class).copied().unwrap_or(false)) {
@@ -199,8 +199,9 @@ impl DevicePool {
     }
 }
 
-/// How often the executor releases the idle memory of size classes nobody rented meanwhile (see
-/// [`DevicePool::release_unused`]): idle memory of an unused class lives 30 to 60 seconds.
+/// How often the executor releases the idle memory of size classes nobody rented meanwhile by
+/// default (`memory.idle_release_s`; see [`DevicePool::release_unused`]): idle memory of an
+/// unused class lives 30 to 60 seconds.
 pub const IDLE_RELEASE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn class_size(class: usize) -> usize {
