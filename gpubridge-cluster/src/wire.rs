@@ -104,12 +104,36 @@ impl Wire for f32 {
     }
 }
 
-impl Wire for Vec<f32> {
+/// A four-byte little-endian value, whose vectors travel as a `u32` length and the values.
+trait Word: Copy {
+    fn to_le(self) -> [u8; 4];
+    fn from_le(b: [u8; 4]) -> Self;
+}
+
+impl Word for f32 {
+    fn to_le(self) -> [u8; 4] {
+        self.to_le_bytes()
+    }
+    fn from_le(b: [u8; 4]) -> Self {
+        f32::from_le_bytes(b)
+    }
+}
+
+impl Word for u32 {
+    fn to_le(self) -> [u8; 4] {
+        self.to_le_bytes()
+    }
+    fn from_le(b: [u8; 4]) -> Self {
+        u32::from_le_bytes(b)
+    }
+}
+
+impl<T: Word> Wire for Vec<T> {
     fn put(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&(self.len() as u32).to_le_bytes());
         out.reserve(self.len() * 4);
         for x in self {
-            out.extend_from_slice(&x.to_le_bytes());
+            out.extend_from_slice(&x.to_le());
         }
     }
 
@@ -117,7 +141,7 @@ impl Wire for Vec<f32> {
         let n = r.u32()? as usize;
         let b = r.take(n.saturating_mul(4))?;
         Ok(b.chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .map(|c| T::from_le([c[0], c[1], c[2], c[3]]))
             .collect())
     }
 }
@@ -146,24 +170,6 @@ impl Wire for u32 {
 
     fn get(r: &mut Reader<'_>) -> Result<Self, WireError> {
         r.u32()
-    }
-}
-
-impl Wire for Vec<u32> {
-    fn put(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&(self.len() as u32).to_le_bytes());
-        out.reserve(self.len() * 4);
-        for x in self {
-            out.extend_from_slice(&x.to_le_bytes());
-        }
-    }
-
-    fn get(r: &mut Reader<'_>) -> Result<Self, WireError> {
-        let n = r.u32()? as usize;
-        let b = r.take(n.saturating_mul(4))?;
-        Ok(b.chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
     }
 }
 
