@@ -901,8 +901,8 @@ async fn a_request_waits_for_a_worker_with_its_capability() {
     for cap in [Capability::Wgpu, Capability::Gpu] {
         let q = queues
             .iter()
-            .find(|q| q.capability == cap)
-            .unwrap_or_else(|| panic!("no {cap} consumer: {queues:?}"));
+            .find(|q| q.capability == cap && q.kernel == "kernels/sum")
+            .unwrap_or_else(|| panic!("no {cap} consumer of kernels/sum: {queues:?}"));
         assert_eq!(q.deliveries, 1, "{q:?}");
     }
 }
