@@ -107,6 +107,41 @@ async fn waiting_batches_get_the_slot_by_priority_then_age() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_urgent_singles_waits_at_their_priority() {
+    let (b, backend, ran) = bridge(64);
+    backend.hold();
+    let grain = b.batch::<Tagged>().unwrap();
+    let first = {
+        let g = grain.clone();
+        tokio::spawn(async move { g.execute(vec![0], hints(Priority::Normal)).await })
+    };
+    until("the first batch on the device", || backend.held() == 1).await;
+    let normal = {
+        let g = grain.clone();
+        tokio::spawn(async move { g.execute(vec![1], hints(Priority::Normal)).await })
+    };
+    until("the normal batch waiting", || {
+        b.accounting().waiting_micro_batches == 1
+    })
+    .await;
+    // A high-priority single: the batcher's batch of it waits for a slot at high priority.
+    let single = {
+        let b = b.clone();
+        tokio::spawn(async move { b.single::<Tagged>(2, hints(Priority::High)).await })
+    };
+    until("the single's batch waiting", || {
+        b.accounting().waiting_micro_batches == 2
+    })
+    .await;
+    backend.release();
+    assert_eq!(first.await.unwrap().unwrap().outputs, vec![0]);
+    assert_eq!(single.await.unwrap().unwrap().output, 2);
+    assert_eq!(normal.await.unwrap().unwrap().outputs, vec![1]);
+    assert_eq!(*ran.lock(), vec![0, 2, 1], "the urgent single went first");
+    assert_quiescent(&b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_waiting_queue_rejects_new_batches_at_once_and_holds_nothing_for_them() {
     let (b, backend, ran) = bridge(2);
     backend.hold();
