@@ -105,7 +105,10 @@ impl<K: ClusterKernel> Submit<'_, K> {
     }
 
     /// Charges it to `tenant` on the worker's bridge: the worker's `[tenants]` limits apply, and
-    /// a request over them is answered [`ClusterError::Remote`] with the quota error.
+    /// a request over them is answered [`ClusterError::Remote`] with the quota error. The worker
+    /// trusts the name as sent: only trusted services should reach the work stream. A name that
+    /// cannot travel in a header is refused by [`Submit::send`] with
+    /// [`ClusterError::InvalidTenant`].
     pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
         self.hints.tenant = Some(tenant.into());
         self
@@ -123,6 +126,7 @@ impl<K: ClusterKernel> Submit<'_, K> {
     ///
     /// # Errors
     /// [`ClusterError::InvalidRequestId`], [`ClusterError::InvalidKernelId`],
+    /// [`ClusterError::InvalidTenant`],
     /// [`ClusterError::Timeout`] when no answer came within the client's timeout (no worker
     /// serving the kernel and capability is running, or they are all busy),
     /// [`ClusterError::Remote`] when the worker failed the batch, [`ClusterError::JetStream`]
@@ -274,6 +278,9 @@ impl ClusterClient {
         }
         if !crate::valid_kernel_id(K::ID) {
             return Err(ClusterError::InvalidKernelId(K::ID.to_owned()));
+        }
+        if let Some(tenant) = hints.tenant.as_deref().filter(|t| !crate::valid_tenant(t)) {
+            return Err(ClusterError::InvalidTenant(tenant.to_owned()));
         }
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().insert(id.to_owned(), tx);

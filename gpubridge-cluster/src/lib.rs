@@ -66,6 +66,12 @@ pub const HEADER_PRIORITY: &str = "Gpubridge-Priority";
 /// Header carrying the tenant the worker's bridge charges the request to (absent: none).
 pub const HEADER_TENANT: &str = "Gpubridge-Tenant";
 
+/// Whether `tenant` can travel in a header: 1 to 256 bytes, no control characters (a CR or LF
+/// would end the header and start another).
+pub(crate) fn valid_tenant(tenant: &str) -> bool {
+    !tenant.is_empty() && tenant.len() <= 256 && !tenant.chars().any(char::is_control)
+}
+
 /// The header value of a priority.
 pub(crate) fn priority_name(p: gpubridge::Priority) -> &'static str {
     match p {
@@ -137,6 +143,10 @@ pub enum ClusterError {
     /// A request id that is not a valid key (letters, digits, `-`, `_`, `=`; at most 200 bytes).
     #[error("invalid request id {0:?}: use letters, digits, '-', '_' or '=' (at most 200 bytes)")]
     InvalidRequestId(String),
+    /// A tenant name that cannot travel in a header: empty, longer than 256 bytes, or holding a
+    /// control character.
+    #[error("invalid tenant {0:?}: use 1 to 256 bytes without control characters")]
+    InvalidTenant(String),
     /// A kernel id that cannot be part of a subject: use `/`-separated non-empty segments of
     /// letters, digits, `-` and `_`.
     #[error(
@@ -536,6 +546,17 @@ mod tests {
             assert_eq!(parse_priority(priority_name(p)), Some(p));
         }
         assert_eq!(parse_priority("urgent"), None);
+        assert!(valid_tenant("acme-eu_1"));
+        assert!(valid_tenant("Ünïcode tenant"));
+        for bad in [
+            "",
+            "x\r\nGpubridge-Object: y",
+            "a\nb",
+            "tab\there",
+            &"t".repeat(257),
+        ] {
+            assert!(!valid_tenant(bad), "{bad:?}");
+        }
         assert_eq!(parse_priority(""), None);
         assert!(valid_kernel_id("my_kernel-2"));
         for bad in ["", "a//b", "/a", "a/", "a.b", "a*", "a>", "a b"] {

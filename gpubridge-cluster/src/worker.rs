@@ -518,6 +518,12 @@ fn request_hints(
         })?;
     }
     if let Some(tenant) = header(message, crate::HEADER_TENANT) {
+        if !crate::valid_tenant(tenant) {
+            return Err(format!(
+                "invalid {} header {tenant:?}",
+                crate::HEADER_TENANT
+            ));
+        }
         hints.tenant = Some(tenant.to_owned());
     }
     Ok(hints)

@@ -591,10 +591,9 @@ where
             && tracing::span_enabled!(tracing::Level::INFO);
         let correlation = (audit || traced).then(|| CorrelationId::of(&hints));
         let bytes: u64 = if audit {
-            inputs
-                .iter()
-                .map(|i| self.kernel.device_bytes(i) as u64)
-                .sum()
+            inputs.iter().fold(0u64, |sum, i| {
+                sum.saturating_add(self.kernel.device_bytes(i) as u64)
+            })
         } else {
             0
         };
@@ -677,10 +676,9 @@ where
         // The tenant's allowances, held until the batch is answered.
         let _tenant = match hints.tenant.as_deref() {
             Some(tenant) => {
-                let bytes = inputs
-                    .iter()
-                    .map(|i| self.kernel.device_bytes(i) as u64)
-                    .sum();
+                let bytes = inputs.iter().fold(0u64, |sum, i| {
+                    sum.saturating_add(self.kernel.device_bytes(i) as u64)
+                });
                 Some(
                     self.bridge
                         .inner
@@ -697,10 +695,9 @@ where
         let mut first_item = 0;
         let candidates = &candidates;
         let jobs = chunks.into_iter().map(|items| {
-            let bytes = items
-                .iter()
-                .map(|i| self.kernel.device_bytes(i) as u64)
-                .sum();
+            let bytes = items.iter().fold(0u64, |sum, i| {
+                sum.saturating_add(self.kernel.device_bytes(i) as u64)
+            });
             let chunk = Chunk {
                 len: items.len(),
                 items: Arc::new(parking_lot::Mutex::new(Some(items))),

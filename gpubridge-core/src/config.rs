@@ -317,7 +317,9 @@ pub struct BatchingConfig {
     /// Micro-batches of `execute` requests waiting for a device slot
     /// (`general.max_concurrent_kernels`) at which a new batch request is rejected with
     /// `QueueFull` instead of queueing (default 4096), so that a flood sheds load rather than
-    /// holding ever more inputs in memory. The waiting micro-batches get slots by priority.
+    /// holding ever more inputs in memory. The waiting micro-batches get slots by priority. The
+    /// bound is checked as a request starts: requests starting at the same moment can together
+    /// pass it by their number times `max_in_flight`.
     pub batch_queue_capacity: usize,
     /// Most single requests the dynamic batcher puts in one batch (default 65536); the batcher
     /// uses the smaller of this and `max_micro_batch`.

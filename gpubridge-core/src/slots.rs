@@ -101,6 +101,7 @@ impl Slots {
             slots: self,
             priority,
             id: None,
+            done: false,
         }
     }
 }
@@ -120,12 +121,17 @@ pub(crate) struct Acquire<'a> {
     priority: Priority,
     /// Set once queued.
     id: Option<u64>,
+    /// Set once it has given out its slot.
+    done: bool,
 }
 
 impl<'a> Future for Acquire<'a> {
     type Output = Slot<'a>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Slot<'a>> {
+        if self.done {
+            return polled_after_completion();
+        }
         let slots = self.slots;
         let mut st = slots.state.lock();
         match self.id {
@@ -134,6 +140,8 @@ impl<'a> Future for Acquire<'a> {
                 // taking a free one overtakes no one.
                 if st.free > 0 {
                     st.free -= 1;
+                    drop(st);
+                    self.done = true;
                     return Poll::Ready(Slot(slots));
                 }
                 let id = st.next_id;
@@ -156,6 +164,7 @@ impl<'a> Future for Acquire<'a> {
                     st.waiters.remove(&id);
                     drop(st);
                     self.id = None;
+                    self.done = true;
                     Poll::Ready(Slot(slots))
                 }
                 Some(w) => {
@@ -164,16 +173,17 @@ impl<'a> Future for Acquire<'a> {
                     }
                     Poll::Pending
                 }
-                // Only this future removes its entry, and it does so as it completes.
-                None => unreachable_slot(),
+                // Only this future removes its entry, and it does so as it completes (after
+                // which `done` answers).
+                None => polled_after_completion(),
             },
         }
     }
 }
 
 /// An `Acquire` polled after it completed: a logic error in the caller, answered as the futures
-/// contract allows (never ready again) rather than with a panic.
-fn unreachable_slot<T>() -> Poll<T> {
+/// contract allows (never ready again, no second slot) rather than with a panic.
+fn polled_after_completion<T>() -> Poll<T> {
     tracing::error!("a slot's acquire future was polled after it completed");
     Poll::Pending
 }
@@ -227,6 +237,22 @@ mod tests {
         drop(a);
         assert_eq!(slots.taken(), 1);
         drop(b);
+        assert_eq!(slots.taken(), 0);
+    }
+
+    #[test]
+    fn a_completed_acquire_polled_again_takes_no_second_slot() {
+        let slots = Slots::new(2);
+        let mut acquire = Box::pin(slots.acquire(Priority::Normal));
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let Poll::Ready(slot) = acquire.as_mut().poll(&mut cx) else {
+            panic!("a free slot");
+        };
+        assert!(acquire.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(slots.taken(), 1);
+        drop(slot);
+        drop(acquire);
         assert_eq!(slots.taken(), 0);
     }
 

@@ -355,6 +355,17 @@ async fn a_requests_priority_and_tenant_travel_to_the_worker() {
         }
         other => panic!("expected the worker's quota error, got {other:?}"),
     }
+    // A name that would end its header and start another is refused before it is sent.
+    let injected = client
+        .request::<Sum>(&batch)
+        .tenant("tiny\r\nGpubridge-Object: someone-elses")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&injected, ClusterError::InvalidTenant(t) if t.starts_with("tiny")),
+        "{injected:?}"
+    );
     // Another tenant, and no tenant, are not limited; a priority travels and is honoured.
     for request in [
         client.request::<Sum>(&batch).tenant("roomy"),

@@ -310,13 +310,18 @@ impl Target {
                     message: format!("{len} bytes is more than a file can hold"),
                 });
             };
-            // SAFETY: the descriptor is open for the whole call; fallocate reads no memory of
-            // ours.
-            let rc = unsafe { libc::fallocate(self.buffered.as_raw_fd(), 0, 0, size) };
-            if rc == 0 {
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
+            let e = loop {
+                // SAFETY: the descriptor is open for the whole call; fallocate reads no memory
+                // of ours.
+                let rc = unsafe { libc::fallocate(self.buffered.as_raw_fd(), 0, 0, size) };
+                if rc == 0 {
+                    return Ok(());
+                }
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    break e;
+                }
+            };
             match e.raw_os_error() {
                 Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => {}
                 _ => {

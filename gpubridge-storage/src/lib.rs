@@ -147,9 +147,9 @@ pub struct Phases {
     /// Opening the file and checking the range (a load), or creating the temporary file and
     /// allocating its blocks (a save).
     pub open: Duration,
-    /// Trying cuFile for CUDA device memory: opening the driver (once per process), registering
-    /// the file; zero where cuFile does not apply. When cuFile declines, this is what the attempt
-    /// cost before the staged path started.
+    /// A declined cuFile attempt for CUDA device memory (opening the driver, once per process;
+    /// registering the file): what it cost before the staged path started. Zero where cuFile does
+    /// not apply, and when it was taken (its setup is then part of `transfer`).
     pub gds_attempt: Duration,
     /// Moving the bytes (either path), until the last of them is in place.
     pub transfer: Duration,

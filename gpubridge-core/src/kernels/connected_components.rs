@@ -262,7 +262,10 @@ impl Kernel for ConnectedComponents {
     }
 
     fn device_bytes(&self, g: &Graph) -> usize {
-        4 * g.nodes + 8 * g.edges.len()
+        // Saturating: `nodes` is a declared size (it may come off the wire before validation).
+        g.nodes
+            .saturating_mul(4)
+            .saturating_add(g.edges.len().saturating_mul(8))
     }
 
     fn run_cpu(&self, inputs: &[Graph], ctx: &CpuContext) -> Result<Vec<Vec<u32>>> {
