@@ -77,13 +77,29 @@ pub struct TenantLimits {
 /// particular ones. A
 /// request over a limit fails at once with `QuotaExceeded` and takes nothing from anyone else;
 /// requests without a tenant are not limited.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantsConfig {
     /// Limits of every tenant without an override (`[tenants.default]`).
     pub default: TenantLimits,
     /// Limits by tenant name (replacing the defaults for that tenant).
     pub overrides: std::collections::BTreeMap<String, TenantLimits>,
+    /// Tenants without an override that the bridge keeps state for at once (default 65536).
+    /// Idle ones whose bucket has refilled are forgotten to make room (they would start again
+    /// exactly as they are); when none can be, a request naming yet another new tenant is
+    /// refused with `QuotaExceeded`, so a flood of made-up names cannot grow memory without
+    /// bound.
+    pub max_tracked: usize,
+}
+
+impl Default for TenantsConfig {
+    fn default() -> Self {
+        Self {
+            default: TenantLimits::default(),
+            overrides: std::collections::BTreeMap::new(),
+            max_tracked: 65536,
+        }
+    }
 }
 
 impl TenantsConfig {
@@ -609,6 +625,7 @@ impl BridgeConfig {
             ));
         }
         at_least("memory.idle_release_s", self.memory.idle_release_s, 1)?;
+        at_least("tenants.max_tracked", self.tenants.max_tracked, 1)?;
         at_least("storage.threads", self.storage.threads, 1)?;
         at_least("storage.task_size_kb", self.storage.task_size_kb, 4)?;
         at_least("storage.bounce_buffer_kb", self.storage.bounce_buffer_kb, 4)?;
