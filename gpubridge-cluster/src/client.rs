@@ -295,7 +295,7 @@ impl ClusterClient {
             .header(HEADER_KERNEL, K::ID)
             .header(HEADER_CAPABILITY, capability.name());
         if let Some(p) = hints.priority {
-            publish = publish.header(crate::HEADER_PRIORITY, crate::priority_name(p));
+            publish = publish.header(crate::HEADER_PRIORITY, p.name());
         }
         if let Some(tenant) = &hints.tenant {
             publish = publish.header(crate::HEADER_TENANT, tenant.as_str());

@@ -72,24 +72,6 @@ pub(crate) fn valid_tenant(tenant: &str) -> bool {
     !tenant.is_empty() && tenant.len() <= 256 && !tenant.chars().any(char::is_control)
 }
 
-/// The header value of a priority.
-pub(crate) fn priority_name(p: gpubridge::Priority) -> &'static str {
-    match p {
-        gpubridge::Priority::Low => "low",
-        gpubridge::Priority::Normal => "normal",
-        gpubridge::Priority::High => "high",
-    }
-}
-
-/// Reads a priority header value.
-pub(crate) fn parse_priority(v: &str) -> Option<gpubridge::Priority> {
-    match v {
-        "low" => Some(gpubridge::Priority::Low),
-        "normal" => Some(gpubridge::Priority::Normal),
-        "high" => Some(gpubridge::Priority::High),
-        _ => None,
-    }
-}
 /// Subject on which workers announce themselves.
 pub const ANNOUNCE_SUBJECT: &str = "gpubridge.workers.announce";
 
@@ -538,14 +520,10 @@ mod tests {
             "gpubridge.work.any.kernels.sum"
         ));
         assert!(valid_kernel_id("kernels/vector/add"));
-        for p in [
-            gpubridge::Priority::Low,
-            gpubridge::Priority::Normal,
-            gpubridge::Priority::High,
-        ] {
-            assert_eq!(parse_priority(priority_name(p)), Some(p));
+        for p in gpubridge::Priority::ALL {
+            assert_eq!(p.name().parse::<gpubridge::Priority>(), Ok(p));
         }
-        assert_eq!(parse_priority("urgent"), None);
+        assert!("urgent".parse::<gpubridge::Priority>().is_err());
         assert!(valid_tenant("acme-eu_1"));
         assert!(valid_tenant("Ünïcode tenant"));
         for bad in [
@@ -557,7 +535,7 @@ mod tests {
         ] {
             assert!(!valid_tenant(bad), "{bad:?}");
         }
-        assert_eq!(parse_priority(""), None);
+        assert!("".parse::<gpubridge::Priority>().is_err());
         assert!(valid_kernel_id("my_kernel-2"));
         for bad in ["", "a//b", "/a", "a/", "a.b", "a*", "a>", "a b"] {
             assert!(!valid_kernel_id(bad), "{bad:?}");

@@ -510,12 +510,9 @@ fn request_hints(
 ) -> Result<ExecutionHints, String> {
     let mut hints = route.clone().correlation_id(id);
     if let Some(v) = header(message, crate::HEADER_PRIORITY) {
-        hints.priority = crate::parse_priority(v).ok_or_else(|| {
-            format!(
-                "invalid {} header {v:?} (low, normal or high)",
-                crate::HEADER_PRIORITY
-            )
-        })?;
+        hints.priority = v
+            .parse()
+            .map_err(|e| format!("invalid {} header: {e}", crate::HEADER_PRIORITY))?;
     }
     if let Some(tenant) = header(message, crate::HEADER_TENANT) {
         if !crate::valid_tenant(tenant) {

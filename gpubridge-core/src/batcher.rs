@@ -36,7 +36,7 @@ use tokio::sync::oneshot;
 use crate::bridge::{GpuBridge, Inner};
 use crate::device::{BackendKind, DeviceId};
 use crate::error::{Error, Result};
-use crate::hints::{BatchResult, ExecutionHints, Priority};
+use crate::hints::{BatchResult, ExecutionHints};
 use crate::kernel::{DynKernel, Kernel};
 use crate::tenants::{TenantGuard, Tenants};
 
@@ -308,14 +308,6 @@ impl RunnerClock {
             running: ns(2),
             delivering: ns(3),
         }
-    }
-}
-
-fn lane(p: Priority) -> usize {
-    match p {
-        Priority::Low => 0,
-        Priority::Normal => 1,
-        Priority::High => 2,
     }
 }
 
@@ -936,7 +928,7 @@ where
         }
         let enqueued = Instant::now();
         let (tx, rx) = oneshot::channel();
-        let l = lane(hints.priority);
+        let l = hints.priority.index();
         self.intake[l].push(Request {
             input,
             deadline: hints.timeout.map(|t| enqueued + t),

@@ -524,6 +524,14 @@ where
         self.kernel.id()
     }
 
+    /// Device bytes `items` need ([`Kernel::device_bytes`]), saturating: sizes are declared by
+    /// the items and may be absurd before validation.
+    fn device_bytes(&self, items: &[I]) -> u64 {
+        items.iter().fold(0u64, |sum, i| {
+            sum.saturating_add(self.kernel.device_bytes(i) as u64)
+        })
+    }
+
     /// Runs `inputs` and returns one output per input, in input order.
     ///
     /// Every input is validated first; a batch larger than the micro-batch limits (items or
@@ -543,14 +551,14 @@ where
     /// [`Error::InvalidInput`] for a bad item (nothing runs), [`Error::NoBackendAvailable`] when no
     /// backend could run a micro-batch (each one's reason listed), [`Error::Timeout`] when the
     /// hints' deadline passes, [`Error::QueueFull`] (at once, nothing runs) when
-    /// `batching.batch_queue_capacity` micro-batches already wait for a device slot.
+    /// `batching.batch_queue_capacity` micro-batches already wait for a device slot. NaN and
+    /// infinities are data, not errors: they propagate as IEEE-754 arithmetic says.
     ///
     /// # Priority
     /// Micro-batches run in up to `general.max_concurrent_kernels` device slots at once. When all
     /// are taken, a freed slot goes to the waiting micro-batch of the highest
     /// [`ExecutionHints::priority`] (high, normal, low), the longest-waiting first within a
-    /// level. NaN and infinities are data, not errors: they propagate as IEEE-754
-    /// arithmetic says.
+    /// level.
     ///
     /// A deadline (`hints.timeout`) uses tokio's timer, so it needs a tokio runtime with time
     /// enabled (the default of `#[tokio::main]`).
@@ -590,13 +598,7 @@ where
         let traced = self.bridge.inner.config.telemetry.enable_tracing
             && tracing::span_enabled!(tracing::Level::INFO);
         let correlation = (audit || traced).then(|| CorrelationId::of(&hints));
-        let bytes: u64 = if audit {
-            inputs.iter().fold(0u64, |sum, i| {
-                sum.saturating_add(self.kernel.device_bytes(i) as u64)
-            })
-        } else {
-            0
-        };
+        let bytes: u64 = if audit { self.device_bytes(&inputs) } else { 0 };
         let items = inputs.len();
         let _range = crate::nvtx::batch(kernel, items);
         let span = match &correlation {
@@ -676,9 +678,7 @@ where
         // The tenant's allowances, held until the batch is answered.
         let _tenant = match hints.tenant.as_deref() {
             Some(tenant) => {
-                let bytes = inputs.iter().fold(0u64, |sum, i| {
-                    sum.saturating_add(self.kernel.device_bytes(i) as u64)
-                });
+                let bytes = self.device_bytes(&inputs);
                 Some(
                     self.bridge
                         .inner
@@ -695,9 +695,7 @@ where
         let mut first_item = 0;
         let candidates = &candidates;
         let jobs = chunks.into_iter().map(|items| {
-            let bytes = items.iter().fold(0u64, |sum, i| {
-                sum.saturating_add(self.kernel.device_bytes(i) as u64)
-            });
+            let bytes = self.device_bytes(&items);
             let chunk = Chunk {
                 len: items.len(),
                 items: Arc::new(parking_lot::Mutex::new(Some(items))),

@@ -29,6 +29,42 @@ pub enum Priority {
     High,
 }
 
+impl Priority {
+    /// Every level, lowest first.
+    pub const ALL: [Priority; 3] = [Priority::Low, Priority::Normal, Priority::High];
+
+    /// The level's place in [`Priority::ALL`] (low 0, normal 1, high 2): an index for queues
+    /// kept per level.
+    pub fn index(self) -> usize {
+        match self {
+            Priority::Low => 0,
+            Priority::Normal => 1,
+            Priority::High => 2,
+        }
+    }
+
+    /// `low`, `normal` or `high` (what [`str::parse`] reads back).
+    pub fn name(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+        }
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+
+    /// Reads `low`, `normal` or `high`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        Priority::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown priority {s:?} (low, normal or high)"))
+    }
+}
+
 /// Hints for one request. Every field is optional; `Default` defers to the configuration.
 ///
 /// ```

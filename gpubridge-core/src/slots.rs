@@ -34,25 +34,18 @@ struct Waiter {
 struct State {
     free: usize,
     next_id: u64,
-    /// Ids waiting, per priority (index 0 high, 1 normal, 2 low), oldest first. An id no longer
-    /// in `waiters` left the queue and is skipped (or compacted away).
+    /// Ids waiting, per priority ([`Priority::index`]), oldest first. An id no longer in
+    /// `waiters` left the queue and is skipped (or compacted away).
     queues: [VecDeque<u64>; 3],
     waiters: HashMap<u64, Waiter>,
-}
-
-fn level(p: Priority) -> usize {
-    match p {
-        Priority::High => 0,
-        Priority::Normal => 1,
-        Priority::Low => 2,
-    }
 }
 
 impl State {
     /// Gives a freed slot to the next waiter (counting it out of `waiting`), or back to the
     /// free count.
     fn release(&mut self, waiting: &AtomicUsize) {
-        for queue in &mut self.queues {
+        // Highest priority first.
+        for queue in self.queues.iter_mut().rev() {
             while let Some(id) = queue.pop_front() {
                 if let Some(w) = self.waiters.get_mut(&id) {
                     if !w.granted {
@@ -153,7 +146,7 @@ impl<'a> Future for Acquire<'a> {
                         granted: false,
                     },
                 );
-                st.queues[level(self.priority)].push_back(id);
+                st.queues[self.priority.index()].push_back(id);
                 slots.waiting.fetch_add(1, Ordering::Relaxed);
                 drop(st);
                 self.id = Some(id);

@@ -48,6 +48,11 @@ const ROWS: [(&str, &str); 3] = [
 const HOST_ROW: &str = "diagnostic: file -> host memory (page-aligned), cold page cache";
 const HOST_SAVE_ROW: &str = "diagnostic: save: host memory (page-aligned) -> new file";
 
+/// The baseline column of the rows measured against [`raw_direct_read`].
+const RAW_READ_BASELINE: &str = "raw O_DIRECT reads of the same file, best of 4 and 16 MiB blocks on 1 thread and the pool's thread count";
+/// The baseline column of the rows measured against [`raw_direct_write`].
+const RAW_WRITE_BASELINE: &str = "raw O_DIRECT writes, 4 and 16 MiB blocks, same threads, + fsync (best of growing and preallocated files)";
+
 /// Adds the storage rows that `cx` asks for. A row that fails (a file system that refuses
 /// `O_DIRECT`, a full disk, a device error) is reported as not measured with the error, so that
 /// the other rows of the bench still run.
@@ -243,95 +248,65 @@ fn raw_direct_read_once(
 /// blocks were allocated first (`fallocate`, timed too), so that the baseline is the fastest of
 /// the ways a writer could lay the file out on this disk.
 fn raw_direct_write(path: &Path, data: &[u8], threads: usize) -> anyhow::Result<f64> {
-    raw_direct_write_from(path, data, threads, RawMem::Heap)
-}
-
-/// Where a raw writer's buffers live.
-#[derive(Clone, Copy)]
-enum RawMem<'a> {
-    /// Page-aligned heap memory.
-    Heap,
-    /// Page-locked memory from `cuMemHostAlloc` (flags 0), as the CUDA path's bounce buffers are:
-    /// tells whether `O_DIRECT` from such memory costs anything on this machine.
-    #[cfg(feature = "cuda")]
-    Pinned(&'a std::sync::Arc<gpubridge::storage::CudaContext>),
-    #[cfg(not(feature = "cuda"))]
-    #[allow(dead_code)]
-    Unused(std::marker::PhantomData<&'a ()>),
+    raw_direct_write_from(path, data, threads, RawBuf::heap)
 }
 
 /// One raw writer thread's buffer.
 enum RawBuf {
+    /// Page-aligned heap memory: the vector, the aligned start, the usable length.
     Heap(Vec<u8>, usize, usize),
+    /// Page-locked memory from `cuMemHostAlloc` (flags 0, cacheable), as the CUDA path's bounce
+    /// buffers are: tells whether `O_DIRECT` from such memory costs anything on this machine.
     #[cfg(feature = "cuda")]
-    Pinned(cudarc_pinned::Pinned),
+    Pinned(cudarc::driver::PinnedHostSlice<u8>),
 }
 
 impl RawBuf {
-    fn new(mem: RawMem<'_>, len: usize) -> anyhow::Result<Self> {
-        match mem {
-            RawMem::Heap => {
-                let (mut v, at) = aligned(len);
-                // Touched now, so that no page fault of it lands inside the clock (page-locked
-                // memory is resident already).
-                v.fill(1);
-                Ok(Self::Heap(v, at, len))
-            }
-            #[cfg(feature = "cuda")]
-            RawMem::Pinned(ctx) => Ok(Self::Pinned(cudarc_pinned::Pinned::new(ctx, len)?)),
-            #[cfg(not(feature = "cuda"))]
-            RawMem::Unused(_) => bail!("no such memory"),
-        }
+    fn heap(len: usize) -> anyhow::Result<Self> {
+        let (mut v, at) = aligned(len);
+        // Touched now, so that no page fault of it lands inside the clock (page-locked memory is
+        // resident already).
+        v.fill(1);
+        Ok(Self::Heap(v, at, len))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn pinned(
+        ctx: &std::sync::Arc<gpubridge::storage::CudaContext>,
+        len: usize,
+    ) -> anyhow::Result<Self> {
+        // SAFETY: plain page-locked host memory; its bytes are written before they are read.
+        Ok(Self::Pinned(unsafe {
+            ctx.alloc_pinned_with_flags::<u8>(len, 0)
+        }?))
     }
 
     fn slice_mut(&mut self) -> anyhow::Result<&mut [u8]> {
-        match self {
-            Self::Heap(v, at, len) => Ok(&mut v[*at..*at + *len]),
+        let s = match self {
+            Self::Heap(v, at, len) => &mut v[*at..*at + *len],
             #[cfg(feature = "cuda")]
-            Self::Pinned(p) => p.slice_mut(),
-        }
+            Self::Pinned(p) => p.as_mut_slice()?,
+        };
+        anyhow::ensure!(
+            (s.as_ptr() as usize).is_multiple_of(4096),
+            "raw writer buffer not page-aligned"
+        );
+        Ok(s)
     }
 }
 
-#[cfg(feature = "cuda")]
-mod cudarc_pinned {
-    use std::sync::Arc;
-
-    use gpubridge::storage::CudaContext;
-
-    /// `cuMemHostAlloc`'d bytes (flags 0: cacheable, as the storage lanes allocate them).
-    pub(super) struct Pinned(cudarc::driver::PinnedHostSlice<u8>);
-
-    impl Pinned {
-        pub(super) fn new(ctx: &Arc<CudaContext>, len: usize) -> anyhow::Result<Self> {
-            // SAFETY: plain page-locked host memory; its bytes are written before they are read.
-            let p = unsafe { ctx.alloc_pinned_with_flags::<u8>(len, 0) }?;
-            Ok(Self(p))
-        }
-
-        pub(super) fn slice_mut(&mut self) -> anyhow::Result<&mut [u8]> {
-            let s = self.0.as_mut_slice()?;
-            anyhow::ensure!(
-                (s.as_ptr() as usize).is_multiple_of(4096),
-                "pinned memory not page-aligned"
-            );
-            Ok(s)
-        }
-    }
-}
-
-/// [`raw_direct_write`] with the writers' buffers in `mem`.
+/// [`raw_direct_write`] with each writer's buffer from `alloc`.
 fn raw_direct_write_from(
     path: &Path,
     data: &[u8],
     threads: usize,
-    mem: RawMem<'_>,
+    alloc: impl Fn(usize) -> anyhow::Result<RawBuf>,
 ) -> anyhow::Result<f64> {
     let mut best = 0f64;
     for block in BLOCKS {
         for preallocate in [false, true] {
             let bufs = (0..threads)
-                .map(|_| RawBuf::new(mem, block))
+                .map(|_| alloc(block))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             best = best.max(raw_direct_write_once(path, data, bufs, block, preallocate)?);
             let _ = std::fs::remove_file(path);
@@ -521,7 +496,7 @@ fn host_row(cx: &mut Ctx) -> anyhow::Result<()> {
         HOST_ROW,
         Some(v),
         "GB/s",
-        "raw O_DIRECT reads of the same file, best of 4 and 16 MiB blocks on 1 thread and the pool's thread count",
+        RAW_READ_BASELINE,
         Some(raw),
         Some(v / raw),
         "diagnostic (no target)",
@@ -573,7 +548,7 @@ fn host_save_row(cx: &mut Ctx) -> anyhow::Result<()> {
         HOST_SAVE_ROW,
         Some(v),
         "GB/s",
-        "raw O_DIRECT writes, 4 and 16 MiB blocks, same threads, + fsync (best of growing and preallocated files)",
+        RAW_WRITE_BASELINE,
         Some(raw),
         Some(v / raw),
         "diagnostic (no target)",
@@ -598,6 +573,7 @@ mod measure {
 
     use super::{
         checksum, data, raw_direct_read, raw_direct_write, route_note, setup, Cleanup, Setup,
+        RAW_READ_BASELINE, RAW_WRITE_BASELINE,
     };
     use super::{Ctx, ROWS};
 
@@ -644,8 +620,9 @@ mod measure {
         let written = checksum(&std::fs::read(&file)?) == sum;
         // The same raw writer with its buffers in cuMemHostAlloc memory, once: whether O_DIRECT
         // from page-locked memory costs anything here.
-        let raw_pinned =
-            super::raw_direct_write_from(&raw_file, &bytes, threads, super::RawMem::Pinned(&ctx))?;
+        let raw_pinned = super::raw_direct_write_from(&raw_file, &bytes, threads, |n| {
+            super::RawBuf::pinned(&ctx, n)
+        })?;
         if cx.wants("P6") {
             let v = save.bytes_per_second() / 1e9;
             cx.row(
@@ -653,7 +630,7 @@ mod measure {
                 ROWS[2].1,
                 Some(v),
                 "GB/s",
-                "raw O_DIRECT writes, 4 and 16 MiB blocks, same threads, + fsync (best of growing and preallocated files)",
+                RAW_WRITE_BASELINE,
                 Some(raw_w),
                 Some(v / raw_w),
                 ">= 90% of O_DIRECT write bandwidth of the same disk (issue 6), file checksum must match",
@@ -692,7 +669,7 @@ mod measure {
                 ROWS[0].1,
                 Some(v),
                 "GB/s",
-                "raw O_DIRECT reads of the same file, best of 4 and 16 MiB blocks on 1 thread and the pool's thread count",
+                RAW_READ_BASELINE,
                 Some(base),
                 Some(ratio),
                 ">= 90% of O_DIRECT read bandwidth of the same disk",
