@@ -508,7 +508,10 @@ impl Storage {
 
     /// Writes all of `src` to `path` (replacing it), blocking the calling thread until the file
     /// is durable: the bytes go to a temporary file beside `path`, which is fsynced and renamed
-    /// over `path`, and the directory is fsynced.
+    /// over `path`, and the directory is fsynced. A file that `path` named before is released on
+    /// a thread of its own once the new one is durable: freeing a large file's blocks takes time
+    /// (on the device machine's ext4, mounted with `discard`, replacing a 2 GiB file spent about
+    /// 0.5 s there, a third of the save), which the caller no longer waits for.
     ///
     /// # Errors
     /// [`Error::Io`]: [`IoErrorKind::NotFound`] (no such directory, with
