@@ -207,6 +207,11 @@ struct Rounds {
     ours: Vec<f64>,
 }
 
+/// The largest of `v` (0 for none).
+fn best(v: &[f64]) -> f64 {
+    v.iter().copied().fold(0.0, f64::max)
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -267,7 +272,6 @@ impl Rounds {
 
     /// Every shape's median and best, and the library's.
     fn note(&self) -> String {
-        let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
         format!(
             "medians of {} rounds (best): ours {:.2} ({:.2}), raw {}",
             self.ours.len(),
@@ -1004,13 +1008,6 @@ mod measure {
         for s in &storages {
             s.read(p.file, 0, Dest::Cuda(p.dev.as_view_mut()))?;
         }
-        let syncfs = |path: &std::path::Path| -> anyhow::Result<()> {
-            use std::os::fd::AsRawFd;
-            let d = std::fs::File::open(path.parent().context("no parent")?)?;
-            // SAFETY: the descriptor is open for the call; syncfs reads no memory of ours.
-            anyhow::ensure!(unsafe { libc::syncfs(d.as_raw_fd()) } == 0, "syncfs failed");
-            Ok(())
-        };
         let mut reads: Vec<(String, Vec<f64>)> = raw_reads
             .iter()
             .map(|(t, b)| (format!("raw read {t} thr x {} MiB", b >> 20), Vec::new()))
@@ -1027,7 +1024,7 @@ mod measure {
             rounds
         };
         for _ in 0..read_rounds {
-            syncfs(p.file)?;
+            super::settle(p.file)?;
             for (i, &(t, b)) in raw_reads.iter().enumerate() {
                 let v = raw_direct_read_once(p.file, p.len, t, b)?;
                 reads[i].1.push(v);
@@ -1069,7 +1066,7 @@ mod measure {
         for _ in 0..rounds {
             for (i, w) in writes.iter_mut().enumerate() {
                 let _ = std::fs::remove_file(p.raw_file);
-                syncfs(p.file)?;
+                super::settle(p.file)?;
                 let dirty = DirtyWatch::start();
                 let r = match i {
                     0 | 1 => {
@@ -1103,12 +1100,7 @@ mod measure {
         }
         let _ = std::fs::remove_file(p.raw_file);
         ok &= checksum(&std::fs::read(p.file)?) == p.sum;
-        let med = |v: &[f64]| {
-            let mut s = v.to_vec();
-            s.sort_by(f64::total_cmp);
-            s.get(s.len() / 2).copied().unwrap_or(0.0)
-        };
-        let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+        use super::{best, median as med};
         eprintln!("P6 probe ({rounds} rounds, {} MiB):", p.len >> 20);
         let mut lines = Vec::new();
         for (name, v) in &reads {
@@ -1126,7 +1118,7 @@ mod measure {
                 med(&v),
                 best(&v),
                 med(&col(|x| x.1)),
-                col(|x| x.2).into_iter().fold(0.0, f64::max)
+                best(&col(|x| x.2))
             ));
         }
         for l in &lines {
