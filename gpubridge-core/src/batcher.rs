@@ -276,6 +276,16 @@ pub struct BatcherStats {
     pub running: Duration,
     /// Handing the answers over.
     pub delivering: Duration,
+    /// Of `running`: the batches' micro-batches waiting for their devices (from the batch's
+    /// start to each micro-batch's start on its device, summed over micro-batches).
+    pub device_queue: Duration,
+    /// Of `running`: the devices' executors working on the micro-batches (packing, copies,
+    /// kernels; the whole CPU form on the CPU), summed over micro-batches.
+    pub executor: Duration,
+    /// Of `running`: the micro-batches between threads (to the executor and back), summed.
+    pub handoff: Duration,
+    /// Of `running`: turning the micro-batches' downloaded bytes into outputs, summed.
+    pub unpack: Duration,
 }
 
 /// The counters behind [`BatcherStats`] (nanoseconds).
@@ -283,11 +293,13 @@ pub struct BatcherStats {
 struct RunnerClock {
     batches: AtomicU64,
     requests: AtomicU64,
-    phases: [AtomicU64; 4],
+    /// Waiting to gather, gathering, running, delivering, then the parts of running: device
+    /// queue, executor, hand-off, unpack.
+    phases: [AtomicU64; 8],
 }
 
 impl RunnerClock {
-    fn record(&self, size: usize, phases: [Duration; 4]) {
+    fn record(&self, size: usize, phases: [Duration; 8]) {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(size as u64, Ordering::Relaxed);
         for (c, d) in self.phases.iter().zip(phases) {
@@ -307,6 +319,10 @@ impl RunnerClock {
             gathering: ns(1),
             running: ns(2),
             delivering: ns(3),
+            device_queue: ns(4),
+            executor: ns(5),
+            handoff: ns(6),
+            unpack: ns(7),
         }
     }
 }
@@ -520,21 +536,24 @@ where
             }
             self.running.fetch_add(size, Ordering::Relaxed);
             self.pending_gauge.increment(size as f64);
-            let answers = match bridge.upgrade().filter(|_| drain) {
+            let (answers, parts) = match bridge.upgrade().filter(|_| drain) {
                 Some(inner) => {
                     let grain = GpuBridge::from_inner(inner).grain(self.kernel.clone());
                     run_batch(&grain, batch, &self.queued, cfg.spin)
                 }
-                None => batch
-                    .into_iter()
-                    .map(|r| {
-                        reject(kernel, "cancelled");
-                        let cancelled = Error::Cancelled {
-                            reason: "the bridge shut down".to_owned(),
-                        };
-                        (r.reply, Err(cancelled))
-                    })
-                    .collect(),
+                None => (
+                    batch
+                        .into_iter()
+                        .map(|r| {
+                            reject(kernel, "cancelled");
+                            let cancelled = Error::Cancelled {
+                                reason: "the bridge shut down".to_owned(),
+                            };
+                            (r.reply, Err(cancelled))
+                        })
+                        .collect(),
+                    [Duration::ZERO; 4],
+                ),
             };
             // No longer pending once answered: counted out before the callers can see their
             // answers.
@@ -542,19 +561,32 @@ where
             self.running.fetch_sub(size, Ordering::Relaxed);
             self.pending_gauge.decrement(size as f64);
             deliver(answers, self.runtime.get());
-            self.stats
-                .record(size, [t1 - t0, t2 - t1, t3 - t2, t3.elapsed()]);
+            let [device_queue, executor, handoff, unpack] = parts;
+            self.stats.record(
+                size,
+                [
+                    t1 - t0,
+                    t2 - t1,
+                    t3 - t2,
+                    t3.elapsed(),
+                    device_queue,
+                    executor,
+                    handoff,
+                    unpack,
+                ],
+            );
         }
     }
 }
 
-/// Runs one batch and returns its answers (to be delivered).
+/// Runs one batch and returns its answers (to be delivered) and the parts of its time that its
+/// micro-batches report: waiting for devices, executors, hand-offs, unpacking.
 fn run_batch<I, O>(
     grain: &crate::BatchGrain<I, O>,
     batch: Vec<Request<I, O>>,
     queued_histogram: &metrics::Histogram,
     spin: Option<Duration>,
-) -> Vec<Answer<O>>
+) -> (Vec<Answer<O>>, [Duration; 4])
 where
     I: Send + Sync + 'static,
     O: Send + 'static,
@@ -562,7 +594,7 @@ where
     let started = Instant::now();
     let size = batch.len();
     let Some(first) = batch.first() else {
-        return Vec::new();
+        return (Vec::new(), [Duration::ZERO; 4]);
     };
     let mut hints = first.hints.clone();
     hints.timeout = None;
@@ -589,7 +621,19 @@ where
             let backend = result.backend();
             let device = result.device();
             let batch_time = result.total;
-            replies
+            let mut parts = [Duration::ZERO; 4];
+            for c in &result.chunks {
+                let executor = if c.executor.is_zero() {
+                    c.compute
+                } else {
+                    c.executor
+                };
+                parts[0] += c.queue;
+                parts[1] += executor;
+                parts[2] += c.handoff;
+                parts[3] += c.unpack;
+            }
+            let answers = replies
                 .into_iter()
                 .zip(result.outputs)
                 .map(|((reply, queued), output)| {
@@ -603,12 +647,16 @@ where
                     };
                     (reply, Ok(single))
                 })
-                .collect()
+                .collect();
+            (answers, parts)
         }
-        Err(e) => replies
-            .into_iter()
-            .map(|(reply, _)| (reply, Err(e.clone())))
-            .collect(),
+        Err(e) => (
+            replies
+                .into_iter()
+                .map(|(reply, _)| (reply, Err(e.clone())))
+                .collect(),
+            [Duration::ZERO; 4],
+        ),
     }
 }
 
@@ -620,7 +668,8 @@ fn deliver<O: Send + 'static>(answers: Vec<Answer<O>>, runtime: Option<&tokio::r
         Some(handle) if size >= ANSWER_ON_RUNTIME => {
             // Detached tasks of up to `ANSWER_CHUNK` answers each, so that several workers
             // answer a large batch; a task dropped unpolled (the runtime is gone) answers from
-            // `Answers`' drop instead.
+            // `Answers`' drop instead. (Spreading a batch evenly over every worker instead made
+            // no difference to P3 on the H200: docs/PERFORMANCE.md, tenth session.)
             let mut answers = answers.into_iter();
             loop {
                 let chunk: Vec<Answer<O>> = answers.by_ref().take(ANSWER_CHUNK).collect();

@@ -50,10 +50,16 @@ pub struct LoadArgs {
     /// Warm-up per rate before the window, in seconds.
     #[arg(long, default_value_t = 0.5)]
     pub warmup: f64,
+    /// What wakes the sending tasks when their sends fall due: `thread` (a pacing thread that
+    /// keeps time to a few microseconds, waking the tasks due in each `--tick-us` slot) or
+    /// `timer` (each task's own tokio timer, which fires on millisecond boundaries).
+    #[arg(long, value_enum, default_value_t = Pacing::Thread)]
+    pub pacer: Pacing,
     /// Shortest time between two wakes of one task, in microseconds: a task sends what fell
-    /// due since its last wake in one burst (tokio's timers tick in milliseconds anyway).
-    #[arg(long, default_value_t = 2000)]
-    pub tick_us: u64,
+    /// due since its last wake in one burst. Default: 100 with the pacing thread, 2000 with
+    /// tokio's timers (which tick in milliseconds anyway).
+    #[arg(long)]
+    pub tick_us: Option<u64>,
     /// Floats per request.
     #[arg(long, default_value_t = 100)]
     pub len: usize,
@@ -71,9 +77,33 @@ pub struct LoadArgs {
     /// Tokio worker threads (default: one per logical core).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Scheduler ticks between a tokio worker's checks of its timers and I/O (tokio's
+    /// `event_interval`; tokio's default is 61). Fewer keep the senders' wakes on schedule when
+    /// the workers are busy answering.
+    #[arg(long)]
+    pub event_interval: Option<u32>,
     /// Write the report (rows in TARGETS.md's format and every sweep point) as JSON here.
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
+}
+
+/// What wakes the sending tasks (`--pacer`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pacing {
+    /// A thread of its own keeps the schedule and wakes each slot's tasks.
+    Thread,
+    /// Each task sleeps on its own tokio timer.
+    Timer,
+}
+
+impl LoadArgs {
+    /// The wake slot in microseconds (`--tick-us`, or the pacer's default).
+    fn tick_us(&self) -> u64 {
+        self.tick_us.unwrap_or(match self.pacer {
+            Pacing::Thread => 100,
+            Pacing::Timer => 2000,
+        })
+    }
 }
 
 /// One offered rate's outcome.
@@ -89,6 +119,9 @@ struct Point {
     lag_p99_us: f64,
     queued_p50_us: f64,
     batch_p50_us: f64,
+    /// Median of what is left of a request's latency after its wait in the queue and its
+    /// batch's time: the batch's answers on their way back to the callers.
+    answer_p50_us: f64,
     /// Process CPU time (user + system, every thread) per completed request in the window, in
     /// microseconds: the cost of a request to the machine, generator included.
     cpu_us_per_request: f64,
@@ -121,7 +154,7 @@ impl Point {
         json!({
             "offered_per_s": self.offered, "achieved_per_s": self.achieved,
             "p50_us": self.p50_us, "p95_us": self.p95_us, "p99_us": self.p99_us,
-            "p999_us": self.p999_us, "max_us": self.max_us, "send_lag_p99_us": self.lag_p99_us, "queued_p50_us": self.queued_p50_us, "batch_time_p50_us": self.batch_p50_us, "runners": self.runners, "cpu_us_per_request": self.cpu_us_per_request,
+            "p999_us": self.p999_us, "max_us": self.max_us, "send_lag_p99_us": self.lag_p99_us, "queued_p50_us": self.queued_p50_us, "batch_time_p50_us": self.batch_p50_us, "answer_p50_us": self.answer_p50_us, "runners": self.runners, "cpu_us_per_request": self.cpu_us_per_request,
             "generator_kept_up": self.generator_kept_up(), "completed": self.completed,
             "errors": self.errors, "wrong_answers": self.wrong, "hung": self.hung,
             "mean_batch": self.mean_batch, "served": self.served(),
@@ -160,28 +193,37 @@ fn runner_split(a: &gpubridge::BatcherStats, b: &gpubridge::BatcherStats) -> Str
     }
     let per = |x: Duration, y: Duration| x.saturating_sub(y).as_secs_f64() * 1e6 / n as f64;
     format!(
-        "{n} batches, {:.0} requests each; per batch: waiting to gather {:.0} us, gathering {:.0} us, running {:.0} us, delivering {:.0} us",
+        "{n} batches, {:.0} requests each; per batch: waiting to gather {:.0} us, gathering {:.0} us, running {:.0} us (waiting for a device {:.0}, executor {:.0}, hand-offs {:.0}, unpack {:.0}), delivering {:.0} us",
         b.requests.saturating_sub(a.requests) as f64 / n as f64,
         per(b.waiting_to_gather, a.waiting_to_gather),
         per(b.gathering, a.gathering),
         per(b.running, a.running),
+        per(b.device_queue, a.device_queue),
+        per(b.executor, a.executor),
+        per(b.handoff, a.handoff),
+        per(b.unpack, a.unpack),
         per(b.delivering, a.delivering),
     )
 }
 
 /// A multi-threaded tokio runtime with `workers` threads (default: one per logical core), and
 /// that count.
-pub(crate) fn runtime(workers: Option<usize>) -> anyhow::Result<(tokio::runtime::Runtime, usize)> {
+pub(crate) fn runtime(
+    workers: Option<usize>,
+    event_interval: Option<u32>,
+) -> anyhow::Result<(tokio::runtime::Runtime, usize)> {
     let workers = workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(std::num::NonZeroUsize::get)
             .unwrap_or(1)
     });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_time()
-        .build()?;
-    Ok((rt, workers))
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(workers).enable_time();
+    if let Some(n) = event_interval {
+        anyhow::ensure!(n >= 1, "--event-interval must be at least 1");
+        builder.event_interval(n);
+    }
+    Ok((builder.build()?, workers))
 }
 
 /// CPU seconds (user + system) this process has used, from `/proc/self/stat` (Linux).
@@ -219,6 +261,8 @@ struct TaskLog {
     queued: Vec<u32>,
     /// How long the batch of each answered request took.
     batch: Vec<u32>,
+    /// Latency less queue wait and batch time: the answer's way back.
+    answer: Vec<u32>,
     completed_in_window: u64,
     errors: BTreeMap<&'static str, u64>,
     wrong: u64,
@@ -275,6 +319,95 @@ pub(crate) async fn send_one(
     }
 }
 
+/// The pacing thread (`--pacer thread`): it keeps the senders' schedule with a thread's sleep (a
+/// few microseconds late at most, with the thread's timer slack at 1 us) instead of tokio's
+/// millisecond timers. The tasks are split into groups by their phase in the send period, and
+/// the thread wakes one group per slot of at most `tick`, so that each task is woken just after
+/// its next send falls due (never more than a slot late). A group is woken through a leader task
+/// on the runtime, which wakes its members from a worker thread (a million wakes a second from a
+/// foreign thread would each go through the runtime's shared queue).
+struct Pacer {
+    groups: usize,
+    receivers: Vec<tokio::sync::watch::Receiver<u64>>,
+}
+
+impl Pacer {
+    /// Starts the leaders (on the current runtime) and the thread; both end on their own after
+    /// the last slot past `end`.
+    fn start(
+        start: Instant,
+        end: Instant,
+        period: Duration,
+        tick: Duration,
+    ) -> std::io::Result<Self> {
+        // Slots of at most `tick`, a whole number of them per period (one when the period is
+        // shorter than the tick: every task is woken every tick then).
+        let groups = (period.as_secs_f64() / tick.as_secs_f64()).ceil().max(1.0) as usize;
+        let slot = if groups == 1 {
+            tick.max(period)
+        } else {
+            period.div_f64(groups as f64)
+        };
+        let mut receivers = Vec::with_capacity(groups);
+        let mut leaders = Vec::with_capacity(groups);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        for _ in 0..groups {
+            let (tx, rx) = tokio::sync::watch::channel(0u64);
+            receivers.push(rx);
+            let notify = Arc::new(tokio::sync::Notify::new());
+            leaders.push(notify.clone());
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                loop {
+                    notify.notified().await;
+                    if stop.load(std::sync::atomic::Ordering::Acquire) {
+                        // Dropping the sender tells the members the pacing is over.
+                        break;
+                    }
+                    n += 1;
+                    tx.send_replace(n);
+                }
+            });
+        }
+        std::thread::Builder::new()
+            .name("load-pacer".to_owned())
+            .spawn(move || {
+                #[cfg(target_os = "linux")]
+                // SAFETY: PR_SET_TIMERSLACK only sets this thread's timer slack (in ns).
+                unsafe {
+                    libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong);
+                }
+                let last = end + slot * 2;
+                let mut j = 0u64;
+                loop {
+                    let at = start + slot.mul_f64(j as f64);
+                    if at > last {
+                        break;
+                    }
+                    let now = Instant::now();
+                    if at > now {
+                        std::thread::sleep(at - now);
+                    }
+                    leaders[(j % groups as u64) as usize].notify_one();
+                    j += 1;
+                }
+                stop.store(true, std::sync::atomic::Ordering::Release);
+                for l in &leaders {
+                    l.notify_one();
+                }
+            })?;
+        Ok(Self { groups, receivers })
+    }
+
+    /// The wake of a task whose sends fall at `phase` (0..1) of the period: the group whose
+    /// slot comes first at or after it.
+    fn receiver(&self, phase: f64) -> tokio::sync::watch::Receiver<u64> {
+        let g = (phase * self.groups as f64).ceil() as usize % self.groups;
+        self.receivers[g].clone()
+    }
+}
+
 /// Runs one rate on one backend.
 async fn one_rate(
     bridge: &GpuBridge,
@@ -291,23 +424,56 @@ async fn one_rate(
     // Answers still missing this long after the last send are hung.
     let grace = Duration::from_secs(30);
     let hints = ExecutionHints::default().on_backend(backend);
-    let tick = Duration::from_micros(args.tick_us);
+    let tick = Duration::from_micros(args.tick_us().max(1));
+    let paced = args.pacer == Pacing::Thread;
+    let pacer = if paced {
+        match Pacer::start(start, end, period, tick) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("could not start the pacing thread ({e}): tokio's timers pace this rate");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut handles = Vec::with_capacity(tasks);
     for t in 0..tasks {
         let bridge = bridge.clone();
         let pool = pool.clone();
         let hints = hints.clone();
         // Tasks are staggered across one period so that the offered load is smooth.
-        let first = start + period.mul_f64(t as f64 / tasks as f64);
+        let phase = t as f64 / tasks as f64;
+        let first = start + period.mul_f64(phase);
+        let mut wake = pacer.as_ref().map(|p| p.receiver(phase));
         handles.push(tokio::spawn(async move {
             let mut log = TaskLog::default();
             let mut inflight = FuturesUnordered::new();
             let mut next = first;
             let mut k = t * 7;
             let deadline = tokio::time::Instant::from_std(end + grace);
-            // One timer per task, reset rather than re-created: a task sends what fell due at
-            // each wake, and wakes at most once per `tick`.
-            let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(first));
+            // Sends everything that fell due by now (before the end).
+            macro_rules! send_due {
+                () => {{
+                    let now = Instant::now();
+                    while next <= now && next < end {
+                        let i = k % pool.inputs.len();
+                        k += 1;
+                        let input = pool.inputs[i].clone();
+                        inflight.push(send_one(&bridge, input, hints.clone(), next, i));
+                        next += period;
+                    }
+                    now
+                }};
+            }
+            // With tokio's timers, one timer per task, reset rather than re-created: a task
+            // sends what fell due at each wake, and wakes at most once per `tick`. With the
+            // pacing thread, the timer only bounds the wait for the last answers.
+            let sleep = tokio::time::sleep_until(if wake.is_some() {
+                deadline
+            } else {
+                tokio::time::Instant::from_std(first)
+            });
             tokio::pin!(sleep);
             let mut sending = true;
             loop {
@@ -328,6 +494,10 @@ async fn one_rate(
                                 if scheduled >= window_start && scheduled < end {
                                     log.queued.push(tenths(single.queued));
                                     log.batch.push(tenths(single.batch_time));
+                                    let back = (done - sent)
+                                        .saturating_sub(single.queued)
+                                        .saturating_sub(single.batch_time);
+                                    log.answer.push(tenths(back));
                                 }
                             }
                             Err(e) => *log.errors.entry(e.reason_label()).or_default() += 1,
@@ -337,20 +507,26 @@ async fn one_rate(
                             log.lags.push(tenths(sent.saturating_duration_since(scheduled)));
                         }
                     }
+                    changed = async {
+                        match wake.as_mut() {
+                            Some(w) => w.changed().await,
+                            None => std::future::pending().await,
+                        }
+                    }, if sending && wake.is_some() => {
+                        // The pacer woke this task's slot, or has stopped (after the end):
+                        // either way, what fell due is sent now.
+                        send_due!();
+                        if next >= end || changed.is_err() {
+                            sending = false;
+                        }
+                    }
                     () = &mut sleep => {
-                        if !sending {
+                        if !sending || wake.is_some() {
                             // The grace period after the last send ran out.
                             log.unfinished = inflight.len() as u64;
                             break;
                         }
-                        let now = Instant::now();
-                        while next <= now && next < end {
-                            let i = k % pool.inputs.len();
-                            k += 1;
-                            let input = pool.inputs[i].clone();
-                            inflight.push(send_one(&bridge, input, hints.clone(), next, i));
-                            next += period;
-                        }
+                        let now = send_due!();
                         if next >= end {
                             sending = false;
                             sleep.as_mut().reset(deadline);
@@ -389,6 +565,7 @@ async fn one_rate(
     let mut lags = Vec::new();
     let mut queued = Vec::new();
     let mut batch = Vec::new();
+    let mut answer = Vec::new();
     for h in handles {
         let Ok(log) = h.await else {
             all.unfinished += 1;
@@ -398,6 +575,7 @@ async fn one_rate(
         lags.extend_from_slice(&log.lags);
         queued.extend_from_slice(&log.queued);
         batch.extend_from_slice(&log.batch);
+        answer.extend_from_slice(&log.answer);
         all.completed_in_window += log.completed_in_window;
         all.wrong += log.wrong;
         all.batch_sum += log.batch_sum;
@@ -412,6 +590,7 @@ async fn one_rate(
     lags.sort_unstable();
     queued.sort_unstable();
     batch.sort_unstable();
+    answer.sort_unstable();
     Point {
         offered: rate,
         achieved: all.completed_in_window as f64 / args.seconds,
@@ -423,10 +602,11 @@ async fn one_rate(
         lag_p99_us: percentile_us(&lags, 0.99),
         queued_p50_us: percentile_us(&queued, 0.50),
         batch_p50_us: percentile_us(&batch, 0.50),
+        answer_p50_us: percentile_us(&answer, 0.50),
         cpu_us_per_request: cpu.map_or(f64::NAN, |c| {
             c * 1e6 / (all.completed_in_window.max(1) as f64)
         }),
-        tick_us: args.tick_us as f64,
+        tick_us: args.tick_us() as f64,
         runners,
         completed: all.completed_in_window,
         errors: all.errors,
@@ -507,11 +687,12 @@ fn fmt_rate(r: f64) -> String {
 fn print_point(backend: &str, p: &Point) {
     let errors: u64 = p.errors.values().sum();
     println!(
-        "{backend:<5} {:>8} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.0} {:>7} {:>5} {:>5} {:>8.0} {:>7.2} {}",
+        "{backend:<5} {:>8} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.0} {:>7} {:>5} {:>5} {:>8.0} {:>7.2} {}",
         fmt_rate(p.offered),
         fmt_rate(p.achieved),
         p.queued_p50_us,
         p.batch_p50_us,
+        p.answer_p50_us,
         p.p50_us,
         p.p95_us,
         p.p99_us,
@@ -547,7 +728,7 @@ pub fn run(args: LoadArgs, config: BridgeConfig) -> anyhow::Result<()> {
         #[cfg(not(feature = "prometheus"))]
         anyhow::bail!("--telemetry needs the `prometheus` feature");
     }
-    let (rt, workers) = runtime(args.workers)?;
+    let (rt, workers) = runtime(args.workers, args.event_interval)?;
     let bridge = gpubridge::bridge(config.clone())?;
     let available = bridge.backends();
     let backends: Vec<BackendKind> = if args.backends.is_empty() {
@@ -588,8 +769,8 @@ pub fn run(args: LoadArgs, config: BridgeConfig) -> anyhow::Result<()> {
         args.tasks, args.len, args.seconds, args.warmup, if args.telemetry { "on" } else { "off" }, workers
     );
     println!(
-        "{:<5} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>5} {:>5} {:>8} {:>7} served",
-        "back", "offered", "achieved", "queue50", "batch50", "P50 us", "P95 us", "P99 us", "P99.9 us", "batch", "errors", "wrong", "hung", "lag99 us", "cpu us"
+        "{:<5} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>5} {:>5} {:>8} {:>7} served",
+        "back", "offered", "achieved", "queue50", "batch50", "answer50", "P50 us", "P95 us", "P99 us", "P99.9 us", "batch", "errors", "wrong", "hung", "lag99 us", "cpu us"
     );
     let mut sweeps: Vec<(BackendKind, Vec<Point>)> = Vec::new();
     for &backend in &backends {

@@ -1,6 +1,8 @@
 //! `gpubridge`: list devices and backends, and run the original's production samples on any
 //! backend, each verified against its reference.
 
+#[cfg(feature = "mimalloc")]
+mod alloc;
 mod bench;
 #[cfg(feature = "cluster")]
 mod cluster;
@@ -131,29 +133,46 @@ impl BackendChoice {
 }
 
 /// The glibc malloc arenas this process was left with: `MALLOC_ARENA_MAX` when the user set it,
-/// else [`DEFAULT_MALLOC_ARENAS`] (set by [`bound_malloc_arenas`]); `None` off glibc.
+/// else [`DEFAULT_MALLOC_ARENAS`] where [`bound_malloc_arenas`] set it, else glibc's default;
+/// `None` off glibc.
 pub(crate) fn malloc_arenas() -> Option<String> {
     if !cfg!(all(target_os = "linux", target_env = "gnu")) {
         return None;
     }
-    Some(
-        std::env::var("MALLOC_ARENA_MAX")
-            .unwrap_or_else(|_| format!("{DEFAULT_MALLOC_ARENAS} (the CLI's default)")),
-    )
+    #[cfg(feature = "mimalloc")]
+    let capped = !alloc::GLOBAL.system();
+    #[cfg(not(feature = "mimalloc"))]
+    let capped = false;
+    Some(std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| {
+        if capped {
+            format!("{DEFAULT_MALLOC_ARENAS} (the CLI's default for the C libraries; Rust allocates through mimalloc)")
+        } else {
+            "glibc's default".to_owned()
+        }
+    }))
+}
+
+/// The allocator Rust's allocations go to, for reports.
+pub(crate) fn allocator_name() -> &'static str {
+    #[cfg(feature = "mimalloc")]
+    return alloc::GLOBAL.name();
+    #[cfg(not(feature = "mimalloc"))]
+    "the C library's malloc"
 }
 
 /// Arenas for glibc's malloc unless `MALLOC_ARENA_MAX` says otherwise.
 const DEFAULT_MALLOC_ARENAS: i32 = 2;
 
-/// Caps glibc's malloc arenas (one per thread up to eight per core by default). Freed memory
-/// stays in the arena of the thread that allocated it, so under a service's many threads (the
-/// runtime's workers, executors, the CUDA driver's) the resident set creeps upward while the live
-/// heap stays flat: a GPU soak at 100k requests/s grew RSS by 201 MiB/h with default arenas and
-/// stayed flat (615 +/- 5 MB over four minutes, same throughput) with two (docs/PERFORMANCE.md,
-/// sixth session). Runs before any other thread; `MALLOC_ARENA_MAX` in the environment wins.
+/// Caps glibc's malloc arenas (one per thread up to eight per core by default) when Rust's own
+/// allocations go to mimalloc ([`alloc`], unless `GPUBRIDGE_ALLOCATOR=system`), so that glibc
+/// serves only the C libraries (the CUDA driver's, cuBLAS's): freed memory stays in the arena of
+/// the thread that allocated it, so under many threads the resident set creeps while the live
+/// heap stays flat (docs/PERFORMANCE.md, sixth session). Without mimalloc the cap is not set: two arenas shared by a million
+/// requests' allocations a second serialised them (the tenth session's P3 completed under a
+/// third of 1M offered). Runs before any other thread; `MALLOC_ARENA_MAX` in the environment wins.
 fn bound_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+    #[cfg(all(target_os = "linux", target_env = "gnu", feature = "mimalloc"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() && !alloc::GLOBAL.system() {
         // SAFETY: mallopt only adjusts the allocator's parameters; no other thread exists yet.
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, DEFAULT_MALLOC_ARENAS);

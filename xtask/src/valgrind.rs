@@ -3,7 +3,8 @@
 //! explain.
 //!
 //! What runs: the `gpubridge` CLI's every sample on the CPU (`run all --backend cpu`, small
-//! sizes, wgpu and CUDA left out of the chain so that no GPU driver is loaded), and the
+//! sizes, wgpu and CUDA left out of the chain so that no GPU driver is loaded, allocating through
+//! the C library's malloc with `GPUBRIDGE_ALLOCATOR=system`), and the
 //! `gpubridge-core` test executables `bridge_accounting` and `batcher` (the dynamic batcher,
 //! timeouts, dropped requests, shutdown). The executables are the ones `cargo test --workspace
 //! --features gpubridge/wgpu` builds, so after CI's test step nothing is compiled again.
@@ -139,10 +140,13 @@ pub fn run() -> anyhow::Result<()> {
             "7",
         ],
         // The CPU path only: opening wgpu would load the Vulkan loader and driver, whose own
-        // allocations and `ld.so` reads are not this project's to judge here.
+        // allocations and `ld.so` reads are not this project's to judge here. The CLI allocates
+        // through the C library's malloc here, which memcheck follows (mimalloc's pages it
+        // would not see into).
         &[
             ("GPUBRIDGE__WGPU__ENABLED", "false"),
             ("GPUBRIDGE__FALLBACK__CHAIN", "[\"cpu\"]"),
+            ("GPUBRIDGE_ALLOCATOR", "system"),
         ],
     )?;
     for (name, exe) in &tests {
