@@ -1733,7 +1733,10 @@ mod tests {
         // glibc's in-use chunks); the resident set shows it too but moves with what the other
         // tests of this process allocate and the allocator hands back meanwhile, so it must
         // only never be called flat.
-        assert_eq!(summary["heap_live_growth"]["verdict"], "growing", "{summary:#}");
+        assert_eq!(
+            summary["heap_live_growth"]["verdict"], "growing",
+            "{summary:#}"
+        );
         assert_ne!(summary["rss_growth"]["verdict"], "flat", "{summary:#}");
         assert_eq!(summary["passed"], false);
         assert_eq!(summary["r1"], "fail");
