@@ -186,6 +186,13 @@ pub struct StorageConfig {
     /// instead, and why is recorded. Files that are usually in the page cache already (just
     /// written, read again and again) load faster with `false`.
     pub direct_io: bool,
+    /// A large `O_DIRECT` read (at least 128 tasks, and twice the 16 + 4 x `storage.threads` it
+    /// measures) measures its first tasks with one reader and
+    /// with `storage.threads`, reads the rest at the faster depth, and the next minute's reads
+    /// of files on the same block device use that depth without measuring (default `true`).
+    /// Some disks read fastest with one reader (the device machine's virtio disk), NVMe drives
+    /// with many; with `false` every read uses `storage.threads`.
+    pub adaptive_depth: bool,
     /// A save creates the target's missing parent directories (each synced into its parent, so
     /// that they survive a crash with the file), as the original's `SaveDirect` does (default
     /// `true`). With `false`, saving into a directory that does not exist fails with `NotFound`.
@@ -214,6 +221,7 @@ impl Default for StorageConfig {
             task_size_kb: 4096,
             bounce_buffer_kb: 4096,
             direct_io: true,
+            adaptive_depth: true,
             create_dirs: true,
             gds_poll_threshold_kb: None,
             gds_max_direct_io_kb: None,

@@ -521,6 +521,15 @@ fn route_note(t: &Transfer) -> String {
     if let Some(why) = &t.buffered {
         s.push_str(&format!("; page cache used: {why}"));
     }
+    if let Some(p) = &t.depth_probe {
+        s.push_str(&format!(
+            "; depth measured: 1 reader {:.2} GB/s, {} readers {:.2} GB/s, {} chosen",
+            p.one_reader / 1e9,
+            p.readers,
+            p.many_readers / 1e9,
+            p.chosen
+        ));
+    }
     let p = &t.phases;
     s.push_str(&format!(
         "; phases: open {:.1} ms, cuFile attempt {:.1} ms, transfer {:.1} ms, commit {:.1} ms",
@@ -801,6 +810,8 @@ mod measure {
             let mut rounds = Rounds::default();
             let mut last: Option<Transfer> = None;
             let mut ok = true;
+            // The workers of each round, and what the rounds that measured their depth found.
+            let mut depths = Vec::new();
             for ours in turns(reps) {
                 if !ours {
                     rounds.raw_reads(&file, len, threads)?;
@@ -813,6 +824,16 @@ mod measure {
                 let t = storage.read(&file, 0, Dest::Cuda(dev.as_view_mut()))?;
                 ok &= checksum(&stream.clone_dtoh(&dev)?) == sum;
                 rounds.ours.push(t.bytes_per_second() / 1e9);
+                depths.push(match &t.depth_probe {
+                    Some(p) => format!(
+                        "{} (measured: 1 reader {:.2}, {} readers {:.2} GB/s)",
+                        p.chosen,
+                        p.one_reader / 1e9,
+                        p.readers,
+                        p.many_readers / 1e9
+                    ),
+                    None => t.workers.to_string(),
+                });
                 last = Some(t);
             }
             let t = last.context("no load measured")?;
@@ -829,10 +850,11 @@ mod measure {
                 ">= 90% of O_DIRECT read bandwidth of the same disk",
                 Some(ok && ratio >= 0.9),
                 &format!(
-                    "checksum {}; {}; {}; pages dropped with posix_fadvise(DONTNEED) before each read; {settings}",
+                    "checksum {}; {}; {}; readers per round (storage.adaptive_depth): {}; pages dropped with posix_fadvise(DONTNEED) before each read; {settings}",
                     if ok { "matches" } else { "MISMATCH" },
                     route_note(&t),
-                    rounds.note()
+                    rounds.note(),
+                    depths.join(", ")
                 ),
             );
 
@@ -843,6 +865,8 @@ mod measure {
             for workers in [1usize, 2, 4, 8] {
                 let mut c = cfg.clone();
                 c.storage.threads = workers;
+                // Each depth as it is, not measured against one reader.
+                c.storage.adaptive_depth = false;
                 let s = Storage::new(&c)?;
                 // Untimed: one task per worker, so that every worker's pinned lane exists (and
                 // cuFile's attempt is made) before the timed pass, as in the P6 row's second rep.

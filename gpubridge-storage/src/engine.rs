@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use gpubridge_core::{Error, Result};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::plan::Task;
 
@@ -37,29 +37,215 @@ pub(crate) trait Job: Sync {
     fn finish(&self, worker: Self::Worker) -> Result<()>;
 }
 
-/// Runs `tasks` on at most `workers` workers of `pool`; returns the first error, once every
-/// worker has stopped (so no buffer is in use when this returns).
+/// How many workers may move tasks at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Depth {
+    /// Up to this many throughout.
+    Fixed(usize),
+    /// Measure first: the first `one_tasks` tasks one at a time, the next `many_tasks` up to
+    /// `many` at once, then the rest at whichever depth moved its bytes faster.
+    Probe {
+        one_tasks: usize,
+        many: usize,
+        many_tasks: usize,
+    },
+}
+
+/// What a [`Depth::Probe`] measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Probed {
+    /// Bytes per second with one worker.
+    pub one: f64,
+    /// Bytes per second with `many` workers.
+    pub many: f64,
+    /// The depth the rest of the transfer ran at.
+    pub chosen: usize,
+}
+
+/// Where a probing transfer is.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Measuring `depth`: its `count` tasks end below `until`; `done` of them finished, `bytes`
+    /// moved since `since` (when its first task started).
+    Measure {
+        depth: usize,
+        until: usize,
+        count: usize,
+        done: usize,
+        bytes: u64,
+        since: Option<std::time::Instant>,
+    },
+    Settled,
+}
+
+/// The runner's shared state: the tasks not yet handed out and the depth gate.
+struct Gate<I> {
+    tasks: I,
+    /// Index of the next task to hand out.
+    next: usize,
+    running: usize,
+    allowed: usize,
+    phase: Phase,
+    /// A probe's second depth and its tasks.
+    many: (usize, usize),
+    /// The first phase's bytes per second, once measured.
+    one: Option<f64>,
+    probed: Option<Probed>,
+}
+
+impl<I> Gate<I> {
+    /// Whether the next task may start now.
+    fn open(&self) -> bool {
+        let in_phase = match self.phase {
+            Phase::Measure { until, .. } => self.next < until,
+            Phase::Settled => true,
+        };
+        self.running < self.allowed && in_phase
+    }
+
+    /// Task `index` of `len` bytes started (`started`) or finished at `now`: times the phase
+    /// being measured, and moves to the next one when its last task is done.
+    fn note(&mut self, index: usize, len: u64, started: bool, now: std::time::Instant) {
+        let Phase::Measure {
+            depth,
+            until,
+            count,
+            done,
+            bytes,
+            since,
+        } = &mut self.phase
+        else {
+            return;
+        };
+        if index >= *until || index + *count < *until {
+            return;
+        }
+        if started {
+            since.get_or_insert(now);
+            return;
+        }
+        *done += 1;
+        *bytes += len;
+        if *done < *count {
+            return;
+        }
+        let t0 = since.unwrap_or(now);
+        let rate = *bytes as f64 / now.duration_since(t0).as_secs_f64().max(1e-9);
+        match self.one {
+            None => {
+                // One worker measured: now as many as the probe allows.
+                self.one = Some(rate);
+                let (many, many_tasks) = self.many;
+                self.allowed = many;
+                self.phase = Phase::Measure {
+                    depth: many,
+                    until: *until + many_tasks,
+                    count: many_tasks,
+                    done: 0,
+                    bytes: 0,
+                    since: None,
+                };
+            }
+            Some(one) => {
+                let chosen = if one > rate { 1 } else { *depth };
+                self.probed = Some(Probed {
+                    one,
+                    many: rate,
+                    chosen,
+                });
+                self.allowed = chosen;
+                self.phase = Phase::Settled;
+            }
+        }
+    }
+}
+
+/// Runs `tasks` on workers of `pool`, at most `depth` moving tasks at once (measured first with
+/// [`Depth::Probe`]); returns the first error, once every worker has stopped (so no buffer is in
+/// use when this returns), or what the probe measured.
 pub(crate) fn run<J: Job>(
     pool: &rayon::ThreadPool,
-    workers: usize,
+    depth: Depth,
     job: &J,
     tasks: Vec<(Task, J::Piece)>,
-) -> Result<()> {
+) -> Result<Option<Probed>> {
     if tasks.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
-    let workers = workers.clamp(1, tasks.len());
-    let queue = Mutex::new(tasks.into_iter());
+    let total = tasks.len();
+    let (workers, allowed, phase, many) = match depth {
+        Depth::Probe {
+            one_tasks,
+            many,
+            many_tasks,
+        } if many > 1 && one_tasks > 0 && many_tasks > 0 && one_tasks + many_tasks < total => (
+            many,
+            1,
+            Phase::Measure {
+                depth: 1,
+                until: one_tasks,
+                count: one_tasks,
+                done: 0,
+                bytes: 0,
+                since: None,
+            },
+            (many, many_tasks),
+        ),
+        Depth::Probe { many, .. } | Depth::Fixed(many) => {
+            let n = many.clamp(1, total);
+            (n, n, Phase::Settled, (n, 0))
+        }
+    };
+    let gate = Gate {
+        tasks: tasks.into_iter(),
+        next: 0,
+        running: 0,
+        allowed,
+        phase,
+        many,
+        one: None,
+        probed: None,
+    };
+    let workers = workers.clamp(1, total);
+    let gate = Mutex::new(gate);
+    let turn = Condvar::new();
     let failed: Mutex<Option<Error>> = Mutex::new(None);
     let stop = AtomicBool::new(false);
     let work = || -> Result<()> {
         let mut worker = job.worker()?;
         let mut outcome = Ok(());
-        while !stop.load(Ordering::Relaxed) {
-            let Some((task, piece)) = queue.lock().next() else {
+        loop {
+            let next = {
+                let mut g = gate.lock();
+                loop {
+                    if stop.load(Ordering::Relaxed) || g.next >= total {
+                        break None;
+                    }
+                    if g.open() {
+                        let index = g.next;
+                        g.next += 1;
+                        g.running += 1;
+                        let item = g.tasks.next();
+                        if let Some((task, _)) = &item {
+                            let len = task.len as u64;
+                            g.note(index, len, true, std::time::Instant::now());
+                        }
+                        break item.map(|i| (index, i));
+                    }
+                    turn.wait(&mut g);
+                }
+            };
+            let Some((index, (task, piece))) = next else {
                 break;
             };
-            if let Err(e) = job.run(&mut worker, &task, piece) {
+            let ran = job.run(&mut worker, &task, piece);
+            {
+                let mut g = gate.lock();
+                g.running -= 1;
+                g.note(index, task.len as u64, false, std::time::Instant::now());
+            }
+            turn.notify_all();
+            if let Err(e) = ran {
                 outcome = Err(e);
                 break;
             }
@@ -73,14 +259,17 @@ pub(crate) fn run<J: Job>(
                 if let Err(e) = work() {
                     stop.store(true, Ordering::Relaxed);
                     failed.lock().get_or_insert(e);
+                    // Wake the workers waiting at the gate, so that they see the stop.
+                    drop(gate.lock());
+                    turn.notify_all();
                 }
             });
         }
     });
-    match failed.into_inner() {
-        Some(e) => Err(e),
-        None => Ok(()),
+    if let Some(e) = failed.into_inner() {
+        return Err(e);
     }
+    Ok(gate.into_inner().probed)
 }
 
 /// A heap buffer whose usable part starts on a 4 KiB boundary, for `O_DIRECT` into plain memory.
@@ -181,7 +370,7 @@ mod tests {
             ran: AtomicUsize::new(0),
             fail_at: None,
         };
-        run(&pool, 8, &job, tasks(100)).unwrap();
+        run(&pool, Depth::Fixed(8), &job, tasks(100)).unwrap();
         assert_eq!(job.ran.load(Ordering::SeqCst), 100);
         assert_eq!(job.workers.load(Ordering::SeqCst), 8);
         assert_eq!(job.finished.load(Ordering::SeqCst), 8);
@@ -192,9 +381,9 @@ mod tests {
             ran: AtomicUsize::new(0),
             fail_at: None,
         };
-        run(&pool, 8, &job, tasks(3)).unwrap();
+        run(&pool, Depth::Fixed(8), &job, tasks(3)).unwrap();
         assert_eq!(job.workers.load(Ordering::SeqCst), 3);
-        run(&pool, 8, &job, Vec::new()).unwrap();
+        run(&pool, Depth::Fixed(8), &job, Vec::new()).unwrap();
     }
 
     #[test]
@@ -209,13 +398,131 @@ mod tests {
             ran: AtomicUsize::new(0),
             fail_at: Some(2 * 4096),
         };
-        let e = run(&pool, 4, &job, tasks(1000)).unwrap_err();
+        let e = run(&pool, Depth::Fixed(4), &job, tasks(1000)).unwrap_err();
         assert!(e.to_string().contains("task failed"), "{e}");
         assert!(job.ran.load(Ordering::SeqCst) < 1000, "the others stopped");
         assert_eq!(
             job.finished.load(Ordering::SeqCst),
             job.workers.load(Ordering::SeqCst)
         );
+    }
+
+    /// A job whose tasks take `base` times the number running at once to the power `power`:
+    /// power 0 is a device that serves readers in parallel, power 2 one that slows down more
+    /// than it gains with each extra reader. It records the most tasks that ran at once before
+    /// and after the probe's end, and fails on task `fail_at`.
+    struct Contended {
+        base: std::time::Duration,
+        power: u32,
+        running: AtomicUsize,
+        /// The most running at once among the first `probe_tasks` tasks, and among the rest.
+        peak_probe: AtomicUsize,
+        peak_after: AtomicUsize,
+        probe_tasks: usize,
+        fail_at: Option<usize>,
+    }
+
+    impl Contended {
+        fn new(base_us: u64, power: u32, probe_tasks: usize) -> Self {
+            Self {
+                base: std::time::Duration::from_micros(base_us),
+                power,
+                running: AtomicUsize::new(0),
+                peak_probe: AtomicUsize::new(0),
+                peak_after: AtomicUsize::new(0),
+                probe_tasks,
+                fail_at: None,
+            }
+        }
+    }
+
+    impl Job for Contended {
+        type Piece = ();
+        type Worker = ();
+
+        fn worker(&self) -> Result<()> {
+            Ok(())
+        }
+
+        fn run(&self, (): &mut (), task: &Task, (): ()) -> Result<()> {
+            let index = (task.file_offset / 4096) as usize;
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            let peak = if index < self.probe_tasks {
+                &self.peak_probe
+            } else {
+                &self.peak_after
+            };
+            peak.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(self.base * (now as u32).pow(self.power));
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            if Some(index) == self.fail_at {
+                return Err(Error::Io {
+                    path: "f".into(),
+                    kind: IoErrorKind::ShortRead,
+                    message: "task failed".to_owned(),
+                });
+            }
+            Ok(())
+        }
+
+        fn finish(&self, (): ()) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn pool(n: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+    }
+
+    const PROBE: Depth = Depth::Probe {
+        one_tasks: 8,
+        many: 4,
+        many_tasks: 16,
+    };
+
+    #[test]
+    fn a_probe_keeps_many_readers_where_they_read_faster() {
+        // Tasks of 2 ms whatever the depth: four readers move four times the bytes.
+        let job = Contended::new(2000, 0, 8);
+        let p = run(&pool(4), PROBE, &job, tasks(64)).unwrap().unwrap();
+        assert_eq!(p.chosen, 4, "{p:?}");
+        assert!(p.many > 2.0 * p.one, "{p:?}");
+        // One at a time while the first depth was measured.
+        assert_eq!(job.peak_probe.load(Ordering::SeqCst), 1);
+        assert!(job.peak_after.load(Ordering::SeqCst) > 1);
+    }
+
+    #[test]
+    fn a_probe_settles_on_one_reader_where_more_are_slower() {
+        // Each task takes 1 ms x (readers at once)^2: four readers move a quarter of the bytes.
+        let job = Contended::new(1000, 2, 8 + 16);
+        let p = run(&pool(4), PROBE, &job, tasks(64)).unwrap().unwrap();
+        assert_eq!(p.chosen, 1, "{p:?}");
+        assert!(p.one > p.many, "{p:?}");
+        // After the probe, one task at a time.
+        assert_eq!(job.peak_after.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_transfer_too_small_to_probe_runs_at_full_depth() {
+        let job = Contended::new(500, 0, 0);
+        let p = run(&pool(4), PROBE, &job, tasks(20)).unwrap();
+        assert_eq!(p, None);
+        assert!(job.peak_after.load(Ordering::SeqCst) > 1);
+    }
+
+    #[test]
+    fn a_failure_while_probing_stops_the_workers_waiting_at_the_gate() {
+        // The failing task is in the one-reader phase: the three other workers are waiting for
+        // the gate to open and must see the stop.
+        let mut job = Contended::new(200, 0, 8);
+        job.fail_at = Some(3);
+        let e = run(&pool(4), PROBE, &job, tasks(64)).unwrap_err();
+        assert!(e.to_string().contains("task failed"), "{e}");
+        assert_eq!(job.running.load(Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -88,6 +88,15 @@ impl Source {
         self.buffered_why.lock().clone()
     }
 
+    /// The block device the file lives on, when its aligned body is read with `O_DIRECT` (the
+    /// key under which a read's depth is remembered).
+    pub(crate) fn direct_device(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        self.direct_usable()
+            .and_then(|f| f.metadata().ok())
+            .map(|m| m.dev())
+    }
+
     fn direct_usable(&self) -> Option<&File> {
         self.direct
             .as_ref()

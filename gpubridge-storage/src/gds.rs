@@ -259,7 +259,7 @@ pub(crate) fn transfer(
         side,
         write,
     };
-    let r = engine::run(pool, workers, &io, tasks);
+    let r = engine::run(pool, engine::Depth::Fixed(workers), &io, tasks);
     drop(reg);
     drop(handle);
     r.map_err(|e| declined(if write { "write" } else { "read" }, e.to_string()))?;

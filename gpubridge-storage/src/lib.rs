@@ -75,7 +75,7 @@ mod cuda;
 #[cfg(feature = "gds")]
 mod gds;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -133,12 +133,31 @@ pub struct Transfer {
     pub note: Option<String>,
     /// Tasks the range was cut into.
     pub tasks: usize,
-    /// Workers that moved them.
+    /// Workers that moved them (at most at once; for a read that probed its depth, the depth the
+    /// rest of the read ran at).
     pub workers: usize,
+    /// For a large `O_DIRECT` read with `storage.adaptive_depth`: what its first tasks measured
+    /// with one reader and with `storage.threads` (`None` when the read did not probe: a depth
+    /// for the file's device was measured in the last minute, the read was too small, or it went
+    /// through the page cache).
+    pub depth_probe: Option<DepthProbe>,
     /// Wall time of the whole transfer (open to close, rename and fsyncs included for a save).
     pub elapsed: Duration,
     /// Where [`Transfer::elapsed`] went.
     pub phases: Phases,
+}
+
+/// What a read's first tasks measured (see [`Transfer::depth_probe`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DepthProbe {
+    /// Bytes per second read by one worker.
+    pub one_reader: f64,
+    /// Bytes per second read by `readers` workers at once.
+    pub many_readers: f64,
+    /// The workers of `many_readers`.
+    pub readers: usize,
+    /// The depth chosen for the rest of the read, and remembered for the file's device.
+    pub chosen: usize,
 }
 
 /// A transfer's wall time by phase (they add up to about [`Transfer::elapsed`]).
@@ -308,6 +327,14 @@ pub(crate) fn declined(label: &'static str, detail: impl Into<String>) -> Declin
     }
 }
 
+/// How long a read depth measured for a device is used before the next large read measures
+/// again (disks drift).
+const DEPTH_MEMORY: Duration = Duration::from_secs(60);
+/// Tasks a read's probe reads with one worker.
+const PROBE_ONE_TASKS: usize = 16;
+/// The fewest tasks a read must have to probe its depth (the probe is at most a fifth of it).
+const PROBE_MIN_TASKS: usize = 128;
+
 struct Inner {
     config: StorageConfig,
     pool: rayon::ThreadPool,
@@ -319,6 +346,8 @@ struct Inner {
     #[cfg(feature = "gds")]
     gds: gds::Gds,
     logged: Mutex<HashSet<&'static str>>,
+    /// The read depth measured per block device (`storage.adaptive_depth`), and when.
+    depths: Mutex<HashMap<u64, (usize, Instant)>>,
     #[cfg(feature = "fault-injection")]
     disk_full_after: Mutex<Option<u64>>,
 }
@@ -378,6 +407,7 @@ impl Storage {
                 #[cfg(feature = "gds")]
                 gds: gds::Gds::default(),
                 logged: Mutex::new(HashSet::new()),
+                depths: Mutex::new(HashMap::new()),
                 #[cfg(feature = "fault-injection")]
                 disk_full_after: Mutex::new(None),
                 pool,
@@ -395,6 +425,71 @@ impl Storage {
     /// cannot give each two bounce buffers.
     pub fn max_workers(&self) -> usize {
         self.inner.workers
+    }
+
+    /// How many workers read `src`'s `tasks` at once: all of them, unless the read goes through
+    /// `O_DIRECT` with `storage.adaptive_depth`; then the depth measured for the file's device
+    /// in the last [`DEPTH_MEMORY`], or, for a read of at least [`PROBE_MIN_TASKS`] tasks, a
+    /// probe of one reader against all of them on its first tasks. Some disks (the virtio disk
+    /// of the device machine) read fastest with one reader, NVMe drives with many.
+    fn read_depth(&self, src: &Source, tasks: usize) -> engine::Depth {
+        let inner = &*self.inner;
+        let all = engine::Depth::Fixed(inner.workers);
+        if !inner.config.adaptive_depth || inner.workers < 2 {
+            return all;
+        }
+        let Some(dev) = src.direct_device() else {
+            return all;
+        };
+        if let Some(&(depth, at)) = inner.depths.lock().get(&dev) {
+            if at.elapsed() < DEPTH_MEMORY {
+                return engine::Depth::Fixed(depth);
+            }
+        }
+        if tasks < PROBE_MIN_TASKS.max(2 * (PROBE_ONE_TASKS + 4 * inner.workers)) {
+            return all;
+        }
+        engine::Depth::Probe {
+            one_tasks: PROBE_ONE_TASKS,
+            many: inner.workers,
+            many_tasks: 4 * inner.workers,
+        }
+    }
+
+    /// Records what a read's probe measured (for the file's device and in `t`).
+    fn settle_depth(
+        &self,
+        src: &Source,
+        t: &mut Transfer,
+        depth: engine::Depth,
+        probed: Option<engine::Probed>,
+    ) {
+        match (depth, probed) {
+            (engine::Depth::Probe { many, .. }, Some(p)) => {
+                t.workers = p.chosen;
+                t.depth_probe = Some(DepthProbe {
+                    one_reader: p.one,
+                    many_readers: p.many,
+                    readers: many,
+                    chosen: p.chosen,
+                });
+                if let Some(dev) = src.direct_device() {
+                    self.inner
+                        .depths
+                        .lock()
+                        .insert(dev, (p.chosen, Instant::now()));
+                }
+                tracing::debug!(
+                    one = p.one,
+                    many = p.many,
+                    readers = many,
+                    chosen = p.chosen,
+                    "storage: read depth measured"
+                );
+            }
+            (engine::Depth::Fixed(n), _) => t.workers = n.min(t.tasks),
+            _ => {}
+        }
     }
 
     /// Pinned host memory the CUDA lanes hold now (kept between transfers, at most
@@ -439,6 +534,7 @@ impl Storage {
             note: None,
             tasks: tasks.len(),
             workers: inner.workers.min(tasks.len()),
+            depth_probe: None,
             elapsed: Duration::ZERO,
             phases: Phases {
                 open: started.elapsed(),
@@ -446,7 +542,8 @@ impl Storage {
             },
         };
         let has_body = tasks.iter().any(|t| t.aligned);
-        let workers = inner.workers;
+        let depth = self.read_depth(&src, tasks.len());
+        let mut probed = None;
         if len == 0 {
             // Nothing to move: no device is touched and cuFile is not consulted.
             t.elapsed = started.elapsed();
@@ -459,7 +556,7 @@ impl Storage {
                     bounce: inner.bounce,
                     pieces: std::marker::PhantomData,
                 };
-                engine::run(&inner.pool, workers, &job, host::pieces_mut(buf, tasks))?;
+                probed = engine::run(&inner.pool, depth, &job, host::pieces_mut(buf, tasks))?;
             }
             Dest::Device(d) => {
                 let job = device::DeviceLoad {
@@ -467,7 +564,7 @@ impl Storage {
                     dst: Mutex::new(d),
                     bounce: inner.bounce,
                 };
-                engine::run(&inner.pool, workers, &job, unit_pieces(tasks))?;
+                probed = engine::run(&inner.pool, depth, &job, unit_pieces(tasks))?;
                 job.dst.into_inner().flush()?;
             }
             #[cfg(feature = "cuda")]
@@ -491,9 +588,11 @@ impl Storage {
                     dst: side,
                     lanes: &inner.lanes,
                 };
-                engine::run(&inner.pool, workers, &job, unit_pieces(tasks))
+                probed = engine::run(&inner.pool, depth, &job, unit_pieces(tasks))?;
+                Ok(())
             })?,
         }
+        self.settle_depth(&src, &mut t, depth, probed);
         if t.route == Route::Staged && has_body {
             t.buffered = src.buffered_reason();
         }
@@ -539,6 +638,7 @@ impl Storage {
             note: None,
             tasks: tasks.len(),
             workers: inner.workers.min(tasks.len()),
+            depth_probe: None,
             elapsed: Duration::ZERO,
             phases: Phases {
                 open: started.elapsed(),
@@ -546,7 +646,7 @@ impl Storage {
             },
         };
         let has_body = tasks.iter().any(|t| t.aligned);
-        let workers = inner.workers;
+        let depth = engine::Depth::Fixed(inner.workers);
         let src = if len == 0 {
             // An empty file: nothing to read from the source, the commit still happens.
             Src::Host(&[])
@@ -560,7 +660,7 @@ impl Storage {
                     bounce: inner.bounce,
                     pieces: std::marker::PhantomData,
                 };
-                engine::run(&inner.pool, workers, &job, host::pieces(buf, tasks))?;
+                engine::run(&inner.pool, depth, &job, host::pieces(buf, tasks))?;
             }
             Src::Device(d) => {
                 let job = device::DeviceSave {
@@ -568,7 +668,7 @@ impl Storage {
                     src: d,
                     bounce: inner.bounce,
                 };
-                engine::run(&inner.pool, workers, &job, unit_pieces(tasks))?;
+                engine::run(&inner.pool, depth, &job, unit_pieces(tasks))?;
             }
             #[cfg(feature = "cuda")]
             Src::Cuda(view) => cuda::with_src(view, |side| {
@@ -591,7 +691,7 @@ impl Storage {
                     src: side,
                     lanes: &inner.lanes,
                 };
-                engine::run(&inner.pool, workers, &job, unit_pieces(tasks))
+                engine::run(&inner.pool, depth, &job, unit_pieces(tasks)).map(|_| ())
             })?,
         }
         if t.route == Route::Staged && has_body {

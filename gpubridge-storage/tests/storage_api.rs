@@ -100,6 +100,7 @@ fn a_transfer_reports_its_rate_and_route() {
         note: None,
         tasks: 3,
         workers: 2,
+        depth_probe: None,
         elapsed: Duration::from_millis(1500),
         phases: Phases::default(),
     };

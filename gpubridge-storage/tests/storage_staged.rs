@@ -423,3 +423,48 @@ fn an_empty_save_makes_an_empty_file() {
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_large_direct_read_measures_its_depth_once_and_the_next_reads_on_that_disk_reuse_it() {
+    let dir = scratch("depth");
+    // 4 KiB tasks: a 1 MiB file is 256 tasks, enough to probe (16 with one reader, 16 with four).
+    let toml = "[storage]\nthreads = 4\ntask_size_kb = 4\nbounce_buffer_kb = 4\n";
+    let s = Storage::new(&BridgeConfig::from_toml_str(toml).unwrap()).unwrap();
+    let data = random_bytes(1 << 20, 8);
+    let path = dir.join("big.bin");
+    s.write(Src::Host(&data), &path).unwrap();
+    let mut backing = vec![0u8; (1 << 20) + 4096];
+    let buf = aligned_window(&mut backing, 1 << 20);
+    let first = s.read(&path, 0, Dest::Host(buf)).unwrap();
+    assert_eq!(buf, &data[..]);
+    let second = s.read(&path, 0, Dest::Host(buf)).unwrap();
+    assert_eq!(buf, &data[..]);
+    if first.buffered.is_some() {
+        // This file system refused O_DIRECT: the page cache serves every depth alike, so no
+        // read measures one.
+        eprintln!("O_DIRECT refused here ({:?}): no probe", first.buffered);
+        assert_eq!(first.depth_probe, None);
+        assert_eq!(first.workers, 4);
+    } else {
+        let p = first
+            .depth_probe
+            .expect("the first large direct read probes");
+        assert_eq!(p.readers, 4);
+        assert!(p.one_reader > 0.0 && p.many_readers > 0.0, "{p:?}");
+        assert!(p.chosen == 1 || p.chosen == 4, "{p:?}");
+        assert_eq!(first.workers, p.chosen);
+        // The next read on the same disk within the minute uses the measured depth.
+        assert_eq!(second.depth_probe, None);
+        assert_eq!(second.workers, p.chosen);
+    }
+    // Small reads never probe, and with the option off no read does.
+    let mut small = vec![0u8; 64 << 10];
+    let t = s.read(&path, 0, Dest::Host(&mut small)).unwrap();
+    assert_eq!(t.depth_probe, None);
+    let off = BridgeConfig::from_toml_str(&format!("{toml}adaptive_depth = false\n")).unwrap();
+    let s = Storage::new(&off).unwrap();
+    let t = s.read(&path, 0, Dest::Host(buf)).unwrap();
+    assert_eq!(buf, &data[..]);
+    assert_eq!((t.depth_probe, t.workers), (None, 4));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
