@@ -543,20 +543,20 @@ impl Storage {
         };
         let has_body = tasks.iter().any(|t| t.aligned);
         let depth = self.read_depth(&src, tasks.len());
-        let mut probed = None;
         if len == 0 {
             // Nothing to move: no device is touched and cuFile is not consulted.
             t.elapsed = started.elapsed();
             return Ok(t);
         }
-        match dest {
+        // What the read measured of its depth, if it did.
+        let probed = match dest {
             Dest::Host(buf) => {
                 let job = host::HostLoad {
                     src: &src,
                     bounce: inner.bounce,
                     pieces: std::marker::PhantomData,
                 };
-                probed = engine::run(&inner.pool, depth, &job, host::pieces_mut(buf, tasks))?;
+                engine::run(&inner.pool, depth, &job, host::pieces_mut(buf, tasks))?
             }
             Dest::Device(d) => {
                 let job = device::DeviceLoad {
@@ -564,34 +564,39 @@ impl Storage {
                     dst: Mutex::new(d),
                     bounce: inner.bounce,
                 };
-                probed = engine::run(&inner.pool, depth, &job, unit_pieces(tasks))?;
+                let probed = engine::run(&inner.pool, depth, &job, unit_pieces(tasks))?;
                 job.dst.into_inner().flush()?;
+                probed
             }
             #[cfg(feature = "cuda")]
-            Dest::Cuda(view) => cuda::with_dest(view, |side| {
-                let attempt = Instant::now();
-                let tried = self.try_gds(path, side, offset, false, GdsFile::Source(&src));
-                match tried {
-                    Ok(note) => {
-                        t.route = Route::Gds;
-                        t.note = note;
-                        return Ok(());
+            Dest::Cuda(view) => {
+                let mut probed = None;
+                cuda::with_dest(view, |side| {
+                    let attempt = Instant::now();
+                    let tried = self.try_gds(path, side, offset, false, GdsFile::Source(&src));
+                    match tried {
+                        Ok(note) => {
+                            t.route = Route::Gds;
+                            t.note = note;
+                            return Ok(());
+                        }
+                        Err(d) => {
+                            t.phases.gds_attempt = attempt.elapsed();
+                            t.gds_declined = Some(d.detail.clone());
+                            self.log_declined(&d);
+                        }
                     }
-                    Err(d) => {
-                        t.phases.gds_attempt = attempt.elapsed();
-                        t.gds_declined = Some(d.detail.clone());
-                        self.log_declined(&d);
-                    }
-                }
-                let job = cuda::CudaLoad {
-                    src: &src,
-                    dst: side,
-                    lanes: &inner.lanes,
-                };
-                probed = engine::run(&inner.pool, depth, &job, unit_pieces(tasks))?;
-                Ok(())
-            })?,
-        }
+                    let job = cuda::CudaLoad {
+                        src: &src,
+                        dst: side,
+                        lanes: &inner.lanes,
+                    };
+                    probed = engine::run(&inner.pool, depth, &job, unit_pieces(tasks))?;
+                    Ok(())
+                })?;
+                probed
+            }
+        };
         self.settle_depth(&src, &mut t, depth, probed);
         if t.route == Route::Staged && has_body {
             t.buffered = src.buffered_reason();
