@@ -306,6 +306,14 @@ mod tests {
     use gpubridge_core::IoErrorKind;
     use std::sync::atomic::AtomicUsize;
 
+    fn task_failed() -> Error {
+        Error::Io {
+            path: "f".into(),
+            kind: IoErrorKind::ShortRead,
+            message: "task failed".to_owned(),
+        }
+    }
+
     /// A job that records what the runner does with it and fails on one task.
     struct Counting {
         workers: AtomicUsize,
@@ -327,11 +335,7 @@ mod tests {
             self.ran.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_micros(200));
             if Some(task.file_offset) == self.fail_at {
-                return Err(Error::Io {
-                    path: "f".into(),
-                    kind: IoErrorKind::ShortRead,
-                    message: "task failed".to_owned(),
-                });
+                return Err(task_failed());
             }
             Ok(())
         }
@@ -456,11 +460,7 @@ mod tests {
             std::thread::sleep(self.base * (now as u32).pow(self.power));
             self.running.fetch_sub(1, Ordering::SeqCst);
             if Some(index) == self.fail_at {
-                return Err(Error::Io {
-                    path: "f".into(),
-                    kind: IoErrorKind::ShortRead,
-                    message: "task failed".to_owned(),
-                });
+                return Err(task_failed());
             }
             Ok(())
         }

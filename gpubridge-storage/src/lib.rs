@@ -572,19 +572,8 @@ impl Storage {
             Dest::Cuda(view) => {
                 let mut probed = None;
                 cuda::with_dest(view, |side| {
-                    let attempt = Instant::now();
-                    let tried = self.try_gds(path, side, offset, false, GdsFile::Source(&src));
-                    match tried {
-                        Ok(note) => {
-                            t.route = Route::Gds;
-                            t.note = note;
-                            return Ok(());
-                        }
-                        Err(d) => {
-                            t.phases.gds_attempt = attempt.elapsed();
-                            t.gds_declined = Some(d.detail.clone());
-                            self.log_declined(&d);
-                        }
+                    if self.gds_first(&mut t, path, side, offset, false, GdsFile::Source(&src)) {
+                        return Ok(());
                     }
                     let job = cuda::CudaLoad {
                         src: &src,
@@ -677,19 +666,8 @@ impl Storage {
             }
             #[cfg(feature = "cuda")]
             Src::Cuda(view) => cuda::with_src(view, |side| {
-                let attempt = Instant::now();
-                let tried = self.try_gds(path, side, 0, true, GdsFile::Target(&target));
-                match tried {
-                    Ok(note) => {
-                        t.route = Route::Gds;
-                        t.note = note;
-                        return Ok(());
-                    }
-                    Err(d) => {
-                        t.phases.gds_attempt = attempt.elapsed();
-                        t.gds_declined = Some(d.detail.clone());
-                        self.log_declined(&d);
-                    }
+                if self.gds_first(&mut t, path, side, 0, true, GdsFile::Target(&target)) {
+                    return Ok(());
                 }
                 let job = cuda::CudaSave {
                     dst: &target,
@@ -823,6 +801,35 @@ impl Storage {
             Ok((buf, t))
         })
         .await?
+    }
+
+    /// cuFile's attempt at a transfer of CUDA memory: `true` when it moved the bytes (route and
+    /// note in `t`); `false` when it declined, with why in `t` (and its cost in
+    /// `t.phases.gds_attempt`), logged once per reason and counted.
+    #[cfg(feature = "cuda")]
+    fn gds_first(
+        &self,
+        t: &mut Transfer,
+        path: &Path,
+        side: &cuda::DeviceSide,
+        offset: u64,
+        write: bool,
+        file: GdsFile<'_>,
+    ) -> bool {
+        let attempt = Instant::now();
+        match self.try_gds(path, side, offset, write, file) {
+            Ok(note) => {
+                t.route = Route::Gds;
+                t.note = note;
+                true
+            }
+            Err(d) => {
+                t.phases.gds_attempt = attempt.elapsed();
+                t.gds_declined = Some(d.detail.clone());
+                self.log_declined(&d);
+                false
+            }
+        }
     }
 
     #[cfg(feature = "cuda")]
