@@ -116,65 +116,51 @@ fn signed(n: usize) -> isize {
     isize::try_from(n).unwrap_or(isize::MAX)
 }
 
+impl CountingMimalloc {
+    /// The allocator every call goes to.
+    fn backend(&self) -> &'static dyn GlobalAlloc {
+        if self.system() {
+            &System
+        } else {
+            &mimalloc::MiMalloc
+        }
+    }
+
+    /// Counts `bytes` more when `p` is a block (not an allocation failure); returns `p`.
+    fn counted(&self, p: *mut u8, bytes: isize) -> *mut u8 {
+        if !p.is_null() {
+            self.add(bytes);
+        }
+        p
+    }
+}
+
 // SAFETY: every call is forwarded with the caller's arguments unchanged to one allocator, the
 // same for the whole process (chosen before the first allocation returns and never changed), so
 // each block is freed by the allocator that made it; the count beside it never touches memory.
 unsafe impl GlobalAlloc for CountingMimalloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded as received.
-        let p = unsafe {
-            if self.system() {
-                System.alloc(layout)
-            } else {
-                mimalloc::MiMalloc.alloc(layout)
-            }
-        };
-        if !p.is_null() {
-            self.add(signed(layout.size()));
-        }
-        p
+        let p = unsafe { self.backend().alloc(layout) };
+        self.counted(p, signed(layout.size()))
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded as received.
-        let p = unsafe {
-            if self.system() {
-                System.alloc_zeroed(layout)
-            } else {
-                mimalloc::MiMalloc.alloc_zeroed(layout)
-            }
-        };
-        if !p.is_null() {
-            self.add(signed(layout.size()));
-        }
-        p
+        let p = unsafe { self.backend().alloc_zeroed(layout) };
+        self.counted(p, signed(layout.size()))
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded as received.
-        unsafe {
-            if self.system() {
-                System.dealloc(ptr, layout);
-            } else {
-                mimalloc::MiMalloc.dealloc(ptr, layout);
-            }
-        }
+        unsafe { self.backend().dealloc(ptr, layout) };
         self.add(-signed(layout.size()));
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded as received.
-        let p = unsafe {
-            if self.system() {
-                System.realloc(ptr, layout, new_size)
-            } else {
-                mimalloc::MiMalloc.realloc(ptr, layout, new_size)
-            }
-        };
-        if !p.is_null() {
-            self.add(signed(new_size) - signed(layout.size()));
-        }
-        p
+        let p = unsafe { self.backend().realloc(ptr, layout, new_size) };
+        self.counted(p, signed(new_size) - signed(layout.size()))
     }
 }
 

@@ -1023,6 +1023,8 @@ mod measure {
                 c.storage.threads = t;
                 c.storage.task_size_kb = kb;
                 c.storage.bounce_buffer_kb = kb;
+                // Each shape as labelled, not measured against one reader.
+                c.storage.adaptive_depth = false;
                 c.storage.max_pinned_memory_mb =
                     c.storage.max_pinned_memory_mb.max(t as u64 * 2 * kb / 1024);
                 Storage::new(&c)

@@ -139,17 +139,22 @@ pub(crate) fn malloc_arenas() -> Option<String> {
     if !cfg!(all(target_os = "linux", target_env = "gnu")) {
         return None;
     }
-    #[cfg(feature = "mimalloc")]
-    let capped = !alloc::GLOBAL.system();
-    #[cfg(not(feature = "mimalloc"))]
-    let capped = false;
     Some(std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| {
-        if capped {
+        if rust_on_mimalloc() {
             format!("{DEFAULT_MALLOC_ARENAS} (the CLI's default for the C libraries; Rust allocates through mimalloc)")
         } else {
             "glibc's default".to_owned()
         }
     }))
+}
+
+/// Whether Rust's allocations go to mimalloc (the `mimalloc` feature, without
+/// `GPUBRIDGE_ALLOCATOR=system`), leaving glibc's malloc to the C libraries.
+fn rust_on_mimalloc() -> bool {
+    #[cfg(feature = "mimalloc")]
+    return !alloc::GLOBAL.system();
+    #[cfg(not(feature = "mimalloc"))]
+    false
 }
 
 /// The allocator Rust's allocations go to, for reports.
@@ -167,12 +172,13 @@ const DEFAULT_MALLOC_ARENAS: i32 = 2;
 /// allocations go to mimalloc ([`alloc`], unless `GPUBRIDGE_ALLOCATOR=system`), so that glibc
 /// serves only the C libraries (the CUDA driver's, cuBLAS's): freed memory stays in the arena of
 /// the thread that allocated it, so under many threads the resident set creeps while the live
-/// heap stays flat (docs/PERFORMANCE.md, sixth session). Without mimalloc the cap is not set: two arenas shared by a million
-/// requests' allocations a second serialised them (the tenth session's P3 completed under a
-/// third of 1M offered). Runs before any other thread; `MALLOC_ARENA_MAX` in the environment wins.
+/// heap stays flat (docs/PERFORMANCE.md, sixth session). Without mimalloc the cap is not set:
+/// two arenas shared by a million requests' allocations a second serialised them (the tenth
+/// session's P3 completed under a third of 1M offered). Runs before any other thread;
+/// `MALLOC_ARENA_MAX` in the environment wins.
 fn bound_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu", feature = "mimalloc"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() && !alloc::GLOBAL.system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() && rust_on_mimalloc() {
         // SAFETY: mallopt only adjusts the allocator's parameters; no other thread exists yet.
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, DEFAULT_MALLOC_ARENAS);

@@ -104,8 +104,9 @@ impl<I> Gate<I> {
     }
 
     /// Task `index` of `len` bytes started (`started`) or finished at `now`: times the phase
-    /// being measured, and moves to the next one when its last task is done.
-    fn note(&mut self, index: usize, len: u64, started: bool, now: std::time::Instant) {
+    /// being measured, and moves to the next one when its last task is done (`true` then: the
+    /// gate's depth changed).
+    fn note(&mut self, index: usize, len: u64, started: bool, now: std::time::Instant) -> bool {
         let Phase::Measure {
             depth,
             until,
@@ -115,19 +116,19 @@ impl<I> Gate<I> {
             since,
         } = &mut self.phase
         else {
-            return;
+            return false;
         };
         if index >= *until || index + *count < *until {
-            return;
+            return false;
         }
         if started {
             since.get_or_insert(now);
-            return;
+            return false;
         }
         *done += 1;
         *bytes += len;
         if *done < *count {
-            return;
+            return false;
         }
         let t0 = since.unwrap_or(now);
         let rate = *bytes as f64 / now.duration_since(t0).as_secs_f64().max(1e-9);
@@ -157,6 +158,7 @@ impl<I> Gate<I> {
                 self.phase = Phase::Settled;
             }
         }
+        true
     }
 }
 
@@ -239,12 +241,19 @@ pub(crate) fn run<J: Job>(
                 break;
             };
             let ran = job.run(&mut worker, &task, piece);
-            {
+            let everyone = {
                 let mut g = gate.lock();
                 g.running -= 1;
-                g.note(index, task.len as u64, false, std::time::Instant::now());
+                let changed = g.note(index, task.len as u64, false, std::time::Instant::now());
+                // One place freed: one waiter may take it; all of them when the depth changed or
+                // no task is left (they leave then).
+                changed || g.next >= total
+            };
+            if everyone {
+                turn.notify_all();
+            } else {
+                turn.notify_one();
             }
-            turn.notify_all();
             if let Err(e) = ran {
                 outcome = Err(e);
                 break;

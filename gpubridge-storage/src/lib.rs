@@ -432,34 +432,36 @@ impl Storage {
     /// in the last [`DEPTH_MEMORY`], or, for a read of at least [`PROBE_MIN_TASKS`] tasks, a
     /// probe of one reader against all of them on its first tasks. Some disks (the virtio disk
     /// of the device machine) read fastest with one reader, NVMe drives with many.
-    fn read_depth(&self, src: &Source, tasks: usize) -> engine::Depth {
+    /// Also returns the device, to remember a probe's result under.
+    fn read_depth(&self, src: &Source, tasks: usize) -> (engine::Depth, Option<u64>) {
         let inner = &*self.inner;
         let all = engine::Depth::Fixed(inner.workers);
         if !inner.config.adaptive_depth || inner.workers < 2 {
-            return all;
+            return (all, None);
         }
         let Some(dev) = src.direct_device() else {
-            return all;
+            return (all, None);
         };
         if let Some(&(depth, at)) = inner.depths.lock().get(&dev) {
             if at.elapsed() < DEPTH_MEMORY {
-                return engine::Depth::Fixed(depth);
+                return (engine::Depth::Fixed(depth), Some(dev));
             }
         }
         if tasks < PROBE_MIN_TASKS.max(2 * (PROBE_ONE_TASKS + 4 * inner.workers)) {
-            return all;
+            return (all, Some(dev));
         }
-        engine::Depth::Probe {
+        let probe = engine::Depth::Probe {
             one_tasks: PROBE_ONE_TASKS,
             many: inner.workers,
             many_tasks: 4 * inner.workers,
-        }
+        };
+        (probe, Some(dev))
     }
 
-    /// Records what a read's probe measured (for the file's device and in `t`).
+    /// Records what a read's probe measured (for the file's device `dev` and in `t`).
     fn settle_depth(
         &self,
-        src: &Source,
+        dev: Option<u64>,
         t: &mut Transfer,
         depth: engine::Depth,
         probed: Option<engine::Probed>,
@@ -473,7 +475,7 @@ impl Storage {
                     readers: many,
                     chosen: p.chosen,
                 });
-                if let Some(dev) = src.direct_device() {
+                if let Some(dev) = dev {
                     self.inner
                         .depths
                         .lock()
@@ -542,7 +544,7 @@ impl Storage {
             },
         };
         let has_body = tasks.iter().any(|t| t.aligned);
-        let depth = self.read_depth(&src, tasks.len());
+        let (depth, dev) = self.read_depth(&src, tasks.len());
         if len == 0 {
             // Nothing to move: no device is touched and cuFile is not consulted.
             t.elapsed = started.elapsed();
@@ -586,7 +588,7 @@ impl Storage {
                 probed
             }
         };
-        self.settle_depth(&src, &mut t, depth, probed);
+        self.settle_depth(dev, &mut t, depth, probed);
         if t.route == Route::Staged && has_body {
             t.buffered = src.buffered_reason();
         }
