@@ -428,11 +428,12 @@ fn rss_bytes() -> Option<u64> {
 /// Live heap: bytes the allocators have handed out and not had back, without the free memory
 /// that fragmentation keeps resident. Rust's allocations are counted by the CLI's allocator
 /// (mimalloc, [`crate::alloc`]) where it is in use; the C allocator's (the CUDA driver's and
-/// libraries', and Rust's without the `mimalloc` feature) are glibc's in-use chunks in every
-/// arena plus its mmapped blocks (`mallinfo2`).
+/// libraries', and Rust's without mimalloc: the feature off or `GPUBRIDGE_ALLOCATOR=system`)
+/// are glibc's in-use chunks in every arena plus its mmapped blocks (`mallinfo2`), so that each
+/// byte is counted once.
 fn heap_live_bytes() -> Option<u64> {
     #[cfg(feature = "mimalloc")]
-    let rust = Some(crate::alloc::GLOBAL.live_bytes());
+    let rust = (!crate::alloc::GLOBAL.system()).then(|| crate::alloc::GLOBAL.live_bytes());
     #[cfg(not(feature = "mimalloc"))]
     let rust: Option<u64> = None;
     match (rust, c_heap_live_bytes()) {

@@ -18,6 +18,11 @@ use crate::project_root;
 
 /// Runs the soak (or draws a saved one) and fails when the soak failed.
 pub fn run(args: &[String]) -> anyhow::Result<()> {
+    run_with_env(args, &[])
+}
+
+/// [`run`], with `env` set for the CLI (`cargo xtask ci` picks its allocator so).
+pub fn run_with_env(args: &[String], env: &[(&str, &str)]) -> anyhow::Result<()> {
     let root = project_root();
     let mut from: Option<PathBuf> = None;
     let mut out: Option<PathBuf> = None;
@@ -36,6 +41,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             let dir = out.unwrap_or_else(|| root.join("target/soak-report"));
             let cli = crate::build_release_cli()?;
             let status = Command::new(cli)
+                .envs(env.iter().copied())
                 .arg("soak")
                 .args(&pass)
                 .arg("--out")
