@@ -157,6 +157,15 @@ fn rust_on_mimalloc() -> bool {
     false
 }
 
+/// Rust's live heap as the CLI's allocator counts it, where Rust allocates through mimalloc
+/// (`None` otherwise: glibc's own statistics then hold Rust's allocations).
+pub(crate) fn rust_live_bytes() -> Option<u64> {
+    #[cfg(feature = "mimalloc")]
+    return rust_on_mimalloc().then(|| alloc::GLOBAL.live_bytes());
+    #[cfg(not(feature = "mimalloc"))]
+    None
+}
+
 /// The allocator Rust's allocations go to, for reports.
 pub(crate) fn allocator_name() -> &'static str {
     #[cfg(feature = "mimalloc")]

@@ -432,11 +432,7 @@ fn rss_bytes() -> Option<u64> {
 /// are glibc's in-use chunks in every arena plus its mmapped blocks (`mallinfo2`), so that each
 /// byte is counted once.
 fn heap_live_bytes() -> Option<u64> {
-    #[cfg(feature = "mimalloc")]
-    let rust = (!crate::alloc::GLOBAL.system()).then(|| crate::alloc::GLOBAL.live_bytes());
-    #[cfg(not(feature = "mimalloc"))]
-    let rust: Option<u64> = None;
-    match (rust, c_heap_live_bytes()) {
+    match (crate::rust_live_bytes(), c_heap_live_bytes()) {
         (None, None) => None,
         (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
     }
