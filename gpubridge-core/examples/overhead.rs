@@ -6,7 +6,13 @@
 //! (`perf record -g target/release/examples/overhead`). The outputs are not results; nothing
 //! here stands in for a backend outside this measurement.
 //!
-//! `cargo run --release -p gpubridge-core --example overhead [-- ITERATIONS]`
+//! With `--executor-thread` the double answers on a thread of its own instead, after reading
+//! every launch of the plan (as a CUDA graph replay compares them with its graph's nodes), and
+//! frees the plan there: the shape of the real hand-off, so that what crossing threads costs
+//! (the plan's memory moving between the cores' caches) shows. The chain rows come twice: steps
+//! built for every call, and steps reused by key ([`Plan::reuse_steps`], as the bench's chain).
+//!
+//! `cargo run --release -p gpubridge-core --example overhead [-- ITERATIONS] [--executor-thread]`
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,9 +25,33 @@ use gpubridge_core::plan::{BufferRole, PlanOutputs, PlanTarget};
 use gpubridge_core::{BridgeConfig, ExecutionHints, GpuBridge, Result};
 
 /// A profiling double (named as one): reports one CUDA device and answers every plan at once,
-/// on the submitting thread, with zeroed outputs.
+/// with zeroed outputs, on the submitting thread or (`executor`) on a thread of its own.
 struct InstantDouble {
     devices: Vec<DeviceInfo>,
+    executor: Option<std::sync::Mutex<std::sync::mpsc::Sender<Work>>>,
+}
+
+/// Answers a plan with zeroed outputs, after reading its launches as an executor would.
+fn answer(work: Work) {
+    if let Work::Plan { plan, complete, .. } = work {
+        let mut read = 0u64;
+        for step in &plan.steps {
+            if let gpubridge_core::plan::Step::Launch(l) = step {
+                read = read.wrapping_add(u64::from(l.grid[0]) + l.args.len() as u64);
+            }
+        }
+        std::hint::black_box(read);
+        let outs: Vec<_> = plan
+            .buffers
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| matches!(b.role, BufferRole::Output))
+            .map(|(i, b)| (i, vec![0u8; b.len]))
+            .collect();
+        let ids = plan.output_ids();
+        let slices = outs.iter().map(|(_, v)| v.as_slice()).collect();
+        complete(Ok(PlanOutputs::new(ids, slices, Default::default())));
+    }
 }
 
 impl Backend for InstantDouble {
@@ -48,17 +78,14 @@ impl Backend for InstantDouble {
         Health::Healthy
     }
     fn submit(&self, _device: usize, work: Work) -> Result<()> {
-        if let Work::Plan { plan, complete, .. } = work {
-            let outs: Vec<_> = plan
-                .buffers
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| matches!(b.role, BufferRole::Output))
-                .map(|(i, b)| (i, vec![0u8; b.len]))
-                .collect();
-            let ids = plan.output_ids();
-            let slices = outs.iter().map(|(_, v)| v.as_slice()).collect();
-            complete(Ok(PlanOutputs::new(ids, slices, Default::default())));
+        match &self.executor {
+            Some(tx) => {
+                if let Ok(tx) = tx.lock() {
+                    // The answering thread lives as long as the process.
+                    let _ = tx.send(work);
+                }
+            }
+            None => answer(work),
         }
         Ok(())
     }
@@ -68,6 +95,8 @@ impl Backend for InstantDouble {
 #[derive(Clone)]
 struct ChainInput {
     x: Vec<f32>,
+    /// Reuse the steps by key instead of building them.
+    reuse: bool,
     n: u32,
 }
 
@@ -112,19 +141,21 @@ impl gpubridge_core::Kernel for Chain {
         let mut plan = Plan::new(Self::ID);
         let x = plan.input("x", 128, move |dst, at| pack_range(dst, at, &x_vals));
         let y = plan.output("y", 128);
-        plan.launch(Launch::new(
-            "chain_copy",
-            [1, 1, 1],
-            [32, 1, 1],
-            &[Arg::buf(x), Arg::buf(y)],
-        ));
-        for _ in 0..n {
-            plan.launch(Launch::new(
-                "chain_bump",
+        let launches = || {
+            std::iter::once(Launch::new(
+                "chain_copy",
                 [1, 1, 1],
                 [32, 1, 1],
-                &[Arg::buf(y)],
-            ));
+                &[Arg::buf(x), Arg::buf(y)],
+            ))
+            .chain((0..n).map(|_| Launch::new("chain_bump", [1, 1, 1], [32, 1, 1], &[Arg::buf(y)])))
+        };
+        if first.reuse {
+            plan.reuse_steps(u64::from(n), |steps| {
+                launches().for_each(|l| steps.launch(l))
+            });
+        } else {
+            launches().for_each(|l| plan.launch(l));
         }
         Ok(plan)
     }
@@ -138,9 +169,18 @@ impl gpubridge_core::Kernel for Chain {
 
 fn main() {
     let iters: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
+        .skip(1)
+        .find_map(|a| a.parse().ok())
         .unwrap_or(200_000);
+    let executor = std::env::args().any(|a| a == "--executor-thread").then(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Work>();
+        std::thread::spawn(move || {
+            for work in rx {
+                answer(work);
+            }
+        });
+        std::sync::Mutex::new(tx)
+    });
     let mut b = GpuBridge::builder(BridgeConfig::default());
     b.register(Sum).unwrap();
     b.register(Chain).unwrap();
@@ -157,6 +197,7 @@ fn main() {
             compute_capability: Some((9, 0)),
             details: String::new(),
         }],
+        executor,
     }));
     let bridge = b.build().unwrap();
     let grain = bridge.batch::<Sum>().unwrap();
@@ -176,11 +217,15 @@ fn main() {
     }
     lat.sort();
     let chain = bridge.batch::<Chain>().unwrap();
-    for n in [10u32, 100, 1000] {
+    for (n, reuse) in [10u32, 100, 1000]
+        .into_iter()
+        .flat_map(|n| [(n, false), (n, true)])
+    {
         let mut t = Vec::new();
         for i in 0..(iters / n as usize).max(200) + 50 {
             let input = vec![ChainInput {
                 x: vec![1.0; 32],
+                reuse,
                 n,
             }];
             let s = Instant::now();
@@ -192,7 +237,8 @@ fn main() {
         }
         t.sort();
         println!(
-            "chain {n}: P50 {:.2} us per call",
+            "chain {n}, steps {}: P50 {:.2} us per call",
+            if reuse { "reused" } else { "built" },
             t[t.len() / 2].as_secs_f64() * 1e6
         );
     }

@@ -73,7 +73,8 @@ pub trait Kernel: Send + Sync + 'static {
     /// Only for conditions `validate` cannot see (for example a result too large to allocate).
     fn run_cpu(&self, inputs: &[Self::Input], ctx: &CpuContext) -> Result<Vec<Self::Output>>;
 
-    /// Builds the device plan for `inputs` on `target`.
+    /// Builds the device plan for `inputs` on `target`. A kernel whose launches are the same from
+    /// batch to batch (many of them, say) builds them once with [`Plan::reuse_steps`].
     ///
     /// # Errors
     /// [`crate::Error::Unsupported`] when the kernel has no form for the target (the default).

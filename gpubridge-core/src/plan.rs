@@ -13,7 +13,9 @@
 //!   are packed, 4 bytes each in order, into one uniform buffer bound right after the last buffer.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::{Arc, OnceLock};
 
 use crate::device::BackendKind;
 use crate::error::{Error, Result};
@@ -197,8 +199,9 @@ pub struct Plan {
     pub kernel: &'static str,
     /// Buffers, indexed by [`BufferId`].
     pub buffers: Vec<PlanBuffer>,
-    /// Steps, run in order.
-    pub steps: Vec<Step>,
+    /// Steps, run in order. Built by [`Plan::launch`] and [`Plan::gemm`], or shared with
+    /// earlier plans of the same kernel through [`Plan::reuse_steps`].
+    pub steps: Steps,
     /// What each step reads and writes, when the kernel says so (see [`Stage`]): empty, or one
     /// per step. Lets a backend start a step as soon as the inputs it needs have arrived and send
     /// its results back while later steps run.
@@ -233,6 +236,236 @@ pub struct Stage {
     pub yields: Option<(BufferId, std::ops::Range<usize>)>,
 }
 
+/// A plan's steps: read as a slice of [`Step`]s (and written as one, copy-on-write), held in
+/// one shared allocation so that plans reusing the same steps ([`Plan::reuse_steps`]) neither
+/// rebuild nor copy them. Their hashes (for [`Plan::shape`] and [`Plan::bucket_shape`]) are
+/// computed once per list, not once per plan.
+#[derive(Clone, Default)]
+pub struct Steps(Arc<StepList>);
+
+#[derive(Default)]
+struct StepList {
+    steps: Vec<Step>,
+    /// From the step cache of [`Plan::reuse_steps`]: the same list serves every plan of its key.
+    reused: bool,
+    hashes: OnceLock<StepHashes>,
+}
+
+impl Clone for StepList {
+    fn clone(&self) -> Self {
+        Self {
+            steps: self.steps.clone(),
+            reused: false,
+            hashes: OnceLock::new(),
+        }
+    }
+}
+
+/// The steps' contributions to a plan's exact and bucketed shapes.
+#[derive(Debug, Clone, Copy)]
+struct StepHashes {
+    exact: u64,
+    /// `None` when a step calls a library (its bucketed shape is then its exact shape).
+    bucket: Option<u64>,
+}
+
+impl Steps {
+    /// The steps as a slice.
+    pub fn as_slice(&self) -> &[Step] {
+        &self.0.steps
+    }
+
+    /// Whether `self` and `other` are the same list (not merely equal ones). Two plans whose
+    /// steps are the same list run the same launches with the same arguments: a backend that
+    /// compared one plan's launches with a cached graph need not compare the other's.
+    pub fn ptr_eq(&self, other: &Steps) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Whether this list came from the step cache of [`Plan::reuse_steps`] (and so may be shared
+    /// with later plans of the same kernel and key).
+    pub fn is_reused(&self) -> bool {
+        self.0.reused
+    }
+
+    fn push(&mut self, step: Step) {
+        Arc::make_mut(&mut self.0).changed().push(step);
+    }
+
+    fn hashes(&self) -> StepHashes {
+        *self.0.hashes.get_or_init(|| hash_steps(&self.0.steps))
+    }
+}
+
+impl StepList {
+    /// The list for writing: its hashes are computed again when next asked for.
+    fn changed(&mut self) -> &mut Vec<Step> {
+        self.hashes = OnceLock::new();
+        &mut self.steps
+    }
+}
+
+impl std::ops::Deref for Steps {
+    type Target = [Step];
+    fn deref(&self) -> &[Step] {
+        &self.0.steps
+    }
+}
+
+impl std::ops::DerefMut for Steps {
+    /// Copies the list first if another plan shares it.
+    fn deref_mut(&mut self) -> &mut [Step] {
+        Arc::make_mut(&mut self.0).changed()
+    }
+}
+
+impl<'a> IntoIterator for &'a Steps {
+    type Item = &'a Step;
+    type IntoIter = std::slice::Iter<'a, Step>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.steps.iter()
+    }
+}
+
+impl std::fmt::Debug for Steps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.steps.iter()).finish()
+    }
+}
+
+impl PartialEq for Steps {
+    fn eq(&self, other: &Self) -> bool {
+        self.ptr_eq(other) || self.as_slice() == other.as_slice()
+    }
+}
+
+impl From<Vec<Step>> for Steps {
+    fn from(steps: Vec<Step>) -> Self {
+        Steps(Arc::new(StepList {
+            steps,
+            reused: false,
+            hashes: OnceLock::new(),
+        }))
+    }
+}
+
+/// Both step hashes in one pass over the steps.
+fn hash_steps(steps: &[Step]) -> StepHashes {
+    let mut exact = FxHasher::default();
+    let mut bucket = FxHasher::default();
+    let mut library = false;
+    for s in steps {
+        match s {
+            Step::Launch(l) => {
+                0u8.hash(&mut exact);
+                // Entry names are `&'static str`s: their address stands for their text.
+                let entry = (l.entry.as_ptr() as usize, l.entry.len());
+                entry.hash(&mut exact);
+                l.grid.hash(&mut exact);
+                l.block.hash(&mut exact);
+                l.shared_mem_bytes.hash(&mut exact);
+                for a in &l.args {
+                    hash_arg(a, &mut exact);
+                }
+                entry.hash(&mut bucket);
+                l.block.hash(&mut bucket);
+                l.shared_mem_bytes.hash(&mut bucket);
+                for a in &l.args {
+                    match a {
+                        Arg::Buffer { id, .. } => (0u8, id.0).hash(&mut bucket),
+                        Arg::U32(_) => 1u8.hash(&mut bucket),
+                        Arg::U64(_) => 2u8.hash(&mut bucket),
+                        Arg::F32(_) => 3u8.hash(&mut bucket),
+                    }
+                }
+            }
+            Step::Gemm(g) => {
+                library = true;
+                1u8.hash(&mut exact);
+                (g.m, g.k, g.n).hash(&mut exact);
+                for a in [&g.a, &g.b, &g.c] {
+                    hash_arg(a, &mut exact);
+                }
+            }
+        }
+    }
+    StepHashes {
+        exact: exact.finish(),
+        bucket: (!library).then(|| bucket.finish()),
+    }
+}
+
+/// Steps being built for [`Plan::reuse_steps`].
+#[derive(Debug, Default)]
+pub struct StepsBuilder {
+    steps: Vec<Step>,
+    stages: Vec<Stage>,
+}
+
+impl StepsBuilder {
+    /// Appends a launch (as [`Plan::launch`]).
+    pub fn launch(&mut self, launch: Launch) {
+        self.steps.push(Step::Launch(launch));
+    }
+
+    /// Appends a GEMM (as [`Plan::gemm`]).
+    pub fn gemm(&mut self, gemm: Gemm) {
+        self.steps.push(Step::Gemm(gemm));
+    }
+
+    /// Says what the last step appended needs and yields (as [`Plan::stage`]).
+    pub fn stage(&mut self, stage: Stage) {
+        let n = self.steps.len();
+        if n == 0 {
+            return;
+        }
+        self.stages.resize(n, Stage::default());
+        self.stages[n - 1] = stage;
+    }
+}
+
+/// Step lists kept by [`Plan::reuse_steps`], by kernel id, key and buffers (a hash of their
+/// sizes and roles).
+#[derive(Default)]
+struct StepCache {
+    lists: HashMap<(&'static str, u64, u64), CachedSteps>,
+    bytes: usize,
+    clock: u64,
+}
+
+struct CachedSteps {
+    steps: Steps,
+    stages: Vec<Stage>,
+    bytes: usize,
+    /// The cache's clock when last used.
+    used: u64,
+}
+
+fn list_bytes(steps: usize, stages: usize) -> usize {
+    steps
+        .saturating_mul(std::mem::size_of::<Step>())
+        .saturating_add(stages.saturating_mul(std::mem::size_of::<Stage>()))
+}
+
+/// The step cache holds lists of at most this many bytes of steps in all; the least recently
+/// used go first. A longer list is built for every plan and not kept.
+pub const STEP_CACHE_MAX_BYTES: usize = 16 << 20;
+
+/// The step cache holds at most this many lists.
+pub const STEP_CACHE_MAX_LISTS: usize = 256;
+
+static STEP_CACHE: OnceLock<parking_lot::Mutex<StepCache>> = OnceLock::new();
+
+fn step_cache() -> &'static parking_lot::Mutex<StepCache> {
+    STEP_CACHE.get_or_init(Default::default)
+}
+
+/// The step cache's size now: lists and bytes of steps (for tests and diagnostics).
+pub fn step_cache_usage() -> (usize, usize) {
+    let c = step_cache().lock();
+    (c.lists.len(), c.bytes)
+}
+
 /// The shape of a plan without its data: kernel, buffer sizes and roles, steps. Equal shapes can
 /// replay the same CUDA graph and reuse the same buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -244,7 +477,7 @@ impl Plan {
         Self {
             kernel,
             buffers: Vec::new(),
-            steps: Vec::new(),
+            steps: Steps::default(),
             stages: Vec::new(),
             resident: false,
             caller_spins: false,
@@ -287,6 +520,91 @@ impl Plan {
         self.steps.push(Step::Gemm(gemm));
     }
 
+    /// Appends steps that depend only on `key`, the plan's kernel and its buffers (their number,
+    /// roles and sizes), building them with `build` the first time and reusing that list for
+    /// every later plan with the same kernel, key and buffers. Declare the buffers first.
+    ///
+    /// For kernels whose launches are many and the same from batch to batch (a chain of a
+    /// hundred small kernels, say): the plan then costs neither the building nor the freeing of
+    /// its launches, the list is read by every thread without being copied between their caches,
+    /// and a backend that has checked one plan's launches against a cached graph knows the next
+    /// plan's are the same (CUDA skips the comparison). `key` must capture everything else the
+    /// steps depend on (a chain's length, a grid computed from something other than a buffer's
+    /// size): steps reused for a different computation would run it.
+    ///
+    /// A plan that has steps already gets the built ones appended, uncached. Lists are kept up to
+    /// [`STEP_CACHE_MAX_BYTES`] in all (least recently used first out), at most
+    /// [`STEP_CACHE_MAX_LISTS`] of them.
+    pub fn reuse_steps(&mut self, key: u64, build: impl FnOnce(&mut StepsBuilder)) {
+        let mut built = StepsBuilder::default();
+        if !self.steps.is_empty() || !self.stages.is_empty() {
+            build(&mut built);
+            let base = self.steps.len();
+            for step in built.steps {
+                self.steps.push(step);
+            }
+            if !built.stages.is_empty() {
+                self.stages.resize(base, Stage::default());
+                self.stages.extend(built.stages);
+            }
+            return;
+        }
+        let mut h = FxHasher::default();
+        for b in &self.buffers {
+            b.len.hash(&mut h);
+            std::mem::discriminant(&b.role).hash(&mut h);
+        }
+        let id = (self.kernel, key, h.finish());
+        {
+            let mut c = step_cache().lock();
+            c.clock += 1;
+            let clock = c.clock;
+            if let Some(hit) = c.lists.get_mut(&id) {
+                hit.used = clock;
+                self.steps = hit.steps.clone();
+                self.stages.clone_from(&hit.stages);
+                return;
+            }
+        }
+        build(&mut built);
+        let StepsBuilder { steps, stages } = built;
+        let bytes = list_bytes(steps.len(), stages.len());
+        let keep = bytes <= STEP_CACHE_MAX_BYTES;
+        let steps = Steps(Arc::new(StepList {
+            steps,
+            reused: keep,
+            hashes: OnceLock::new(),
+        }));
+        if keep {
+            // Hashed once, here, before any plan shares the list.
+            steps.hashes();
+            let mut c = step_cache().lock();
+            while c.bytes + bytes > STEP_CACHE_MAX_BYTES || c.lists.len() >= STEP_CACHE_MAX_LISTS {
+                let Some(oldest) = c.lists.iter().min_by_key(|(_, v)| v.used).map(|(k, _)| *k)
+                else {
+                    break;
+                };
+                if let Some(gone) = c.lists.remove(&oldest) {
+                    c.bytes -= gone.bytes;
+                }
+            }
+            c.clock += 1;
+            let entry = CachedSteps {
+                steps: steps.clone(),
+                stages: stages.clone(),
+                bytes,
+                used: c.clock,
+            };
+            c.bytes += bytes;
+            if let Some(old) = c.lists.insert(id, entry) {
+                // Another thread built the same list meanwhile: count it once.
+                c.bytes -= old.bytes;
+            }
+        }
+        self.steps = steps;
+        self.stages = stages;
+    }
+
     /// Says what the last step appended needs and yields (see [`Stage`]). Steps appended without
     /// a stage get the default one (all inputs, no early output).
     pub fn stage(&mut self, stage: Stage) {
@@ -319,7 +637,8 @@ impl Plan {
     }
 
     /// The plan's shape (see [`PlanShape`]). Hashed with a fast non-cryptographic hash: it runs
-    /// on every execution to find a cached graph, over every launch of the plan.
+    /// on every execution to find a cached graph. The steps' part is hashed once per step list
+    /// (see [`Steps`]).
     pub fn shape(&self) -> PlanShape {
         let mut h = FxHasher::default();
         self.kernel.hash(&mut h);
@@ -327,28 +646,7 @@ impl Plan {
             b.len.hash(&mut h);
             std::mem::discriminant(&b.role).hash(&mut h);
         }
-        for s in &self.steps {
-            match s {
-                Step::Launch(l) => {
-                    0u8.hash(&mut h);
-                    // Entry names are `&'static str`s: their address stands for their text.
-                    (l.entry.as_ptr() as usize, l.entry.len()).hash(&mut h);
-                    l.grid.hash(&mut h);
-                    l.block.hash(&mut h);
-                    l.shared_mem_bytes.hash(&mut h);
-                    for a in &l.args {
-                        hash_arg(a, &mut h);
-                    }
-                }
-                Step::Gemm(g) => {
-                    1u8.hash(&mut h);
-                    (g.m, g.k, g.n).hash(&mut h);
-                    for a in [&g.a, &g.b, &g.c] {
-                        hash_arg(a, &mut h);
-                    }
-                }
-            }
-        }
+        h.write_u64(self.steps.hashes().exact);
         PlanShape(h.finish())
     }
 
@@ -359,9 +657,9 @@ impl Plan {
     /// backend updates in place before a replay. A plan with a library step ([`Step::Gemm`]) has
     /// nodes a backend cannot update, so its bucketed shape is its exact [`shape`](Self::shape).
     pub fn bucket_shape(&self) -> PlanShape {
-        if self.steps.iter().any(|s| matches!(s, Step::Gemm(_))) {
+        let Some(steps) = self.steps.hashes().bucket else {
             return self.shape();
-        }
+        };
         let mut h = FxHasher::default();
         self.kernel.hash(&mut h);
         0xB0u8.hash(&mut h);
@@ -369,21 +667,7 @@ impl Plan {
             bucket_len(b.len).hash(&mut h);
             std::mem::discriminant(&b.role).hash(&mut h);
         }
-        for s in &self.steps {
-            if let Step::Launch(l) = s {
-                (l.entry.as_ptr() as usize, l.entry.len()).hash(&mut h);
-                l.block.hash(&mut h);
-                l.shared_mem_bytes.hash(&mut h);
-                for a in &l.args {
-                    match a {
-                        Arg::Buffer { id, .. } => (0u8, id.0).hash(&mut h),
-                        Arg::U32(_) => 1u8.hash(&mut h),
-                        Arg::U64(_) => 2u8.hash(&mut h),
-                        Arg::F32(_) => 3u8.hash(&mut h),
-                    }
-                }
-            }
-        }
+        h.write_u64(steps);
         PlanShape(h.finish())
     }
 
@@ -811,6 +1095,134 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    /// A copy and `n` bumps (their entry names from one place, so their addresses agree).
+    fn bump_launches(x: BufferId, y: BufferId, n: u32) -> impl Iterator<Item = Launch> {
+        std::iter::once(Launch::new(
+            "copy",
+            [1, 1, 1],
+            [32, 1, 1],
+            &[Arg::buf(x), Arg::buf(y)],
+        ))
+        .chain(
+            (0..n).map(move |i| {
+                Launch::new("bump", [1, 1, 1], [32, 1, 1], &[Arg::buf(y), Arg::U32(i)])
+            }),
+        )
+    }
+
+    /// A plan of `kernel` with two buffers and `n + 1` launches reused under `key`.
+    fn reused(kernel: &'static str, key: u64, n: u32, out_len: usize) -> Plan {
+        let mut p = Plan::new(kernel);
+        let x = p.input("x", 128, |_, _| {});
+        let y = p.output("y", out_len);
+        p.reuse_steps(key, |s| {
+            bump_launches(x, y, n).for_each(|l| s.launch(l));
+            s.stage(Stage {
+                needs: None,
+                yields: Some((y, 0..4)),
+            });
+        });
+        p
+    }
+
+    #[test]
+    fn reused_steps_are_one_list_per_kernel_key_and_buffers() {
+        let a = reused("test/reuse-a", 7, 100, 128);
+        let b = reused("test/reuse-a", 7, 100, 128);
+        assert!(a.steps.ptr_eq(&b.steps) && a.steps.is_reused());
+        assert_eq!(a.steps.len(), 101);
+        assert_eq!(b.stage_of(100).yields, Some((BufferId(1), 0..4)));
+        assert_eq!((a.shape(), a.bucket_shape()), (b.shape(), b.bucket_shape()));
+        // Another key, kernel or buffer size: another list.
+        for other in [
+            reused("test/reuse-a", 8, 100, 128),
+            reused("test/reuse-b", 7, 100, 128),
+            reused("test/reuse-a", 7, 100, 256),
+        ] {
+            assert!(!a.steps.ptr_eq(&other.steps));
+        }
+        // The same launches built by hand hash the same as the reused ones.
+        let mut built = Plan::new("test/reuse-a");
+        let x = built.input("x", 128, |_, _| {});
+        let y = built.output("y", 128);
+        bump_launches(x, y, 100).for_each(|l| built.launch(l));
+        built.stage(Stage {
+            needs: None,
+            yields: Some((y, 0..4)),
+        });
+        assert!(!built.steps.is_reused());
+        assert_eq!(built.steps, a.steps);
+        assert_eq!(
+            (built.shape(), built.bucket_shape()),
+            (a.shape(), a.bucket_shape())
+        );
+    }
+
+    #[test]
+    fn writing_a_reused_list_copies_it_and_rehashes() {
+        let a = reused("test/reuse-write", 1, 10, 128);
+        let mut b = reused("test/reuse-write", 1, 10, 128);
+        let (shape, bucket) = (b.shape(), b.bucket_shape());
+        if let Step::Launch(l) = &mut b.steps[3] {
+            l.args[1] = Arg::U32(99);
+        }
+        assert!(!a.steps.ptr_eq(&b.steps) && !b.steps.is_reused());
+        assert!(matches!(&a.steps[3], Step::Launch(l) if l.args[1] == Arg::U32(2)));
+        assert_ne!(b.shape(), shape, "a scalar is part of the exact shape");
+        assert_eq!(b.bucket_shape(), bucket, "but not of the bucketed one");
+        if let Step::Launch(l) = &mut b.steps[3] {
+            l.block = [64, 1, 1];
+        }
+        assert_ne!(b.bucket_shape(), bucket);
+        // The cache still hands out the list as built.
+        let c = reused("test/reuse-write", 1, 10, 128);
+        assert!(c.steps.ptr_eq(&a.steps));
+    }
+
+    #[test]
+    fn a_plan_with_steps_gets_the_built_ones_appended_uncached() {
+        let mut p = chain(100, 1.0);
+        let y = BufferId(1);
+        p.reuse_steps(5, |s| {
+            s.launch(Launch::new("again", [1, 1, 1], [32, 1, 1], &[Arg::buf(y)]));
+            s.stage(Stage {
+                needs: None,
+                yields: Some((y, 0..8)),
+            });
+        });
+        assert_eq!(p.steps.len(), 2);
+        assert!(!p.steps.is_reused());
+        assert_eq!(p.stage_of(0), Stage::default());
+        assert_eq!(p.stage_of(1).yields, Some((y, 0..8)));
+        p.check().unwrap();
+    }
+
+    #[test]
+    fn the_step_cache_stays_within_its_bounds() {
+        // Lists of about 3 MiB each: the cache keeps at most five of them.
+        let per = (3 << 20) / std::mem::size_of::<Step>();
+        let lists: Vec<Plan> = (0..12)
+            .map(|k| reused("test/reuse-bounds", k, per as u32, 128))
+            .collect();
+        let (count, bytes) = step_cache_usage();
+        assert!(bytes <= STEP_CACHE_MAX_BYTES, "{bytes}");
+        assert!(count <= STEP_CACHE_MAX_LISTS, "{count}");
+        // The last one built is kept; the first was evicted and is built afresh.
+        assert!(reused("test/reuse-bounds", 11, per as u32, 128)
+            .steps
+            .ptr_eq(&lists[11].steps));
+        assert!(!reused("test/reuse-bounds", 0, per as u32, 128)
+            .steps
+            .ptr_eq(&lists[0].steps));
+        // A list larger than the whole cache is built for every plan and not kept.
+        let huge = STEP_CACHE_MAX_BYTES / std::mem::size_of::<Step>() + 1;
+        let h = reused("test/reuse-huge", 0, huge as u32, 128);
+        assert!(!h.steps.is_reused());
+        assert!(!reused("test/reuse-huge", 0, huge as u32, 128)
+            .steps
+            .ptr_eq(&h.steps));
     }
 
     #[test]

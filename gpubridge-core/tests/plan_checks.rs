@@ -271,7 +271,7 @@ fn steps_record_library_calls_and_launches_as_given() {
         yields: Some((out, 0..16)),
     });
     p.check().unwrap();
-    assert_eq!(p.steps, vec![Step::Gemm(g)]);
+    assert_eq!(p.steps.as_slice(), [Step::Gemm(g)]);
     assert_eq!(p.stage_of(0).yields, Some((out, 0..16)));
     assert_eq!(
         p.stage_of(1),

@@ -93,20 +93,23 @@ mod chain {
             let mut plan = Plan::new(Self::ID);
             let x = plan.input("x", 128, move |dst, at| pack_range(dst, at, &x_vals));
             let y = plan.output("y", 128);
-            plan.launch(Launch::new(
-                "chain_copy",
-                [1, 1, 1],
-                [32, 1, 1],
-                &[Arg::buf(x), Arg::buf(y)],
-            ));
-            for _ in 0..n {
-                plan.launch(Launch::new(
-                    "chain_bump",
+            // The launches depend on the chain's length alone: built once per length.
+            plan.reuse_steps(u64::from(n), |steps| {
+                steps.launch(Launch::new(
+                    "chain_copy",
                     [1, 1, 1],
                     [32, 1, 1],
-                    &[Arg::buf(y)],
+                    &[Arg::buf(x), Arg::buf(y)],
                 ));
-            }
+                for _ in 0..n {
+                    steps.launch(Launch::new(
+                        "chain_bump",
+                        [1, 1, 1],
+                        [32, 1, 1],
+                        &[Arg::buf(y)],
+                    ));
+                }
+            });
             Ok(plan)
         }
 
@@ -712,46 +715,55 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
         for n in [10u32, 100, 1000] {
             // Per kernel, whether every timed call replayed a graph, the executor's device time
             // per call, and the hand-offs per call.
-            let per = |b: &GpuBridge,
-                       hints: &ExecutionHints|
-             -> anyhow::Result<(Duration, bool, Duration, Duration)> {
-                let grain = b.batch::<chain::Chain>()?;
-                let x: Vec<f32> = (0..32).map(|i| i as f32).collect();
-                let mut replayed = true;
-                for _ in 0..3 {
-                    block_on(
-                        grain.execute(vec![chain::ChainInput { x: x.clone(), n }], hints.clone()),
-                    )?;
-                }
-                let mut t = Vec::with_capacity(reps);
-                let mut device = Vec::with_capacity(reps);
-                let mut handoff = Vec::with_capacity(reps);
-                for _ in 0..reps {
-                    let s = Instant::now();
-                    let r = block_on(
-                        grain.execute(vec![chain::ChainInput { x: x.clone(), n }], hints.clone()),
-                    )?;
-                    t.push(s.elapsed());
-                    device.push(r.compute_time() + r.transfer_time());
-                    handoff.push(r.chunks.iter().map(|c| c.handoff).sum::<Duration>());
-                    anyhow::ensure!(r.outputs[0][5] == 5.0 + n as f32, "chain result wrong");
-                    replayed &= r.graph_replayed();
-                }
-                Ok((
-                    median(&mut t) / n,
-                    replayed,
-                    median(&mut device),
-                    median(&mut handoff),
-                ))
-            };
-            let (stream, _, _, _) = per(&plain, &on_cuda)?;
+            let per =
+                |b: &GpuBridge,
+                 hints: &ExecutionHints|
+                 -> anyhow::Result<(Duration, bool, Duration, Duration, Duration)> {
+                    let grain = b.batch::<chain::Chain>()?;
+                    let x: Vec<f32> = (0..32).map(|i| i as f32).collect();
+                    let mut replayed = true;
+                    for _ in 0..3 {
+                        block_on(
+                            grain.execute(
+                                vec![chain::ChainInput { x: x.clone(), n }],
+                                hints.clone(),
+                            ),
+                        )?;
+                    }
+                    let mut t = Vec::with_capacity(reps);
+                    let mut device = Vec::with_capacity(reps);
+                    let mut handoff = Vec::with_capacity(reps);
+                    let mut queue = Vec::with_capacity(reps);
+                    for _ in 0..reps {
+                        let s = Instant::now();
+                        let r =
+                            block_on(grain.execute(
+                                vec![chain::ChainInput { x: x.clone(), n }],
+                                hints.clone(),
+                            ))?;
+                        t.push(s.elapsed());
+                        device.push(r.compute_time() + r.transfer_time());
+                        handoff.push(r.chunks.iter().map(|c| c.handoff).sum::<Duration>());
+                        queue.push(r.chunks.iter().map(|c| c.queue).sum::<Duration>());
+                        anyhow::ensure!(r.outputs[0][5] == 5.0 + n as f32, "chain result wrong");
+                        replayed &= r.graph_replayed();
+                    }
+                    Ok((
+                        median(&mut t) / n,
+                        replayed,
+                        median(&mut device),
+                        median(&mut handoff),
+                        median(&mut queue),
+                    ))
+                };
+            let (stream, _, _, _, _) = per(&plain, &on_cuda)?;
             let (raw_stream, raw_graph) = base.chain_per_kernel(n as usize, reps)?;
             let raw_spin = base.last_chain_spin().map_or(0.0, us);
             // The raw baseline waits in cuStreamSynchronize, which spins while the host has
             // cores to spare (CUDA's automatic scheduling): the bridge's `spin_wait` hint is
             // that wait; the default parks the caller until the executor wakes it.
             for (mode, hints) in [("spin_wait hint", &spin), ("default wait", &on_cuda)] {
-                let (graph, replayed, graph_device, handoff) = per(&graphs, hints)?;
+                let (graph, replayed, graph_device, handoff, queue) = per(&graphs, hints)?;
                 let ratio = us(graph) / us(raw_graph);
                 let below_stream = 1.0 - us(graph) / us(stream);
                 cx.row(
@@ -765,11 +777,12 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                     "<= 1.1x raw graph replay and >= 65% below the bridge's stream launches",
                     Some(replayed && ratio <= 1.1 && below_stream >= 0.65),
                     &format!(
-                        "{mode}; every call a graph replay: {replayed}; bridge stream launches (default wait) {:.2} us/kernel ({:.0}% below); raw stream launches {:.2} us/kernel; raw graph with a spinning wait {raw_spin:.2} us/kernel; per call {:.1} us of which executor pack+replay+wait {:.1} us and hand-offs {:.1} us; medians of {reps}",
+                        "{mode}; the chain's launches reused by length (Plan::reuse_steps); every call a graph replay: {replayed}; bridge stream launches (default wait) {:.2} us/kernel ({:.0}% below); raw stream launches {:.2} us/kernel; raw graph with a spinning wait {raw_spin:.2} us/kernel; per call {:.1} us of which request start to submission {:.1} us, executor pack+replay+wait {:.1} us and hand-offs {:.1} us; medians of {reps}",
                         us(stream),
                         below_stream * 100.0,
                         us(raw_stream),
                         us(graph) * f64::from(n),
+                        us(queue),
                         us(graph_device),
                         us(handoff),
                     ),

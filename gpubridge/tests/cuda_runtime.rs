@@ -800,6 +800,143 @@ fn a_kernel_that_does_not_compile_falls_back_without_blaming_the_device() {
     gpubridge::testing::assert_quiescent(&b);
 }
 
+/// `test/bump_chain`: copies 32 floats and adds `step` to them `BUMPS` times, with its launches
+/// reused by key (the step's bits): plans of different steps share one bucketed graph.
+struct BumpChain;
+
+/// An item: 32 floats and the step to add.
+#[derive(Clone)]
+struct Bumped {
+    x: Vec<f32>,
+    step: f32,
+}
+
+const BUMPS: u32 = 8;
+
+impl gpubridge::Kernel for BumpChain {
+    type Input = Bumped;
+    type Output = Vec<f32>;
+    const ID: &'static str = "test/bump_chain";
+
+    fn sources(&self) -> gpubridge::KernelSources {
+        gpubridge::KernelSources {
+            cuda: Some(
+                "extern \"C\" __global__ void copy32(const float* x, float* y) { y[threadIdx.x] = x[threadIdx.x]; }\n\
+                 extern \"C\" __global__ void bump32(float* y, float s) { y[threadIdx.x] += s; }\n",
+            ),
+            wgsl: None,
+        }
+    }
+    fn validate(&self, index: usize, input: &Bumped) -> gpubridge::Result<()> {
+        if input.x.len() != 32 {
+            return Err(gpubridge::Error::invalid_item(Self::ID, index, "32 floats"));
+        }
+        Ok(())
+    }
+    fn device_bytes(&self, _input: &Bumped) -> usize {
+        256
+    }
+    fn run_cpu(
+        &self,
+        inputs: &[Bumped],
+        _ctx: &gpubridge::CpuContext,
+    ) -> gpubridge::Result<Vec<Vec<f32>>> {
+        Ok(inputs
+            .iter()
+            .map(|i| {
+                i.x.iter()
+                    .map(|v| (0..BUMPS).fold(*v, |a, _| a + i.step))
+                    .collect()
+            })
+            .collect())
+    }
+    fn plan(
+        &self,
+        inputs: &Arc<[Bumped]>,
+        _target: &gpubridge::PlanTarget,
+    ) -> gpubridge::Result<gpubridge::Plan> {
+        use gpubridge::plan::{pack_range, Arg, Launch};
+        let first = inputs
+            .first()
+            .ok_or_else(|| gpubridge::Error::invalid_batch(Self::ID, "empty"))?;
+        let (x_vals, step) = (first.x.clone(), first.step);
+        let mut plan = gpubridge::Plan::new(Self::ID);
+        let x = plan.input("x", 128, move |dst, at| pack_range(dst, at, &x_vals));
+        let y = plan.output("y", 128);
+        plan.reuse_steps(u64::from(step.to_bits()), |steps| {
+            steps.launch(Launch::new(
+                "copy32",
+                [1, 1, 1],
+                [32, 1, 1],
+                &[Arg::buf(x), Arg::buf(y)],
+            ));
+            for _ in 0..BUMPS {
+                steps.launch(Launch::new(
+                    "bump32",
+                    [1, 1, 1],
+                    [32, 1, 1],
+                    &[Arg::buf(y), Arg::F32(step)],
+                ));
+            }
+        });
+        Ok(plan)
+    }
+    fn unpack(
+        &self,
+        _inputs: &[Bumped],
+        outputs: &gpubridge::plan::PlanOutputs<'_>,
+    ) -> gpubridge::Result<Vec<Vec<f32>>> {
+        Ok(vec![outputs
+            .f32s(gpubridge::plan::BufferId(1))?
+            .into_owned()])
+    }
+}
+
+/// Plans whose launches are reused by key (`Plan::reuse_steps`) share one bucketed graph: a
+/// plan with the list the graph's nodes were last given replays without comparing them, and one
+/// with another list (another step) has its nodes updated first. Every result is checked, so a
+/// replay that skipped an update it needed would show.
+#[test]
+fn reused_steps_replay_without_comparison_and_update_when_they_change() {
+    let config = one_gpu();
+    let Some(cuda) = cuda(&config) else { return };
+    let cpu = gpubridge::cpu::CpuBackend::new(&config).unwrap();
+    let b = GpuBridge::builder(config)
+        .kernel(BumpChain)
+        .unwrap()
+        .backend(cuda.clone())
+        .backend(cpu)
+        .build()
+        .unwrap();
+    let grain = b.batch::<BumpChain>().unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+    let mut replayed = Vec::new();
+    for step in [1.0f32, 1.0, 2.0, 2.0, 1.0, 3.0, 3.0, 1.0] {
+        let x: Vec<f32> = (0..32)
+            .map(|_| rng.random_range(-64i32..64) as f32)
+            .collect();
+        let r = block_on(grain.execute(
+            vec![Bumped { x: x.clone(), step }],
+            ExecutionHints::default().on_backend(BackendKind::Cuda),
+        ))
+        .unwrap();
+        let want: Vec<f32> = x.iter().map(|v| v + BUMPS as f32 * step).collect();
+        assert_eq!(r.outputs[0], want, "step {step}");
+        replayed.push(r.graph_replayed());
+    }
+    assert_eq!(replayed, [false, true, true, true, true, true, true, true]);
+    let g = cuda.graph_stats(0).unwrap();
+    assert_eq!(
+        (g.misses, g.entries),
+        (1, 1),
+        "one graph for every step: {g:?}"
+    );
+    // Captured with step 1; then 2, back to 1, 3 and back to 1 each update all eight bumps, and
+    // the repeats (2 and 3) replay with no comparison and no update.
+    assert_eq!((g.updated_replays, g.node_updates), (4, 32), "{g:?}");
+    gpubridge::testing::assert_quiescent(&b);
+}
+
 /// The pool releases the idle memory of size classes nobody rented in the last period, and keeps
 /// the classes in use, so that drifting shapes do not keep every class they ever touched.
 #[test]
