@@ -271,6 +271,15 @@ impl Rounds {
     }
 
     /// Every shape's median and best, and the library's.
+    /// The raw shapes alone: `shape median (best)`, comma-separated.
+    fn raw_note(&self) -> String {
+        self.raw
+            .iter()
+            .map(|(s, v)| format!("{s} {:.2} ({:.2})", median(v), best(v)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     fn note(&self) -> String {
         format!(
             "medians of {} rounds (best): ours {:.2} ({:.2}), raw {}",
@@ -732,6 +741,114 @@ mod measure {
     };
     use super::{Ctx, ROWS};
 
+    /// One thread's `O_DIRECT` reads of `path` in 4 MiB blocks, three ways, each timed once
+    /// into `lanes` (pages dropped before each): into page-locked memory from `cuMemHostAlloc`
+    /// (the library's bounce buffers); into page-aligned heap memory locked with
+    /// `cuMemHostRegister`; and as a lane does it, into two `cuMemHostAlloc` buffers in turn
+    /// with each block sent on to `dev` by `cuMemcpyHtoDAsync` and an event per buffer waited for
+    /// before the buffer is read into again.
+    fn raw_lane_reads(
+        ctx: &Arc<CudaContext>,
+        stream: &Arc<cudarc::driver::CudaStream>,
+        path: &std::path::Path,
+        len: usize,
+        dev: &mut cudarc::driver::CudaSlice<u8>,
+        lanes: &mut Rounds,
+    ) -> anyhow::Result<()> {
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+
+        use cudarc::driver::{result, sys, DevicePtrMut};
+
+        const BLOCK: usize = 4 << 20;
+        let open = || -> anyhow::Result<std::fs::File> {
+            gpubridge::storage::evict_from_page_cache(path)?;
+            super::settle(path)?;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(path)
+                .with_context(|| format!("O_DIRECT open of {}", path.display()))
+        };
+        let read_block = |f: &std::fs::File, buf: &mut [u8], off: usize| -> anyhow::Result<()> {
+            let n = BLOCK.min(len - off);
+            let mut done = 0;
+            while done < n {
+                let r = f.read_at(&mut buf[done..n], (off + done) as u64)?;
+                anyhow::ensure!(r > 0, "short O_DIRECT read at {}", off + done);
+                done += r;
+            }
+            Ok(())
+        };
+        ctx.bind_to_thread()?;
+
+        // Into cuMemHostAlloc memory.
+        // SAFETY: plain page-locked host memory; written by the reads before anything reads it.
+        let mut pinned = unsafe { ctx.alloc_pinned_with_flags::<u8>(BLOCK, 0) }?;
+        let f = open()?;
+        let t = Instant::now();
+        for off in (0..len).step_by(BLOCK) {
+            read_block(&f, pinned.as_mut_slice()?, off)?;
+        }
+        lanes.raw(
+            "into cuMemHostAlloc".to_owned(),
+            super::gbps(len, t.elapsed().as_secs_f64()),
+        );
+
+        // Into heap pages locked with cuMemHostRegister.
+        let (mut v, at) = super::aligned(BLOCK);
+        v.fill(1);
+        let buf = &mut v[at..at + BLOCK];
+        // SAFETY: `buf` is page-aligned, BLOCK bytes long, and outlives the registration, which
+        // is undone below before `v` is dropped.
+        unsafe { sys::cuMemHostRegister_v2(buf.as_mut_ptr().cast(), BLOCK, 0) }
+            .result()
+            .context("cuMemHostRegister")?;
+        let f = open()?;
+        let t = Instant::now();
+        let read = (0..len)
+            .step_by(BLOCK)
+            .try_for_each(|off| read_block(&f, buf, off));
+        let secs = t.elapsed().as_secs_f64();
+        // SAFETY: registered above; nothing uses it any more.
+        unsafe { sys::cuMemHostUnregister(buf.as_mut_ptr().cast()) }
+            .result()
+            .context("cuMemHostUnregister")?;
+        read?;
+        lanes.raw("into cuMemHostRegister".to_owned(), super::gbps(len, secs));
+
+        // As a lane: two cuMemHostAlloc buffers in turn, each block copied on to the device.
+        // SAFETY: as above.
+        let mut bufs = [
+            unsafe { ctx.alloc_pinned_with_flags::<u8>(BLOCK, 0) }?,
+            unsafe { ctx.alloc_pinned_with_flags::<u8>(BLOCK, 0) }?,
+        ];
+        let events = [ctx.new_event(None)?, ctx.new_event(None)?];
+        let mut pending = [false; 2];
+        let (base, _sync) = dev.device_ptr_mut(stream);
+        let f = open()?;
+        let t = Instant::now();
+        for (i, off) in (0..len).step_by(BLOCK).enumerate() {
+            let k = i % 2;
+            if pending[k] {
+                events[k].synchronize()?;
+            }
+            let n = BLOCK.min(len - off);
+            let staged = &mut bufs[k].as_mut_slice()?[..n];
+            read_block(&f, staged, off)?;
+            // SAFETY: `base + off .. + n` lies inside `dev` (len bytes); `staged` is page-locked
+            // and not written again until event `k`, recorded after the copy, is waited for.
+            unsafe { result::memcpy_htod_async(base + off as u64, &*staged, stream.cu_stream()) }?;
+            events[k].record(stream)?;
+            pending[k] = true;
+        }
+        stream.synchronize()?;
+        lanes.raw(
+            "as a lane (2 x cuMemHostAlloc + H2D)".to_owned(),
+            super::gbps(len, t.elapsed().as_secs_f64()),
+        );
+        Ok(())
+    }
+
     pub(super) fn run(cx: &mut Ctx, ctx: Arc<CudaContext>) -> anyhow::Result<()> {
         let Setup {
             mb,
@@ -812,9 +929,13 @@ mod measure {
             let mut ok = true;
             // The workers of each round, and what the rounds that measured their depth found.
             let mut depths = Vec::new();
+            // Raw single readers shaped like the library's lane, beside the baseline's shapes
+            // but not among them: where a gap between the library and the best raw reader lies.
+            let mut lane_shapes = Rounds::default();
             for ours in turns(reps) {
                 if !ours {
                     rounds.raw_reads(&file, len, threads)?;
+                    raw_lane_reads(&ctx, &stream, &file, len, &mut dev, &mut lane_shapes)?;
                     continue;
                 }
                 gpubridge::storage::evict_from_page_cache(&file)?;
@@ -850,11 +971,13 @@ mod measure {
                 ">= 90% of O_DIRECT read bandwidth of the same disk",
                 Some(ok && ratio >= 0.9),
                 &format!(
-                    "checksum {}; {}; {}; readers per round (storage.adaptive_depth): {}; pages dropped with posix_fadvise(DONTNEED) before each read; {settings}",
+                    "checksum {}; {}; {}; readers per round (storage.adaptive_depth): {}; bounce buffers: {}; raw single readers of 4 MiB shaped like the former lane, medians (best): {}; pages dropped with posix_fadvise(DONTNEED) before each read; {settings}",
                     if ok { "matches" } else { "MISMATCH" },
                     route_note(&t),
                     rounds.note(),
-                    depths.join(", ")
+                    depths.join(", "),
+                    storage.bounce_memory().map_or("none", |m| m.name()),
+                    lane_shapes.raw_note()
                 ),
             );
 

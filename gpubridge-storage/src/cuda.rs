@@ -61,10 +61,38 @@ pub fn cuda_context(ordinal: usize) -> Result<Arc<CudaContext>> {
     CudaContext::new(ordinal).map_err(|e| unsupported(format!("device {ordinal}: {e}")))
 }
 
+/// How a lane's bounce buffers were page-locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BounceMemory {
+    /// Anonymous memory on 2 MiB boundaries, offered to transparent huge pages
+    /// (`madvise(MADV_HUGEPAGE)`) and page-locked with `cuMemHostRegister`: an `O_DIRECT` read
+    /// into it reaches the disk as a few large physically contiguous segments.
+    RegisteredHugePages,
+    /// `cuMemHostAlloc` (flags 0): the driver's page-locked memory, where the kernel has it
+    /// refused huge pages or registration failed.
+    HostAlloc,
+}
+
+impl BounceMemory {
+    /// A short name, for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            BounceMemory::RegisteredHugePages => "registered huge pages",
+            BounceMemory::HostAlloc => "cuMemHostAlloc",
+        }
+    }
+}
+
+/// The transparent huge page size the bounce buffers are aligned to.
+const HUGE_PAGE: usize = 2 << 20;
+
 /// Page-locked host memory, freed on drop.
 struct Pinned {
     ptr: *mut u8,
     len: usize,
+    /// The mapping's length, for `munmap` (registered memory only).
+    mapped: usize,
+    kind: BounceMemory,
     ctx: Arc<CudaContext>,
 }
 
@@ -73,9 +101,77 @@ struct Pinned {
 unsafe impl Send for Pinned {}
 
 impl Pinned {
+    /// `len` bytes of page-locked memory: registered huge pages where the kernel and driver
+    /// allow, else `cuMemHostAlloc`. Measured on the H200 machine's virtio disk (run AA), one
+    /// reader's `O_DIRECT` reads of 4 MiB ran at 1.54 GB/s into `cuMemHostAlloc` memory and at
+    /// 1.73 into registered heap memory, against 1.70 into plain heap memory.
     fn new(ctx: &Arc<CudaContext>, len: usize) -> Result<Self> {
         ctx.bind_to_thread()
             .map_err(|e| driver_error("binding the context", e))?;
+        match Self::registered(ctx, len) {
+            Ok(p) => Ok(p),
+            Err(why) => {
+                static ONCE: std::sync::Once = std::sync::Once::new();
+                ONCE.call_once(|| {
+                    tracing::info!("storage bounce buffers from cuMemHostAlloc: {why}");
+                });
+                Self::host_alloc(ctx, len)
+            }
+        }
+    }
+
+    fn registered(ctx: &Arc<CudaContext>, len: usize) -> std::result::Result<Self, String> {
+        let mapped = len.max(1).div_ceil(HUGE_PAGE) * HUGE_PAGE;
+        let whole = mapped + HUGE_PAGE;
+        // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                whole,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+        }
+        let start = raw as usize;
+        let aligned = start.next_multiple_of(HUGE_PAGE);
+        // SAFETY: the head and tail cut off lie inside the mapping just made, outside the
+        // aligned `mapped` bytes kept.
+        unsafe {
+            if aligned > start {
+                libc::munmap(raw, aligned - start);
+            }
+            let end = aligned + mapped;
+            if start + whole > end {
+                libc::munmap(end as *mut c_void, start + whole - end);
+            }
+        }
+        let ptr = aligned as *mut c_void;
+        // SAFETY: `ptr .. ptr + mapped` is this mapping. A kernel without transparent huge pages
+        // refuses the advice, and the memory is then ordinary pages (still registered).
+        unsafe { libc::madvise(ptr, mapped, libc::MADV_HUGEPAGE) };
+        // SAFETY: the context is current; the range is mapped, page-aligned, and stays mapped
+        // until `Drop` unregisters it first.
+        let rc = unsafe { sys::cuMemHostRegister_v2(ptr, mapped, 0) };
+        if rc != sys::CUresult::CUDA_SUCCESS {
+            // SAFETY: the mapping made above, not registered.
+            unsafe { libc::munmap(ptr, mapped) };
+            return Err(format!("cuMemHostRegister: {rc:?}"));
+        }
+        Ok(Self {
+            ptr: ptr.cast::<u8>(),
+            len,
+            mapped,
+            kind: BounceMemory::RegisteredHugePages,
+            ctx: ctx.clone(),
+        })
+    }
+
+    fn host_alloc(ctx: &Arc<CudaContext>, len: usize) -> Result<Self> {
         // SAFETY: the context is current on this thread; flags 0 asks for plain pinned memory
         // (cacheable, so that a save's memcpy out of it is fast).
         let ptr = unsafe { result::malloc_host(len, 0) }.map_err(|e| Error::OutOfMemory {
@@ -86,6 +182,8 @@ impl Pinned {
         Ok(Self {
             ptr: ptr.cast::<u8>(),
             len,
+            mapped: 0,
+            kind: BounceMemory::HostAlloc,
             ctx: ctx.clone(),
         })
     }
@@ -105,10 +203,26 @@ impl Drop for Pinned {
             tracing::warn!("binding the context to free pinned memory failed: {e}");
             return;
         }
-        // SAFETY: allocated by cuMemHostAlloc in this context; the lane synchronised its stream
-        // before dropping, so no copy uses it.
-        if let Err(e) = unsafe { result::free_host(self.ptr.cast::<c_void>()) } {
-            tracing::warn!("cuMemFreeHost failed: {e}");
+        match self.kind {
+            BounceMemory::RegisteredHugePages => {
+                // SAFETY: registered by `registered` in this context; the lane synchronised
+                // its stream before dropping, so no copy uses it; unmapped only once unregistered.
+                let rc = unsafe { sys::cuMemHostUnregister(self.ptr.cast::<c_void>()) };
+                if rc != sys::CUresult::CUDA_SUCCESS {
+                    // Still locked by the driver: leaked rather than unmapped under it.
+                    tracing::warn!("cuMemHostUnregister failed: {rc:?}");
+                    return;
+                }
+                // SAFETY: the mapping made by `registered`, no longer registered or used.
+                unsafe { libc::munmap(self.ptr.cast::<c_void>(), self.mapped) };
+            }
+            BounceMemory::HostAlloc => {
+                // SAFETY: allocated by cuMemHostAlloc in this context; the lane synchronised
+                // its stream before dropping, so no copy uses it.
+                if let Err(e) = unsafe { result::free_host(self.ptr.cast::<c_void>()) } {
+                    tracing::warn!("cuMemFreeHost failed: {e}");
+                }
+            }
         }
     }
 }
@@ -192,6 +306,8 @@ pub(crate) struct LanePool {
     freed: Condvar,
     max: usize,
     bounce: usize,
+    /// How the last lane made locked its bounce buffers.
+    memory: Mutex<Option<BounceMemory>>,
 }
 
 impl LanePool {
@@ -205,7 +321,13 @@ impl LanePool {
             freed: Condvar::new(),
             max: max.max(1),
             bounce,
+            memory: Mutex::new(None),
         }
+    }
+
+    /// How the bounce buffers of the last lane made were page-locked (`None` before the first).
+    pub(crate) fn bounce_memory(&self) -> Option<BounceMemory> {
+        *self.memory.lock()
     }
 
     /// Bytes of pinned memory held now (lanes in use and idle).
@@ -222,7 +344,9 @@ impl LanePool {
             if st.alive < self.max {
                 st.alive += 1;
                 drop(st);
-                return Lane::new(ctx, self.bounce).inspect_err(|_| self.discard());
+                return Lane::new(ctx, self.bounce)
+                    .inspect(|lane| *self.memory.lock() = Some(lane.bufs[0].kind))
+                    .inspect_err(|_| self.discard());
             }
             if let Some(other) = st.idle.pop() {
                 // An idle lane of another device makes room for one of this device.

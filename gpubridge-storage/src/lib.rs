@@ -90,7 +90,7 @@ pub use device::{DeviceRange, DeviceRead, DeviceView, DeviceWrite};
 pub use file::evict_from_page_cache;
 
 #[cfg(feature = "cuda")]
-pub use cuda::cuda_context;
+pub use cuda::{cuda_context, BounceMemory};
 #[cfg(feature = "cuda")]
 pub use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut};
 
@@ -499,6 +499,14 @@ impl Storage {
     #[cfg(feature = "cuda")]
     pub fn pinned_bytes(&self) -> usize {
         self.inner.lanes.pinned_bytes()
+    }
+
+    /// How the CUDA lanes' bounce buffers are page-locked (registered huge pages, or
+    /// `cuMemHostAlloc` where registration failed: the reason is logged once); `None` before the
+    /// first CUDA transfer made a lane.
+    #[cfg(feature = "cuda")]
+    pub fn bounce_memory(&self) -> Option<BounceMemory> {
+        self.inner.lanes.bounce_memory()
     }
 
     /// Fault injection for tests: every later save fails with [`IoErrorKind::DiskFull`] (an
