@@ -301,6 +301,8 @@ impl StepList {
     /// The list for writing: its hashes are computed again when next asked for.
     fn changed(&mut self) -> &mut Vec<Step> {
         self.hashes = OnceLock::new();
+        // Edited: no longer the list the cache hands out (even if the cache let go of it).
+        self.reused = false;
         &mut self.steps
     }
 }
@@ -324,6 +326,15 @@ impl<'a> IntoIterator for &'a Steps {
     type IntoIter = std::slice::Iter<'a, Step>;
     fn into_iter(self) -> Self::IntoIter {
         self.0.steps.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a mut Steps {
+    type Item = &'a mut Step;
+    type IntoIter = std::slice::IterMut<'a, Step>;
+    /// Copies the list first if another plan shares it.
+    fn into_iter(self) -> Self::IntoIter {
+        Arc::make_mut(&mut self.0).changed().iter_mut()
     }
 }
 
@@ -424,11 +435,14 @@ impl StepsBuilder {
     }
 }
 
-/// Step lists kept by [`Plan::reuse_steps`], by kernel id, key and buffers (a hash of their
-/// sizes and roles).
+/// A plan's buffers as the step cache tells them apart: each one's size and role.
+type BufferSignature = smallvec::SmallVec<[(usize, u8); 8]>;
+
+/// Step lists kept by [`Plan::reuse_steps`], by kernel id, key and buffers (their sizes and
+/// roles, compared exactly).
 #[derive(Default)]
 struct StepCache {
-    lists: HashMap<(&'static str, u64, u64), CachedSteps>,
+    lists: HashMap<(&'static str, u64, BufferSignature), CachedSteps>,
     bytes: usize,
     clock: u64,
 }
@@ -530,7 +544,9 @@ impl Plan {
     /// and a backend that has checked one plan's launches against a cached graph knows the next
     /// plan's are the same (CUDA skips the comparison). `key` must capture everything else the
     /// steps depend on (a chain's length, a grid computed from something other than a buffer's
-    /// size): steps reused for a different computation would run it.
+    /// size, the [`PlanTarget`] where the kernel plans differently per device): steps reused
+    /// for a different computation would run it. [`Plan::check`] still checks every plan's
+    /// steps against its own buffers.
     ///
     /// A plan that has steps already gets the built ones appended, uncached. Lists are kept up to
     /// [`STEP_CACHE_MAX_BYTES`] in all (least recently used first out), at most
@@ -549,12 +565,19 @@ impl Plan {
             }
             return;
         }
-        let mut h = FxHasher::default();
-        for b in &self.buffers {
-            b.len.hash(&mut h);
-            std::mem::discriminant(&b.role).hash(&mut h);
-        }
-        let id = (self.kernel, key, h.finish());
+        let buffers: BufferSignature = self
+            .buffers
+            .iter()
+            .map(|b| {
+                let role = match b.role {
+                    BufferRole::Input(_) => 0u8,
+                    BufferRole::Output => 1,
+                    BufferRole::Scratch => 2,
+                };
+                (b.len, role)
+            })
+            .collect();
+        let id = (self.kernel, key, buffers);
         {
             let mut c = step_cache().lock();
             c.clock += 1;
@@ -567,7 +590,13 @@ impl Plan {
             }
         }
         build(&mut built);
-        let StepsBuilder { steps, stages } = built;
+        let StepsBuilder {
+            mut steps,
+            mut stages,
+        } = built;
+        // The cache counts what it holds: no spare capacity.
+        steps.shrink_to_fit();
+        stages.shrink_to_fit();
         let bytes = list_bytes(steps.len(), stages.len());
         let keep = bytes <= STEP_CACHE_MAX_BYTES;
         let steps = Steps(Arc::new(StepList {
@@ -580,7 +609,11 @@ impl Plan {
             steps.hashes();
             let mut c = step_cache().lock();
             while c.bytes + bytes > STEP_CACHE_MAX_BYTES || c.lists.len() >= STEP_CACHE_MAX_LISTS {
-                let Some(oldest) = c.lists.iter().min_by_key(|(_, v)| v.used).map(|(k, _)| *k)
+                let Some(oldest) = c
+                    .lists
+                    .iter()
+                    .min_by_key(|(_, v)| v.used)
+                    .map(|(k, _)| k.clone())
                 else {
                     break;
                 };
@@ -589,17 +622,24 @@ impl Plan {
                 }
             }
             c.clock += 1;
-            let entry = CachedSteps {
-                steps: steps.clone(),
-                stages: stages.clone(),
-                bytes,
-                used: c.clock,
-            };
-            c.bytes += bytes;
-            if let Some(old) = c.lists.insert(id, entry) {
-                // Another thread built the same list meanwhile: count it once.
-                c.bytes -= old.bytes;
+            let used = c.clock;
+            if let Some(theirs) = c.lists.get_mut(&id) {
+                // Another thread built the same list meanwhile: every plan shares theirs.
+                theirs.used = used;
+                self.steps = theirs.steps.clone();
+                self.stages.clone_from(&theirs.stages);
+                return;
             }
+            c.bytes += bytes;
+            c.lists.insert(
+                id,
+                CachedSteps {
+                    steps: steps.clone(),
+                    stages: stages.clone(),
+                    bytes,
+                    used,
+                },
+            );
         }
         self.steps = steps;
         self.stages = stages;
@@ -1176,9 +1216,17 @@ mod tests {
             l.block = [64, 1, 1];
         }
         assert_ne!(b.bucket_shape(), bucket);
-        // The cache still hands out the list as built.
-        let c = reused("test/reuse-write", 1, 10, 128);
+        // The cache still hands out the list as built; iterating one mutably copies it too.
+        let mut c = reused("test/reuse-write", 1, 10, 128);
         assert!(c.steps.ptr_eq(&a.steps));
+        for step in &mut c.steps {
+            if let Step::Launch(l) = step {
+                l.grid = [2, 1, 1];
+            }
+        }
+        assert!(!c.steps.ptr_eq(&a.steps) && !c.steps.is_reused());
+        assert!(matches!(&a.steps[0], Step::Launch(l) if l.grid == [1, 1, 1]));
+        assert_ne!(c.shape(), a.shape());
     }
 
     #[test]

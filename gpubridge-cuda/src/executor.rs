@@ -1492,6 +1492,9 @@ fn update_nodes(entry: &mut GraphEntry, plan: &Plan, label: &str) -> Result<Opti
         // alive while held here, so its address cannot be another list's).
         return Ok(Some(0));
     }
+    // Until every node below holds this plan's launches, no list may skip the comparison: an
+    // update that fails half-way leaves the nodes holding neither list.
+    entry.applied = None;
     let mut changed: smallvec::SmallVec<[(usize, LaunchValues); 4]> = smallvec::SmallVec::new();
     let mut i = 0;
     for step in &plan.steps {

@@ -270,7 +270,6 @@ impl Rounds {
         self.raw.iter().map(|(_, v)| median(v)).fold(0.0, f64::max)
     }
 
-    /// Every shape's median and best, and the library's.
     /// The raw shapes alone: `shape median (best)`, comma-separated.
     fn raw_note(&self) -> String {
         self.raw
@@ -280,6 +279,7 @@ impl Rounds {
             .join(", ")
     }
 
+    /// Every shape's median and best, and the library's.
     fn note(&self) -> String {
         format!(
             "medians of {} rounds (best): ours {:.2} ({:.2}), raw {}",

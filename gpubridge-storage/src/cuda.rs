@@ -121,9 +121,14 @@ impl Pinned {
     }
 
     fn registered(ctx: &Arc<CudaContext>, len: usize) -> std::result::Result<Self, String> {
-        // Exactly the buffer (in whole 4 KiB pages: the pinned-memory cap counts it so), starting
-        // on a huge page boundary: every whole 2 MiB of it can be a huge page.
-        let mapped = len.max(1).next_multiple_of(4096);
+        // Exactly the buffer in whole pages (the pinned-memory cap counts it so), starting on a
+        // huge page boundary: every whole 2 MiB of it can be a huge page.
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .ok()
+            .filter(|p| p.is_power_of_two() && *p <= HUGE_PAGE)
+            .ok_or_else(|| "no usable page size".to_owned())?;
+        let mapped = len.max(1).next_multiple_of(page);
         let whole = mapped + HUGE_PAGE;
         // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
         let raw = unsafe {
@@ -142,20 +147,25 @@ impl Pinned {
         let start = raw as usize;
         let aligned = start.next_multiple_of(HUGE_PAGE);
         // SAFETY: the head and tail cut off lie inside the mapping just made, outside the
-        // aligned `mapped` bytes kept.
+        // aligned `mapped` bytes kept, and are whole pages (`start`, `aligned` and `mapped` are
+        // page multiples). A failure leaves them mapped: memory kept, not unsound.
         unsafe {
-            if aligned > start {
-                libc::munmap(raw, aligned - start);
+            if aligned > start && libc::munmap(raw, aligned - start) != 0 {
+                tracing::warn!("munmap: {}", std::io::Error::last_os_error());
             }
             let end = aligned + mapped;
-            if start + whole > end {
-                libc::munmap(end as *mut c_void, start + whole - end);
+            if start + whole > end && libc::munmap(end as *mut c_void, start + whole - end) != 0 {
+                tracing::warn!("munmap: {}", std::io::Error::last_os_error());
             }
         }
         let ptr = aligned as *mut c_void;
         // SAFETY: `ptr .. ptr + mapped` is this mapping. A kernel without transparent huge pages
-        // refuses the advice, and the memory is then ordinary pages (still registered).
-        unsafe { libc::madvise(ptr, mapped, libc::MADV_HUGEPAGE) };
+        // refuses the first advice, and the memory is then ordinary pages (still registered);
+        // the second keeps a forked child from sharing the locked pages copy-on-write.
+        unsafe {
+            libc::madvise(ptr, mapped, libc::MADV_HUGEPAGE);
+            libc::madvise(ptr, mapped, libc::MADV_DONTFORK);
+        }
         // SAFETY: the context is current; the range is mapped, page-aligned, and stays mapped
         // until `Drop` unregisters it first.
         let rc = unsafe { sys::cuMemHostRegister_v2(ptr, mapped, 0) };
@@ -260,6 +270,19 @@ impl Lane {
         })
     }
 
+    /// How its bounce buffers were locked: registered huge pages only if both are.
+    fn memory(&self) -> BounceMemory {
+        if self
+            .bufs
+            .iter()
+            .all(|b| b.kind == BounceMemory::RegisteredHugePages)
+        {
+            BounceMemory::RegisteredHugePages
+        } else {
+            BounceMemory::HostAlloc
+        }
+    }
+
     /// Waits for buffer `k`'s copy, if one is pending.
     fn settle(&mut self, k: usize) -> Result<()> {
         if self.pending[k] {
@@ -347,7 +370,7 @@ impl LanePool {
                 st.alive += 1;
                 drop(st);
                 return Lane::new(ctx, self.bounce)
-                    .inspect(|lane| *self.memory.lock() = Some(lane.bufs[0].kind))
+                    .inspect(|lane| *self.memory.lock() = Some(lane.memory()))
                     .inspect_err(|_| self.discard());
             }
             if let Some(other) = st.idle.pop() {
