@@ -426,13 +426,17 @@ impl StepsBuilder {
 
     /// Says what the last step appended needs and yields (as [`Plan::stage`]).
     pub fn stage(&mut self, stage: Stage) {
-        let n = self.steps.len();
-        if n == 0 {
-            return;
-        }
-        self.stages.resize(n, Stage::default());
-        self.stages[n - 1] = stage;
+        set_last_stage(&mut self.stages, self.steps.len(), stage);
     }
+}
+
+/// Gives the last of `steps` steps `stage` (and the steps before it without one the default).
+fn set_last_stage(stages: &mut Vec<Stage>, steps: usize, stage: Stage) {
+    if steps == 0 {
+        return;
+    }
+    stages.resize(steps, Stage::default());
+    stages[steps - 1] = stage;
 }
 
 /// A plan's buffers as the step cache tells them apart: each one's size and role.
@@ -648,12 +652,7 @@ impl Plan {
     /// Says what the last step appended needs and yields (see [`Stage`]). Steps appended without
     /// a stage get the default one (all inputs, no early output).
     pub fn stage(&mut self, stage: Stage) {
-        let n = self.steps.len();
-        if n == 0 {
-            return;
-        }
-        self.stages.resize(n, Stage::default());
-        self.stages[n - 1] = stage;
+        set_last_stage(&mut self.stages, self.steps.len(), stage);
     }
 
     /// The stage of step `i` (the default when none was given).
