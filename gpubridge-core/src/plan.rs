@@ -612,6 +612,15 @@ impl Plan {
             // Hashed once, here, before any plan shares the list.
             steps.hashes();
             let mut c = step_cache().lock();
+            c.clock += 1;
+            let used = c.clock;
+            if let Some(theirs) = c.lists.get_mut(&id) {
+                // Another thread built the same list meanwhile: every plan shares theirs.
+                theirs.used = used;
+                self.steps = theirs.steps.clone();
+                self.stages.clone_from(&theirs.stages);
+                return;
+            }
             while c.bytes + bytes > STEP_CACHE_MAX_BYTES || c.lists.len() >= STEP_CACHE_MAX_LISTS {
                 let Some(oldest) = c
                     .lists
@@ -624,15 +633,6 @@ impl Plan {
                 if let Some(gone) = c.lists.remove(&oldest) {
                     c.bytes -= gone.bytes;
                 }
-            }
-            c.clock += 1;
-            let used = c.clock;
-            if let Some(theirs) = c.lists.get_mut(&id) {
-                // Another thread built the same list meanwhile: every plan shares theirs.
-                theirs.used = used;
-                self.steps = theirs.steps.clone();
-                self.stages.clone_from(&theirs.stages);
-                return;
             }
             c.bytes += bytes;
             c.lists.insert(
