@@ -984,7 +984,17 @@ where
                     .inner
                     .catalog
                     .verify_sources(self.kernel.id(), &sources)?;
-                let mut plan = self.kernel.plan(lent.items(self.kernel.id())?, &target)?;
+                let items = lent.items(self.kernel.id())?;
+                // The kernel's own planning code: a panic there fails this request alone.
+                let mut plan =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| self.kernel.plan(items, &target)))
+                        .unwrap_or_else(|p| {
+                            Err(Error::kernel_panicked(
+                                self.kernel.id(),
+                                target.backend(),
+                                &*p,
+                            ))
+                        })?;
                 plan.check()?;
                 plan.resident = resident;
                 plan.caller_spins = spin.is_some();
