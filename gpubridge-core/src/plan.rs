@@ -288,6 +288,12 @@ impl Steps {
         self.0.reused
     }
 
+    /// This list, if it came from the step cache (see [`Steps::is_reused`]): what a backend
+    /// holds to know that a later plan with the same list needs no comparison.
+    pub fn if_reused(&self) -> Option<Steps> {
+        self.is_reused().then(|| self.clone())
+    }
+
     fn push(&mut self, step: Step) {
         Arc::make_mut(&mut self.0).changed().push(step);
     }
@@ -440,7 +446,7 @@ fn set_last_stage(stages: &mut Vec<Stage>, steps: usize, stage: Stage) {
 }
 
 /// A plan's buffers as the step cache tells them apart: each one's size and role.
-type BufferSignature = smallvec::SmallVec<[(usize, u8); 8]>;
+type BufferSignature = smallvec::SmallVec<[(usize, std::mem::Discriminant<BufferRole>); 8]>;
 
 /// Step lists kept by [`Plan::reuse_steps`], by kernel id, key and buffers (their sizes and
 /// roles, compared exactly).
@@ -457,6 +463,15 @@ struct CachedSteps {
     bytes: usize,
     /// The cache's clock when last used.
     used: u64,
+}
+
+impl CachedSteps {
+    /// Gives `plan` this list and its stages, used at `clock`.
+    fn lend_to(&mut self, plan: &mut Plan, clock: u64) {
+        self.used = clock;
+        plan.steps = self.steps.clone();
+        plan.stages.clone_from(&self.stages);
+    }
 }
 
 fn list_bytes(steps: usize, stages: usize) -> usize {
@@ -572,14 +587,7 @@ impl Plan {
         let buffers: BufferSignature = self
             .buffers
             .iter()
-            .map(|b| {
-                let role = match b.role {
-                    BufferRole::Input(_) => 0u8,
-                    BufferRole::Output => 1,
-                    BufferRole::Scratch => 2,
-                };
-                (b.len, role)
-            })
+            .map(|b| (b.len, std::mem::discriminant(&b.role)))
             .collect();
         let id = (self.kernel, key, buffers);
         {
@@ -587,9 +595,7 @@ impl Plan {
             c.clock += 1;
             let clock = c.clock;
             if let Some(hit) = c.lists.get_mut(&id) {
-                hit.used = clock;
-                self.steps = hit.steps.clone();
-                self.stages.clone_from(&hit.stages);
+                hit.lend_to(self, clock);
                 return;
             }
         }
@@ -616,9 +622,7 @@ impl Plan {
             let used = c.clock;
             if let Some(theirs) = c.lists.get_mut(&id) {
                 // Another thread built the same list meanwhile: every plan shares theirs.
-                theirs.used = used;
-                self.steps = theirs.steps.clone();
-                self.stages.clone_from(&theirs.stages);
+                theirs.lend_to(self, used);
                 return;
             }
             while c.bytes + bytes > STEP_CACHE_MAX_BYTES || c.lists.len() >= STEP_CACHE_MAX_LISTS {

@@ -1244,7 +1244,7 @@ impl Executor {
                     in_total: layout.in_total,
                     nodes,
                     updatable,
-                    applied: plan.steps.is_reused().then(|| plan.steps.clone()),
+                    applied: plan.steps.if_reused(),
                     executions: 0,
                     last_used: 0,
                     resident: false,
@@ -1568,7 +1568,7 @@ fn update_nodes(entry: &mut GraphEntry, plan: &Plan, label: &str) -> Result<Opti
         node.shared = l.shared_mem_bytes;
         node.values = values;
     }
-    entry.applied = plan.steps.is_reused().then(|| plan.steps.clone());
+    entry.applied = plan.steps.if_reused();
     Ok(Some(updates))
 }
 

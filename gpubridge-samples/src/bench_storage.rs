@@ -286,11 +286,7 @@ impl Rounds {
             self.ours.len(),
             self.value(),
             best(&self.ours),
-            self.raw
-                .iter()
-                .map(|(s, v)| format!("{s} {:.2} ({:.2})", median(v), best(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
+            self.raw_note()
         )
     }
 }
@@ -346,18 +342,36 @@ const WRITE_SHAPES: [(usize, bool); 4] = [
     (16 << 20, true),
 ];
 
+/// `path` opened for `O_DIRECT` reads, its pages dropped from the page cache first.
+fn open_direct_cold(path: &Path) -> anyhow::Result<std::fs::File> {
+    gpubridge::storage::evict_from_page_cache(path)?;
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .with_context(|| format!("O_DIRECT open of {}", path.display()))
+}
+
+/// Fills `buf` from `f` at `off`, failing on a short read.
+fn read_full_at(f: &std::fs::File, buf: &mut [u8], off: usize) -> anyhow::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let r = f.read_at(&mut buf[done..], (off + done) as u64)?;
+        if r == 0 {
+            bail!("short O_DIRECT read at {}", off + done);
+        }
+        done += r;
+    }
+    Ok(())
+}
+
 fn raw_direct_read_once(
     path: &Path,
     len: usize,
     threads: usize,
     block: usize,
 ) -> anyhow::Result<f64> {
-    gpubridge::storage::evict_from_page_cache(path)?;
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .with_context(|| format!("O_DIRECT open of {}", path.display()))?;
+    let f = open_direct_cold(path)?;
     let next = AtomicUsize::new(0);
     let t = Instant::now();
     std::thread::scope(|s| -> anyhow::Result<()> {
@@ -371,15 +385,7 @@ fn raw_direct_read_once(
                         if off >= len {
                             return Ok(());
                         }
-                        let n = block.min(len - off);
-                        let mut done = 0;
-                        while done < n {
-                            let r = f.read_at(&mut buf[done..n], (off + done) as u64)?;
-                            if r == 0 {
-                                bail!("short O_DIRECT read at {}", off + done);
-                            }
-                            done += r;
-                        }
+                        read_full_at(&f, &mut buf[..block.min(len - off)], off)?;
                     }
                 })
             })
@@ -755,29 +761,15 @@ mod measure {
         dev: &mut cudarc::driver::CudaSlice<u8>,
         lanes: &mut Rounds,
     ) -> anyhow::Result<()> {
-        use std::os::unix::fs::{FileExt, OpenOptionsExt};
-
         use cudarc::driver::{result, sys, DevicePtrMut};
 
         const BLOCK: usize = 4 << 20;
         let open = || -> anyhow::Result<std::fs::File> {
-            gpubridge::storage::evict_from_page_cache(path)?;
             super::settle(path)?;
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(path)
-                .with_context(|| format!("O_DIRECT open of {}", path.display()))
+            super::open_direct_cold(path)
         };
-        let read_block = |f: &std::fs::File, buf: &mut [u8], off: usize| -> anyhow::Result<()> {
-            let n = BLOCK.min(len - off);
-            let mut done = 0;
-            while done < n {
-                let r = f.read_at(&mut buf[done..n], (off + done) as u64)?;
-                anyhow::ensure!(r > 0, "short O_DIRECT read at {}", off + done);
-                done += r;
-            }
-            Ok(())
+        let read_block = |f: &std::fs::File, buf: &mut [u8], off: usize| {
+            super::read_full_at(f, &mut buf[..BLOCK.min(len - off)], off)
         };
         ctx.bind_to_thread()?;
 
@@ -827,21 +819,30 @@ mod measure {
         let (base, _sync) = dev.device_ptr_mut(stream);
         let f = open()?;
         let t = Instant::now();
-        for (i, off) in (0..len).step_by(BLOCK).enumerate() {
-            let k = i % 2;
-            if pending[k] {
-                events[k].synchronize()?;
+        let mut lane = || -> anyhow::Result<()> {
+            for (i, off) in (0..len).step_by(BLOCK).enumerate() {
+                let k = i % 2;
+                if pending[k] {
+                    events[k].synchronize()?;
+                }
+                let n = BLOCK.min(len - off);
+                let staged = &mut bufs[k].as_mut_slice()?[..n];
+                read_block(&f, staged, off)?;
+                // SAFETY: `base + off .. + n` lies inside `dev` (len bytes); `staged` is
+                // page-locked and not written again until event `k`, recorded after the copy,
+                // is waited for (and the stream is synchronised before the buffers are freed).
+                unsafe {
+                    result::memcpy_htod_async(base + off as u64, &*staged, stream.cu_stream())
+                }?;
+                events[k].record(stream)?;
+                pending[k] = true;
             }
-            let n = BLOCK.min(len - off);
-            let staged = &mut bufs[k].as_mut_slice()?[..n];
-            read_block(&f, staged, off)?;
-            // SAFETY: `base + off .. + n` lies inside `dev` (len bytes); `staged` is page-locked
-            // and not written again until event `k`, recorded after the copy, is waited for.
-            unsafe { result::memcpy_htod_async(base + off as u64, &*staged, stream.cu_stream()) }?;
-            events[k].record(stream)?;
-            pending[k] = true;
-        }
+            Ok(())
+        };
+        let ran = lane();
+        // Every copy done before the buffers go, whether or not a read failed.
         stream.synchronize()?;
+        ran?;
         lanes.raw(
             "as a lane (2 x cuMemHostAlloc + H2D)".to_owned(),
             super::gbps(len, t.elapsed().as_secs_f64()),
