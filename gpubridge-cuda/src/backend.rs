@@ -126,11 +126,22 @@ impl CudaBackend {
         }
     }
 
-    /// Plans of `device` that ran on their caller's thread (`cuda.inline_tiny_plans`).
+    /// Plans of `device` that ran on their caller's thread (`cuda.inline_tiny_plans`): tiny plans
+    /// run zero-copy and replays of cached graphs.
     pub fn inline_runs(&self, device: usize) -> u64 {
         self.slots.get(device).map_or(0, |s| {
             s.shared
                 .inline_runs
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
+    /// Of [`CudaBackend::inline_runs`], the replays of a cached CUDA graph: a spinning caller
+    /// replays its plan's graph on its own thread once the executor has captured it.
+    pub fn inline_replays(&self, device: usize) -> u64 {
+        self.slots.get(device).map_or(0, |s| {
+            s.shared
+                .inline_replays
                 .load(std::sync::atomic::Ordering::Relaxed)
         })
     }

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ use gpubridge_core::plan::{
     run_packer, Arg, BufferId, BufferRole, ExecStats, Plan, PlanOutputs, Step, Steps,
 };
 use gpubridge_core::{bucket_len, BackendKind, BridgeConfig, Error, KernelSources, Result};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::compile::PtxCache;
 use crate::memory::{DevicePool, PinnedBuffer};
@@ -63,8 +64,15 @@ pub(crate) struct Shared {
     /// The stream and mapped buffer on which a spinning caller runs a tiny plan itself (see
     /// [`run_inline`]); `None` when `cuda.inline_tiny_plans` is off or the executor has ended.
     pub inline: Mutex<Option<InlineLane>>,
-    /// Plans run on their caller's thread.
+    /// Plans run on their caller's thread (zero-copy plans and graph replays).
     pub inline_runs: std::sync::atomic::AtomicU64,
+    /// Of those, replays of a cached graph.
+    pub inline_replays: std::sync::atomic::AtomicU64,
+    /// The cached graphs by bucketed plan shape, for spinning callers that replay one on their
+    /// own thread (see [`run_inline`]). The executor adds and evicts them; a caller only reads.
+    pub graph_index: RwLock<HashMap<gpubridge_core::PlanShape, Arc<SharedGraph>>>,
+    /// The graph cache's clock, advanced by every replay (least recently used first out).
+    pub graph_clock: AtomicU64,
 }
 
 /// A loaded function by (kernel, its CUDA source's address and length, entry point).
@@ -303,6 +311,37 @@ const MAX_UNPACKING: usize = 2;
 const ZERO_COPY_MAX_BYTES: usize = 64 << 10;
 /// More launches than this are better replayed as a graph.
 const ZERO_COPY_MAX_LAUNCHES: usize = 2;
+/// Graphs of plans up to this size replay on a spinning caller's thread (see [`run_inline`]);
+/// larger ones go to the executor, whose unpack uses huge pages and whose copies overlap.
+const INLINE_REPLAY_MAX_BYTES: usize = 1 << 20;
+
+/// A cached graph that both the executor and spinning callers replay: whoever replays it holds
+/// the lock from packing the inputs until the outputs are delivered, which serialises every use
+/// of the graph (CUDA graphs are not internally synchronised) and of its staging. `None` once
+/// the executor has evicted it; only the executor takes it out, on its own thread, so the graph
+/// is destroyed and its block returned with the context current.
+pub(crate) struct SharedGraph {
+    entry: Mutex<Option<GraphEntry>>,
+    /// Device and pinned bytes the graph owns (fixed at capture).
+    bytes: usize,
+    /// Of those, the pool block's bytes.
+    device_bytes: usize,
+    /// [`Shared::graph_clock`] at its last replay.
+    last_used: AtomicU64,
+    /// Kept for resident plans: counted in the resident budget and never evicted by the LRU of
+    /// ordinary graphs. A resident plan replays on its caller's thread only a resident graph
+    /// (the executor decides when an ordinary graph becomes resident). Written by the executor.
+    resident: AtomicBool,
+}
+
+impl std::fmt::Debug for SharedGraph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedGraph")
+            .field("bytes", &self.bytes)
+            .field("resident", &self.resident)
+            .finish_non_exhaustive()
+    }
+}
 
 /// A captured plan: the graph and everything it was captured with, so a replay is "pack inputs
 /// into this staging, launch once".
@@ -325,11 +364,13 @@ struct GraphEntry {
     /// plan with the same list runs the same launches, so its replay skips the comparison.
     applied: Option<Steps>,
     executions: u64,
-    last_used: u64,
-    /// Kept for a resident plan: counted in the resident budget, never evicted by the LRU of
-    /// ordinary graphs.
-    resident: bool,
 }
+
+// SAFETY: the graph, its node and function handles and its staging are valid from any thread
+// with the device's context current, which every user of an entry binds first; an entry is only
+// reached through its `SharedGraph` lock, so no two threads touch it at once (as CUDA requires
+// of a graph); it is dropped by the executor thread (see `SharedGraph`).
+unsafe impl Send for GraphEntry {}
 
 /// A kernel node of a cached graph and the launch parameters it was last given.
 struct KernelNode {
@@ -360,8 +401,8 @@ struct GraphCache {
     resident_used: usize,
     /// Device bytes (pool blocks) every cached graph keeps, kept as entries come and go.
     device_bytes: usize,
-    clock: u64,
-    entries: HashMap<gpubridge_core::PlanShape, GraphEntry>,
+    /// The executor's copy of [`Shared::graph_index`]: looked up with no lock.
+    entries: HashMap<gpubridge_core::PlanShape, Arc<SharedGraph>>,
     /// Shapes seen once: a shape is captured the second time it runs, so one-off plans never
     /// pay for a capture.
     seen: HashMap<gpubridge_core::PlanShape, u32>,
@@ -371,11 +412,6 @@ struct GraphCache {
 /// Plans larger than this run as pipelined stream launches: their copies dominate, and the
 /// stream path overlaps packing with the upload.
 const GRAPH_MAX_PLAN: usize = 16 << 20;
-
-/// Where a plan's outputs ended up.
-enum OutputsIn {
-    Graph(gpubridge_core::PlanShape),
-}
 
 /// Starts the executor thread of device `ordinal` and waits until its context is ready.
 pub(crate) fn spawn(
@@ -454,8 +490,9 @@ pub(crate) fn spawn(
             }
             ex.drain_unpacking();
             // Its mapped memory is freed here, with the context current; a caller running a
-            // plan on it finishes first (the lock).
+            // plan on it finishes first (the lock). Then no caller can replay a graph either.
             drop(ex.shared.inline.lock().take());
+            ex.release_graphs();
         })
         .map_err(|e| Error::Backend {
             backend: BackendKind::Cuda,
@@ -547,7 +584,6 @@ impl Executor {
                 resident_budget,
                 resident_used: 0,
                 device_bytes: 0,
-                clock: 0,
                 entries: HashMap::new(),
                 seen: HashMap::new(),
                 failed: Default::default(),
@@ -627,32 +663,44 @@ impl Executor {
                 while let Some(f) = pending.pop_front() {
                     self.finish(f);
                 }
-                match self.run_graph(&plan, sources, cached) {
-                    Ok(Some((outputs, mut stats, OutputsIn::Graph(shape)))) => {
-                        stats.executor = taken.elapsed();
-                        let steps = release_inputs(plan);
-                        let huge = self.huge_pages;
-                        let staging: &[u8] = match self.graphs.entries.get_mut(&shape) {
-                            Some(e) => {
-                                let total = outputs
-                                    .iter()
-                                    .map(|(_, off, len)| off + len)
-                                    .max()
-                                    .unwrap_or(0);
-                                e.staging_out.slice_mut(total)
-                            }
-                            None => &[],
-                        };
-                        deliver(complete, &outputs, staging, stats, huge);
-                        drop(steps);
-                        self.publish_stats();
-                        return;
-                    }
-                    Ok(None) => {}
+                let graph = match self.graph_to_replay(&plan, sources, cached) {
+                    Ok(graph) => graph,
                     Err(e) => {
                         self.fail(complete, e);
                         drop_plan(plan);
                         return;
+                    }
+                };
+                if let Some(graph) = graph {
+                    // A spinning caller may be replaying it on its own thread: wait for it.
+                    let mut guard = graph.entry.lock();
+                    if let Some(entry) = guard.as_mut() {
+                        touch(&self.shared, &graph);
+                        match replay(
+                            entry,
+                            &plan,
+                            &self.lanes[0].stream,
+                            &self.label,
+                            &self.shared,
+                        ) {
+                            Ok(Some((outputs, mut stats))) => {
+                                stats.executor = taken.elapsed();
+                                let steps = release_inputs(plan);
+                                let staging = graph_outputs(entry, &outputs);
+                                deliver(complete, &outputs, staging, stats, self.huge_pages);
+                                drop(guard);
+                                drop(steps);
+                                self.publish_stats();
+                                return;
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                drop(guard);
+                                self.fail(complete, e);
+                                drop_plan(plan);
+                                return;
+                            }
+                        }
                     }
                 }
             }
@@ -705,7 +753,12 @@ impl Executor {
         g.entries = self.graphs.entries.len() as u64;
         g.bytes = (self.graphs.used + self.graphs.resident_used) as u64;
         g.device_bytes = self.graphs.device_bytes as u64;
-        g.resident_entries = self.graphs.entries.values().filter(|e| e.resident).count() as u64;
+        g.resident_entries = self
+            .graphs
+            .entries
+            .values()
+            .filter(|e| e.resident.load(Ordering::Relaxed))
+            .count() as u64;
         g.resident_bytes = self.graphs.resident_used as u64;
         g.shapes_seen_once = self.graphs.seen.len() as u64;
         g.shapes_failed = self.graphs.failed.len() as u64;
@@ -936,29 +989,24 @@ impl Executor {
         (layout, at)
     }
 
-    /// Runs the plan as a graph if one is cached or this is its shape's second run; `None` when
-    /// the plan should run as stream launches instead.
-    #[allow(clippy::type_complexity)] // A private return type read right at the call.
-    fn run_graph(
+    /// The graph to run the plan as, if one is cached or this is its shape's second run (then
+    /// captured now); `None` when the plan should run as stream launches instead.
+    fn graph_to_replay(
         &mut self,
         plan: &Plan,
         sources: &KernelSources,
         cached: Option<gpubridge_core::PlanShape>,
-    ) -> Result<Option<(Vec<(BufferId, usize, usize)>, ExecStats, OutputsIn)>> {
+    ) -> Result<Option<Arc<SharedGraph>>> {
         // A cached graph needs neither the functions nor a fresh layout.
-        if let Some(shape) = cached {
-            return Ok(self
-                .replay(plan, shape)?
-                .map(|(outputs, stats)| (outputs, stats, OutputsIn::Graph(shape))));
-        }
-        let functions = self.functions(plan, sources)?;
-        let (layout, total) = Self::layout_with(plan, !has_library_step(plan));
-        match self.graph_for(plan, &functions, &layout, total) {
-            Some(shape) => Ok(self
-                .replay(plan, shape)?
-                .map(|(outputs, stats)| (outputs, stats, OutputsIn::Graph(shape)))),
-            None => Ok(None),
-        }
+        let shape = match cached {
+            Some(shape) => Some(shape),
+            None => {
+                let functions = self.functions(plan, sources)?;
+                let (layout, total) = Self::layout_with(plan, !has_library_step(plan));
+                self.graph_for(plan, &functions, &layout, total)
+            }
+        };
+        Ok(shape.and_then(|shape| self.graphs.entries.get(&shape).cloned()))
     }
 
     /// Runs a tiny plan zero-copy on lane 0: packs its inputs into mapped memory, launches with
@@ -1084,10 +1132,13 @@ impl Executor {
             return None;
         }
         let shape = plan.bucket_shape();
-        if let Some(e) = g.entries.get_mut(&shape) {
-            if resident && !e.resident && g.resident_used + e.bytes <= g.resident_budget {
+        if let Some(e) = g.entries.get(&shape) {
+            if resident
+                && !e.resident.load(Ordering::Relaxed)
+                && g.resident_used + e.bytes <= g.resident_budget
+            {
                 // An ordinary graph that a resident plan now uses: kept from now on.
-                e.resident = true;
+                e.resident.store(true, Ordering::Relaxed);
                 g.used -= e.bytes;
                 g.resident_used += e.bytes;
             }
@@ -1108,27 +1159,33 @@ impl Executor {
         }
         g.seen.remove(&shape);
         match self.capture(plan, functions, layout, total) {
-            Ok(mut entry) => {
+            Ok(entry) => {
                 metrics::counter!(names::GRAPH_CACHE_TOTAL, "result" => "miss").increment(1);
                 self.shared.graphs.lock().misses += 1;
+                let (bytes, device_bytes) = (entry.bytes, entry.block.size);
                 if resident {
-                    while self.graphs.resident_used + entry.bytes > self.graphs.resident_budget
+                    while self.graphs.resident_used + bytes > self.graphs.resident_budget
                         && self.evict_lru(true)
                     {}
                 }
-                if resident
-                    && self.graphs.resident_used + entry.bytes <= self.graphs.resident_budget
-                {
-                    entry.resident = true;
-                    self.graphs.resident_used += entry.bytes;
+                let kept_resident =
+                    resident && self.graphs.resident_used + bytes <= self.graphs.resident_budget;
+                if kept_resident {
+                    self.graphs.resident_used += bytes;
                 } else {
-                    while self.graphs.used + entry.bytes > self.graphs.budget
-                        && self.evict_lru(false)
-                    {}
-                    self.graphs.used += entry.bytes;
+                    while self.graphs.used + bytes > self.graphs.budget && self.evict_lru(false) {}
+                    self.graphs.used += bytes;
                 }
-                self.graphs.device_bytes += entry.block.size;
-                self.graphs.entries.insert(shape, entry);
+                self.graphs.device_bytes += device_bytes;
+                let graph = Arc::new(SharedGraph {
+                    entry: Mutex::new(Some(entry)),
+                    bytes,
+                    device_bytes,
+                    last_used: AtomicU64::new(self.shared.graph_clock.load(Ordering::Relaxed)),
+                    resident: AtomicBool::new(kept_resident),
+                });
+                self.shared.graph_index.write().insert(shape, graph.clone());
+                self.graphs.entries.insert(shape, graph);
                 Some(shape)
             }
             Err(e) => {
@@ -1150,27 +1207,58 @@ impl Executor {
             .graphs
             .entries
             .iter()
-            .filter(|(_, e)| e.resident == resident)
-            .min_by_key(|(_, e)| e.last_used)
+            .filter(|(_, e)| e.resident.load(Ordering::Relaxed) == resident)
+            .min_by_key(|(_, e)| e.last_used.load(Ordering::Relaxed))
             .map(|(k, _)| *k)
         else {
             return false;
         };
-        if let Some(e) = self.graphs.entries.remove(&shape) {
-            tracing::debug!(device = %self.label, executions = e.executions, resident, "evicting a graph");
-            if e.resident {
-                self.graphs.resident_used -= e.bytes;
+        if let Some(g) = self.graphs.entries.remove(&shape) {
+            let executions = self.take_graph(&shape, &g);
+            tracing::debug!(device = %self.label, executions, resident, "evicting a graph");
+            if g.resident.load(Ordering::Relaxed) {
+                self.graphs.resident_used -= g.bytes;
                 self.shared.graphs.lock().resident_evictions += 1;
             } else {
-                self.graphs.used -= e.bytes;
+                self.graphs.used -= g.bytes;
             }
-            drop(e.graph);
-            self.graphs.device_bytes -= e.block.size;
-            self.pool.give_back(e.block);
+            self.graphs.device_bytes -= g.device_bytes;
             metrics::counter!(names::GRAPH_CACHE_TOTAL, "result" => "evict").increment(1);
             self.shared.graphs.lock().evictions += 1;
         }
         true
+    }
+
+    /// Takes a graph out of the callers' index and out of its shared slot, waiting for a caller
+    /// that is replaying it, then destroys it and returns its block to the pool. Returns how often
+    /// it was replayed.
+    fn take_graph(&mut self, shape: &gpubridge_core::PlanShape, graph: &SharedGraph) -> u64 {
+        self.shared.graph_index.write().remove(shape);
+        // No caller finds it from here on; one that already holds it finishes first.
+        let Some(entry) = graph.entry.lock().take() else {
+            return 0;
+        };
+        let GraphEntry {
+            graph,
+            block,
+            executions,
+            ..
+        } = entry;
+        drop(graph);
+        self.pool.give_back(block);
+        executions
+    }
+
+    /// Destroys every cached graph (the executor is ending). Callers can no longer reach them:
+    /// the inline lane they would replay on is gone.
+    fn release_graphs(&mut self) {
+        let entries = std::mem::take(&mut self.graphs.entries);
+        for (shape, g) in &entries {
+            self.take_graph(shape, g);
+        }
+        self.graphs.used = 0;
+        self.graphs.resident_used = 0;
+        self.graphs.device_bytes = 0;
     }
 
     /// Captures the plan's copies and steps on the stream into a graph that owns its block and
@@ -1246,8 +1334,6 @@ impl Executor {
                     updatable,
                     applied: plan.steps.if_reused(),
                     executions: 0,
-                    last_used: 0,
-                    resident: false,
                 })
             }
             Err(e) => {
@@ -1256,86 +1342,97 @@ impl Executor {
             }
         }
     }
+}
 
-    /// Brings the cached graph's kernel nodes to this plan's parameters (in place, where they
-    /// differ), packs the plan's inputs into the graph's staging and replays it. Returns where the
-    /// outputs are in the graph's output staging, or `None` (nothing touched) when the graph
-    /// cannot take this plan's parameters and the plan should run as stream launches.
-    #[allow(clippy::type_complexity)] // A private return type read right at the call.
-    fn replay(
-        &mut self,
-        plan: &Plan,
-        shape: gpubridge_core::PlanShape,
-    ) -> Result<Option<(Vec<(BufferId, usize, usize)>, ExecStats)>> {
-        self.graphs.clock += 1;
-        let clock = self.graphs.clock;
-        let label = self.label.clone();
-        let entry = self
-            .graphs
-            .entries
-            .get_mut(&shape)
-            .ok_or_else(|| Error::Backend {
-                backend: BackendKind::Cuda,
-                message: "graph cache lost an entry".to_owned(),
-                transient: false,
-            })?;
-        let updates = match update_nodes(entry, plan, &label)? {
-            Some(n) => n,
-            None => return Ok(None),
+/// Brings a cached graph's kernel nodes to this plan's parameters (in place, where they differ),
+/// packs the plan's inputs into the graph's staging, replays it on `stream` and waits. The
+/// device's context must be current on this thread. Returns where the outputs are in the graph's
+/// output staging ([`graph_outputs`]), or `None` (nothing touched) when the graph cannot take
+/// this plan's parameters and the plan should run as stream launches.
+#[allow(clippy::type_complexity)] // A private return type read right at the call.
+fn replay(
+    entry: &mut GraphEntry,
+    plan: &Plan,
+    stream: &CudaStream,
+    label: &str,
+    shared: &Shared,
+) -> Result<Option<(Vec<(BufferId, usize, usize)>, ExecStats)>> {
+    let updates = match update_nodes(entry, plan, label)? {
+        Some(n) => n,
+        None => return Ok(None),
+    };
+    let mut inputs: smallvec::SmallVec<[(usize, usize, usize); 8]> = smallvec::SmallVec::new();
+    let mut outputs = Vec::new();
+    let mut out_start = usize::MAX;
+    for (i, b) in plan.buffers.iter().enumerate() {
+        let Some(&at) = entry.offsets.get(i) else {
+            return Ok(None);
         };
-        let mut inputs: smallvec::SmallVec<[(usize, usize, usize); 8]> = smallvec::SmallVec::new();
-        let mut outputs = Vec::new();
-        let mut out_start = usize::MAX;
-        for (i, b) in plan.buffers.iter().enumerate() {
-            match b.role {
-                BufferRole::Input(_) => inputs.push((i, entry.offsets[i], b.len)),
-                BufferRole::Output => {
-                    out_start = out_start.min(entry.offsets[i]);
-                    outputs.push((BufferId(i as u32), entry.offsets[i], b.len));
-                }
-                BufferRole::Scratch => {}
+        match b.role {
+            BufferRole::Input(_) => inputs.push((i, at, b.len)),
+            BufferRole::Output => {
+                out_start = out_start.min(at);
+                outputs.push((BufferId(i as u32), at, b.len));
             }
+            BufferRole::Scratch => {}
         }
-        for o in &mut outputs {
-            o.1 -= out_start;
-        }
-        let t = Instant::now();
-        let range = nvtx::range(Phase::Pack, entry.in_total as u64);
-        let packed = pack_piece(plan, &inputs, entry.staging_in.slice_mut(entry.in_total), 0);
-        drop(range);
-        packed?;
-        let pack = t.elapsed();
-        let t = Instant::now();
-        let range = nvtx::range(Phase::Replay, entry.bytes as u64);
-        entry
-            .graph
-            .launch()
-            .map_err(|e| driver_error(&label, "cuGraphLaunch", e))?;
-        drop(range);
-        entry.executions += 1;
-        entry.last_used = clock;
-        let range = nvtx::range(Phase::Wait, 0);
-        wait_stream(&self.lanes[0].stream, &label)?;
-        drop(range);
-        metrics::counter!(names::GRAPH_CACHE_TOTAL, "result" => "hit").increment(1);
-        {
-            let mut g = self.shared.graphs.lock();
-            g.hits += 1;
-            if updates > 0 {
-                g.updated_replays += 1;
-                g.node_updates += updates;
-            }
-        }
-        Ok(Some((
-            outputs,
-            ExecStats {
-                compute: t.elapsed(),
-                graph_replayed: true,
-                pack,
-                ..ExecStats::default()
-            },
-        )))
     }
+    for o in &mut outputs {
+        o.1 -= out_start;
+    }
+    let t = Instant::now();
+    let range = nvtx::range(Phase::Pack, entry.in_total as u64);
+    let packed = pack_piece(plan, &inputs, entry.staging_in.slice_mut(entry.in_total), 0);
+    drop(range);
+    packed?;
+    let pack = t.elapsed();
+    let t = Instant::now();
+    let range = nvtx::range(Phase::Replay, entry.bytes as u64);
+    // SAFETY: the executable graph is this entry's, idle (every replay is waited for before the
+    // lock is let go) and used by this thread alone (the lock); `stream` is a live stream of the
+    // context the caller made current. The graph's copies read and write the entry's staging and
+    // block, which the entry keeps alive.
+    unsafe { result::graph::launch(entry.graph.cu_graph_exec(), stream.cu_stream()) }
+        .map_err(|e| driver_error(label, "cuGraphLaunch", e))?;
+    drop(range);
+    entry.executions += 1;
+    let range = nvtx::range(Phase::Wait, 0);
+    wait_stream(stream, label)?;
+    drop(range);
+    metrics::counter!(names::GRAPH_CACHE_TOTAL, "result" => "hit").increment(1);
+    {
+        let mut g = shared.graphs.lock();
+        g.hits += 1;
+        if updates > 0 {
+            g.updated_replays += 1;
+            g.node_updates += updates;
+        }
+    }
+    Ok(Some((
+        outputs,
+        ExecStats {
+            compute: t.elapsed(),
+            graph_replayed: true,
+            pack,
+            ..ExecStats::default()
+        },
+    )))
+}
+
+/// Marks a graph as just used, for the LRU.
+fn touch(shared: &Shared, graph: &SharedGraph) {
+    let now = shared.graph_clock.fetch_add(1, Ordering::Relaxed) + 1;
+    graph.last_used.store(now, Ordering::Relaxed);
+}
+
+/// The graph's output staging, up to the end of the last output that [`replay`] placed there.
+fn graph_outputs<'e>(entry: &'e mut GraphEntry, outputs: &[(BufferId, usize, usize)]) -> &'e [u8] {
+    let total = outputs
+        .iter()
+        .map(|(_, off, len)| off + len)
+        .max()
+        .unwrap_or(0);
+    entry.staging_out.slice_mut(total)
 }
 
 /// Whether a plan calls a library (cuBLAS), whose captured nodes cannot be updated in place.
@@ -1651,8 +1748,11 @@ pub(crate) fn run_inline(
     complete: gpubridge_core::device::PlanCompletion,
 ) -> Option<NotInline> {
     let taken = Instant::now();
-    if !plan.caller_spins || !zero_copy_candidate(&plan) {
+    if !plan.caller_spins {
         return Some((plan, sources, complete));
+    }
+    if !zero_copy_candidate(&plan) {
+        return replay_inline(shared, plan, sources, complete, taken);
     }
     let Some(mut guard) = shared.inline.try_lock() else {
         return Some((plan, sources, complete));
@@ -1709,6 +1809,80 @@ pub(crate) fn run_inline(
         .inline_runs
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     None
+}
+
+/// Replays a cached graph on the calling thread, as the executor would replay it, when the plan's
+/// graph is cached (the executor captures it, on the shape's second run), no other caller holds
+/// the device's inline lane and nobody is replaying that graph now. The two thread hand-offs are
+/// skipped, which for a short chain of kernels is a large part of a call. Completes the plan and
+/// returns `None`, or hands the work back untouched.
+fn replay_inline(
+    shared: &Shared,
+    plan: Plan,
+    sources: KernelSources,
+    complete: gpubridge_core::device::PlanCompletion,
+    taken: Instant,
+) -> Option<NotInline> {
+    let graph = {
+        let index = shared.graph_index.read();
+        if index.is_empty()
+            || plan.steps.is_empty()
+            || plan.device_bytes() > INLINE_REPLAY_MAX_BYTES
+        {
+            None
+        } else {
+            index.get(&plan.bucket_shape()).cloned()
+        }
+    };
+    let Some(graph) = graph.filter(|g| !plan.resident || g.resident.load(Ordering::Relaxed)) else {
+        return Some((plan, sources, complete));
+    };
+    let Some(mut lane) = shared.inline.try_lock() else {
+        return Some((plan, sources, complete));
+    };
+    let Some(mut slot) = graph.entry.try_lock() else {
+        return Some((plan, sources, complete));
+    };
+    let (Some(l), Some(entry)) = (lane.as_mut(), slot.as_mut()) else {
+        return Some((plan, sources, complete));
+    };
+    if l.ctx.bind_to_thread().is_err() {
+        return Some((plan, sources, complete));
+    }
+    match replay(entry, &plan, &l.stream, &l.label, shared) {
+        Ok(Some((outputs, mut stats))) => {
+            touch(shared, &graph);
+            stats.executor = taken.elapsed();
+            let steps = release_inputs(plan);
+            // Tiny outputs: the plain allocator (huge pages are for large vectors).
+            deliver(
+                complete,
+                &outputs,
+                graph_outputs(entry, &outputs),
+                stats,
+                false,
+            );
+            drop(slot);
+            drop(lane);
+            drop(steps);
+            shared.inline_runs.fetch_add(1, Ordering::Relaxed);
+            shared.inline_replays.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Ok(None) => {
+            drop(slot);
+            drop(lane);
+            Some((plan, sources, complete))
+        }
+        Err(e) => {
+            note_lost(shared, &l.label, &e);
+            drop(slot);
+            drop(lane);
+            complete(Err(e));
+            drop_plan(plan);
+            None
+        }
+    }
 }
 
 /// Whether a plan is small and simple enough to run zero-copy (see [`ZERO_COPY_MAX_BYTES`]).

@@ -684,6 +684,80 @@ fn spinning_callers_run_tiny_plans_on_their_own_threads() {
     gpubridge::testing::assert_quiescent(&b);
 }
 
+/// A spinning caller replays its plan's cached graph on its own thread: the shape's first run
+/// goes through the executor, its second is captured there, later ones replay on the caller's
+/// thread with fresh data every time; parked callers' plans of the same shape replay on the
+/// executor. Then eight threads at once, with a graph budget too small for their shapes, so that
+/// the executor evicts graphs that callers may be replaying: every answer right, graphs evicted,
+/// replays done by callers, nothing left over.
+#[test]
+fn spinning_callers_replay_cached_graphs_on_their_own_threads() {
+    let config = one_gpu();
+    let Some(cuda) = cuda(&config) else { return };
+    let b = bridge(config, cuda.clone());
+    let grain = b.batch::<VectorAdd>().unwrap();
+    let on_cuda = ExecutionHints::default().on_backend(BackendKind::Cuda);
+    let spin = on_cuda
+        .clone()
+        .spin_wait(std::time::Duration::from_millis(5));
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+    // 4 x 10,000 pairs: 480 KB, above the zero-copy limit and below the inline replay limit.
+    for i in 0..40 {
+        let inputs = random_pairs(&mut rng, 4, 10_000);
+        let r = block_on(grain.execute(inputs.clone(), spin.clone())).unwrap();
+        check_add(&inputs, &r.outputs);
+        assert_eq!(r.graph_replayed(), i >= 1, "call {i}");
+    }
+    assert_eq!(cuda.inline_replays(0), 38, "every call after the capture");
+    assert_eq!(cuda.inline_runs(0), 38);
+    for _ in 0..5 {
+        let inputs = random_pairs(&mut rng, 4, 10_000);
+        let r = block_on(grain.execute(inputs.clone(), on_cuda.clone())).unwrap();
+        check_add(&inputs, &r.outputs);
+        assert!(r.graph_replayed());
+    }
+    assert_eq!(
+        cuda.inline_replays(0),
+        38,
+        "parked callers replay on the executor"
+    );
+    let g = cuda.graph_stats(0).unwrap();
+    assert_eq!((g.misses, g.hits), (1, 44), "{g:?}");
+    gpubridge::testing::assert_quiescent(&b);
+
+    let mut small = one_gpu();
+    small.cuda.graph_cache_mb = 1;
+    let Some(cuda) = self::cuda(&small) else {
+        return;
+    };
+    let b = bridge(small, cuda.clone());
+    let grain = b.batch::<VectorAdd>().unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..8u64 {
+            let (grain, spin, on_cuda) = (&grain, &spin, &on_cuda);
+            scope.spawn(move || {
+                let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random::<u64>() ^ t);
+                // Eight shapes (two pair counts, four lengths in separate buckets), 72 to 720 KB.
+                let shapes = [(4usize, 1500usize), (4, 3000), (4, 6000), (4, 12_000)];
+                for i in 0..150usize {
+                    let (n, len) = shapes[(i + t as usize) % 4];
+                    let n = n + (t as usize % 2);
+                    let inputs = random_pairs(&mut rng, n, len);
+                    // One call in ten parks, so the executor replays the same graphs meanwhile.
+                    let hints = if i % 10 == 0 { on_cuda } else { spin };
+                    let r = block_on(grain.execute(inputs.clone(), hints.clone())).unwrap();
+                    check_add(&inputs, &r.outputs);
+                }
+            });
+        }
+    });
+    let g = cuda.graph_stats(0).unwrap();
+    assert!(g.evictions >= 1, "{g:?}");
+    assert!(cuda.inline_replays(0) > 0, "{g:?}");
+    assert!(g.bytes <= 1 << 20 || g.entries == 1, "{g:?}");
+    gpubridge::testing::assert_quiescent(&b);
+}
+
 #[test]
 fn micro_batches_overlap_on_two_lanes_and_not_on_one() {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
