@@ -1823,21 +1823,21 @@ fn replay_inline(
     complete: gpubridge_core::device::PlanCompletion,
     taken: Instant,
 ) -> Option<NotInline> {
+    if plan.steps.is_empty() || plan.device_bytes() > INLINE_REPLAY_MAX_BYTES {
+        return Some((plan, sources, complete));
+    }
+    let Some(mut lane) = shared.inline.try_lock().filter(|l| l.is_some()) else {
+        return Some((plan, sources, complete));
+    };
     let graph = {
         let index = shared.graph_index.read();
-        if index.is_empty()
-            || plan.steps.is_empty()
-            || plan.device_bytes() > INLINE_REPLAY_MAX_BYTES
-        {
+        if index.is_empty() {
             None
         } else {
             index.get(&plan.bucket_shape()).cloned()
         }
     };
     let Some(graph) = graph.filter(|g| !plan.resident || g.resident.load(Ordering::Relaxed)) else {
-        return Some((plan, sources, complete));
-    };
-    let Some(mut lane) = shared.inline.try_lock() else {
         return Some((plan, sources, complete));
     };
     let Some(mut slot) = graph.entry.try_lock() else {
