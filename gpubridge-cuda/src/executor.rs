@@ -144,6 +144,10 @@ pub struct GraphStats {
     pub shapes_seen_once: u64,
     /// Plan shapes remembered as failing to capture (at most [`MAX_SHAPES_REMEMBERED`]).
     pub shapes_failed: u64,
+    /// Replays whose plan shared the very step list the graph's kernel nodes last ran
+    /// ([`Plan::reuse_steps`](gpubridge_core::plan::Plan::reuse_steps)): neither compared with
+    /// the nodes nor updated.
+    pub same_steps_replays: u64,
 }
 
 /// The most plan shapes the graph cache remembers as seen once, and as failed; past it, that
@@ -364,6 +368,8 @@ struct GraphEntry {
     /// plan with the same list runs the same launches, so its replay skips the comparison.
     applied: Option<Steps>,
     executions: u64,
+    /// Captured from a plan with a library (cuBLAS) step.
+    library: bool,
 }
 
 // SAFETY: the graph, its node and function handles and its staging are valid from any thread
@@ -1334,6 +1340,7 @@ impl Executor {
                     updatable,
                     applied: plan.steps.if_reused(),
                     executions: 0,
+                    library: has_library_step(plan),
                 })
             }
             Err(e) => {
@@ -1357,9 +1364,8 @@ fn replay(
     label: &str,
     shared: &Shared,
 ) -> Result<Option<(Vec<(BufferId, usize, usize)>, ExecStats)>> {
-    let updates = match update_nodes(entry, plan, label)? {
-        Some(n) => n,
-        None => return Ok(None),
+    let Some(sync) = update_nodes(entry, plan, label)? else {
+        return Ok(None);
     };
     let mut inputs: smallvec::SmallVec<[(usize, usize, usize); 8]> = smallvec::SmallVec::new();
     let mut outputs = Vec::new();
@@ -1403,9 +1409,13 @@ fn replay(
     {
         let mut g = shared.graphs.lock();
         g.hits += 1;
-        if updates > 0 {
-            g.updated_replays += 1;
-            g.node_updates += updates;
+        match sync {
+            NodeSync::SameSteps => g.same_steps_replays += 1,
+            NodeSync::Updated(0) => {}
+            NodeSync::Updated(n) => {
+                g.updated_replays += 1;
+                g.node_updates += n;
+            }
         }
     }
     Ok(Some((
@@ -1575,10 +1585,10 @@ fn kernel_nodes(
 /// Brings `entry`'s kernel nodes to `plan`'s launch parameters, updating in place the nodes that
 /// differ. Returns how many were updated, or `None` when some differ and the graph cannot be
 /// updated (nothing is changed then).
-fn update_nodes(entry: &mut GraphEntry, plan: &Plan, label: &str) -> Result<Option<u64>> {
+fn update_nodes(entry: &mut GraphEntry, plan: &Plan, label: &str) -> Result<Option<NodeSync>> {
     if entry.nodes.is_empty() {
         // Keyed by the exact shape: the captured parameters are the plan's.
-        return Ok(Some(0));
+        return Ok(Some(NodeSync::Updated(0)));
     }
     if entry
         .applied
@@ -1587,7 +1597,7 @@ fn update_nodes(entry: &mut GraphEntry, plan: &Plan, label: &str) -> Result<Opti
     {
         // The very launches the nodes were last given (the list is immutable while shared, and
         // alive while held here, so its address cannot be another list's).
-        return Ok(Some(0));
+        return Ok(Some(NodeSync::SameSteps));
     }
     // Until every node below holds this plan's launches, no list may skip the comparison: an
     // update that fails half-way leaves the nodes holding neither list.
@@ -1666,7 +1676,15 @@ fn update_nodes(entry: &mut GraphEntry, plan: &Plan, label: &str) -> Result<Opti
         node.values = values;
     }
     entry.applied = plan.steps.if_reused();
-    Ok(Some(updates))
+    Ok(Some(NodeSync::Updated(updates)))
+}
+
+/// What bringing a graph's kernel nodes to a plan's launches took ([`update_nodes`]).
+enum NodeSync {
+    /// The plan's step list is the one the nodes last ran: nothing compared.
+    SameSteps,
+    /// The launches were compared and this many nodes updated.
+    Updated(u64),
 }
 
 /// Runs a plan zero-copy on `stream`: packs its inputs into `mapped` (already large enough for
@@ -1843,7 +1861,9 @@ fn replay_inline(
     let Some(mut slot) = graph.entry.try_lock() else {
         return Some((plan, sources, complete));
     };
-    let (Some(l), Some(entry)) = (lane.as_mut(), slot.as_mut()) else {
+    // Library calls stay on the executor: a captured cuBLAS call uses the handle's workspace,
+    // which the executor's own calls use too.
+    let (Some(l), Some(entry)) = (lane.as_mut(), slot.as_mut().filter(|e| !e.library)) else {
         return Some((plan, sources, complete));
     };
     if l.ctx.bind_to_thread().is_err() {

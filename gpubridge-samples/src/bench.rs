@@ -25,8 +25,9 @@ mod storage_rows;
 mod bench_graph;
 
 #[cfg(feature = "cuda")]
-/// `bench/chain`: a chain of `n` tiny kernels (copy, then `n` increments of 32 floats), the plan
-/// shape TARGETS.md P1 measures. Its CPU form is the reference: `x + n`.
+/// `bench/chain`: a chain of `n` tiny kernels over 32 floats (the first writes `x + 1` to the
+/// output, the other `n - 1` add 1 to it in place), the plan shape TARGETS.md P1 measures: the
+/// same `n` kernels as the raw baseline's chain. Its CPU form is the reference: `x + n`.
 mod chain {
     use std::sync::Arc;
 
@@ -50,7 +51,7 @@ mod chain {
         fn sources(&self) -> KernelSources {
             KernelSources {
                 cuda: Some(
-                    "extern \"C\" __global__ void chain_copy(const float* x, float* y) { y[threadIdx.x] = x[threadIdx.x]; }\n\
+                    "extern \"C\" __global__ void chain_first(const float* x, float* y) { y[threadIdx.x] = x[threadIdx.x] + 1.0f; }\n\
                      extern \"C\" __global__ void chain_bump(float* y) { y[threadIdx.x] += 1.0f; }\n",
                 ),
                 wgsl: None,
@@ -58,6 +59,13 @@ mod chain {
         }
 
         fn validate(&self, index: usize, input: &ChainInput) -> Result<()> {
+            if input.n == 0 {
+                return Err(Error::invalid_item(
+                    Self::ID,
+                    index,
+                    "a chain has at least one kernel",
+                ));
+            }
             if input.x.len() != 32 {
                 return Err(Error::invalid_item(
                     Self::ID,
@@ -96,12 +104,12 @@ mod chain {
             // The launches depend on the chain's length alone: built once per length.
             plan.reuse_steps(u64::from(n), |steps| {
                 steps.launch(Launch::new(
-                    "chain_copy",
+                    "chain_first",
                     [1, 1, 1],
                     [32, 1, 1],
                     &[Arg::buf(x), Arg::buf(y)],
                 ));
-                for _ in 0..n {
+                for _ in 1..n {
                     steps.launch(Launch::new(
                         "chain_bump",
                         [1, 1, 1],

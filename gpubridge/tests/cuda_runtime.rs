@@ -758,6 +758,56 @@ fn spinning_callers_replay_cached_graphs_on_their_own_threads() {
     gpubridge::testing::assert_quiescent(&b);
 }
 
+/// A plan with a library (cuBLAS) step replays its graph on the executor even for a spinning
+/// caller: a captured cuBLAS call uses the handle's workspace, which the executor's own calls
+/// use too. Every product checked against the CPU's (small integers: exact in f32).
+#[test]
+fn spinning_callers_leave_library_graphs_to_the_executor() {
+    use gpubridge::kernels::{MatMul, MatMulInput};
+    let config = one_gpu();
+    let Some(cuda) = cuda(&config) else { return };
+    let cpu = gpubridge::cpu::CpuBackend::new(&config).unwrap();
+    let b = GpuBridge::builder(config)
+        .kernel(MatMul)
+        .unwrap()
+        .backend(cuda.clone())
+        .backend(cpu)
+        .build()
+        .unwrap();
+    let grain = b.batch::<MatMul>().unwrap();
+    let spin = ExecutionHints::default()
+        .on_backend(BackendKind::Cuda)
+        .spin_wait(std::time::Duration::from_millis(5));
+    let on_cpu = ExecutionHints::default().on_backend(BackendKind::Cpu);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+    let mut replayed = Vec::new();
+    for _ in 0..6 {
+        // 3 x 96 x 96 floats: 108 KB, past the zero-copy limit.
+        let inputs = vec![MatMulInput {
+            m: 96,
+            k: 96,
+            n: 96,
+            a: (0..96 * 96)
+                .map(|_| rng.random_range(-2i32..=2) as f32)
+                .collect(),
+            b: (0..96 * 96)
+                .map(|_| rng.random_range(-2i32..=2) as f32)
+                .collect(),
+        }];
+        let gpu = block_on(grain.execute(inputs.clone(), spin.clone())).unwrap();
+        let want = block_on(grain.execute(inputs, on_cpu.clone())).unwrap();
+        assert!(gpu.outputs[0].data == want.outputs[0].data);
+        replayed.push(gpu.graph_replayed());
+    }
+    assert_eq!(replayed, [false, true, true, true, true, true]);
+    assert_eq!(
+        cuda.inline_replays(0),
+        0,
+        "a product's plan calls cuBLAS (the GPU machines have it)"
+    );
+    gpubridge::testing::assert_quiescent(&b);
+}
+
 #[test]
 fn micro_batches_overlap_on_two_lanes_and_not_on_one() {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
@@ -1006,8 +1056,12 @@ fn reused_steps_replay_without_comparison_and_update_when_they_change() {
         "one graph for every step: {g:?}"
     );
     // Captured with step 1; then 2, back to 1, 3 and back to 1 each update all eight bumps, and
-    // the repeats (2 and 3) replay with no comparison and no update.
-    assert_eq!((g.updated_replays, g.node_updates), (4, 32), "{g:?}");
+    // the capture's own replay and the repeats (2 and 3) replay with no comparison and no update.
+    assert_eq!(
+        (g.updated_replays, g.node_updates, g.same_steps_replays),
+        (4, 32, 3),
+        "{g:?}"
+    );
     gpubridge::testing::assert_quiescent(&b);
 }
 
