@@ -77,6 +77,47 @@ impl Drop for DevMem {
     }
 }
 
+/// The chain baseline's memory: 32 floats uploaded from pinned memory, bumped on the device and
+/// downloaded into pinned memory.
+struct ChainBuffers {
+    dev: DevMem,
+    host: Pinned,
+    back: Pinned,
+}
+
+impl ChainBuffers {
+    fn new() -> Result<Self> {
+        let mut host = Pinned::new(128)?;
+        for (i, x) in host.slice().chunks_exact_mut(4).enumerate() {
+            x.copy_from_slice(&(i as f32).to_ne_bytes());
+        }
+        Ok(Self {
+            dev: DevMem::new(1024)?,
+            host,
+            back: Pinned::new(128)?,
+        })
+    }
+
+    /// Whether the last download holds the uploaded values bumped `n` times (call after a
+    /// synchronisation).
+    fn check(&mut self, n: usize) -> Result<()> {
+        let wrong = self
+            .back
+            .slice()
+            .chunks_exact(4)
+            .enumerate()
+            .find(|(i, x)| f32::from_ne_bytes([x[0], x[1], x[2], x[3]]) != (i + n) as f32);
+        match wrong {
+            None => Ok(()),
+            Some((i, _)) => Err(Error::Backend {
+                backend: BackendKind::Cuda,
+                message: format!("baseline chain of {n} kernels computed a wrong value at {i}"),
+                transient: false,
+            }),
+        }
+    }
+}
+
 fn gbps(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e9
 }
@@ -267,86 +308,19 @@ impl Baseline {
     /// # Errors
     /// Driver errors; [`Error::Backend`] if the chain computed a wrong value.
     pub fn chain_per_kernel(&mut self, n: usize, reps: usize) -> Result<(Duration, Duration)> {
-        let buf = DevMem::new(1024)?;
-        let mut host = Pinned::new(128)?;
-        let mut back = Pinned::new(128)?;
-        for (i, x) in host.slice().chunks_exact_mut(4).enumerate() {
-            x.copy_from_slice(&(i as f32).to_ne_bytes());
-        }
-        let (host_ptr, back_ptr) = (host.slice().as_mut_ptr(), back.slice().as_mut_ptr());
-        let cs = self.stream.cu_stream();
-        // Every run uploads the same 32 floats, bumps them `n` times and downloads them.
-        let check = || -> Result<()> {
-            // SAFETY: 128 pinned bytes, read after the stream was synchronised.
-            let out = unsafe { std::slice::from_raw_parts(back_ptr, 128) };
-            let wrong = out
-                .chunks_exact(4)
-                .enumerate()
-                .find(|(i, x)| f32::from_ne_bytes([x[0], x[1], x[2], x[3]]) != (i + n) as f32);
-            match wrong {
-                None => Ok(()),
-                Some((i, _)) => Err(Error::Backend {
-                    backend: BackendKind::Cuda,
-                    message: format!("baseline chain of {n} kernels computed a wrong value at {i}"),
-                    transient: false,
-                }),
-            }
-        };
-        let launch_bumps = || -> Result<()> {
-            for _ in 0..n {
-                let mut p = buf.0;
-                let mut params = [(&mut p as *mut u64).cast::<c_void>()];
-                // SAFETY: `bump` takes one float pointer; `buf` holds 1024 bytes >= 32 floats.
-                unsafe {
-                    result::launch_kernel(
-                        self.bump.cu_function(),
-                        (1, 1, 1),
-                        (32, 1, 1),
-                        0,
-                        cs,
-                        &mut params,
-                    )
-                }
-                .map_err(drv("cuLaunchKernel"))?;
-            }
-            Ok(())
-        };
-        let launch_all = || -> Result<()> {
-            // SAFETY: 128 pinned bytes to and from a 1024-byte device buffer, on this stream;
-            // both host buffers outlive every use (the function synchronises before returning).
-            let (host, back) = unsafe {
-                (
-                    std::slice::from_raw_parts(host_ptr, 128),
-                    std::slice::from_raw_parts_mut(back_ptr, 128),
-                )
-            };
-            // SAFETY: as above.
-            unsafe { result::memcpy_htod_async(buf.0, host, cs) }
-                .map_err(drv("cuMemcpyHtoDAsync"))?;
-            launch_bumps()?;
-            // SAFETY: as above.
-            unsafe { result::memcpy_dtoh_async(back, buf.0, cs) }
-                .map_err(drv("cuMemcpyDtoHAsync"))?;
-            Ok(())
-        };
-        launch_all()?;
+        let mut chain = ChainBuffers::new()?;
+        self.enqueue_chain(&mut chain, n)?;
         self.sync()?;
-        check()?;
+        chain.check(n)?;
         let mut stream_times = Vec::new();
         for _ in 0..reps.max(1) {
             let t = Instant::now();
-            launch_all()?;
+            self.enqueue_chain(&mut chain, n)?;
             self.sync()?;
             stream_times.push(t.elapsed());
         }
-        check()?;
-        self.stream
-            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(drv("cuStreamBeginCapture"))?;
-        let captured = launch_all();
-        let graph = self.end_capture(captured)?;
-        graph.launch().map_err(drv("cuGraphLaunch"))?;
-        self.sync()?;
+        chain.check(n)?;
+        let graph = self.capture_chain(&mut chain, n)?;
         let mut graph_times = Vec::new();
         for _ in 0..reps.max(1) {
             let t = Instant::now();
@@ -354,7 +328,7 @@ impl Baseline {
             self.sync()?;
             graph_times.push(t.elapsed());
         }
-        check()?;
+        chain.check(n)?;
         let mut spun = Vec::new();
         let cs = self.stream.cu_stream();
         for _ in 0..reps.max(1) {
@@ -366,14 +340,88 @@ impl Baseline {
             }
             spun.push(t.elapsed());
         }
-        check()?;
+        chain.check(n)?;
         drop(graph);
         self.last_chain_spin = Some(median(&mut spun) / n as u32);
-        drop((host, back));
         Ok((
             median(&mut stream_times) / n as u32,
             median(&mut graph_times) / n as u32,
         ))
+    }
+
+    /// The graph of [`Baseline::chain_per_kernel`] replayed `reps` times (launch and
+    /// `cuStreamSynchronize`, as there), with `between` called after each replay: another
+    /// measurement of the same work (the bridge's call of its chain) interleaved with the
+    /// baseline's, so that both see the machine in the same state (launch latency on a virtual
+    /// machine drifts between runs of a few seconds). Returns the replays' times; the chain's
+    /// values are checked at the end.
+    ///
+    /// # Errors
+    /// Driver errors, a wrong value, or `between`'s error.
+    pub fn chain_graph_interleaved(
+        &mut self,
+        n: usize,
+        reps: usize,
+        mut between: impl FnMut() -> Result<()>,
+    ) -> Result<Vec<Duration>> {
+        let mut chain = ChainBuffers::new()?;
+        let graph = self.capture_chain(&mut chain, n)?;
+        let mut times = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let t = Instant::now();
+            graph.launch().map_err(drv("cuGraphLaunch"))?;
+            self.sync()?;
+            times.push(t.elapsed());
+            between()?;
+        }
+        chain.check(n)?;
+        Ok(times)
+    }
+
+    /// Enqueues the chain on the stream: the 128-byte upload, `n` bumps, the download.
+    fn enqueue_chain(&self, chain: &mut ChainBuffers, n: usize) -> Result<()> {
+        let cs = self.stream.cu_stream();
+        let dev = chain.dev.0;
+        // SAFETY: 128 pinned bytes to a 1024-byte device buffer, on this stream; the host buffer
+        // outlives every use (callers synchronise before `chain` goes).
+        unsafe { result::memcpy_htod_async(dev, &chain.host.slice()[..128], cs) }
+            .map_err(drv("cuMemcpyHtoDAsync"))?;
+        for _ in 0..n {
+            let mut p = dev;
+            let mut params = [(&mut p as *mut u64).cast::<c_void>()];
+            // SAFETY: `bump` takes one float pointer; the buffer holds 1024 bytes >= 32 floats.
+            unsafe {
+                result::launch_kernel(
+                    self.bump.cu_function(),
+                    (1, 1, 1),
+                    (32, 1, 1),
+                    0,
+                    cs,
+                    &mut params,
+                )
+            }
+            .map_err(drv("cuLaunchKernel"))?;
+        }
+        // SAFETY: as above, back into 128 pinned bytes.
+        unsafe { result::memcpy_dtoh_async(&mut chain.back.slice()[..128], dev, cs) }
+            .map_err(drv("cuMemcpyDtoHAsync"))?;
+        Ok(())
+    }
+
+    /// Captures [`Baseline::enqueue_chain`] into an uploaded graph and replays it once (warm-up).
+    fn capture_chain(
+        &self,
+        chain: &mut ChainBuffers,
+        n: usize,
+    ) -> Result<cudarc::driver::CudaGraph> {
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(drv("cuStreamBeginCapture"))?;
+        let captured = self.enqueue_chain(chain, n);
+        let graph = self.end_capture(captured)?;
+        graph.launch().map_err(drv("cuGraphLaunch"))?;
+        self.sync()?;
+        Ok(graph)
     }
 
     /// The per-kernel time of the last [`Baseline::chain_per_kernel`] graph when waited for by

@@ -131,6 +131,32 @@ mod chain {
     }
 }
 
+/// P1's samples of bridge calls: per call, its time, the executor's device time, hand-offs and
+/// request start to submission; whether every call replayed a graph and whether one was wrong.
+#[cfg(feature = "cuda")]
+struct Calls {
+    total: Vec<Duration>,
+    device: Vec<Duration>,
+    handoff: Vec<Duration>,
+    queue: Vec<Duration>,
+    replayed: bool,
+    wrong: bool,
+}
+
+#[cfg(feature = "cuda")]
+impl Calls {
+    fn new(reps: usize) -> Self {
+        Self {
+            total: Vec::with_capacity(reps),
+            device: Vec::with_capacity(reps),
+            handoff: Vec::with_capacity(reps),
+            queue: Vec::with_capacity(reps),
+            replayed: true,
+            wrong: false,
+        }
+    }
+}
+
 /// Options of `gpubridge bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -720,58 +746,62 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
             .kernel(chain::Chain)?
             .build()?;
         let spin = on_cuda.clone().spin_wait(Duration::from_millis(1));
+        let x: Vec<f32> = (0..32).map(|i| i as f32).collect();
         for n in [10u32, 100, 1000] {
-            // Per kernel, whether every timed call replayed a graph, the executor's device time
-            // per call, and the hand-offs per call.
-            let per =
-                |b: &GpuBridge,
-                 hints: &ExecutionHints|
-                 -> anyhow::Result<(Duration, bool, Duration, Duration, Duration)> {
-                    let grain = b.batch::<chain::Chain>()?;
-                    let x: Vec<f32> = (0..32).map(|i| i as f32).collect();
-                    let mut replayed = true;
-                    for _ in 0..3 {
-                        block_on(
-                            grain.execute(
-                                vec![chain::ChainInput { x: x.clone(), n }],
-                                hints.clone(),
-                            ),
-                        )?;
-                    }
-                    let mut t = Vec::with_capacity(reps);
-                    let mut device = Vec::with_capacity(reps);
-                    let mut handoff = Vec::with_capacity(reps);
-                    let mut queue = Vec::with_capacity(reps);
-                    for _ in 0..reps {
-                        let s = Instant::now();
-                        let r =
-                            block_on(grain.execute(
-                                vec![chain::ChainInput { x: x.clone(), n }],
-                                hints.clone(),
-                            ))?;
-                        t.push(s.elapsed());
-                        device.push(r.compute_time() + r.transfer_time());
-                        handoff.push(r.chunks.iter().map(|c| c.handoff).sum::<Duration>());
-                        queue.push(r.chunks.iter().map(|c| c.queue).sum::<Duration>());
-                        anyhow::ensure!(r.outputs[0][5] == 5.0 + n as f32, "chain result wrong");
-                        replayed &= r.graph_replayed();
-                    }
-                    Ok((
-                        median(&mut t) / n,
-                        replayed,
-                        median(&mut device),
-                        median(&mut handoff),
-                        median(&mut queue),
-                    ))
-                };
-            let (stream, _, _, _, _) = per(&plain, &on_cuda)?;
-            let (raw_stream, raw_graph) = base.chain_per_kernel(n as usize, reps)?;
+            // One call of the chain through a bridge, timed, its parts noted.
+            let call = |grain: &gpubridge::BatchGrain<chain::ChainInput, Vec<f32>>,
+                        hints: &ExecutionHints,
+                        calls: &mut Calls|
+             -> gpubridge::Result<()> {
+                let s = Instant::now();
+                let r = block_on(
+                    grain.execute(vec![chain::ChainInput { x: x.clone(), n }], hints.clone()),
+                )?;
+                calls.total.push(s.elapsed());
+                calls.device.push(r.compute_time() + r.transfer_time());
+                calls
+                    .handoff
+                    .push(r.chunks.iter().map(|c| c.handoff).sum::<Duration>());
+                calls
+                    .queue
+                    .push(r.chunks.iter().map(|c| c.queue).sum::<Duration>());
+                calls.replayed &= r.graph_replayed();
+                calls.wrong |= r.outputs[0][5] != 5.0 + n as f32;
+                Ok(())
+            };
+            let warm = |grain: &gpubridge::BatchGrain<chain::ChainInput, Vec<f32>>,
+                        hints: &ExecutionHints|
+             -> anyhow::Result<()> {
+                for _ in 0..3 {
+                    call(grain, hints, &mut Calls::new(0))?;
+                }
+                Ok(())
+            };
+            let grain = plain.batch::<chain::Chain>()?;
+            warm(&grain, &on_cuda)?;
+            let mut stream = Calls::new(reps);
+            for _ in 0..reps {
+                call(&grain, &on_cuda, &mut stream)?;
+            }
+            anyhow::ensure!(!stream.wrong, "chain result wrong (stream launches)");
+            let stream = median(&mut stream.total) / n;
+            let (raw_stream, raw_graph_alone) = base.chain_per_kernel(n as usize, reps)?;
             let raw_spin = base.last_chain_spin().map_or(0.0, us);
             // The raw baseline waits in cuStreamSynchronize, which spins while the host has
             // cores to spare (CUDA's automatic scheduling): the bridge's `spin_wait` hint is
-            // that wait; the default parks the caller until the executor wakes it.
+            // that wait; the default parks the caller until the executor wakes it. Each
+            // bridge call follows a raw replay of the same chain, so both see the same machine.
             for (mode, hints) in [("spin_wait hint", &spin), ("default wait", &on_cuda)] {
-                let (graph, replayed, graph_device, handoff, queue) = per(&graphs, hints)?;
+                let grain = graphs.batch::<chain::Chain>()?;
+                warm(&grain, hints)?;
+                let mut calls = Calls::new(reps);
+                let mut raw = base.chain_graph_interleaved(n as usize, reps, || {
+                    call(&grain, hints, &mut calls)
+                })?;
+                anyhow::ensure!(!calls.wrong, "chain result wrong");
+                let raw_graph = median(&mut raw) / n;
+                let graph = median(&mut calls.total) / n;
+                let replayed = calls.replayed;
                 let ratio = us(graph) / us(raw_graph);
                 let below_stream = 1.0 - us(graph) / us(stream);
                 cx.row(
@@ -779,20 +809,21 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                     &format!("CUDA graph replay through the bridge, chain of {n} small kernels (128 B in and out), per kernel, {mode}"),
                     Some(us(graph)),
                     "us/kernel",
-                    "raw cudarc graph replay of the same chain and copies (cuStreamSynchronize)",
+                    "raw cudarc graph replay of the same chain and copies (cuStreamSynchronize), interleaved with the bridge's calls",
                     Some(us(raw_graph)),
                     Some(ratio),
                     "<= 1.1x raw graph replay and >= 65% below the bridge's stream launches",
                     Some(replayed && ratio <= 1.1 && below_stream >= 0.65),
                     &format!(
-                        "{mode}; the chain's launches reused by length (Plan::reuse_steps); every call a graph replay: {replayed}; bridge stream launches (default wait) {:.2} us/kernel ({:.0}% below); raw stream launches {:.2} us/kernel; raw graph with a spinning wait {raw_spin:.2} us/kernel; per call {:.1} us of which request start to submission {:.1} us, executor pack+replay+wait {:.1} us and hand-offs {:.1} us; medians of {reps}",
+                        "{mode}; the chain's launches reused by length (Plan::reuse_steps); every call a graph replay: {replayed}; bridge stream launches (default wait) {:.2} us/kernel ({:.0}% below); raw stream launches {:.2} us/kernel; raw graph alone (not interleaved) {:.2} us/kernel, with a spinning wait {raw_spin:.2}; per call {:.1} us of which request start to submission {:.1} us, executor pack+replay+wait {:.1} us and hand-offs {:.1} us; medians of {reps}",
                         us(stream),
                         below_stream * 100.0,
                         us(raw_stream),
+                        us(raw_graph_alone),
                         us(graph) * f64::from(n),
-                        us(queue),
-                        us(graph_device),
-                        us(handoff),
+                        us(median(&mut calls.queue)),
+                        us(median(&mut calls.device)),
+                        us(median(&mut calls.handoff)),
                     ),
                 );
             }
