@@ -131,14 +131,17 @@ mod chain {
     }
 }
 
-/// P1's samples of bridge calls: per call, its time, the executor's device time, hand-offs and
-/// request start to submission; whether every call replayed a graph and whether one was wrong.
+/// P1's samples of bridge calls: per call, its time, the executor's device time, hand-offs,
+/// request start to submission, the job from taken to outputs ready and the unpack; whether
+/// every call replayed a graph and whether one was wrong.
 #[cfg(feature = "cuda")]
 struct Calls {
     total: Vec<Duration>,
     device: Vec<Duration>,
     handoff: Vec<Duration>,
     queue: Vec<Duration>,
+    executor: Vec<Duration>,
+    unpack: Vec<Duration>,
     replayed: bool,
     wrong: bool,
 }
@@ -151,6 +154,8 @@ impl Calls {
             device: Vec::with_capacity(reps),
             handoff: Vec::with_capacity(reps),
             queue: Vec::with_capacity(reps),
+            executor: Vec::with_capacity(reps),
+            unpack: Vec::with_capacity(reps),
             replayed: true,
             wrong: false,
         }
@@ -765,6 +770,12 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                 calls
                     .queue
                     .push(r.chunks.iter().map(|c| c.queue).sum::<Duration>());
+                calls
+                    .executor
+                    .push(r.chunks.iter().map(|c| c.executor).sum::<Duration>());
+                calls
+                    .unpack
+                    .push(r.chunks.iter().map(|c| c.unpack).sum::<Duration>());
                 calls.replayed &= r.graph_replayed();
                 calls.wrong |= r.outputs[0][5] != 5.0 + n as f32;
                 Ok(())
@@ -815,7 +826,7 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                     "<= 1.1x raw graph replay and >= 65% below the bridge's stream launches",
                     Some(replayed && ratio <= 1.1 && below_stream >= 0.65),
                     &format!(
-                        "{mode}; the chain's launches reused by length (Plan::reuse_steps); every call a graph replay: {replayed}; bridge stream launches (default wait) {:.2} us/kernel ({:.0}% below); raw stream launches {:.2} us/kernel; raw graph alone (not interleaved) {:.2} us/kernel, with a spinning wait {raw_spin:.2}; per call {:.1} us of which request start to submission {:.1} us, executor pack+replay+wait {:.1} us and hand-offs {:.1} us; medians of {reps}",
+                        "{mode}; the chain's launches reused by length (Plan::reuse_steps); every call a graph replay: {replayed}; bridge stream launches (default wait) {:.2} us/kernel ({:.0}% below); raw stream launches {:.2} us/kernel; raw graph alone (not interleaved) {:.2} us/kernel, with a spinning wait {raw_spin:.2}; per call {:.1} us of which request start to submission {:.1} us, executor pack+replay+wait {:.1} us (job taken to outputs ready {:.1} us), hand-offs {:.1} us and unpack {:.1} us; medians of {reps}",
                         us(stream),
                         below_stream * 100.0,
                         us(raw_stream),
@@ -823,7 +834,9 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                         us(graph) * f64::from(n),
                         us(median(&mut calls.queue)),
                         us(median(&mut calls.device)),
+                        us(median(&mut calls.executor)),
                         us(median(&mut calls.handoff)),
+                        us(median(&mut calls.unpack)),
                     ),
                 );
             }
