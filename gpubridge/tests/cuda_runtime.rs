@@ -47,6 +47,22 @@ fn bridge(config: BridgeConfig, cuda: Arc<CudaBackend>) -> GpuBridge {
         .unwrap()
 }
 
+/// A bridge of one kernel on `cuda`, with the CPU as its fallback.
+fn bridge_of<K: gpubridge::Kernel>(
+    config: BridgeConfig,
+    cuda: Arc<CudaBackend>,
+    kernel: K,
+) -> GpuBridge {
+    let cpu = gpubridge::cpu::CpuBackend::new(&config).unwrap();
+    GpuBridge::builder(config)
+        .kernel(kernel)
+        .unwrap()
+        .backend(cuda)
+        .backend(cpu)
+        .build()
+        .unwrap()
+}
+
 /// Asserts the circuit state of CUDA device `index`.
 #[track_caller]
 fn assert_circuit(b: &GpuBridge, index: usize, state: CircuitState) {
@@ -188,14 +204,7 @@ fn a_large_matrix_product_runs_staged_and_matches_the_cpu() {
     use gpubridge::kernels::{MatMul, MatMulInput};
     let config = BridgeConfig::default();
     let Some(cuda) = cuda(&config) else { return };
-    let cpu = gpubridge::cpu::CpuBackend::new(&config).unwrap();
-    let b = GpuBridge::builder(config)
-        .kernel(MatMul)
-        .unwrap()
-        .backend(cuda.clone())
-        .backend(cpu)
-        .build()
-        .unwrap();
+    let b = bridge_of(config, cuda.clone(), MatMul);
     let grain = b.batch::<MatMul>().unwrap();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
     // 32 MB of a, b and c: past the staging threshold, so eight row blocks, each uploaded,
@@ -766,14 +775,7 @@ fn spinning_callers_leave_library_graphs_to_the_executor() {
     use gpubridge::kernels::{MatMul, MatMulInput};
     let config = one_gpu();
     let Some(cuda) = cuda(&config) else { return };
-    let cpu = gpubridge::cpu::CpuBackend::new(&config).unwrap();
-    let b = GpuBridge::builder(config)
-        .kernel(MatMul)
-        .unwrap()
-        .backend(cuda.clone())
-        .backend(cpu)
-        .build()
-        .unwrap();
+    let b = bridge_of(config, cuda.clone(), MatMul);
     let grain = b.batch::<MatMul>().unwrap();
     let spin = ExecutionHints::default()
         .on_backend(BackendKind::Cuda)
@@ -1024,14 +1026,7 @@ impl gpubridge::Kernel for BumpChain {
 fn reused_steps_replay_without_comparison_and_update_when_they_change() {
     let config = one_gpu();
     let Some(cuda) = cuda(&config) else { return };
-    let cpu = gpubridge::cpu::CpuBackend::new(&config).unwrap();
-    let b = GpuBridge::builder(config)
-        .kernel(BumpChain)
-        .unwrap()
-        .backend(cuda.clone())
-        .backend(cpu)
-        .build()
-        .unwrap();
+    let b = bridge_of(config, cuda.clone(), BumpChain);
     let grain = b.batch::<BumpChain>().unwrap();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
     let mut replayed = Vec::new();
