@@ -12,7 +12,9 @@
 //! (the plan's memory moving between the cores' caches) shows. The chain rows come twice: steps
 //! built for every call, and steps reused by key ([`Plan::reuse_steps`], as the bench's chain).
 //!
-//! `cargo run --release -p gpubridge-core --example overhead [-- ITERATIONS] [--executor-thread]`
+//! `cargo run --release -p gpubridge-core --example overhead [-- ITERATIONS] [--executor-thread]
+//! [--only-chain N]`; `--only-chain N` times nothing but the chain of `N` with its steps reused
+//! (ITERATIONS calls), for a profiler such as `valgrind --tool=callgrind`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -200,11 +202,38 @@ fn main() {
         executor,
     }));
     let bridge = b.build().unwrap();
+    let hints = ExecutionHints::default().spin_wait(Duration::from_millis(1));
+    let args: Vec<String> = std::env::args().collect();
+    let only_chain: Option<u32> = args
+        .iter()
+        .position(|a| a == "--only-chain")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok());
+    if let Some(n) = only_chain {
+        let chain = bridge.batch::<Chain>().unwrap();
+        let mut t = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            let input = vec![ChainInput {
+                x: vec![1.0; 32],
+                reuse: true,
+                n,
+            }];
+            let s = Instant::now();
+            let r = futures::executor::block_on(chain.execute(input, hints.clone())).unwrap();
+            t.push(s.elapsed());
+            std::hint::black_box(r);
+        }
+        t.sort();
+        println!(
+            "chain {n}, steps reused: P50 {:.2} us per call",
+            t[t.len() / 2].as_secs_f64() * 1e6
+        );
+        return;
+    }
     let grain = bridge.batch::<Sum>().unwrap();
     let batch: Vec<Vec<f32>> = (0..10)
         .map(|i| (0..100).map(|j| (i * j) as f32).collect())
         .collect();
-    let hints = ExecutionHints::default().spin_wait(Duration::from_millis(1));
     let mut lat = Vec::with_capacity(iters);
     for i in 0..iters + 1000 {
         let input = batch.clone();

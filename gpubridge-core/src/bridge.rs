@@ -691,6 +691,7 @@ where
         let bridge = &self.bridge;
         let candidates = bridge.candidates(hints);
         let chunks = self.split(inputs, hints, &candidates);
+        let single = chunks.len() == 1;
         let in_flight = bridge.inner.config.batching.max_in_flight;
         let mut first_item = 0;
         let candidates = &candidates;
@@ -712,15 +713,31 @@ where
                 r
             }
         });
-        let mut stream = futures::stream::iter(jobs).buffered(in_flight);
         let mut outputs = Vec::new();
         let mut reports = Vec::new();
         let mut fallbacks = Vec::new();
-        while let Some(done) = stream.next().await {
+        let mut take = |done: Result<(Attempt<O>, Vec<FallbackEvent>)>| -> Result<()> {
             let (attempt, moves) = done?;
-            outputs.extend(attempt.outputs);
+            if outputs.is_empty() {
+                outputs = attempt.outputs;
+            } else {
+                outputs.extend(attempt.outputs);
+            }
             reports.push(attempt.report);
             fallbacks.extend(moves);
+            Ok(())
+        };
+        if single {
+            // One micro-batch (the usual request): awaited as it is, without the ordered
+            // stream's task queue and its allocations.
+            for job in jobs {
+                take(job.await)?;
+            }
+        } else {
+            let mut stream = futures::stream::iter(jobs).buffered(in_flight);
+            while let Some(done) = stream.next().await {
+                take(done)?;
+            }
         }
         Ok(BatchResult {
             outputs,
