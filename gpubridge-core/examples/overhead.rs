@@ -13,8 +13,11 @@
 //! built for every call, and steps reused by key ([`Plan::reuse_steps`], as the bench's chain).
 //!
 //! `cargo run --release -p gpubridge-core --example overhead [-- ITERATIONS] [--executor-thread]
-//! [--only-chain N]`; `--only-chain N` times nothing but the chain of `N` with its steps reused
-//! (ITERATIONS calls), for a profiler such as `valgrind --tool=callgrind`.
+//! [--only-chain N] [--recorder]`; `--only-chain N` times nothing but the chain of `N` with its
+//! steps reused (ITERATIONS calls), for a profiler such as `valgrind --tool=callgrind`;
+//! `--recorder` installs a metrics recorder first (metrics-util's registry-backed debugging
+//! recorder, as a service's Prometheus recorder would be), so that the bridge's per-request
+//! metrics cost what they cost in a service that exports them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -170,6 +173,11 @@ impl gpubridge_core::Kernel for Chain {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "--recorder") {
+        metrics_util::debugging::DebuggingRecorder::new()
+            .install()
+            .expect("no other recorder is installed");
+    }
     let iters: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
