@@ -217,49 +217,11 @@ fn main() {
         .position(|a| a == "--only-chain")
         .and_then(|i| args.get(i + 1))
         .and_then(|n| n.parse().ok());
-    if let Some(n) = only_chain {
-        let chain = bridge.batch::<Chain>().unwrap();
-        let mut t = Vec::with_capacity(iters);
-        for _ in 0..iters {
-            let input = vec![ChainInput {
-                x: vec![1.0; 32],
-                reuse: true,
-                n,
-            }];
-            let s = Instant::now();
-            let r = futures::executor::block_on(chain.execute(input, hints.clone())).unwrap();
-            t.push(s.elapsed());
-            std::hint::black_box(r);
-        }
-        t.sort();
-        println!(
-            "chain {n}, steps reused: P50 {:.2} us per call",
-            t[t.len() / 2].as_secs_f64() * 1e6
-        );
-        return;
-    }
-    let grain = bridge.batch::<Sum>().unwrap();
-    let batch: Vec<Vec<f32>> = (0..10)
-        .map(|i| (0..100).map(|j| (i * j) as f32).collect())
-        .collect();
-    let mut lat = Vec::with_capacity(iters);
-    for i in 0..iters + 1000 {
-        let input = batch.clone();
-        let t = Instant::now();
-        let r = futures::executor::block_on(grain.execute(input, hints.clone())).unwrap();
-        if i >= 1000 {
-            lat.push(t.elapsed());
-        }
-        std::hint::black_box(r);
-    }
-    lat.sort();
     let chain = bridge.batch::<Chain>().unwrap();
-    for (n, reuse) in [10u32, 100, 1000]
-        .into_iter()
-        .flat_map(|n| [(n, false), (n, true)])
-    {
-        let mut t = Vec::new();
-        for i in 0..(iters / n as usize).max(200) + 50 {
+    // The P50 of `calls` chains of `n` after 50 untimed ones, printed.
+    let time_chain = |n: u32, reuse: bool, calls: usize| {
+        let mut t = Vec::with_capacity(calls);
+        for i in 0..calls + 50 {
             let input = vec![ChainInput {
                 x: vec![1.0; 32],
                 reuse,
@@ -278,6 +240,31 @@ fn main() {
             if reuse { "reused" } else { "built" },
             t[t.len() / 2].as_secs_f64() * 1e6
         );
+    };
+    if let Some(n) = only_chain {
+        time_chain(n, true, iters);
+        return;
+    }
+    let grain = bridge.batch::<Sum>().unwrap();
+    let batch: Vec<Vec<f32>> = (0..10)
+        .map(|i| (0..100).map(|j| (i * j) as f32).collect())
+        .collect();
+    let mut lat = Vec::with_capacity(iters);
+    for i in 0..iters + 1000 {
+        let input = batch.clone();
+        let t = Instant::now();
+        let r = futures::executor::block_on(grain.execute(input, hints.clone())).unwrap();
+        if i >= 1000 {
+            lat.push(t.elapsed());
+        }
+        std::hint::black_box(r);
+    }
+    lat.sort();
+    for (n, reuse) in [10u32, 100, 1000]
+        .into_iter()
+        .flat_map(|n| [(n, false), (n, true)])
+    {
+        time_chain(n, reuse, (iters / n as usize).max(200));
     }
     println!(
         "bridge overhead per call (10 x 100 sum, instant double): P50 {:.2} us, P90 {:.2} us, P99 {:.2} us",

@@ -321,13 +321,7 @@ impl Baseline {
         }
         chain.check(n)?;
         let graph = self.capture_chain(&mut chain, n)?;
-        let mut graph_times = Vec::new();
-        for _ in 0..reps.max(1) {
-            let t = Instant::now();
-            graph.launch().map_err(drv("cuGraphLaunch"))?;
-            self.sync()?;
-            graph_times.push(t.elapsed());
-        }
+        let mut graph_times = self.replays(&graph, reps.max(1), || Ok(()))?;
         chain.check(n)?;
         let mut spun = Vec::new();
         let cs = self.stream.cu_stream();
@@ -362,10 +356,23 @@ impl Baseline {
         &mut self,
         n: usize,
         reps: usize,
-        mut between: impl FnMut() -> Result<()>,
+        between: impl FnMut() -> Result<()>,
     ) -> Result<Vec<Duration>> {
         let mut chain = ChainBuffers::new()?;
         let graph = self.capture_chain(&mut chain, n)?;
+        let times = self.replays(&graph, reps, between)?;
+        chain.check(n)?;
+        Ok(times)
+    }
+
+    /// Times `reps` replays of `graph` (launch and `cuStreamSynchronize`), calling `between`
+    /// after each.
+    fn replays(
+        &self,
+        graph: &cudarc::driver::CudaGraph,
+        reps: usize,
+        mut between: impl FnMut() -> Result<()>,
+    ) -> Result<Vec<Duration>> {
         let mut times = Vec::with_capacity(reps);
         for _ in 0..reps {
             let t = Instant::now();
@@ -374,7 +381,6 @@ impl Baseline {
             times.push(t.elapsed());
             between()?;
         }
-        chain.check(n)?;
         Ok(times)
     }
 

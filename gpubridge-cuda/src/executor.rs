@@ -1001,17 +1001,15 @@ impl Executor {
         &mut self,
         plan: &Plan,
         sources: &KernelSources,
-        cached: Option<gpubridge_core::PlanShape>,
+        cached: Option<Arc<SharedGraph>>,
     ) -> Result<Option<Arc<SharedGraph>>> {
         // A cached graph needs neither the functions nor a fresh layout.
-        let shape = match cached {
-            Some(shape) => Some(shape),
-            None => {
-                let functions = self.functions(plan, sources)?;
-                let (layout, total) = Self::layout_with(plan, !has_library_step(plan));
-                self.graph_for(plan, &functions, &layout, total)
-            }
-        };
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let functions = self.functions(plan, sources)?;
+        let (layout, total) = Self::layout_with(plan, !has_library_step(plan));
+        let shape = self.graph_for(plan, &functions, &layout, total);
         Ok(shape.and_then(|shape| self.graphs.entries.get(&shape).cloned()))
     }
 
@@ -1109,13 +1107,12 @@ impl Executor {
         }
     }
 
-    /// The shape of `plan` if a graph of it is cached (the shape is computed once per plan).
-    fn cached_graph(&mut self, plan: &Plan) -> Option<gpubridge_core::PlanShape> {
+    /// The cached graph of `plan`'s shape, if there is one (the shape is computed once per plan).
+    fn cached_graph(&mut self, plan: &Plan) -> Option<Arc<SharedGraph>> {
         if !self.graphs.enabled || self.graphs.entries.is_empty() || plan.steps.is_empty() {
             return None;
         }
-        let shape = plan.bucket_shape();
-        self.graphs.entries.contains_key(&shape).then_some(shape)
+        self.graphs.entries.get(&plan.bucket_shape()).cloned()
     }
 
     /// The cached graph for this plan's bucket, capturing it on the bucket's second run (on the
