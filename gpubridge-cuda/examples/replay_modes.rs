@@ -1,0 +1,365 @@
+//! Which part of a CUDA graph replay decides its latency: the graph, the stream it is launched
+//! on, its memory copies, or its instantiation. P1's chain of 10 kernels replays in about 20 or
+//! about 27.5 us depending on the process (docs/PERFORMANCE.md, thirteenth session); this probe
+//! replays several graphs of the same chain, round robin, in one process, and prints each one's
+//! median so that the mode can be pinned to what carries it.
+//!
+//! `cargo run --release -p gpubridge-cuda --example replay_modes [reps] [chain]`
+//! (needs a GPU; prints one table).
+
+use std::ffi::c_void;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaGraph, CudaStream};
+
+const SOURCE: &str = r#"
+extern "C" __global__ void bump(float* x) { x[threadIdx.x] += 1.0f; }
+extern "C" __global__ void copy_words(const unsigned int* src, unsigned int* dst, unsigned int n) {
+    for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) dst[i] = src[i];
+}
+"#;
+
+type Res<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+struct Buffers {
+    dev: sys::CUdeviceptr,
+    host: *mut u8,
+    back: *mut u8,
+}
+
+impl Buffers {
+    fn new() -> Res<Self> {
+        // SAFETY: a context is current on this thread.
+        unsafe {
+            // Mapped (and, with unified addressing, at the same address on the device).
+            let host = result::malloc_host(128, 2)?.cast::<u8>();
+            let back = result::malloc_host(128, 2)?.cast::<u8>();
+            std::ptr::write_bytes(host, 0, 128);
+            Ok(Self {
+                dev: result::malloc_sync(1024)?,
+                host,
+                back,
+            })
+        }
+    }
+}
+
+/// What a chain enqueues besides its kernels.
+#[derive(Clone, Copy)]
+enum Copies {
+    Both,
+    /// The copies made by a kernel through mapped host memory.
+    Kernel,
+    None,
+    Only,
+}
+
+fn enqueue(
+    bump: &CudaFunction,
+    copy: &CudaFunction,
+    b: &Buffers,
+    n: usize,
+    copies: Copies,
+    stream: &CudaStream,
+) -> Res<()> {
+    let cs = stream.cu_stream();
+    // SAFETY: 128 pinned bytes into a 1024-byte device buffer and back; all outlive the stream's
+    // work (the probe synchronises before exit and never frees).
+    unsafe {
+        let copy_kernel = |src: u64, dst: u64| -> Res<()> {
+            let (mut s, mut d, mut w) = (src, dst, 32u32);
+            let mut params = [
+                (&mut s as *mut u64).cast::<c_void>(),
+                (&mut d as *mut u64).cast::<c_void>(),
+                (&mut w as *mut u32).cast::<c_void>(),
+            ];
+            result::launch_kernel(
+                copy.cu_function(),
+                (1, 1, 1),
+                (32, 1, 1),
+                0,
+                cs,
+                &mut params,
+            )?;
+            Ok(())
+        };
+        if matches!(copies, Copies::Kernel) {
+            copy_kernel(b.host as u64, b.dev)?;
+        } else if !matches!(copies, Copies::None) {
+            result::memcpy_htod_async(b.dev, std::slice::from_raw_parts(b.host, 128), cs)?;
+        }
+        if !matches!(copies, Copies::Only) {
+            for _ in 0..n {
+                let mut p = b.dev;
+                let mut params = [(&mut p as *mut u64).cast::<c_void>()];
+                result::launch_kernel(
+                    bump.cu_function(),
+                    (1, 1, 1),
+                    (32, 1, 1),
+                    0,
+                    cs,
+                    &mut params,
+                )?;
+            }
+        }
+        if matches!(copies, Copies::Kernel) {
+            copy_kernel(b.dev, b.back as u64)?;
+        } else if !matches!(copies, Copies::None) {
+            result::memcpy_dtoh_async(std::slice::from_raw_parts_mut(b.back, 128), b.dev, cs)?;
+        }
+    }
+    Ok(())
+}
+
+fn capture(
+    bump: &CudaFunction,
+    copy: &CudaFunction,
+    b: &Buffers,
+    n: usize,
+    copies: Copies,
+    stream: &Arc<CudaStream>,
+) -> Res<CudaGraph> {
+    stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+    enqueue(bump, copy, b, n, copies, stream)?;
+    let g = stream
+        .end_capture(sys::CUgraphInstantiate_flags(0))?
+        .ok_or("empty graph")?;
+    g.upload()?;
+    g.launch()?;
+    stream.synchronize()?;
+    Ok(g)
+}
+
+/// How a replay is waited for.
+#[derive(Clone, Copy)]
+enum Wait {
+    Sync,
+    Spin,
+}
+
+fn wait(stream: sys::CUstream, how: Wait) -> Res<()> {
+    // SAFETY: a live stream of the current context.
+    unsafe {
+        match how {
+            Wait::Sync => result::stream::synchronize(stream)?,
+            Wait::Spin => {
+                while sys::cuStreamQuery(stream) == sys::CUresult::CUDA_ERROR_NOT_READY {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Replays each (graph exec, stream) pair `reps` times, round robin; returns each pair's median
+/// and 10th/90th percentiles in microseconds.
+fn round_robin(
+    pairs: &[(sys::CUgraphExec, sys::CUstream)],
+    reps: usize,
+    how: Wait,
+) -> Res<Vec<(f64, f64, f64)>> {
+    let mut times = vec![Vec::with_capacity(reps); pairs.len()];
+    for _ in 0..reps {
+        for (i, &(exec, stream)) in pairs.iter().enumerate() {
+            let t = Instant::now();
+            // SAFETY: a live exec and stream.
+            unsafe { result::graph::launch(exec, stream)? };
+            wait(stream, how)?;
+            times[i].push(t.elapsed());
+        }
+    }
+    Ok(times
+        .into_iter()
+        .map(|mut v| {
+            v.sort_unstable();
+            let q = |p: f64| v[((v.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
+            (q(0.5), q(0.1), q(0.9))
+        })
+        .collect())
+}
+
+fn stream_round_robin(
+    bump: &CudaFunction,
+    copy: &CudaFunction,
+    bufs: &[Buffers],
+    n: usize,
+    stream: &CudaStream,
+    reps: usize,
+) -> Res<Vec<f64>> {
+    let mut times = vec![Vec::<Duration>::with_capacity(reps); bufs.len()];
+    for _ in 0..reps {
+        for (i, b) in bufs.iter().enumerate() {
+            let t = Instant::now();
+            enqueue(bump, copy, b, n, Copies::Both, stream)?;
+            wait(stream.cu_stream(), Wait::Spin)?;
+            times[i].push(t.elapsed());
+        }
+    }
+    Ok(times
+        .into_iter()
+        .map(|mut v| {
+            v.sort_unstable();
+            v[v.len() / 2].as_secs_f64() * 1e6
+        })
+        .collect())
+}
+
+fn row(label: &str, r: &[(f64, f64, f64)]) {
+    let cells: Vec<String> = r
+        .iter()
+        .map(|(m, lo, hi)| format!("{m:5.1} ({lo:4.1}-{hi:4.1})"))
+        .collect();
+    println!("{label:<34} {}", cells.join("  "));
+}
+
+fn main() -> Res<()> {
+    let mut args = std::env::args().skip(1);
+    let reps: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(2000);
+    let n: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10);
+    const K: usize = 6;
+
+    let ctx = CudaContext::new(0)?;
+    // SAFETY: one thread; capture needs event tracking off.
+    unsafe { ctx.disable_event_tracking() };
+    let (major, minor) = ctx.compute_capability()?;
+    let ptx = gpubridge_cuda::compile("replay_modes", SOURCE, (major as u32, minor as u32))?;
+    let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx))?;
+    let bump = module.load_function("bump")?;
+    let copy = module.load_function("copy_words")?;
+    let s0 = ctx.new_stream()?;
+    let streams: Vec<Arc<CudaStream>> =
+        (0..K).map(|_| ctx.new_stream()).collect::<Result<_, _>>()?;
+    let bufs: Vec<Buffers> = (0..K).map(|_| Buffers::new()).collect::<Res<_>>()?;
+
+    println!(
+        "chain of {n}, {reps} replays each, round robin over {K}; median (p10-p90) us per replay"
+    );
+    for how in [Wait::Spin, Wait::Sync] {
+        let w = match how {
+            Wait::Spin => "spin",
+            Wait::Sync => "sync",
+        };
+        // A: K graphs (own buffers), all on s0.
+        let graphs: Vec<CudaGraph> = bufs
+            .iter()
+            .map(|b| capture(&bump, &copy, b, n, Copies::Both, &s0))
+            .collect::<Res<_>>()?;
+        let pairs: Vec<_> = graphs
+            .iter()
+            .map(|g| (g.cu_graph_exec(), s0.cu_stream()))
+            .collect();
+        row(
+            &format!("[{w}] A graphs, one stream"),
+            &round_robin(&pairs, reps, how)?,
+        );
+        // B: graph 0 on K streams.
+        let pairs: Vec<_> = streams
+            .iter()
+            .map(|s| (graphs[0].cu_graph_exec(), s.cu_stream()))
+            .collect();
+        row(
+            &format!("[{w}] B one graph, streams"),
+            &round_robin(&pairs, reps, how)?,
+        );
+        // B2: graph i on stream i.
+        let pairs: Vec<_> = graphs
+            .iter()
+            .zip(&streams)
+            .map(|(g, s)| (g.cu_graph_exec(), s.cu_stream()))
+            .collect();
+        row(
+            &format!("[{w}] B2 graph i on stream i"),
+            &round_robin(&pairs, reps, how)?,
+        );
+        // D: K instantiations of graph 0's CUgraph.
+        let execs: Vec<sys::CUgraphExec> = (0..K)
+            .map(|_| {
+                // SAFETY: graph 0's CUgraph lives as long as `graphs`.
+                unsafe {
+                    let e = result::graph::instantiate(
+                        graphs[0].cu_graph(),
+                        sys::CUgraphInstantiate_flags(0),
+                    )?;
+                    result::graph::upload(e, s0.cu_stream())?;
+                    Ok(e)
+                }
+            })
+            .collect::<Res<_>>()?;
+        let pairs: Vec<_> = execs.iter().map(|&e| (e, s0.cu_stream())).collect();
+        row(
+            &format!("[{w}] D re-instantiated, one stream"),
+            &round_robin(&pairs, reps, how)?,
+        );
+        // C: kernels only; E: copies only.
+        let kern: Vec<CudaGraph> = bufs
+            .iter()
+            .map(|b| capture(&bump, &copy, b, n, Copies::None, &s0))
+            .collect::<Res<_>>()?;
+        let pairs: Vec<_> = kern
+            .iter()
+            .map(|g| (g.cu_graph_exec(), s0.cu_stream()))
+            .collect();
+        row(
+            &format!("[{w}] C kernels only"),
+            &round_robin(&pairs, reps, how)?,
+        );
+        let cop: Vec<CudaGraph> = bufs
+            .iter()
+            .map(|b| capture(&bump, &copy, b, n, Copies::Only, &s0))
+            .collect::<Res<_>>()?;
+        let pairs: Vec<_> = cop
+            .iter()
+            .map(|g| (g.cu_graph_exec(), s0.cu_stream()))
+            .collect();
+        row(
+            &format!("[{w}] E copies only"),
+            &round_robin(&pairs, reps, how)?,
+        );
+        let kc: Vec<CudaGraph> = bufs
+            .iter()
+            .map(|b| capture(&bump, &copy, b, n, Copies::Kernel, &s0))
+            .collect::<Res<_>>()?;
+        let pairs: Vec<_> = kc
+            .iter()
+            .map(|g| (g.cu_graph_exec(), s0.cu_stream()))
+            .collect();
+        row(
+            &format!("[{w}] G copies by kernel"),
+            &round_robin(&pairs, reps, how)?,
+        );
+        for b in &bufs {
+            // SAFETY: 128 mapped bytes the synchronised replays wrote.
+            let back = unsafe { std::slice::from_raw_parts(b.back.cast::<f32>(), 32) };
+            if back.iter().any(|&x| x != n as f32) {
+                return Err(format!("copies by kernel: wrong values {:?}", &back[..4]).into());
+            }
+        }
+        // Mixed: memcpy and kernel-copy graphs interleaved.
+        let pairs: Vec<_> = graphs
+            .iter()
+            .zip(&kc)
+            .take(3)
+            .flat_map(|(a, b)| {
+                [
+                    (a.cu_graph_exec(), s0.cu_stream()),
+                    (b.cu_graph_exec(), s0.cu_stream()),
+                ]
+            })
+            .collect();
+        row(
+            &format!("[{w}] H A,G alternating"),
+            &round_robin(&pairs, reps, how)?,
+        );
+        s0.synchronize()?;
+        for e in execs {
+            // SAFETY: synchronised above; the execs are not used again.
+            unsafe { result::graph::exec_destroy(e)? };
+        }
+    }
+    let f = stream_round_robin(&bump, &copy, &bufs, n, &s0, reps)?;
+    let cells: Vec<String> = f.iter().map(|m| format!("{m:5.1}")).collect();
+    println!("{:<34} {}", "[spin] F stream launches", cells.join("  "));
+    Ok(())
+}
