@@ -25,6 +25,8 @@ pub struct Baseline {
     stream: Arc<CudaStream>,
     empty: CudaFunction,
     bump: CudaFunction,
+    /// The bridge's graph copy kernel (`executor::COPY_SOURCE`).
+    copy: CudaFunction,
 }
 
 fn drv(what: &str) -> impl Fn(result::DriverError) -> Error + '_ {
@@ -39,11 +41,27 @@ struct Pinned {
 
 impl Pinned {
     fn new(len: usize) -> Result<Self> {
+        Self::with_flags(len, 0)
+    }
+    /// Also mapped into the device's address space (`CU_MEMHOSTALLOC_DEVICEMAP`).
+    fn mapped(len: usize) -> Result<Self> {
+        Self::with_flags(len, 2)
+    }
+    fn with_flags(len: usize, flags: u32) -> Result<Self> {
         // SAFETY: a context is current on this thread (the `Baseline` bound it).
-        let ptr = unsafe { result::malloc_host(len.max(1), 0) }
+        let ptr = unsafe { result::malloc_host(len.max(1), flags) }
             .map_err(drv("cuMemHostAlloc"))?
             .cast::<u8>();
         Ok(Self { ptr, len })
+    }
+    /// The device address of a [`Pinned::mapped`] buffer.
+    fn device_ptr(&self) -> Result<sys::CUdeviceptr> {
+        let mut device: sys::CUdeviceptr = 0;
+        // SAFETY: `ptr` is pinned memory of the current context; `device` is a valid out-pointer.
+        unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device, self.ptr.cast::<c_void>(), 0) }
+            .result()
+            .map_err(drv("cuMemHostGetDevicePointer"))?;
+        Ok(device)
     }
     fn slice(&mut self) -> &mut [u8] {
         // SAFETY: `ptr` owns `len` bytes for our lifetime.
@@ -87,14 +105,15 @@ struct ChainBuffers {
 
 impl ChainBuffers {
     fn new() -> Result<Self> {
-        let mut host = Pinned::new(128)?;
+        // Mapped, so that the copies can also be made by a kernel (`kernel_copies`).
+        let mut host = Pinned::mapped(128)?;
         for (i, x) in host.slice().chunks_exact_mut(4).enumerate() {
             x.copy_from_slice(&(i as f32).to_ne_bytes());
         }
         Ok(Self {
             dev: DevMem::new(1024)?,
             host,
-            back: Pinned::new(128)?,
+            back: Pinned::mapped(128)?,
         })
     }
 
@@ -164,12 +183,23 @@ impl Baseline {
         let bump = module
             .load_function("bump")
             .map_err(drv("cuModuleGetFunction"))?;
+        let ptx = crate::compile(
+            "gpubridge_copy",
+            crate::executor::COPY_SOURCE,
+            (major as u32, minor as u32),
+        )?;
+        let copy = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+            .map_err(drv("cuModuleLoadData"))?
+            .load_function("gpubridge_copy")
+            .map_err(drv("cuModuleGetFunction"))?;
         Ok(Self {
             last_chain_spin: None,
             ctx,
             stream,
             empty,
             bump,
+            copy,
         })
     }
 
@@ -386,12 +416,35 @@ impl Baseline {
 
     /// Enqueues the chain on the stream: the 128-byte upload, `n` bumps, the download.
     fn enqueue_chain(&self, chain: &mut ChainBuffers, n: usize) -> Result<()> {
+        self.enqueue_chain_copied(chain, n, false)
+    }
+
+    /// [`Baseline::enqueue_chain`], its two copies made by the bridge's copy kernel through the
+    /// mapped host buffers when `kernel_copies`, by `cuMemcpy*Async` otherwise.
+    fn enqueue_chain_copied(
+        &self,
+        chain: &mut ChainBuffers,
+        n: usize,
+        kernel_copies: bool,
+    ) -> Result<()> {
         let cs = self.stream.cu_stream();
         let dev = chain.dev.0;
-        // SAFETY: 128 pinned bytes to a 1024-byte device buffer, on this stream; the host buffer
-        // outlives every use (callers synchronise before `chain` goes).
-        unsafe { result::memcpy_htod_async(dev, &chain.host.slice()[..128], cs) }
-            .map_err(drv("cuMemcpyHtoDAsync"))?;
+        let copy = self.copy.cu_function();
+        if kernel_copies {
+            crate::executor::launch_copy(
+                &self.stream,
+                copy,
+                chain.host.device_ptr()?,
+                dev,
+                128,
+                "cuda:0",
+            )?;
+        } else {
+            // SAFETY: 128 pinned bytes to a 1024-byte device buffer, on this stream; the host
+            // buffer outlives every use (callers synchronise before `chain` goes).
+            unsafe { result::memcpy_htod_async(dev, &chain.host.slice()[..128], cs) }
+                .map_err(drv("cuMemcpyHtoDAsync"))?;
+        }
         for _ in 0..n {
             let mut p = dev;
             let mut params = [(&mut p as *mut u64).cast::<c_void>()];
@@ -408,10 +461,37 @@ impl Baseline {
             }
             .map_err(drv("cuLaunchKernel"))?;
         }
-        // SAFETY: as above, back into 128 pinned bytes.
-        unsafe { result::memcpy_dtoh_async(&mut chain.back.slice()[..128], dev, cs) }
-            .map_err(drv("cuMemcpyDtoHAsync"))?;
+        if kernel_copies {
+            crate::executor::launch_copy(
+                &self.stream,
+                copy,
+                dev,
+                chain.back.device_ptr()?,
+                128,
+                "cuda:0",
+            )?;
+        } else {
+            // SAFETY: as above, back into 128 pinned bytes.
+            unsafe { result::memcpy_dtoh_async(&mut chain.back.slice()[..128], dev, cs) }
+                .map_err(drv("cuMemcpyDtoHAsync"))?;
+        }
         Ok(())
+    }
+
+    /// The per-kernel time (median of `reps` replays, launch and `cuStreamSynchronize`) of the
+    /// chain's graph with its two copies made by the bridge's copy kernel through mapped host
+    /// memory, as the bridge's graphs of small plans copy, rather than by memcpy nodes. The
+    /// downloaded values are checked.
+    ///
+    /// # Errors
+    /// Driver errors; [`Error::Backend`] if the chain computed a wrong value.
+    pub fn chain_graph_kernel_copies(&mut self, n: usize, reps: usize) -> Result<Duration> {
+        let mut chain = ChainBuffers::new()?;
+        let graph = self.capture_chain_copied(&mut chain, n, true)?;
+        chain.check(n)?;
+        let mut times = self.replays(&graph, reps.max(1), || Ok(()))?;
+        chain.check(n)?;
+        Ok(median(&mut times) / n as u32)
     }
 
     /// Captures [`Baseline::enqueue_chain`] into an uploaded graph and replays it once (warm-up).
@@ -420,10 +500,20 @@ impl Baseline {
         chain: &mut ChainBuffers,
         n: usize,
     ) -> Result<cudarc::driver::CudaGraph> {
+        self.capture_chain_copied(chain, n, false)
+    }
+
+    /// [`Baseline::capture_chain`] of [`Baseline::enqueue_chain_copied`].
+    fn capture_chain_copied(
+        &self,
+        chain: &mut ChainBuffers,
+        n: usize,
+        kernel_copies: bool,
+    ) -> Result<cudarc::driver::CudaGraph> {
         self.stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(drv("cuStreamBeginCapture"))?;
-        let captured = self.enqueue_chain(chain, n);
+        let captured = self.enqueue_chain_copied(chain, n, kernel_copies);
         let graph = self.end_capture(captured)?;
         graph.launch().map_err(drv("cuGraphLaunch"))?;
         self.sync()?;

@@ -148,6 +148,10 @@ pub struct GraphStats {
     /// ([`Plan::reuse_steps`](gpubridge_core::plan::Plan::reuse_steps)): neither compared with
     /// the nodes nor updated.
     pub same_steps_replays: u64,
+    /// Captures whose graph copies its inputs and outputs with a kernel through mapped pinned
+    /// staging rather than with copy-engine memcpy nodes (both at most 64 KiB: see
+    /// `GRAPH_KERNEL_COPY_MAX` in the executor).
+    pub kernel_copy_captures: u64,
 }
 
 /// The most plan shapes the graph cache remembers as seen once, and as failed; past it, that
@@ -290,6 +294,19 @@ struct Executor {
     mapped: PinnedBuffer,
     /// Large outputs being unpacked off this thread, and their staging coming back.
     unpacking: Arc<Unpacking>,
+    /// The graphs' copy kernel ([`COPY_SOURCE`]), loaded at the first capture that uses it.
+    copy_kernel: CopyKernel,
+}
+
+/// The state of the executor's copy kernel.
+enum CopyKernel {
+    Unloaded,
+    Ready {
+        function: CudaFunction,
+        _module: Arc<CudaModule>,
+    },
+    /// It did not compile or load (logged once); graphs copy with memcpy nodes.
+    Failed,
 }
 
 /// Large outputs are unpacked on the rayon pool rather than on the executor thread, so that the
@@ -315,6 +332,32 @@ const MAX_UNPACKING: usize = 2;
 const ZERO_COPY_MAX_BYTES: usize = 64 << 10;
 /// More launches than this are better replayed as a graph.
 const ZERO_COPY_MAX_LAUNCHES: usize = 2;
+/// A captured graph whose inputs and outputs are each at most this many bytes copies them with a
+/// kernel of its own ([`COPY_SOURCE`]) through mapped pinned staging instead of copy-engine memcpy
+/// nodes. On the H200 a chain of ten small kernels between two 128-byte memcpy nodes replayed in
+/// 17.4 us most times and 25.6 us in about one replay of three (the hand-offs between the copy
+/// engine and the SMs), with kernel copies in 16.5 to 17.7 us every time (`examples/replay_modes`,
+/// docs/PERFORMANCE.md).
+const GRAPH_KERNEL_COPY_MAX: usize = 64 << 10;
+/// The copy kernel of [`GRAPH_KERNEL_COPY_MAX`]: `n` bytes from `src` to `dst`, 16 at a time when
+/// both are 16-byte aligned. Library code, compiled once per device like a kernel's source.
+pub(crate) const COPY_SOURCE: &str = r#"
+extern "C" __global__ void gpubridge_copy(const unsigned char* __restrict__ src,
+                                          unsigned char* __restrict__ dst,
+                                          unsigned long long n) {
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    unsigned long long start = 0;
+    if ((((unsigned long long)src | (unsigned long long)dst) & 15ull) == 0) {
+        const uint4* s = (const uint4*)src;
+        uint4* d = (uint4*)dst;
+        unsigned long long words = n / 16;
+        for (unsigned long long k = i; k < words; k += stride) d[k] = s[k];
+        start = words * 16;
+    }
+    for (unsigned long long k = start + i; k < n; k += stride) dst[k] = src[k];
+}
+"#;
 /// Graphs of plans up to this size replay on a spinning caller's thread (see [`run_inline`]);
 /// larger ones go to the executor, whose unpack uses huge pages and whose copies overlap.
 const INLINE_REPLAY_MAX_BYTES: usize = 1 << 20;
@@ -370,6 +413,8 @@ struct GraphEntry {
     executions: u64,
     /// Captured from a plan with a library (cuBLAS) step.
     library: bool,
+    /// Its copies are made by the copy kernel ([`GRAPH_KERNEL_COPY_MAX`]).
+    kernel_copies: bool,
 }
 
 // SAFETY: the graph, its node and function handles and its staging are valid from any thread
@@ -597,6 +642,7 @@ impl Executor {
             huge_pages: true,
             staged: true,
             mapped: PinnedBuffer::mapped(),
+            copy_kernel: CopyKernel::Unloaded,
             free_sampled: Instant::now(),
             idle_released: Instant::now(),
             idle_release_every: crate::memory::IDLE_RELEASE_EVERY,
@@ -868,6 +914,49 @@ impl Executor {
     }
 
     /// The functions of `plan`'s launches, compiling and loading the kernel's module on first use.
+    /// The copy kernel of [`GRAPH_KERNEL_COPY_MAX`], compiled (or read from the PTX cache) and
+    /// loaded on first use; `None` when that failed, once and for all (graphs then copy with
+    /// memcpy nodes, as they did before).
+    fn copy_function(&mut self) -> Option<sys::CUfunction> {
+        match &self.copy_kernel {
+            CopyKernel::Ready { function, .. } => return Some(function.cu_function()),
+            CopyKernel::Failed => return None,
+            CopyKernel::Unloaded => {}
+        }
+        let sources = KernelSources {
+            cuda: Some(COPY_SOURCE),
+            wgsl: None,
+        };
+        let loaded = (|| -> Result<(CudaFunction, Arc<CudaModule>)> {
+            let (ptx, _) =
+                self.ptx
+                    .ptx("gpubridge_copy", COPY_SOURCE, sources.hash(), self.arch)?;
+            let module = self
+                .ctx
+                .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+                .map_err(|e| driver_error(&self.label, "cuModuleLoadData", e))?;
+            let function = module
+                .load_function("gpubridge_copy")
+                .map_err(|e| driver_error(&self.label, "cuModuleGetFunction", e))?;
+            Ok((function, module))
+        })();
+        match loaded {
+            Ok((function, module)) => {
+                let f = function.cu_function();
+                self.copy_kernel = CopyKernel::Ready {
+                    function,
+                    _module: module,
+                };
+                Some(f)
+            }
+            Err(e) => {
+                tracing::warn!(device = %self.label, "the graphs' copy kernel is not available, small graphs copy with memcpy nodes: {e}");
+                self.copy_kernel = CopyKernel::Failed;
+                None
+            }
+        }
+    }
+
     fn functions(&mut self, plan: &Plan, sources: &KernelSources) -> Result<Vec<sys::CUfunction>> {
         let entries: Vec<&'static str> = launch_entries(plan).collect();
         if entries.is_empty() {
@@ -1164,7 +1253,11 @@ impl Executor {
         match self.capture(plan, functions, layout, total) {
             Ok(entry) => {
                 metrics::counter!(names::GRAPH_CACHE_TOTAL, "result" => "miss").increment(1);
-                self.shared.graphs.lock().misses += 1;
+                {
+                    let mut stats = self.shared.graphs.lock();
+                    stats.misses += 1;
+                    stats.kernel_copy_captures += u64::from(entry.kernel_copies);
+                }
                 let (bytes, device_bytes) = (entry.bytes, entry.block.size);
                 if resident {
                     while self.graphs.resident_used + bytes > self.graphs.resident_budget
@@ -1274,34 +1367,61 @@ impl Executor {
         total: usize,
     ) -> Result<GraphEntry> {
         let out_len = layout.out_end - layout.out_start;
-        let mut staging_in = PinnedBuffer::empty();
-        let mut staging_out = PinnedBuffer::empty();
+        let copy = if layout.in_total <= GRAPH_KERNEL_COPY_MAX && out_len <= GRAPH_KERNEL_COPY_MAX {
+            self.copy_function()
+        } else {
+            None
+        };
+        let new_staging = || match copy {
+            Some(_) => PinnedBuffer::mapped(),
+            None => PinnedBuffer::empty(),
+        };
+        let mut staging_in = new_staging();
+        let mut staging_out = new_staging();
         staging_in.ensure(layout.in_total, &self.label)?;
         staging_out.ensure(out_len, &self.label)?;
         let block = self.pool.rent(total.max(1))?;
         let label = self.label.clone();
+        let (in_dev, out_dev) = (staging_in.device_ptr(), staging_out.device_ptr());
         let captured = (|| -> Result<cudarc::driver::CudaGraph> {
-            self.lanes[0]
-                .stream
+            let stream = &self.lanes[0].stream;
+            stream
                 .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                 .map_err(|e| driver_error(&label, "cuStreamBeginCapture", e))?;
-            let enqueued = enqueue(
-                &self.lanes[0].stream,
-                None,
-                self.blas.as_ref(),
-                &label,
-                plan,
-                functions,
-                block.ptr,
-                layout,
-                staging_in.slice_mut(layout.in_total),
-                staging_out.slice_mut(out_len),
-                false,
-                true,
-            );
+            let copy_in = |f| match layout.in_total {
+                0 => Ok(()),
+                n => launch_copy(stream, f, in_dev, block.ptr, n, &label),
+            };
+            let copy_out = |f| match out_len {
+                0 => Ok(()),
+                n => launch_copy(
+                    stream,
+                    f,
+                    block.ptr + layout.out_start as u64,
+                    out_dev,
+                    n,
+                    &label,
+                ),
+            };
+            let enqueued = copy.map_or(Ok(()), copy_in).and_then(|()| {
+                enqueue(
+                    stream,
+                    None,
+                    self.blas.as_ref(),
+                    &label,
+                    plan,
+                    functions,
+                    block.ptr,
+                    layout,
+                    staging_in.slice_mut(layout.in_total),
+                    staging_out.slice_mut(out_len),
+                    false,
+                    copy.is_none(),
+                )
+                .and_then(|_| copy.map_or(Ok(()), copy_out))
+            });
             // End the capture whatever happened, so the stream leaves capture mode.
-            let graph = self.lanes[0]
-                .stream
+            let graph = stream
                 .end_capture(sys::CUgraphInstantiate_flags(0))
                 .map_err(|e| driver_error(&label, "cuStreamEndCapture", e));
             enqueued?;
@@ -1320,7 +1440,11 @@ impl Executor {
                 let (nodes, updatable) = if has_library_step(plan) {
                     (Vec::new(), false)
                 } else {
-                    kernel_nodes(&graph, plan, functions, &layout.offsets, block.ptr)
+                    let copies = (
+                        copy.is_some() && layout.in_total > 0,
+                        copy.is_some() && out_len > 0,
+                    );
+                    kernel_nodes(&graph, plan, functions, &layout.offsets, block.ptr, copies)
                 };
                 if !updatable && !has_library_step(plan) {
                     tracing::debug!(device = %self.label, kernel = plan.kernel, "captured graph is not a chain of the plan's launches; it replays only as captured");
@@ -1338,6 +1462,7 @@ impl Executor {
                     applied: plan.steps.if_reused(),
                     executions: 0,
                     library: has_library_step(plan),
+                    kernel_copies: copy.is_some(),
                 })
             }
             Err(e) => {
@@ -1501,6 +1626,7 @@ fn kernel_nodes(
     functions: &[sys::CUfunction],
     offsets: &[usize],
     base: sys::CUdeviceptr,
+    (copy_in, copy_out): (bool, bool),
 ) -> (Vec<KernelNode>, bool) {
     let launches: Vec<&gpubridge_core::plan::Launch> = plan
         .steps
@@ -1557,6 +1683,12 @@ fn kernel_nodes(
         }
         ok
     };
+    // The copy kernels' nodes, first and last, are not the plan's launches.
+    let copies = usize::from(copy_in) + usize::from(copy_out);
+    if walked && found.len() >= copies {
+        found.truncate(found.len() - usize::from(copy_out));
+        found.drain(..usize::from(copy_in));
+    }
     let updatable = walked && found.len() == launches.len() && functions.len() == launches.len();
     let mut nodes = Vec::with_capacity(launches.len());
     for (i, l) in launches.iter().enumerate() {
@@ -2069,6 +2201,48 @@ fn enqueue(
     Ok(packing)
 }
 
+/// Enqueues the copy kernel ([`COPY_SOURCE`]): `n` bytes from `src` to `dst` (device addresses,
+/// either of them mapped pinned memory), with one 16-byte load per thread for up to
+/// [`GRAPH_KERNEL_COPY_MAX`] bytes.
+pub(crate) fn launch_copy(
+    stream: &CudaStream,
+    f: sys::CUfunction,
+    src: sys::CUdeviceptr,
+    dst: sys::CUdeviceptr,
+    n: usize,
+    label: &str,
+) -> Result<()> {
+    let (blocks, threads) = copy_grid(n);
+    let (mut src, mut dst, mut n) = (src, dst, n as u64);
+    let mut params = [
+        (&mut src as *mut u64).cast::<c_void>(),
+        (&mut dst as *mut u64).cast::<c_void>(),
+        (&mut n as *mut u64).cast::<c_void>(),
+    ];
+    // SAFETY: `gpubridge_copy` takes two pointers and a 64-bit count, given here; both ranges
+    // are `n` bytes the caller owns (a rented block, mapped pinned staging) until the stream's
+    // work, or the graph captured from it, is done.
+    unsafe {
+        result::launch_kernel(
+            f,
+            (blocks as u32, 1, 1),
+            (threads as u32, 1, 1),
+            0,
+            stream.cu_stream(),
+            &mut params,
+        )
+    }
+    .map_err(|e| driver_error(label, "cuLaunchKernel (copy)", e))
+}
+
+/// The copy kernel's grid for `n` bytes: (blocks, threads per block), one 16-byte word per
+/// thread up to 64 blocks of 256 (256 KiB; larger copies loop).
+fn copy_grid(n: usize) -> (usize, usize) {
+    let words = n.div_ceil(16);
+    let threads = words.next_multiple_of(32).clamp(32, 256);
+    (words.div_ceil(threads).clamp(1, 64), threads)
+}
+
 /// Whether a plan runs staged ([`enqueue_staged`]): its kernel gave stages and its inputs are
 /// large enough to be uploaded in pieces.
 fn staged(plan: &Plan, layout: &Layout) -> bool {
@@ -2492,4 +2666,49 @@ fn pack_piece(
             .for_each(|(t, dst)| fill(dst, at + t * per));
     }
     panicked.into_inner().map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{copy_grid, COPY_SOURCE, GRAPH_KERNEL_COPY_MAX};
+
+    /// The graphs' copy kernel compiles through NVRTC for sm_90 wherever NVRTC loads (CI
+    /// installs it); elsewhere it skips unless `GPUBRIDGE_REQUIRE_NVRTC=1` or
+    /// `GPUBRIDGE_REQUIRE_GPU=1`.
+    #[test]
+    fn the_copy_kernel_compiles_for_sm_90() {
+        if let Err(e) = crate::nvrtc_version() {
+            let required = ["GPUBRIDGE_REQUIRE_NVRTC", "GPUBRIDGE_REQUIRE_GPU"]
+                .iter()
+                .any(|v| std::env::var(v).is_ok_and(|v| v == "1"));
+            assert!(!required, "NVRTC is required here: {e}");
+            eprintln!("skipped: {e}");
+            return;
+        }
+        let ptx = crate::compile("gpubridge_copy", COPY_SOURCE, (9, 0)).unwrap();
+        assert!(ptx.contains(".entry gpubridge_copy("), "{ptx}");
+    }
+
+    /// Every copy a graph makes with the kernel is one word per thread: no thread loops.
+    #[test]
+    fn the_copy_grid_covers_a_graph_copy_in_one_pass() {
+        for n in [
+            1,
+            15,
+            16,
+            17,
+            128,
+            4095,
+            4096,
+            40_000,
+            GRAPH_KERNEL_COPY_MAX,
+        ] {
+            let (blocks, threads) = copy_grid(n);
+            assert!(blocks * threads * 16 >= n, "{n}: {blocks} x {threads}");
+            assert!((32..=256).contains(&threads) && threads % 32 == 0, "{n}");
+            assert!(blocks == 1 || threads == 256, "{n}: {blocks} x {threads}");
+        }
+        assert_eq!(copy_grid(128), (1, 32));
+        assert_eq!(copy_grid(GRAPH_KERNEL_COPY_MAX), (16, 256));
+    }
 }

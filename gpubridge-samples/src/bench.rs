@@ -798,6 +798,9 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
             let stream = median(&mut stream.total) / n;
             let (raw_stream, raw_graph_alone) = base.chain_per_kernel(n as usize, reps)?;
             let raw_spin = base.last_chain_spin().map_or(0.0, us);
+            // The bridge's graphs of small plans copy with a kernel, not memcpy nodes: the raw
+            // graph made the same way, for the note (the row's baseline stays the memcpy graph).
+            let raw_kernel_copies = us(base.chain_graph_kernel_copies(n as usize, reps)?);
             // The raw baseline waits in cuStreamSynchronize, which spins while the host has
             // cores to spare (CUDA's automatic scheduling): the bridge's `spin_wait` hint is
             // that wait; the default parks the caller until the executor wakes it. Each
@@ -826,11 +829,12 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                     "<= 1.1x raw graph replay and >= 65% below the bridge's stream launches",
                     Some(replayed && ratio <= 1.1 && below_stream >= 0.65),
                     &format!(
-                        "{mode}; the chain's launches reused by length (Plan::reuse_steps); every call a graph replay: {replayed}; bridge stream launches (default wait) {:.2} us/kernel ({:.0}% below); raw stream launches {:.2} us/kernel; raw graph alone (not interleaved) {:.2} us/kernel, with a spinning wait {raw_spin:.2}; per call {:.1} us of which request start to submission {:.1} us, executor pack+replay+wait {:.1} us (job taken to outputs ready {:.1} us), hand-offs {:.1} us and unpack {:.1} us; medians of {reps}",
+                        "{mode}; the chain's launches reused by length (Plan::reuse_steps); every call a graph replay: {replayed}; bridge stream launches (default wait) {:.2} us/kernel ({:.0}% below); raw stream launches {:.2} us/kernel; raw graph alone (not interleaved) {:.2} us/kernel, with a spinning wait {raw_spin:.2}; raw graph with its copies made by a kernel through mapped memory, as the bridge's graphs of small plans copy, {raw_kernel_copies:.2} us/kernel (bridge {:.2}x that); per call {:.1} us of which request start to submission {:.1} us, executor pack+replay+wait {:.1} us (job taken to outputs ready {:.1} us), hand-offs {:.1} us and unpack {:.1} us; medians of {reps}",
                         us(stream),
                         below_stream * 100.0,
                         us(raw_stream),
                         us(raw_graph_alone),
+                        us(graph) / raw_kernel_copies,
                         us(graph) * f64::from(n),
                         us(median(&mut calls.queue)),
                         us(median(&mut calls.device)),

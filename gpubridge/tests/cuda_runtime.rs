@@ -114,6 +114,8 @@ fn repeated_plan_shapes_are_captured_once_and_replayed_with_fresh_data() {
     assert_eq!(replayed, [false, true, true, true, true, true]);
     let g = cuda.graph_stats(0).unwrap();
     assert_eq!((g.misses, g.hits, g.entries), (1, 5, 1), "{g:?}");
+    // 80,000 bytes in: past the copy kernel's 64 KiB, so the graph copies with memcpy nodes.
+    assert_eq!(g.kernel_copy_captures, 0, "{g:?}");
     gpubridge::testing::assert_quiescent(&b);
 }
 
@@ -1057,6 +1059,9 @@ fn reused_steps_replay_without_comparison_and_update_when_they_change() {
         (4, 32, 3),
         "{g:?}"
     );
+    // 128 bytes each way: the graph's copies are made by the copy kernel, whose two nodes the
+    // updates above skipped (all eight bumps were found and updated).
+    assert_eq!(g.kernel_copy_captures, 1, "{g:?}");
     gpubridge::testing::assert_quiescent(&b);
 }
 
