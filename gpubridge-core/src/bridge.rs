@@ -625,7 +625,8 @@ where
         };
         let result = run.instrument(span.clone()).await;
         let elapsed = started.elapsed();
-        metrics::histogram!(names::REQUEST_DURATION_SECONDS, "kernel" => kernel)
+        crate::metric_handles::kernel(kernel)
+            .request_duration
             .record(elapsed.as_secs_f64());
         let outcome = match &result {
             Ok(_) => "ok",
@@ -882,24 +883,23 @@ where
                     "outcome",
                     result.as_ref().map_or_else(Error::reason_label, |_| "ok"),
                 );
-                let success = result.is_ok();
-                metrics::counter!(names::KERNELS_EXECUTED_TOTAL, "kernel" => id, "backend" => kind.name(), "device" => label, "success" => if success { "true" } else { "false" })
-                    .increment(1);
+                let m = crate::metric_handles::device(id, kind.name(), label);
+                if result.is_ok() {
+                    m.executed_ok.increment(1);
+                } else {
+                    m.executed_failed.increment(1);
+                }
                 match result {
                     Ok(attempt) => {
                         if breaker.state() != CircuitState::Closed {
                             tracing::info!(device = %label, "circuit closed again");
                         }
                         breaker.on_success();
-                        metrics::gauge!(names::CIRCUIT_STATE, "device" => label)
-                            .set(CircuitState::Closed.gauge());
+                        m.circuit_state.set(CircuitState::Closed.gauge());
                         let r = &attempt.report;
-                        metrics::histogram!(names::KERNEL_DURATION_SECONDS, "kernel" => id, "backend" => kind.name())
-                            .record(r.compute.as_secs_f64());
-                        metrics::histogram!(names::QUEUE_DURATION_SECONDS, "kernel" => id)
-                            .record(r.queue.as_secs_f64());
-                        metrics::histogram!(names::BATCH_SIZE, "kernel" => id)
-                            .record(r.items as f64);
+                        m.kernel_duration.record(r.compute.as_secs_f64());
+                        m.queue_duration.record(r.queue.as_secs_f64());
+                        m.batch_size.record(r.items as f64);
                         return Ok((attempt, fallbacks));
                     }
                     Err(e) => match e.class() {
@@ -923,8 +923,7 @@ where
                             if state == CircuitState::Open {
                                 tracing::warn!(device = %label, "circuit opened: {e}");
                             }
-                            metrics::gauge!(names::CIRCUIT_STATE, "device" => label)
-                                .set(state.gauge());
+                            m.circuit_state.set(state.gauge());
                             attempts.push((kind, e.to_string()));
                             last_failed = Some((kind, e.reason_label(), e.to_string()));
                         }
@@ -1140,11 +1139,11 @@ where
 /// Counts a finished plan's host-device bytes and, where the backend timed its copies, their
 /// throughput.
 fn record_copies((up, down): (u64, u64), copying: Duration) {
-    metrics::counter!(names::BYTES_TRANSFERRED_TOTAL, "direction" => "h2d").increment(up);
-    metrics::counter!(names::BYTES_TRANSFERRED_TOTAL, "direction" => "d2h").increment(down);
+    let m = crate::metric_handles::global();
+    m.bytes_h2d.increment(up);
+    m.bytes_d2h.increment(down);
     if !copying.is_zero() {
-        metrics::gauge!(names::TRANSFER_THROUGHPUT_BYTES_PER_SECOND)
-            .set((up + down) as f64 / copying.as_secs_f64());
+        m.throughput.set((up + down) as f64 / copying.as_secs_f64());
     }
 }
 
@@ -1154,7 +1153,7 @@ pub(crate) struct Pending<'a>(&'a AtomicUsize);
 impl<'a> Pending<'a> {
     fn start(count: &'a AtomicUsize) -> Self {
         count.fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!(names::PENDING_REQUESTS).increment(1.0);
+        crate::metric_handles::global().pending.increment(1.0);
         Self(count)
     }
 }
@@ -1180,7 +1179,7 @@ impl Drop for InFlight<'_> {
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-        metrics::gauge!(names::PENDING_REQUESTS).decrement(1.0);
+        crate::metric_handles::global().pending.decrement(1.0);
     }
 }
 

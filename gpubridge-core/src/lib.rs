@@ -50,6 +50,7 @@ pub mod hints;
 pub mod janitor;
 pub mod kernel;
 pub mod kernels;
+mod metric_handles;
 pub mod nvtx;
 pub mod plan;
 pub mod readiness;
