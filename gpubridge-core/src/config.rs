@@ -448,6 +448,14 @@ pub struct WgpuConfig {
     /// Use only adapters whose name contains this text, ignoring case (for example `"NVIDIA"`
     /// or `"llvmpipe"`); unset means any.
     pub adapter: Option<String>,
+    /// Open the wgpu backend even where CUDA is usable (default `false`). wgpu is the backend
+    /// for machines without CUDA; beside CUDA it would open a second (Vulkan) context on the
+    /// same GPU, which on the H200 made CUDA's small-kernel latency bimodal (P1's chain of 10:
+    /// 22.2-24.4 us per call without it, 22.6-26.8 with it; docs/PERFORMANCE.md). With `false`,
+    /// the facade's `gpubridge::builder` opens CUDA first and wgpu only when CUDA is not usable;
+    /// work that leaves CUDA then falls back to the CPU. The CLI turns it on where wgpu is asked
+    /// for by name (`--backend wgpu`, `load --backends wgpu`, the bench's W rows).
+    pub alongside_cuda: bool,
 }
 
 impl Default for WgpuConfig {
@@ -457,6 +465,7 @@ impl Default for WgpuConfig {
             allow_software_adapter: true,
             apis: vec![WgpuApi::Vulkan, WgpuApi::Gl],
             adapter: None,
+            alongside_cuda: false,
         }
     }
 }

@@ -268,7 +268,20 @@ pub fn run(args: BenchArgs, config: BridgeConfig) -> anyhow::Result<()> {
         cx.card = card;
     }
     if cx.wants("W1") || cx.wants("W2") {
-        wgpu_rows(&mut cx, &bridge, cpu_name.unwrap_or_default())?;
+        // Where CUDA is usable the bridge has no wgpu backend (`wgpu.alongside_cuda`): these rows
+        // get a bridge of wgpu and the CPU, closed again before the CUDA rows.
+        let own = if bridge.backends().contains(&BackendKind::Wgpu) {
+            None
+        } else {
+            let mut config = bridge.config().clone();
+            config.fallback.chain = vec![BackendKind::Wgpu, BackendKind::Cpu];
+            Some(gpubridge::bridge(config)?)
+        };
+        wgpu_rows(
+            &mut cx,
+            own.as_ref().unwrap_or(&bridge),
+            cpu_name.unwrap_or_default(),
+        )?;
     }
     // P6, P7: files to device memory (gpubridge-storage), skipped with the reason without a GPU.
     storage_rows::rows(&mut cx)?;

@@ -729,6 +729,15 @@ pub fn run(args: LoadArgs, config: BridgeConfig) -> anyhow::Result<()> {
         anyhow::bail!("--telemetry needs the `prometheus` feature");
     }
     let (rt, workers) = runtime(args.workers, args.event_interval)?;
+    let mut config = config.clone();
+    // wgpu asked for by name is opened beside CUDA too (`wgpu.alongside_cuda`).
+    if args
+        .backends
+        .iter()
+        .any(|b| backend_of(b).is_ok_and(|k| k == BackendKind::Wgpu))
+    {
+        config.wgpu.alongside_cuda = true;
+    }
     let bridge = gpubridge::bridge(config.clone())?;
     let available = bridge.backends();
     let backends: Vec<BackendKind> = if args.backends.is_empty() {

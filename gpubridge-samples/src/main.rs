@@ -124,6 +124,14 @@ impl BackendChoice {
         }
     }
 
+    /// A backend asked for by name is opened even where the default would leave it closed:
+    /// wgpu beside CUDA (`wgpu.alongside_cuda`).
+    fn configure(self, config: &mut BridgeConfig) {
+        if self == BackendChoice::Wgpu {
+            config.wgpu.alongside_cuda = true;
+        }
+    }
+
     fn hints(self) -> ExecutionHints {
         match self.kind() {
             Some(kind) => ExecutionHints::default().on_backend(kind),
@@ -282,7 +290,7 @@ fn init_tracing(config: &BridgeConfig) -> Tracing {
     Tracing { _otlp: otlp }
 }
 
-fn run(cli: Cli, config: BridgeConfig) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli, mut config: BridgeConfig) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Devices { json } => devices(&config, json),
         Command::Kernels => {
@@ -354,6 +362,7 @@ fn run(cli: Cli, config: BridgeConfig) -> anyhow::Result<ExitCode> {
             json,
             sizes,
         } => {
+            backend.configure(&mut config);
             let bridge = gpubridge::bridge(config)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -395,6 +404,13 @@ fn device_type(t: DeviceType) -> &'static str {
 
 fn devices(config: &BridgeConfig, json: bool) -> anyhow::Result<ExitCode> {
     let reports = gpubridge::probe_backends(config);
+    // The bridge leaves wgpu closed where CUDA is usable, unless told otherwise.
+    let cuda_usable = config.fallback.chain.contains(&BackendKind::Cuda)
+        && reports
+            .iter()
+            .any(|r| r.kind == BackendKind::Cuda && matches!(r.status, BackendStatus::Ready(_)));
+    let beside_cuda =
+        |kind: BackendKind| kind == BackendKind::Wgpu && cuda_usable && !config.wgpu.alongside_cuda;
     if json {
         let v: Vec<serde_json::Value> = reports
             .iter()
@@ -410,6 +426,7 @@ fn devices(config: &BridgeConfig, json: bool) -> anyhow::Result<ExitCode> {
                     "backend": r.kind.name(),
                     "in_chain": config.fallback.chain.contains(&r.kind),
                     "usable": matches!(r.status, BackendStatus::Ready(_)),
+                    "opened": matches!(r.status, BackendStatus::Ready(_)) && !beside_cuda(r.kind),
                     "reason": r.unavailable_reason(),
                     "devices": devices,
                 })
@@ -426,7 +443,14 @@ fn devices(config: &BridgeConfig, json: bool) -> anyhow::Result<ExitCode> {
         };
         match &r.status {
             BackendStatus::Ready(ds) => {
-                println!("{}: in use{chain}", r.kind);
+                if beside_cuda(r.kind) {
+                    println!(
+                        "{}: usable, not opened beside CUDA (wgpu.alongside_cuda is off){chain}",
+                        r.kind
+                    );
+                } else {
+                    println!("{}: in use{chain}", r.kind);
+                }
                 for d in ds {
                     println!(
                         "  {}  {}  [{}]  {}  {}  {}",

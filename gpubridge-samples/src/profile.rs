@@ -146,8 +146,9 @@ fn random(rng: &mut SmallRng, len: usize) -> Vec<f32> {
 }
 
 /// Runs `profile`.
-pub fn run(args: ProfileArgs, config: BridgeConfig) -> anyhow::Result<ExitCode> {
+pub fn run(args: ProfileArgs, mut config: BridgeConfig) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.iterations > 0, "--iterations must be at least 1");
+    args.backend.configure(&mut config);
     let bridge = gpubridge::bridge(config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -122,7 +122,9 @@ fn left_out(kind: BackendKind) -> Opened {
 /// # Fallback
 /// A backend that cannot be opened (no CUDA driver, no wgpu adapter, `wgpu.enabled = false`) is
 /// recorded with its reason, which `devices`, [`GpuBridge::reports`] and
-/// [`Error::NoBackendAvailable`] repeat; work then lands on the next backend of the chain.
+/// [`Error::NoBackendAvailable`] repeat; work then lands on the next backend of the chain. Where
+/// CUDA is usable wgpu is not opened (and says so) unless `wgpu.alongside_cuda` is on: a second
+/// context on the same GPU perturbs CUDA's latency. With it on, both are opened at once.
 ///
 /// # Errors
 /// [`Error::InvalidConfig`] for a bad configuration; errors starting the CPU pool.
@@ -132,28 +134,48 @@ pub fn builder(config: BridgeConfig) -> Result<BridgeBuilder> {
     register_builtins(&mut b)?;
     let chain = b.config().fallback.chain.clone();
     let cfg = b.config();
-    let (cuda, wgpu) = std::thread::scope(|s| {
-        // Opening Vulkan takes as long as starting CUDA: do both at once.
-        let wgpu = s.spawn(|| -> Opened {
-            if chain.contains(&BackendKind::Wgpu) {
-                gpubridge_wgpu_fallback::wgpu_backend(cfg)
-            } else {
-                left_out(BackendKind::Wgpu)
-            }
-        });
-        let cuda = if chain.contains(&BackendKind::Cuda) {
+    let open_wgpu = || -> Opened {
+        if chain.contains(&BackendKind::Wgpu) {
+            gpubridge_wgpu_fallback::wgpu_backend(cfg)
+        } else {
+            left_out(BackendKind::Wgpu)
+        }
+    };
+    let open_cuda = || -> Opened {
+        if chain.contains(&BackendKind::Cuda) {
             cuda_backend(cfg)
         } else {
             left_out(BackendKind::Cuda)
-        };
-        let wgpu = wgpu.join().unwrap_or_else(|_| {
-            Err(BackendReport {
+        }
+    };
+    let (cuda, wgpu) = if cfg.wgpu.alongside_cuda {
+        std::thread::scope(|s| {
+            // Opening Vulkan takes as long as starting CUDA: do both at once.
+            let wgpu = s.spawn(open_wgpu);
+            let cuda = open_cuda();
+            let wgpu = wgpu.join().unwrap_or_else(|_| {
+                Err(BackendReport {
+                    kind: BackendKind::Wgpu,
+                    status: BackendStatus::Unavailable("opening wgpu panicked".to_owned()),
+                })
+            });
+            (cuda, wgpu)
+        })
+    } else {
+        // wgpu is for machines without CUDA: beside it, a second context on the same GPU
+        // perturbs CUDA's latency (`wgpu.alongside_cuda`).
+        let cuda = open_cuda();
+        let wgpu = match (&cuda, chain.contains(&BackendKind::Wgpu)) {
+            (Ok(_), true) if cfg.wgpu.enabled => Err(BackendReport {
                 kind: BackendKind::Wgpu,
-                status: BackendStatus::Unavailable("opening wgpu panicked".to_owned()),
-            })
-        });
+                status: BackendStatus::Unavailable(
+                    "not opened: CUDA is usable here and wgpu.alongside_cuda is off".to_owned(),
+                ),
+            }),
+            _ => open_wgpu(),
+        };
         (cuda, wgpu)
-    });
+    };
     for opened in [cuda, wgpu] {
         match opened {
             Ok(backend) => b.add_backend(backend),

@@ -371,3 +371,53 @@ fn a_software_adapter_is_tried_after_the_cpu_unless_asked_for() {
     assert_eq!(asked.backend(), Some(BackendKind::Wgpu));
     gpubridge::testing::assert_quiescent(&bridge);
 }
+
+/// Where CUDA is usable the facade does not open wgpu beside it (a second context on the same
+/// GPU perturbs CUDA's latency) and says why; `wgpu.alongside_cuda` opens both, and work asked
+/// for on wgpu runs there with exact answers. Needs a CUDA device (skips without one unless
+/// `GPUBRIDGE_REQUIRE_GPU=1`); the wgpu half needs an adapter as the other tests do.
+#[test]
+fn wgpu_is_opened_beside_cuda_only_when_asked() {
+    let config = BridgeConfig::default();
+    let bridge = gpubridge::bridge(config.clone()).unwrap();
+    if !bridge.backends().contains(&BackendKind::Cuda) {
+        assert!(
+            !gpubridge::conformance::gpu_required(),
+            "a CUDA device is required here: {:?}",
+            bridge.reports()
+        );
+        eprintln!("skipped: no CUDA device");
+        return;
+    }
+    assert_eq!(bridge.backends(), [BackendKind::Cuda, BackendKind::Cpu]);
+    let reason = bridge
+        .reports()
+        .iter()
+        .find(|r| r.kind == BackendKind::Wgpu)
+        .and_then(|r| r.unavailable_reason())
+        .expect("wgpu is reported as not in use")
+        .to_owned();
+    assert!(reason.contains("wgpu.alongside_cuda is off"), "{reason}");
+    drop(bridge);
+
+    let mut beside = config;
+    beside.wgpu.alongside_cuda = true;
+    beside.fallback.software_adapters_last = false;
+    if wgpu_or_skip(&beside).is_none() {
+        return;
+    }
+    let bridge = gpubridge::bridge(beside).unwrap();
+    assert_eq!(
+        bridge.backends(),
+        [BackendKind::Cuda, BackendKind::Wgpu, BackendKind::Cpu]
+    );
+    let inputs = random_pairs(3, 1025);
+    let r = block_on(bridge.batch::<VectorAdd>().unwrap().execute(
+        inputs.clone(),
+        ExecutionHints::default().on_backend(BackendKind::Wgpu),
+    ))
+    .unwrap();
+    check_add(&inputs, &r.outputs);
+    assert_eq!(r.backend(), Some(BackendKind::Wgpu));
+    gpubridge::testing::assert_quiescent(&bridge);
+}
