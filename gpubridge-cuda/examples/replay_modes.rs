@@ -214,6 +214,160 @@ fn row(label: &str, r: &[(f64, f64, f64)]) {
     println!("{label:<34} {}", cells.join("  "));
 }
 
+/// Kernel-copy graphs launched on the stream they were uploaded to, on another stream, on
+/// another stream after an upload there, and captured on that other stream: whether a graph
+/// replays slower on a stream it was not uploaded to (the bridge captures on the executor's
+/// stream and replays inline on another).
+fn upload_streams(
+    bump: &CudaFunction,
+    copy: &CudaFunction,
+    bufs: &[Buffers],
+    n: usize,
+    s0: &Arc<CudaStream>,
+    streams: &[Arc<CudaStream>],
+    reps: usize,
+) -> Res<()> {
+    let graphs: Vec<CudaGraph> = bufs
+        .iter()
+        .map(|b| capture(bump, copy, b, n, Copies::Kernel, s0))
+        .collect::<Res<_>>()?;
+    let on = |which: &dyn Fn(usize) -> sys::CUstream| -> Vec<(sys::CUgraphExec, sys::CUstream)> {
+        graphs
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.cu_graph_exec(), which(i)))
+            .collect()
+    };
+    for how in [Wait::Spin, Wait::Sync] {
+        let w = if matches!(how, Wait::Spin) {
+            "spin"
+        } else {
+            "sync"
+        };
+        row(
+            &format!("[{w}] S1 uploaded to s0, on s0"),
+            &round_robin(&on(&|_| s0.cu_stream()), reps, how)?,
+        );
+        row(
+            &format!("[{w}] S2 uploaded to s0, on stream i"),
+            &round_robin(&on(&|i| streams[i].cu_stream()), reps, how)?,
+        );
+    }
+    for (g, s) in graphs.iter().zip(streams) {
+        // SAFETY: a live exec and stream; the exec is idle (every replay was waited for).
+        unsafe { result::graph::upload(g.cu_graph_exec(), s.cu_stream())? };
+        s.synchronize()?;
+    }
+    for how in [Wait::Spin, Wait::Sync] {
+        let w = if matches!(how, Wait::Spin) {
+            "spin"
+        } else {
+            "sync"
+        };
+        row(
+            &format!("[{w}] S3 uploaded again to i, on i"),
+            &round_robin(&on(&|i| streams[i].cu_stream()), reps, how)?,
+        );
+        row(
+            &format!("[{w}] S4 back on s0"),
+            &round_robin(&on(&|_| s0.cu_stream()), reps, how)?,
+        );
+    }
+    let own: Vec<CudaGraph> = bufs
+        .iter()
+        .zip(streams)
+        .map(|(b, s)| capture(bump, copy, b, n, Copies::Kernel, s))
+        .collect::<Res<_>>()?;
+    let pairs: Vec<_> = own
+        .iter()
+        .zip(streams)
+        .map(|(g, s)| (g.cu_graph_exec(), s.cu_stream()))
+        .collect();
+    for how in [Wait::Spin, Wait::Sync] {
+        let w = if matches!(how, Wait::Spin) {
+            "spin"
+        } else {
+            "sync"
+        };
+        row(
+            &format!("[{w}] S5 captured on i, on i"),
+            &round_robin(&pairs, reps, how)?,
+        );
+    }
+    Ok(())
+}
+
+/// P1's loop without the bridge: a memcpy graph replayed on one stream and waited for in
+/// `cuStreamSynchronize` (the raw baseline), then a kernel-copy graph on another stream waited
+/// for by spinning (what the bridge replays), alternately; each alone first; then the pair with
+/// a host pause between its halves and in the other order. Prints each half's median.
+fn pair(
+    bump: &CudaFunction,
+    copy: &CudaFunction,
+    bufs: &[Buffers],
+    n: usize,
+    s0: &Arc<CudaStream>,
+    s1: &Arc<CudaStream>,
+    reps: usize,
+) -> Res<()> {
+    let a = capture(bump, copy, &bufs[0], n, Copies::Both, s0)?;
+    let g = capture(bump, copy, &bufs[1], n, Copies::Kernel, s1)?;
+    let (a, g) = (
+        (a.cu_graph_exec(), s0.cu_stream()),
+        (g.cu_graph_exec(), s1.cu_stream()),
+    );
+    let time = |(exec, stream): (sys::CUgraphExec, sys::CUstream), how: Wait| -> Res<Duration> {
+        let t = Instant::now();
+        // SAFETY: a live, idle exec and a live stream.
+        unsafe { result::graph::launch(exec, stream)? };
+        wait(stream, how)?;
+        Ok(t.elapsed())
+    };
+    let med = |mut v: Vec<Duration>| {
+        v.sort_unstable();
+        v[v.len() / 2].as_secs_f64() * 1e6
+    };
+    let alone =
+        |x, how| -> Res<f64> { Ok(med((0..reps).map(|_| time(x, how)).collect::<Res<_>>()?)) };
+    println!(
+        "alone: memcpy graph (sync) {:.1} us, kernel-copy graph (spin) {:.1} us",
+        alone(a, Wait::Sync)?,
+        alone(g, Wait::Spin)?
+    );
+    for (label, pause_us, memcpy_first) in [
+        ("pair", 0u64, true),
+        ("pair, 5 us pause", 5, true),
+        ("pair, reversed", 0, false),
+        ("pair again", 0, true),
+    ] {
+        let (mut ta, mut tg) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+        for _ in 0..reps {
+            let pause = || {
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_micros(pause_us) {
+                    std::hint::spin_loop();
+                }
+            };
+            if memcpy_first {
+                ta.push(time(a, Wait::Sync)?);
+                pause();
+                tg.push(time(g, Wait::Spin)?);
+            } else {
+                tg.push(time(g, Wait::Spin)?);
+                pause();
+                ta.push(time(a, Wait::Sync)?);
+            }
+            pause();
+        }
+        println!(
+            "{label}: memcpy graph {:.1} us, kernel-copy graph {:.1} us",
+            med(ta),
+            med(tg)
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Res<()> {
     let mut args = std::env::args().skip(1);
     let reps: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(2000);
@@ -236,6 +390,11 @@ fn main() -> Res<()> {
     println!(
         "chain of {n}, {reps} replays each, round robin over {K}; median (p10-p90) us per replay"
     );
+    match args.next().as_deref() {
+        Some("streams") => return upload_streams(&bump, &copy, &bufs, n, &s0, &streams, reps),
+        Some("pair") => return pair(&bump, &copy, &bufs, n, &s0, &streams[0], reps),
+        _ => {}
+    }
     for how in [Wait::Spin, Wait::Sync] {
         let w = match how {
             Wait::Spin => "spin",
