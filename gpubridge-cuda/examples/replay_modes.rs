@@ -67,6 +67,10 @@ fn enqueue(
     // SAFETY: 128 pinned bytes into a 1024-byte device buffer and back; all outlive the stream's
     // work (the probe synchronises before exit and never frees).
     unsafe {
+        // One block of 32 threads, as every kernel here.
+        let launch = |f: &CudaFunction, params: &mut [*mut c_void]| {
+            result::launch_kernel(f.cu_function(), (1, 1, 1), (32, 1, 1), 0, cs, params)
+        };
         let copy_kernel = |src: u64, dst: u64| -> Res<()> {
             let (mut s, mut d, mut w) = (src, dst, 32u32);
             let mut params = [
@@ -74,14 +78,7 @@ fn enqueue(
                 (&mut d as *mut u64).cast::<c_void>(),
                 (&mut w as *mut u32).cast::<c_void>(),
             ];
-            result::launch_kernel(
-                copy.cu_function(),
-                (1, 1, 1),
-                (32, 1, 1),
-                0,
-                cs,
-                &mut params,
-            )?;
+            launch(copy, &mut params)?;
             Ok(())
         };
         if matches!(copies, Copies::Kernel) {
@@ -92,15 +89,7 @@ fn enqueue(
         if !matches!(copies, Copies::Only) {
             for _ in 0..n {
                 let mut p = b.dev;
-                let mut params = [(&mut p as *mut u64).cast::<c_void>()];
-                result::launch_kernel(
-                    bump.cu_function(),
-                    (1, 1, 1),
-                    (32, 1, 1),
-                    0,
-                    cs,
-                    &mut params,
-                )?;
+                launch(bump, &mut [(&mut p as *mut u64).cast::<c_void>()])?;
             }
         }
         if matches!(copies, Copies::Kernel) {
@@ -136,6 +125,15 @@ fn capture(
 enum Wait {
     Sync,
     Spin,
+}
+
+impl Wait {
+    fn name(self) -> &'static str {
+        match self {
+            Wait::Sync => "sync",
+            Wait::Spin => "spin",
+        }
+    }
 }
 
 fn wait(stream: sys::CUstream, how: Wait) -> Res<()> {
@@ -231,68 +229,63 @@ fn upload_streams(
         .iter()
         .map(|b| capture(bump, copy, b, n, Copies::Kernel, s0))
         .collect::<Res<_>>()?;
-    let on = |which: &dyn Fn(usize) -> sys::CUstream| -> Vec<(sys::CUgraphExec, sys::CUstream)> {
+    let on = |which: &dyn Fn(usize) -> sys::CUstream| -> Pairs {
         graphs
             .iter()
             .enumerate()
             .map(|(i, g)| (g.cu_graph_exec(), which(i)))
             .collect()
     };
-    for how in [Wait::Spin, Wait::Sync] {
-        let w = if matches!(how, Wait::Spin) {
-            "spin"
-        } else {
-            "sync"
-        };
-        row(
-            &format!("[{w}] S1 uploaded to s0, on s0"),
-            &round_robin(&on(&|_| s0.cu_stream()), reps, how)?,
-        );
-        row(
-            &format!("[{w}] S2 uploaded to s0, on stream i"),
-            &round_robin(&on(&|i| streams[i].cu_stream()), reps, how)?,
-        );
-    }
+    both_waits(
+        &[
+            ("S1 uploaded to s0, on s0", on(&|_| s0.cu_stream())),
+            (
+                "S2 uploaded to s0, on stream i",
+                on(&|i| streams[i].cu_stream()),
+            ),
+        ],
+        reps,
+    )?;
     for (g, s) in graphs.iter().zip(streams) {
         // SAFETY: a live exec and stream; the exec is idle (every replay was waited for).
         unsafe { result::graph::upload(g.cu_graph_exec(), s.cu_stream())? };
         s.synchronize()?;
     }
-    for how in [Wait::Spin, Wait::Sync] {
-        let w = if matches!(how, Wait::Spin) {
-            "spin"
-        } else {
-            "sync"
-        };
-        row(
-            &format!("[{w}] S3 uploaded again to i, on i"),
-            &round_robin(&on(&|i| streams[i].cu_stream()), reps, how)?,
-        );
-        row(
-            &format!("[{w}] S4 back on s0"),
-            &round_robin(&on(&|_| s0.cu_stream()), reps, how)?,
-        );
-    }
+    both_waits(
+        &[
+            (
+                "S3 uploaded again to i, on i",
+                on(&|i| streams[i].cu_stream()),
+            ),
+            ("S4 back on s0", on(&|_| s0.cu_stream())),
+        ],
+        reps,
+    )?;
     let own: Vec<CudaGraph> = bufs
         .iter()
         .zip(streams)
         .map(|(b, s)| capture(bump, copy, b, n, Copies::Kernel, s))
         .collect::<Res<_>>()?;
-    let pairs: Vec<_> = own
+    let pairs: Pairs = own
         .iter()
         .zip(streams)
         .map(|(g, s)| (g.cu_graph_exec(), s.cu_stream()))
         .collect();
+    both_waits(&[("S5 captured on i, on i", pairs)], reps)
+}
+
+/// (graph exec, stream) pairs replayed round robin.
+type Pairs = Vec<(sys::CUgraphExec, sys::CUstream)>;
+
+/// One row per case, spinning and then synchronising.
+fn both_waits(cases: &[(&str, Pairs)], reps: usize) -> Res<()> {
     for how in [Wait::Spin, Wait::Sync] {
-        let w = if matches!(how, Wait::Spin) {
-            "spin"
-        } else {
-            "sync"
-        };
-        row(
-            &format!("[{w}] S5 captured on i, on i"),
-            &round_robin(&pairs, reps, how)?,
-        );
+        for (label, pairs) in cases {
+            row(
+                &format!("[{}] {label}", how.name()),
+                &round_robin(pairs, reps, how)?,
+            );
+        }
     }
     Ok(())
 }
@@ -396,42 +389,35 @@ fn main() -> Res<()> {
         _ => {}
     }
     for how in [Wait::Spin, Wait::Sync] {
-        let w = match how {
-            Wait::Spin => "spin",
-            Wait::Sync => "sync",
+        let w = how.name();
+        // A: K graphs (own buffers), all on s0.
+        let capture_all = |copies| -> Res<Vec<CudaGraph>> {
+            bufs.iter()
+                .map(|b| capture(&bump, &copy, b, n, copies, &s0))
+                .collect()
+        };
+        let on_s0 = |gs: &[CudaGraph]| -> Vec<(sys::CUgraphExec, sys::CUstream)> {
+            gs.iter()
+                .map(|g| (g.cu_graph_exec(), s0.cu_stream()))
+                .collect()
+        };
+        let measure = |label: &str, pairs: &[(sys::CUgraphExec, sys::CUstream)]| -> Res<()> {
+            row(&format!("[{w}] {label}"), &round_robin(pairs, reps, how)?);
+            Ok(())
         };
         // A: K graphs (own buffers), all on s0.
-        let graphs: Vec<CudaGraph> = bufs
-            .iter()
-            .map(|b| capture(&bump, &copy, b, n, Copies::Both, &s0))
-            .collect::<Res<_>>()?;
-        let pairs: Vec<_> = graphs
-            .iter()
-            .map(|g| (g.cu_graph_exec(), s0.cu_stream()))
-            .collect();
-        row(
-            &format!("[{w}] A graphs, one stream"),
-            &round_robin(&pairs, reps, how)?,
-        );
-        // B: graph 0 on K streams.
-        let pairs: Vec<_> = streams
-            .iter()
-            .map(|s| (graphs[0].cu_graph_exec(), s.cu_stream()))
-            .collect();
-        row(
-            &format!("[{w}] B one graph, streams"),
-            &round_robin(&pairs, reps, how)?,
-        );
-        // B2: graph i on stream i.
+        let graphs = capture_all(Copies::Both)?;
+        measure("A graphs, one stream", &on_s0(&graphs))?;
+        // B: graph 0 on K streams; B2: graph i on stream i.
+        let exec0 = graphs[0].cu_graph_exec();
+        let pairs: Vec<_> = streams.iter().map(|s| (exec0, s.cu_stream())).collect();
+        measure("B one graph, streams", &pairs)?;
         let pairs: Vec<_> = graphs
             .iter()
             .zip(&streams)
             .map(|(g, s)| (g.cu_graph_exec(), s.cu_stream()))
             .collect();
-        row(
-            &format!("[{w}] B2 graph i on stream i"),
-            &round_robin(&pairs, reps, how)?,
-        );
+        measure("B2 graph i on stream i", &pairs)?;
         // D: K instantiations of graph 0's CUgraph.
         let execs: Vec<sys::CUgraphExec> = (0..K)
             .map(|_| {
@@ -447,47 +433,12 @@ fn main() -> Res<()> {
             })
             .collect::<Res<_>>()?;
         let pairs: Vec<_> = execs.iter().map(|&e| (e, s0.cu_stream())).collect();
-        row(
-            &format!("[{w}] D re-instantiated, one stream"),
-            &round_robin(&pairs, reps, how)?,
-        );
-        // C: kernels only; E: copies only.
-        let kern: Vec<CudaGraph> = bufs
-            .iter()
-            .map(|b| capture(&bump, &copy, b, n, Copies::None, &s0))
-            .collect::<Res<_>>()?;
-        let pairs: Vec<_> = kern
-            .iter()
-            .map(|g| (g.cu_graph_exec(), s0.cu_stream()))
-            .collect();
-        row(
-            &format!("[{w}] C kernels only"),
-            &round_robin(&pairs, reps, how)?,
-        );
-        let cop: Vec<CudaGraph> = bufs
-            .iter()
-            .map(|b| capture(&bump, &copy, b, n, Copies::Only, &s0))
-            .collect::<Res<_>>()?;
-        let pairs: Vec<_> = cop
-            .iter()
-            .map(|g| (g.cu_graph_exec(), s0.cu_stream()))
-            .collect();
-        row(
-            &format!("[{w}] E copies only"),
-            &round_robin(&pairs, reps, how)?,
-        );
-        let kc: Vec<CudaGraph> = bufs
-            .iter()
-            .map(|b| capture(&bump, &copy, b, n, Copies::Kernel, &s0))
-            .collect::<Res<_>>()?;
-        let pairs: Vec<_> = kc
-            .iter()
-            .map(|g| (g.cu_graph_exec(), s0.cu_stream()))
-            .collect();
-        row(
-            &format!("[{w}] G copies by kernel"),
-            &round_robin(&pairs, reps, how)?,
-        );
+        measure("D re-instantiated, one stream", &pairs)?;
+        // C: kernels only; E: copies only; G: copies by kernel.
+        measure("C kernels only", &on_s0(&capture_all(Copies::None)?))?;
+        measure("E copies only", &on_s0(&capture_all(Copies::Only)?))?;
+        let kc = capture_all(Copies::Kernel)?;
+        measure("G copies by kernel", &on_s0(&kc))?;
         for b in &bufs {
             // SAFETY: 128 mapped bytes the synchronised replays wrote.
             let back = unsafe { std::slice::from_raw_parts(b.back.cast::<f32>(), 32) };
@@ -495,22 +446,14 @@ fn main() -> Res<()> {
                 return Err(format!("copies by kernel: wrong values {:?}", &back[..4]).into());
             }
         }
-        // Mixed: memcpy and kernel-copy graphs interleaved.
-        let pairs: Vec<_> = graphs
-            .iter()
-            .zip(&kc)
+        // H: memcpy and kernel-copy graphs alternately.
+        let pairs: Vec<_> = on_s0(&graphs)
+            .into_iter()
+            .zip(on_s0(&kc))
             .take(3)
-            .flat_map(|(a, b)| {
-                [
-                    (a.cu_graph_exec(), s0.cu_stream()),
-                    (b.cu_graph_exec(), s0.cu_stream()),
-                ]
-            })
+            .flat_map(|(a, b)| [a, b])
             .collect();
-        row(
-            &format!("[{w}] H A,G alternating"),
-            &round_robin(&pairs, reps, how)?,
-        );
+        measure("H A,G alternating", &pairs)?;
         s0.synchronize()?;
         for e in execs {
             // SAFETY: synchronised above; the execs are not used again.
