@@ -249,7 +249,13 @@ struct StepList {
     /// From the step cache of [`Plan::reuse_steps`]: the same list serves every plan of its key.
     reused: bool,
     hashes: OnceLock<StepHashes>,
+    /// The buffer sizes against which [`Plan::check`] found every step's buffer arguments valid
+    /// (a reused list is checked once per sizes, not per plan).
+    checked: OnceLock<BufferLens>,
 }
+
+/// A plan's buffer sizes, in buffer order.
+type BufferLens = smallvec::SmallVec<[usize; 8]>;
 
 impl Clone for StepList {
     fn clone(&self) -> Self {
@@ -257,6 +263,7 @@ impl Clone for StepList {
             steps: self.steps.clone(),
             reused: false,
             hashes: OnceLock::new(),
+            checked: OnceLock::new(),
         }
     }
 }
@@ -307,6 +314,7 @@ impl StepList {
     /// The list for writing: its hashes are computed again when next asked for.
     fn changed(&mut self) -> &mut Vec<Step> {
         self.hashes = OnceLock::new();
+        self.checked = OnceLock::new();
         // Edited: no longer the list the cache hands out (even if the cache let go of it).
         self.reused = false;
         &mut self.steps
@@ -362,6 +370,7 @@ impl From<Vec<Step>> for Steps {
             steps,
             reused: false,
             hashes: OnceLock::new(),
+            checked: OnceLock::new(),
         }))
     }
 }
@@ -613,6 +622,7 @@ impl Plan {
             steps,
             reused: keep,
             hashes: OnceLock::new(),
+            checked: OnceLock::new(),
         }));
         if keep {
             // Hashed once, here, before any plan shares the list.
@@ -740,10 +750,25 @@ impl Plan {
             }
             Ok(())
         };
-        for s in &self.steps {
-            match s {
-                Step::Launch(l) => l.args.iter().try_for_each(check_arg)?,
-                Step::Gemm(g) => [g.a, g.b, g.c].iter().try_for_each(check_arg)?,
+        // A reused list already found valid against buffers of these sizes is not walked again
+        // (a chain of a thousand launches would be, on every call).
+        let list = &self.steps.0;
+        let known = list.reused
+            && list.checked.get().is_some_and(|lens| {
+                lens.len() == self.buffers.len()
+                    && lens.iter().zip(&self.buffers).all(|(l, b)| *l == b.len)
+            });
+        if !known {
+            for s in &self.steps {
+                match s {
+                    Step::Launch(l) => l.args.iter().try_for_each(check_arg)?,
+                    Step::Gemm(g) => [g.a, g.b, g.c].iter().try_for_each(check_arg)?,
+                }
+            }
+            if list.reused {
+                let _ = list
+                    .checked
+                    .set(self.buffers.iter().map(|b| b.len).collect());
             }
         }
         if self.stages.len() > self.steps.len() {
@@ -1201,6 +1226,25 @@ mod tests {
             (built.shape(), built.bucket_shape()),
             (a.shape(), a.bucket_shape())
         );
+    }
+
+    /// A reused list is walked by [`Plan::check`] once per buffer sizes; a plan holding it whose
+    /// buffers differ (here one gone, so the launches name a missing buffer) is checked in full.
+    #[test]
+    fn a_reused_list_is_checked_again_when_the_buffers_differ() {
+        let a = reused("test/reuse-check", 1, 50, 128);
+        a.check().unwrap();
+        assert!(a.steps.0.checked.get().is_some());
+        let b = reused("test/reuse-check", 1, 50, 128);
+        assert!(b.steps.ptr_eq(&a.steps));
+        b.check().unwrap();
+        let mut c = reused("test/reuse-check", 1, 50, 128);
+        assert!(c.steps.ptr_eq(&a.steps));
+        c.buffers.pop();
+        assert!(matches!(c.check(), Err(Error::InvalidInput { .. })));
+        let mut d = reused("test/reuse-check", 1, 50, 128);
+        d.buffers[1].len = 64;
+        d.check().unwrap();
     }
 
     #[test]
