@@ -148,17 +148,18 @@ pub fn builder(config: BridgeConfig) -> Result<BridgeBuilder> {
             left_out(BackendKind::Cuda)
         }
     };
+    let wgpu_panicked = || -> Opened {
+        Err(BackendReport {
+            kind: BackendKind::Wgpu,
+            status: BackendStatus::Unavailable("opening wgpu panicked".to_owned()),
+        })
+    };
     let (cuda, wgpu) = if cfg.wgpu.alongside_cuda {
         std::thread::scope(|s| {
             // Opening Vulkan takes as long as starting CUDA: do both at once.
             let wgpu = s.spawn(open_wgpu);
             let cuda = open_cuda();
-            let wgpu = wgpu.join().unwrap_or_else(|_| {
-                Err(BackendReport {
-                    kind: BackendKind::Wgpu,
-                    status: BackendStatus::Unavailable("opening wgpu panicked".to_owned()),
-                })
-            });
+            let wgpu = wgpu.join().unwrap_or_else(|_| wgpu_panicked());
             (cuda, wgpu)
         })
     } else {
@@ -172,7 +173,9 @@ pub fn builder(config: BridgeConfig) -> Result<BridgeBuilder> {
                     "not opened: CUDA is usable here and wgpu.alongside_cuda is off".to_owned(),
                 ),
             }),
-            _ => open_wgpu(),
+            // A driver that panics is reported, as on the thread of the other branch.
+            _ => std::panic::catch_unwind(std::panic::AssertUnwindSafe(open_wgpu))
+                .unwrap_or_else(|_| wgpu_panicked()),
         };
         (cuda, wgpu)
     };
