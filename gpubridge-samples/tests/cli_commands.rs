@@ -51,6 +51,23 @@ fn devices_lists_every_backend_with_a_reason_or_its_devices() {
         .find(|b| b["backend"] == "cpu")
         .unwrap();
     assert_eq!(cpu["usable"], true);
+    assert_eq!(cpu["opened"], true);
+    // wgpu is opened where it is usable, except beside a usable CUDA (`wgpu.alongside_cuda`).
+    let backend = |name: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["backend"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let (cuda, wgpu) = (backend("cuda"), backend("wgpu"));
+    let beside_cuda = cuda["usable"] == true;
+    assert_eq!(
+        wgpu["opened"],
+        wgpu["usable"] == true && !beside_cuda,
+        "{wgpu}"
+    );
 }
 
 #[test]
