@@ -625,9 +625,9 @@ where
         };
         let result = run.instrument(span.clone()).await;
         let elapsed = started.elapsed();
-        crate::metric_handles::kernel(kernel)
-            .request_duration
-            .record(elapsed.as_secs_f64());
+        crate::metric_handles::with_kernel(kernel, |m| {
+            m.request_duration.record(elapsed.as_secs_f64());
+        });
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => {
@@ -883,51 +883,54 @@ where
                     "outcome",
                     result.as_ref().map_or_else(Error::reason_label, |_| "ok"),
                 );
-                let m = crate::metric_handles::device(id, kind.name(), label);
-                if result.is_ok() {
-                    m.executed_ok.increment(1);
-                } else {
-                    m.executed_failed.increment(1);
-                }
+                let device_metrics = |f: &dyn Fn(&crate::metric_handles::DeviceMetrics)| {
+                    crate::metric_handles::with_device(id, kind.name(), label, f);
+                };
                 match result {
                     Ok(attempt) => {
                         if breaker.state() != CircuitState::Closed {
                             tracing::info!(device = %label, "circuit closed again");
                         }
                         breaker.on_success();
-                        m.circuit_state.set(CircuitState::Closed.gauge());
                         let r = &attempt.report;
-                        m.kernel_duration.record(r.compute.as_secs_f64());
-                        m.queue_duration.record(r.queue.as_secs_f64());
-                        m.batch_size.record(r.items as f64);
+                        device_metrics(&|m| {
+                            m.executed_ok.increment(1);
+                            m.circuit_state.set(CircuitState::Closed.gauge());
+                            m.kernel_duration.record(r.compute.as_secs_f64());
+                            m.queue_duration.record(r.queue.as_secs_f64());
+                            m.batch_size.record(r.items as f64);
+                        });
                         return Ok((attempt, fallbacks));
                     }
-                    Err(e) => match e.class() {
-                        ErrorClass::Caller | ErrorClass::Overload => {
-                            breaker.on_neutral();
-                            return Err(e);
-                        }
-                        ErrorClass::Unsupported | ErrorClass::Resource => {
-                            breaker.on_neutral();
-                            attempts.push((kind, e.to_string()));
-                            last_failed = Some((kind, e.reason_label(), e.to_string()));
-                            // Another device of the same backend would say the same about an
-                            // unsupported kernel; one with more memory might take it.
-                            if e.class() == ErrorClass::Unsupported {
-                                break;
+                    Err(e) => {
+                        device_metrics(&|m| m.executed_failed.increment(1));
+                        match e.class() {
+                            ErrorClass::Caller | ErrorClass::Overload => {
+                                breaker.on_neutral();
+                                return Err(e);
+                            }
+                            ErrorClass::Unsupported | ErrorClass::Resource => {
+                                breaker.on_neutral();
+                                attempts.push((kind, e.to_string()));
+                                last_failed = Some((kind, e.reason_label(), e.to_string()));
+                                // Another device of the same backend would say the same about an
+                                // unsupported kernel; one with more memory might take it.
+                                if e.class() == ErrorClass::Unsupported {
+                                    break;
+                                }
+                            }
+                            ErrorClass::DeviceFault => {
+                                breaker.on_failure(Instant::now());
+                                let state = breaker.state();
+                                if state == CircuitState::Open {
+                                    tracing::warn!(device = %label, "circuit opened: {e}");
+                                }
+                                device_metrics(&|m| m.circuit_state.set(state.gauge()));
+                                attempts.push((kind, e.to_string()));
+                                last_failed = Some((kind, e.reason_label(), e.to_string()));
                             }
                         }
-                        ErrorClass::DeviceFault => {
-                            breaker.on_failure(Instant::now());
-                            let state = breaker.state();
-                            if state == CircuitState::Open {
-                                tracing::warn!(device = %label, "circuit opened: {e}");
-                            }
-                            m.circuit_state.set(state.gauge());
-                            attempts.push((kind, e.to_string()));
-                            last_failed = Some((kind, e.reason_label(), e.to_string()));
-                        }
-                    },
+                    }
                 }
             }
         }
@@ -1139,12 +1142,13 @@ where
 /// Counts a finished plan's host-device bytes and, where the backend timed its copies, their
 /// throughput.
 fn record_copies((up, down): (u64, u64), copying: Duration) {
-    let m = crate::metric_handles::global();
-    m.bytes_h2d.increment(up);
-    m.bytes_d2h.increment(down);
-    if !copying.is_zero() {
-        m.throughput.set((up + down) as f64 / copying.as_secs_f64());
-    }
+    crate::metric_handles::with_global(|m| {
+        m.bytes_h2d.increment(up);
+        m.bytes_d2h.increment(down);
+        if !copying.is_zero() {
+            m.throughput.set((up + down) as f64 / copying.as_secs_f64());
+        }
+    });
 }
 
 /// Counts a request as pending from its start until it completes or its future is dropped.
@@ -1153,7 +1157,7 @@ pub(crate) struct Pending<'a>(&'a AtomicUsize);
 impl<'a> Pending<'a> {
     fn start(count: &'a AtomicUsize) -> Self {
         count.fetch_add(1, Ordering::Relaxed);
-        crate::metric_handles::global().pending.increment(1.0);
+        crate::metric_handles::with_global(|m| m.pending.increment(1.0));
         Self(count)
     }
 }
@@ -1179,7 +1183,7 @@ impl Drop for InFlight<'_> {
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-        crate::metric_handles::global().pending.decrement(1.0);
+        crate::metric_handles::with_global(|m| m.pending.decrement(1.0));
     }
 }
 

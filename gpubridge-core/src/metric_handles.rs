@@ -17,11 +17,12 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use crate::plan::FxHasher;
 use gpubridge_telemetry::names;
 use metrics::{Counter, Gauge, Histogram};
 
@@ -73,46 +74,21 @@ fn on_global_recorder(id: usize) -> bool {
     id == GLOBAL.load(Ordering::Relaxed)
 }
 
-/// Hashes the already mixed `u64` keys below.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type Map<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
+type Map<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// A static string's identity: its address and length (kernel ids and device labels are
 /// `&'static str`s, interned, so equal names share an address; two copies of one name would
 /// only register the same metric twice).
-fn id_of(s: &'static str) -> u64 {
-    (s.as_ptr() as u64) ^ ((s.len() as u64) << 48)
-}
-
-fn mix(a: u64, b: u64, c: u64) -> u64 {
-    let h = a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b.rotate_left(21) ^ c.rotate_left(42);
-    h ^ (h >> 29)
+fn id_of(s: &'static str) -> (usize, usize) {
+    (s.as_ptr() as usize, s.len())
 }
 
 /// A kernel's request-level metrics.
-#[derive(Clone)]
 pub(crate) struct KernelMetrics {
     pub request_duration: Histogram,
 }
 
 /// The metrics of a kernel's micro-batches on one device.
-#[derive(Clone)]
 pub(crate) struct DeviceMetrics {
     pub executed_ok: Counter,
     pub executed_failed: Counter,
@@ -123,7 +99,6 @@ pub(crate) struct DeviceMetrics {
 }
 
 /// The metrics without per-kernel labels.
-#[derive(Clone)]
 pub(crate) struct GlobalMetrics {
     pub pending: Gauge,
     pub bytes_h2d: Counter,
@@ -166,8 +141,8 @@ fn global_metrics() -> GlobalMetrics {
 struct Cache {
     recorder: usize,
     global: Option<GlobalMetrics>,
-    kernels: Map<KernelMetrics>,
-    devices: Map<DeviceMetrics>,
+    kernels: Map<(usize, usize), KernelMetrics>,
+    devices: Map<[(usize, usize); 3], DeviceMetrics>,
 }
 
 /// At most this many (kernel, backend, device) entries per thread; past it the cache starts
@@ -204,36 +179,39 @@ fn with_cache<T>(f: impl FnOnce(&mut Cache) -> T) -> Option<T> {
         .flatten()
 }
 
-/// The request-level metrics of `kernel`.
-pub(crate) fn kernel(kernel: &'static str) -> KernelMetrics {
+// The handles below are lent to `f`, not cloned: a clone of a recorder's handle is an atomic
+// increment and decrement on a count that every thread shares. `f` runs once; it is `Fn` only
+// so that it can run on fresh handles when the cache cannot be used.
+
+/// Runs `f` with the request-level metrics of `kernel`.
+pub(crate) fn with_kernel<T>(kernel: &'static str, f: impl Fn(&KernelMetrics) -> T) -> T {
     with_cache(|c| {
-        c.kernels
+        f(c.kernels
             .entry(id_of(kernel))
-            .or_insert_with(|| kernel_metrics(kernel))
-            .clone()
+            .or_insert_with(|| kernel_metrics(kernel)))
     })
-    .unwrap_or_else(|| kernel_metrics(kernel))
+    .unwrap_or_else(|| f(&kernel_metrics(kernel)))
 }
 
-/// The metrics of `kernel`'s micro-batches on `device` of `backend`.
-pub(crate) fn device(
+/// Runs `f` with the metrics of `kernel`'s micro-batches on `device` of `backend`.
+pub(crate) fn with_device<T>(
     kernel: &'static str,
     backend: &'static str,
     device: &'static str,
-) -> DeviceMetrics {
+    f: impl Fn(&DeviceMetrics) -> T,
+) -> T {
     with_cache(|c| {
-        c.devices
-            .entry(mix(id_of(kernel), id_of(backend), id_of(device)))
-            .or_insert_with(|| device_metrics(kernel, backend, device))
-            .clone()
+        f(c.devices
+            .entry([id_of(kernel), id_of(backend), id_of(device)])
+            .or_insert_with(|| device_metrics(kernel, backend, device)))
     })
-    .unwrap_or_else(|| device_metrics(kernel, backend, device))
+    .unwrap_or_else(|| f(&device_metrics(kernel, backend, device)))
 }
 
-/// The metrics without per-kernel labels.
-pub(crate) fn global() -> GlobalMetrics {
-    with_cache(|c| c.global.get_or_insert_with(global_metrics).clone())
-        .unwrap_or_else(global_metrics)
+/// Runs `f` with the metrics without per-kernel labels.
+pub(crate) fn with_global<T>(f: impl Fn(&GlobalMetrics) -> T) -> T {
+    with_cache(|c| f(c.global.get_or_insert_with(global_metrics)))
+        .unwrap_or_else(|| f(&global_metrics()))
 }
 
 #[cfg(test)]
@@ -249,8 +227,8 @@ mod tests {
             let snapshotter = recorder.snapshotter();
             metrics::with_local_recorder(&recorder, || {
                 for _ in 0..round {
-                    super::device("k", "cpu", "cpu:0").executed_ok.increment(1);
-                    super::global().bytes_h2d.increment(10);
+                    super::with_device("k", "cpu", "cpu:0", |m| m.executed_ok.increment(1));
+                    super::with_global(|m| m.bytes_h2d.increment(10));
                 }
             });
             let values: Vec<_> = snapshotter
@@ -276,14 +254,12 @@ mod tests {
     /// With no scoped recorder the handles are cached: the same metric comes back.
     #[test]
     fn the_global_recorder_s_handles_are_reused() {
-        let a = super::kernel("cached");
-        let b = super::kernel("cached");
-        // Both are the no-op recorder's (or the global one's) handles for the same key; the
-        // cache was consulted, so the thread's recorder was learned as the global one.
+        super::with_kernel("cached", |m| m.request_duration.record(1.0));
+        super::with_kernel("cached", |m| m.request_duration.record(1.0));
+        // The cache was consulted, so the thread's recorder was learned as the global one.
         assert_eq!(
             super::recorder_id(),
             super::GLOBAL.load(std::sync::atomic::Ordering::Relaxed)
         );
-        drop((a, b));
     }
 }

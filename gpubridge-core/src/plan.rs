@@ -840,7 +840,7 @@ pub fn bucket_len(len: usize) -> usize {
 /// The Fx hash (rustc's): one multiply and rotate per word. Not DoS-resistant, which plan shapes
 /// (built by registered kernels, not by callers) do not need.
 #[derive(Default)]
-struct FxHasher(u64);
+pub(crate) struct FxHasher(u64);
 
 impl Hasher for FxHasher {
     fn finish(&self) -> u64 {

@@ -11,7 +11,7 @@ use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaStream};
 use gpubridge_core::{BackendKind, Error, Result};
 
 use crate::executor::driver_error;
-use crate::memory::DevicePool;
+use crate::memory::{DevicePool, PinnedBuffer};
 
 const SOURCE: &str = r#"
 extern "C" __global__ void empty_kernel() {}
@@ -41,27 +41,11 @@ struct Pinned {
 
 impl Pinned {
     fn new(len: usize) -> Result<Self> {
-        Self::with_flags(len, 0)
-    }
-    /// Also mapped into the device's address space (`CU_MEMHOSTALLOC_DEVICEMAP`).
-    fn mapped(len: usize) -> Result<Self> {
-        Self::with_flags(len, 2)
-    }
-    fn with_flags(len: usize, flags: u32) -> Result<Self> {
         // SAFETY: a context is current on this thread (the `Baseline` bound it).
-        let ptr = unsafe { result::malloc_host(len.max(1), flags) }
+        let ptr = unsafe { result::malloc_host(len.max(1), 0) }
             .map_err(drv("cuMemHostAlloc"))?
             .cast::<u8>();
         Ok(Self { ptr, len })
-    }
-    /// The device address of a [`Pinned::mapped`] buffer.
-    fn device_ptr(&self) -> Result<sys::CUdeviceptr> {
-        let mut device: sys::CUdeviceptr = 0;
-        // SAFETY: `ptr` is pinned memory of the current context; `device` is a valid out-pointer.
-        unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device, self.ptr.cast::<c_void>(), 0) }
-            .result()
-            .map_err(drv("cuMemHostGetDevicePointer"))?;
-        Ok(device)
     }
     fn slice(&mut self) -> &mut [u8] {
         // SAFETY: `ptr` owns `len` bytes for our lifetime.
@@ -96,24 +80,29 @@ impl Drop for DevMem {
 }
 
 /// The chain baseline's memory: 32 floats uploaded from pinned memory, bumped on the device and
-/// downloaded into pinned memory.
+/// downloaded into pinned memory. The pinned buffers are the executor's mapped staging, so that
+/// the copies can also be made by a kernel (`kernel_copies`).
 struct ChainBuffers {
     dev: DevMem,
-    host: Pinned,
-    back: Pinned,
+    host: PinnedBuffer,
+    back: PinnedBuffer,
 }
 
 impl ChainBuffers {
     fn new() -> Result<Self> {
-        // Mapped, so that the copies can also be made by a kernel (`kernel_copies`).
-        let mut host = Pinned::mapped(128)?;
-        for (i, x) in host.slice().chunks_exact_mut(4).enumerate() {
+        let mapped = || -> Result<PinnedBuffer> {
+            let mut b = PinnedBuffer::mapped();
+            b.ensure(128, "cuda:0")?;
+            Ok(b)
+        };
+        let mut host = mapped()?;
+        for (i, x) in host.slice_mut(128).chunks_exact_mut(4).enumerate() {
             x.copy_from_slice(&(i as f32).to_ne_bytes());
         }
         Ok(Self {
             dev: DevMem::new(1024)?,
             host,
-            back: Pinned::mapped(128)?,
+            back: mapped()?,
         })
     }
 
@@ -122,7 +111,7 @@ impl ChainBuffers {
     fn check(&mut self, n: usize) -> Result<()> {
         let wrong = self
             .back
-            .slice()
+            .slice_mut(128)
             .chunks_exact(4)
             .enumerate()
             .find(|(i, x)| f32::from_ne_bytes([x[0], x[1], x[2], x[3]]) != (i + n) as f32);
@@ -339,18 +328,18 @@ impl Baseline {
     /// Driver errors; [`Error::Backend`] if the chain computed a wrong value.
     pub fn chain_per_kernel(&mut self, n: usize, reps: usize) -> Result<(Duration, Duration)> {
         let mut chain = ChainBuffers::new()?;
-        self.enqueue_chain(&mut chain, n)?;
+        self.enqueue_chain(&mut chain, n, false)?;
         self.sync()?;
         chain.check(n)?;
         let mut stream_times = Vec::new();
         for _ in 0..reps.max(1) {
             let t = Instant::now();
-            self.enqueue_chain(&mut chain, n)?;
+            self.enqueue_chain(&mut chain, n, false)?;
             self.sync()?;
             stream_times.push(t.elapsed());
         }
         chain.check(n)?;
-        let graph = self.capture_chain(&mut chain, n)?;
+        let graph = self.capture_chain(&mut chain, n, false)?;
         let mut graph_times = self.replays(&graph, reps.max(1), || Ok(()))?;
         chain.check(n)?;
         let mut spun = Vec::new();
@@ -389,7 +378,7 @@ impl Baseline {
         between: impl FnMut() -> Result<()>,
     ) -> Result<Vec<Duration>> {
         let mut chain = ChainBuffers::new()?;
-        let graph = self.capture_chain(&mut chain, n)?;
+        let graph = self.capture_chain(&mut chain, n, false)?;
         let times = self.replays(&graph, reps, between)?;
         chain.check(n)?;
         Ok(times)
@@ -414,19 +403,10 @@ impl Baseline {
         Ok(times)
     }
 
-    /// Enqueues the chain on the stream: the 128-byte upload, `n` bumps, the download.
-    fn enqueue_chain(&self, chain: &mut ChainBuffers, n: usize) -> Result<()> {
-        self.enqueue_chain_copied(chain, n, false)
-    }
-
-    /// [`Baseline::enqueue_chain`], its two copies made by the bridge's copy kernel through the
-    /// mapped host buffers when `kernel_copies`, by `cuMemcpy*Async` otherwise.
-    fn enqueue_chain_copied(
-        &self,
-        chain: &mut ChainBuffers,
-        n: usize,
-        kernel_copies: bool,
-    ) -> Result<()> {
+    /// Enqueues the chain on the stream: the 128-byte upload, `n` bumps, the download; the two
+    /// copies made by the bridge's copy kernel through the mapped host buffers when
+    /// `kernel_copies`, by `cuMemcpy*Async` otherwise.
+    fn enqueue_chain(&self, chain: &mut ChainBuffers, n: usize, kernel_copies: bool) -> Result<()> {
         let cs = self.stream.cu_stream();
         let dev = chain.dev.0;
         let copy = self.copy.cu_function();
@@ -434,7 +414,7 @@ impl Baseline {
             crate::executor::launch_copy(
                 &self.stream,
                 copy,
-                chain.host.device_ptr()?,
+                chain.host.device_ptr(),
                 dev,
                 128,
                 "cuda:0",
@@ -442,7 +422,7 @@ impl Baseline {
         } else {
             // SAFETY: 128 pinned bytes to a 1024-byte device buffer, on this stream; the host
             // buffer outlives every use (callers synchronise before `chain` goes).
-            unsafe { result::memcpy_htod_async(dev, &chain.host.slice()[..128], cs) }
+            unsafe { result::memcpy_htod_async(dev, &*chain.host.slice_mut(128), cs) }
                 .map_err(drv("cuMemcpyHtoDAsync"))?;
         }
         for _ in 0..n {
@@ -466,13 +446,13 @@ impl Baseline {
                 &self.stream,
                 copy,
                 dev,
-                chain.back.device_ptr()?,
+                chain.back.device_ptr(),
                 128,
                 "cuda:0",
             )?;
         } else {
             // SAFETY: as above, back into 128 pinned bytes.
-            unsafe { result::memcpy_dtoh_async(&mut chain.back.slice()[..128], dev, cs) }
+            unsafe { result::memcpy_dtoh_async(chain.back.slice_mut(128), dev, cs) }
                 .map_err(drv("cuMemcpyDtoHAsync"))?;
         }
         Ok(())
@@ -487,7 +467,7 @@ impl Baseline {
     /// Driver errors; [`Error::Backend`] if the chain computed a wrong value.
     pub fn chain_graph_kernel_copies(&mut self, n: usize, reps: usize) -> Result<Duration> {
         let mut chain = ChainBuffers::new()?;
-        let graph = self.capture_chain_copied(&mut chain, n, true)?;
+        let graph = self.capture_chain(&mut chain, n, true)?;
         chain.check(n)?;
         let mut times = self.replays(&graph, reps.max(1), || Ok(()))?;
         chain.check(n)?;
@@ -499,21 +479,12 @@ impl Baseline {
         &self,
         chain: &mut ChainBuffers,
         n: usize,
-    ) -> Result<cudarc::driver::CudaGraph> {
-        self.capture_chain_copied(chain, n, false)
-    }
-
-    /// [`Baseline::capture_chain`] of [`Baseline::enqueue_chain_copied`].
-    fn capture_chain_copied(
-        &self,
-        chain: &mut ChainBuffers,
-        n: usize,
         kernel_copies: bool,
     ) -> Result<cudarc::driver::CudaGraph> {
         self.stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(drv("cuStreamBeginCapture"))?;
-        let captured = self.enqueue_chain_copied(chain, n, kernel_copies);
+        let captured = self.enqueue_chain(chain, n, kernel_copies);
         let graph = self.end_capture(captured)?;
         graph.launch().map_err(drv("cuGraphLaunch"))?;
         self.sync()?;

@@ -301,10 +301,8 @@ struct Executor {
 /// The state of the executor's copy kernel.
 enum CopyKernel {
     Unloaded,
-    Ready {
-        function: CudaFunction,
-        _module: Arc<CudaModule>,
-    },
+    /// Loaded (the function keeps its module alive).
+    Ready(CudaFunction),
     /// It did not compile or load (logged once); graphs copy with memcpy nodes.
     Failed,
 }
@@ -919,7 +917,7 @@ impl Executor {
     /// memcpy nodes, as they did before).
     fn copy_function(&mut self) -> Option<sys::CUfunction> {
         match &self.copy_kernel {
-            CopyKernel::Ready { function, .. } => return Some(function.cu_function()),
+            CopyKernel::Ready(function) => return Some(function.cu_function()),
             CopyKernel::Failed => return None,
             CopyKernel::Unloaded => {}
         }
@@ -927,26 +925,19 @@ impl Executor {
             cuda: Some(COPY_SOURCE),
             wgsl: None,
         };
-        let loaded = (|| -> Result<(CudaFunction, Arc<CudaModule>)> {
+        let loaded = (|| -> Result<CudaFunction> {
             let (ptx, _) =
                 self.ptx
                     .ptx("gpubridge_copy", COPY_SOURCE, sources.hash(), self.arch)?;
-            let module = self
-                .ctx
+            self.ctx
                 .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-                .map_err(|e| driver_error(&self.label, "cuModuleLoadData", e))?;
-            let function = module
-                .load_function("gpubridge_copy")
-                .map_err(|e| driver_error(&self.label, "cuModuleGetFunction", e))?;
-            Ok((function, module))
+                .and_then(|module| module.load_function("gpubridge_copy"))
+                .map_err(|e| driver_error(&self.label, "loading the copy kernel", e))
         })();
         match loaded {
-            Ok((function, module)) => {
+            Ok(function) => {
                 let f = function.cu_function();
-                self.copy_kernel = CopyKernel::Ready {
-                    function,
-                    _module: module,
-                };
+                self.copy_kernel = CopyKernel::Ready(function);
                 Some(f)
             }
             Err(e) => {

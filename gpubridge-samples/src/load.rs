@@ -712,7 +712,7 @@ fn print_point(backend: &str, p: &Point) {
 /// # Errors
 /// Bad arguments, no usable backend of those named, wrong answers or hung requests, or a report
 /// that cannot be written.
-pub fn run(args: LoadArgs, config: BridgeConfig) -> anyhow::Result<()> {
+pub fn run(args: LoadArgs, mut config: BridgeConfig) -> anyhow::Result<()> {
     let mut rates = args
         .rates
         .iter()
@@ -729,7 +729,6 @@ pub fn run(args: LoadArgs, config: BridgeConfig) -> anyhow::Result<()> {
         anyhow::bail!("--telemetry needs the `prometheus` feature");
     }
     let (rt, workers) = runtime(args.workers, args.event_interval)?;
-    let mut config = config.clone();
     // wgpu asked for by name is opened beside CUDA too (`wgpu.alongside_cuda`).
     if args
         .backends
@@ -738,7 +737,7 @@ pub fn run(args: LoadArgs, config: BridgeConfig) -> anyhow::Result<()> {
     {
         config.wgpu.alongside_cuda = true;
     }
-    let bridge = gpubridge::bridge(config.clone())?;
+    let bridge = gpubridge::bridge(config)?;
     let available = bridge.backends();
     let backends: Vec<BackendKind> = if args.backends.is_empty() {
         if available.contains(&BackendKind::Cuda) {

@@ -91,24 +91,35 @@ fn check_add(inputs: &[VectorPair], outputs: &[Vec<f32>]) {
     }
 }
 
+/// Adds `pairs` fresh random pairs of each length in turn on CUDA, checks every sum, and says
+/// which calls replayed a graph.
+fn add_on_cuda(
+    grain: &gpubridge::BatchGrain<VectorPair, Vec<f32>>,
+    pairs: usize,
+    lens: &[usize],
+) -> Vec<bool> {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+    lens.iter()
+        .map(|&len| {
+            let inputs = random_pairs(&mut rng, pairs, len);
+            let r = block_on(grain.execute(
+                inputs.clone(),
+                ExecutionHints::default().on_backend(BackendKind::Cuda),
+            ))
+            .unwrap();
+            check_add(&inputs, &r.outputs);
+            r.graph_replayed()
+        })
+        .collect()
+}
+
 #[test]
 fn repeated_plan_shapes_are_captured_once_and_replayed_with_fresh_data() {
     let config = one_gpu();
     let Some(cuda) = cuda(&config) else { return };
     let b = bridge(config, cuda.clone());
     let grain = b.batch::<VectorAdd>().unwrap();
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
-    let mut replayed = Vec::new();
-    for _ in 0..6 {
-        let inputs = random_pairs(&mut rng, 10, 1000);
-        let r = block_on(grain.execute(
-            inputs.clone(),
-            ExecutionHints::default().on_backend(BackendKind::Cuda),
-        ))
-        .unwrap();
-        check_add(&inputs, &r.outputs);
-        replayed.push(r.graph_replayed());
-    }
+    let replayed = add_on_cuda(&grain, 10, &[1000; 6]);
     // First run: stream launches (a one-off shape is never captured); second: captured and
     // replayed; then replays.
     assert_eq!(replayed, [false, true, true, true, true, true]);
@@ -125,20 +136,9 @@ fn batches_of_nearby_sizes_share_a_bucketed_graph_updated_in_place() {
     let Some(cuda) = cuda(&config) else { return };
     let b = bridge(config, cuda.clone());
     let grain = b.batch::<VectorAdd>().unwrap();
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
-    let mut replayed = Vec::new();
     // 10 pairs of 1000..=1024 floats: each input buffer is 40,000..40,960 bytes, one bucket
     // (40,960), and the plan is past the zero-copy size, so it takes the graph path.
-    for len in [1000usize, 1000, 1010, 1024, 1003, 1017, 1000] {
-        let inputs = random_pairs(&mut rng, 10, len);
-        let r = block_on(grain.execute(
-            inputs.clone(),
-            ExecutionHints::default().on_backend(BackendKind::Cuda),
-        ))
-        .unwrap();
-        check_add(&inputs, &r.outputs);
-        replayed.push(r.graph_replayed());
-    }
+    let replayed = add_on_cuda(&grain, 10, &[1000, 1000, 1010, 1024, 1003, 1017, 1000]);
     assert_eq!(replayed, [false, true, true, true, true, true, true]);
     let g = cuda.graph_stats(0).unwrap();
     assert_eq!(
@@ -154,6 +154,7 @@ fn batches_of_nearby_sizes_share_a_bucketed_graph_updated_in_place() {
     // items stay in three buckets (data of 86,400..88,800, 100,800..103,600 and
     // 115,200..118,400 bytes): three captures serve all nine batches.
     let sum = b.batch::<Sum>().unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
     for round in 0..9 {
         let items = 6 + round % 3;
         let v: Vec<Vec<f32>> = (0..items)
@@ -190,18 +191,7 @@ fn small_graphs_copy_with_a_kernel_and_answer_exactly() {
     let Some(cuda) = cuda(&config) else { return };
     let b = bridge(config, cuda.clone());
     let grain = b.batch::<VectorAdd>().unwrap();
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
-    let mut replayed = Vec::new();
-    for len in [1100usize, 1100, 1093, 1109, 1100, 1087, 1031, 1099] {
-        let inputs = random_pairs(&mut rng, 6, len);
-        let r = block_on(grain.execute(
-            inputs.clone(),
-            ExecutionHints::default().on_backend(BackendKind::Cuda),
-        ))
-        .unwrap();
-        check_add(&inputs, &r.outputs);
-        replayed.push(r.graph_replayed());
-    }
+    let replayed = add_on_cuda(&grain, 6, &[1100, 1100, 1093, 1109, 1100, 1087, 1031, 1099]);
     assert_eq!(replayed, [false, true, true, true, true, true, true, true]);
     let g = cuda.graph_stats(0).unwrap();
     assert_eq!((g.misses, g.entries), (1, 1), "{g:?}");
