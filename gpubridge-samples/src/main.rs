@@ -409,8 +409,9 @@ fn devices(config: &BridgeConfig, json: bool) -> anyhow::Result<ExitCode> {
         && reports
             .iter()
             .any(|r| r.kind == BackendKind::Cuda && matches!(r.status, BackendStatus::Ready(_)));
-    let beside_cuda =
-        |kind: BackendKind| kind == BackendKind::Wgpu && cuda_usable && !config.wgpu.alongside_cuda;
+    let beside_cuda = |kind: BackendKind| {
+        kind == BackendKind::Wgpu && gpubridge::wgpu_closed_beside_cuda(config, cuda_usable)
+    };
     if json {
         let v: Vec<serde_json::Value> = reports
             .iter()

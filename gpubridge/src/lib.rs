@@ -115,6 +115,16 @@ fn left_out(kind: BackendKind) -> Opened {
     })
 }
 
+/// Whether [`builder`] leaves the wgpu backend closed because CUDA is usable (`cuda_usable`):
+/// wgpu is in the chain and enabled, and `wgpu.alongside_cuda` is off. A second (Vulkan) context
+/// on the same GPU perturbs CUDA's latency.
+pub fn wgpu_closed_beside_cuda(config: &BridgeConfig, cuda_usable: bool) -> bool {
+    cuda_usable
+        && config.wgpu.enabled
+        && !config.wgpu.alongside_cuda
+        && config.fallback.chain.contains(&BackendKind::Wgpu)
+}
+
 /// A [`BridgeBuilder`] with every built-in kernel and every usable compiled-in backend, in the
 /// order of `fallback.chain` (by default CUDA, then wgpu, then the CPU), and the reasons for the
 /// others. Register your own kernels on it, then [`BridgeBuilder::build`].
@@ -166,8 +176,8 @@ pub fn builder(config: BridgeConfig) -> Result<BridgeBuilder> {
         // wgpu is for machines without CUDA: beside it, a second context on the same GPU
         // perturbs CUDA's latency (`wgpu.alongside_cuda`).
         let cuda = open_cuda();
-        let wgpu = match (&cuda, chain.contains(&BackendKind::Wgpu)) {
-            (Ok(_), true) if cfg.wgpu.enabled => Err(BackendReport {
+        let wgpu = match &cuda {
+            Ok(_) if wgpu_closed_beside_cuda(cfg, true) => Err(BackendReport {
                 kind: BackendKind::Wgpu,
                 status: BackendStatus::Unavailable(
                     "not opened: CUDA is usable here and wgpu.alongside_cuda is off".to_owned(),
