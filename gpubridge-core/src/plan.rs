@@ -508,6 +508,17 @@ pub fn step_cache_usage() -> (usize, usize) {
     (c.lists.len(), c.bytes)
 }
 
+/// Empties the step cache (it fills again as plans come); returns the lists and bytes of steps
+/// it held. Part of giving back what the process keeps only for speed, as
+/// `CudaBackend::release_caches` does for a device.
+pub fn release_step_cache() -> (usize, usize) {
+    let mut c = step_cache().lock();
+    let held = (c.lists.len(), c.bytes);
+    c.lists = HashMap::default();
+    c.bytes = 0;
+    held
+}
+
 /// The shape of a plan without its data: kernel, buffer sizes and roles, steps. Equal shapes can
 /// replay the same CUDA graph and reuse the same buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -146,6 +146,33 @@ impl CudaBackend {
         })
     }
 
+    /// Gives back what `device` keeps only for speed: every cached CUDA graph except the
+    /// resident ones (with the device blocks and pinned staging they own), its streams' pinned
+    /// staging, the plan shapes it remembers, and the pool's idle memory. Later requests capture and allocate again as they
+    /// did the first time. For a service that goes quiet and wants its memory back, and for a
+    /// leak check that reads memory with nothing cached (`gpubridge soak`).
+    ///
+    /// Blocks until the device's executor has finished the plans queued before the request.
+    ///
+    /// # Errors
+    /// [`Error::DeviceLost`] when `device` does not exist or its executor has ended.
+    pub fn release_caches(&self, device: usize) -> Result<crate::Released> {
+        let lost = |reason: &str| Error::DeviceLost {
+            device: format!("cuda:{device}"),
+            reason: reason.to_owned(),
+        };
+        let slot = self
+            .slots
+            .get(device)
+            .ok_or_else(|| lost("no such device"))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        slot.tx
+            .lock()
+            .send(Job::Release(tx))
+            .map_err(|_| lost("executor thread exited"))?;
+        rx.recv().map_err(|_| lost("executor thread exited"))
+    }
+
     /// Pool statistics of `device` after its last plan.
     pub fn pool_stats(&self, device: usize) -> Option<PoolStats> {
         self.slots.get(device).map(|s| *s.shared.pool.lock())

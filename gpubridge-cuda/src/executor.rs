@@ -41,7 +41,26 @@ pub(crate) enum Job {
         sources: KernelSources,
         complete: gpubridge_core::device::PlanCompletion,
     },
+    /// Release the caches (see [`crate::CudaBackend::release_caches`]) once the plans before it
+    /// have finished, and answer with what was released.
+    Release(mpsc::SyncSender<Released>),
     Shutdown,
+}
+
+/// What [`crate::CudaBackend::release_caches`] gave back on one device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Released {
+    /// Cached graphs destroyed (resident ones are kept).
+    pub graphs: u64,
+    /// Device and pinned bytes those graphs owned.
+    pub graph_bytes: u64,
+    /// Idle pool memory freed to the driver, in bytes.
+    pub pool_bytes: u64,
+    /// Pinned staging freed (the streams' own, grown to the largest plan each had run), in
+    /// bytes.
+    pub staging_bytes: u64,
+    /// Plan shapes forgotten (seen once, or failed to capture).
+    pub shapes: u64,
 }
 
 /// The shared state of an executor that other threads may read.
@@ -531,6 +550,12 @@ pub(crate) fn spawn(
                         sources,
                         complete,
                     }) => ex.handle(plan, &sources, complete, &mut pending),
+                    Some(Job::Release(answer)) => {
+                        while let Some(f) = pending.pop_front() {
+                            ex.finish(f);
+                        }
+                        let _ = answer.send(ex.release_caches());
+                    }
                     Some(Job::Shutdown) | None => break,
                 }
             }
@@ -1334,6 +1359,48 @@ impl Executor {
         drop(graph);
         self.pool.give_back(block);
         executions
+    }
+
+    /// Destroys every ordinary cached graph (resident ones stay: their plans asked to be kept
+    /// hot), frees the streams' pinned staging, forgets the plan shapes remembered, and frees the
+    /// pool's idle memory. Runs with nothing in flight (the caller finished it first).
+    fn release_caches(&mut self) -> Released {
+        let mut released = Released::default();
+        let ordinary: Vec<gpubridge_core::PlanShape> = self
+            .graphs
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.resident.load(Ordering::Relaxed))
+            .map(|(k, _)| *k)
+            .collect();
+        for shape in ordinary {
+            if let Some(g) = self.graphs.entries.remove(&shape) {
+                self.take_graph(&shape, &g);
+                self.graphs.used -= g.bytes;
+                self.graphs.device_bytes -= g.device_bytes;
+                released.graphs += 1;
+                released.graph_bytes += g.bytes as u64;
+            }
+        }
+        // The lanes' pinned staging (grown to the largest plan each has run) and the spares of
+        // off-thread unpacks: nothing is in flight, so none is in use.
+        self.drain_unpacking();
+        for lane in &mut self.lanes {
+            released.staging_bytes +=
+                (lane.staging_in.capacity() + lane.staging_out.capacity()) as u64;
+            lane.staging_in = PinnedBuffer::empty();
+            lane.staging_out = PinnedBuffer::empty();
+        }
+        released.shapes = (self.graphs.seen.len() + self.graphs.failed.len()) as u64;
+        self.graphs.seen = HashMap::new();
+        self.graphs.failed = std::collections::HashSet::new();
+        let idle = self.pool.stats().idle;
+        self.pool.trim();
+        released.pool_bytes = idle.saturating_sub(self.pool.stats().idle) as u64;
+        self.sample_free_memory();
+        self.publish_stats();
+        tracing::debug!(device = %self.label, ?released, "released the caches");
+        released
     }
 
     /// Destroys every cached graph (the executor is ending). Callers can no longer reach them:

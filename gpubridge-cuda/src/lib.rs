@@ -32,6 +32,6 @@ mod memory;
 pub use backend::CudaBackend;
 pub use compile::{compile, default_cache_dir, nvrtc_version, PtxCache};
 pub use discovery::{pci_locations, probe, CudaDevice, CudaUnavailable, DRIVER_LIBRARY};
-pub use executor::{GraphStats, MAX_SHAPES_REMEMBERED};
+pub use executor::{GraphStats, Released, MAX_SHAPES_REMEMBERED};
 pub use host_alloc::huge_page_vec_f32;
 pub use memory::{size_class, DevicePool, PoolStats, IDLE_RELEASE_EVERY};

@@ -199,6 +199,49 @@ fn small_graphs_copy_with_a_kernel_and_answer_exactly() {
     gpubridge::testing::assert_quiescent(&b);
 }
 
+/// Releasing the caches destroys the cached graphs, forgets the shapes and frees the pool's
+/// idle memory; the next batches answer as before, captured again from scratch.
+#[test]
+fn released_caches_are_given_back_and_rebuilt_on_demand() {
+    let config = one_gpu();
+    let Some(cuda) = cuda(&config) else { return };
+    let b = bridge(config, cuda.clone());
+    let grain = b.batch::<VectorAdd>().unwrap();
+    // Two shapes, each captured on its second run (big enough for the graph path, not run
+    // zero-copy on the caller's thread); a third seen once.
+    add_on_cuda(&grain, 6, &[1100, 1100, 1100, 5000, 5000, 20_000]);
+    let g = cuda.graph_stats(0).unwrap();
+    assert_eq!(g.entries, 2, "{g:?}");
+    assert!(g.shapes_seen_once >= 1, "{g:?}");
+    let idle = cuda.pool_stats(0).unwrap().idle;
+    assert!(idle > 0, "the stream launches left idle blocks");
+    let released = cuda.release_caches(0).unwrap();
+    assert_eq!(released.graphs, 2, "{released:?}");
+    assert_eq!(released.graph_bytes, g.bytes, "{released:?}");
+    assert!(released.shapes >= 1, "{released:?}");
+    // The stream launches' pinned staging, grown for the 20,000-float pairs, is freed too.
+    assert!(released.staging_bytes >= 6 * 20_000 * 4 * 2, "{released:?}");
+    // The graphs' blocks came back to the pool before it was trimmed: nothing idle is left.
+    assert!(released.pool_bytes >= idle as u64, "{released:?}");
+    let g = cuda.graph_stats(0).unwrap();
+    assert_eq!(
+        (g.entries, g.bytes, g.device_bytes, g.shapes_seen_once),
+        (0, 0, 0, 0),
+        "{g:?}"
+    );
+    let p = cuda.pool_stats(0).unwrap();
+    assert_eq!((p.in_use, p.idle), (0, 0), "{p:?}");
+    // Rebuilt on demand: a shape seen before the release is new again.
+    let replayed = add_on_cuda(&grain, 6, &[1100, 1100, 1100]);
+    assert_eq!(replayed, [false, true, true]);
+    assert_eq!(cuda.graph_stats(0).unwrap().entries, 1);
+    assert!(matches!(
+        cuda.release_caches(7),
+        Err(gpubridge::Error::DeviceLost { .. })
+    ));
+    gpubridge::testing::assert_quiescent(&b);
+}
+
 #[test]
 fn large_results_land_in_the_donated_inputs_memory() {
     let config = BridgeConfig::default();
