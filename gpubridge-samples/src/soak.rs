@@ -32,6 +32,22 @@
 //! limit is reported as `unresolved`: the run was too short or too noisy to prove R1 either way,
 //! and does not fail; R1 is shown only by `flat` (the whole interval under the limit).
 //!
+//! # Memory at rest (`--quiesce`, on by default)
+//! Read under load, memory moves by the megabytes that requests in flight and the bounded caches
+//! hold (the CUDA graph cache, the pool's idle blocks, the step cache), which no eight-minute run
+//! can tell from a 1 MiB/h trend. So at every interval the soak also reads it at rest: the
+//! workloads are held (an open loop owes nothing for the pause), every request in flight ends,
+//! the caches are given back ([`gpubridge::cuda::CudaBackend::release_caches`] and
+//! [`gpubridge::plan::release_step_cache`]), glibc's free pages are trimmed, and after
+//! `--quiesce` of settling the resident set is counted page by page (`smaps_rollup`), the live
+//! heap read, and the device's memory read as the driver reports it. What is left is what the
+//! process holds with nothing in flight and nothing cached: a leak stays in it, a cache refill
+//! does not. R1's fits use these readings; the readings under load are fitted too and fail the
+//! run if they grow (a cache that outgrew its bound would show there). The caches refill after
+//! every pause, so the soak also exercises their release and refill. Resident memory is exact
+//! only where the allocator can give its free pages back from one thread: glibc's
+//! (`GPUBRIDGE_ALLOCATOR=system`) can (`malloc_trim`); mimalloc keeps free pages per thread.
+//!
 //! With `--faults`, the backend under test is wrapped in a [`FaultInjector`] with the CPU behind
 //! it; its rules are re-armed (and lost devices healed) every interval, so recovery is exercised
 //! again and again, and the last tenth of the run has no faults: the summary then checks that the
@@ -125,10 +141,29 @@ pub struct SoakArgs {
     /// Tokio worker threads (default: one per logical core).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Quiescent memory samples: at every interval the workloads pause, every request in flight
+    /// ends, and after this much more settling time the memory is read again with nothing in
+    /// flight; R1's fits use these readings. `off` fits the readings taken under load instead
+    /// (which move by the megabytes in flight: see the module's documentation).
+    #[arg(long, default_value = "100ms", value_parser = parse_quiesce)]
+    pub quiesce: Settle,
     /// Bytes leaked on purpose per completed single: a planted leak, set only by the test that
     /// proves the slope check catches one.
     #[arg(skip)]
     pub planted_leak_bytes: usize,
+}
+
+/// `--quiesce`'s value: a settling time, or `None` for `off`. (An alias, so that clap takes
+/// the whole `Option` from [`parse_quiesce`] instead of making the argument optional.)
+pub type Settle = Option<Duration>;
+
+/// Parses `--quiesce`: `off`, or a settling time as [`parse_duration`] reads it.
+pub fn parse_quiesce(s: &str) -> Result<Settle, String> {
+    if s == "off" {
+        Ok(None)
+    } else {
+        parse_duration(s).map(Some)
+    }
 }
 
 /// Parses `500ms`, `90s`, `8m`, `24h`, `1h30m` or a plain number of seconds.
@@ -228,6 +263,10 @@ struct Shared {
     answered: [AtomicU64; 4],
     hung: AtomicU64,
     stop: AtomicBool,
+    /// Where [`dump_mappings`] writes (`GPUBRIDGE_SOAK_SMAPS`), if anywhere.
+    smaps_dir: Option<PathBuf>,
+    /// `true` while the sampler holds the workloads for a quiescent reading.
+    paused: tokio::sync::watch::Sender<bool>,
     hang_after: Duration,
     planted_leak_bytes: usize,
 }
@@ -235,6 +274,18 @@ struct Shared {
 impl Shared {
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent and not yet ended (answered, failed, or given up as hung).
+    fn in_flight(&self) -> u64 {
+        let sent: u64 = self.sent.iter().map(|s| s.load(Ordering::SeqCst)).sum();
+        let ended: u64 = self
+            .answered
+            .iter()
+            .map(|a| a.load(Ordering::SeqCst))
+            .sum::<u64>()
+            + self.hung.load(Ordering::SeqCst);
+        sent.saturating_sub(ended)
     }
 
     /// Records one request's end: `Ok(true)` a right answer, `Ok(false)` a wrong one.
@@ -273,11 +324,30 @@ struct DeviceMemory {
     pool_hits: u64,
     pool_misses: u64,
     pool_failures: u64,
-    /// Free device memory as the driver reports it, where known.
+    /// Free device memory as the driver reports it (the pool's idle memory counted as free),
+    /// where known.
     free_bytes: Option<u64>,
-    /// CUDA graph cache: graphs cached, the device and pinned bytes they own (within
-    /// `cuda.graph_cache_mb`), captures and evictions so far.
-    graphs: Option<(u64, u64, u64, u64)>,
+    /// Device memory in use as the driver reports it, less the pool's idle memory: the device's
+    /// total less `free_bytes`, where known. With the caches released (a quiescent reading)
+    /// this is everything this process holds on the device, in the pool or not.
+    used_bytes: Option<u64>,
+    /// The CUDA graph cache's state.
+    graphs: Option<GraphCache>,
+}
+
+/// The CUDA graph cache at one reading.
+#[derive(Debug, Clone, Copy, Default)]
+struct GraphCache {
+    /// Graphs cached.
+    entries: u64,
+    /// The device and pinned bytes they own (within `cuda.graph_cache_mb`).
+    bytes: u64,
+    /// Of those, the device bytes (blocks rented from the pool).
+    device_bytes: u64,
+    /// Captures so far.
+    captures: u64,
+    /// Evictions so far.
+    evictions: u64,
 }
 
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
@@ -298,6 +368,10 @@ impl DeviceMemory {
 
 type MemoryProbe = Box<dyn Fn() -> Option<DeviceMemory> + Send + Sync>;
 
+/// Gives back the device's caches (CUDA: [`gpubridge::cuda::CudaBackend::release_caches`]) and
+/// says what it released; `None` where the backend under test has none to give back.
+type CacheRelease = Box<dyn Fn() -> Option<Value> + Send + Sync>;
+
 /// The bridge under soak, with a way to read its device memory and, with `--faults`, its
 /// injector.
 struct Rig {
@@ -305,6 +379,7 @@ struct Rig {
     backend: BackendKind,
     device_name: String,
     memory: MemoryProbe,
+    release: CacheRelease,
     faults: Option<Arc<FaultInjector>>,
 }
 
@@ -336,11 +411,12 @@ fn build_rig(args: &SoakArgs, config: &BridgeConfig) -> anyhow::Result<Rig> {
     config.fallback.software_adapters_last = false;
     let mut builder = GpuBridge::builder(config.clone());
     gpubridge::register_builtins(&mut builder)?;
-    let (device, memory): (Option<Arc<dyn Backend>>, MemoryProbe) = match backend {
-        BackendKind::Cpu => (None, Box::new(|| None)),
-        BackendKind::Cuda => cuda_device(&config)?,
-        BackendKind::Wgpu => wgpu_device(&config)?,
-    };
+    let (device, memory, release): (Option<Arc<dyn Backend>>, MemoryProbe, CacheRelease) =
+        match backend {
+            BackendKind::Cpu => (None, Box::new(|| None), Box::new(|| None)),
+            BackendKind::Cuda => cuda_device(&config)?,
+            BackendKind::Wgpu => wgpu_device(&config)?,
+        };
     let mut faults = None;
     if let Some(device) = device {
         let device = if args.faults.is_empty() {
@@ -367,15 +443,20 @@ fn build_rig(args: &SoakArgs, config: &BridgeConfig) -> anyhow::Result<Rig> {
         backend,
         device_name,
         memory,
+        release,
         faults,
     })
 }
 
+/// The backend under test, its memory probe and its cache release.
+type Device = (Option<Arc<dyn Backend>>, MemoryProbe, CacheRelease);
+
 #[cfg(feature = "cuda")]
-fn cuda_device(config: &BridgeConfig) -> anyhow::Result<(Option<Arc<dyn Backend>>, MemoryProbe)> {
+fn cuda_device(config: &BridgeConfig) -> anyhow::Result<Device> {
     let cuda = gpubridge::cuda::CudaBackend::new(config)
         .map_err(|why| anyhow::anyhow!("CUDA is not usable here: {why}"))?;
     let probe = cuda.clone();
+    let total = cuda.devices().first().map_or(0, |d| d.total_memory);
     let memory: MemoryProbe = Box::new(move || {
         let s = probe.pool_stats(0)?;
         let mut m = DeviceMemory::of_pool(
@@ -383,21 +464,36 @@ fn cuda_device(config: &BridgeConfig) -> anyhow::Result<(Option<Arc<dyn Backend>
             [s.hits, s.misses, s.failures],
         );
         m.free_bytes = probe.free_memory(0);
-        m.graphs = probe
-            .graph_stats(0)
-            .map(|g| (g.entries, g.bytes, g.misses, g.evictions));
+        m.used_bytes = m.free_bytes.map(|f| total.saturating_sub(f));
+        m.graphs = probe.graph_stats(0).map(|g| GraphCache {
+            entries: g.entries,
+            bytes: g.bytes,
+            device_bytes: g.device_bytes,
+            captures: g.misses,
+            evictions: g.evictions,
+        });
         Some(m)
     });
-    Ok((Some(cuda as Arc<dyn Backend>), memory))
+    let owner = cuda.clone();
+    let release: CacheRelease = Box::new(move || {
+        Some(match owner.release_caches(0) {
+            Ok(r) => json!({
+                "graphs": r.graphs, "graph_bytes": r.graph_bytes, "pool_bytes": r.pool_bytes,
+                "staging_bytes": r.staging_bytes, "shapes": r.shapes,
+            }),
+            Err(e) => json!({ "error": e.to_string() }),
+        })
+    });
+    Ok((Some(cuda as Arc<dyn Backend>), memory, release))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_device(_: &BridgeConfig) -> anyhow::Result<(Option<Arc<dyn Backend>>, MemoryProbe)> {
+fn cuda_device(_: &BridgeConfig) -> anyhow::Result<Device> {
     bail!("CUDA is not compiled in (build with the `cuda` feature)")
 }
 
 #[cfg(feature = "wgpu")]
-fn wgpu_device(config: &BridgeConfig) -> anyhow::Result<(Option<Arc<dyn Backend>>, MemoryProbe)> {
+fn wgpu_device(config: &BridgeConfig) -> anyhow::Result<Device> {
     let wgpu = gpubridge::wgpu::WgpuBackend::new(config)
         .map_err(|why| anyhow::anyhow!("wgpu is not usable here: {why}"))?;
     let probe = wgpu.clone();
@@ -408,11 +504,11 @@ fn wgpu_device(config: &BridgeConfig) -> anyhow::Result<(Option<Arc<dyn Backend>
             [s.hits, s.misses, s.failures],
         ))
     });
-    Ok((Some(wgpu as Arc<dyn Backend>), memory))
+    Ok((Some(wgpu as Arc<dyn Backend>), memory, Box::new(|| None)))
 }
 
 #[cfg(not(feature = "wgpu"))]
-fn wgpu_device(_: &BridgeConfig) -> anyhow::Result<(Option<Arc<dyn Backend>>, MemoryProbe)> {
+fn wgpu_device(_: &BridgeConfig) -> anyhow::Result<Device> {
     bail!("wgpu is not compiled in (build with the `wgpu` feature)")
 }
 
@@ -423,6 +519,39 @@ fn rss_bytes() -> Option<u64> {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * u64::try_from(page).ok()?)
+}
+
+/// Process resident set size in bytes, counted page by page (Linux `/proc/self/smaps_rollup`).
+/// `statm`'s figure is the kernel's running count, which since Linux 6.2 is a per-CPU counter
+/// read without summing its per-CPU parts: it lags by up to a few MiB on a many-core machine, so
+/// a quiescent reading (where a leak check needs every page) walks the page tables instead.
+/// Also returns `AnonHugePages` and `Anonymous` (the resident pages not backed by a file),
+/// where the kernel reports them.
+fn rss_exact_bytes() -> Option<(u64, Option<u64>, Option<u64>)> {
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let kib: u64 = rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    };
+    Some((field("Rss:")?, field("AnonHugePages:"), field("Anonymous:")))
+}
+
+/// Gives the C library's free heap pages back to the system (`malloc_trim`, every arena): what
+/// is still resident after it is memory in use, or fragments the allocator cannot return. The
+/// analogue, for a leak check, of a collected heap in a garbage-collected runtime.
+fn release_free_pages() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions; it takes each arena's lock while it trims.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Live heap: bytes the allocators have handed out and not had back, without the free memory
@@ -455,12 +584,22 @@ fn open_fds() -> Option<u64> {
     Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
 }
 
-/// Sleeps until `next`, or returns `false` at once when the soak is stopping.
-async fn pace(shared: &Shared, next: Instant) -> bool {
+/// Sleeps until `next`, and while the sampler holds the workloads (then `next` moves to the
+/// end of the pause: an open loop sends nothing for the time it was held); returns `false` at
+/// once when the soak is stopping.
+async fn pace(
+    shared: &Shared,
+    paused: &mut tokio::sync::watch::Receiver<bool>,
+    next: &mut Instant,
+) -> bool {
     if shared.stopping() {
         return false;
     }
-    tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
+    tokio::time::sleep_until(tokio::time::Instant::from_std(*next)).await;
+    if *paused.borrow_and_update() {
+        let _ = paused.wait_for(|p| !*p).await;
+        *next = (*next).max(Instant::now());
+    }
     !shared.stopping()
 }
 
@@ -472,14 +611,22 @@ async fn singles(
     task: usize,
     period: Duration,
 ) {
-    let mut next = Instant::now() + period.mul_f64(task as f64 / 64.0);
+    let offset = period.mul_f64(task as f64 / 64.0);
+    let mut next = Instant::now() + offset;
     let mut k = task * 7;
     let mut inflight = FuturesUnordered::new();
     let tick = Duration::from_millis(1);
     let hints = ExecutionHints::default();
+    let mut paused = shared.paused.subscribe();
     loop {
+        // While the sampler holds the workloads, answers still come in but nothing is sent.
+        let held = *paused.borrow_and_update();
         tokio::select! {
             biased;
+            _ = paused.wait_for(|p| !*p), if held => {
+                // Open loop: nothing is owed for the pause; the tasks stay staggered.
+                next = next.max(Instant::now() + offset);
+            }
             Some(done) = inflight.next(), if !inflight.is_empty() => {
                 let Some(load::Done { sent, done, i, r, .. }) = done else { continue };
                 let outcome = match r {
@@ -501,7 +648,10 @@ async fn singles(
                 };
                 shared.record(SINGLES, done - sent, outcome);
             }
-            () = tokio::time::sleep_until(tokio::time::Instant::from_std(next.max(Instant::now() + tick))), if !shared.stopping() => {
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(next.max(Instant::now() + tick))), if !shared.stopping() && !held => {
+                if *shared.paused.borrow() {
+                    continue;
+                }
                 let now = Instant::now();
                 while next <= now {
                     let i = k % pool.inputs.len();
@@ -688,7 +838,8 @@ async fn batches(bridge: GpuBridge, shared: Arc<Shared>, rate: f64, seed: u64) {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let mut next = Instant::now();
     let mut which = 0usize;
-    while pace(&shared, next).await {
+    let mut paused = shared.paused.subscribe();
+    while pace(&shared, &mut paused, &mut next).await {
         next += period;
         let t0 = Instant::now();
         shared.sent[BATCHES].fetch_add(1, Ordering::Relaxed);
@@ -735,7 +886,8 @@ async fn stream(bridge: GpuBridge, shared: Arc<Shared>, pool: Arc<load::Pool>, r
     let period = Duration::from_secs_f64(1.0 / rate);
     let mut next = Instant::now();
     let mut k = 3usize;
-    while pace(&shared, next).await {
+    let mut paused = shared.paused.subscribe();
+    while pace(&shared, &mut paused, &mut next).await {
         let now = Instant::now();
         while next <= now {
             let i = k % pool.inputs.len();
@@ -785,7 +937,8 @@ async fn storage(
     let mut n = 0u64;
     // The buffers go round and come back, as a service's would (a failed trip drops them).
     let mut buffers: Option<(Vec<u8>, Vec<u8>)> = None;
-    while pace(&shared, next).await {
+    let mut paused = shared.paused.subscribe();
+    while pace(&shared, &mut paused, &mut next).await {
         next += every;
         let (mut data, back) = buffers
             .take()
@@ -822,10 +975,131 @@ async fn storage(
 struct Sample {
     t_s: f64,
     warm: bool,
+    /// Memory read under load, at the end of the interval.
+    load: Readings,
+    /// Memory read right after, with the workloads held and nothing in flight (`--quiesce`;
+    /// `None` when off, or when the requests in flight did not all end in time).
+    quiet: Option<Readings>,
+}
+
+/// One reading of the process's memory and the device's.
+#[derive(Debug, Clone, Copy, Default)]
+struct Readings {
     rss: Option<u64>,
+    /// Of `rss`, anonymous memory in transparent huge pages (exact readings only).
+    anon_huge: Option<u64>,
+    /// Of `rss`, the pages not backed by a file (exact readings only): what is left is code and
+    /// other mapped files, paged in as new paths run.
+    anon: Option<u64>,
     heap: Option<u64>,
     device: Option<DeviceMemory>,
 }
+
+impl Readings {
+    /// A reading under load: the kernel's running count of resident pages (cheap).
+    fn now(rig: &Rig) -> Self {
+        Self {
+            rss: rss_bytes(),
+            anon_huge: None,
+            anon: None,
+            heap: heap_live_bytes(),
+            device: (rig.memory)(),
+        }
+    }
+
+    /// A reading at rest: the allocators' free pages given back first, then the resident pages
+    /// counted one by one.
+    fn exact(rig: &Rig) -> Self {
+        release_free_pages();
+        let exact = rss_exact_bytes();
+        Self {
+            rss: exact.map(|e| e.0).or_else(rss_bytes),
+            anon_huge: exact.and_then(|e| e.1),
+            anon: exact.and_then(|e| e.2),
+            ..Self::now(rig)
+        }
+    }
+
+    fn to_json(self) -> Value {
+        json!({
+            "rss_bytes": self.rss,
+            "anon_huge_bytes": self.anon_huge,
+            "anonymous_bytes": self.anon,
+            "heap_live_bytes": self.heap,
+            "device": self.device.map(|d| json!({
+                "pool_bytes": d.pool_bytes, "pool_in_use": d.pool_in_use, "pool_peak": d.pool_peak,
+                "pool_hits": d.pool_hits, "pool_misses": d.pool_misses,
+                "pool_failures": d.pool_failures, "free_bytes": d.free_bytes,
+                "used_bytes": d.used_bytes,
+                "graph_entries": d.graphs.map(|g| g.entries), "graph_bytes": d.graphs.map(|g| g.bytes),
+                "graph_device_bytes": d.graphs.map(|g| g.device_bytes),
+                "graph_captures": d.graphs.map(|g| g.captures),
+                "graph_evictions": d.graphs.map(|g| g.evictions),
+            })),
+        })
+    }
+}
+
+/// Holds the workloads, waits for every request in flight to end (at most `max_wait`), gives
+/// back what the bridge and the allocators keep only for speed (the device's cached graphs and
+/// idle pool memory, the C heap's free pages), lets the process settle for `settle`, and reads
+/// its memory: what is left is what the process holds with nothing in flight and nothing
+/// cached, which is where a leak shows, a page at a time. (The caches are bounded by their own
+/// settings; the readings under load, which include them, are fitted too.) `None` when the
+/// requests did not all end in time or one started during the reading. The workloads resume
+/// either way; the second value says what was released.
+fn quiet_reading(
+    shared: &Shared,
+    rig: &Rig,
+    settle: Duration,
+    max_wait: Duration,
+) -> Option<(Readings, Value)> {
+    shared.paused.send_replace(true);
+    let deadline = Instant::now() + max_wait;
+    let sent = || -> u64 { shared.sent.iter().map(|s| s.load(Ordering::SeqCst)).sum() };
+    let idle = || {
+        let r = rig.bridge.readiness();
+        shared.in_flight() == 0 && r.pending_requests == 0 && r.running_micro_batches == 0
+    };
+    let reading = loop {
+        if idle() {
+            let before = sent();
+            let steps = gpubridge::plan::release_step_cache();
+            let mut released = (rig.release)().unwrap_or_else(|| json!({}));
+            released["step_lists"] = json!(steps.0);
+            released["step_bytes"] = json!(steps.1);
+            std::thread::sleep(settle);
+            let reading = Readings::exact(rig);
+            dump_mappings(&shared.smaps_dir);
+            if sent() == before && idle() {
+                break Some((reading, released));
+            }
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    shared.paused.send_replace(false);
+    reading
+}
+
+/// With `GPUBRIDGE_SOAK_SMAPS` set (a diagnostic), each quiescent reading also copies
+/// `/proc/self/smaps` into `OUT/smaps/`, so that the mappings whose resident pages move between
+/// readings can be named.
+fn dump_mappings(dir: &Option<PathBuf>) {
+    static N: AtomicU64 = AtomicU64::new(0);
+    if let Some(dir) = dir {
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        if let Ok(smaps) = std::fs::read("/proc/self/smaps") {
+            let _ = std::fs::write(dir.join(format!("{n:05}.txt")), smaps);
+        }
+    }
+}
+
+/// The longest a quiescent reading waits for the requests in flight to end (a 50 ms stall
+/// injected by `--faults` ends well within it; a hung request does not, and is counted as hung).
+const QUIESCE_WAIT: Duration = Duration::from_secs(5);
 
 /// A latency histogram of fixed size: 16 buckets per power of two of tenths of a microsecond
 /// (quantiles within about 6%).
@@ -1094,6 +1368,12 @@ fn soak(args: &SoakArgs, config: &BridgeConfig) -> anyhow::Result<Value> {
         answered: Default::default(),
         hung: AtomicU64::new(0),
         stop: AtomicBool::new(false),
+        paused: tokio::sync::watch::Sender::new(false),
+        smaps_dir: std::env::var_os("GPUBRIDGE_SOAK_SMAPS").map(|_| {
+            let dir = args.out.join("smaps");
+            let _ = std::fs::create_dir_all(&dir);
+            dir
+        }),
         hang_after: args.hang_after,
         planted_leak_bytes: args.planted_leak_bytes,
     });
@@ -1205,16 +1485,38 @@ fn soak(args: &SoakArgs, config: &BridgeConfig) -> anyhow::Result<Value> {
             }
         }
         index += 1;
-        let line = take_sample(
+        let load = Readings::now(&rig);
+        let mut line = take_sample(
             &shared,
             &rig,
             &mut totals,
             start,
             (warmup, measured_until),
             index,
+            load,
             &mut samples,
             &mut windows,
         );
+        // The reading at rest comes after the interval's tallies are taken (their latencies
+        // would otherwise be counted in it).
+        if let Some(settle) = args.quiesce {
+            let held_from = Instant::now();
+            let (quiet, released) = match quiet_reading(&shared, &rig, settle, QUIESCE_WAIT) {
+                Some((r, released)) => (Some(r), Some(released)),
+                None => {
+                    tracing::warn!(
+                        "soak: the requests in flight did not all end within {QUIESCE_WAIT:?}; no quiescent reading this interval"
+                    );
+                    (None, None)
+                }
+            };
+            if let Some(sample) = samples.last_mut() {
+                sample.quiet = quiet;
+            }
+            line["quiescent"] = json!(quiet.map(Readings::to_json));
+            line["held_ms"] = json!(held_from.elapsed().as_secs_f64() * 1e3);
+            line["released"] = json!(released);
+        }
         writeln!(jsonl, "{line}")?;
         jsonl.flush()?;
         let progress = format!(
@@ -1265,6 +1567,7 @@ fn soak(args: &SoakArgs, config: &BridgeConfig) -> anyhow::Result<Value> {
         start,
         (Duration::MAX, Duration::MAX),
         index + 1,
+        Readings::now(&rig),
         &mut Vec::new(),
         &mut windows,
     );
@@ -1323,6 +1626,7 @@ fn take_sample(
     start: Instant,
     measured: (Duration, Duration),
     index: u64,
+    load: Readings,
     samples: &mut Vec<Sample>,
     windows: &mut Windows,
 ) -> Value {
@@ -1353,16 +1657,12 @@ fn take_sample(
             singles = t.latencies;
         }
     }
-    let rss = rss_bytes();
-    let heap = heap_live_bytes();
-    let device = (rig.memory)();
     let readiness = rig.bridge.readiness();
     let sample = Sample {
         t_s: elapsed.as_secs_f64(),
         warm: elapsed >= measured.0 && elapsed <= measured.1,
-        rss,
-        heap,
-        device,
+        load,
+        quiet: None,
     };
     if sample.warm {
         windows.push(&singles);
@@ -1377,20 +1677,14 @@ fn take_sample(
         } else {
             "calm (faults off)"
         },
-        "rss_bytes": rss,
-        "heap_live_bytes": heap,
+        "rss_bytes": load.rss,
+        "heap_live_bytes": load.heap,
         "open_fds": open_fds(),
         "pending_requests": readiness.pending_requests,
         "running_micro_batches": readiness.running_micro_batches,
         "hung": shared.hung.load(Ordering::Relaxed),
         "faults_injected": rig.faults.as_ref().map(|f| f.injected()),
-        "device": device.map(|d| json!({
-            "pool_bytes": d.pool_bytes, "pool_in_use": d.pool_in_use, "pool_peak": d.pool_peak,
-            "pool_hits": d.pool_hits, "pool_misses": d.pool_misses,
-            "pool_failures": d.pool_failures, "free_bytes": d.free_bytes,
-            "graph_entries": d.graphs.map(|g| g.0), "graph_bytes": d.graphs.map(|g| g.1),
-            "graph_captures": d.graphs.map(|g| g.2), "graph_evictions": d.graphs.map(|g| g.3),
-        })),
+        "device": load.to_json()["device"],
     });
     if let Some(obj) = line.as_object_mut() {
         obj.extend(workloads);
@@ -1428,24 +1722,55 @@ fn summarize(
     // high-water marks, pools and queues reaching their working set) is not extrapolated as a
     // leak, and a leak keeps its slope to the end.
     let tail = &measured[measured.len() / 2..];
-    let rss_fit = Growth::fit(
-        &tail
-            .iter()
-            .filter_map(|s| Some((s.t_s, s.rss? as f64)))
-            .collect::<Vec<_>>(),
-    );
-    let heap_fit = Growth::fit(
-        &tail
-            .iter()
-            .filter_map(|s| Some((s.t_s, s.heap? as f64)))
-            .collect::<Vec<_>>(),
-    );
-    let device_fit = Growth::fit(
-        &tail
-            .iter()
-            .filter_map(|s| Some((s.t_s, s.device?.pool_bytes as f64)))
-            .collect::<Vec<_>>(),
-    );
+    // R1's readings: the quiescent ones with `--quiesce` (the default), else those under load.
+    let fit = |quiet: bool, value: &dyn Fn(&Readings) -> Option<u64>| {
+        Growth::fit(
+            &tail
+                .iter()
+                .filter_map(|s| {
+                    let r = if quiet { s.quiet? } else { s.load };
+                    Some((s.t_s, value(&r)? as f64))
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    let quiet = args.quiesce.is_some();
+    let rss_fit = fit(quiet, &|r| r.rss);
+    let heap_fit = fit(quiet, &|r| r.heap);
+    // At rest the device's memory is read as the driver reports it (every allocation of the
+    // process, in the pool or not); under load, as the pool's bytes (the driver's figure then
+    // moves with the pool's blocks in flight).
+    let device_fit = if quiet {
+        fit(true, &|r| {
+            let d = r.device?;
+            Some(d.used_bytes.unwrap_or(d.pool_bytes))
+        })
+    } else {
+        fit(false, &|r| Some(r.device?.pool_bytes))
+    };
+    // Reported beside them, not judged: the device pool's blocks rented outside the graph cache
+    // (the cache is bounded by `cuda.graph_cache_mb`; blocks a leak kept would be here), and the
+    // readings under load when the verdict's are quiescent.
+    let outside_graphs_fit = fit(quiet, &|r| {
+        let d = r.device?;
+        Some(d.pool_in_use.saturating_sub(d.graphs?.device_bytes))
+    });
+    let under_load_fits = [
+        ("RSS under load", fit(false, &|r| r.rss)),
+        ("live heap under load", fit(false, &|r| r.heap)),
+        (
+            "device pool under load",
+            fit(false, &|r| Some(r.device?.pool_bytes)),
+        ),
+    ];
+    let under_load = quiet.then(|| {
+        json!({
+            "rss_growth": under_load_fits[0].1.map(|g| g.to_json(limit)),
+            "heap_live_growth": under_load_fits[1].1.map(|g| g.to_json(limit)),
+            "device_pool_growth": under_load_fits[2].1.map(|g| g.to_json(limit)),
+        })
+    });
+    let quiet_samples = measured.iter().filter(|s| s.quiet.is_some()).count();
     // P99 of the first and last windows (a tenth of the measured span each).
     let (p99_first, p99_last) = windows.p99s(measured.len());
     let sent: u64 = totals.sent.iter().sum();
@@ -1479,11 +1804,17 @@ fn summarize(
             args.max_error_rate
         ));
     }
-    for (what, fit) in [
+    // With quiescent readings, those under load (caches and requests in flight included) are
+    // judged too: a cache that outgrew its bound would show there.
+    let judged_under_load = if quiet { &under_load_fits[..] } else { &[] };
+    for &(what, fit) in [
         ("RSS", rss_fit),
         ("live heap", heap_fit),
         ("device pool", device_fit),
-    ] {
+    ]
+    .iter()
+    .chain(judged_under_load)
+    {
         if let Some(g) = fit {
             if g.verdict(limit) == "growing" {
                 failures.push(format!(
@@ -1518,8 +1849,8 @@ fn summarize(
             )
         })
         .collect();
-    let first_rss = measured.first().and_then(|s| s.rss);
-    let last_rss = measured.last().and_then(|s| s.rss);
+    let first_rss = measured.first().and_then(|s| s.load.rss);
+    let last_rss = measured.last().and_then(|s| s.load.rss);
     json!({
         "command": command,
         "date": started,
@@ -1528,6 +1859,7 @@ fn summarize(
         "device": rig.device_name,
         "malloc_arena_max": crate::malloc_arenas(),
         "allocator": crate::allocator_name(),
+        "glibc_tunables": std::env::var("GLIBC_TUNABLES").ok(),
         "duration_s": args.duration.as_secs_f64(),
         "elapsed_s": samples.last().map_or(0.0, |s| s.t_s),
         "interval_s": interval.as_secs_f64(),
@@ -1544,6 +1876,16 @@ fn summarize(
         "rss_growth": rss_fit.map(|g| g.to_json(limit)),
         "heap_live_growth": heap_fit.map(|g| g.to_json(limit)),
         "device_pool_growth": device_fit.map(|g| g.to_json(limit)),
+        "memory": {
+            "readings": if quiet { "quiescent" } else { "under load" },
+            "quiesce_settle_s": args.quiesce.map(|d| d.as_secs_f64()),
+            "quiescent_readings": quiet.then_some(quiet_samples),
+            "measured_intervals": measured.len(),
+            "device_in_use_outside_graphs_growth": outside_graphs_fit.map(|g| g.to_json(limit)),
+            "transparent_huge_pages": std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+                .ok().map(|s| s.trim().to_owned()),
+            "under_load": under_load,
+        },
         "window_intervals": windows.len,
         "p99_first_window_us": p99_first, "p99_last_window_us": p99_last,
         "max_p99_growth": args.max_p99_growth,
@@ -1722,6 +2064,7 @@ mod tests {
             max_p99_growth: f64::INFINITY,
             out: out.clone(),
             workers: Some(2),
+            quiesce: Some(Duration::from_millis(20)),
             // 4000 answers a second x 1 KiB: about 14 GiB an hour.
             planted_leak_bytes: 1024,
         };
@@ -1735,6 +2078,15 @@ mod tests {
             "{summary:#}"
         );
         assert_ne!(summary["rss_growth"]["verdict"], "flat", "{summary:#}");
+        // The verdict's readings were taken at rest, every interval: the workloads held, the
+        // requests in flight ended, none lost to the pauses.
+        assert_eq!(summary["memory"]["readings"], "quiescent");
+        let at_rest = summary["memory"]["quiescent_readings"].as_u64().unwrap();
+        let intervals = summary["memory"]["measured_intervals"].as_u64().unwrap();
+        assert!(
+            at_rest >= intervals.saturating_sub(1) && at_rest >= 8,
+            "{summary:#}"
+        );
         assert_eq!(summary["passed"], false);
         assert_eq!(summary["r1"], "fail");
         assert_eq!(summary["lost"], 0);

@@ -102,8 +102,10 @@ pub fn run() -> anyhow::Result<()> {
     // the first minute (65 to 80 MiB) while the live heap stays within 0.1 MiB: a one-minute fit
     // called that growth in a CI run and in one of seven runs on the build machine. The live
     // heap is checked the same either way; mimalloc's resident set is left to the long soaks
-    // (docs/PERFORMANCE.md, eleventh session).
-    let env = [("GPUBRIDGE_ALLOCATOR", "system"), ("MALLOC_ARENA_MAX", "2")];
+    // (docs/PERFORMANCE.md, eleventh session). glibc's per-thread cache is off as well, and the
+    // verdict's readings are taken at rest (`--quiesce`): there the resident set is steady to
+    // tens of KiB (see `crate::soak::EXACT_ALLOCATOR`, and the fifteenth session).
+    let env = crate::soak::EXACT_ALLOCATOR;
     eprintln!(
         "$ {} cargo xtask soak {}",
         env.map(|(k, v)| format!("{k}={v}")).join(" "),
