@@ -42,8 +42,10 @@
 //! `--quiesce` of settling the resident set is counted page by page (`smaps_rollup`), the live
 //! heap read, and the device's memory read as the driver reports it. What is left is what the
 //! process holds with nothing in flight and nothing cached: a leak stays in it, a cache refill
-//! does not. R1's fits use these readings; the readings under load are fitted too and fail the
-//! run if they grow (a cache that outgrew its bound would show there). The caches refill after
+//! does not. R1's fits use these readings. The caches released are judged by their bounds
+//! instead, at every reading under load (the CUDA graph cache against `cuda.graph_cache_mb` +
+//! `cuda.resident_mb`, the step cache against its 16 MiB); the readings under load are fitted
+//! and reported, not judged (between pauses they hold what the caches refilled). The caches refill after
 //! every pause, so the soak also exercises their release and refill. Resident memory is exact
 //! only where the allocator can give its free pages back from one thread: glibc's
 //! (`GPUBRIDGE_ALLOCATOR=system`) can (`malloc_trim`); mimalloc keeps free pages per thread.
@@ -380,6 +382,9 @@ struct Rig {
     device_name: String,
     memory: MemoryProbe,
     release: CacheRelease,
+    /// The CUDA graph cache's bound (`cuda.graph_cache_mb` + `cuda.resident_mb`), in bytes,
+    /// where CUDA is under test.
+    graph_budget: Option<u64>,
     faults: Option<Arc<FaultInjector>>,
 }
 
@@ -444,6 +449,8 @@ fn build_rig(args: &SoakArgs, config: &BridgeConfig) -> anyhow::Result<Rig> {
         device_name,
         memory,
         release,
+        graph_budget: (backend == BackendKind::Cuda)
+            .then(|| (config.cuda.graph_cache_mb + config.cuda.resident_mb) << 20),
         faults,
     })
 }
@@ -1045,7 +1052,7 @@ impl Readings {
 /// idle pool memory, the C heap's free pages), lets the process settle for `settle`, and reads
 /// its memory: what is left is what the process holds with nothing in flight and nothing
 /// cached, which is where a leak shows, a page at a time. (The caches are bounded by their own
-/// settings; the readings under load, which include them, are fitted too.) `None` when the
+/// settings, which the verdict checks.) `None` when the
 /// requests did not all end in time or one started during the reading. The workloads resume
 /// either way; the second value says what was released.
 fn quiet_reading(
@@ -1314,6 +1321,8 @@ fn t975(df: usize) -> f64 {
 /// Totals over the whole run, per workload.
 #[derive(Debug, Clone, Default)]
 struct Totals {
+    /// The most bytes of steps the step cache held when a reading at rest released it.
+    step_cache_max: u64,
     sent: [u64; 4],
     answered: [u64; 4],
     ok: [u64; 4],
@@ -1512,6 +1521,9 @@ fn soak(args: &SoakArgs, config: &BridgeConfig) -> anyhow::Result<Value> {
             };
             if let Some(sample) = samples.last_mut() {
                 sample.quiet = quiet;
+            }
+            if let Some(bytes) = released.as_ref().and_then(|r| r["step_bytes"].as_u64()) {
+                totals.step_cache_max = totals.step_cache_max.max(bytes);
             }
             line["quiescent"] = json!(quiet.map(Readings::to_json));
             line["held_ms"] = json!(held_from.elapsed().as_secs_f64() * 1e3);
@@ -1750,24 +1762,16 @@ fn summarize(
     };
     // Reported beside them, not judged: the device pool's blocks rented outside the graph cache
     // (the cache is bounded by `cuda.graph_cache_mb`; blocks a leak kept would be here), and the
-    // readings under load when the verdict's are quiescent.
+    // readings under load when the verdict's are at rest.
     let outside_graphs_fit = fit(quiet, &|r| {
         let d = r.device?;
         Some(d.pool_in_use.saturating_sub(d.graphs?.device_bytes))
     });
-    let under_load_fits = [
-        ("RSS under load", fit(false, &|r| r.rss)),
-        ("live heap under load", fit(false, &|r| r.heap)),
-        (
-            "device pool under load",
-            fit(false, &|r| Some(r.device?.pool_bytes)),
-        ),
-    ];
     let under_load = quiet.then(|| {
         json!({
-            "rss_growth": under_load_fits[0].1.map(|g| g.to_json(limit)),
-            "heap_live_growth": under_load_fits[1].1.map(|g| g.to_json(limit)),
-            "device_pool_growth": under_load_fits[2].1.map(|g| g.to_json(limit)),
+            "rss_growth": fit(false, &|r| r.rss).map(|g| g.to_json(limit)),
+            "heap_live_growth": fit(false, &|r| r.heap).map(|g| g.to_json(limit)),
+            "device_pool_growth": fit(false, &|r| Some(r.device?.pool_bytes)).map(|g| g.to_json(limit)),
         })
     });
     let quiet_samples = measured.iter().filter(|s| s.quiet.is_some()).count();
@@ -1804,17 +1808,34 @@ fn summarize(
             args.max_error_rate
         ));
     }
-    // With quiescent readings, those under load (caches and requests in flight included) are
-    // judged too: a cache that outgrew its bound would show there.
-    let judged_under_load = if quiet { &under_load_fits[..] } else { &[] };
-    for &(what, fit) in [
+    // The caches that a reading at rest gives back are judged by their bounds instead, exactly,
+    // at every reading under load: the readings under load are not judged beside those at rest,
+    // since between two pauses they hold what the released caches refilled, which wanders over
+    // a run (the H200's 8-minute soak of 30 November fitted +49 MiB/h to its pool's 23-35 MiB
+    // under load while the same memory at rest was zero at every reading).
+    let graph_max = samples
+        .iter()
+        .filter_map(|s| Some(s.load.device?.graphs?.bytes))
+        .max();
+    if let (Some(max), Some(budget)) = (graph_max, rig.graph_budget) {
+        if max > budget {
+            failures.push(format!(
+                "the CUDA graph cache held {max} bytes, above its budget of {budget} (cuda.graph_cache_mb + cuda.resident_mb)"
+            ));
+        }
+    }
+    if totals.step_cache_max > gpubridge::plan::STEP_CACHE_MAX_BYTES as u64 {
+        failures.push(format!(
+            "the step cache held {} bytes of steps, above its bound of {}",
+            totals.step_cache_max,
+            gpubridge::plan::STEP_CACHE_MAX_BYTES
+        ));
+    }
+    for (what, fit) in [
         ("RSS", rss_fit),
         ("live heap", heap_fit),
-        ("device pool", device_fit),
-    ]
-    .iter()
-    .chain(judged_under_load)
-    {
+        ("device memory", device_fit),
+    ] {
         if let Some(g) = fit {
             if g.verdict(limit) == "growing" {
                 failures.push(format!(
@@ -1882,6 +1903,8 @@ fn summarize(
             "quiescent_readings": quiet.then_some(quiet_samples),
             "measured_intervals": measured.len(),
             "device_in_use_outside_graphs_growth": outside_graphs_fit.map(|g| g.to_json(limit)),
+            "graph_cache_max_bytes": graph_max, "graph_cache_budget_bytes": rig.graph_budget,
+            "step_cache_max_bytes": quiet.then_some(totals.step_cache_max),
             "transparent_huge_pages": std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
                 .ok().map(|s| s.trim().to_owned()),
             "under_load": under_load,
