@@ -154,6 +154,17 @@ impl CudaBackend {
     ///
     /// Blocks until the device's executor has finished the plans queued before the request.
     ///
+    /// ```no_run
+    /// # fn quiet(cuda: &gpubridge_cuda::CudaBackend) -> gpubridge_core::Result<()> {
+    /// let released = cuda.release_caches(0)?;
+    /// println!(
+    ///     "{} graphs ({} bytes), {} idle pool bytes and {} staging bytes given back",
+    ///     released.graphs, released.graph_bytes, released.pool_bytes, released.staging_bytes
+    /// );
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     /// [`Error::DeviceLost`] when `device` does not exist or its executor has ended.
     pub fn release_caches(&self, device: usize) -> Result<crate::Released> {

@@ -20,6 +20,8 @@
 //!   micro-batch's copies overlap another's compute on a second stream; tiny plans read their
 //!   inputs through mapped host memory (zero-copy), on the caller's own thread when it spins
 //!   (`cuda.inline_tiny_plans`). Figures: `docs/PERFORMANCE.md`.
+//! - [`CudaBackend::release_caches`] gives back what a device keeps only for speed (cached graphs,
+//!   pinned staging, idle pool memory) for a service that goes quiet, or a leak check at rest.
 
 mod backend;
 pub mod baseline;
