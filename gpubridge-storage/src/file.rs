@@ -409,9 +409,7 @@ impl Target {
             .map_err(|e| Error::io(&self.path, "syncing its directory", &e));
         if let Some(old) = replaced {
             // Where no thread can be started, the closure (and the descriptor) drops here.
-            let _ = std::thread::Builder::new()
-                .name("gpubridge-storage-free".to_owned())
-                .spawn(move || drop(old));
+            let _ = crate::blocking::spawn(move || drop(old));
         }
         synced
     }

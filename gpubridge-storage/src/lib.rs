@@ -64,6 +64,7 @@
 //! and CPU backends go through [`DeviceRange`] and [`DeviceView`], which work for any
 //! implementation of core's [`gpubridge_core::device::Device`].
 
+pub mod blocking;
 mod device;
 mod engine;
 mod file;
@@ -701,8 +702,8 @@ impl Storage {
         Ok(t)
     }
 
-    /// Runs blocking work `f` on a thread of its own and resolves with its result, on any
-    /// executor. The building block of the asynchronous methods; useful for buffers of other
+    /// Runs blocking work `f` on one of the storage threads ([`blocking`]: started as needed, at
+    /// most [`blocking::MAX_THREADS`], and kept) and resolves with its result, on any executor. The building block of the asynchronous methods; useful for buffers of other
     /// backends (`Dest::Device`) that the caller owns.
     ///
     /// # Errors
@@ -714,17 +715,15 @@ impl Storage {
     {
         let (tx, rx) = futures::channel::oneshot::channel();
         let me = self.clone();
-        std::thread::Builder::new()
-            .name("gpubridge-storage-io".to_owned())
-            .spawn(move || {
-                // The receiver may be gone (its future dropped); the work is done either way.
-                let _ = tx.send(f(&me));
-            })
-            .map_err(|e| Error::Io {
-                path: PathBuf::new(),
-                kind: IoErrorKind::Other,
-                message: format!("starting a storage I/O thread: {e}"),
-            })?;
+        blocking::spawn(move || {
+            // The receiver may be gone (its future dropped); the work is done either way.
+            let _ = tx.send(f(&me));
+        })
+        .map_err(|e| Error::Io {
+            path: PathBuf::new(),
+            kind: IoErrorKind::Other,
+            message: format!("starting a storage I/O thread: {e}"),
+        })?;
         rx.await.map_err(|_| Error::Cancelled {
             reason: "the storage I/O thread ended without an answer".to_owned(),
         })
