@@ -148,9 +148,9 @@ impl CudaBackend {
 
     /// Gives back what `device` keeps only for speed: every cached CUDA graph except the
     /// resident ones (with the device blocks and pinned staging they own), its streams' pinned
-    /// staging, the plan shapes it remembers, and the pool's idle memory. Later requests capture and allocate again as they
-    /// did the first time. For a service that goes quiet and wants its memory back, and for a
-    /// leak check that reads memory with nothing cached (`gpubridge soak`).
+    /// staging, the plan shapes it remembers, and the pool's idle memory. Later requests capture
+    /// and allocate again as they did the first time. For a service that goes quiet and wants its
+    /// memory back, and for a leak check that reads memory with nothing cached (`gpubridge soak`).
     ///
     /// Blocks until the device's executor has finished the plans queued before the request.
     ///

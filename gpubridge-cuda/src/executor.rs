@@ -1325,20 +1325,29 @@ impl Executor {
         else {
             return false;
         };
-        if let Some(g) = self.graphs.entries.remove(&shape) {
-            let executions = self.take_graph(&shape, &g);
+        if let Some((g, executions)) = self.drop_graph(&shape) {
             tracing::debug!(device = %self.label, executions, resident, "evicting a graph");
             if g.resident.load(Ordering::Relaxed) {
-                self.graphs.resident_used -= g.bytes;
                 self.shared.graphs.lock().resident_evictions += 1;
-            } else {
-                self.graphs.used -= g.bytes;
             }
-            self.graphs.device_bytes -= g.device_bytes;
             metrics::counter!(names::GRAPH_CACHE_TOTAL, "result" => "evict").increment(1);
             self.shared.graphs.lock().evictions += 1;
         }
         true
+    }
+
+    /// Removes the graph of `shape` from the cache, destroys it (see [`Executor::take_graph`])
+    /// and takes its bytes off the cache's counts; returns it and how often it was replayed.
+    fn drop_graph(&mut self, shape: &gpubridge_core::PlanShape) -> Option<(Arc<SharedGraph>, u64)> {
+        let g = self.graphs.entries.remove(shape)?;
+        let executions = self.take_graph(shape, &g);
+        if g.resident.load(Ordering::Relaxed) {
+            self.graphs.resident_used -= g.bytes;
+        } else {
+            self.graphs.used -= g.bytes;
+        }
+        self.graphs.device_bytes -= g.device_bytes;
+        Some((g, executions))
     }
 
     /// Takes a graph out of the callers' index and out of its shared slot, waiting for a caller
@@ -1374,10 +1383,7 @@ impl Executor {
             .map(|(k, _)| *k)
             .collect();
         for shape in ordinary {
-            if let Some(g) = self.graphs.entries.remove(&shape) {
-                self.take_graph(&shape, &g);
-                self.graphs.used -= g.bytes;
-                self.graphs.device_bytes -= g.device_bytes;
+            if let Some((g, _)) = self.drop_graph(&shape) {
                 released.graphs += 1;
                 released.graph_bytes += g.bytes as u64;
             }

@@ -449,8 +449,11 @@ fn build_rig(args: &SoakArgs, config: &BridgeConfig) -> anyhow::Result<Rig> {
         device_name,
         memory,
         release,
-        graph_budget: (backend == BackendKind::Cuda)
-            .then(|| (config.cuda.graph_cache_mb + config.cuda.resident_mb) << 20),
+        graph_budget: (backend == BackendKind::Cuda).then(|| {
+            (config.cuda.graph_cache_mb)
+                .saturating_add(config.cuda.resident_mb)
+                .saturating_mul(1 << 20)
+        }),
         faults,
     })
 }
@@ -1023,7 +1026,8 @@ impl Readings {
             rss: exact.map(|e| e.0).or_else(rss_bytes),
             anon_huge: exact.and_then(|e| e.1),
             anon: exact.and_then(|e| e.2),
-            ..Self::now(rig)
+            heap: heap_live_bytes(),
+            device: (rig.memory)(),
         }
     }
 
@@ -1752,14 +1756,14 @@ fn summarize(
     // At rest the device's memory is read as the driver reports it (every allocation of the
     // process, in the pool or not); under load, as the pool's bytes (the driver's figure then
     // moves with the pool's blocks in flight).
-    let device_fit = if quiet {
-        fit(true, &|r| {
-            let d = r.device?;
-            Some(d.used_bytes.unwrap_or(d.pool_bytes))
+    let device_fit = fit(quiet, &|r| {
+        let d = r.device?;
+        Some(if quiet {
+            d.used_bytes.unwrap_or(d.pool_bytes)
+        } else {
+            d.pool_bytes
         })
-    } else {
-        fit(false, &|r| Some(r.device?.pool_bytes))
-    };
+    });
     // Reported beside them, not judged: the device pool's blocks rented outside the graph cache
     // (the cache is bounded by `cuda.graph_cache_mb`; blocks a leak kept would be here), and the
     // readings under load when the verdict's are at rest.

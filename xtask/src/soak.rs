@@ -113,36 +113,23 @@ pub fn plot(dir: &Path) -> anyhow::Result<()> {
             .collect(),
         style: Style::Line,
     };
-    let mut memory = vec![
-        series_of("process RSS (MiB)", &|s| {
-            Some(s["rss_bytes"].as_f64()? / mib)
-        }),
-        series_of("live heap (MiB)", &|s| {
-            Some(s["heap_live_bytes"].as_f64()? / mib)
-        }),
-    ];
-    let pool = series_of("device pool (MiB)", &|s| {
-        Some(s["device"]["pool_bytes"].as_f64()? / mib)
-    });
-    if !pool.points.is_empty() {
-        memory.push(pool);
-    }
-    // The readings at rest (`--quiesce`), which the verdict fits.
-    for (label, key) in [
-        ("RSS at rest (MiB)", "rss_bytes"),
-        ("live heap at rest (MiB)", "heap_live_bytes"),
-    ] {
-        let at_rest = series_of(label, &|s| Some(s["quiescent"][key].as_f64()? / mib));
-        if !at_rest.points.is_empty() {
-            memory.push(at_rest);
-        }
-    }
-    let device_at_rest = series_of("device memory used at rest (MiB)", &|s| {
-        Some(s["quiescent"]["device"]["used_bytes"].as_f64()? / mib)
-    });
-    if !device_at_rest.points.is_empty() {
-        memory.push(device_at_rest);
-    }
+    // Under load, then at rest (`--quiesce`: the readings the verdict fits); a series with no
+    // points (no device, or no readings at rest) is left out.
+    let memory: Vec<Series> = [
+        ("process RSS (MiB)", "/rss_bytes"),
+        ("live heap (MiB)", "/heap_live_bytes"),
+        ("device pool (MiB)", "/device/pool_bytes"),
+        ("RSS at rest (MiB)", "/quiescent/rss_bytes"),
+        ("live heap at rest (MiB)", "/quiescent/heap_live_bytes"),
+        (
+            "device memory used at rest (MiB)",
+            "/quiescent/device/used_bytes",
+        ),
+    ]
+    .into_iter()
+    .map(|(label, bytes)| series_of(label, &|s| Some(s.pointer(bytes)?.as_f64()? / mib)))
+    .filter(|series| !series.points.is_empty())
+    .collect();
     let warmup = summary["warmup_s"].as_f64().unwrap_or(f64::NAN);
     render_png(
         &Chart {
