@@ -387,6 +387,7 @@ impl Storage {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cfg.threads)
             .thread_name(|i| format!("gpubridge-storage-{i}"))
+            .start_handler(|_| gpubridge_core::prefault_stack())
             .build()
             .map_err(|e| {
                 Error::config(
@@ -715,10 +716,13 @@ impl Storage {
     {
         let (tx, rx) = futures::channel::oneshot::channel();
         let me = self.clone();
-        blocking::spawn(move || {
+        blocking::spawn_then(
+            move || f(&me),
             // The receiver may be gone (its future dropped); the work is done either way.
-            let _ = tx.send(f(&me));
-        })
+            move |out| {
+                let _ = tx.send(out);
+            },
+        )
         .map_err(|e| Error::Io {
             path: PathBuf::new(),
             kind: IoErrorKind::Other,
