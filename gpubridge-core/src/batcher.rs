@@ -906,7 +906,10 @@ impl GpuBridge {
             let (weak, q, cfg) = (self.downgrade(), queue.clone(), cfg.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("gpubridge-batcher-{runner}-{}", kernel.id()))
-                .spawn(move || q.dispatch(weak, cfg))
+                .spawn(move || {
+                    crate::threads::prefault_stack();
+                    q.dispatch(weak, cfg);
+                })
                 .map_err(|e| Error::Backend {
                     backend: BackendKind::Cpu,
                     message: format!("could not start the batcher thread: {e}"),

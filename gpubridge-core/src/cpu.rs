@@ -31,6 +31,7 @@ impl CpuContext {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("gpubridge-cpu-{i}"))
+            .start_handler(|_| crate::threads::prefault_stack())
             .build()
             .map_err(|e| Error::Backend {
                 backend: BackendKind::Cpu,

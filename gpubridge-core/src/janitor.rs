@@ -20,6 +20,7 @@ fn janitor() -> Option<&'static Mutex<mpsc::Sender<Garbage>>> {
             std::thread::Builder::new()
                 .name("gpubridge-janitor".to_owned())
                 .spawn(move || {
+                    crate::threads::prefault_stack();
                     for garbage in rx {
                         drop(garbage);
                     }

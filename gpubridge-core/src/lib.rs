@@ -58,6 +58,7 @@ mod slots;
 pub mod stream;
 pub mod tenants;
 pub mod testing;
+pub mod threads;
 
 pub use accounting::{Accounting, BatcherOccupancy};
 pub use batcher::{BatcherStats, ShutdownReport, SingleResult};
@@ -77,3 +78,4 @@ pub use plan::{bucket_len, Plan, PlanOutputs, PlanShape, PlanTarget};
 pub use readiness::{DeviceReadiness, Readiness};
 pub use stream::{StreamReceiver, StreamSender};
 pub use tenants::TenantUsage;
+pub use threads::prefault_stack;

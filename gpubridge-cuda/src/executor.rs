@@ -506,6 +506,7 @@ pub(crate) fn spawn(
     let handle = std::thread::Builder::new()
         .name(format!("gpubridge-{label}"))
         .spawn(move || {
+            gpubridge_core::prefault_stack();
             let mut ex =
                 match Executor::new(ordinal, arch, label, pool_limit, graphs, lanes, ptx, shared) {
                     Ok(mut ex) => {

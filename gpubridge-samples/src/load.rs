@@ -218,7 +218,10 @@ pub(crate) fn runtime(
             .unwrap_or(1)
     });
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(workers).enable_time();
+    builder
+        .worker_threads(workers)
+        .enable_time()
+        .on_thread_start(gpubridge::prefault_stack);
     if let Some(n) = event_interval {
         anyhow::ensure!(n >= 1, "--event-interval must be at least 1");
         builder.event_interval(n);

@@ -35,7 +35,10 @@ pub(crate) fn spawn(
     let (tx, rx) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name(format!("gpubridge-{}", device.label))
-        .spawn(move || run(&device, &rx))?;
+        .spawn(move || {
+            gpubridge_core::prefault_stack();
+            run(&device, &rx);
+        })?;
     Ok((tx, thread))
 }
 
