@@ -142,16 +142,19 @@ unsafe impl GlobalAlloc for CountingMimalloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded as received.
         let p = unsafe { self.backend().alloc(layout) };
+        trace::allocated(p, layout.size());
         self.counted(p, signed(layout.size()))
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded as received.
         let p = unsafe { self.backend().alloc_zeroed(layout) };
+        trace::allocated(p, layout.size());
         self.counted(p, signed(layout.size()))
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        trace::freed(ptr, layout.size());
         // SAFETY: forwarded as received.
         unsafe { self.backend().dealloc(ptr, layout) };
         self.add(-signed(layout.size()));
@@ -160,7 +163,119 @@ unsafe impl GlobalAlloc for CountingMimalloc {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded as received.
         let p = unsafe { self.backend().realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            trace::freed(ptr, layout.size());
+            trace::allocated(p, new_size);
+        }
         self.counted(p, signed(new_size) - signed(layout.size()))
+    }
+}
+
+/// A diagnostic: the large blocks Rust allocates after a point and keeps, each with the call
+/// stack that allocated it (`gpubridge soak` arms it with `GPUBRIDGE_SOAK_TRACE_ALLOC=BYTES` at
+/// the end of its warm-up, and after each reading at rest lists the blocks that outlived the
+/// reading before it: what a step of the live heap at rest is made of). Off, it costs each
+/// allocation and free one relaxed load.
+pub(crate) mod trace {
+    use std::backtrace::Backtrace;
+    use std::cell::Cell;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{Mutex, PoisonError};
+
+    /// Smallest block traced; `usize::MAX` while off.
+    static MIN: AtomicUsize = AtomicUsize::new(usize::MAX);
+    /// Readings listed so far: a block is listed once it has outlived a whole reading.
+    static EPOCH: AtomicU64 = AtomicU64::new(0);
+
+    struct Block {
+        bytes: usize,
+        epoch: u64,
+        listed: bool,
+        stack: Backtrace,
+    }
+
+    static LIVE: Mutex<Option<HashMap<usize, Block>>> = Mutex::new(None);
+
+    thread_local! {
+        /// Set while this thread is inside the tracer: its own allocations are not traced.
+        static BUSY: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Runs `f` unless this thread is already in the tracer (or is ending).
+    fn outside(f: impl FnOnce()) {
+        let entered = BUSY.try_with(|b| !b.replace(true)).unwrap_or(false);
+        if entered {
+            f();
+            let _ = BUSY.try_with(|b| b.set(false));
+        }
+    }
+
+    /// Traces blocks of `min_bytes` and more from now on.
+    pub(crate) fn arm(min_bytes: usize) {
+        MIN.store(min_bytes.max(1), Ordering::SeqCst);
+    }
+
+    /// Stops tracing (the blocks traced are forgotten).
+    #[cfg(test)]
+    pub(crate) fn disarm() {
+        MIN.store(usize::MAX, Ordering::SeqCst);
+        outside(|| drop(LIVE.lock().unwrap_or_else(PoisonError::into_inner).take()));
+    }
+
+    pub(super) fn allocated(p: *mut u8, bytes: usize) {
+        if bytes < MIN.load(Ordering::Relaxed) || p.is_null() {
+            return;
+        }
+        outside(|| {
+            let stack = Backtrace::force_capture();
+            let block = Block {
+                bytes,
+                epoch: EPOCH.load(Ordering::Relaxed),
+                listed: false,
+                stack,
+            };
+            LIVE.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert_with(HashMap::new)
+                .insert(p as usize, block);
+        });
+    }
+
+    pub(super) fn freed(p: *mut u8, bytes: usize) {
+        if bytes < MIN.load(Ordering::Relaxed) {
+            return;
+        }
+        outside(|| {
+            let gone = LIVE
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_mut()
+                .and_then(|m| m.remove(&(p as usize)));
+            drop(gone);
+        });
+    }
+
+    /// Closes a reading: the blocks allocated before the previous call and still held, not
+    /// listed before, each with its size and call stack (symbol names where the binary has its
+    /// symbol table). Empty while off.
+    pub(crate) fn survivors() -> String {
+        let mut out = String::new();
+        outside(|| {
+            let epoch = EPOCH.fetch_add(1, Ordering::SeqCst);
+            let mut live = LIVE.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(m) = live.as_mut() else { return };
+            for (addr, b) in m.iter_mut() {
+                if b.epoch < epoch && !b.listed {
+                    b.listed = true;
+                    out.push_str(&format!(
+                        "block {addr:#x}, {} bytes, allocated before reading {epoch}:\n{}\n",
+                        b.bytes, b.stack
+                    ));
+                }
+            }
+        });
+        out
     }
 }
 
@@ -168,6 +283,36 @@ unsafe impl GlobalAlloc for CountingMimalloc {
 mod tests {
     use super::CountingMimalloc;
     use std::alloc::{GlobalAlloc, Layout};
+
+    #[test]
+    fn the_tracer_lists_a_kept_block_once_with_its_call_stack_and_forgets_a_freed_one() {
+        // A size no other test of this process allocates.
+        let size = 3_333_333;
+        super::trace::arm(size - 1);
+        let _ = super::trace::survivors();
+        let kept: Vec<u8> = std::hint::black_box(Vec::with_capacity(size));
+        let passing: Vec<u8> = std::hint::black_box(Vec::with_capacity(size + 1));
+        // Allocated before this reading: not listed yet (it has not outlived one).
+        assert!(!super::trace::survivors().contains(&format!("{size} bytes")));
+        drop(passing);
+        let listed = super::trace::survivors();
+        super::trace::disarm();
+        assert!(listed.contains(&format!(", {size} bytes")), "{listed}");
+        assert!(
+            !listed.contains(&format!(", {} bytes", size + 1)),
+            "{listed}"
+        );
+        assert!(
+            listed.contains("the_tracer_lists"),
+            "no call stack: {listed}"
+        );
+        assert_eq!(
+            listed.matches(&format!(", {size} bytes")).count(),
+            1,
+            "{listed}"
+        );
+        drop(kept);
+    }
 
     #[test]
     fn the_count_follows_allocations_reallocations_and_frees() {

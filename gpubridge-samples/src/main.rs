@@ -174,6 +174,38 @@ pub(crate) fn rust_live_bytes() -> Option<u64> {
     None
 }
 
+/// Rust's live heap as the CLI's allocator counts it, whichever allocator serves it (`None`
+/// without the counting allocator): the soak's readings at rest split the live heap by it.
+pub(crate) fn rust_counted_bytes() -> Option<u64> {
+    #[cfg(feature = "mimalloc")]
+    return Some(alloc::GLOBAL.live_bytes());
+    #[cfg(not(feature = "mimalloc"))]
+    None
+}
+
+/// Arms the allocation tracer ([`alloc::trace`]) for blocks of `min_bytes` and more; `false`
+/// without the counting allocator.
+pub(crate) fn trace_allocations(min_bytes: usize) -> bool {
+    #[cfg(feature = "mimalloc")]
+    {
+        alloc::trace::arm(min_bytes);
+        true
+    }
+    #[cfg(not(feature = "mimalloc"))]
+    {
+        let _ = min_bytes;
+        false
+    }
+}
+
+/// The traced blocks that outlived the previous call ([`alloc::trace::survivors`]).
+pub(crate) fn traced_survivors() -> String {
+    #[cfg(feature = "mimalloc")]
+    return alloc::trace::survivors();
+    #[cfg(not(feature = "mimalloc"))]
+    String::new()
+}
+
 /// The allocator Rust's allocations go to, for reports.
 pub(crate) fn allocator_name() -> &'static str {
     #[cfg(feature = "mimalloc")]

@@ -979,8 +979,10 @@ async fn storage(
     }
 }
 
-/// One interval's sample: what the fits need (a few bytes, so that a day of samples does not
-/// itself look like a leak).
+/// One interval's sample: what the fits need. About 600 bytes: the run's samples are reserved
+/// and made resident before it starts ([`resident_vec`]), because a sample every 2 s written
+/// into fresh pages grows the resident set by 1 MiB/h, R1's whole allowance (runs BA and BB
+/// saw it, one page every 13.6 s).
 #[derive(Debug, Clone, Copy, Default)]
 struct Sample {
     t_s: f64,
@@ -990,6 +992,17 @@ struct Sample {
     /// Memory read right after, with the workloads held and nothing in flight (`--quiesce`;
     /// `None` when off, or when the requests in flight did not all end in time).
     quiet: Option<Readings>,
+}
+
+/// An empty vector with room for `n` items whose pages are resident already: what the run
+/// records as it goes then adds nothing to the resident set.
+fn resident_vec<T>(n: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    let spare = v.spare_capacity_mut();
+    // SAFETY: the spare capacity is allocated memory of `spare.len()` items; writing bytes to
+    // it (as `MaybeUninit`) is allowed, and the vector's length stays zero.
+    unsafe { std::ptr::write_bytes(spare.as_mut_ptr(), 0, spare.len()) };
+    v
 }
 
 /// One reading of the process's memory and the device's.
@@ -1003,6 +1016,124 @@ struct Readings {
     anon: Option<u64>,
     heap: Option<u64>,
     device: Option<DeviceMemory>,
+    /// What the reading is made of (exact readings only, on Linux).
+    parts: Option<Parts>,
+}
+
+/// A reading at rest taken apart, to tell what moved when the total does: the resident set by
+/// kind of mapping, the live heap by allocator, and the threads (each holds a stack).
+#[derive(Debug, Clone, Copy, Default)]
+struct Parts {
+    threads: Option<u64>,
+    /// Rust's live bytes as the CLI's counting allocator sees them, whichever allocator serves
+    /// them.
+    rust_heap: Option<u64>,
+    /// glibc's `mallinfo2`: bytes its arenas hold from the system, in use in them, and its
+    /// mmapped blocks (count and bytes).
+    c_arena: u64,
+    c_in_use: u64,
+    c_mmapped_blocks: u64,
+    c_mmapped: u64,
+    /// Resident bytes of the threads' stacks (an anonymous mapping right above a guard page),
+    /// the `brk` heap, glibc's other arenas (64 MiB aligned), other anonymous mappings (mmapped
+    /// blocks, the driver's), and files (code, libraries, device files).
+    rss_stacks: u64,
+    rss_brk_heap: u64,
+    rss_arenas: u64,
+    rss_anon_other: u64,
+    rss_files: u64,
+}
+
+impl Parts {
+    fn read() -> Self {
+        let mut p = Self {
+            threads: std::fs::read_dir("/proc/self/task")
+                .ok()
+                .map(|d| d.count() as u64),
+            rust_heap: crate::rust_counted_bytes(),
+            ..Self::default()
+        };
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        {
+            // SAFETY: mallinfo2 has no preconditions; it takes each arena's lock while it counts.
+            let m = unsafe { libc::mallinfo2() };
+            p.c_arena = m.arena as u64;
+            p.c_in_use = m.uordblks as u64;
+            p.c_mmapped_blocks = m.hblks as u64;
+            p.c_mmapped = m.hblkhd as u64;
+        }
+        if let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") {
+            p.split_resident(&smaps);
+        }
+        p
+    }
+
+    /// Adds each mapping's `Rss` of `smaps` to its kind.
+    fn split_resident(&mut self, smaps: &str) {
+        const ARENA_ALIGN: u64 = 64 << 20;
+        // The mapping being read (its kind), and the one before it (end, whether a guard).
+        let mut kind: Option<usize> = None;
+        let mut prev: Option<(u64, bool)> = None;
+        for line in smaps.lines() {
+            let mut fields = line.split_whitespace();
+            let head = fields.next().unwrap_or("");
+            if let Some((lo, hi)) = head.split_once('-') {
+                if let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16))
+                {
+                    let perms = fields.next().unwrap_or("");
+                    let path = fields.nth(3).unwrap_or("");
+                    let guard_below = prev.is_some_and(|(end, guard)| guard && end == lo);
+                    kind = Some(match path {
+                        "[heap]" => 1,
+                        "[stack]" => 0,
+                        "" if perms.starts_with("rw") && guard_below => 0,
+                        "" if lo % ARENA_ALIGN == 0 => 2,
+                        "" => 3,
+                        _ => 4,
+                    });
+                    // A guard page: a small inaccessible anonymous mapping.
+                    prev = Some((
+                        hi,
+                        perms.starts_with("---") && path.is_empty() && hi - lo <= 64 << 10,
+                    ));
+                    continue;
+                }
+            }
+            if let (Some(k), Some(kib)) = (kind, line.strip_prefix("Rss:")) {
+                let bytes = kib
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0)
+                    * 1024;
+                *[
+                    &mut self.rss_stacks,
+                    &mut self.rss_brk_heap,
+                    &mut self.rss_arenas,
+                    &mut self.rss_anon_other,
+                    &mut self.rss_files,
+                ][k] += bytes;
+                kind = None;
+            }
+        }
+    }
+
+    fn to_json(self) -> Value {
+        json!({
+            "threads": self.threads,
+            "rust_heap_bytes": self.rust_heap,
+            "c_arena_bytes": self.c_arena,
+            "c_in_use_bytes": self.c_in_use,
+            "c_mmapped_blocks": self.c_mmapped_blocks,
+            "c_mmapped_bytes": self.c_mmapped,
+            "rss_stacks_bytes": self.rss_stacks,
+            "rss_brk_heap_bytes": self.rss_brk_heap,
+            "rss_arenas_bytes": self.rss_arenas,
+            "rss_anon_other_bytes": self.rss_anon_other,
+            "rss_files_bytes": self.rss_files,
+        })
+    }
 }
 
 impl Readings {
@@ -1014,6 +1145,7 @@ impl Readings {
             anon: None,
             heap: heap_live_bytes(),
             device: (rig.memory)(),
+            parts: None,
         }
     }
 
@@ -1028,6 +1160,7 @@ impl Readings {
             anon: exact.and_then(|e| e.2),
             heap: heap_live_bytes(),
             device: (rig.memory)(),
+            parts: cfg!(target_os = "linux").then(Parts::read),
         }
     }
 
@@ -1037,6 +1170,7 @@ impl Readings {
             "anon_huge_bytes": self.anon_huge,
             "anonymous_bytes": self.anon,
             "heap_live_bytes": self.heap,
+            "parts": self.parts.map(Parts::to_json),
             "device": self.device.map(|d| json!({
                 "pool_bytes": d.pool_bytes, "pool_in_use": d.pool_in_use, "pool_peak": d.pool_peak,
                 "pool_hits": d.pool_hits, "pool_misses": d.pool_misses,
@@ -1104,6 +1238,36 @@ fn dump_mappings(dir: &Option<PathBuf>) {
         let n = N.fetch_add(1, Ordering::Relaxed);
         if let Ok(smaps) = std::fs::read("/proc/self/smaps") {
             let _ = std::fs::write(dir.join(format!("{n:05}.txt")), smaps);
+        }
+    }
+}
+
+/// With `GPUBRIDGE_SOAK_TRACE_ALLOC=BYTES` set (a diagnostic), from the end of the warm-up
+/// (`measured`) Rust's blocks of `BYTES` and more are traced, and after each reading at rest
+/// those that outlived the reading before it are appended to `OUT/alloc-trace.txt` with the
+/// call stack that allocated them (named where the binary keeps its symbol table).
+fn trace_survivors(out: &std::path::Path, measured: bool) {
+    static ARMED: AtomicBool = AtomicBool::new(false);
+    let Some(min) = std::env::var("GPUBRIDGE_SOAK_TRACE_ALLOC")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        return;
+    };
+    if !measured {
+        return;
+    }
+    if !ARMED.swap(true, Ordering::Relaxed) {
+        crate::trace_allocations(min);
+    }
+    let listed = crate::traced_survivors();
+    if !listed.is_empty() {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out.join("alloc-trace.txt"))
+        {
+            let _ = f.write_all(listed.as_bytes());
         }
     }
 }
@@ -1188,7 +1352,8 @@ impl Windows {
             len,
             first: Hist::default(),
             first_filled: 0,
-            recent: std::collections::VecDeque::with_capacity(len + 1),
+            // Resident from the start, as the samples are (`resident_vec`).
+            recent: std::collections::VecDeque::from(resident_vec(len + 1)),
         }
     }
 
@@ -1434,7 +1599,7 @@ fn soak(args: &SoakArgs, config: &BridgeConfig) -> anyhow::Result<Value> {
         .saturating_sub(warmup)
         .as_secs_f64()
         / interval.as_secs_f64()) as usize;
-    let mut samples: Vec<Sample> = Vec::with_capacity(intervals);
+    let mut samples: Vec<Sample> = resident_vec(intervals);
     let mut windows = Windows::new((measured / 10).max(1));
     let mut totals = Totals::default();
     let start = Instant::now();
@@ -1530,6 +1695,7 @@ fn soak(args: &SoakArgs, config: &BridgeConfig) -> anyhow::Result<Value> {
                 totals.step_cache_max = totals.step_cache_max.max(bytes);
             }
             line["quiescent"] = json!(quiet.map(Readings::to_json));
+            trace_survivors(&args.out, start.elapsed() >= warmup);
             line["held_ms"] = json!(held_from.elapsed().as_secs_f64() * 1e3);
             line["released"] = json!(released);
         }
@@ -1975,6 +2141,33 @@ fn print_summary(s: &Value) {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_resident_vec_has_every_page_of_its_room_resident() {
+        let v: Vec<[u64; 64]> = super::resident_vec(8192); // 4 MiB
+        assert!(v.is_empty() && v.capacity() >= 8192);
+        let page = 4096usize;
+        let start = (v.as_ptr() as usize).div_ceil(page) * page;
+        let end = (v.as_ptr() as usize + 8192 * 512) / page * page;
+        let mut resident = vec![0u8; (end - start) / page];
+        // SAFETY: the range lies within the vector's allocation; `resident` has a byte per page.
+        let rc = unsafe {
+            libc::mincore(
+                start as *mut libc::c_void,
+                end - start,
+                resident.as_mut_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0);
+        let absent = resident.iter().filter(|&&r| r & 1 == 0).count();
+        assert_eq!(
+            absent,
+            0,
+            "{absent} of {} pages not resident",
+            resident.len()
+        );
+    }
+
     use super::*;
 
     #[test]
