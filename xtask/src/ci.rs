@@ -104,8 +104,8 @@ pub fn run() -> anyhow::Result<()> {
     // heap is checked the same either way; mimalloc's resident set is left to the long soaks
     // (docs/PERFORMANCE.md, eleventh session). glibc's per-thread cache is off as well, and the
     // verdict's readings are taken at rest (`--quiesce`): there the resident set is steady to
-    // tens of KiB (see `crate::soak::EXACT_ALLOCATOR`, and the fifteenth session).
-    let env = crate::soak::EXACT_ALLOCATOR;
+    // tens of KiB (see `crate::soak::EXACT_ENV`, and the fifteenth session).
+    let env = crate::soak::EXACT_ENV;
     eprintln!(
         "$ {} cargo xtask soak {}",
         env.map(|(k, v)| format!("{k}={v}")).join(" "),
