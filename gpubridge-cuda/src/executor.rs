@@ -1276,6 +1276,21 @@ impl Executor {
                     stats.kernel_copy_captures += u64::from(entry.kernel_copies);
                 }
                 let (bytes, device_bytes) = (entry.bytes, entry.block.size);
+                let fits_resident = resident && bytes <= self.graphs.resident_budget;
+                if !fits_resident && bytes > self.graphs.budget {
+                    // Its device block fitted, but with its pinned staging (rounded up) the
+                    // entry is larger than the whole cache: not kept, so that the cache stays
+                    // within its budget; the shape runs as stream launches.
+                    tracing::debug!(device = %self.label, kernel = plan.kernel, bytes, budget = self.graphs.budget, "graph larger than its cache, not kept");
+                    let GraphEntry { graph, block, .. } = entry;
+                    drop(graph);
+                    self.pool.give_back(block);
+                    if self.graphs.failed.len() >= MAX_SHAPES_REMEMBERED {
+                        self.graphs.failed = std::collections::HashSet::new();
+                    }
+                    self.graphs.failed.insert(shape);
+                    return None;
+                }
                 if resident {
                     while self.graphs.resident_used + bytes > self.graphs.resident_budget
                         && self.evict_lru(true)
