@@ -2141,6 +2141,41 @@ fn print_summary(s: &Value) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_reading_is_taken_apart_by_kind_of_mapping() {
+        // A file, the brk heap, a guard page and the stack above it, a 64 MiB aligned arena, an
+        // unaligned anonymous mapping, an inaccessible mapping larger than a guard followed by
+        // one that is therefore no stack, and the main thread's stack.
+        let smaps = "\
+55d0a0000000-55d0a0100000 r-xp 00000000 fd:01 123 /usr/bin/gpubridge
+Rss:                 100 kB
+55d0a1000000-55d0a1400000 rw-p 00000000 00:00 0 [heap]
+Rss:                 200 kB
+7f0000000000-7f0000001000 ---p 00000000 00:00 0 
+Rss:                   0 kB
+7f0000001000-7f0000201000 rw-p 00000000 00:00 0 
+Rss:                  64 kB
+7f0004000000-7f0005000000 rw-p 00000000 00:00 0 
+Rss:                1000 kB
+7f0006001000-7f0006101000 rw-p 00000000 00:00 0 
+Rss:                  30 kB
+7f0007000000-7f0007100000 ---p 00000000 00:00 0 
+Rss:                   0 kB
+7f0007100000-7f0007200000 rw-p 00000000 00:00 0 
+Rss:                   7 kB
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
+Rss:                  12 kB
+";
+        let mut p = super::Parts::default();
+        p.split_resident(smaps);
+        let kib = |b: u64| b / 1024;
+        assert_eq!(kib(p.rss_files), 100);
+        assert_eq!(kib(p.rss_brk_heap), 200);
+        assert_eq!(kib(p.rss_stacks), 64 + 12);
+        assert_eq!(kib(p.rss_arenas), 1000);
+        assert_eq!(kib(p.rss_anon_other), 30 + 7);
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn a_resident_vec_has_every_page_of_its_room_resident() {
