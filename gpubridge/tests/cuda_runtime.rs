@@ -160,19 +160,15 @@ fn batches_of_nearby_sizes_share_a_bucketed_graph_updated_in_place() {
         let v: Vec<Vec<f32>> = (0..items)
             .map(|_| {
                 let len = rng.random_range(3600..3700);
-                (0..len)
-                    .map(|_| rng.random_range(-8i32..8) as f32)
-                    .collect()
+                int_rows(&mut rng, 1, len).remove(0)
             })
             .collect();
-        let r = block_on(sum.execute(
-            v.clone(),
-            ExecutionHints::default().on_backend(BackendKind::Cuda),
-        ))
-        .unwrap();
-        for (x, s) in v.iter().zip(&r.outputs) {
-            assert_eq!(x.iter().sum::<f32>(), *s, "round {round}");
-        }
+        sums_checked(
+            &sum,
+            v,
+            ExecutionHints::default(),
+            &format!("round {round}"),
+        );
     }
     let g2 = cuda.graph_stats(0).unwrap();
     assert_eq!((g2.misses - g.misses, g2.entries), (3, 4), "{g2:?}");
@@ -312,21 +308,9 @@ fn graph_cache_evicts_least_recently_used_under_its_budget() {
         // Large enough (>= 96 KB) to take the graph path rather than the zero-copy one.
         for len in [3000usize, 4000, 5000, 6000] {
             for _ in 0..2 {
-                let v: Vec<Vec<f32>> = (0..8)
-                    .map(|_| {
-                        (0..len)
-                            .map(|_| rng.random_range(-8i32..8) as f32)
-                            .collect()
-                    })
-                    .collect();
-                let r = block_on(grain.execute(
-                    v.clone(),
-                    ExecutionHints::default().on_backend(BackendKind::Cuda),
-                ))
-                .unwrap();
-                for (x, s) in v.iter().zip(&r.outputs) {
-                    assert_eq!(x.iter().sum::<f32>(), *s, "round {round}, length {len}");
-                }
+                let v = int_rows(&mut rng, 8, len);
+                let what = format!("round {round}, length {len}");
+                sums_checked(&grain, v, ExecutionHints::default(), &what);
             }
         }
     }
@@ -347,22 +331,9 @@ fn a_graph_larger_than_its_cache_with_its_staging_is_not_kept() {
     // 8 x 30000 floats: a device block of 0.96 MB fits the 1 MiB budget, the entry with its
     // pinned staging does not.
     for run in 0..4 {
-        let v: Vec<Vec<f32>> = (0..8)
-            .map(|_| {
-                (0..30_000)
-                    .map(|_| rng.random_range(-8i32..8) as f32)
-                    .collect()
-            })
-            .collect();
-        let r = block_on(grain.execute(
-            v.clone(),
-            ExecutionHints::default().on_backend(BackendKind::Cuda),
-        ))
-        .unwrap();
+        let v = int_rows(&mut rng, 8, 30_000);
+        let r = sums_checked(&grain, v, ExecutionHints::default(), &format!("run {run}"));
         assert_eq!(r.backend(), Some(BackendKind::Cuda));
-        for (x, s) in v.iter().zip(&r.outputs) {
-            assert_eq!(x.iter().sum::<f32>(), *s, "run {run}");
-        }
         assert!(!r.graph_replayed(), "run {run} replayed a graph");
         let g = cuda.graph_stats(0).unwrap();
         assert!(g.bytes <= 1 << 20, "run {run}: {g:?}");
@@ -382,18 +353,8 @@ fn a_resident_plan_is_captured_at_once_and_outlives_the_lru() {
     let grain = b.batch::<Sum>().unwrap();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
     let mut batch = |len: usize, hints: ExecutionHints| {
-        let v: Vec<Vec<f32>> = (0..8)
-            .map(|_| {
-                (0..len)
-                    .map(|_| rng.random_range(-8i32..8) as f32)
-                    .collect()
-            })
-            .collect();
-        let r = block_on(grain.execute(v.clone(), hints.on_backend(BackendKind::Cuda))).unwrap();
-        for (x, s) in v.iter().zip(&r.outputs) {
-            assert_eq!(x.iter().sum::<f32>(), *s, "length {len}");
-        }
-        r.graph_replayed()
+        let v = int_rows(&mut rng, 8, len);
+        sums_checked(&grain, v, hints, &format!("length {len}")).graph_replayed()
     };
     let resident = ExecutionHints::default().persistent(true);
     // A resident plan is captured on its first run (an ordinary one on its second).
@@ -682,21 +643,12 @@ fn tiny_plans_run_zero_copy_with_fresh_data_every_time() {
     let grain = b.batch::<Sum>().unwrap();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
     for _ in 0..20 {
-        let v: Vec<Vec<f32>> = (0..10)
-            .map(|_| {
-                (0..100)
-                    .map(|_| rng.random_range(-8i32..8) as f32)
-                    .collect()
-            })
-            .collect();
-        let r = block_on(grain.execute(
-            v.clone(),
-            ExecutionHints::default().on_backend(BackendKind::Cuda),
-        ))
-        .unwrap();
-        for (x, s) in v.iter().zip(&r.outputs) {
-            assert_eq!(x.iter().sum::<f32>(), *s);
-        }
+        let r = sums_checked(
+            &grain,
+            small_sums(&mut rng),
+            ExecutionHints::default(),
+            "tiny",
+        );
         assert!(
             !r.graph_replayed(),
             "a 4 KB plan runs zero-copy, not as a graph"
@@ -708,13 +660,31 @@ fn tiny_plans_run_zero_copy_with_fresh_data_every_time() {
 }
 
 fn small_sums(rng: &mut impl Rng) -> Vec<Vec<f32>> {
-    (0..10)
+    int_rows(rng, 10, 100)
+}
+
+/// `rows` rows of `len` small integers as floats (their sums are exact).
+fn int_rows(rng: &mut impl Rng, rows: usize, len: usize) -> Vec<Vec<f32>> {
+    (0..rows)
         .map(|_| {
-            (0..100)
+            (0..len)
                 .map(|_| rng.random_range(-8i32..8) as f32)
                 .collect()
         })
         .collect()
+}
+
+/// Sums `v` through `grain` with `hints` (on CUDA) and checks every sum against the host's.
+fn sums_checked(
+    grain: &gpubridge::BatchGrain<Vec<f32>, f32>,
+    v: Vec<Vec<f32>>,
+    hints: ExecutionHints,
+    what: &str,
+) -> gpubridge::BatchResult<f32> {
+    let want: Vec<f32> = v.iter().map(|x| x.iter().sum()).collect();
+    let r = block_on(grain.execute(v, hints.on_backend(BackendKind::Cuda))).unwrap();
+    assert_eq!(r.outputs, want, "{what}");
+    r
 }
 
 /// A caller that spins runs a tiny plan on its own thread (`cuda.inline_tiny_plans`): the first
@@ -1287,15 +1257,7 @@ fn graph_churn_keeps_the_host_heap_flat() {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
     let inputs: Vec<Vec<Vec<f32>>> = [3000usize, 4000, 5000, 6000]
         .iter()
-        .map(|&len| {
-            (0..8)
-                .map(|_| {
-                    (0..len)
-                        .map(|_| rng.random_range(-8i32..8) as f32)
-                        .collect()
-                })
-                .collect()
-        })
+        .map(|&len| int_rows(&mut rng, 8, len))
         .collect();
     let sums = |n: usize| {
         for i in 0..n {
