@@ -1282,13 +1282,8 @@ impl Executor {
                     // entry is larger than the whole cache: not kept, so that the cache stays
                     // within its budget; the shape runs as stream launches.
                     tracing::debug!(device = %self.label, kernel = plan.kernel, bytes, budget = self.graphs.budget, "graph larger than its cache, not kept");
-                    let GraphEntry { graph, block, .. } = entry;
-                    drop(graph);
-                    self.pool.give_back(block);
-                    if self.graphs.failed.len() >= MAX_SHAPES_REMEMBERED {
-                        self.graphs.failed = std::collections::HashSet::new();
-                    }
-                    self.graphs.failed.insert(shape);
+                    self.destroy_entry(entry);
+                    self.remember_failed(shape);
                     return None;
                 }
                 if resident {
@@ -1318,10 +1313,7 @@ impl Executor {
             }
             Err(e) => {
                 tracing::warn!(device = %self.label, kernel = plan.kernel, "graph capture failed, this plan shape runs as stream launches: {e}");
-                if self.graphs.failed.len() >= MAX_SHAPES_REMEMBERED {
-                    self.graphs.failed = std::collections::HashSet::new();
-                }
-                self.graphs.failed.insert(shape);
+                self.remember_failed(shape);
                 self.shared.graphs.lock().capture_failures += 1;
                 None
             }
@@ -1375,6 +1367,11 @@ impl Executor {
         let Some(entry) = graph.entry.lock().take() else {
             return 0;
         };
+        self.destroy_entry(entry)
+    }
+
+    /// Destroys a graph and returns its block to the pool; returns how often it was replayed.
+    fn destroy_entry(&mut self, entry: GraphEntry) -> u64 {
         let GraphEntry {
             graph,
             block,
@@ -1384,6 +1381,15 @@ impl Executor {
         drop(graph);
         self.pool.give_back(block);
         executions
+    }
+
+    /// Remembers that `shape` runs as stream launches (a failed capture, or a graph larger than
+    /// its cache), forgetting all such shapes once there are too many.
+    fn remember_failed(&mut self, shape: gpubridge_core::PlanShape) {
+        if self.graphs.failed.len() >= MAX_SHAPES_REMEMBERED {
+            self.graphs.failed = std::collections::HashSet::new();
+        }
+        self.graphs.failed.insert(shape);
     }
 
     /// Destroys every ordinary cached graph (resident ones stay: their plans asked to be kept

@@ -168,10 +168,7 @@ fn rust_on_mimalloc() -> bool {
 /// Rust's live heap as the CLI's allocator counts it, where Rust allocates through mimalloc
 /// (`None` otherwise: glibc's own statistics then hold Rust's allocations).
 pub(crate) fn rust_live_bytes() -> Option<u64> {
-    #[cfg(feature = "mimalloc")]
-    return rust_on_mimalloc().then(|| alloc::GLOBAL.live_bytes());
-    #[cfg(not(feature = "mimalloc"))]
-    None
+    rust_counted_bytes().filter(|_| rust_on_mimalloc())
 }
 
 /// Rust's live heap as the CLI's allocator counts it, whichever allocator serves it (`None`

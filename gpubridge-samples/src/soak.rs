@@ -267,6 +267,8 @@ struct Shared {
     stop: AtomicBool,
     /// Where [`dump_mappings`] writes (`GPUBRIDGE_SOAK_SMAPS`), if anywhere.
     smaps_dir: Option<PathBuf>,
+    /// `GPUBRIDGE_SOAK_TRACE_ALLOC`: the smallest block [`trace_survivors`] traces, if set.
+    trace_alloc_min: Option<usize>,
     /// `true` while the sampler holds the workloads for a quiescent reading.
     paused: tokio::sync::watch::Sender<bool>,
     hang_after: Duration,
@@ -570,23 +572,45 @@ fn release_free_pages() {
 /// libraries', and Rust's without mimalloc: the feature off or `GPUBRIDGE_ALLOCATOR=system`)
 /// are glibc's in-use chunks in every arena plus its mmapped blocks (`mallinfo2`), so that each
 /// byte is counted once.
-fn heap_live_bytes() -> Option<u64> {
-    match (crate::rust_live_bytes(), c_heap_live_bytes()) {
+fn heap_live_bytes(c: Option<CHeap>) -> Option<u64> {
+    match (crate::rust_live_bytes(), c.map(CHeap::live)) {
         (None, None) => None,
         (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
     }
 }
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn c_heap_live_bytes() -> Option<u64> {
-    // SAFETY: mallinfo2 has no preconditions; it takes each arena's lock while it counts.
-    let m = unsafe { libc::mallinfo2() };
-    Some((m.uordblks + m.hblkhd) as u64)
+/// glibc's `mallinfo2`: bytes its arenas hold from the system, in use in them, and its mmapped
+/// blocks (count and bytes).
+#[derive(Debug, Clone, Copy, Default)]
+struct CHeap {
+    arena: u64,
+    in_use: u64,
+    mmapped_blocks: u64,
+    mmapped: u64,
 }
 
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn c_heap_live_bytes() -> Option<u64> {
-    None
+impl CHeap {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn read() -> Option<Self> {
+        // SAFETY: mallinfo2 has no preconditions; it takes each arena's lock while it counts.
+        let m = unsafe { libc::mallinfo2() };
+        Some(Self {
+            arena: m.arena as u64,
+            in_use: m.uordblks as u64,
+            mmapped_blocks: m.hblks as u64,
+            mmapped: m.hblkhd as u64,
+        })
+    }
+
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    fn read() -> Option<Self> {
+        None
+    }
+
+    /// Bytes in use: chunks in the arenas and mmapped blocks.
+    fn live(self) -> u64 {
+        self.in_use + self.mmapped
+    }
 }
 
 /// Open file descriptors of this process (Linux `/proc/self/fd`).
@@ -1028,12 +1052,8 @@ struct Parts {
     /// Rust's live bytes as the CLI's counting allocator sees them, whichever allocator serves
     /// them.
     rust_heap: Option<u64>,
-    /// glibc's `mallinfo2`: bytes its arenas hold from the system, in use in them, and its
-    /// mmapped blocks (count and bytes).
-    c_arena: u64,
-    c_in_use: u64,
-    c_mmapped_blocks: u64,
-    c_mmapped: u64,
+    /// The C library's heap, as read for the same reading's live heap.
+    c: Option<CHeap>,
     /// Resident bytes of the threads' stacks (an anonymous mapping right above a guard page),
     /// the `brk` heap, glibc's other arenas (64 MiB aligned), other anonymous mappings (mmapped
     /// blocks, the driver's), and files (code, libraries, device files).
@@ -1045,23 +1065,15 @@ struct Parts {
 }
 
 impl Parts {
-    fn read() -> Self {
+    fn read(c: Option<CHeap>) -> Self {
         let mut p = Self {
             threads: std::fs::read_dir("/proc/self/task")
                 .ok()
                 .map(|d| d.count() as u64),
             rust_heap: crate::rust_counted_bytes(),
+            c,
             ..Self::default()
         };
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        {
-            // SAFETY: mallinfo2 has no preconditions; it takes each arena's lock while it counts.
-            let m = unsafe { libc::mallinfo2() };
-            p.c_arena = m.arena as u64;
-            p.c_in_use = m.uordblks as u64;
-            p.c_mmapped_blocks = m.hblks as u64;
-            p.c_mmapped = m.hblkhd as u64;
-        }
         if let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") {
             p.split_resident(&smaps);
         }
@@ -1123,10 +1135,10 @@ impl Parts {
         json!({
             "threads": self.threads,
             "rust_heap_bytes": self.rust_heap,
-            "c_arena_bytes": self.c_arena,
-            "c_in_use_bytes": self.c_in_use,
-            "c_mmapped_blocks": self.c_mmapped_blocks,
-            "c_mmapped_bytes": self.c_mmapped,
+            "c_arena_bytes": self.c.map(|c| c.arena),
+            "c_in_use_bytes": self.c.map(|c| c.in_use),
+            "c_mmapped_blocks": self.c.map(|c| c.mmapped_blocks),
+            "c_mmapped_bytes": self.c.map(|c| c.mmapped),
             "rss_stacks_bytes": self.rss_stacks,
             "rss_brk_heap_bytes": self.rss_brk_heap,
             "rss_arenas_bytes": self.rss_arenas,
@@ -1143,7 +1155,7 @@ impl Readings {
             rss: rss_bytes(),
             anon_huge: None,
             anon: None,
-            heap: heap_live_bytes(),
+            heap: heap_live_bytes(CHeap::read()),
             device: (rig.memory)(),
             parts: None,
         }
@@ -1154,13 +1166,14 @@ impl Readings {
     fn exact(rig: &Rig) -> Self {
         release_free_pages();
         let exact = rss_exact_bytes();
+        let c = CHeap::read();
         Self {
             rss: exact.map(|e| e.0).or_else(rss_bytes),
             anon_huge: exact.and_then(|e| e.1),
             anon: exact.and_then(|e| e.2),
-            heap: heap_live_bytes(),
+            heap: heap_live_bytes(c),
             device: (rig.memory)(),
-            parts: cfg!(target_os = "linux").then(Parts::read),
+            parts: cfg!(target_os = "linux").then(|| Parts::read(c)),
         }
     }
 
@@ -1246,17 +1259,11 @@ fn dump_mappings(dir: &Option<PathBuf>) {
 /// (`measured`) Rust's blocks of `BYTES` and more are traced, and after each reading at rest
 /// those that outlived the reading before it are appended to `OUT/alloc-trace.txt` with the
 /// call stack that allocated them (named where the binary keeps its symbol table).
-fn trace_survivors(out: &std::path::Path, measured: bool) {
+fn trace_survivors(shared: &Shared, out: &std::path::Path, measured: bool) {
     static ARMED: AtomicBool = AtomicBool::new(false);
-    let Some(min) = std::env::var("GPUBRIDGE_SOAK_TRACE_ALLOC")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    else {
+    let (Some(min), true) = (shared.trace_alloc_min, measured) else {
         return;
     };
-    if !measured {
-        return;
-    }
     if !ARMED.swap(true, Ordering::Relaxed) {
         crate::trace_allocations(min);
     }
@@ -1552,6 +1559,9 @@ fn soak(args: &SoakArgs, config: &BridgeConfig) -> anyhow::Result<Value> {
             let _ = std::fs::create_dir_all(&dir);
             dir
         }),
+        trace_alloc_min: std::env::var("GPUBRIDGE_SOAK_TRACE_ALLOC")
+            .ok()
+            .and_then(|v| v.parse().ok()),
         hang_after: args.hang_after,
         planted_leak_bytes: args.planted_leak_bytes,
     });
@@ -1695,7 +1705,7 @@ fn soak(args: &SoakArgs, config: &BridgeConfig) -> anyhow::Result<Value> {
                 totals.step_cache_max = totals.step_cache_max.max(bytes);
             }
             line["quiescent"] = json!(quiet.map(Readings::to_json));
-            trace_survivors(&args.out, start.elapsed() >= warmup);
+            trace_survivors(&shared, &args.out, start.elapsed() >= warmup);
             line["held_ms"] = json!(held_from.elapsed().as_secs_f64() * 1e3);
             line["released"] = json!(released);
         }
