@@ -14,6 +14,15 @@
 //! is queued and stops the dispatchers; dropping the last bridge handle answers what is queued
 //! with [`Error::Cancelled`].
 //!
+//! A batch holds many callers' requests, so one caller's item must not fail the others. When
+//! a micro-batch of singles fails because of its items (the kernel panicked, or refused an input
+//! that validation let through), it is run again in halves, and so on, until the items that
+//! fail alone are found: their callers get the error, every other caller its own answer. The
+//! search is bounded (64 extra runs per micro-batch; past that, the pieces still failing fail
+//! their items). Any other failure of a micro-batch fails that micro-batch's items only. For
+//! this the batcher never donates its items to the kernel ([`Kernel::run_cpu_donated`],
+//! [`Kernel::unpack_donated`]): a failed run must leave them unchanged.
+//!
 //! The path of a request is built for a million requests a second from many threads: a caller
 //! finds its kernel's queue without a lock, reserves a place with one atomic add, pushes onto a
 //! lock-free queue and wakes the gathering runner only when the queue was empty or has a full
@@ -36,7 +45,7 @@ use tokio::sync::oneshot;
 use crate::bridge::{GpuBridge, Inner};
 use crate::device::{BackendKind, DeviceId};
 use crate::error::{Error, Result};
-use crate::hints::{BatchResult, ExecutionHints};
+use crate::hints::ExecutionHints;
 use crate::kernel::{DynKernel, Kernel};
 use crate::tenants::{TenantGuard, Tenants};
 
@@ -614,10 +623,9 @@ where
         queued_histogram.record(queued.as_secs_f64());
         replies.push((r.reply, queued));
     }
-    let result: Result<BatchResult<O>> =
-        futures::executor::block_on(grain.execute_admitted(inputs, hints));
+    let result = futures::executor::block_on(grain.execute_singles(inputs, hints));
     match result {
-        Ok(result) => {
+        Ok((result, failed)) => {
             let backend = result.backend();
             let device = result.device();
             let batch_time = result.total;
@@ -633,19 +641,33 @@ where
                 parts[2] += c.handoff;
                 parts[3] += c.unpack;
             }
+            // The items that failed alone (ascending) get their errors; the others, in order,
+            // the outputs.
+            let mut failed = failed.into_iter().peekable();
+            let mut outputs = result.outputs.into_iter();
             let answers = replies
                 .into_iter()
-                .zip(result.outputs)
-                .map(|((reply, queued), output)| {
-                    let single = SingleResult {
-                        output,
-                        batch_size: size,
-                        queued,
-                        batch_time,
-                        backend,
-                        device,
+                .enumerate()
+                .map(|(i, (reply, queued))| {
+                    if let Some((_, e)) = failed.next_if(|(at, _)| *at == i) {
+                        return (reply, Err(e));
+                    }
+                    let answer = match outputs.next() {
+                        Some(output) => Ok(SingleResult {
+                            output,
+                            batch_size: size,
+                            queued,
+                            batch_time,
+                            backend,
+                            device,
+                        }),
+                        None => Err(Error::Backend {
+                            backend: backend.unwrap_or(crate::BackendKind::Cpu),
+                            message: format!("batch of {size} singles answered too few"),
+                            transient: false,
+                        }),
                     };
-                    (reply, Ok(single))
+                    (reply, answer)
                 })
                 .collect();
             (answers, parts)
@@ -750,7 +772,10 @@ impl GpuBridge {
     /// it, nothing is queued); [`Error::QueueFull`] when the kernel's queue holds
     /// `batching.queue_capacity` requests; [`Error::Timeout`] when `hints.timeout` passes first
     /// (needs a tokio runtime with time enabled); [`Error::Cancelled`] after
-    /// [`GpuBridge::shutdown`] or when the bridge is dropped; otherwise the batch's error.
+    /// [`GpuBridge::shutdown`] or when the bridge is dropped; [`Error::KernelPanicked`] or
+    /// [`Error::InvalidInput`] when the kernel fails on this input (the other requests of its
+    /// batch are answered: see the [module documentation](crate::batcher)); otherwise the error of
+    /// the micro-batch it ran in.
     pub async fn single<K: Kernel>(
         &self,
         input: K::Input,

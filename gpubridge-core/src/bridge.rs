@@ -452,10 +452,112 @@ struct Chunk<I> {
     bytes: u64,
     /// Index of the first item in the request.
     first_item: usize,
+    /// Whether a kernel may reuse the items' memory ([`Kernel::run_cpu_donated`],
+    /// [`Kernel::unpack_donated`]). Off for the batcher's batches of singles, whose items must
+    /// come back unchanged from a run that failed on one of them, to be run again in pieces.
+    donate: bool,
 }
 
 /// Where a micro-batch's items wait between attempts.
 type Home<I> = Arc<parking_lot::Mutex<Option<Arc<[I]>>>>;
+
+impl<I: Send + Sync + 'static> Chunk<I> {
+    fn new(items: Arc<[I]>, bytes: u64, first_item: usize, donate: bool) -> Self {
+        Self {
+            len: items.len(),
+            items: Arc::new(parking_lot::Mutex::new(Some(items))),
+            bytes,
+            first_item,
+            donate,
+        }
+    }
+
+    /// Drops the items if they are home (a run that failed leaves them there); the batch's data
+    /// may be large, so off the request's path.
+    fn release(&self) {
+        if let Some(items) = self.items.lock().take() {
+            crate::janitor::drop_later_if_large(items, self.bytes as usize);
+        }
+    }
+
+    /// The micro-batch as two, its first half and its second (neither donating), or itself
+    /// back when its items are not home or not its alone.
+    fn halves<O>(self, kernel: &dyn DynKernel<I, O>) -> std::result::Result<(Self, Self), Self> {
+        let Some(items) = self.items.lock().take() else {
+            return Err(self);
+        };
+        let mut left = match into_vec(items) {
+            Ok(v) => v,
+            Err(items) => {
+                *self.items.lock() = Some(items);
+                return Err(self);
+            }
+        };
+        let right = left.split_off(self.len / 2);
+        let bytes = |items: &[I]| {
+            items.iter().fold(0u64, |sum, i| {
+                sum.saturating_add(kernel.device_bytes(i) as u64)
+            })
+        };
+        let (lb, rb) = (bytes(&left), bytes(&right));
+        let at = self.first_item + left.len();
+        let left = Self::new(Arc::from(left), lb, self.first_item, false);
+        let right = Self::new(Arc::from(right), rb, at, false);
+        Ok((left, right))
+    }
+}
+
+/// The items of a slice held by no one else, moved out into a `Vec`, or the slice back when it
+/// is shared.
+fn into_vec<I>(mut items: Arc<[I]>) -> std::result::Result<Vec<I>, Arc<[I]>> {
+    if Arc::get_mut(&mut items).is_none() {
+        return Err(items);
+    }
+    // SAFETY: `ManuallyDrop<I>` is `repr(transparent)` over `I`, so `[ManuallyDrop<I>]` has the
+    // layout of `[I]` and the pointer from `into_raw` may be taken back as one (`Arc::from_raw`
+    // allows a type of the same size and alignment).
+    let mut slots: Arc<[std::mem::ManuallyDrop<I>]> =
+        unsafe { Arc::from_raw(Arc::into_raw(items) as *const [std::mem::ManuallyDrop<I>]) };
+    let Some(slots_mut) = Arc::get_mut(&mut slots) else {
+        // Unreachable: the count was one above and no clone was made since. The slots are
+        // leaked rather than dropped twice.
+        std::mem::forget(slots);
+        return Ok(Vec::new());
+    };
+    // SAFETY: each slot is read exactly once, and the slice is then freed without dropping its
+    // elements (they are `ManuallyDrop`), so every item has exactly one owner: the `Vec`.
+    let out = slots_mut
+        .iter_mut()
+        .map(|slot| unsafe { std::mem::ManuallyDrop::take(slot) })
+        .collect();
+    drop(slots);
+    Ok(out)
+}
+
+/// Whether a micro-batch's failure may have come from some of its items rather than from the
+/// device or the whole request: the kernel panicked, or it refused an input that validation let
+/// through.
+fn isolable(e: &Error) -> bool {
+    matches!(e, Error::KernelPanicked { .. } | Error::InvalidInput { .. })
+}
+
+/// Extra runs allowed to find the items that fail alone in one micro-batch of singles (halving,
+/// so a handful of bad items in a batch of thousands, and a bounded cost when every item fails).
+const ISOLATION_RUNS: usize = 64;
+
+/// Items of a batch of singles that failed alone: their index in the batch (ascending) and their
+/// error.
+pub(crate) type Failed = Vec<(usize, Error)>;
+
+/// What running one micro-batch gave: the attempts that succeeded (one, or the pieces of a
+/// micro-batch of singles that was run again in halves), in item order, the fallbacks taken,
+/// and the items that failed alone.
+struct Ran<O> {
+    first: Option<Attempt<O>>,
+    rest: Vec<Attempt<O>>,
+    fallbacks: Vec<FallbackEvent>,
+    failed: Failed,
+}
 
 /// A micro-batch's items lent to one attempt. The attempt's plan (its packers) and this value
 /// are their only owners while the device works, so once the device is done the kernel may reuse
@@ -483,8 +585,12 @@ impl<I: Send + Sync + 'static> Lent<I> {
         self.items.as_ref().ok_or_else(|| consumed(kernel))
     }
 
-    /// The items, mutably, when no one else holds them (the plan dropped, no other attempt).
-    fn donate(&mut self) -> Option<&mut [I]> {
+    /// The items, mutably, when `allowed` and no one else holds them (the plan dropped, no
+    /// other attempt).
+    fn donate_if(&mut self, allowed: bool) -> Option<&mut [I]> {
+        if !allowed {
+            return None;
+        }
         self.items.as_mut().and_then(Arc::get_mut)
     }
 
@@ -584,13 +690,41 @@ where
         self.execute_admitted(inputs, hints).await
     }
 
-    /// [`BatchGrain::execute`] without the queue bound: the dynamic batcher's own batches, whose
-    /// requests its bounded queue admitted already.
-    pub(crate) async fn execute_admitted(
+    /// [`BatchGrain::execute`] without the queue bound.
+    async fn execute_admitted(
         &self,
         inputs: Vec<I>,
         hints: ExecutionHints,
     ) -> Result<BatchResult<O>> {
+        // Not isolating, no item fails alone: an error fails the whole request.
+        self.execute_inner(inputs, hints, false)
+            .await
+            .map(|(result, _)| result)
+    }
+
+    /// The dynamic batcher's batch of single requests, which its bounded queue admitted already.
+    ///
+    /// The items are many callers' requests, so one caller's item must not fail the others'. A
+    /// micro-batch whose run failed because of its items ([`isolable`]) is run again in halves,
+    /// and so on down to the items that fail alone (at most [`ISOLATION_RUNS`] extra runs per
+    /// batch); the outputs are those of the items that succeeded, in order, and the items that
+    /// failed are listed by index with their errors. Any other failure of a micro-batch fails its
+    /// items only. The items are not donated to the kernel ([`Kernel::run_cpu_donated`]), so
+    /// that they come back unchanged from a failed run.
+    pub(crate) async fn execute_singles(
+        &self,
+        inputs: Vec<I>,
+        hints: ExecutionHints,
+    ) -> Result<(BatchResult<O>, Failed)> {
+        self.execute_inner(inputs, hints, true).await
+    }
+
+    async fn execute_inner(
+        &self,
+        inputs: Vec<I>,
+        hints: ExecutionHints,
+        isolate: bool,
+    ) -> Result<(BatchResult<O>, Failed)> {
         let started = Instant::now();
         let kernel = self.kernel.id();
         let _pending = Pending::start(&self.bridge.inner.pending);
@@ -615,12 +749,13 @@ where
         let run = async {
             match hints.timeout {
                 Some(after) => {
-                    match tokio::time::timeout(after, self.run(inputs, &hints, started)).await {
+                    let run = self.run(inputs, &hints, started, isolate);
+                    match tokio::time::timeout(after, run).await {
                         Ok(r) => r,
                         Err(_) => Err(Error::Timeout { after }),
                     }
                 }
-                None => self.run(inputs, &hints, started).await,
+                None => self.run(inputs, &hints, started, isolate).await,
             }
         };
         let result = run.instrument(span.clone()).await;
@@ -629,7 +764,14 @@ where
             m.request_duration.record(elapsed.as_secs_f64());
         });
         let outcome = match &result {
-            Ok(_) => "ok",
+            Ok((_, failed)) if failed.is_empty() => "ok",
+            Ok((_, failed)) => {
+                for (_, e) in failed {
+                    metrics::counter!(names::REQUEST_FAILURES_TOTAL, "reason" => e.reason_label())
+                        .increment(1);
+                }
+                "partial"
+            }
             Err(e) => {
                 metrics::counter!(names::REQUEST_FAILURES_TOTAL, "reason" => e.reason_label())
                     .increment(1);
@@ -641,7 +783,7 @@ where
             let device = result
                 .as_ref()
                 .ok()
-                .and_then(BatchResult::device)
+                .and_then(|(r, _)| r.device())
                 .map_or_else(|| "-".to_owned(), |d| d.to_string());
             tracing::info!(
                 target: AUDIT_TARGET,
@@ -664,17 +806,19 @@ where
         inputs: Vec<I>,
         hints: &ExecutionHints,
         started: Instant,
-    ) -> Result<BatchResult<O>> {
+        isolate: bool,
+    ) -> Result<(BatchResult<O>, Failed)> {
         for (i, item) in inputs.iter().enumerate() {
             self.kernel.validate(i, item)?;
         }
         if inputs.is_empty() {
-            return Ok(BatchResult {
+            let empty = BatchResult {
                 outputs: Vec::new(),
                 chunks: Vec::new(),
                 fallbacks: Vec::new(),
                 total: started.elapsed(),
-            });
+            };
+            return Ok((empty, Vec::new()));
         }
         // The tenant's allowances, held until the batch is answered.
         let _tenant = match hints.tenant.as_deref() {
@@ -698,34 +842,42 @@ where
         let candidates = &candidates;
         let jobs = chunks.into_iter().map(|items| {
             let bytes = self.device_bytes(&items);
-            let chunk = Chunk {
-                len: items.len(),
-                items: Arc::new(parking_lot::Mutex::new(Some(items))),
-                bytes,
-                first_item,
-            };
+            let chunk = Chunk::new(items, bytes, first_item, !isolate);
             first_item += chunk.len;
             async move {
-                let r = self.run_chunk(&chunk, hints, candidates, started).await;
-                // The batch's data may be large: free it off the request's path.
-                if let Some(items) = chunk.items.lock().take() {
-                    crate::janitor::drop_later_if_large(items, chunk.bytes as usize);
+                if isolate {
+                    return Ok(self.run_isolating(chunk, hints, candidates, started).await);
                 }
-                r
+                let r = self.run_chunk(&chunk, hints, candidates, started).await;
+                chunk.release();
+                r.map(|(attempt, fallbacks)| Ran {
+                    first: Some(attempt),
+                    rest: Vec::new(),
+                    fallbacks,
+                    failed: Vec::new(),
+                })
             }
         });
         let mut outputs = Vec::new();
         let mut reports = Vec::new();
         let mut fallbacks = Vec::new();
-        let mut take = |done: Result<(Attempt<O>, Vec<FallbackEvent>)>| -> Result<()> {
-            let (attempt, moves) = done?;
-            if outputs.is_empty() {
-                outputs = attempt.outputs;
-            } else {
-                outputs.extend(attempt.outputs);
+        let mut failed = Vec::new();
+        let mut take = |done: Result<Ran<O>>| -> Result<()> {
+            let ran = done?;
+            for attempt in ran.first.into_iter().chain(ran.rest) {
+                if outputs.is_empty() {
+                    outputs = attempt.outputs;
+                } else {
+                    outputs.extend(attempt.outputs);
+                }
+                reports.push(attempt.report);
             }
-            reports.push(attempt.report);
-            fallbacks.extend(moves);
+            fallbacks.extend(ran.fallbacks);
+            if failed.is_empty() {
+                failed = ran.failed;
+            } else {
+                failed.extend(ran.failed);
+            }
             Ok(())
         };
         if single {
@@ -740,12 +892,68 @@ where
                 take(done)?;
             }
         }
-        Ok(BatchResult {
+        let result = BatchResult {
             outputs,
             chunks: reports,
             fallbacks,
             total: started.elapsed(),
-        })
+        };
+        Ok((result, failed))
+    }
+
+    /// Runs a micro-batch of single requests (see [`BatchGrain::execute_singles`]): when its run
+    /// fails because of its items, its halves are run (each the same way, left first, so that
+    /// outputs stay in item order) until the items that fail alone are found or the extra runs
+    /// allowed are spent. Never fails as a whole: an item's failure is listed with its index.
+    async fn run_isolating(
+        &self,
+        chunk: Chunk<I>,
+        hints: &ExecutionHints,
+        candidates: &[&Slot],
+        started: Instant,
+    ) -> Ran<O> {
+        let mut ran = Ran {
+            first: None,
+            rest: Vec::new(),
+            fallbacks: Vec::new(),
+            failed: Vec::new(),
+        };
+        let mut runs_left = ISOLATION_RUNS;
+        // Pieces still to run, the next one last.
+        let mut todo = vec![chunk];
+        while let Some(piece) = todo.pop() {
+            match self.run_chunk(&piece, hints, candidates, started).await {
+                Ok((attempt, fallbacks)) => {
+                    piece.release();
+                    ran.fallbacks.extend(fallbacks);
+                    if ran.first.is_none() {
+                        ran.first = Some(attempt);
+                    } else {
+                        ran.rest.push(attempt);
+                    }
+                }
+                Err(e) => {
+                    let halves = if isolable(&e) && piece.len > 1 && runs_left >= 2 {
+                        piece.halves(self.kernel.as_ref())
+                    } else {
+                        Err(piece)
+                    };
+                    match halves {
+                        Ok((left, right)) => {
+                            runs_left -= 2;
+                            todo.push(right);
+                            todo.push(left);
+                        }
+                        Err(piece) => {
+                            piece.release();
+                            let items = piece.first_item..piece.first_item + piece.len;
+                            ran.failed.extend(items.map(|i| (i, e.clone())));
+                        }
+                    }
+                }
+            }
+        }
+        ran
     }
 
     /// Splits `inputs` into micro-batches by item count and bytes.
@@ -962,6 +1170,7 @@ where
             oneshot::channel::<Result<(Vec<O>, Instant, crate::plan::ExecStats, Duration)>>();
         let kernel = self.kernel.clone();
         let bytes = chunk.bytes as usize;
+        let donate = chunk.donate;
         let Some(mut lent) = Lent::take(&chunk.items) else {
             return Err(consumed(self.kernel.id()));
         };
@@ -974,12 +1183,14 @@ where
                 let job: CpuJob = Box::new(move |ctx| {
                     let t = Instant::now();
                     let range = crate::nvtx::range(crate::nvtx::Phase::Launch, 1);
-                    let donated = lent.donate().is_some();
-                    let r = std::panic::catch_unwind(AssertUnwindSafe(|| match lent.donate() {
-                        Some(items) => kernel.run_cpu_donated(items, ctx),
-                        None => lent
-                            .items(kernel.id())
-                            .and_then(|items| kernel.run_cpu(items, ctx)),
+                    let donated = lent.donate_if(donate).is_some();
+                    let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        match lent.donate_if(donate) {
+                            Some(items) => kernel.run_cpu_donated(items, ctx),
+                            None => lent
+                                .items(kernel.id())
+                                .and_then(|items| kernel.run_cpu(items, ctx)),
+                        }
                     }))
                     .unwrap_or_else(|p| {
                         Err(Error::kernel_panicked(kernel.id(), BackendKind::Cpu, &*p))
@@ -1032,17 +1243,18 @@ where
                         let stats = outs.stats;
                         let unpacking = Instant::now();
                         let range = crate::nvtx::range(crate::nvtx::Phase::Unpack, items as u64);
-                        let donated = lent.donate().is_some();
-                        let r =
-                            std::panic::catch_unwind(AssertUnwindSafe(|| match lent.donate() {
+                        let donated = lent.donate_if(donate).is_some();
+                        let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            match lent.donate_if(donate) {
                                 Some(items) => kernel.unpack_donated(items, &outs),
                                 None => lent
                                     .items(kernel.id())
                                     .and_then(|items| kernel.unpack(items, &outs)),
-                            }))
-                            .unwrap_or_else(|p| {
-                                Err(Error::kernel_panicked(kernel.id(), target.backend(), &*p))
-                            });
+                            }
+                        }))
+                        .unwrap_or_else(|p| {
+                            Err(Error::kernel_panicked(kernel.id(), target.backend(), &*p))
+                        });
                         keep = r.is_err() && !donated;
                         drop(range);
                         let unpacked = unpacking.elapsed();
@@ -1284,4 +1496,47 @@ fn pick_device(
             Admission::Rejected => None,
             a => Some((d, a)),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::into_vec;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// Counts its drops.
+    struct Counted(Arc<AtomicUsize>, String);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_slice_held_alone_moves_into_a_vec_with_each_item_dropped_once() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let items: Arc<[Counted]> = (0..5)
+            .map(|i| Counted(drops.clone(), format!("item {i}")))
+            .collect();
+        let v = into_vec(items).unwrap_or_else(|_| panic!("held alone"));
+        assert_eq!(drops.load(Ordering::SeqCst), 0);
+        let names: Vec<&str> = v.iter().map(|c| c.1.as_str()).collect();
+        assert_eq!(names, ["item 0", "item 1", "item 2", "item 3", "item 4"]);
+        drop(v);
+        assert_eq!(drops.load(Ordering::SeqCst), 5);
+    }
+
+    #[test]
+    fn a_shared_slice_comes_back_untouched() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let items: Arc<[Counted]> = (0..3).map(|_| Counted(drops.clone(), "x".into())).collect();
+        let other = items.clone();
+        let back = into_vec(items).err().expect("shared");
+        assert!(Arc::ptr_eq(&back, &other));
+        drop((back, other));
+        assert_eq!(drops.load(Ordering::SeqCst), 3);
+        let empty: Arc<[Counted]> = Arc::from(Vec::new());
+        assert!(into_vec(empty).is_ok_and(|v| v.is_empty()));
+    }
 }

@@ -106,7 +106,9 @@ pub trait Kernel: Send + Sync + 'static {
     /// request, the device has read them, and nothing will read them again, so an implementation
     /// may reuse their allocations for its outputs (already-mapped memory: no fresh pages to
     /// fault in, no allocation to free later). The bridge calls it only when it holds the inputs
-    /// alone; otherwise it calls [`Kernel::unpack`]. The default does just that.
+    /// alone, and never for the dynamic batcher's batches of singles (which must come back
+    /// unchanged from a failed run, to be run again in pieces); otherwise it calls
+    /// [`Kernel::unpack`]. The default does just that.
     ///
     /// # Errors
     /// As [`Kernel::unpack`]. An implementation should fail before it changes any input: inputs

@@ -254,3 +254,71 @@ async fn a_kernel_that_panics_while_planning_fails_its_request_and_nothing_else(
     assert_eq!(double.plans.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_quiescent(&b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_single_whose_item_panics_the_planner_fails_alone() {
+    // Thirty-two callers' singles in one batch for the device; one of them makes the plan
+    // panic. The batch is planned again in halves: that caller gets the panic, the others
+    // their answers from the device.
+    let double = std::sync::Arc::new(PlanningDouble {
+        devices: vec![gpubridge_core::device::DeviceInfo {
+            id: DeviceId {
+                backend: BackendKind::Cuda,
+                index: 0,
+            },
+            name: "planning double".into(),
+            device_type: gpubridge_core::device::DeviceType::DiscreteGpu,
+            total_memory: 1 << 30,
+            compute_units: 1,
+            compute_capability: Some((9, 0)),
+            details: String::new(),
+        }],
+        plans: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let mut config = BridgeConfig::default();
+    config.batching.max_batch = 32;
+    config.batching.max_queue_delay_us = 10_000_000;
+    let mut builder = GpuBridge::builder(config);
+    builder.register(FragilePlanner).unwrap();
+    builder.add_backend(double.clone());
+    let b = builder.build().unwrap();
+    let bad = (rand::random::<u64>() % 32) as usize;
+    let on_device = gpubridge_core::ExecutionHints::default().on_backend(BackendKind::Cuda);
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let b = b.clone();
+            let hints = on_device.clone();
+            let x = if i == bad { -1.0 } else { i as f32 + 0.5 };
+            tokio::spawn(async move { (x, b.single::<FragilePlanner>(x, hints).await) })
+        })
+        .collect();
+    for t in tasks {
+        match t.await.unwrap() {
+            (x, Ok(r)) => {
+                assert!(x >= 0.0);
+                assert_eq!(r.output, x);
+                assert_eq!(r.batch_size, 32);
+                assert_eq!(r.backend, Some(BackendKind::Cuda));
+            }
+            (x, Err(e)) => {
+                assert_eq!(x, -1.0, "{e:?}");
+                assert!(
+                    matches!(&e, Error::KernelPanicked { backend: BackendKind::Cuda, message, .. } if message == "a planning panic"),
+                    "{e:?}"
+                );
+            }
+        }
+    }
+    // The plans that reached the device: the halves without the bad item, at most two per
+    // level of the search.
+    let plans = double.plans.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((2..=5).contains(&plans), "{plans} plans");
+    assert_eq!(
+        b.circuit_state(DeviceId {
+            backend: BackendKind::Cuda,
+            index: 0
+        }),
+        Some(CircuitState::Closed)
+    );
+    assert_quiescent(&b);
+}
