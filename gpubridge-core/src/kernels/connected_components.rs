@@ -242,13 +242,25 @@ impl Kernel for ConnectedComponents {
             ));
         }
         let n = g.nodes as u64;
-        let bad = |e: &[u32; 2]| u64::from(e[0]) >= n || u64::from(e[1]) >= n;
-        let found = if g.edges.len() >= CPU_CHUNK {
-            g.edges.par_iter().position_first(bad)
+        // The largest node named, as a branch-free reduction the compiler vectorises (on all
+        // cores for a long list): the check reads the edges at memory speed. (Rayon's
+        // `position_first` checked a shared flag per edge: 116 ms for 20M edges on two cores,
+        // where this takes a tenth of that.) Only a bad list is searched for its first bad edge.
+        let largest = |edges: &[[u32; 2]]| edges.iter().fold(0u32, |m, e| m.max(e[0]).max(e[1]));
+        let max = if g.edges.len() >= CPU_CHUNK {
+            g.edges
+                .par_chunks(CPU_CHUNK)
+                .map(largest)
+                .max()
+                .unwrap_or(0)
         } else {
-            g.edges.iter().position(bad)
+            largest(&g.edges)
         };
-        match found {
+        if g.edges.is_empty() || u64::from(max) < n {
+            return Ok(());
+        }
+        let bad = |e: &[u32; 2]| u64::from(e[0]) >= n || u64::from(e[1]) >= n;
+        match g.edges.iter().position(bad) {
             Some(i) => Err(Error::invalid_item(
                 Self::ID,
                 index,
@@ -499,6 +511,41 @@ mod tests {
             other => panic!("{other}"),
         }
         assert!(k.validate(0, &graphs()[2]).is_ok());
+    }
+
+    #[test]
+    fn validation_of_a_long_list_names_its_first_bad_edge() {
+        // Long enough for the parallel check; bad edges at random places (the first named),
+        // at either end of an edge, at the last node + 1 and at u32::MAX.
+        let k = ConnectedComponents::default();
+        let nodes = 1000u32;
+        let len = 5 * CPU_CHUNK + 17;
+        let mut edges: Vec<[u32; 2]> = (0..len)
+            .map(|_| [rand::random::<u32>() % nodes, rand::random::<u32>() % nodes])
+            .collect();
+        let g = Graph {
+            nodes: nodes as usize,
+            edges: edges.clone(),
+        };
+        assert!(k.validate(0, &g).is_ok());
+        for (end, value) in [(0, nodes), (1, u32::MAX)] {
+            let first = rand::random::<u64>() as usize % (len - 1);
+            let later = first + 1 + rand::random::<u64>() as usize % (len - first - 1);
+            edges[later][1 - end] = nodes;
+            edges[first][end] = value;
+            let g = Graph {
+                nodes: nodes as usize,
+                edges: edges.clone(),
+            };
+            match k.validate(0, &g).unwrap_err() {
+                Error::InvalidInput { reason, .. } => {
+                    assert!(reason.starts_with(&format!("edge {first} (")), "{reason}");
+                }
+                other => panic!("{other}"),
+            }
+            edges[first][end] = 0;
+            edges[later][1 - end] = 0;
+        }
     }
 
     #[test]

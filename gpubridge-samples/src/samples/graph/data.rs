@@ -505,9 +505,18 @@ pub fn load(dir: &Path) -> Result<GraphData, GraphDataError> {
         .zip(dst.par_iter())
         .map(|(s, d)| [lookup(*s).unwrap_or(UNKNOWN), lookup(*d).unwrap_or(UNKNOWN)])
         .collect();
-    if let Some(row) = out
-        .par_iter()
-        .position_first(|e| e[0] == UNKNOWN || e[1] == UNKNOWN)
+    // `UNKNOWN` is the largest `u32`, so the largest node named is it exactly when an id is
+    // unknown: a reduction at memory speed (`position_first` checks a shared flag per edge);
+    // only then is the first such row searched for.
+    let largest = out
+        .par_chunks(1 << 16)
+        .map(|c| c.iter().fold(0u32, |m, e| m.max(e[0]).max(e[1])))
+        .max()
+        .unwrap_or(0);
+    let unknown = |e: &[u32; 2]| e[0] == UNKNOWN || e[1] == UNKNOWN;
+    if let Some(row) = (largest == UNKNOWN)
+        .then(|| out.iter().position(unknown))
+        .flatten()
     {
         let (column, id) = if out[row][0] == UNKNOWN {
             ("src", src[row])
