@@ -635,6 +635,128 @@ fn a_panicking_packer_fails_its_request_on_every_cuda_path_and_nothing_else() {
     gpubridge::testing::assert_quiescent(&b);
 }
 
+/// Vector add that panics on poison items wherever they sit in a batch: in its packers (run by
+/// the executor) for a pair whose first value is -7, in its unpacking (after the device ran) for
+/// one whose first value is -9.
+struct PickyAdd;
+
+impl gpubridge::Kernel for PickyAdd {
+    type Input = VectorPair;
+    type Output = Vec<f32>;
+    const ID: &'static str = "tests/picky-add";
+
+    fn sources(&self) -> gpubridge::KernelSources {
+        VectorAdd.sources()
+    }
+
+    fn validate(&self, index: usize, input: &VectorPair) -> gpubridge::Result<()> {
+        VectorAdd.validate(index, input)
+    }
+
+    fn device_bytes(&self, input: &VectorPair) -> usize {
+        VectorAdd.device_bytes(input)
+    }
+
+    fn run_cpu(
+        &self,
+        inputs: &[VectorPair],
+        ctx: &gpubridge::CpuContext,
+    ) -> gpubridge::Result<Vec<Vec<f32>>> {
+        VectorAdd.run_cpu(inputs, ctx)
+    }
+
+    fn plan(
+        &self,
+        inputs: &Arc<[VectorPair]>,
+        target: &gpubridge::plan::PlanTarget,
+    ) -> gpubridge::Result<gpubridge::plan::Plan> {
+        use gpubridge::plan::BufferRole;
+        let poison = inputs.iter().any(|p| p.a.first() == Some(&-7.0));
+        let mut plan = VectorAdd.plan(inputs, target)?;
+        plan.kernel = Self::ID;
+        for b in plan
+            .buffers
+            .iter_mut()
+            .filter(|b| matches!(b.role, BufferRole::Input(_)))
+        {
+            if let BufferRole::Input(pack) = std::mem::replace(&mut b.role, BufferRole::Scratch) {
+                b.role = BufferRole::Input(Box::new(move |dst: &mut [u8], at: usize| {
+                    assert!(!poison, "poisoned input");
+                    pack(dst, at)
+                }));
+            }
+        }
+        Ok(plan)
+    }
+
+    fn unpack(
+        &self,
+        inputs: &[VectorPair],
+        outputs: &gpubridge::plan::PlanOutputs<'_>,
+    ) -> gpubridge::Result<Vec<Vec<f32>>> {
+        assert!(
+            inputs.iter().all(|p| p.a.first() != Some(&-9.0)),
+            "poisoned output"
+        );
+        VectorAdd.unpack(inputs, outputs)
+    }
+}
+
+/// Thirty-two callers' singles in one batch on the GPU, two of them poison (one for the packers,
+/// one for the unpacking): those two callers get `KernelPanicked`, the thirty others their sums
+/// from the device, on the zero-copy, graph and staged paths.
+#[test]
+fn a_poison_single_fails_alone_and_its_batch_mates_get_their_sums() {
+    let mut config = one_gpu();
+    config.batching.max_batch = 32;
+    config.batching.max_queue_delay_us = 10_000_000;
+    let Some(cuda) = cuda(&config) else { return };
+    let b = bridge_of(config, cuda, PickyAdd);
+    let on_cuda = ExecutionHints::default().on_backend(BackendKind::Cuda);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+    for len in [100, 20_000, 350_000] {
+        for round in 0..3 {
+            let mut pairs = random_pairs(&mut rng, 32, len);
+            let packer = rng.random_range(0..32);
+            let unpacker = (packer + rng.random_range(1..32)) % 32;
+            pairs[packer].a[0] = -7.0;
+            pairs[unpacker].a[0] = -9.0;
+            let answers = block_on(futures::future::join_all(
+                pairs
+                    .iter()
+                    .map(|p| b.single::<PickyAdd>(p.clone(), on_cuda.clone())),
+            ));
+            for (i, (pair, answer)) in pairs.iter().zip(answers).enumerate() {
+                let at = format!("length {len}, round {round}, caller {i}");
+                match answer {
+                    Ok(r) => {
+                        assert!(i != packer && i != unpacker, "{at}: poison answered");
+                        check_add(std::slice::from_ref(pair), &[r.output]);
+                        assert_eq!(r.batch_size, 32, "{at}");
+                        assert_eq!(r.backend, Some(BackendKind::Cuda), "{at}");
+                    }
+                    Err(gpubridge::Error::KernelPanicked {
+                        backend: BackendKind::Cuda,
+                        message,
+                        ..
+                    }) => {
+                        let want = if i == packer {
+                            "poisoned input"
+                        } else {
+                            assert_eq!(i, unpacker, "{at}: {message}");
+                            "poisoned output"
+                        };
+                        assert_eq!(message, want, "{at}");
+                    }
+                    Err(e) => panic!("{at}: {e:?}"),
+                }
+            }
+        }
+    }
+    assert_circuit(&b, 0, CircuitState::Closed);
+    gpubridge::testing::assert_quiescent(&b);
+}
+
 #[test]
 fn tiny_plans_run_zero_copy_with_fresh_data_every_time() {
     let config = one_gpu();
