@@ -2,7 +2,9 @@
 # Session 17, device run BJ: P3 A/B. BI's load missed "served" at 1M (the generator's send lag
 # P99 3.5 ms): the CLI of c25f865 (session 16's last commit, `old`) and of this session's pack
 # (`new`, with the batcher's singles isolation), alternated, same command: rounds FIRST..LAST
-# (1..2, then 3..5 on the same machine).
+# (1..2, then 3..5 on the same machine; `new` there the device pack's CLI, built by `cargo test`;
+# 6..8 with `new` built as `old` was: cargo build --release -p gpubridge-samples --features
+# gpubridge/wgpu,gpubridge/gds).
 set -u
 for b in old new; do xz -dkf load-pack/gpubridge-$b.xz && chmod +x load-pack/gpubridge-$b; done
 export NODEVICE_SELECT=1 XDG_CACHE_HOME=/tmp/gpubridge-cache
