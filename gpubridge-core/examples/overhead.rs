@@ -172,6 +172,54 @@ impl gpubridge_core::Kernel for Chain {
     }
 }
 
+/// The dynamic batcher's cost per batch: `waves` waves of `n` concurrent singles (100-float
+/// sums), each wave gathered into one batch, on the instant double; prints the runners' time per
+/// batch (running: from taking the batch to having its answers, outside the double's own work)
+/// and the wall time per wave.
+fn time_singles(bridge: &GpuBridge, n: usize, waves: usize) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let input: Vec<f32> = (0..100).map(|i| i as f32).collect();
+    let hints = ExecutionHints::default();
+    let wave = || {
+        rt.block_on(futures::future::join_all((0..n).map(|_| {
+            let b = bridge.clone();
+            let (x, h) = (input.clone(), hints.clone());
+            rt.spawn(async move { b.single::<Sum>(x, h).await.map(|r| r.batch_size) })
+        })))
+    };
+    for _ in 0..waves / 10 + 10 {
+        wave();
+    }
+    let before = bridge.batcher_stats();
+    let t = Instant::now();
+    let mut sizes = 0usize;
+    for _ in 0..waves {
+        for r in wave() {
+            sizes += r.unwrap().unwrap();
+        }
+    }
+    let wall = t.elapsed();
+    let after = bridge.batcher_stats();
+    let (_, a) = &after[0];
+    let b0 = before
+        .iter()
+        .find(|(k, _)| *k == after[0].0)
+        .map(|(_, s)| s);
+    let (batches, running) = match b0 {
+        Some(b) => (a.batches - b.batches, a.running - b.running),
+        None => (a.batches, a.running),
+    };
+    println!(
+        "singles: {waves} waves of {n}: {:.1} us per wave, {batches} batches (mean size {:.0}), running {:.2} us per batch",
+        wall.as_secs_f64() * 1e6 / waves as f64,
+        sizes as f64 / (waves * n) as f64,
+        running.as_secs_f64() * 1e6 / batches.max(1) as f64,
+    );
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--recorder") {
         metrics_util::debugging::DebuggingRecorder::new()
@@ -191,7 +239,21 @@ fn main() {
         });
         std::sync::Mutex::new(tx)
     });
-    let mut b = GpuBridge::builder(BridgeConfig::default());
+    let args: Vec<String> = std::env::args().collect();
+    let singles: Option<usize> = args
+        .iter()
+        .position(|a| a == "--singles")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok());
+    let mut config = BridgeConfig::default();
+    if let Some(n) = singles {
+        // Each wave of `n` singles one batch, taken as soon as it is complete.
+        config.batching.max_batch = n;
+        config.batching.max_micro_batch = config.batching.max_micro_batch.max(n);
+        config.batching.max_queue_delay_us = 100_000;
+        config.batching.batches_in_flight = 1;
+    }
+    let mut b = GpuBridge::builder(config);
     b.register(Sum).unwrap();
     b.register(Chain).unwrap();
     b.add_backend(Arc::new(InstantDouble {
@@ -211,7 +273,6 @@ fn main() {
     }));
     let bridge = b.build().unwrap();
     let hints = ExecutionHints::default().spin_wait(Duration::from_millis(1));
-    let args: Vec<String> = std::env::args().collect();
     let only_chain: Option<u32> = args
         .iter()
         .position(|a| a == "--only-chain")
@@ -243,6 +304,10 @@ fn main() {
     };
     if let Some(n) = only_chain {
         time_chain(n, true, iters);
+        return;
+    }
+    if let Some(n) = singles {
+        time_singles(&bridge, n, iters);
         return;
     }
     let grain = bridge.batch::<Sum>().unwrap();

@@ -483,14 +483,24 @@ impl<I: Send + Sync + 'static> Chunk<I> {
     /// The micro-batch as two, its first half and its second (neither donating), or itself
     /// back when its items are not home or not its alone.
     fn halves<O>(self, kernel: &dyn DynKernel<I, O>) -> std::result::Result<(Self, Self), Self> {
-        let Some(items) = self.items.lock().take() else {
+        let Some(mut items) = self.items.lock().take() else {
             return Err(self);
         };
-        let mut left = match into_vec(items) {
-            Ok(v) => v,
-            Err(items) => {
-                *self.items.lock() = Some(items);
-                return Err(self);
+        // The backend may still hold the failed plan, whose packers share the items, for a
+        // moment after it answered (the CUDA executor lets go of them first; others may not):
+        // wait for it, briefly.
+        let deadline = Instant::now() + SHARED_ITEMS_WAIT;
+        let mut left = loop {
+            match into_vec(items) {
+                Ok(v) => break v,
+                Err(shared) if Instant::now() < deadline => {
+                    items = shared;
+                    std::thread::yield_now();
+                }
+                Err(shared) => {
+                    *self.items.lock() = Some(shared);
+                    return Err(self);
+                }
             }
         };
         let right = left.split_off(self.len / 2);
@@ -540,6 +550,10 @@ fn into_vec<I>(mut items: Arc<[I]>) -> std::result::Result<Vec<I>, Arc<[I]>> {
 fn isolable(e: &Error) -> bool {
     matches!(e, Error::KernelPanicked { .. } | Error::InvalidInput { .. })
 }
+
+/// How long a failed micro-batch of singles waits for its backend to let go of its items before
+/// it is split (else its items fail together).
+const SHARED_ITEMS_WAIT: Duration = Duration::from_millis(50);
 
 /// Extra runs allowed to find the items that fail alone in one micro-batch of singles (halving,
 /// so a handful of bad items in a batch of thousands, and a bounded cost when every item fails).

@@ -703,11 +703,11 @@ impl Executor {
     ) {
         let taken = Instant::now();
         if let Some(why) = self.shared.lost.lock().clone() {
-            complete(Err(Error::DeviceLost {
+            let e = Error::DeviceLost {
                 device: self.label.clone(),
                 reason: why,
-            }));
-            drop_plan(plan);
+            };
+            fail_plan(plan, complete, e);
             return;
         }
         if zero_copy_candidate(&plan) {
@@ -725,8 +725,7 @@ impl Executor {
                     self.publish_stats();
                 }
                 Err(e) => {
-                    self.fail(complete, e);
-                    drop_plan(plan);
+                    self.fail(plan, complete, e);
                 }
             }
             return;
@@ -742,8 +741,7 @@ impl Executor {
                 let graph = match self.graph_to_replay(&plan, sources, cached) {
                     Ok(graph) => graph,
                     Err(e) => {
-                        self.fail(complete, e);
-                        drop_plan(plan);
+                        self.fail(plan, complete, e);
                         return;
                     }
                 };
@@ -772,8 +770,7 @@ impl Executor {
                             Ok(None) => {}
                             Err(e) => {
                                 drop(guard);
-                                self.fail(complete, e);
-                                drop_plan(plan);
+                                self.fail(plan, complete, e);
                                 return;
                             }
                         }
@@ -804,15 +801,14 @@ impl Executor {
                 pack,
             }),
             Err(e) => {
-                self.fail(complete, e);
-                drop_plan(plan);
+                self.fail(plan, complete, e);
             }
         }
     }
 
-    fn fail(&mut self, complete: gpubridge_core::device::PlanCompletion, e: Error) {
+    fn fail(&mut self, plan: Plan, complete: gpubridge_core::device::PlanCompletion, e: Error) {
         note_lost(&self.shared, &self.label, &e);
-        complete(Err(e));
+        fail_plan(plan, complete, e);
         self.publish_stats();
     }
 
@@ -916,9 +912,7 @@ impl Executor {
                 self.publish_stats();
             }
             Err(e) => {
-                self.fail(f.complete, e);
-                // Packers hold the batch's data: free it off this thread.
-                drop_plan(f.plan);
+                self.fail(f.plan, f.complete, e);
             }
         }
     }
@@ -2027,8 +2021,7 @@ pub(crate) fn run_inline(
         Err(e) => {
             note_lost(shared, &lane.label, &e);
             drop(guard);
-            complete(Err(e));
-            drop_plan(plan);
+            fail_plan(plan, complete, e);
             return None;
         }
     };
@@ -2113,8 +2106,7 @@ fn replay_inline(
             note_lost(shared, &l.label, &e);
             drop(slot);
             drop(lane);
-            complete(Err(e));
-            drop_plan(plan);
+            fail_plan(plan, complete, e);
             None
         }
     }
@@ -2142,11 +2134,13 @@ fn release_inputs(plan: Plan) -> Steps {
     steps
 }
 
-/// Drops a finished plan: its packers hold the batch's data, so a large one is freed off this
-/// thread.
-fn drop_plan(plan: Plan) {
-    let bytes = plan.device_bytes();
-    gpubridge_core::janitor::drop_later_if_large(plan, bytes);
+/// Fails a plan: what of it holds the batch's inputs goes first, as on success
+/// ([`release_inputs`]), so that they are the batch's alone again when its completion hears of
+/// the error (a batch of single requests is split then, to find the items that failed alone).
+fn fail_plan(plan: Plan, complete: gpubridge_core::device::PlanCompletion, e: Error) {
+    let steps = release_inputs(plan);
+    complete(Err(e));
+    drop(steps);
 }
 
 /// Hands a finished plan's outputs (in pinned staging) to its completion.
