@@ -3,7 +3,7 @@
 # device-pack`), first half of `device-pack/run.sh`: every packed test executable with
 # GPUBRIDGE_REQUIRE_GPU=1 and GPUBRIDGE_REQUIRE_WGPU=1, the devices, process start to a verified
 # result with a cold and a warm PTX cache (P11), and `run all` on cuda, cpu and wgpu. The logs go
-# back as one archive (the device tool returns at most eight files).
+# back as one archive (the device tool returns at most eight files), named after RUN (bg).
 set -u
 tar -xJf device-pack-xz/pack.tar.xz
 cd device-pack
@@ -13,7 +13,7 @@ if [ ! -e /usr/share/vulkan/icd.d/nvidia_icd.json ] && [ ! -e /etc/vulkan/icd.d/
   export VK_ICD_FILENAMES="$PWD/icd/nvidia_icd.json" VK_DRIVER_FILES="$PWD/icd/nvidia_icd.json"
 fi
 export NODEVICE_SELECT=1 XDG_CACHE_HOME=/tmp/gpubridge-cache
-L=/tmp/bg; mkdir -p $L
+RUN=${RUN:-bg}; L=/tmp/$RUN; mkdir -p $L
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > $L/gpu.txt 2>&1
 summary=""
 for t in tests/*; do
@@ -29,7 +29,7 @@ w0=$(date +%s%N); ./gpubridge run vector --backend cuda --pairs 1 --len 1000 > $
 ./gpubridge run all --backend cuda > $L/run-all-cuda.txt 2>&1; cuda_rc=$?
 ./gpubridge run all --backend cpu > $L/run-all-cpu.txt 2>&1; cpu_rc=$?
 ./gpubridge run all --backend wgpu > $L/run-all-wgpu.txt 2>&1; wgpu_rc=$?
-tar -czf $OUT/bg-logs.tgz -C /tmp bg
+tar -czf $OUT/$RUN-logs.tgz -C /tmp $RUN
 echo "== gpu"; cat $L/gpu.txt
 echo "== devices"; head -20 $L/devices.txt
 echo "== run all --backend cuda (rc $cuda_rc)"; cat $L/run-all-cuda.txt
