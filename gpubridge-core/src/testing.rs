@@ -299,3 +299,73 @@ impl Backend for FaultInjectingBackend {
         }
     }
 }
+
+/// Fault injection for tests, named as such: [`crate::kernels::VectorAdd`] whose own host code
+/// panics on poison items wherever they sit in a batch. Its packers panic ("poisoned input") for
+/// a batch holding a pair whose first value is [`PoisonAdd::IN_PACKER`], its unpacking panics
+/// ("poisoned output") for one holding a pair whose first value is [`PoisonAdd::IN_UNPACK`];
+/// every form is otherwise `VectorAdd`'s (its CPU form never panics). For tests of how a kernel's
+/// panic on one request is kept from the others.
+pub struct PoisonAdd;
+
+impl PoisonAdd {
+    /// A pair whose first value is this makes the packers panic.
+    pub const IN_PACKER: f32 = -7.0;
+    /// A pair whose first value is this makes the unpacking panic.
+    pub const IN_UNPACK: f32 = -9.0;
+
+    fn holds(inputs: &[crate::kernels::VectorPair], poison: f32) -> bool {
+        inputs.iter().any(|p| p.a.first() == Some(&poison))
+    }
+}
+
+impl crate::Kernel for PoisonAdd {
+    type Input = crate::kernels::VectorPair;
+    type Output = Vec<f32>;
+    const ID: &'static str = "testing/poison-add";
+
+    fn sources(&self) -> crate::KernelSources {
+        crate::kernels::VectorAdd.sources()
+    }
+
+    fn validate(&self, index: usize, input: &Self::Input) -> Result<()> {
+        crate::kernels::VectorAdd.validate(index, input)
+    }
+
+    fn device_bytes(&self, input: &Self::Input) -> usize {
+        crate::kernels::VectorAdd.device_bytes(input)
+    }
+
+    fn run_cpu(&self, inputs: &[Self::Input], ctx: &CpuContext) -> Result<Vec<Vec<f32>>> {
+        crate::kernels::VectorAdd.run_cpu(inputs, ctx)
+    }
+
+    fn plan(&self, inputs: &Arc<[Self::Input]>, target: &PlanTarget) -> Result<crate::Plan> {
+        use crate::plan::BufferRole;
+        let poison = Self::holds(inputs, Self::IN_PACKER);
+        let mut plan = crate::kernels::VectorAdd.plan(inputs, target)?;
+        plan.kernel = Self::ID;
+        for b in plan
+            .buffers
+            .iter_mut()
+            .filter(|b| matches!(b.role, BufferRole::Input(_)))
+        {
+            if let BufferRole::Input(pack) = std::mem::replace(&mut b.role, BufferRole::Scratch) {
+                b.role = BufferRole::Input(Box::new(move |dst: &mut [u8], at: usize| {
+                    assert!(!poison, "poisoned input");
+                    pack(dst, at)
+                }));
+            }
+        }
+        Ok(plan)
+    }
+
+    fn unpack(
+        &self,
+        inputs: &[Self::Input],
+        outputs: &crate::plan::PlanOutputs<'_>,
+    ) -> Result<Vec<Vec<f32>>> {
+        assert!(!Self::holds(inputs, Self::IN_UNPACK), "poisoned output");
+        crate::kernels::VectorAdd.unpack(inputs, outputs)
+    }
+}

@@ -206,9 +206,8 @@ impl gpubridge_core::device::Backend for PlanningDouble {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kernel_that_panics_while_planning_fails_its_request_and_nothing_else() {
-    let double = std::sync::Arc::new(PlanningDouble {
+fn planning_double() -> std::sync::Arc<PlanningDouble> {
+    std::sync::Arc::new(PlanningDouble {
         devices: vec![gpubridge_core::device::DeviceInfo {
             id: DeviceId {
                 backend: BackendKind::Cuda,
@@ -222,7 +221,12 @@ async fn a_kernel_that_panics_while_planning_fails_its_request_and_nothing_else(
             details: String::new(),
         }],
         plans: std::sync::atomic::AtomicUsize::new(0),
-    });
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kernel_that_panics_while_planning_fails_its_request_and_nothing_else() {
+    let double = planning_double();
     let mut builder = GpuBridge::builder(BridgeConfig::default());
     builder.register(FragilePlanner).unwrap();
     builder.add_backend(double.clone());
@@ -260,21 +264,7 @@ async fn a_single_whose_item_panics_the_planner_fails_alone() {
     // Thirty-two callers' singles in one batch for the device; one of them makes the plan
     // panic. The batch is planned again in halves: that caller gets the panic, the others
     // their answers from the device.
-    let double = std::sync::Arc::new(PlanningDouble {
-        devices: vec![gpubridge_core::device::DeviceInfo {
-            id: DeviceId {
-                backend: BackendKind::Cuda,
-                index: 0,
-            },
-            name: "planning double".into(),
-            device_type: gpubridge_core::device::DeviceType::DiscreteGpu,
-            total_memory: 1 << 30,
-            compute_units: 1,
-            compute_capability: Some((9, 0)),
-            details: String::new(),
-        }],
-        plans: std::sync::atomic::AtomicUsize::new(0),
-    });
+    let double = planning_double();
     let mut config = BridgeConfig::default();
     config.batching.max_batch = 32;
     config.batching.max_queue_delay_us = 10_000_000;

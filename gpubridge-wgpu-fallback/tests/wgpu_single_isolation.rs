@@ -1,4 +1,5 @@
-//! One caller's poison single request on the wgpu backend (its packer or its unpacking panics)
+//! One caller's poison single request on the wgpu backend (`testing::PoisonAdd`: its packer or
+//! its unpacking panics)
 //! fails that caller alone: the batcher runs the batch again in halves and every other caller of
 //! the batch gets its sum from the adapter (llvmpipe in CI). The wgpu executor holds the plan,
 //! whose packers share the items, until after it has answered, so this also covers the bridge's
@@ -7,70 +8,14 @@
 
 #![cfg(feature = "wgpu")]
 
-use std::sync::Arc;
-
 use gpubridge_core::conformance::wgpu_required;
-use gpubridge_core::kernels::{VectorAdd, VectorPair};
-use gpubridge_core::plan::{BufferRole, Plan, PlanOutputs, PlanTarget};
+use gpubridge_core::kernels::VectorPair;
+use gpubridge_core::testing::PoisonAdd;
 use gpubridge_core::{
-    BackendKind, BridgeConfig, CircuitState, CpuContext, DeviceId, Error, ExecutionHints,
-    GpuBridge, Kernel, KernelSources, Result,
+    BackendKind, BridgeConfig, CircuitState, DeviceId, Error, ExecutionHints, GpuBridge,
 };
 use gpubridge_wgpu_fallback::wgpu::WgpuBackend;
 use rand::{Rng, SeedableRng};
-
-/// Vector add that panics in its packers for a batch holding a pair whose first value is -7,
-/// and in its unpacking for one holding a pair whose first value is -9.
-struct PickyAdd;
-
-impl Kernel for PickyAdd {
-    type Input = VectorPair;
-    type Output = Vec<f32>;
-    const ID: &'static str = "tests/picky-add";
-
-    fn sources(&self) -> KernelSources {
-        VectorAdd.sources()
-    }
-
-    fn validate(&self, index: usize, input: &VectorPair) -> Result<()> {
-        VectorAdd.validate(index, input)
-    }
-
-    fn device_bytes(&self, input: &VectorPair) -> usize {
-        VectorAdd.device_bytes(input)
-    }
-
-    fn run_cpu(&self, inputs: &[VectorPair], ctx: &CpuContext) -> Result<Vec<Vec<f32>>> {
-        VectorAdd.run_cpu(inputs, ctx)
-    }
-
-    fn plan(&self, inputs: &Arc<[VectorPair]>, target: &PlanTarget) -> Result<Plan> {
-        let poison = inputs.iter().any(|p| p.a.first() == Some(&-7.0));
-        let mut plan = VectorAdd.plan(inputs, target)?;
-        plan.kernel = Self::ID;
-        for b in plan
-            .buffers
-            .iter_mut()
-            .filter(|b| matches!(b.role, BufferRole::Input(_)))
-        {
-            if let BufferRole::Input(pack) = std::mem::replace(&mut b.role, BufferRole::Scratch) {
-                b.role = BufferRole::Input(Box::new(move |dst: &mut [u8], at: usize| {
-                    assert!(!poison, "poisoned input");
-                    pack(dst, at)
-                }));
-            }
-        }
-        Ok(plan)
-    }
-
-    fn unpack(&self, inputs: &[VectorPair], outputs: &PlanOutputs<'_>) -> Result<Vec<Vec<f32>>> {
-        assert!(
-            inputs.iter().all(|p| p.a.first() != Some(&-9.0)),
-            "poisoned output"
-        );
-        VectorAdd.unpack(inputs, outputs)
-    }
-}
 
 #[test]
 fn a_poison_single_fails_alone_and_its_batch_mates_get_their_sums() {
@@ -86,7 +31,7 @@ fn a_poison_single_fails_alone_and_its_batch_mates_get_their_sums() {
         }
     };
     let mut b = GpuBridge::builder(config);
-    b.register(PickyAdd).unwrap();
+    b.register(PoisonAdd).unwrap();
     b.add_backend(backend);
     let b = b.build().unwrap();
     let on_wgpu = ExecutionHints::default().on_backend(BackendKind::Wgpu);
@@ -100,12 +45,12 @@ fn a_poison_single_fails_alone_and_its_batch_mates_get_their_sums() {
             .collect();
         let packer = rng.random_range(0..16);
         let unpacker = (packer + rng.random_range(1..16)) % 16;
-        pairs[packer].a[0] = -7.0;
-        pairs[unpacker].a[0] = -9.0;
+        pairs[packer].a[0] = PoisonAdd::IN_PACKER;
+        pairs[unpacker].a[0] = PoisonAdd::IN_UNPACK;
         let answers = futures::executor::block_on(futures::future::join_all(
             pairs
                 .iter()
-                .map(|p| b.single::<PickyAdd>(p.clone(), on_wgpu.clone())),
+                .map(|p| b.single::<PoisonAdd>(p.clone(), on_wgpu.clone())),
         ));
         for (i, (pair, answer)) in pairs.iter().zip(answers).enumerate() {
             let at = format!("round {round}, caller {i}");

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures::executor::block_on;
 use gpubridge::cuda::CudaBackend;
 use gpubridge::kernels::{Sum, VectorAdd, VectorPair};
+use gpubridge::testing::PoisonAdd;
 use gpubridge::{BackendKind, BridgeConfig, CircuitState, DeviceId, ExecutionHints, GpuBridge};
 use rand::{Rng, SeedableRng};
 
@@ -528,68 +529,6 @@ fn batches_spread_over_every_gpu_and_a_preferred_device_is_honoured() {
     gpubridge::testing::assert_quiescent(&b);
 }
 
-/// Vector add whose packers panic when the first pair's first value is -7: a kernel bug on a
-/// poison input, in the kernel's own host code that the executor runs.
-struct FragileAdd;
-
-impl gpubridge::Kernel for FragileAdd {
-    type Input = VectorPair;
-    type Output = Vec<f32>;
-    const ID: &'static str = "tests/fragile-add";
-
-    fn sources(&self) -> gpubridge::KernelSources {
-        VectorAdd.sources()
-    }
-
-    fn validate(&self, index: usize, input: &VectorPair) -> gpubridge::Result<()> {
-        VectorAdd.validate(index, input)
-    }
-
-    fn device_bytes(&self, input: &VectorPair) -> usize {
-        VectorAdd.device_bytes(input)
-    }
-
-    fn run_cpu(
-        &self,
-        inputs: &[VectorPair],
-        ctx: &gpubridge::CpuContext,
-    ) -> gpubridge::Result<Vec<Vec<f32>>> {
-        VectorAdd.run_cpu(inputs, ctx)
-    }
-
-    fn plan(
-        &self,
-        inputs: &Arc<[VectorPair]>,
-        target: &gpubridge::plan::PlanTarget,
-    ) -> gpubridge::Result<gpubridge::plan::Plan> {
-        use gpubridge::plan::BufferRole;
-        let poison = inputs.first().and_then(|p| p.a.first()) == Some(&-7.0);
-        let mut plan = VectorAdd.plan(inputs, target)?;
-        plan.kernel = Self::ID;
-        for b in plan
-            .buffers
-            .iter_mut()
-            .filter(|b| matches!(b.role, BufferRole::Input(_)))
-        {
-            if let BufferRole::Input(pack) = std::mem::replace(&mut b.role, BufferRole::Scratch) {
-                b.role = BufferRole::Input(Box::new(move |dst: &mut [u8], at: usize| {
-                    assert!(!poison, "poisoned input");
-                    pack(dst, at)
-                }));
-            }
-        }
-        Ok(plan)
-    }
-
-    fn unpack(
-        &self,
-        inputs: &[VectorPair],
-        outputs: &gpubridge::plan::PlanOutputs<'_>,
-    ) -> gpubridge::Result<Vec<Vec<f32>>> {
-        VectorAdd.unpack(inputs, outputs)
-    }
-}
-
 /// A kernel whose packer panics on one request fails that request with `KernelPanicked`, on every
 /// CUDA path (zero-copy on the executor and on a spinning caller's thread, a replayed graph, and
 /// a large plan packed on the rayon pool while it uploads), and nothing else: the device's
@@ -599,12 +538,12 @@ fn a_panicking_packer_fails_its_request_on_every_cuda_path_and_nothing_else() {
     let config = one_gpu();
     let Some(cuda) = cuda(&config) else { return };
     let b = GpuBridge::builder(config)
-        .kernel(FragileAdd)
+        .kernel(PoisonAdd)
         .unwrap()
         .backend(cuda)
         .build()
         .unwrap();
-    let grain = b.batch::<FragileAdd>().unwrap();
+    let grain = b.batch::<PoisonAdd>().unwrap();
     let on_cuda = ExecutionHints::default().on_backend(BackendKind::Cuda);
     let spin = on_cuda
         .clone()
@@ -623,83 +562,16 @@ fn a_panicking_packer_fails_its_request_on_every_cuda_path_and_nothing_else() {
             let r = block_on(grain.execute(good.clone(), hints.clone())).unwrap();
             check_add(&good, &r.outputs);
             let mut bad = random_pairs(&mut rng, pairs, len);
-            bad[0].a[0] = -7.0;
+            bad[0].a[0] = PoisonAdd::IN_PACKER;
             let e = block_on(grain.execute(bad, hints.clone())).unwrap_err();
             assert!(
-                matches!(&e, gpubridge::Error::KernelPanicked { kernel, backend: BackendKind::Cuda, message } if kernel == "tests/fragile-add" && message == "poisoned input"),
+                matches!(&e, gpubridge::Error::KernelPanicked { kernel, backend: BackendKind::Cuda, message } if kernel == <PoisonAdd as gpubridge::Kernel>::ID && message == "poisoned input"),
                 "{pairs} x {len}, round {round}: {e:?}"
             );
         }
     }
     assert_circuit(&b, 0, CircuitState::Closed);
     gpubridge::testing::assert_quiescent(&b);
-}
-
-/// Vector add that panics on poison items wherever they sit in a batch: in its packers (run by
-/// the executor) for a pair whose first value is -7, in its unpacking (after the device ran) for
-/// one whose first value is -9.
-struct PickyAdd;
-
-impl gpubridge::Kernel for PickyAdd {
-    type Input = VectorPair;
-    type Output = Vec<f32>;
-    const ID: &'static str = "tests/picky-add";
-
-    fn sources(&self) -> gpubridge::KernelSources {
-        VectorAdd.sources()
-    }
-
-    fn validate(&self, index: usize, input: &VectorPair) -> gpubridge::Result<()> {
-        VectorAdd.validate(index, input)
-    }
-
-    fn device_bytes(&self, input: &VectorPair) -> usize {
-        VectorAdd.device_bytes(input)
-    }
-
-    fn run_cpu(
-        &self,
-        inputs: &[VectorPair],
-        ctx: &gpubridge::CpuContext,
-    ) -> gpubridge::Result<Vec<Vec<f32>>> {
-        VectorAdd.run_cpu(inputs, ctx)
-    }
-
-    fn plan(
-        &self,
-        inputs: &Arc<[VectorPair]>,
-        target: &gpubridge::plan::PlanTarget,
-    ) -> gpubridge::Result<gpubridge::plan::Plan> {
-        use gpubridge::plan::BufferRole;
-        let poison = inputs.iter().any(|p| p.a.first() == Some(&-7.0));
-        let mut plan = VectorAdd.plan(inputs, target)?;
-        plan.kernel = Self::ID;
-        for b in plan
-            .buffers
-            .iter_mut()
-            .filter(|b| matches!(b.role, BufferRole::Input(_)))
-        {
-            if let BufferRole::Input(pack) = std::mem::replace(&mut b.role, BufferRole::Scratch) {
-                b.role = BufferRole::Input(Box::new(move |dst: &mut [u8], at: usize| {
-                    assert!(!poison, "poisoned input");
-                    pack(dst, at)
-                }));
-            }
-        }
-        Ok(plan)
-    }
-
-    fn unpack(
-        &self,
-        inputs: &[VectorPair],
-        outputs: &gpubridge::plan::PlanOutputs<'_>,
-    ) -> gpubridge::Result<Vec<Vec<f32>>> {
-        assert!(
-            inputs.iter().all(|p| p.a.first() != Some(&-9.0)),
-            "poisoned output"
-        );
-        VectorAdd.unpack(inputs, outputs)
-    }
 }
 
 /// Thirty-two callers' singles in one batch on the GPU, two of them poison (one for the packers,
@@ -711,7 +583,7 @@ fn a_poison_single_fails_alone_and_its_batch_mates_get_their_sums() {
     config.batching.max_batch = 32;
     config.batching.max_queue_delay_us = 10_000_000;
     let Some(cuda) = cuda(&config) else { return };
-    let b = bridge_of(config, cuda, PickyAdd);
+    let b = bridge_of(config, cuda, PoisonAdd);
     let on_cuda = ExecutionHints::default().on_backend(BackendKind::Cuda);
     let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
     for len in [100, 20_000, 350_000] {
@@ -719,12 +591,12 @@ fn a_poison_single_fails_alone_and_its_batch_mates_get_their_sums() {
             let mut pairs = random_pairs(&mut rng, 32, len);
             let packer = rng.random_range(0..32);
             let unpacker = (packer + rng.random_range(1..32)) % 32;
-            pairs[packer].a[0] = -7.0;
-            pairs[unpacker].a[0] = -9.0;
+            pairs[packer].a[0] = PoisonAdd::IN_PACKER;
+            pairs[unpacker].a[0] = PoisonAdd::IN_UNPACK;
             let answers = block_on(futures::future::join_all(
                 pairs
                     .iter()
-                    .map(|p| b.single::<PickyAdd>(p.clone(), on_cuda.clone())),
+                    .map(|p| b.single::<PoisonAdd>(p.clone(), on_cuda.clone())),
             ));
             for (i, (pair, answer)) in pairs.iter().zip(answers).enumerate() {
                 let at = format!("length {len}, round {round}, caller {i}");
