@@ -317,6 +317,52 @@ impl PoisonAdd {
     fn holds(inputs: &[crate::kernels::VectorPair], poison: f32) -> bool {
         inputs.iter().any(|p| p.a.first() == Some(&poison))
     }
+
+    /// Checks the answers of `pairs` sent as single requests that shared one batch of `batch` on
+    /// `backend`: each poison pair's caller got [`Error::KernelPanicked`] from `backend` with the
+    /// panic's message, every other caller its exact sums from `backend` and a batch of `batch`.
+    ///
+    /// # Panics
+    /// On the first answer that is not so (a test failure), naming the caller and `context`.
+    pub fn check_singles(
+        pairs: &[crate::kernels::VectorPair],
+        answers: Vec<Result<crate::SingleResult<Vec<f32>>>>,
+        backend: BackendKind,
+        batch: usize,
+        context: &str,
+    ) {
+        assert_eq!(pairs.len(), answers.len(), "{context}");
+        for (i, (pair, answer)) in pairs.iter().zip(answers).enumerate() {
+            let at = format!("{context}, caller {i}");
+            let poison = pair.a.first().copied();
+            match answer {
+                Ok(r) => {
+                    assert!(
+                        poison != Some(Self::IN_PACKER) && poison != Some(Self::IN_UNPACK),
+                        "{at}: a poison item answered"
+                    );
+                    let want: Vec<f32> = pair.a.iter().zip(&pair.b).map(|(x, y)| x + y).collect();
+                    assert_eq!(r.output, want, "{at}");
+                    assert_eq!(r.batch_size, batch, "{at}");
+                    assert_eq!(r.backend, Some(backend), "{at}");
+                }
+                Err(Error::KernelPanicked {
+                    backend: from,
+                    message,
+                    ..
+                }) => {
+                    assert_eq!(from, backend, "{at}");
+                    let want = match poison {
+                        Some(p) if p == Self::IN_PACKER => "poisoned input",
+                        Some(p) if p == Self::IN_UNPACK => "poisoned output",
+                        _ => panic!("{at}: a good item failed: {message}"),
+                    };
+                    assert_eq!(message, want, "{at}");
+                }
+                Err(e) => panic!("{at}: {e:?}"),
+            }
+        }
+    }
 }
 
 impl crate::Kernel for PoisonAdd {

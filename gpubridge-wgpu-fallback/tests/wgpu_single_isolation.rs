@@ -12,7 +12,7 @@ use gpubridge_core::conformance::wgpu_required;
 use gpubridge_core::kernels::VectorPair;
 use gpubridge_core::testing::PoisonAdd;
 use gpubridge_core::{
-    BackendKind, BridgeConfig, CircuitState, DeviceId, Error, ExecutionHints, GpuBridge,
+    BackendKind, BridgeConfig, CircuitState, DeviceId, ExecutionHints, GpuBridge,
 };
 use gpubridge_wgpu_fallback::wgpu::WgpuBackend;
 use rand::{Rng, SeedableRng};
@@ -52,32 +52,8 @@ fn a_poison_single_fails_alone_and_its_batch_mates_get_their_sums() {
                 .iter()
                 .map(|p| b.single::<PoisonAdd>(p.clone(), on_wgpu.clone())),
         ));
-        for (i, (pair, answer)) in pairs.iter().zip(answers).enumerate() {
-            let at = format!("round {round}, caller {i}");
-            match answer {
-                Ok(r) => {
-                    assert!(i != packer && i != unpacker, "{at}: poison answered");
-                    let want: Vec<f32> = pair.a.iter().zip(&pair.b).map(|(x, y)| x + y).collect();
-                    assert_eq!(r.output, want, "{at}");
-                    assert_eq!(r.batch_size, 16, "{at}");
-                    assert_eq!(r.backend, Some(BackendKind::Wgpu), "{at}");
-                }
-                Err(Error::KernelPanicked {
-                    backend: BackendKind::Wgpu,
-                    message,
-                    ..
-                }) => {
-                    let want = if i == packer {
-                        "poisoned input"
-                    } else {
-                        assert_eq!(i, unpacker, "{at}: {message}");
-                        "poisoned output"
-                    };
-                    assert_eq!(message, want, "{at}");
-                }
-                Err(e) => panic!("{at}: {e:?}"),
-            }
-        }
+        let context = format!("round {round}");
+        PoisonAdd::check_singles(&pairs, answers, BackendKind::Wgpu, 16, &context);
     }
     assert_eq!(
         b.circuit_state(DeviceId {

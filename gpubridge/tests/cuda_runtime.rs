@@ -598,31 +598,8 @@ fn a_poison_single_fails_alone_and_its_batch_mates_get_their_sums() {
                     .iter()
                     .map(|p| b.single::<PoisonAdd>(p.clone(), on_cuda.clone())),
             ));
-            for (i, (pair, answer)) in pairs.iter().zip(answers).enumerate() {
-                let at = format!("length {len}, round {round}, caller {i}");
-                match answer {
-                    Ok(r) => {
-                        assert!(i != packer && i != unpacker, "{at}: poison answered");
-                        check_add(std::slice::from_ref(pair), &[r.output]);
-                        assert_eq!(r.batch_size, 32, "{at}");
-                        assert_eq!(r.backend, Some(BackendKind::Cuda), "{at}");
-                    }
-                    Err(gpubridge::Error::KernelPanicked {
-                        backend: BackendKind::Cuda,
-                        message,
-                        ..
-                    }) => {
-                        let want = if i == packer {
-                            "poisoned input"
-                        } else {
-                            assert_eq!(i, unpacker, "{at}: {message}");
-                            "poisoned output"
-                        };
-                        assert_eq!(message, want, "{at}");
-                    }
-                    Err(e) => panic!("{at}: {e:?}"),
-                }
-            }
+            let context = format!("length {len}, round {round}");
+            PoisonAdd::check_singles(&pairs, answers, BackendKind::Cuda, 32, &context);
         }
     }
     assert_circuit(&b, 0, CircuitState::Closed);
