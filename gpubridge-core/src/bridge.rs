@@ -482,7 +482,8 @@ impl<I: Send + Sync + 'static> Chunk<I> {
 
     /// The micro-batch as two, its first half and its second (neither donating), or itself
     /// back when its items are not home or not its alone.
-    fn halves<O>(self, kernel: &dyn DynKernel<I, O>) -> std::result::Result<(Self, Self), Self> {
+    /// `bytes` gives the device bytes of some items ([`BatchGrain::device_bytes`]).
+    fn halves(self, bytes: impl Fn(&[I]) -> u64) -> std::result::Result<(Self, Self), Self> {
         let Some(mut items) = self.items.lock().take() else {
             return Err(self);
         };
@@ -504,11 +505,6 @@ impl<I: Send + Sync + 'static> Chunk<I> {
             }
         };
         let right = left.split_off(self.len / 2);
-        let bytes = |items: &[I]| {
-            items.iter().fold(0u64, |sum, i| {
-                sum.saturating_add(kernel.device_bytes(i) as u64)
-            })
-        };
         let (lb, rb) = (bytes(&left), bytes(&right));
         let at = self.first_item + left.len();
         let left = Self::new(Arc::from(left), lb, self.first_item, false);
@@ -567,8 +563,7 @@ pub(crate) type Failed = Vec<(usize, Error)>;
 /// micro-batch of singles that was run again in halves), in item order, the fallbacks taken,
 /// and the items that failed alone.
 struct Ran<O> {
-    first: Option<Attempt<O>>,
-    rest: Vec<Attempt<O>>,
+    attempts: smallvec::SmallVec<[Attempt<O>; 1]>,
     fallbacks: Vec<FallbackEvent>,
     failed: Failed,
 }
@@ -865,8 +860,7 @@ where
                 let r = self.run_chunk(&chunk, hints, candidates, started).await;
                 chunk.release();
                 r.map(|(attempt, fallbacks)| Ran {
-                    first: Some(attempt),
-                    rest: Vec::new(),
+                    attempts: smallvec::smallvec![attempt],
                     fallbacks,
                     failed: Vec::new(),
                 })
@@ -878,7 +872,7 @@ where
         let mut failed = Vec::new();
         let mut take = |done: Result<Ran<O>>| -> Result<()> {
             let ran = done?;
-            for attempt in ran.first.into_iter().chain(ran.rest) {
+            for attempt in ran.attempts {
                 if outputs.is_empty() {
                     outputs = attempt.outputs;
                 } else {
@@ -927,28 +921,24 @@ where
         started: Instant,
     ) -> Ran<O> {
         let mut ran = Ran {
-            first: None,
-            rest: Vec::new(),
+            attempts: smallvec::SmallVec::new(),
             fallbacks: Vec::new(),
             failed: Vec::new(),
         };
         let mut runs_left = ISOLATION_RUNS;
-        // Pieces still to run, the next one last.
-        let mut todo = vec![chunk];
+        // Pieces still to run, the next one last (on the stack: a search holds one per level
+        // of halving, and most batches run once).
+        let mut todo: smallvec::SmallVec<[Chunk<I>; 4]> = smallvec::smallvec![chunk];
         while let Some(piece) = todo.pop() {
             match self.run_chunk(&piece, hints, candidates, started).await {
                 Ok((attempt, fallbacks)) => {
                     piece.release();
                     ran.fallbacks.extend(fallbacks);
-                    if ran.first.is_none() {
-                        ran.first = Some(attempt);
-                    } else {
-                        ran.rest.push(attempt);
-                    }
+                    ran.attempts.push(attempt);
                 }
                 Err(e) => {
                     let halves = if isolable(&e) && piece.len > 1 && runs_left >= 2 {
-                        piece.halves(self.kernel.as_ref())
+                        piece.halves(|items| self.device_bytes(items))
                     } else {
                         Err(piece)
                     };

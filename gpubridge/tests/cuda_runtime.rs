@@ -295,14 +295,22 @@ fn a_large_matrix_product_runs_staged_and_matches_the_cpu() {
     gpubridge::testing::assert_quiescent(&b);
 }
 
+/// The default bridge on one GPU with a graph cache of 1 MiB, and its CUDA backend (`None`: a
+/// skip, where there is no GPU and none is required).
+fn bridge_with_1mb_graph_cache() -> Option<(GpuBridge, Arc<CudaBackend>)> {
+    let mut config = one_gpu();
+    config.cuda.graph_cache_mb = 1;
+    let cuda = cuda(&config)?;
+    Some((bridge(config, cuda.clone()), cuda))
+}
+
 #[test]
 fn graph_cache_evicts_least_recently_used_under_its_budget() {
-    let mut config = one_gpu();
     // Each of the four shapes' graphs owns about 0.4 MB (device block and pinned staging), so a
     // 1 MB cache cannot hold them all.
-    config.cuda.graph_cache_mb = 1;
-    let Some(cuda) = cuda(&config) else { return };
-    let b = bridge(config, cuda.clone());
+    let Some((b, cuda)) = bridge_with_1mb_graph_cache() else {
+        return;
+    };
     let grain = b.batch::<Sum>().unwrap();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
     for round in 0..2 {
@@ -323,10 +331,9 @@ fn graph_cache_evicts_least_recently_used_under_its_budget() {
 
 #[test]
 fn a_graph_larger_than_its_cache_with_its_staging_is_not_kept() {
-    let mut config = one_gpu();
-    config.cuda.graph_cache_mb = 1;
-    let Some(cuda) = cuda(&config) else { return };
-    let b = bridge(config, cuda.clone());
+    let Some((b, cuda)) = bridge_with_1mb_graph_cache() else {
+        return;
+    };
     let grain = b.batch::<Sum>().unwrap();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
     // 8 x 30000 floats: a device block of 0.96 MB fits the 1 MiB budget, the entry with its

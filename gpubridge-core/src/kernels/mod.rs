@@ -25,7 +25,7 @@ mod saxpy;
 mod sum;
 mod vector_add;
 
-pub use connected_components::{union_find_labels, ConnectedComponents, Graph};
+pub use connected_components::{largest_node, union_find_labels, ConnectedComponents, Graph};
 pub use matmul::{MatMul, MatMulInput, Matrix};
 pub use saxpy::{Saxpy, SaxpyInput};
 pub use sum::Sum;

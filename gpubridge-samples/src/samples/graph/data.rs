@@ -19,6 +19,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use gpubridge::kernels::largest_node;
 use parquet::basic::{Compression, Type as PhysicalType};
 use parquet::column::page::{Page, PageMetadata, PageReader};
 use parquet::column::reader::{get_column_reader, get_typed_column_reader};
@@ -506,18 +507,14 @@ pub fn load(dir: &Path) -> Result<GraphData, GraphDataError> {
         .map(|(s, d)| [lookup(*s).unwrap_or(UNKNOWN), lookup(*d).unwrap_or(UNKNOWN)])
         .collect();
     // `UNKNOWN` is the largest `u32`, so the largest node named is it exactly when an id is
-    // unknown: a reduction at memory speed (`position_first` checks a shared flag per edge);
-    // only then is the first such row searched for.
-    let largest = out
-        .par_chunks(1 << 16)
-        .map(|c| c.iter().fold(0u32, |m, e| m.max(e[0]).max(e[1])))
-        .max()
-        .unwrap_or(0);
+    // unknown (a check at memory speed); only then is the first such row searched for.
     let unknown = |e: &[u32; 2]| e[0] == UNKNOWN || e[1] == UNKNOWN;
-    if let Some(row) = (largest == UNKNOWN)
-        .then(|| out.iter().position(unknown))
-        .flatten()
-    {
+    let first_unknown = if largest_node(&out) == Some(UNKNOWN) {
+        out.iter().position(unknown)
+    } else {
+        None
+    };
+    if let Some(row) = first_unknown {
         let (column, id) = if out[row][0] == UNKNOWN {
             ("src", src[row])
         } else {
