@@ -458,10 +458,16 @@ fn set_last_stage(stages: &mut Vec<Stage>, steps: usize, stage: Stage) {
 type BufferSignature = smallvec::SmallVec<[(usize, std::mem::Discriminant<BufferRole>); 8]>;
 
 /// Step lists kept by [`Plan::reuse_steps`], by kernel id, key and buffers (their sizes and
-/// roles, compared exactly).
+/// roles, compared exactly). Fx-hashed: the lookup runs on every plan that reuses its steps
+/// (SipHash was a twentieth of a small call's instructions), and the keys come from registered
+/// kernels, not from callers.
 #[derive(Default)]
 struct StepCache {
-    lists: HashMap<(&'static str, u64, BufferSignature), CachedSteps>,
+    lists: HashMap<
+        (&'static str, u64, BufferSignature),
+        CachedSteps,
+        std::hash::BuildHasherDefault<FxHasher>,
+    >,
     bytes: usize,
     clock: u64,
 }
