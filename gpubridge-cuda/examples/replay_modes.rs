@@ -361,6 +361,289 @@ fn pair(
     Ok(())
 }
 
+/// Whether what a bridge keeps on the device slows other work's graphs: one memcpy graph
+/// (waited for in `cuStreamSynchronize`, P1's raw baseline) and one kernel-copy graph (spun for,
+/// as the bridge replays) of the chain, captured once, replayed alternately while more is opened
+/// beside them: idle streams, a cuBLAS handle, one and then three CUDA backends (executors with
+/// their lanes, pools and handles, all idle), and after everything is dropped again.
+fn presence(
+    ctx: &Arc<CudaContext>,
+    bump: &CudaFunction,
+    copy: &CudaFunction,
+    bufs: &[Buffers],
+    n: usize,
+    s0: &Arc<CudaStream>,
+    reps: usize,
+) -> Res<()> {
+    let memcpy = capture(bump, copy, &bufs[0], n, Copies::Both, s0)?;
+    let kc = capture(bump, copy, &bufs[1], n, Copies::Kernel, s0)?;
+    let (a, g) = (
+        (memcpy.cu_graph_exec(), s0.cu_stream()),
+        (kc.cu_graph_exec(), s0.cu_stream()),
+    );
+    let phase = |label: &str| -> Res<()> {
+        ctx.bind_to_thread()?;
+        let r = |x: (sys::CUgraphExec, sys::CUstream), how| round_robin(&[x], reps, how);
+        let (ra, rg) = (r(a, Wait::Sync)?, r(g, Wait::Spin)?);
+        let pairs = round_robin(&[a, g], reps, Wait::Spin)?;
+        println!(
+            "{label:<40} memcpy/sync {:5.1} ({:4.1}-{:4.1})  kernel-copy/spin {:5.1} ({:4.1}-{:4.1})  alternating, spin: {:5.1} {:5.1}",
+            ra[0].0, ra[0].1, ra[0].2, rg[0].0, rg[0].1, rg[0].2, pairs[0].0, pairs[1].0
+        );
+        Ok(())
+    };
+    phase("bare")?;
+    let idle: Vec<Arc<CudaStream>> = (0..24)
+        .map(|_| ctx.new_stream())
+        .collect::<Result<_, _>>()?;
+    phase("+ 24 idle streams")?;
+    // SAFETY: only probes whether libcublas can be loaded.
+    let blas = if unsafe { cudarc::cublas::sys::is_culib_present() } {
+        let h = cudarc::cublas::result::create_handle()?;
+        // SAFETY: a fresh handle; the stream outlives it (destroyed below first).
+        unsafe { cudarc::cublas::result::set_stream(h, idle[0].cu_stream() as _)? };
+        phase("+ a cuBLAS handle")?;
+        Some(h)
+    } else {
+        None
+    };
+    let config = gpubridge_core::BridgeConfig::default();
+    let one = gpubridge_cuda::CudaBackend::new(&config).map_err(|e| e.to_string())?;
+    phase("+ one CUDA backend (idle)")?;
+    let more: Vec<_> = (0..2)
+        .map(|_| gpubridge_cuda::CudaBackend::new(&config).map_err(|e| e.to_string()))
+        .collect::<std::result::Result<_, _>>()?;
+    phase("+ two more backends (three, idle)")?;
+    drop(more);
+    drop(one);
+    if let Some(h) = blas {
+        // SAFETY: the handle is ours and idle.
+        unsafe { cudarc::cublas::result::destroy_handle(h)? };
+    }
+    drop(idle);
+    phase("everything dropped again")?;
+    phase("bare, again")
+}
+
+/// Median host time (launch and `cuStreamSynchronize`) and device time (events around the
+/// launch) of `reps` replays of `exec` on `stream`, in microseconds.
+fn host_and_device(
+    exec: sys::CUgraphExec,
+    stream: &Arc<CudaStream>,
+    reps: usize,
+) -> Res<(f64, f64)> {
+    let ctx = stream.context();
+    let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let (a, b) = (ctx.new_event(timing)?, ctx.new_event(timing)?);
+    let (mut host, mut device) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+    for _ in 0..reps {
+        let t = Instant::now();
+        a.record(stream)?;
+        // SAFETY: a live, idle exec and a live stream of the current context.
+        unsafe { result::graph::launch(exec, stream.cu_stream())? };
+        b.record(stream)?;
+        stream.synchronize()?;
+        host.push(t.elapsed().as_secs_f64() * 1e6);
+        device.push(f64::from(a.elapsed_ms(&b)?) * 1e3);
+    }
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((med(host), med(device)))
+}
+
+/// Whether streams that have carried work slow every later graph: a kernel-copy graph of the
+/// chain timed (host and device) while more and more other streams get one empty-kernel launch
+/// each, then on a stream of the greatest priority, then after a second's rest.
+fn channels(
+    ctx: &Arc<CudaContext>,
+    bump: &CudaFunction,
+    copy: &CudaFunction,
+    bufs: &[Buffers],
+    n: usize,
+    s0: &Arc<CudaStream>,
+    reps: usize,
+) -> Res<()> {
+    let kc = capture(bump, copy, &bufs[1], n, Copies::Kernel, s0)?;
+    let exec = kc.cu_graph_exec();
+    let show = |label: &str, stream: &Arc<CudaStream>| -> Res<()> {
+        let (h, d) = host_and_device(exec, stream, reps)?;
+        println!("{label:<52} host {h:6.1} us  device {d:6.1} us");
+        Ok(())
+    };
+    let (_least, greatest) = result::stream::get_priority_range()?;
+    let high = ctx.new_stream_with_priority(greatest)?;
+    show("bare, on s0", s0)?;
+    show("bare, on a stream of the greatest priority", &high)?;
+    let others: Vec<Arc<CudaStream>> = (0..24)
+        .map(|_| ctx.new_stream())
+        .collect::<Result<_, _>>()?;
+    show("+ 24 streams created, none used", s0)?;
+    let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(gpubridge_cuda::compile(
+        "channels",
+        "extern \"C\" __global__ void nothing() {}",
+        {
+            let (a, b) = ctx.compute_capability()?;
+            (a as u32, b as u32)
+        },
+    )?))?;
+    let nothing = module.load_function("nothing")?;
+    let mut used = 0;
+    for k in [1usize, 2, 4, 8, 10, 12, 14, 16, 24] {
+        for s in &others[used..k] {
+            // SAFETY: a kernel without parameters on a live stream.
+            unsafe {
+                result::launch_kernel(
+                    nothing.cu_function(),
+                    (1, 1, 1),
+                    (1, 1, 1),
+                    0,
+                    s.cu_stream(),
+                    &mut [],
+                )?;
+            }
+            s.synchronize()?;
+        }
+        used = k;
+        show(&format!("+ {k} other streams have run a kernel"), s0)?;
+    }
+    show("then on the stream of the greatest priority", &high)?;
+    std::thread::sleep(Duration::from_secs(1));
+    show("after a second's rest, on s0", s0)?;
+    drop(others);
+    show("the other streams destroyed, on s0", s0)?;
+    Ok(())
+}
+
+/// The executor's lanes copied: three "bridges" of two lanes each (a stream, four timing events
+/// and two copy streams per lane) made up front, then each lane in turn runs what a stream-launch
+/// call runs (events recorded around a few kernels on the lane's stream) or, second, only the
+/// kernels; the graph is timed after each lane's first use.
+fn lanes(
+    ctx: &Arc<CudaContext>,
+    bump: &CudaFunction,
+    copy: &CudaFunction,
+    bufs: &[Buffers],
+    n: usize,
+    s0: &Arc<CudaStream>,
+    reps: usize,
+) -> Res<()> {
+    let kc = capture(bump, copy, &bufs[1], n, Copies::Kernel, s0)?;
+    let exec = kc.cu_graph_exec();
+    let show = |label: &str| -> Res<()> {
+        let (h, d) = host_and_device(exec, s0, reps)?;
+        println!("{label:<52} host {h:6.1} us  device {d:6.1} us");
+        Ok(())
+    };
+    show("bare, on s0")?;
+    let with_events = std::env::var_os("LANES_NO_EVENTS").is_none();
+    let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+    type LaneParts = (
+        Arc<CudaStream>,
+        Vec<cudarc::driver::CudaEvent>,
+        Arc<CudaStream>,
+        Arc<CudaStream>,
+    );
+    let made: Vec<LaneParts> = (0..6)
+        .map(|_| -> Res<LaneParts> {
+            Ok((
+                ctx.new_stream()?,
+                (0..4)
+                    .map(|_| ctx.new_event(timing))
+                    .collect::<Result<_, _>>()?,
+                ctx.new_stream()?,
+                ctx.new_stream()?,
+            ))
+        })
+        .collect::<Res<_>>()?;
+    show("+ six lanes made (18 streams, 24 events)")?;
+    for (i, (stream, events, _, _)) in made.iter().enumerate() {
+        let cs = stream.cu_stream();
+        if with_events {
+            events[0].record(stream)?;
+            events[1].record(stream)?;
+        }
+        for _ in 0..3 {
+            let mut p = bufs[2 + i % 4].dev;
+            // SAFETY: `bump` takes one float pointer into a live 1024-byte buffer.
+            unsafe {
+                result::launch_kernel(
+                    bump.cu_function(),
+                    (1, 1, 1),
+                    (32, 1, 1),
+                    0,
+                    cs,
+                    &mut [(&mut p as *mut u64).cast::<c_void>()],
+                )?;
+            }
+        }
+        if with_events {
+            events[2].record(stream)?;
+            events[3].record(stream)?;
+        }
+        stream.synchronize()?;
+        show(&format!(
+            "+ lane {i} ran ({} events)",
+            if with_events { "with" } else { "without" }
+        ))?;
+    }
+    Ok(())
+}
+
+/// As [`channels`], but each other stream is created, runs one empty kernel and is destroyed
+/// before the next is made: whether what counts is the streams alive at once or every stream
+/// that ever ran work in the context.
+fn one_at_a_time(
+    ctx: &Arc<CudaContext>,
+    bump: &CudaFunction,
+    copy: &CudaFunction,
+    bufs: &[Buffers],
+    n: usize,
+    s0: &Arc<CudaStream>,
+    reps: usize,
+) -> Res<()> {
+    let kc = capture(bump, copy, &bufs[1], n, Copies::Kernel, s0)?;
+    let exec = kc.cu_graph_exec();
+    let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(gpubridge_cuda::compile(
+        "channels",
+        "extern \"C\" __global__ void nothing() {}",
+        {
+            let (a, b) = ctx.compute_capability()?;
+            (a as u32, b as u32)
+        },
+    )?))?;
+    let nothing = module.load_function("nothing")?;
+    let (h, d) = host_and_device(exec, s0, reps)?;
+    println!("{:<52} host {h:6.1} us  device {d:6.1} us", "bare, on s0");
+    let mut done = 0;
+    for k in [4usize, 8, 12, 16, 24, 48] {
+        while done < k {
+            let s = ctx.new_stream()?;
+            // SAFETY: a kernel without parameters on a live stream.
+            unsafe {
+                result::launch_kernel(
+                    nothing.cu_function(),
+                    (1, 1, 1),
+                    (1, 1, 1),
+                    0,
+                    s.cu_stream(),
+                    &mut [],
+                )?;
+            }
+            s.synchronize()?;
+            drop(s);
+            done += 1;
+        }
+        let (h, d) = host_and_device(exec, s0, reps)?;
+        println!(
+            "{:<52} host {h:6.1} us  device {d:6.1} us",
+            format!("+ {k} streams made, used and destroyed in turn")
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Res<()> {
     let mut args = std::env::args().skip(1);
     let reps: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(2000);
@@ -386,6 +669,10 @@ fn main() -> Res<()> {
     match args.next().as_deref() {
         Some("streams") => return upload_streams(&bump, &copy, &bufs, n, &s0, &streams, reps),
         Some("pair") => return pair(&bump, &copy, &bufs, n, &s0, &streams[0], reps),
+        Some("presence") => return presence(&ctx, &bump, &copy, &bufs, n, &s0, reps),
+        Some("channels") => return channels(&ctx, &bump, &copy, &bufs, n, &s0, reps),
+        Some("lanes") => return lanes(&ctx, &bump, &copy, &bufs, n, &s0, reps),
+        Some("one-at-a-time") => return one_at_a_time(&ctx, &bump, &copy, &bufs, n, &s0, reps),
         _ => {}
     }
     for how in [Wait::Spin, Wait::Sync] {

@@ -474,6 +474,38 @@ impl Baseline {
         Ok(median(&mut times) / n as u32)
     }
 
+    /// [`Baseline::chain_graph_kernel_copies`] timed two ways per replay: on the host (launch and
+    /// `cuStreamSynchronize`) and on the device (events recorded before and after the launch);
+    /// the medians per kernel. When the host figure moves and the device one does not, what
+    /// changed is the launch or the wait, not the GPU's execution.
+    ///
+    /// # Errors
+    /// Driver errors; [`Error::Backend`] if the chain computed a wrong value.
+    pub fn chain_graph_kernel_copies_timed(
+        &mut self,
+        n: usize,
+        reps: usize,
+    ) -> Result<(Duration, Duration)> {
+        let mut chain = ChainBuffers::new()?;
+        let graph = self.capture_chain(&mut chain, n, true)?;
+        let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self.ctx.new_event(timing).map_err(drv("cuEventCreate"))?;
+        let end = self.ctx.new_event(timing).map_err(drv("cuEventCreate"))?;
+        let (mut host, mut device) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+        for _ in 0..reps.max(1) {
+            let t = Instant::now();
+            start.record(&self.stream).map_err(drv("cuEventRecord"))?;
+            graph.launch().map_err(drv("cuGraphLaunch"))?;
+            end.record(&self.stream).map_err(drv("cuEventRecord"))?;
+            self.sync()?;
+            host.push(t.elapsed());
+            let ms = start.elapsed_ms(&end).map_err(drv("cuEventElapsedTime"))?;
+            device.push(Duration::from_secs_f64(f64::from(ms) / 1e3));
+        }
+        chain.check(n)?;
+        Ok((median(&mut host) / n as u32, median(&mut device) / n as u32))
+    }
+
     /// Captures [`Baseline::enqueue_chain`] into an uploaded graph and replays it once (warm-up).
     fn capture_chain(
         &self,

@@ -177,6 +177,9 @@ pub struct BenchArgs {
 }
 
 struct Ctx {
+    /// P1's raw kernel-copy graphs of chains of 10 and 100 (us per kernel), measured before any
+    /// bridge existed in the process: the note compares them with the same graphs at P1's turn.
+    pre_bridge_chain: Option<(f64, f64)>,
     args: BenchArgs,
     card: String,
     date: String,
@@ -216,6 +219,32 @@ impl Ctx {
     }
 }
 
+/// `GPUBRIDGE_BENCH_CHECKPOINTS=1`: prints, at points of the run, the per-kernel time of a raw
+/// kernel-copy graph of a chain of 100 (200 replays), to find what in the process slows every
+/// graph (a diagnostic for P1; nothing is printed without the variable).
+#[cfg(feature = "cuda")]
+fn checkpoint(label: &str) {
+    use std::sync::Mutex;
+    static BASE: Mutex<Option<Baseline>> = Mutex::new(None);
+    if std::env::var_os("GPUBRIDGE_BENCH_CHECKPOINTS").is_none() {
+        return;
+    }
+    let Ok(mut slot) = BASE.lock() else { return };
+    if slot.is_none() {
+        *slot = Baseline::new().ok();
+    }
+    if let Some(b) = slot.as_mut() {
+        match b.chain_graph_kernel_copies_timed(100, 200) {
+            Ok((host, device)) => eprintln!(
+                "checkpoint {label:<56} raw kernel-copy chain of 100: {:.3} us/kernel, on the device {:.3}",
+                us(host),
+                us(device)
+            ),
+            Err(e) => eprintln!("checkpoint {label}: {e}"),
+        }
+    }
+}
+
 #[cfg(feature = "cuda")]
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
@@ -235,7 +264,26 @@ pub(crate) fn today() -> String {
 /// # Errors
 /// When the bridge cannot be built or a file cannot be written.
 pub fn run(args: BenchArgs, config: BridgeConfig) -> anyhow::Result<()> {
+    // P1's raw graphs before anything of the bridge is on the device (none where CUDA is not).
+    #[cfg(feature = "cuda")]
+    let pre_bridge_chain =
+        if args.only.is_empty() || args.only.iter().any(|o| o.eq_ignore_ascii_case("P1")) {
+            let reps = if args.quick { 20 } else { 300 };
+            Baseline::new().ok().and_then(|mut b| {
+                let ten = b.chain_graph_kernel_copies(10, reps).ok()?;
+                let hundred = b.chain_graph_kernel_copies(100, reps).ok()?;
+                Some((us(ten), us(hundred)))
+            })
+        } else {
+            None
+        };
+    #[cfg(not(feature = "cuda"))]
+    let pre_bridge_chain = None;
+    #[cfg(feature = "cuda")]
+    checkpoint("process start");
     let bridge = gpubridge::bridge(config)?;
+    #[cfg(feature = "cuda")]
+    checkpoint("after the bridge is built");
     let cuda = bridge.backends().contains(&BackendKind::Cuda);
     let gpu_name = bridge
         .devices()
@@ -255,6 +303,7 @@ pub fn run(args: BenchArgs, config: BridgeConfig) -> anyhow::Result<()> {
         command.push_str(&format!(" --only {}", args.only.join(",")));
     }
     let mut cx = Ctx {
+        pre_bridge_chain,
         card: gpu_name.clone().or(cpu_name.clone()).unwrap_or_default(),
         date: today(),
         command,
@@ -748,6 +797,7 @@ fn wgpu_rows(cx: &mut Ctx, bridge: &GpuBridge, cpu_name: String) -> anyhow::Resu
 fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
     use gpubridge::kernels::{MatMul, MatMulInput, Sum};
     let mut base = Baseline::new()?;
+    checkpoint("after the rows' own baseline is made");
     let on_cuda = ExecutionHints::default().on_backend(BackendKind::Cuda);
     let quick = cx.args.quick;
 
@@ -763,6 +813,7 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
         let graphs = gpubridge::builder(bridge.config().clone())?
             .kernel(chain::Chain)?
             .build()?;
+        checkpoint("after P1's two bridges are built");
         let spin = on_cuda.clone().spin_wait(Duration::from_millis(1));
         let x: Vec<f32> = (0..32).map(|i| i as f32).collect();
         for n in [10u32, 100, 1000] {
@@ -802,18 +853,34 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                 Ok(())
             };
             let grain = plain.batch::<chain::Chain>()?;
+            call(&grain, &on_cuda, &mut Calls::new(0))?;
+            checkpoint(&format!("chain {n}: after the first stream-launch call"));
             warm(&grain, &on_cuda)?;
+            checkpoint(&format!("chain {n}: after 3 more"));
             let mut stream = Calls::new(reps);
             for _ in 0..reps {
                 call(&grain, &on_cuda, &mut stream)?;
             }
             anyhow::ensure!(!stream.wrong, "chain result wrong (stream launches)");
+            checkpoint(&format!("chain {n}: after the bridge's stream launches"));
             let stream = median(&mut stream.total) / n;
             let (raw_stream, raw_graph_alone) = base.chain_per_kernel(n as usize, reps)?;
             let raw_spin = base.last_chain_spin().map_or(0.0, us);
+            checkpoint(&format!(
+                "chain {n}: after the raw stream launches and graph"
+            ));
             // The bridge's graphs of small plans copy with a kernel, not memcpy nodes: the raw
             // graph made the same way, for the note (the row's baseline stays the memcpy graph).
             let raw_kernel_copies = us(base.chain_graph_kernel_copies(n as usize, reps)?);
+            let pre_bridge = match (n, cx.pre_bridge_chain) {
+                (10, Some((ten, _))) => {
+                    format!(", {ten:.2} us/kernel at process start, before any bridge")
+                }
+                (100, Some((_, hundred))) => {
+                    format!(", {hundred:.2} us/kernel at process start, before any bridge")
+                }
+                _ => String::new(),
+            };
             // The raw baseline waits in cuStreamSynchronize, which spins while the host has
             // cores to spare (CUDA's automatic scheduling): the bridge's `spin_wait` hint is
             // that wait; the default parks the caller until the executor wakes it. Each
@@ -826,6 +893,7 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                     call(&grain, hints, &mut calls)
                 })?;
                 anyhow::ensure!(!calls.wrong, "chain result wrong");
+                checkpoint(&format!("chain {n}: after the interleaved {mode} calls"));
                 let raw_graph = median(&mut raw) / n;
                 let graph = median(&mut calls.total) / n;
                 let replayed = calls.replayed;
@@ -842,7 +910,7 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                     "<= 1.1x raw graph replay and >= 65% below the bridge's stream launches",
                     Some(replayed && ratio <= 1.1 && below_stream >= 0.65),
                     &format!(
-                        "{mode}; the chain's launches reused by length (Plan::reuse_steps); every call a graph replay: {replayed}; bridge stream launches (default wait) {:.2} us/kernel ({:.0}% below); raw stream launches {:.2} us/kernel; raw graph alone (not interleaved) {:.2} us/kernel, with a spinning wait {raw_spin:.2}; raw graph with its copies made by a kernel through mapped memory, as the bridge's graphs of small plans copy, {raw_kernel_copies:.2} us/kernel (bridge {:.2}x that); per call {:.1} us of which request start to submission {:.1} us, executor pack+replay+wait {:.1} us (job taken to outputs ready {:.1} us), hand-offs {:.1} us and unpack {:.1} us; medians of {reps}",
+                        "{mode}; the chain's launches reused by length (Plan::reuse_steps); every call a graph replay: {replayed}; bridge stream launches (default wait) {:.2} us/kernel ({:.0}% below); raw stream launches {:.2} us/kernel; raw graph alone (not interleaved) {:.2} us/kernel, with a spinning wait {raw_spin:.2}; raw graph with its copies made by a kernel through mapped memory, as the bridge's graphs of small plans copy, {raw_kernel_copies:.2} us/kernel (bridge {:.2}x that){pre_bridge}; per call {:.1} us of which request start to submission {:.1} us, executor pack+replay+wait {:.1} us (job taken to outputs ready {:.1} us), hand-offs {:.1} us and unpack {:.1} us; medians of {reps}",
                         us(stream),
                         below_stream * 100.0,
                         us(raw_stream),
