@@ -136,6 +136,17 @@ impl CudaBackend {
         })
     }
 
+    /// CUDA streams the device's executor has made: one per lane (`cuda.streams_per_device`) and
+    /// one for spinning callers' tiny plans at start, and two more per lane once it runs a staged
+    /// plan. Kept few on purpose: on the H200 (driver 580) a context in which a stream made after
+    /// its first twenty-odd runs work replays every graph about 20% slower from then on, even
+    /// once that stream is gone (docs/PERFORMANCE.md, eighteenth session).
+    pub fn streams_made(&self, device: usize) -> u64 {
+        self.slots.get(device).map_or(0, |s| {
+            s.shared.streams.load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
     /// Of [`CudaBackend::inline_runs`], the replays of a cached CUDA graph: a spinning caller
     /// replays its plan's graph on its own thread once the executor has captured it.
     pub fn inline_replays(&self, device: usize) -> u64 {

@@ -92,6 +92,9 @@ pub(crate) struct Shared {
     pub graph_index: RwLock<HashMap<gpubridge_core::PlanShape, Arc<SharedGraph>>>,
     /// The graph cache's clock, advanced by every replay (least recently used first out).
     pub graph_clock: AtomicU64,
+    /// Streams the executor has made: one per lane and the inline lane's at start, two more per
+    /// lane when it first runs a staged plan (see [`Lane::copies`]).
+    pub streams: AtomicU64,
 }
 
 /// A loaded function by (kernel, its CUDA source's address and length, entry point).
@@ -265,10 +268,18 @@ struct Lane {
     staging_out: PinnedBuffer,
     /// Upload and download streams of a staged plan (see [`enqueue_staged`]); the lane's stream
     /// computes and, at the end, waits for both, so waiting for it waits for the whole plan.
-    copy_in: Arc<CudaStream>,
-    copy_out: Arc<CudaStream>,
+    /// Made when the lane first runs a staged plan: a context whose later-made streams run work
+    /// runs every kernel slower for good (docs/PERFORMANCE.md, eighteenth session), so streams
+    /// that may never be needed are not made.
+    copies: Option<CopyStreams>,
     /// Events ordering the three streams of a staged plan, created as needed and reused.
     marks: Vec<CudaEvent>,
+}
+
+/// A lane's upload and download streams (see [`Lane::copies`]).
+struct CopyStreams {
+    copy_in: Arc<CudaStream>,
+    copy_out: Arc<CudaStream>,
 }
 
 /// A plan enqueued on a lane and not yet completed.
@@ -605,13 +616,13 @@ impl Executor {
         let ev = || ctx.new_event(timing).map_err(|e| drv("cuEventCreate", e));
         let lanes = (0..lanes)
             .map(|_| {
+                shared.streams.fetch_add(1, Ordering::Relaxed);
                 Ok(Lane {
                     stream: ctx.new_stream().map_err(|e| drv("cuStreamCreate", e))?,
                     events: [ev()?, ev()?, ev()?, ev()?],
                     staging_in: PinnedBuffer::empty(),
                     staging_out: PinnedBuffer::empty(),
-                    copy_in: ctx.new_stream().map_err(|e| drv("cuStreamCreate", e))?,
-                    copy_out: ctx.new_stream().map_err(|e| drv("cuStreamCreate", e))?,
+                    copies: None,
                     marks: Vec::new(),
                 })
             })
@@ -679,6 +690,7 @@ impl Executor {
     fn open_inline_lane(&mut self) {
         match self.ctx.new_stream() {
             Ok(stream) => {
+                self.shared.streams.fetch_add(1, Ordering::Relaxed);
                 *self.shared.inline.lock() = Some(InlineLane {
                     ctx: self.ctx.clone(),
                     stream,
@@ -1163,7 +1175,28 @@ impl Executor {
         l.staging_out.ensure(out_len, &self.label)?;
         let block = self.pool.rent(total.max(1))?;
         let l = &mut self.lanes[lane];
-        let result = if self.staged && staged(plan, &layout) {
+        // A staged plan needs the lane's copy streams; if they cannot be made, it runs unstaged.
+        let staged_now = self.staged
+            && staged(plan, &layout)
+            && (l.copies.is_some()
+                || {
+                    let made = self
+                        .ctx
+                        .new_stream()
+                        .and_then(|copy_in| Ok((copy_in, self.ctx.new_stream()?)));
+                    match made {
+                        Ok((copy_in, copy_out)) => {
+                            self.shared.streams.fetch_add(2, Ordering::Relaxed);
+                            l.copies = Some(CopyStreams { copy_in, copy_out });
+                            true
+                        }
+                        Err(e) => {
+                            tracing::debug!(device = %self.label, "no copy streams for a staged plan, it runs unstaged: {e}");
+                            false
+                        }
+                    }
+                });
+        let result = if staged_now {
             enqueue_staged(
                 l,
                 &self.ctx,
@@ -1198,7 +1231,8 @@ impl Executor {
                 // downloads queued on the lane's copy streams, which the lane's own stream was
                 // not yet told to wait for.
                 let l = &self.lanes[lane];
-                for stream in [&l.stream, &l.copy_in, &l.copy_out] {
+                let copies = l.copies.iter().flat_map(|c| [&c.copy_in, &c.copy_out]);
+                for stream in std::iter::once(&l.stream).chain(copies) {
                     let _ = wait_stream(stream, &self.label);
                 }
                 self.pool.give_back(block);
@@ -2351,10 +2385,18 @@ fn enqueue_staged(
     layout: &Layout,
 ) -> Result<Duration> {
     let drv = |what: &str, e| driver_error(label, what, e);
+    let Some(copies) = lane.copies.as_ref() else {
+        return Err(Error::Backend {
+            backend: BackendKind::Cuda,
+            message: format!("{label}: a staged plan on a lane without copy streams"),
+            transient: false,
+        });
+    };
+    let (copy_in, copy_out) = (copies.copy_in.clone(), copies.copy_out.clone());
     let (compute, cin, cout) = (
         lane.stream.cu_stream(),
-        lane.copy_in.cu_stream(),
-        lane.copy_out.cu_stream(),
+        copy_in.cu_stream(),
+        copy_out.cu_stream(),
     );
     let out_len = layout.out_end - layout.out_start;
     let staging_out = lane.staging_out.slice_mut(out_len).as_mut_ptr();
@@ -2398,7 +2440,7 @@ fn enqueue_staged(
     };
     let record =
         |i: usize, s: &Arc<CudaStream>| events[i].record(s).map_err(|e| drv("cuEventRecord", e));
-    record(0, &lane.copy_in)?;
+    record(0, &copy_in)?;
     let mut step = 0;
     let mut launches = functions.iter();
     let mut yielded: Vec<(usize, usize)> = Vec::new();
@@ -2457,7 +2499,7 @@ fn enqueue_staged(
         }
         at = at.max(e);
     }
-    record(3, &lane.copy_out)?;
+    record(3, &copy_out)?;
     order(cout, compute)?;
     Ok(packing)
 }

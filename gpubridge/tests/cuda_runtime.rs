@@ -261,13 +261,36 @@ fn large_results_land_in_the_donated_inputs_memory() {
     gpubridge::testing::assert_quiescent(&b);
 }
 
+/// Also: the executor makes a stream per lane and the inline lane's at start, and a lane's two
+/// copy streams only when it first runs a staged plan (a context whose later-made streams run
+/// work runs every kernel slower: `CudaBackend::streams_made`).
 #[test]
 fn a_large_matrix_product_runs_staged_and_matches_the_cpu() {
     use gpubridge::kernels::{MatMul, MatMulInput};
     let config = BridgeConfig::default();
+    let lanes = config.cuda.streams_per_device as u64;
     let Some(cuda) = cuda(&config) else { return };
+    assert_eq!(cuda.streams_made(0), lanes + 1, "streams made at start");
     let b = bridge_of(config, cuda.clone(), MatMul);
     let grain = b.batch::<MatMul>().unwrap();
+    let small = MatMulInput {
+        m: 8,
+        k: 8,
+        n: 8,
+        a: vec![1.0; 64],
+        b: vec![2.0; 64],
+    };
+    let r = block_on(grain.execute(
+        vec![small],
+        ExecutionHints::default().on_backend(BackendKind::Cuda),
+    ))
+    .unwrap();
+    assert!(r.outputs[0].data.iter().all(|&x| x == 16.0));
+    assert_eq!(
+        cuda.streams_made(0),
+        lanes + 1,
+        "an unstaged plan made streams"
+    );
     let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
     // 32 MB of a, b and c: past the staging threshold, so eight row blocks, each uploaded,
     // multiplied and downloaded in its turn. Small integers keep every sum exact in f32. Two
@@ -292,6 +315,11 @@ fn a_large_matrix_product_runs_staged_and_matches_the_cpu() {
         assert_eq!((g.rows, g.cols), (c.rows, c.cols));
         assert!(g.data == c.data, "staged product differs from the CPU's");
     }
+    let made = cuda.streams_made(0);
+    assert!(
+        made > lanes + 1 && made <= 3 * lanes + 1 && (made - lanes - 1).is_multiple_of(2),
+        "{made} streams after a staged plan on {lanes} lanes"
+    );
     gpubridge::testing::assert_quiescent(&b);
 }
 
