@@ -591,6 +591,344 @@ fn lanes(
     Ok(())
 }
 
+/// Whether memory brings the slowdown on: `MEMORY=device` (the default) allocates device memory
+/// (`cuMemAlloc`) in steps up to 256 MiB in all, `MEMORY=pinned` pinned host memory
+/// (`cuMemHostAlloc`), `MEMORY=info` calls `cuMemGetInfo`; the graph is timed after each step.
+fn memory(
+    bump: &CudaFunction,
+    copy: &CudaFunction,
+    bufs: &[Buffers],
+    n: usize,
+    s0: &Arc<CudaStream>,
+    reps: usize,
+) -> Res<()> {
+    let kc = capture(bump, copy, &bufs[1], n, Copies::Kernel, s0)?;
+    let exec = kc.cu_graph_exec();
+    let show = |label: &str| -> Res<()> {
+        let (h, d) = host_and_device(exec, s0, reps)?;
+        println!("{label:<52} host {h:6.1} us  device {d:6.1} us");
+        Ok(())
+    };
+    show("bare, on s0")?;
+    let what = std::env::var("MEMORY").unwrap_or_else(|_| "device".to_owned());
+    let mut held = 0usize;
+    for mib in [1usize, 2, 4, 8, 16, 32, 64, 256] {
+        while held < mib {
+            // SAFETY: allocations of this context, kept for the process's life.
+            unsafe {
+                match what.as_str() {
+                    "pinned" => {
+                        result::malloc_host(1 << 20, 0)?;
+                    }
+                    "info" => {
+                        result::mem_get_info()?;
+                    }
+                    _ => {
+                        result::malloc_sync(1 << 20)?;
+                    }
+                }
+            }
+            held += 1;
+        }
+        show(&format!("+ {mib} ({what}: MiB, or calls)"))?;
+    }
+    Ok(())
+}
+
+/// Whether a bridge's ordinary work brings the slowdown on: one, then a second, bridge (CUDA
+/// backend with its default settings, `BRIDGE_LANES` lanes, graphs off so that every call runs
+/// as stream launches on a lane) adds 128K floats pairs, call after call; the graph is timed
+/// after calls 1, 2, 3, 4, 10 and 100 of each.
+fn bridge_work(
+    ctx: &Arc<CudaContext>,
+    bump: &CudaFunction,
+    copy: &CudaFunction,
+    bufs: &[Buffers],
+    n: usize,
+    s0: &Arc<CudaStream>,
+    reps: usize,
+) -> Res<()> {
+    use gpubridge_core::kernels::{VectorAdd, VectorPair};
+    let kc = capture(bump, copy, &bufs[1], n, Copies::Kernel, s0)?;
+    let exec = kc.cu_graph_exec();
+    let show = |label: &str| -> Res<()> {
+        ctx.bind_to_thread()?;
+        let (h, d) = host_and_device(exec, s0, reps)?;
+        println!("{label:<52} host {h:6.1} us  device {d:6.1} us");
+        Ok(())
+    };
+    show("bare, on s0")?;
+    let mut config = gpubridge_core::BridgeConfig::default();
+    config.cuda.enable_graphs = false;
+    if let Some(l) = std::env::var("BRIDGE_LANES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.cuda.streams_per_device = l;
+    }
+    let pair = VectorPair {
+        a: (0..128 << 10).map(|i| i as f32).collect(),
+        b: vec![1.0; 128 << 10],
+    };
+    let mut bridges = Vec::new();
+    for which in ["first", "second"] {
+        let cuda = gpubridge_cuda::CudaBackend::new(&config).map_err(|e| e.to_string())?;
+        let bridge = gpubridge_core::GpuBridge::builder(config.clone())
+            .kernel(VectorAdd)?
+            .backend(cuda)
+            .build()?;
+        show(&format!("+ {which} bridge built"))?;
+        let grain = bridge.batch::<VectorAdd>()?;
+        let hints =
+            gpubridge_core::ExecutionHints::default().on_backend(gpubridge_core::BackendKind::Cuda);
+        for call in 1..=100 {
+            let r = futures_lite_block_on(grain.execute(vec![pair.clone()], hints.clone()))?;
+            if r.outputs[0][7] != 8.0 {
+                return Err("vector add wrong".into());
+            }
+            if matches!(call, 1 | 2 | 3 | 4 | 10 | 100) {
+                show(&format!("  {which} bridge, after call {call}"))?;
+            }
+        }
+        bridges.push(bridge);
+    }
+    Ok(())
+}
+
+/// Polls a future to completion on this thread (the bridge's futures complete from its threads).
+fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+/// Whether streams that copy count differently: stream after stream makes one 128-byte
+/// `cuMemcpyHtoDAsync` from pinned memory (`COPIES_D2H`: a `cuMemcpyDtoHAsync` instead; `COPIES_S0`:
+/// s0 copies first); the graph is timed after each.
+fn copies(
+    ctx: &Arc<CudaContext>,
+    bump: &CudaFunction,
+    copy: &CudaFunction,
+    bufs: &[Buffers],
+    n: usize,
+    s0: &Arc<CudaStream>,
+    reps: usize,
+) -> Res<()> {
+    let kc = capture(bump, copy, &bufs[1], n, Copies::Kernel, s0)?;
+    let exec = kc.cu_graph_exec();
+    let show = |label: &str| -> Res<()> {
+        let (h, d) = host_and_device(exec, s0, reps)?;
+        println!("{label:<52} host {h:6.1} us  device {d:6.1} us");
+        Ok(())
+    };
+    show("bare, on s0")?;
+    let d2h = std::env::var_os("COPIES_D2H").is_some();
+    let b = &bufs[2];
+    let one = |s: &CudaStream| -> Res<()> {
+        // SAFETY: 128 pinned bytes to or from a live 1024-byte device buffer, waited for below.
+        unsafe {
+            if d2h {
+                result::memcpy_dtoh_async(
+                    std::slice::from_raw_parts_mut(b.back, 128),
+                    b.dev,
+                    s.cu_stream(),
+                )?;
+            } else {
+                result::memcpy_htod_async(
+                    b.dev,
+                    std::slice::from_raw_parts(b.host, 128),
+                    s.cu_stream(),
+                )?;
+            }
+        }
+        s.synchronize()?;
+        Ok(())
+    };
+    if std::env::var_os("COPIES_S0").is_some() {
+        one(s0)?;
+        show("s0 copied")?;
+    }
+    let mut kept = Vec::new();
+    for i in 1..=6 {
+        let s = ctx.new_stream()?;
+        one(&s)?;
+        kept.push(s);
+        show(&format!(
+            "+ {i} other streams copied ({})",
+            if d2h { "D2H" } else { "H2D" }
+        ))?;
+    }
+    Ok(())
+}
+
+/// Whether work from other threads counts: thread after thread makes a stream of the context,
+/// runs one kernel on it and ends (`THREADS_SAME_STREAM`: runs it on one stream made here
+/// instead); the graph is timed on this thread after each.
+fn threads(
+    ctx: &Arc<CudaContext>,
+    bump: &CudaFunction,
+    copy: &CudaFunction,
+    bufs: &[Buffers],
+    n: usize,
+    s0: &Arc<CudaStream>,
+    reps: usize,
+) -> Res<()> {
+    let kc = capture(bump, copy, &bufs[1], n, Copies::Kernel, s0)?;
+    let exec = kc.cu_graph_exec();
+    let show = |label: &str| -> Res<()> {
+        ctx.bind_to_thread()?;
+        let (h, d) = host_and_device(exec, s0, reps)?;
+        println!("{label:<52} host {h:6.1} us  device {d:6.1} us");
+        Ok(())
+    };
+    show("bare, on s0")?;
+    let same = std::env::var_os("THREADS_SAME_STREAM").is_some();
+    let shared = ctx.new_stream()?;
+    let mut kept = Vec::new();
+    for i in 1..=8 {
+        let (ctx2, f, dev, shared) = (
+            ctx.clone(),
+            bump.cu_function() as usize,
+            bufs[2].dev,
+            shared.clone(),
+        );
+        let s = std::thread::spawn(move || -> std::result::Result<Arc<CudaStream>, String> {
+            ctx2.bind_to_thread().map_err(|e| e.to_string())?;
+            let s = if same {
+                shared
+            } else {
+                ctx2.new_stream().map_err(|e| e.to_string())?
+            };
+            let mut p = dev;
+            // SAFETY: `bump` takes one float pointer into a live 1024-byte buffer.
+            unsafe {
+                result::launch_kernel(
+                    f as sys::CUfunction,
+                    (1, 1, 1),
+                    (32, 1, 1),
+                    0,
+                    s.cu_stream(),
+                    &mut [(&mut p as *mut u64).cast::<c_void>()],
+                )
+                .map_err(|e| e.to_string())?;
+            }
+            s.synchronize().map_err(|e| e.to_string())?;
+            Ok(s)
+        })
+        .join()
+        .map_err(|_| "thread panicked")??;
+        kept.push(s);
+        show(&format!(
+            "+ {i} other threads ran a kernel ({})",
+            if same {
+                "one shared stream"
+            } else {
+                "a stream each"
+            }
+        ))?;
+    }
+    Ok(())
+}
+
+/// Whether graphs count as streams do: more and more other graphs (one kernel each, captured on
+/// s0, instantiated, uploaded and launched once; destroyed again with `GRAPHS_DESTROY`) made
+/// beside the timed one.
+fn graphs(
+    bump: &CudaFunction,
+    copy: &CudaFunction,
+    bufs: &[Buffers],
+    n: usize,
+    s0: &Arc<CudaStream>,
+    reps: usize,
+) -> Res<()> {
+    let kc = capture(bump, copy, &bufs[1], n, Copies::Kernel, s0)?;
+    let exec = kc.cu_graph_exec();
+    let show = |label: &str| -> Res<()> {
+        let (h, d) = host_and_device(exec, s0, reps)?;
+        println!("{label:<52} host {h:6.1} us  device {d:6.1} us");
+        Ok(())
+    };
+    show("bare, on s0")?;
+    let destroy = std::env::var_os("GRAPHS_DESTROY").is_some();
+    let mut kept = Vec::new();
+    let mut made = 0;
+    for k in [4usize, 8, 12, 16, 20, 24, 32, 48] {
+        while made < k {
+            let g = capture(bump, copy, &bufs[2], 1, Copies::None, s0)?;
+            if !destroy {
+                kept.push(g);
+            }
+            made += 1;
+        }
+        show(&format!(
+            "+ {k} other graphs made and launched{}",
+            if destroy { " (destroyed)" } else { "" }
+        ))?;
+    }
+    Ok(())
+}
+
+/// Whether cuBLAS handles count as made streams: after each of four `cublasCreate`s, a new
+/// stream runs one kernel and the graph is timed.
+fn handles(
+    ctx: &Arc<CudaContext>,
+    bump: &CudaFunction,
+    copy: &CudaFunction,
+    bufs: &[Buffers],
+    n: usize,
+    s0: &Arc<CudaStream>,
+    reps: usize,
+) -> Res<()> {
+    let kc = capture(bump, copy, &bufs[1], n, Copies::Kernel, s0)?;
+    let exec = kc.cu_graph_exec();
+    let show = |label: &str| -> Res<()> {
+        let (h, d) = host_and_device(exec, s0, reps)?;
+        println!("{label:<52} host {h:6.1} us  device {d:6.1} us");
+        Ok(())
+    };
+    show("bare, on s0")?;
+    let mut kept = Vec::new();
+    for i in 1..=4 {
+        let h = cudarc::cublas::result::create_handle()?;
+        let s = ctx.new_stream()?;
+        let mut p = bufs[2].dev;
+        // SAFETY: `bump` takes one float pointer into a live 1024-byte buffer.
+        unsafe {
+            result::launch_kernel(
+                bump.cu_function(),
+                (1, 1, 1),
+                (32, 1, 1),
+                0,
+                s.cu_stream(),
+                &mut [(&mut p as *mut u64).cast::<c_void>()],
+            )?;
+        }
+        s.synchronize()?;
+        show(&format!(
+            "+ cuBLAS handle {i}, then a new stream ran a kernel"
+        ))?;
+        kept.push((h, s));
+    }
+    for (h, _) in kept {
+        // SAFETY: our idle handle.
+        unsafe { cudarc::cublas::result::destroy_handle(h)? };
+    }
+    Ok(())
+}
+
 /// As [`channels`], but each other stream is created, runs one empty kernel and is destroyed
 /// before the next is made: whether what counts is the streams alive at once or every stream
 /// that ever ran work in the context.
@@ -672,6 +1010,12 @@ fn main() -> Res<()> {
         Some("presence") => return presence(&ctx, &bump, &copy, &bufs, n, &s0, reps),
         Some("channels") => return channels(&ctx, &bump, &copy, &bufs, n, &s0, reps),
         Some("lanes") => return lanes(&ctx, &bump, &copy, &bufs, n, &s0, reps),
+        Some("handles") => return handles(&ctx, &bump, &copy, &bufs, n, &s0, reps),
+        Some("graphs") => return graphs(&bump, &copy, &bufs, n, &s0, reps),
+        Some("threads") => return threads(&ctx, &bump, &copy, &bufs, n, &s0, reps),
+        Some("copies") => return copies(&ctx, &bump, &copy, &bufs, n, &s0, reps),
+        Some("bridge") => return bridge_work(&ctx, &bump, &copy, &bufs, n, &s0, reps),
+        Some("memory") => return memory(&bump, &copy, &bufs, n, &s0, reps),
         Some("one-at-a-time") => return one_at_a_time(&ctx, &bump, &copy, &bufs, n, &s0, reps),
         _ => {}
     }
