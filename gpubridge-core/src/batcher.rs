@@ -344,6 +344,11 @@ fn compatible(a: &ExecutionHints, b: &ExecutionHints) -> bool {
         && a.persistent == b.persistent
 }
 
+/// How long a runner that counted a full batch waits for the pushes of its last callers (a
+/// caller takes its place and pushes with no await in between: nanoseconds, unless its thread
+/// is preempted there).
+const PUSH_SETTLE: Duration = Duration::from_millis(10);
+
 /// Whether a queued request should be dropped rather than run (its deadline passed or its caller
 /// left), answering it if it timed out.
 fn gone<I, O>(kernel: &'static str, r: &mut Request<I, O>, now: Instant) -> bool {
@@ -500,6 +505,7 @@ where
                 self.sleep_until(None, || self.len.load(Ordering::SeqCst) > 0);
             }
             // Gather: until a full (or preferred) batch, the oldest's delay, or a stop.
+            let mut full = false;
             if self.stopping() == RUNNING {
                 let oldest = {
                     let st = self.staging.lock();
@@ -509,7 +515,7 @@ where
                         .min()
                         .unwrap_or_else(Instant::now)
                 };
-                self.sleep_until(Some(oldest + cfg.delay), || {
+                full = self.sleep_until(Some(oldest + cfg.delay), || {
                     self.len.load(Ordering::SeqCst) >= cfg.target
                 });
             }
@@ -519,6 +525,22 @@ where
             let batch = {
                 let mut st = self.staging.lock();
                 self.move_intake(&mut st);
+                // A caller counts itself in `len` just before it pushes, so a batch counted full
+                // may still be landing: wait for those pushes (at most `PUSH_SETTLE`), or the
+                // batch runs short and the rest wait out another delay. Only a batch counted
+                // full waits (a batch the delay ends takes what is there), so the callers' path
+                // costs nothing more.
+                let settle = Instant::now();
+                while full
+                    && st.len() < cfg.target.min(self.len.load(Ordering::SeqCst))
+                    && settle.elapsed() < PUSH_SETTLE
+                    && self.stopping() == RUNNING
+                {
+                    drop(st);
+                    std::thread::yield_now();
+                    st = self.staging.lock();
+                    self.move_intake(&mut st);
+                }
                 let available = st.len().min(cfg.max);
                 let take = cfg
                     .preferred

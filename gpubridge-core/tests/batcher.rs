@@ -391,3 +391,36 @@ async fn shutdown_within_a_generous_deadline_runs_everything_queued() {
     }
     gpubridge_core::testing::assert_quiescent(&b);
 }
+
+/// A full batch is counted the moment its last caller takes its place, just before that caller
+/// pushes its request: the runner must not take the batch before every push has landed, or it
+/// runs short and the rest wait out another delay (seen once on the H200: a batch of 2 of 32,
+/// then the others 10 s later; this test failed in two of three runs on the 2-core build machine
+/// before the fix). Round after round of concurrent callers filling exactly one batch, under a
+/// delay no round may wait for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn a_batch_counted_full_waits_for_its_last_pushes() {
+    let (b, _) = bridge_with(64, 1024, 30_000_000, 2);
+    for round in 0..500 {
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    b.single::<VectorAdd>(pair(i as f32), ExecutionHints::default())
+                        .await
+                        .map(|r| (i, r))
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (i, r) = tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: a request waited out the delay"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(r.output, want(i as f32));
+            assert_eq!(r.batch_size, 64, "round {round}: a short batch");
+        }
+    }
+    gpubridge_core::testing::assert_quiescent(&b);
+}

@@ -13,6 +13,16 @@ use gpubridge::testing::PoisonAdd;
 use gpubridge::{BackendKind, BridgeConfig, CircuitState, DeviceId, ExecutionHints, GpuBridge};
 use rand::{Rng, SeedableRng};
 
+/// Held by every test here for its whole run: they share the GPU, and several read
+/// process-wide state (the live heap, a device's inline-run and graph counters) that another
+/// test's work would move. `cargo test` runs them one at a time as the device pack does
+/// (`--test-threads=1`); in parallel, two failed on the H200.
+fn gpu_lock() -> std::sync::MutexGuard<'static, ()> {
+    static GPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    GPU.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn cuda(config: &BridgeConfig) -> Option<Arc<CudaBackend>> {
     match CudaBackend::new(config) {
         Ok(b) => Some(b),
@@ -116,6 +126,7 @@ fn add_on_cuda(
 
 #[test]
 fn repeated_plan_shapes_are_captured_once_and_replayed_with_fresh_data() {
+    let _gpu = gpu_lock();
     let config = one_gpu();
     let Some(cuda) = cuda(&config) else { return };
     let b = bridge(config, cuda.clone());
@@ -133,6 +144,7 @@ fn repeated_plan_shapes_are_captured_once_and_replayed_with_fresh_data() {
 
 #[test]
 fn batches_of_nearby_sizes_share_a_bucketed_graph_updated_in_place() {
+    let _gpu = gpu_lock();
     let config = one_gpu();
     let Some(cuda) = cuda(&config) else { return };
     let b = bridge(config, cuda.clone());
@@ -184,6 +196,7 @@ fn batches_of_nearby_sizes_share_a_bucketed_graph_updated_in_place() {
 /// data, so a word copied short, twice or left over from the last batch would show.
 #[test]
 fn small_graphs_copy_with_a_kernel_and_answer_exactly() {
+    let _gpu = gpu_lock();
     let config = one_gpu();
     let Some(cuda) = cuda(&config) else { return };
     let b = bridge(config, cuda.clone());
@@ -200,6 +213,7 @@ fn small_graphs_copy_with_a_kernel_and_answer_exactly() {
 /// idle memory; the next batches answer as before, captured again from scratch.
 #[test]
 fn released_caches_are_given_back_and_rebuilt_on_demand() {
+    let _gpu = gpu_lock();
     let config = one_gpu();
     let Some(cuda) = cuda(&config) else { return };
     let b = bridge(config, cuda.clone());
@@ -241,6 +255,7 @@ fn released_caches_are_given_back_and_rebuilt_on_demand() {
 
 #[test]
 fn large_results_land_in_the_donated_inputs_memory() {
+    let _gpu = gpu_lock();
     let config = BridgeConfig::default();
     let Some(cuda) = cuda(&config) else { return };
     let b = bridge(config, cuda);
@@ -266,6 +281,7 @@ fn large_results_land_in_the_donated_inputs_memory() {
 /// work runs every kernel slower: `CudaBackend::streams_made`).
 #[test]
 fn a_large_matrix_product_runs_staged_and_matches_the_cpu() {
+    let _gpu = gpu_lock();
     use gpubridge::kernels::{MatMul, MatMulInput};
     let config = BridgeConfig::default();
     let lanes = config.cuda.streams_per_device as u64;
@@ -334,6 +350,7 @@ fn bridge_with_1mb_graph_cache() -> Option<(GpuBridge, Arc<CudaBackend>)> {
 
 #[test]
 fn graph_cache_evicts_least_recently_used_under_its_budget() {
+    let _gpu = gpu_lock();
     // Each of the four shapes' graphs owns about 0.4 MB (device block and pinned staging), so a
     // 1 MB cache cannot hold them all.
     let Some((b, cuda)) = bridge_with_1mb_graph_cache() else {
@@ -359,6 +376,7 @@ fn graph_cache_evicts_least_recently_used_under_its_budget() {
 
 #[test]
 fn a_graph_larger_than_its_cache_with_its_staging_is_not_kept() {
+    let _gpu = gpu_lock();
     let Some((b, cuda)) = bridge_with_1mb_graph_cache() else {
         return;
     };
@@ -380,6 +398,7 @@ fn a_graph_larger_than_its_cache_with_its_staging_is_not_kept() {
 
 #[test]
 fn a_resident_plan_is_captured_at_once_and_outlives_the_lru() {
+    let _gpu = gpu_lock();
     let mut config = one_gpu();
     // Ordinary graphs get 1 MB (about two of the shapes below); resident ones 4 MB.
     config.cuda.graph_cache_mb = 1;
@@ -422,6 +441,7 @@ fn a_resident_plan_is_captured_at_once_and_outlives_the_lru() {
 
 #[test]
 fn pool_reuses_memory_across_batches() {
+    let _gpu = gpu_lock();
     let mut config = one_gpu();
     config.cuda.enable_graphs = false;
     let Some(cuda) = cuda(&config) else { return };
@@ -449,6 +469,7 @@ fn pool_reuses_memory_across_batches() {
 
 #[test]
 fn out_of_memory_falls_back_to_the_cpu() {
+    let _gpu = gpu_lock();
     let mut config = BridgeConfig::default();
     config.memory.pool_size_mb = 1;
     let Some(cuda) = cuda(&config) else { return };
@@ -471,6 +492,7 @@ fn out_of_memory_falls_back_to_the_cpu() {
 
 #[test]
 fn a_lost_device_trips_its_circuit_and_work_moves_on_with_nothing_lost() {
+    let _gpu = gpu_lock();
     let mut config = BridgeConfig::default();
     config.fallback.circuit_failure_threshold = 2;
     let Some(cuda) = cuda(&config) else { return };
@@ -509,6 +531,7 @@ fn a_lost_device_trips_its_circuit_and_work_moves_on_with_nothing_lost() {
 /// of one GPU the spreading part has nothing to show and says so.
 #[test]
 fn batches_spread_over_every_gpu_and_a_preferred_device_is_honoured() {
+    let _gpu = gpu_lock();
     let config = BridgeConfig::default();
     let Some(cuda) = cuda(&config) else { return };
     let devices = cuda.devices_len();
@@ -570,6 +593,7 @@ fn batches_spread_over_every_gpu_and_a_preferred_device_is_honoured() {
 /// circuit stays closed, the next request is right, and the bridge holds nothing afterwards.
 #[test]
 fn a_panicking_packer_fails_its_request_on_every_cuda_path_and_nothing_else() {
+    let _gpu = gpu_lock();
     let config = one_gpu();
     let Some(cuda) = cuda(&config) else { return };
     let b = GpuBridge::builder(config)
@@ -614,6 +638,7 @@ fn a_panicking_packer_fails_its_request_on_every_cuda_path_and_nothing_else() {
 /// from the device, on the zero-copy, graph and staged paths.
 #[test]
 fn a_poison_single_fails_alone_and_its_batch_mates_get_their_sums() {
+    let _gpu = gpu_lock();
     let mut config = one_gpu();
     config.batching.max_batch = 32;
     config.batching.max_queue_delay_us = 10_000_000;
@@ -643,6 +668,7 @@ fn a_poison_single_fails_alone_and_its_batch_mates_get_their_sums() {
 
 #[test]
 fn tiny_plans_run_zero_copy_with_fresh_data_every_time() {
+    let _gpu = gpu_lock();
     let config = one_gpu();
     let Some(cuda) = cuda(&config) else { return };
     let b = bridge(config, cuda.clone());
@@ -700,6 +726,7 @@ fn sums_checked(
 /// time holds the inline lane; the others' plans go to the executor meanwhile).
 #[test]
 fn spinning_callers_run_tiny_plans_on_their_own_threads() {
+    let _gpu = gpu_lock();
     let config = one_gpu();
     let Some(cuda) = cuda(&config) else { return };
     let b = bridge(config, cuda.clone());
@@ -777,6 +804,7 @@ fn spinning_callers_run_tiny_plans_on_their_own_threads() {
 /// replays done by callers, nothing left over.
 #[test]
 fn spinning_callers_replay_cached_graphs_on_their_own_threads() {
+    let _gpu = gpu_lock();
     let config = one_gpu();
     let Some(cuda) = cuda(&config) else { return };
     let b = bridge(config, cuda.clone());
@@ -848,6 +876,7 @@ fn spinning_callers_replay_cached_graphs_on_their_own_threads() {
 /// use too. Every product checked against the CPU's (small integers: exact in f32).
 #[test]
 fn spinning_callers_leave_library_graphs_to_the_executor() {
+    let _gpu = gpu_lock();
     use gpubridge::kernels::{MatMul, MatMulInput};
     let config = one_gpu();
     let Some(cuda) = cuda(&config) else { return };
@@ -888,6 +917,7 @@ fn spinning_callers_leave_library_graphs_to_the_executor() {
 
 #[test]
 fn micro_batches_overlap_on_two_lanes_and_not_on_one() {
+    let _gpu = gpu_lock();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
     let inputs = random_pairs(&mut rng, 8, 200_000);
     for lanes in [2usize, 1] {
@@ -971,6 +1001,7 @@ impl gpubridge::Kernel for Broken {
 
 #[test]
 fn a_kernel_that_does_not_compile_falls_back_without_blaming_the_device() {
+    let _gpu = gpu_lock();
     let mut config = BridgeConfig::default();
     config.fallback.circuit_failure_threshold = 1;
     let Some(cuda) = cuda(&config) else { return };
@@ -1100,6 +1131,7 @@ impl gpubridge::Kernel for BumpChain {
 /// replay that skipped an update it needed would show.
 #[test]
 fn reused_steps_replay_without_comparison_and_update_when_they_change() {
+    let _gpu = gpu_lock();
     let config = one_gpu();
     let Some(cuda) = cuda(&config) else { return };
     let b = bridge_of(config, cuda.clone(), BumpChain);
@@ -1143,6 +1175,7 @@ fn reused_steps_replay_without_comparison_and_update_when_they_change() {
 /// the classes in use, so that drifting shapes do not keep every class they ever touched.
 #[test]
 fn the_pool_releases_idle_classes_that_went_unused() {
+    let _gpu = gpu_lock();
     if cuda(&BridgeConfig::default()).is_none() {
         return;
     }
@@ -1176,6 +1209,7 @@ fn the_pool_releases_idle_classes_that_went_unused() {
 
 #[test]
 fn one_off_plan_shapes_do_not_grow_the_graph_cache_memory() {
+    let _gpu = gpu_lock();
     use gpubridge::kernels::{MatMul, MatMulInput};
     let config = one_gpu();
     let Some(cuda) = cuda(&config) else { return };
@@ -1246,6 +1280,7 @@ fn heap_live() -> i64 {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
 fn graph_churn_keeps_the_host_heap_flat() {
+    let _gpu = gpu_lock();
     use gpubridge::kernels::{MatMul, MatMulInput};
     let mut config = one_gpu();
     config.cuda.graph_cache_mb = 1;
@@ -1336,6 +1371,7 @@ fn graph_churn_keeps_the_host_heap_flat() {
 #[cfg(feature = "nvml")]
 #[test]
 fn the_nvml_sampler_labels_the_bridges_cuda_device() {
+    let _gpu = gpu_lock();
     let config = BridgeConfig::default();
     let Some(cuda) = cuda(&config) else { return };
     let locations = gpubridge_cuda::pci_locations();
