@@ -366,15 +366,17 @@ fn pair(
 /// as the bridge replays) of the chain, captured once, replayed alternately while more is opened
 /// beside them: idle streams, a cuBLAS handle, one and then three CUDA backends (executors with
 /// their lanes, pools and handles, all idle), and after everything is dropped again.
-fn presence(
-    ctx: &Arc<CudaContext>,
-    bump: &CudaFunction,
-    copy: &CudaFunction,
-    bufs: &[Buffers],
-    n: usize,
-    s0: &Arc<CudaStream>,
-    reps: usize,
-) -> Res<()> {
+fn presence(p: &Probe<'_>) -> Res<()> {
+    let Probe {
+        ctx,
+        bump,
+        copy,
+        bufs,
+        n,
+        s0,
+        reps,
+        ..
+    } = *p;
     let memcpy = capture(bump, copy, &bufs[0], n, Copies::Both, s0)?;
     let kc = capture(bump, copy, &bufs[1], n, Copies::Kernel, s0)?;
     let (a, g) = (
@@ -453,25 +455,98 @@ fn host_and_device(
     Ok((med(host), med(device)))
 }
 
+/// What every experiment below works with: the context, the chain's kernels and buffers, the
+/// chain's length, the stream the timed graph is captured and replayed on, and replays per
+/// timing.
+#[derive(Clone, Copy)]
+struct Probe<'a> {
+    ctx: &'a Arc<CudaContext>,
+    bump: &'a CudaFunction,
+    copy: &'a CudaFunction,
+    bufs: &'a [Buffers],
+    n: usize,
+    s0: &'a Arc<CudaStream>,
+    reps: usize,
+}
+
+impl Probe<'_> {
+    /// The timed graph ([`Timed`]).
+    fn timed(&self) -> Res<Timed> {
+        Timed::new(self.bump, self.copy, self.bufs, self.n, self.s0, self.reps)
+    }
+
+    /// The timed graph, timed once on s0 before anything else is done ("bare").
+    fn start(&self) -> Res<Timed> {
+        let timed = self.timed()?;
+        timed.at("bare, on s0")?;
+        Ok(timed)
+    }
+}
+
+/// The graph every experiment below times: a kernel-copy graph of the chain on `bufs[1]`,
+/// captured on s0.
+struct Timed {
+    _graph: CudaGraph,
+    exec: sys::CUgraphExec,
+    ctx: Arc<CudaContext>,
+    s0: Arc<CudaStream>,
+    reps: usize,
+}
+
+impl Timed {
+    fn new(
+        bump: &CudaFunction,
+        copy: &CudaFunction,
+        bufs: &[Buffers],
+        n: usize,
+        s0: &Arc<CudaStream>,
+        reps: usize,
+    ) -> Res<Self> {
+        let graph = capture(bump, copy, &bufs[1], n, Copies::Kernel, s0)?;
+        Ok(Self {
+            exec: graph.cu_graph_exec(),
+            _graph: graph,
+            ctx: s0.context().clone(),
+            s0: s0.clone(),
+            reps,
+        })
+    }
+
+    /// [`Timed::show`] on s0.
+    fn at(&self, label: &str) -> Res<()> {
+        self.show(label, &self.s0)
+    }
+
+    /// Prints the graph's host and device time per replay on `stream` (the context bound first:
+    /// some experiments work on other threads or through a bridge in between).
+    fn show(&self, label: &str, stream: &Arc<CudaStream>) -> Res<()> {
+        self.ctx.bind_to_thread()?;
+        let (h, d) = host_and_device(self.exec, stream, self.reps)?;
+        println!("{label:<52} host {h:6.1} us  device {d:6.1} us");
+        Ok(())
+    }
+}
+
+/// An empty kernel, compiled for the context's device.
+fn nothing_kernel(ctx: &Arc<CudaContext>) -> Res<CudaFunction> {
+    let (a, b) = ctx.compute_capability()?;
+    let ptx = gpubridge_cuda::compile(
+        "channels",
+        "extern \"C\" __global__ void nothing() {}",
+        (a as u32, b as u32),
+    )?;
+    Ok(ctx
+        .load_module(cudarc::nvrtc::Ptx::from_src(ptx))?
+        .load_function("nothing")?)
+}
+
 /// Whether streams that have carried work slow every later graph: a kernel-copy graph of the
 /// chain timed (host and device) while more and more other streams get one empty-kernel launch
 /// each, then on a stream of the greatest priority, then after a second's rest.
-fn channels(
-    ctx: &Arc<CudaContext>,
-    bump: &CudaFunction,
-    copy: &CudaFunction,
-    bufs: &[Buffers],
-    n: usize,
-    s0: &Arc<CudaStream>,
-    reps: usize,
-) -> Res<()> {
-    let kc = capture(bump, copy, &bufs[1], n, Copies::Kernel, s0)?;
-    let exec = kc.cu_graph_exec();
-    let show = |label: &str, stream: &Arc<CudaStream>| -> Res<()> {
-        let (h, d) = host_and_device(exec, stream, reps)?;
-        println!("{label:<52} host {h:6.1} us  device {d:6.1} us");
-        Ok(())
-    };
+fn channels(p: &Probe<'_>) -> Res<()> {
+    let Probe { ctx, s0, .. } = *p;
+    let timed = p.timed()?;
+    let show = |label: &str, stream: &Arc<CudaStream>| timed.show(label, stream);
     let (_least, greatest) = result::stream::get_priority_range()?;
     let high = ctx.new_stream_with_priority(greatest)?;
     show("bare, on s0", s0)?;
@@ -480,15 +555,7 @@ fn channels(
         .map(|_| ctx.new_stream())
         .collect::<Result<_, _>>()?;
     show("+ 24 streams created, none used", s0)?;
-    let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(gpubridge_cuda::compile(
-        "channels",
-        "extern \"C\" __global__ void nothing() {}",
-        {
-            let (a, b) = ctx.compute_capability()?;
-            (a as u32, b as u32)
-        },
-    )?))?;
-    let nothing = module.load_function("nothing")?;
+    let nothing = nothing_kernel(ctx)?;
     let mut used = 0;
     for k in [1usize, 2, 4, 8, 10, 12, 14, 16, 24] {
         for s in &others[used..k] {
@@ -520,23 +587,11 @@ fn channels(
 /// and two copy streams per lane) made up front, then each lane in turn runs what a stream-launch
 /// call runs (events recorded around a few kernels on the lane's stream) or, second, only the
 /// kernels; the graph is timed after each lane's first use.
-fn lanes(
-    ctx: &Arc<CudaContext>,
-    bump: &CudaFunction,
-    copy: &CudaFunction,
-    bufs: &[Buffers],
-    n: usize,
-    s0: &Arc<CudaStream>,
-    reps: usize,
-) -> Res<()> {
-    let kc = capture(bump, copy, &bufs[1], n, Copies::Kernel, s0)?;
-    let exec = kc.cu_graph_exec();
-    let show = |label: &str| -> Res<()> {
-        let (h, d) = host_and_device(exec, s0, reps)?;
-        println!("{label:<52} host {h:6.1} us  device {d:6.1} us");
-        Ok(())
-    };
-    show("bare, on s0")?;
+fn lanes(p: &Probe<'_>) -> Res<()> {
+    let Probe {
+        ctx, bump, bufs, ..
+    } = *p;
+    let timed = p.start()?;
     let with_events = std::env::var_os("LANES_NO_EVENTS").is_none();
     let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
     type LaneParts = (
@@ -557,7 +612,7 @@ fn lanes(
             ))
         })
         .collect::<Res<_>>()?;
-    show("+ six lanes made (18 streams, 24 events)")?;
+    timed.at("+ six lanes made (18 streams, 24 events)")?;
     for (i, (stream, events, _, _)) in made.iter().enumerate() {
         let cs = stream.cu_stream();
         if with_events {
@@ -583,7 +638,7 @@ fn lanes(
             events[3].record(stream)?;
         }
         stream.synchronize()?;
-        show(&format!(
+        timed.at(&format!(
             "+ lane {i} ran ({} events)",
             if with_events { "with" } else { "without" }
         ))?;
@@ -594,22 +649,8 @@ fn lanes(
 /// Whether memory brings the slowdown on: `MEMORY=device` (the default) allocates device memory
 /// (`cuMemAlloc`) in steps up to 256 MiB in all, `MEMORY=pinned` pinned host memory
 /// (`cuMemHostAlloc`), `MEMORY=info` calls `cuMemGetInfo`; the graph is timed after each step.
-fn memory(
-    bump: &CudaFunction,
-    copy: &CudaFunction,
-    bufs: &[Buffers],
-    n: usize,
-    s0: &Arc<CudaStream>,
-    reps: usize,
-) -> Res<()> {
-    let kc = capture(bump, copy, &bufs[1], n, Copies::Kernel, s0)?;
-    let exec = kc.cu_graph_exec();
-    let show = |label: &str| -> Res<()> {
-        let (h, d) = host_and_device(exec, s0, reps)?;
-        println!("{label:<52} host {h:6.1} us  device {d:6.1} us");
-        Ok(())
-    };
-    show("bare, on s0")?;
+fn memory(p: &Probe<'_>) -> Res<()> {
+    let timed = p.start()?;
     let what = std::env::var("MEMORY").unwrap_or_else(|_| "device".to_owned());
     let mut held = 0usize;
     for mib in [1usize, 2, 4, 8, 16, 32, 64, 256] {
@@ -630,7 +671,7 @@ fn memory(
             }
             held += 1;
         }
-        show(&format!("+ {mib} ({what}: MiB, or calls)"))?;
+        timed.at(&format!("+ {mib} ({what}: MiB, or calls)"))?;
     }
     Ok(())
 }
@@ -639,25 +680,9 @@ fn memory(
 /// backend with its default settings, `BRIDGE_LANES` lanes, graphs off so that every call runs
 /// as stream launches on a lane) adds 128K floats pairs, call after call; the graph is timed
 /// after calls 1, 2, 3, 4, 10 and 100 of each.
-fn bridge_work(
-    ctx: &Arc<CudaContext>,
-    bump: &CudaFunction,
-    copy: &CudaFunction,
-    bufs: &[Buffers],
-    n: usize,
-    s0: &Arc<CudaStream>,
-    reps: usize,
-) -> Res<()> {
+fn bridge_work(p: &Probe<'_>) -> Res<()> {
     use gpubridge_core::kernels::{VectorAdd, VectorPair};
-    let kc = capture(bump, copy, &bufs[1], n, Copies::Kernel, s0)?;
-    let exec = kc.cu_graph_exec();
-    let show = |label: &str| -> Res<()> {
-        ctx.bind_to_thread()?;
-        let (h, d) = host_and_device(exec, s0, reps)?;
-        println!("{label:<52} host {h:6.1} us  device {d:6.1} us");
-        Ok(())
-    };
-    show("bare, on s0")?;
+    let timed = p.start()?;
     let mut config = gpubridge_core::BridgeConfig::default();
     config.cuda.enable_graphs = false;
     if let Some(l) = std::env::var("BRIDGE_LANES")
@@ -677,7 +702,7 @@ fn bridge_work(
             .kernel(VectorAdd)?
             .backend(cuda)
             .build()?;
-        show(&format!("+ {which} bridge built"))?;
+        timed.at(&format!("+ {which} bridge built"))?;
         let grain = bridge.batch::<VectorAdd>()?;
         let hints =
             gpubridge_core::ExecutionHints::default().on_backend(gpubridge_core::BackendKind::Cuda);
@@ -687,7 +712,7 @@ fn bridge_work(
                 return Err("vector add wrong".into());
             }
             if matches!(call, 1 | 2 | 3 | 4 | 10 | 100) {
-                show(&format!("  {which} bridge, after call {call}"))?;
+                timed.at(&format!("  {which} bridge, after call {call}"))?;
             }
         }
         bridges.push(bridge);
@@ -718,23 +743,9 @@ fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
 /// Whether streams that copy count differently: stream after stream makes one 128-byte
 /// `cuMemcpyHtoDAsync` from pinned memory (`COPIES_D2H`: a `cuMemcpyDtoHAsync` instead; `COPIES_S0`:
 /// s0 copies first); the graph is timed after each.
-fn copies(
-    ctx: &Arc<CudaContext>,
-    bump: &CudaFunction,
-    copy: &CudaFunction,
-    bufs: &[Buffers],
-    n: usize,
-    s0: &Arc<CudaStream>,
-    reps: usize,
-) -> Res<()> {
-    let kc = capture(bump, copy, &bufs[1], n, Copies::Kernel, s0)?;
-    let exec = kc.cu_graph_exec();
-    let show = |label: &str| -> Res<()> {
-        let (h, d) = host_and_device(exec, s0, reps)?;
-        println!("{label:<52} host {h:6.1} us  device {d:6.1} us");
-        Ok(())
-    };
-    show("bare, on s0")?;
+fn copies(p: &Probe<'_>) -> Res<()> {
+    let Probe { ctx, bufs, s0, .. } = *p;
+    let timed = p.start()?;
     let d2h = std::env::var_os("COPIES_D2H").is_some();
     let b = &bufs[2];
     let one = |s: &CudaStream| -> Res<()> {
@@ -759,14 +770,14 @@ fn copies(
     };
     if std::env::var_os("COPIES_S0").is_some() {
         one(s0)?;
-        show("s0 copied")?;
+        timed.at("s0 copied")?;
     }
     let mut kept = Vec::new();
     for i in 1..=6 {
         let s = ctx.new_stream()?;
         one(&s)?;
         kept.push(s);
-        show(&format!(
+        timed.at(&format!(
             "+ {i} other streams copied ({})",
             if d2h { "D2H" } else { "H2D" }
         ))?;
@@ -777,24 +788,11 @@ fn copies(
 /// Whether work from other threads counts: thread after thread makes a stream of the context,
 /// runs one kernel on it and ends (`THREADS_SAME_STREAM`: runs it on one stream made here
 /// instead); the graph is timed on this thread after each.
-fn threads(
-    ctx: &Arc<CudaContext>,
-    bump: &CudaFunction,
-    copy: &CudaFunction,
-    bufs: &[Buffers],
-    n: usize,
-    s0: &Arc<CudaStream>,
-    reps: usize,
-) -> Res<()> {
-    let kc = capture(bump, copy, &bufs[1], n, Copies::Kernel, s0)?;
-    let exec = kc.cu_graph_exec();
-    let show = |label: &str| -> Res<()> {
-        ctx.bind_to_thread()?;
-        let (h, d) = host_and_device(exec, s0, reps)?;
-        println!("{label:<52} host {h:6.1} us  device {d:6.1} us");
-        Ok(())
-    };
-    show("bare, on s0")?;
+fn threads(p: &Probe<'_>) -> Res<()> {
+    let Probe {
+        ctx, bump, bufs, ..
+    } = *p;
+    let timed = p.start()?;
     let same = std::env::var_os("THREADS_SAME_STREAM").is_some();
     let shared = ctx.new_stream()?;
     let mut kept = Vec::new();
@@ -831,7 +829,7 @@ fn threads(
         .join()
         .map_err(|_| "thread panicked")??;
         kept.push(s);
-        show(&format!(
+        timed.at(&format!(
             "+ {i} other threads ran a kernel ({})",
             if same {
                 "one shared stream"
@@ -846,22 +844,15 @@ fn threads(
 /// Whether graphs count as streams do: more and more other graphs (one kernel each, captured on
 /// s0, instantiated, uploaded and launched once; destroyed again with `GRAPHS_DESTROY`) made
 /// beside the timed one.
-fn graphs(
-    bump: &CudaFunction,
-    copy: &CudaFunction,
-    bufs: &[Buffers],
-    n: usize,
-    s0: &Arc<CudaStream>,
-    reps: usize,
-) -> Res<()> {
-    let kc = capture(bump, copy, &bufs[1], n, Copies::Kernel, s0)?;
-    let exec = kc.cu_graph_exec();
-    let show = |label: &str| -> Res<()> {
-        let (h, d) = host_and_device(exec, s0, reps)?;
-        println!("{label:<52} host {h:6.1} us  device {d:6.1} us");
-        Ok(())
-    };
-    show("bare, on s0")?;
+fn graphs(p: &Probe<'_>) -> Res<()> {
+    let Probe {
+        bump,
+        copy,
+        bufs,
+        s0,
+        ..
+    } = *p;
+    let timed = p.start()?;
     let destroy = std::env::var_os("GRAPHS_DESTROY").is_some();
     let mut kept = Vec::new();
     let mut made = 0;
@@ -873,7 +864,7 @@ fn graphs(
             }
             made += 1;
         }
-        show(&format!(
+        timed.at(&format!(
             "+ {k} other graphs made and launched{}",
             if destroy { " (destroyed)" } else { "" }
         ))?;
@@ -883,23 +874,11 @@ fn graphs(
 
 /// Whether cuBLAS handles count as made streams: after each of four `cublasCreate`s, a new
 /// stream runs one kernel and the graph is timed.
-fn handles(
-    ctx: &Arc<CudaContext>,
-    bump: &CudaFunction,
-    copy: &CudaFunction,
-    bufs: &[Buffers],
-    n: usize,
-    s0: &Arc<CudaStream>,
-    reps: usize,
-) -> Res<()> {
-    let kc = capture(bump, copy, &bufs[1], n, Copies::Kernel, s0)?;
-    let exec = kc.cu_graph_exec();
-    let show = |label: &str| -> Res<()> {
-        let (h, d) = host_and_device(exec, s0, reps)?;
-        println!("{label:<52} host {h:6.1} us  device {d:6.1} us");
-        Ok(())
-    };
-    show("bare, on s0")?;
+fn handles(p: &Probe<'_>) -> Res<()> {
+    let Probe {
+        ctx, bump, bufs, ..
+    } = *p;
+    let timed = p.start()?;
     let mut kept = Vec::new();
     for i in 1..=4 {
         let h = cudarc::cublas::result::create_handle()?;
@@ -917,7 +896,7 @@ fn handles(
             )?;
         }
         s.synchronize()?;
-        show(&format!(
+        timed.at(&format!(
             "+ cuBLAS handle {i}, then a new stream ran a kernel"
         ))?;
         kept.push((h, s));
@@ -932,28 +911,10 @@ fn handles(
 /// As [`channels`], but each other stream is created, runs one empty kernel and is destroyed
 /// before the next is made: whether what counts is the streams alive at once or every stream
 /// that ever ran work in the context.
-fn one_at_a_time(
-    ctx: &Arc<CudaContext>,
-    bump: &CudaFunction,
-    copy: &CudaFunction,
-    bufs: &[Buffers],
-    n: usize,
-    s0: &Arc<CudaStream>,
-    reps: usize,
-) -> Res<()> {
-    let kc = capture(bump, copy, &bufs[1], n, Copies::Kernel, s0)?;
-    let exec = kc.cu_graph_exec();
-    let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(gpubridge_cuda::compile(
-        "channels",
-        "extern \"C\" __global__ void nothing() {}",
-        {
-            let (a, b) = ctx.compute_capability()?;
-            (a as u32, b as u32)
-        },
-    )?))?;
-    let nothing = module.load_function("nothing")?;
-    let (h, d) = host_and_device(exec, s0, reps)?;
-    println!("{:<52} host {h:6.1} us  device {d:6.1} us", "bare, on s0");
+fn one_at_a_time(p: &Probe<'_>) -> Res<()> {
+    let Probe { ctx, s0, .. } = *p;
+    let nothing = nothing_kernel(ctx)?;
+    let timed = p.start()?;
     let mut done = 0;
     for k in [4usize, 8, 12, 16, 24, 48] {
         while done < k {
@@ -973,11 +934,10 @@ fn one_at_a_time(
             drop(s);
             done += 1;
         }
-        let (h, d) = host_and_device(exec, s0, reps)?;
-        println!(
-            "{:<52} host {h:6.1} us  device {d:6.1} us",
-            format!("+ {k} streams made, used and destroyed in turn")
-        );
+        timed.show(
+            &format!("+ {k} streams made, used and destroyed in turn"),
+            s0,
+        )?;
     }
     Ok(())
 }
@@ -1004,19 +964,28 @@ fn main() -> Res<()> {
     println!(
         "chain of {n}, {reps} replays each, round robin over {K}; median (p10-p90) us per replay"
     );
+    let probe = Probe {
+        ctx: &ctx,
+        bump: &bump,
+        copy: &copy,
+        bufs: &bufs,
+        n,
+        s0: &s0,
+        reps,
+    };
     match args.next().as_deref() {
         Some("streams") => return upload_streams(&bump, &copy, &bufs, n, &s0, &streams, reps),
         Some("pair") => return pair(&bump, &copy, &bufs, n, &s0, &streams[0], reps),
-        Some("presence") => return presence(&ctx, &bump, &copy, &bufs, n, &s0, reps),
-        Some("channels") => return channels(&ctx, &bump, &copy, &bufs, n, &s0, reps),
-        Some("lanes") => return lanes(&ctx, &bump, &copy, &bufs, n, &s0, reps),
-        Some("handles") => return handles(&ctx, &bump, &copy, &bufs, n, &s0, reps),
-        Some("graphs") => return graphs(&bump, &copy, &bufs, n, &s0, reps),
-        Some("threads") => return threads(&ctx, &bump, &copy, &bufs, n, &s0, reps),
-        Some("copies") => return copies(&ctx, &bump, &copy, &bufs, n, &s0, reps),
-        Some("bridge") => return bridge_work(&ctx, &bump, &copy, &bufs, n, &s0, reps),
-        Some("memory") => return memory(&bump, &copy, &bufs, n, &s0, reps),
-        Some("one-at-a-time") => return one_at_a_time(&ctx, &bump, &copy, &bufs, n, &s0, reps),
+        Some("presence") => return presence(&probe),
+        Some("channels") => return channels(&probe),
+        Some("lanes") => return lanes(&probe),
+        Some("handles") => return handles(&probe),
+        Some("graphs") => return graphs(&probe),
+        Some("threads") => return threads(&probe),
+        Some("copies") => return copies(&probe),
+        Some("bridge") => return bridge_work(&probe),
+        Some("memory") => return memory(&probe),
+        Some("one-at-a-time") => return one_at_a_time(&probe),
         _ => {}
     }
     for how in [Wait::Spin, Wait::Sync] {
