@@ -225,14 +225,17 @@ pub trait Device: Send + Sync {
         sources: &KernelSources,
     ) -> Result<<Self::A as Api>::Module>;
 
-    /// Runs a plan on this device and hands its outputs to `f`.
+    /// Runs a plan on this device and hands its outputs to `f`. Once the inputs are packed, a
+    /// device should drop the plan's packers ([`Plan::release_packers`]) before calling `f`: the
+    /// batch's items are then the request's alone, and its kernel may reuse them for the outputs
+    /// ([`Kernel::unpack_donated`](crate::Kernel::unpack_donated)).
     ///
     /// # Errors
     /// Any of the above.
     fn execute(
         &self,
         module: &<Self::A as Api>::Module,
-        plan: &Plan,
+        plan: &mut Plan,
         f: &mut dyn FnMut(PlanOutputs<'_>),
     ) -> Result<()>;
 

@@ -553,6 +553,21 @@ impl Plan {
         self.push(name, len, BufferRole::Input(Box::new(pack)))
     }
 
+    /// Drops the input buffers' packers, each replaced by one that writes nothing; for a backend
+    /// once it has packed the inputs (or given up on the plan). What the packers captured (the
+    /// batch's items, shared with the request) is then the request's alone again, so that its
+    /// kernel may reuse their memory for the outputs
+    /// ([`Kernel::unpack_donated`](crate::Kernel::unpack_donated)) and a batch of singles that
+    /// failed can be split at once. Buffer sizes and roles stay as they were.
+    pub fn release_packers(&mut self) {
+        for b in &mut self.buffers {
+            if let BufferRole::Input(pack) = &mut b.role {
+                // A closure that captures nothing: no allocation.
+                *pack = Box::new(|_: &mut [u8], _: usize| {});
+            }
+        }
+    }
+
     /// Adds an output buffer of `len` bytes.
     pub fn output(&mut self, name: &'static str, len: usize) -> BufferId {
         self.push(name, len, BufferRole::Output)

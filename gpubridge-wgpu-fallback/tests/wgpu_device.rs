@@ -63,9 +63,9 @@ fn random_pairs(n: usize, len: usize) -> Vec<VectorPair> {
 fn run_vector_add(d: &WgpuDevice, inputs: &[VectorPair]) -> Result<Vec<Vec<f32>>, Error> {
     let module = d.load_module(VectorAdd::ID, &VectorAdd.sources())?;
     let items: Arc<[VectorPair]> = Arc::from(inputs.to_vec());
-    let plan = VectorAdd.plan(&items, &d.plan_target())?;
+    let mut plan = VectorAdd.plan(&items, &d.plan_target())?;
     let mut out = None;
-    d.execute(&module, &plan, &mut |outputs| {
+    d.execute(&module, &mut plan, &mut |outputs| {
         out = Some(VectorAdd.unpack(&items, &outputs));
     })?;
     out.expect("execute hands the outputs over")
@@ -285,10 +285,10 @@ fn plans_the_adapter_cannot_run_are_refused_before_they_run() {
             ),
         ),
     ];
-    for (what, plan) in cases {
+    for (what, mut plan) in cases {
         let mut called = false;
         let err = d
-            .execute(&module, &plan, &mut |_| called = true)
+            .execute(&module, &mut plan, &mut |_| called = true)
             .expect_err(what);
         assert!(
             matches!(
@@ -322,7 +322,7 @@ fn validation_errors_are_caught_as_unsupported_and_the_device_carries_on() {
         [256, 1, 1],
         &[Arg::buf(a), Arg::buf(out), Arg::U32(16)],
     ));
-    let err = d.execute(&module, &p, &mut |_| {}).unwrap_err();
+    let err = d.execute(&module, &mut p, &mut |_| {}).unwrap_err();
     match &err {
         Error::Unsupported { what, .. } => assert!(what.contains("refused by wgpu"), "{what}"),
         other => panic!("expected Unsupported from wgpu validation, got {other:?}"),
@@ -512,7 +512,7 @@ fn a_panicking_packer_leaves_the_device_and_its_pool_usable() {
         &[Arg::buf(a), Arg::buf(b), Arg::buf(out), Arg::U32(1000)],
     ));
     // The packer's panic is caught and is the plan's error (the kernel's, not the device's).
-    let e = d.execute(&module, &p, &mut |_| {}).unwrap_err();
+    let e = d.execute(&module, &mut p, &mut |_| {}).unwrap_err();
     assert!(
         matches!(&e, Error::KernelPanicked { kernel, message, .. } if kernel == VectorAdd::ID && message == "a kernel's packer panicked"),
         "{e:?}"
@@ -620,7 +620,7 @@ fn graphs_pinned_memory_and_direct_reads_are_typed_unsupported() {
     };
     let module = vector_add_module(&d);
     let inputs: Arc<[VectorPair]> = Arc::from(random_pairs(1, 16));
-    let plan = VectorAdd.plan(&inputs, &d.plan_target()).unwrap();
+    let mut plan = VectorAdd.plan(&inputs, &d.plan_target()).unwrap();
     let mut buf = d.alloc(16).unwrap();
     let errors = [
         ("graphs", d.capture_graph(&module, &plan).unwrap_err()),
@@ -642,7 +642,7 @@ fn graphs_pinned_memory_and_direct_reads_are_typed_unsupported() {
     }
     // None of that touched the device: the plan still runs.
     let mut out = None;
-    d.execute(&module, &plan, &mut |o| {
+    d.execute(&module, &mut plan, &mut |o| {
         out = Some(VectorAdd.unpack(&inputs, &o))
     })
     .unwrap();
@@ -822,10 +822,10 @@ fn more_plans_the_adapter_cannot_run_are_refused_before_anything_is_rented() {
         eprintln!("not checked: this adapter allows {most} storage buffers per stage");
     }
 
-    for (what, plan) in cases {
+    for (what, mut plan) in cases {
         let mut called = false;
         let err = d
-            .execute(&module, &plan, &mut |_| called = true)
+            .execute(&module, &mut plan, &mut |_| called = true)
             .expect_err(what);
         match &err {
             Error::Unsupported {
@@ -884,7 +884,7 @@ fn scalars_are_packed_as_their_bits_and_scratch_and_empty_inputs_are_bound() {
         ],
     ));
     let mut got = None;
-    d.execute(&module, &p, &mut |o| {
+    d.execute(&module, &mut p, &mut |o| {
         got = Some(o.f32s(out).unwrap().into_owned());
     })
     .unwrap();

@@ -1,10 +1,9 @@
 //! One caller's poison single request on the wgpu backend (`testing::PoisonAdd`: its packer or
 //! its unpacking panics)
 //! fails that caller alone: the batcher runs the batch again in halves and every other caller of
-//! the batch gets its sum from the adapter (llvmpipe in CI). The wgpu executor holds the plan,
-//! whose packers share the items, until after it has answered, so this also covers the bridge's
-//! wait for a backend to let go of a failed batch's items. Skips without an adapter unless
-//! `GPUBRIDGE_REQUIRE_WGPU=1`.
+//! the batch gets its sum from the adapter (llvmpipe in CI). The wgpu executor drops the plan's
+//! packers, which share the items, before it answers (`Plan::release_packers`), so the halves
+//! are run at once. Skips without an adapter unless `GPUBRIDGE_REQUIRE_WGPU=1`.
 
 #![cfg(feature = "wgpu")]
 

@@ -158,7 +158,7 @@ impl Device for CpuDevice {
     fn execute(
         &self,
         module: &NoModule,
-        _plan: &Plan,
+        _plan: &mut Plan,
         _f: &mut dyn FnMut(PlanOutputs<'_>),
     ) -> Result<()> {
         match *module {}

@@ -577,7 +577,7 @@ impl Device for WgpuDevice {
     fn execute(
         &self,
         module: &WgpuModule,
-        plan: &Plan,
+        plan: &mut Plan,
         f: &mut dyn FnMut(PlanOutputs<'_>),
     ) -> Result<()> {
         super::execute::run(self, module, plan, f)

@@ -113,7 +113,7 @@ fn internal(dev: &WgpuDevice, what: &str) -> Error {
 pub(crate) fn run(
     dev: &WgpuDevice,
     module: &WgpuModule,
-    plan: &Plan,
+    plan: &mut Plan,
     f: &mut dyn FnMut(PlanOutputs<'_>),
 ) -> Result<()> {
     let taken = Instant::now();
@@ -171,6 +171,10 @@ pub(crate) fn run(
     let index = encode_and_submit(dev, plan, &launches, &pipelines, &layout, &lease);
     scopes.check(&dev.label, &format!("running {}", plan.kernel))?;
     let index = index?;
+    // The inputs are uploaded: what the packers hold (the batch's items) is the request's alone
+    // again, to be reused for the outputs where the kernel can.
+    plan.release_packers();
+    let plan: &Plan = plan;
 
     let started = Instant::now();
     let (tx, rx) = std::sync::mpsc::channel();

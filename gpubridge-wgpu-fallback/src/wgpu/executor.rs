@@ -49,13 +49,13 @@ fn run(dev: &WgpuDevice, rx: &mpsc::Receiver<Job>) {
             #[cfg(feature = "fault-injection")]
             Job::Destroy => dev.destroy(),
             Job::Plan {
-                plan,
+                mut plan,
                 sources,
                 complete,
             } => {
                 let bytes = plan.device_bytes();
                 let t = std::time::Instant::now();
-                run_plan(dev, &plan, &sources, complete);
+                run_plan(dev, &mut plan, &sources, complete);
                 tracing::debug!(
                     device = %dev.label,
                     kernel = plan.kernel,
@@ -70,7 +70,7 @@ fn run(dev: &WgpuDevice, rx: &mpsc::Receiver<Job>) {
     }
 }
 
-fn run_plan(dev: &WgpuDevice, plan: &Plan, sources: &KernelSources, complete: PlanCompletion) {
+fn run_plan(dev: &WgpuDevice, plan: &mut Plan, sources: &KernelSources, complete: PlanCompletion) {
     let mut complete = Some(complete);
     let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let module = dev.load_module(plan.kernel, sources)?;
@@ -106,7 +106,12 @@ fn run_plan(dev: &WgpuDevice, plan: &Plan, sources: &KernelSources, complete: Pl
         }
     }
     match complete.take() {
-        Some(c) => c(Err(error)),
+        Some(c) => {
+            // The batch's items are the request's alone when it hears of the error (a batch of
+            // singles is then split to find the items that failed alone).
+            plan.release_packers();
+            c(Err(error))
+        }
         None => tracing::error!(device = %dev.label, "after its outputs were handed over: {error}"),
     }
 }
