@@ -276,6 +276,30 @@ struct Lane {
     marks: Vec<CudaEvent>,
 }
 
+impl Lane {
+    /// Makes the lane's copy streams if it has none yet; whether it has them now (a failure is
+    /// logged: the plan then runs unstaged).
+    fn ensure_copies(&mut self, ctx: &Arc<CudaContext>, shared: &Shared, label: &str) -> bool {
+        if self.copies.is_some() {
+            return true;
+        }
+        match ctx
+            .new_stream()
+            .and_then(|copy_in| Ok((copy_in, ctx.new_stream()?)))
+        {
+            Ok((copy_in, copy_out)) => {
+                shared.streams.fetch_add(2, Ordering::Relaxed);
+                self.copies = Some(CopyStreams { copy_in, copy_out });
+                true
+            }
+            Err(e) => {
+                tracing::debug!(device = %label, "no copy streams for a staged plan, it runs unstaged: {e}");
+                false
+            }
+        }
+    }
+}
+
 /// A lane's upload and download streams (see [`Lane::copies`]).
 struct CopyStreams {
     copy_in: Arc<CudaStream>,
@@ -616,15 +640,16 @@ impl Executor {
         let ev = || ctx.new_event(timing).map_err(|e| drv("cuEventCreate", e));
         let lanes = (0..lanes)
             .map(|_| {
-                shared.streams.fetch_add(1, Ordering::Relaxed);
-                Ok(Lane {
+                let lane = Lane {
                     stream: ctx.new_stream().map_err(|e| drv("cuStreamCreate", e))?,
                     events: [ev()?, ev()?, ev()?, ev()?],
                     staging_in: PinnedBuffer::empty(),
                     staging_out: PinnedBuffer::empty(),
                     copies: None,
                     marks: Vec::new(),
-                })
+                };
+                shared.streams.fetch_add(1, Ordering::Relaxed);
+                Ok(lane)
             })
             .collect::<Result<Vec<Lane>>>()?;
         let stream = lanes[0].stream.clone();
@@ -1178,24 +1203,7 @@ impl Executor {
         // A staged plan needs the lane's copy streams; if they cannot be made, it runs unstaged.
         let staged_now = self.staged
             && staged(plan, &layout)
-            && (l.copies.is_some()
-                || {
-                    let made = self
-                        .ctx
-                        .new_stream()
-                        .and_then(|copy_in| Ok((copy_in, self.ctx.new_stream()?)));
-                    match made {
-                        Ok((copy_in, copy_out)) => {
-                            self.shared.streams.fetch_add(2, Ordering::Relaxed);
-                            l.copies = Some(CopyStreams { copy_in, copy_out });
-                            true
-                        }
-                        Err(e) => {
-                            tracing::debug!(device = %self.label, "no copy streams for a staged plan, it runs unstaged: {e}");
-                            false
-                        }
-                    }
-                });
+            && l.ensure_copies(&self.ctx, &self.shared, &self.label);
         let result = if staged_now {
             enqueue_staged(
                 l,
@@ -2392,11 +2400,10 @@ fn enqueue_staged(
             transient: false,
         });
     };
-    let (copy_in, copy_out) = (copies.copy_in.clone(), copies.copy_out.clone());
     let (compute, cin, cout) = (
         lane.stream.cu_stream(),
-        copy_in.cu_stream(),
-        copy_out.cu_stream(),
+        copies.copy_in.cu_stream(),
+        copies.copy_out.cu_stream(),
     );
     let out_len = layout.out_end - layout.out_start;
     let staging_out = lane.staging_out.slice_mut(out_len).as_mut_ptr();
@@ -2440,7 +2447,7 @@ fn enqueue_staged(
     };
     let record =
         |i: usize, s: &Arc<CudaStream>| events[i].record(s).map_err(|e| drv("cuEventRecord", e));
-    record(0, &copy_in)?;
+    record(0, &copies.copy_in)?;
     let mut step = 0;
     let mut launches = functions.iter();
     let mut yielded: Vec<(usize, usize)> = Vec::new();
@@ -2499,7 +2506,7 @@ fn enqueue_staged(
         }
         at = at.max(e);
     }
-    record(3, &copy_out)?;
+    record(3, &copies.copy_out)?;
     order(cout, compute)?;
     Ok(packing)
 }

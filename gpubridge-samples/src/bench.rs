@@ -176,10 +176,18 @@ pub struct BenchArgs {
     pub quick: bool,
 }
 
+impl BenchArgs {
+    /// Whether row `id` is to run (`--only` empty, or naming it).
+    fn wants(&self, id: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o.eq_ignore_ascii_case(id))
+    }
+}
+
 struct Ctx {
-    /// P1's raw kernel-copy graphs of chains of 10 and 100 (us per kernel), measured before any
-    /// bridge existed in the process: the note compares them with the same graphs at P1's turn.
-    pre_bridge_chain: Option<(f64, f64)>,
+    /// P1's raw kernel-copy graphs of chains of 10 and 100 (chain, us per kernel), measured
+    /// before any bridge existed in the process: the note compares them with the same graphs at
+    /// P1's turn.
+    pre_bridge_chain: Vec<(u32, f64)>,
     args: BenchArgs,
     card: String,
     date: String,
@@ -189,7 +197,7 @@ struct Ctx {
 
 impl Ctx {
     fn wants(&self, id: &str) -> bool {
-        self.args.only.is_empty() || self.args.only.iter().any(|o| o.eq_ignore_ascii_case(id))
+        self.args.wants(id)
     }
 
     #[allow(clippy::too_many_arguments)] // One row of the report, every field named by TARGETS.md.
@@ -266,19 +274,18 @@ pub(crate) fn today() -> String {
 pub fn run(args: BenchArgs, config: BridgeConfig) -> anyhow::Result<()> {
     // P1's raw graphs before anything of the bridge is on the device (none where CUDA is not).
     #[cfg(feature = "cuda")]
-    let pre_bridge_chain =
-        if args.only.is_empty() || args.only.iter().any(|o| o.eq_ignore_ascii_case("P1")) {
+    let pre_bridge_chain = match args.wants("P1").then(Baseline::new) {
+        Some(Ok(mut b)) => {
             let reps = if args.quick { 20 } else { 300 };
-            Baseline::new().ok().and_then(|mut b| {
-                let ten = b.chain_graph_kernel_copies(10, reps).ok()?;
-                let hundred = b.chain_graph_kernel_copies(100, reps).ok()?;
-                Some((us(ten), us(hundred)))
-            })
-        } else {
-            None
-        };
+            [10u32, 100]
+                .into_iter()
+                .filter_map(|n| Some((n, us(b.chain_graph_kernel_copies(n as usize, reps).ok()?))))
+                .collect()
+        }
+        _ => Vec::new(),
+    };
     #[cfg(not(feature = "cuda"))]
-    let pre_bridge_chain = None;
+    let pre_bridge_chain = Vec::new();
     #[cfg(feature = "cuda")]
     checkpoint("process start");
     let bridge = gpubridge::bridge(config)?;
@@ -872,15 +879,13 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
             // The bridge's graphs of small plans copy with a kernel, not memcpy nodes: the raw
             // graph made the same way, for the note (the row's baseline stays the memcpy graph).
             let raw_kernel_copies = us(base.chain_graph_kernel_copies(n as usize, reps)?);
-            let pre_bridge = match (n, cx.pre_bridge_chain) {
-                (10, Some((ten, _))) => {
-                    format!(", {ten:.2} us/kernel at process start, before any bridge")
-                }
-                (100, Some((_, hundred))) => {
-                    format!(", {hundred:.2} us/kernel at process start, before any bridge")
-                }
-                _ => String::new(),
-            };
+            let pre_bridge = cx
+                .pre_bridge_chain
+                .iter()
+                .find(|(chain, _)| *chain == n)
+                .map_or(String::new(), |(_, t)| {
+                    format!(", {t:.2} us/kernel at process start, before any bridge")
+                });
             // The raw baseline waits in cuStreamSynchronize, which spins while the host has
             // cores to spare (CUDA's automatic scheduling): the bridge's `spin_wait` hint is
             // that wait; the default parks the caller until the executor wakes it. Each

@@ -5,7 +5,6 @@
 
 #![cfg(feature = "wgpu")]
 
-use gpubridge_core::conformance::wgpu_required;
 use gpubridge_core::kernels::{Sum, VectorAdd, VectorPair};
 use gpubridge_core::{BackendKind, BridgeConfig, ExecutionHints, GpuBridge};
 use gpubridge_wgpu_fallback::wgpu::WgpuBackend;
@@ -15,13 +14,8 @@ use rand::{Rng, SeedableRng};
 fn concurrent_requests_all_complete_correctly_and_reuse_buffers() {
     let mut config = BridgeConfig::default();
     config.batching.max_in_flight = 3;
-    let wgpu = match WgpuBackend::new(&config) {
-        Ok(b) => b,
-        Err(why) => {
-            assert!(!wgpu_required(), "wgpu is required here: {why}");
-            eprintln!("skipped: {why}");
-            return;
-        }
+    let Some(wgpu) = WgpuBackend::or_skip(&config) else {
+        return;
     };
     let bridge = GpuBridge::builder(config)
         .kernel(VectorAdd)

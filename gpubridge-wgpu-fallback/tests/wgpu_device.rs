@@ -381,12 +381,8 @@ fn pool_reuses_buffers_and_its_limit_is_out_of_memory() {
 #[test]
 fn backend_reports_budget_target_and_refuses_cpu_jobs() {
     let config = BridgeConfig::default();
-    let b = match WgpuBackend::new(&config) {
-        Ok(b) => b,
-        Err(why) => {
-            assert!(!wgpu_required(), "wgpu is required here: {why}");
-            return;
-        }
+    let Some(b) = WgpuBackend::or_skip(&config) else {
+        return;
     };
     assert_eq!(b.kind(), BackendKind::Wgpu);
     assert!(!b.devices().is_empty());
@@ -457,12 +453,8 @@ fn micro_batches_within_the_budget_fit_the_pool() {
     // storage and staging buffers fit the pool, so nothing is refused and all of it runs on wgpu.
     let mut config = BridgeConfig::default();
     config.memory.pool_size_mb = 10;
-    let b = match WgpuBackend::new(&config) {
-        Ok(b) => b,
-        Err(why) => {
-            assert!(!wgpu_required(), "wgpu is required here: {why}");
-            return;
-        }
+    let Some(b) = WgpuBackend::or_skip(&config) else {
+        return;
     };
     assert_eq!(b.memory_budget(0), Some(4 << 20));
     let bridge = gpubridge_core::GpuBridge::builder(config)
@@ -692,12 +684,8 @@ fn packer_plan(pack: impl Fn(&mut [u8], usize) + Send + Sync + 'static) -> Plan 
 
 #[test]
 fn the_executor_turns_panics_and_failures_into_errors_and_carries_on() {
-    let b = match WgpuBackend::new(&BridgeConfig::default()) {
-        Ok(b) => b,
-        Err(why) => {
-            assert!(!wgpu_required(), "wgpu is required here: {why}");
-            return;
-        }
+    let Some(b) = WgpuBackend::or_skip(&BridgeConfig::default()) else {
+        return;
     };
     assert!(format!("{b:?}").starts_with("WgpuBackend"));
     assert_eq!(b.health(9), Health::Lost("no such device".to_owned()));

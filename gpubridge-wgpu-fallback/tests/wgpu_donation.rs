@@ -6,7 +6,6 @@
 
 #![cfg(feature = "wgpu")]
 
-use gpubridge_core::conformance::wgpu_required;
 use gpubridge_core::kernels::{VectorAdd, VectorPair};
 use gpubridge_core::{BackendKind, BridgeConfig, ExecutionHints, GpuBridge};
 use gpubridge_wgpu_fallback::wgpu::WgpuBackend;
@@ -15,13 +14,8 @@ use rand::{Rng, SeedableRng};
 #[test]
 fn a_wgpu_batch_writes_its_sums_into_the_donated_inputs() {
     let config = BridgeConfig::default();
-    let backend = match WgpuBackend::new(&config) {
-        Ok(b) => b,
-        Err(why) => {
-            assert!(!wgpu_required(), "wgpu is required here: {why}");
-            eprintln!("skipped: wgpu not available: {why}");
-            return;
-        }
+    let Some(backend) = WgpuBackend::or_skip(&config) else {
+        return;
     };
     let mut b = GpuBridge::builder(config);
     b.register(VectorAdd).unwrap();

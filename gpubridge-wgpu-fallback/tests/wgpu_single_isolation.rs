@@ -7,7 +7,6 @@
 
 #![cfg(feature = "wgpu")]
 
-use gpubridge_core::conformance::wgpu_required;
 use gpubridge_core::kernels::VectorPair;
 use gpubridge_core::testing::PoisonAdd;
 use gpubridge_core::{
@@ -21,13 +20,8 @@ fn a_poison_single_fails_alone_and_its_batch_mates_get_their_sums() {
     let mut config = BridgeConfig::default();
     config.batching.max_batch = 16;
     config.batching.max_queue_delay_us = 10_000_000;
-    let backend = match WgpuBackend::new(&config) {
-        Ok(b) => b,
-        Err(why) => {
-            assert!(!wgpu_required(), "wgpu is required here: {why}");
-            eprintln!("skipped: wgpu not available: {why}");
-            return;
-        }
+    let Some(backend) = WgpuBackend::or_skip(&config) else {
+        return;
     };
     let mut b = GpuBridge::builder(config);
     b.register(PoisonAdd).unwrap();

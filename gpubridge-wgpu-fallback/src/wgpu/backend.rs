@@ -94,6 +94,25 @@ impl WgpuBackend {
         }))
     }
 
+    /// For tests: the backend, or `None` where no adapter is usable (the reason on stderr: a
+    /// skip). Where `GPUBRIDGE_REQUIRE_WGPU=1` no adapter is a failure instead.
+    ///
+    /// # Panics
+    /// Without an adapter when `GPUBRIDGE_REQUIRE_WGPU=1`.
+    pub fn or_skip(config: &BridgeConfig) -> Option<Arc<Self>> {
+        match Self::new(config) {
+            Ok(b) => Some(b),
+            Err(why) => {
+                assert!(
+                    !gpubridge_core::conformance::wgpu_required(),
+                    "wgpu is required here: {why}"
+                );
+                eprintln!("skipped: wgpu not available: {why}");
+                None
+            }
+        }
+    }
+
     /// The device behind index `device`.
     pub fn device(&self, device: usize) -> Option<&WgpuDevice> {
         self.slots.get(device).map(|s| &*s.device)
