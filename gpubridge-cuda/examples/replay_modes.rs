@@ -18,6 +18,37 @@ extern "C" __global__ void bump(float* x) { x[threadIdx.x] += 1.0f; }
 extern "C" __global__ void copy_words(const unsigned int* src, unsigned int* dst, unsigned int n) {
     for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) dst[i] = src[i];
 }
+extern "C" __global__ void signal(unsigned int* counter, volatile unsigned int* flag) {
+    unsigned int c = *counter + 1;
+    *counter = c;
+    __threadfence_system();
+    *flag = c;
+}
+extern "C" __global__ void idle() {}
+extern "C" __global__ void bump_log(float* x, unsigned int* log) {
+    x[threadIdx.x] += 1.0f;
+    if (threadIdx.x == 0) {
+        unsigned int smid;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+        unsigned int i = atomicAdd(log, 1u);
+        log[1 + (i & 4095u)] = smid;
+    }
+}
+extern "C" __global__ void fence_only() { __threadfence_system(); }
+extern "C" __global__ void fence_device() { __threadfence(); }
+extern "C" __global__ void host_write(volatile unsigned int* flag) { *flag = 1; }
+extern "C" __global__ void copy_words_signal(const unsigned int* src, unsigned int* dst, unsigned int n,
+                                             unsigned int* counter, volatile unsigned int* flag) {
+    for (unsigned int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src[i];
+    __threadfence_system();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned int c = *counter + 1;
+        *counter = c;
+        __threadfence_system();
+        *flag = c;
+    }
+}
 "#;
 
 type Res<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -986,6 +1017,14 @@ fn main() -> Res<()> {
         Some("bridge") => return bridge_work(&probe),
         Some("memory") => return memory(&probe),
         Some("one-at-a-time") => return one_at_a_time(&probe),
+        Some("flag") => return flag(&probe, &module),
+        Some("fence") => return fence(&probe, &module),
+        Some("switch") => return switch(&probe, &module),
+        Some("pending") => return pending(&probe, &streams),
+        Some("modes") => return modes(&probe),
+        Some("alternate") => return alternate(&probe, &streams),
+        Some("placement") => return placement(&probe, &module),
+        Some("addresses") => return addresses(&probe),
         _ => {}
     }
     for how in [Wait::Spin, Wait::Sync] {
@@ -1063,5 +1102,695 @@ fn main() -> Res<()> {
     let f = stream_round_robin(&bump, &copy, &bufs, n, &s0, reps)?;
     let cells: Vec<String> = f.iter().map(|m| format!("{m:5.1}")).collect();
     println!("{:<34} {}", "[spin] F stream launches", cells.join("  "));
+    Ok(())
+}
+
+/// How soon the host can know a small graph is done: a kernel-copy graph whose last kernel
+/// (or one more, one-thread kernel) writes a counter into mapped host memory after a system
+/// fence, the host spinning on that word, against `cuStreamQuery` spinning and
+/// `cuStreamSynchronize`. Per replay: launch to done, host time; with the flag, also how much
+/// later the stream itself reads done. Each case in turn, twice.
+fn flag(p: &Probe<'_>, module: &Arc<cudarc::driver::CudaModule>) -> Res<()> {
+    let signal = module.load_function("signal")?;
+    let copy_signal = module.load_function("copy_words_signal")?;
+    let b = &p.bufs[1];
+    let cs = p.s0.cu_stream();
+    // SAFETY: a context is current on this thread; the words outlive every replay (never freed).
+    let (counter, flag_host) = unsafe {
+        let counter = result::malloc_sync(4)?;
+        result::memset_d8_sync(counter, 0, 4)?;
+        let flag = result::malloc_host(4, 2)?.cast::<u32>();
+        flag.write_volatile(0);
+        (counter, flag)
+    };
+    let launch = |f: &CudaFunction, params: &mut [*mut c_void]| -> Res<()> {
+        // SAFETY: one block of 32 threads on a live stream; the parameters match the kernels.
+        unsafe { result::launch_kernel(f.cu_function(), (1, 1, 1), (32, 1, 1), 0, cs, params)? };
+        Ok(())
+    };
+    let copy_in = || -> Res<()> {
+        let (mut s, mut d, mut w) = (b.host as u64, b.dev, 32u32);
+        launch(
+            p.copy,
+            &mut [
+                (&mut s as *mut u64).cast(),
+                (&mut d as *mut u64).cast(),
+                (&mut w as *mut u32).cast(),
+            ],
+        )
+    };
+    let bumps = || -> Res<()> {
+        for _ in 0..p.n {
+            let mut d = b.dev;
+            launch(p.bump, &mut [(&mut d as *mut u64).cast()])?;
+        }
+        Ok(())
+    };
+    let (mut c, mut f) = (counter, flag_host as u64);
+    let capture_with = |body: &dyn Fn() -> Res<()>| -> Res<CudaGraph> {
+        p.s0.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        body()?;
+        let g =
+            p.s0.end_capture(sys::CUgraphInstantiate_flags(0))?
+                .ok_or("empty graph")?;
+        g.upload()?;
+        p.s0.synchronize()?;
+        Ok(g)
+    };
+    let memcpy = capture(p.bump, p.copy, b, p.n, Copies::Both, p.s0)?;
+    let kc = capture(p.bump, p.copy, b, p.n, Copies::Kernel, p.s0)?;
+    let separate = capture_with(&|| {
+        copy_in()?;
+        bumps()?;
+        let (mut s, mut d, mut w) = (b.dev, b.back as u64, 32u32);
+        launch(
+            p.copy,
+            &mut [
+                (&mut s as *mut u64).cast(),
+                (&mut d as *mut u64).cast(),
+                (&mut w as *mut u32).cast(),
+            ],
+        )?;
+        let (mut c, mut f) = (c, f);
+        launch(
+            &signal,
+            &mut [(&mut c as *mut u64).cast(), (&mut f as *mut u64).cast()],
+        )
+    })?;
+    let fused = capture_with(&|| {
+        copy_in()?;
+        bumps()?;
+        let (mut s, mut d, mut w) = (b.dev, b.back as u64, 32u32);
+        let (mut c, mut f) = (c, f);
+        launch(
+            &copy_signal,
+            &mut [
+                (&mut s as *mut u64).cast(),
+                (&mut d as *mut u64).cast(),
+                (&mut w as *mut u32).cast(),
+                (&mut c as *mut u64).cast(),
+                (&mut f as *mut u64).cast(),
+            ],
+        )
+    })?;
+    let _ = (&mut c, &mut f);
+    // The counter's value after each replay, as the host expects it.
+    let mut expected = 0u32;
+    // SAFETY: the first replays (in capture_with's upload, none launched) wrote nothing yet.
+    let read_flag = || unsafe { flag_host.read_volatile() };
+    enum How {
+        Sync,
+        Query,
+        Flag,
+        FlagThenQuery,
+    }
+    let mut run = |label: &str, g: &CudaGraph, how: How, signals: bool| -> Res<()> {
+        let exec = g.cu_graph_exec();
+        let (mut done, mut tail) = (Vec::with_capacity(p.reps), Vec::with_capacity(p.reps));
+        for _ in 0..p.reps {
+            let t = Instant::now();
+            // SAFETY: a live exec and stream.
+            unsafe { result::graph::launch(exec, cs)? };
+            if signals {
+                expected = expected.wrapping_add(1);
+            }
+            match how {
+                How::Sync => p.s0.synchronize()?,
+                How::Query => wait(cs, Wait::Spin)?,
+                How::Flag | How::FlagThenQuery => {
+                    while read_flag() != expected {
+                        std::hint::spin_loop();
+                    }
+                }
+            }
+            done.push(t.elapsed().as_secs_f64() * 1e6);
+            if matches!(how, How::FlagThenQuery) {
+                wait(cs, Wait::Spin)?;
+                tail.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        p.s0.synchronize()?;
+        // SAFETY: 128 mapped bytes the synchronised replays wrote.
+        let back = unsafe { std::slice::from_raw_parts(b.back.cast::<f32>(), 32) };
+        if back.iter().any(|&x| x != p.n as f32) {
+            return Err(format!("{label}: wrong values {:?}", &back[..4]).into());
+        }
+        let q = |v: &mut Vec<f64>, at: f64| {
+            v.sort_by(f64::total_cmp);
+            v.get(((v.len().max(1) - 1) as f64 * at) as usize)
+                .copied()
+                .unwrap_or(0.0)
+        };
+        let (m, lo, hi) = (q(&mut done, 0.5), q(&mut done, 0.1), q(&mut done, 0.9));
+        let tail = if tail.is_empty() {
+            String::new()
+        } else {
+            format!("  stream done {:6.1}", q(&mut tail, 0.5))
+        };
+        println!("{label:<44} {m:6.1} ({lo:5.1}-{hi:5.1}) us{tail}");
+        Ok(())
+    };
+    // PLAIN_ROUNDS=k: k rounds of the graphs without a signal first (whether what CL saw,
+    // every graph faster from the first signalling graph's replay on, comes with time).
+    let plain: usize = std::env::var("PLAIN_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    for round in 1..=plain {
+        println!("plain round {round}");
+        run(
+            "memcpy graph, cuStreamSynchronize",
+            &memcpy,
+            How::Sync,
+            false,
+        )?;
+        run("kernel copies, cuStreamQuery spin", &kc, How::Query, false)?;
+    }
+    for round in 1..=2 {
+        println!(
+            "round {round}, chain of {}, {} replays per case",
+            p.n, p.reps
+        );
+        run(
+            "memcpy graph, cuStreamSynchronize",
+            &memcpy,
+            How::Sync,
+            false,
+        )?;
+        run(
+            "memcpy graph, cuStreamQuery spin",
+            &memcpy,
+            How::Query,
+            false,
+        )?;
+        run("kernel copies, cuStreamSynchronize", &kc, How::Sync, false)?;
+        run("kernel copies, cuStreamQuery spin", &kc, How::Query, false)?;
+        if round == 1 {
+            run(
+                "fused copy+signal, one replay's worth",
+                &fused,
+                How::Query,
+                true,
+            )?;
+            run(
+                "kernel copies, cuStreamQuery spin, after",
+                &kc,
+                How::Query,
+                false,
+            )?;
+        }
+        run(
+            "+ signal kernel, cuStreamQuery spin",
+            &separate,
+            How::Query,
+            true,
+        )?;
+        run("+ signal kernel, flag spin", &separate, How::Flag, true)?;
+        run(
+            "+ signal kernel, flag then query",
+            &separate,
+            How::FlagThenQuery,
+            true,
+        )?;
+        run(
+            "fused copy+signal, cuStreamQuery spin",
+            &fused,
+            How::Query,
+            true,
+        )?;
+        run("fused copy+signal, flag spin", &fused, How::Flag, true)?;
+        run(
+            "fused copy+signal, flag then query",
+            &fused,
+            How::FlagThenQuery,
+            true,
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether one kernel of a kind changes how fast every later graph runs (run CL: the chains'
+/// graphs ran ~18% faster in every process from the first replay of a graph with a kernel that
+/// fences system-wide). `KIND` picks the kernel: idle, fence_only, fence_device, host_write,
+/// signal.
+fn fence(p: &Probe<'_>, module: &Arc<cudarc::driver::CudaModule>) -> Res<()> {
+    let kind = std::env::var("KIND").unwrap_or_else(|_| "fence_only".to_owned());
+    let f = module.load_function(&kind)?;
+    let cs = p.s0.cu_stream();
+    // SAFETY: a context is current; the words are never freed.
+    let (counter, host) = unsafe {
+        let counter = result::malloc_sync(4)?;
+        result::memset_d8_sync(counter, 0, 4)?;
+        (counter, result::malloc_host(4, 2)?.cast::<u32>() as u64)
+    };
+    let once = || -> Res<()> {
+        let (mut c, mut h) = (counter, host);
+        let mut params: Vec<*mut c_void> = match kind.as_str() {
+            "host_write" => vec![(&mut h as *mut u64).cast()],
+            "signal" => vec![(&mut c as *mut u64).cast(), (&mut h as *mut u64).cast()],
+            _ => vec![],
+        };
+        // SAFETY: one thread on a live stream; the parameters match the kernel.
+        unsafe {
+            result::launch_kernel(f.cu_function(), (1, 1, 1), (1, 1, 1), 0, cs, &mut params)?
+        };
+        p.s0.synchronize()?;
+        Ok(())
+    };
+    let timed = p.start()?;
+    timed.at("bare, again")?;
+    once()?;
+    timed.at(&format!("after one {kind}"))?;
+    for _ in 0..100 {
+        once()?;
+    }
+    timed.at(&format!("after 101 {kind}"))?;
+    std::thread::sleep(Duration::from_millis(500));
+    timed.at("after 0.5 s rest")
+}
+
+/// What switched every graph of CN's processes ~18% faster at the first replays of one graph
+/// (the chain's kernel-copy graph with a one-thread `signal` kernel after it): graphs of the
+/// chain with another tail (`TAIL`: none, copy, signal, idle, fence_only, fence_device,
+/// host_write; `only` makes the graph the tail alone), replayed between two timings of the
+/// plain kernel-copy graph (host time, cuStreamQuery spin).
+fn switch(p: &Probe<'_>, module: &Arc<cudarc::driver::CudaModule>) -> Res<()> {
+    let tail = std::env::var("TAIL").unwrap_or_else(|_| "signal".to_owned());
+    let only = std::env::var("ONLY").is_ok_and(|v| v == "1");
+    let b = &p.bufs[1];
+    let cs = p.s0.cu_stream();
+    // SAFETY: a context is current; the words are never freed.
+    let (counter, host) = unsafe {
+        let counter = result::malloc_sync(4)?;
+        result::memset_d8_sync(counter, 0, 4)?;
+        (counter, result::malloc_host(4, 2)?.cast::<u32>() as u64)
+    };
+    let kc = capture(p.bump, p.copy, b, p.n, Copies::Kernel, p.s0)?;
+    let tail_fn = match tail.as_str() {
+        "none" => None,
+        "copy" => Some(p.copy.clone()),
+        name => Some(module.load_function(name)?),
+    };
+    p.s0.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+    if !only {
+        enqueue(p.bump, p.copy, b, p.n, Copies::Kernel, p.s0)?;
+    }
+    if let Some(f) = &tail_fn {
+        let (mut c, mut h, mut s, mut d, mut w) = (counter, host, b.dev, b.dev + 512, 32u32);
+        let mut params: Vec<*mut c_void> = match tail.as_str() {
+            "host_write" => vec![(&mut h as *mut u64).cast()],
+            "signal" => vec![(&mut c as *mut u64).cast(), (&mut h as *mut u64).cast()],
+            "copy" => vec![
+                (&mut s as *mut u64).cast(),
+                (&mut d as *mut u64).cast(),
+                (&mut w as *mut u32).cast(),
+            ],
+            _ => vec![],
+        };
+        // SAFETY: one block of 32 threads; the parameters match the kernel.
+        unsafe {
+            result::launch_kernel(f.cu_function(), (1, 1, 1), (32, 1, 1), 0, cs, &mut params)?
+        };
+    }
+    let variant =
+        p.s0.end_capture(sys::CUgraphInstantiate_flags(0))?
+            .ok_or("empty graph")?;
+    variant.upload()?;
+    p.s0.synchronize()?;
+    let time = |label: &str, g: &CudaGraph| -> Res<()> {
+        let mut v = Vec::with_capacity(p.reps);
+        for _ in 0..p.reps {
+            let t = Instant::now();
+            // SAFETY: a live exec and stream.
+            unsafe { result::graph::launch(g.cu_graph_exec(), cs)? };
+            wait(cs, Wait::Spin)?;
+            v.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        v.sort_by(f64::total_cmp);
+        println!("{label:<40} {:7.1} us", v[v.len() / 2]);
+        Ok(())
+    };
+    time("kernel copies", &kc)?;
+    time("kernel copies, again", &kc)?;
+    time(
+        &format!(
+            "{}tail {tail}",
+            if only { "only the " } else { "chain and " }
+        ),
+        &variant,
+    )?;
+    time("kernel copies, after", &kc)?;
+    time("the variant again", &variant)
+}
+
+/// CO's switch pinned down: a second graph of the chain captured (on `CAP`: s0 or s1), uploaded
+/// (`UPLOAD`: s0, s1 or none) and not launched, then (`ACTION`) launched once or destroyed; the
+/// plain kernel-copy graph timed on s0 and on s2 after each step.
+fn pending(p: &Probe<'_>, streams: &[Arc<CudaStream>]) -> Res<()> {
+    let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+    let (cap, up, action) = (
+        var("CAP", "s0"),
+        var("UPLOAD", "s0"),
+        var("ACTION", "launch"),
+    );
+    let pick = |name: &str| if name == "s1" { &streams[0] } else { p.s0 };
+    let b = &p.bufs[1];
+    let kc = capture(p.bump, p.copy, b, p.n, Copies::Kernel, p.s0)?;
+    let time = |label: &str| -> Res<()> {
+        let mut cells = Vec::new();
+        for s in [p.s0, &streams[1]] {
+            let cs = s.cu_stream();
+            let mut v = Vec::with_capacity(p.reps);
+            for _ in 0..p.reps {
+                let t = Instant::now();
+                // SAFETY: a live exec and stream.
+                unsafe { result::graph::launch(kc.cu_graph_exec(), cs)? };
+                wait(cs, Wait::Spin)?;
+                v.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            v.sort_by(f64::total_cmp);
+            cells.push(format!("{:7.1}", v[v.len() / 2]));
+        }
+        println!(
+            "{label:<44} kc on s0 {} us, on s2 {} us",
+            cells[0], cells[1]
+        );
+        Ok(())
+    };
+    time("only kc")?;
+    let s = pick(&cap);
+    s.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+    enqueue(p.bump, p.copy, &p.bufs[2], p.n, Copies::Kernel, s)?;
+    let variant = s
+        .end_capture(sys::CUgraphInstantiate_flags(0))?
+        .ok_or("empty graph")?;
+    time(&format!("second graph captured on {cap}"))?;
+    if up != "none" {
+        // SAFETY: a live exec and stream.
+        unsafe { result::graph::upload(variant.cu_graph_exec(), pick(&up).cu_stream())? };
+        pick(&up).synchronize()?;
+        time(&format!("uploaded to {up}"))?;
+    }
+    if action == "launch" {
+        variant.launch()?;
+        s.synchronize()?;
+        time(&format!("launched once on {cap}"))?;
+        drop(variant);
+        time("destroyed")
+    } else {
+        drop(variant);
+        time("destroyed, never launched")
+    }
+}
+
+/// Which graphs each slow mode slows: the chain's memcpy graph and kernel-copy graph (host and
+/// device time) bare, after 24 other streams each ran an empty kernel (the eighteenth session's
+/// trigger), after a third graph was uploaded and not launched (CP's), and after its launch.
+/// `ORDER=upload` takes the upload first.
+fn modes(p: &Probe<'_>) -> Res<()> {
+    let Probe { ctx, s0, .. } = *p;
+    let kc = capture(p.bump, p.copy, &p.bufs[1], p.n, Copies::Kernel, s0)?;
+    let mc = capture(p.bump, p.copy, &p.bufs[2], p.n, Copies::Both, s0)?;
+    let show = |label: &str| -> Res<()> {
+        ctx.bind_to_thread()?;
+        let (kh, kd) = host_and_device(kc.cu_graph_exec(), s0, p.reps)?;
+        let (mh, md) = host_and_device(mc.cu_graph_exec(), s0, p.reps)?;
+        println!(
+            "{label:<40} kernel copies host {kh:7.1} device {kd:7.1} | memcpy host {mh:7.1} device {md:7.1} us"
+        );
+        Ok(())
+    };
+    let nothing = nothing_kernel(ctx)?;
+    let others: Vec<Arc<CudaStream>> = (0..24)
+        .map(|_| ctx.new_stream())
+        .collect::<Result<_, _>>()?;
+    let streams = || -> Res<()> {
+        for s in &others {
+            // SAFETY: a kernel without parameters on a live stream.
+            unsafe {
+                result::launch_kernel(
+                    nothing.cu_function(),
+                    (1, 1, 1),
+                    (1, 1, 1),
+                    0,
+                    s.cu_stream(),
+                    &mut [],
+                )?;
+            }
+            s.synchronize()?;
+        }
+        show("24 other streams ran a kernel")
+    };
+    s0.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+    enqueue(p.bump, p.copy, &p.bufs[3], p.n, Copies::Kernel, s0)?;
+    let pending = s0
+        .end_capture(sys::CUgraphInstantiate_flags(0))?
+        .ok_or("empty graph")?;
+    let upload = || -> Res<()> {
+        pending.upload()?;
+        s0.synchronize()?;
+        show("a third graph uploaded, not launched")
+    };
+    show("bare")?;
+    show("bare, again")?;
+    if std::env::var("ORDER").is_ok_and(|o| o == "upload") {
+        upload()?;
+        streams()?;
+    } else {
+        streams()?;
+        upload()?;
+    }
+    pending.launch()?;
+    s0.synchronize()?;
+    show("the third graph launched")
+}
+
+/// Why P1's raw memcpy graph, replayed alternately with the bridge's calls, ran ~10% faster at
+/// chain 1000 than alone (and than the kernel-copy graphs) in a process in the slow mode: after
+/// 24 streams ran a kernel (the slow mode), graphs timed alone and in alternation, on one
+/// stream or two (host time per replay, median, cuStreamSynchronize).
+fn alternate(p: &Probe<'_>, streams: &[Arc<CudaStream>]) -> Res<()> {
+    let Probe { ctx, s0, .. } = *p;
+    let s1 = &streams[0];
+    let kc = capture(p.bump, p.copy, &p.bufs[1], p.n, Copies::Kernel, s0)?;
+    let kc2 = capture(p.bump, p.copy, &p.bufs[3], p.n, Copies::Kernel, s0)?;
+    let mc = capture(p.bump, p.copy, &p.bufs[2], p.n, Copies::Both, s0)?;
+    let nothing = nothing_kernel(ctx)?;
+    let fast = std::env::var("FAST").is_ok_and(|v| v == "1");
+    if !fast {
+        for _ in 0..24 {
+            let s = ctx.new_stream()?;
+            // SAFETY: a kernel without parameters on a live stream.
+            unsafe {
+                result::launch_kernel(
+                    nothing.cu_function(),
+                    (1, 1, 1),
+                    (1, 1, 1),
+                    0,
+                    s.cu_stream(),
+                    &mut [],
+                )?;
+            }
+            s.synchronize()?;
+        }
+    }
+    println!(
+        "{}",
+        if fast {
+            "fast mode (no trigger)"
+        } else {
+            "slow mode (24 streams ran a kernel)"
+        }
+    );
+    // Each case: a cycle of (graph, stream) replays; each replay timed alone.
+    let case = |label: &str, cycle: &[(&CudaGraph, &Arc<CudaStream>)]| -> Res<()> {
+        let mut times = vec![Vec::with_capacity(p.reps); cycle.len()];
+        for _ in 0..p.reps {
+            for (i, (g, s)) in cycle.iter().enumerate() {
+                let t = Instant::now();
+                // SAFETY: a live exec and stream.
+                unsafe { result::graph::launch(g.cu_graph_exec(), s.cu_stream())? };
+                s.synchronize()?;
+                times[i].push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        let cells: Vec<String> = times
+            .into_iter()
+            .map(|mut v| {
+                v.sort_by(f64::total_cmp);
+                format!("{:7.1}", v[v.len() / 2])
+            })
+            .collect();
+        println!("{label:<44} {}", cells.join(" "));
+        Ok(())
+    };
+    case("kc on s0 alone", &[(&kc, s0)])?;
+    case("memcpy on s0 alone", &[(&mc, s0)])?;
+    case("memcpy on s1 alone", &[(&mc, s1)])?;
+    case("kc s0, memcpy s1", &[(&kc, s0), (&mc, s1)])?;
+    case("kc s0, memcpy s0", &[(&kc, s0), (&mc, s0)])?;
+    case("kc s0, kc2 s1", &[(&kc, s0), (&kc2, s1)])?;
+    case("kc s0, kc2 s0", &[(&kc, s0), (&kc2, s0)])?;
+    case("kc s0, kc s1 (one exec)", &[(&kc, s0), (&kc, s1)])?;
+    case("kc on s0 alone, again", &[(&kc, s0)])
+}
+
+/// Where the chain's kernels run in each mode: a graph of the chain whose kernels also log the
+/// SM they ran on; per mode, its host time per replay, how many SMs one replay used, and how
+/// often a kernel ran on the SM of the one before.
+fn placement(p: &Probe<'_>, module: &Arc<cudarc::driver::CudaModule>) -> Res<()> {
+    let Probe { ctx, s0, .. } = *p;
+    let bump_log = module.load_function("bump_log")?;
+    let nothing = nothing_kernel(ctx)?;
+    let cs = s0.cu_stream();
+    let n = p.n.min(4000);
+    // SAFETY: a context is current; the buffers are never freed.
+    let (x, log) = unsafe {
+        let x = result::malloc_sync(1024)?;
+        let log = result::malloc_sync(4 * 4097)?;
+        result::memset_d8_sync(x, 0, 1024)?;
+        (x, log)
+    };
+    s0.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+    for _ in 0..n {
+        let (mut a, mut b) = (x, log);
+        // SAFETY: one block of 32 threads; the parameters match the kernel.
+        unsafe {
+            result::launch_kernel(
+                bump_log.cu_function(),
+                (1, 1, 1),
+                (32, 1, 1),
+                0,
+                cs,
+                &mut [(&mut a as *mut u64).cast(), (&mut b as *mut u64).cast()],
+            )?
+        };
+    }
+    let g = s0
+        .end_capture(sys::CUgraphInstantiate_flags(0))?
+        .ok_or("empty graph")?;
+    let report = |label: &str| -> Res<()> {
+        let mut times = Vec::new();
+        for _ in 0..p.reps {
+            let t = Instant::now();
+            g.launch()?;
+            s0.synchronize()?;
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        times.sort_by(f64::total_cmp);
+        // One replay logged alone.
+        let mut words = vec![0u32; 4097];
+        // SAFETY: `log` is 4097 words of device memory; the stream is idle.
+        unsafe {
+            result::memset_d8_sync(log, 0, 4 * 4097)?;
+            g.launch()?;
+            s0.synchronize()?;
+            result::memcpy_dtoh_sync(&mut words, log)?;
+        }
+        let sms = &words[1..=n];
+        let mut distinct = sms.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let same = sms.windows(2).filter(|w| w[0] == w[1]).count();
+        let mut counts = std::collections::HashMap::new();
+        for &s in sms {
+            *counts.entry(s).or_insert(0usize) += 1;
+        }
+        let top = counts.values().max().copied().unwrap_or(0);
+        println!(
+            "{label:<36} {:8.1} us | {} SMs used, busiest {top} kernels, {:.0}% on the SM before; first SMs {:?}",
+            times[times.len() / 2],
+            distinct.len(),
+            100.0 * same as f64 / (n - 1).max(1) as f64,
+            &sms[..12.min(sms.len())],
+        );
+        Ok(())
+    };
+    report("bare")?;
+    for _ in 0..24 {
+        let s = ctx.new_stream()?;
+        // SAFETY: a kernel without parameters on a live stream.
+        unsafe {
+            result::launch_kernel(
+                nothing.cu_function(),
+                (1, 1, 1),
+                (1, 1, 1),
+                0,
+                s.cu_stream(),
+                &mut [],
+            )?;
+        }
+        s.synchronize()?;
+    }
+    report("24 other streams ran a kernel")
+}
+
+/// Whether where the chain's 128 bytes sit in device memory decides its speed: the chain
+/// (bumps only, no copies) captured over buffers at 64 offsets of one 8 MiB allocation (every
+/// 128 KiB) and 16 separate allocations; each graph's median host time per replay.
+fn addresses(p: &Probe<'_>) -> Res<()> {
+    let Probe { s0, .. } = *p;
+    let cs = s0.cu_stream();
+    // SAFETY: a context is current; never freed.
+    let big = unsafe { result::malloc_sync(8 << 20)? };
+    let mut targets: Vec<(String, u64)> = (0..64u64)
+        .map(|i| (format!("+{}K", i * 128), big + i * (128 << 10)))
+        .collect();
+    for i in 0..16 {
+        // SAFETY: as above.
+        let d = unsafe { result::malloc_sync(1 << 20)? };
+        targets.push((format!("alloc {i}"), d));
+    }
+    let mut results = Vec::new();
+    for (label, dev) in &targets {
+        s0.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        for _ in 0..p.n {
+            let mut d = *dev;
+            // SAFETY: one block of 32 threads bumping 32 floats of a live buffer.
+            unsafe {
+                result::launch_kernel(
+                    p.bump.cu_function(),
+                    (1, 1, 1),
+                    (32, 1, 1),
+                    0,
+                    cs,
+                    &mut [(&mut d as *mut u64).cast()],
+                )?
+            };
+        }
+        let g = s0
+            .end_capture(sys::CUgraphInstantiate_flags(0))?
+            .ok_or("empty graph")?;
+        g.launch()?;
+        s0.synchronize()?;
+        let mut v = Vec::with_capacity(p.reps);
+        for _ in 0..p.reps {
+            let t = Instant::now();
+            g.launch()?;
+            s0.synchronize()?;
+            v.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        v.sort_by(f64::total_cmp);
+        results.push((label.clone(), *dev, v[v.len() / 2]));
+    }
+    let mut sorted: Vec<f64> = results.iter().map(|r| r.2).collect();
+    sorted.sort_by(f64::total_cmp);
+    println!(
+        "chain of {}: {} buffers, median per replay min {:.1} p25 {:.1} p50 {:.1} p75 {:.1} max {:.1} us",
+        p.n,
+        sorted.len(),
+        sorted[0],
+        sorted[sorted.len() / 4],
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() * 3 / 4],
+        sorted[sorted.len() - 1]
+    );
+    let cells: Vec<String> = results
+        .iter()
+        .map(|(l, d, t)| format!("{l} {d:#x} {t:.1}"))
+        .collect();
+    for c in cells.chunks(4) {
+        println!("  {}", c.join(" | "));
+    }
     Ok(())
 }
