@@ -147,6 +147,19 @@ impl CudaBackend {
         })
     }
 
+    /// Where on `device` the outputs of `kernel`'s cached CUDA graphs start: device addresses,
+    /// one per cached graph of that kernel (none when it has none). A diagnostic for benchmarks:
+    /// on the H200 a chain of small kernels over the same 128 bytes runs up to ~17% faster or
+    /// slower depending on the bytes' address alone (which L2 slice holds them), so a raw
+    /// baseline compared with a graph's replays is made over the graph's own bytes
+    /// (`gpubridge bench`'s P1; docs/PERFORMANCE.md, nineteenth session). Writing there while
+    /// the bridge may replay the graph races with it.
+    pub fn graph_outputs(&self, device: usize, kernel: &str) -> Vec<u64> {
+        self.slots.get(device).map_or_else(Vec::new, |s| {
+            crate::executor::graph_outputs_of(&s.shared, kernel)
+        })
+    }
+
     /// Of [`CudaBackend::inline_runs`], the replays of a cached CUDA graph: a spinning caller
     /// replays its plan's graph on its own thread once the executor has captured it.
     pub fn inline_replays(&self, device: usize) -> u64 {

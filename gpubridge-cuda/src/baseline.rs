@@ -83,13 +83,22 @@ impl Drop for DevMem {
 /// downloaded into pinned memory. The pinned buffers are the executor's mapped staging, so that
 /// the copies can also be made by a kernel (`kernel_copies`).
 struct ChainBuffers {
-    dev: DevMem,
+    /// The device bytes the chain bumps: `own`'s, or another owner's ([`ChainBuffers::at`]).
+    dev: sys::CUdeviceptr,
+    /// Freed when the chain's buffers go (held only for that).
+    _own: Option<DevMem>,
     host: PinnedBuffer,
     back: PinnedBuffer,
 }
 
 impl ChainBuffers {
     fn new() -> Result<Self> {
+        Self::at(None)
+    }
+
+    /// The chain's buffers, bumping the 128 bytes at `dev` when given (the caller vouches for
+    /// them), else 1024 bytes of its own.
+    fn at(dev: Option<sys::CUdeviceptr>) -> Result<Self> {
         let mapped = || -> Result<PinnedBuffer> {
             let mut b = PinnedBuffer::mapped();
             b.ensure(128, "cuda:0")?;
@@ -99,8 +108,13 @@ impl ChainBuffers {
         for (i, x) in host.slice_mut(128).chunks_exact_mut(4).enumerate() {
             x.copy_from_slice(&(i as f32).to_ne_bytes());
         }
+        let own = match dev {
+            Some(_) => None,
+            None => Some(DevMem::new(1024)?),
+        };
         Ok(Self {
-            dev: DevMem::new(1024)?,
+            dev: dev.or(own.as_ref().map(|d| d.0)).unwrap_or(0),
+            _own: own,
             host,
             back: mapped()?,
         })
@@ -193,7 +207,8 @@ impl Baseline {
     }
 
     /// Ends a capture begun on the stream (whatever `captured` says, so the stream leaves capture
-    /// mode), instantiates and uploads the graph.
+    /// mode) and instantiates the graph. Not uploaded ahead, as the executor's graphs (an
+    /// uploaded graph not yet launched slows every graph of the context).
     fn end_capture(&self, captured: Result<()>) -> Result<cudarc::driver::CudaGraph> {
         let graph = self
             .stream
@@ -205,7 +220,6 @@ impl Baseline {
             message: "empty graph".to_owned(),
             transient: false,
         })?;
-        graph.upload().map_err(drv("cuGraphUpload"))?;
         Ok(graph)
     }
 
@@ -384,6 +398,55 @@ impl Baseline {
         Ok(times)
     }
 
+    /// [`Baseline::chain_graph_interleaved`] over the 128 device bytes at `at` rather than bytes
+    /// of its own. On the H200 the same chain runs up to ~17% faster or slower depending on
+    /// where its bytes sit (which L2 slice holds them; docs/PERFORMANCE.md, nineteenth
+    /// session), so a raw graph compared with the bridge's is made over the bridge graph's own
+    /// bytes ([`crate::CudaBackend::graph_outputs`]).
+    ///
+    /// # Safety
+    /// `at` must be 128 bytes of device memory of this device's primary context that nothing
+    /// else uses while this runs: `between` may use them only as the chain does, one at a time
+    /// (the bridge's graph copies its input in before it bumps, so a call of it between the
+    /// replays is such a use).
+    ///
+    /// # Errors
+    /// As [`Baseline::chain_graph_interleaved`].
+    pub unsafe fn chain_graph_interleaved_at(
+        &mut self,
+        n: usize,
+        reps: usize,
+        at: sys::CUdeviceptr,
+        between: impl FnMut() -> Result<()>,
+    ) -> Result<Vec<Duration>> {
+        let mut chain = ChainBuffers::at(Some(at))?;
+        let graph = self.capture_chain(&mut chain, n, false)?;
+        let times = self.replays(&graph, reps, between)?;
+        chain.check(n)?;
+        Ok(times)
+    }
+
+    /// [`Baseline::chain_graph_kernel_copies`] over the 128 device bytes at `at`.
+    ///
+    /// # Safety
+    /// As [`Baseline::chain_graph_interleaved_at`], with nothing else using them meanwhile.
+    ///
+    /// # Errors
+    /// As [`Baseline::chain_graph_kernel_copies`].
+    pub unsafe fn chain_graph_kernel_copies_at(
+        &mut self,
+        n: usize,
+        reps: usize,
+        at: sys::CUdeviceptr,
+    ) -> Result<Duration> {
+        let mut chain = ChainBuffers::at(Some(at))?;
+        let graph = self.capture_chain(&mut chain, n, true)?;
+        chain.check(n)?;
+        let mut times = self.replays(&graph, reps.max(1), || Ok(()))?;
+        chain.check(n)?;
+        Ok(median(&mut times) / n as u32)
+    }
+
     /// Times `reps` replays of `graph` (launch and `cuStreamSynchronize`), calling `between`
     /// after each.
     fn replays(
@@ -408,7 +471,7 @@ impl Baseline {
     /// `kernel_copies`, by `cuMemcpy*Async` otherwise.
     fn enqueue_chain(&self, chain: &mut ChainBuffers, n: usize, kernel_copies: bool) -> Result<()> {
         let cs = self.stream.cu_stream();
-        let dev = chain.dev.0;
+        let dev = chain.dev;
         let copy = self.copy.cu_function();
         if kernel_copies {
             crate::executor::launch_copy(
@@ -506,7 +569,7 @@ impl Baseline {
         Ok((median(&mut host) / n as u32, median(&mut device) / n as u32))
     }
 
-    /// Captures [`Baseline::enqueue_chain`] into an uploaded graph and replays it once (warm-up).
+    /// Captures [`Baseline::enqueue_chain`] into a graph and replays it once (warm-up).
     fn capture_chain(
         &self,
         chain: &mut ChainBuffers,

@@ -12,6 +12,8 @@ impl std::fmt::Display for CudaUnavailable {
     }
 }
 
+impl std::error::Error for CudaUnavailable {}
+
 /// Facts about one CUDA device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CudaDevice {

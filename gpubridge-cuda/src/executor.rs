@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -174,6 +174,9 @@ pub struct GraphStats {
     /// staging rather than with copy-engine memcpy nodes (both at most 64 KiB: see
     /// `GRAPH_KERNEL_COPY_MAX` in the executor).
     pub kernel_copy_captures: u64,
+    /// Replays of such graphs waited for by their signal word rather than by the stream (see
+    /// the executor's `Signal`): known done about 2 us sooner on the H200.
+    pub signalled_replays: u64,
 }
 
 /// The most plan shapes the graph cache remembers as seen once, and as failed; past it, that
@@ -355,8 +358,8 @@ struct Executor {
 /// The state of the executor's copy kernel.
 enum CopyKernel {
     Unloaded,
-    /// Loaded (the function keeps its module alive).
-    Ready(CudaFunction),
+    /// Loaded (the functions keep their module alive): the copy kernel and the signal kernel.
+    Ready(CudaFunction, CudaFunction),
     /// It did not compile or load (logged once); graphs copy with memcpy nodes.
     Failed,
 }
@@ -392,7 +395,10 @@ const ZERO_COPY_MAX_LAUNCHES: usize = 2;
 /// docs/PERFORMANCE.md).
 const GRAPH_KERNEL_COPY_MAX: usize = 64 << 10;
 /// The copy kernel of [`GRAPH_KERNEL_COPY_MAX`]: `n` bytes from `src` to `dst`, 16 at a time when
-/// both are 16-byte aligned. Library code, compiled once per device like a kernel's source.
+/// both are 16-byte aligned; and the signal kernel those graphs end with: one thread counts the
+/// replay in a device word and, after a system-wide fence, writes the count into a word of the
+/// graph's mapped output staging, which the replaying thread watches ([`Signal`]). Library
+/// code, compiled once per device like a kernel's source.
 pub(crate) const COPY_SOURCE: &str = r#"
 extern "C" __global__ void gpubridge_copy(const unsigned char* __restrict__ src,
                                           unsigned char* __restrict__ dst,
@@ -408,6 +414,12 @@ extern "C" __global__ void gpubridge_copy(const unsigned char* __restrict__ src,
         start = words * 16;
     }
     for (unsigned long long k = start + i; k < n; k += stride) dst[k] = src[k];
+}
+extern "C" __global__ void gpubridge_signal(unsigned int* counter, volatile unsigned int* word) {
+    unsigned int c = *counter + 1u;
+    *counter = c;
+    __threadfence_system();
+    *word = c;
 }
 "#;
 /// Graphs of plans up to this size replay on a spinning caller's thread (see [`run_inline`]);
@@ -467,6 +479,30 @@ struct GraphEntry {
     library: bool,
     /// Its copies are made by the copy kernel ([`GRAPH_KERNEL_COPY_MAX`]).
     kernel_copies: bool,
+    /// The kernel whose plan it was captured from.
+    kernel: &'static str,
+    /// Where in the device block its outputs start.
+    outputs_at: sys::CUdeviceptr,
+    /// How a replay of a kernel-copy graph is known done ([`Signal`]); `None` for other graphs,
+    /// and once a wait for the signal failed (replays then wait for the stream).
+    signal: Option<Signal>,
+}
+
+/// A kernel-copy graph's last node, the signal kernel of [`COPY_SOURCE`], counts the graph's
+/// replays in a device word of its block and writes the count into a word of its mapped output
+/// staging after a system-wide fence, so the outputs are in host memory once the word holds
+/// the count of the replay just launched. The replaying thread watches that word instead of
+/// polling the stream: on the H200 the word shows a replay done about 2.3 us before
+/// `cuStreamQuery` does, which is most of the cost of the extra node for a short chain
+/// (docs/PERFORMANCE.md, nineteenth session). The stream may still be finishing the graph's
+/// last node when the word is seen; everything after it on the stream, and the graph's next
+/// launch (launches of one graph are ordered), waits for it, and it touches no memory after
+/// the word.
+struct Signal {
+    /// Byte offset of the word in the output staging.
+    word_at: usize,
+    /// Replays launched since capture (the value the word holds after the last one).
+    count: u32,
 }
 
 // SAFETY: the graph, its node and function handles and its staging are valid from any thread
@@ -972,9 +1008,11 @@ impl Executor {
     /// The copy kernel of [`GRAPH_KERNEL_COPY_MAX`], compiled (or read from the PTX cache) and
     /// loaded on first use; `None` when that failed, once and for all (graphs then copy with
     /// memcpy nodes, as they did before).
-    fn copy_function(&mut self) -> Option<sys::CUfunction> {
+    fn copy_function(&mut self) -> Option<(sys::CUfunction, sys::CUfunction)> {
         match &self.copy_kernel {
-            CopyKernel::Ready(function) => return Some(function.cu_function()),
+            CopyKernel::Ready(copy, signal) => {
+                return Some((copy.cu_function(), signal.cu_function()))
+            }
             CopyKernel::Failed => return None,
             CopyKernel::Unloaded => {}
         }
@@ -982,19 +1020,24 @@ impl Executor {
             cuda: Some(COPY_SOURCE),
             wgsl: None,
         };
-        let loaded = (|| -> Result<CudaFunction> {
+        let loaded = (|| -> Result<(CudaFunction, CudaFunction)> {
             let (ptx, _) =
                 self.ptx
                     .ptx("gpubridge_copy", COPY_SOURCE, sources.hash(), self.arch)?;
             self.ctx
                 .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-                .and_then(|module| module.load_function("gpubridge_copy"))
+                .and_then(|module| {
+                    Ok((
+                        module.load_function("gpubridge_copy")?,
+                        module.load_function("gpubridge_signal")?,
+                    ))
+                })
                 .map_err(|e| driver_error(&self.label, "loading the copy kernel", e))
         })();
         match loaded {
-            Ok(function) => {
-                let f = function.cu_function();
-                self.copy_kernel = CopyKernel::Ready(function);
+            Ok((copy, signal)) => {
+                let f = (copy.cu_function(), signal.cu_function());
+                self.copy_kernel = CopyKernel::Ready(copy, signal);
                 Some(f)
             }
             Err(e) => {
@@ -1500,11 +1543,37 @@ impl Executor {
         };
         let mut staging_in = new_staging();
         let mut staging_out = new_staging();
+        // The signal's words: the count after the block's buffers, the word after the outputs.
+        let (counter_at, word_at) = (total.next_multiple_of(16), out_len.next_multiple_of(64));
         staging_in.ensure(layout.in_total, &self.label)?;
-        staging_out.ensure(out_len, &self.label)?;
-        let block = self.pool.rent(total.max(1))?;
+        staging_out.ensure(
+            if copy.is_some() { word_at + 4 } else { out_len },
+            &self.label,
+        )?;
+        let block = self.pool.rent(if copy.is_some() {
+            counter_at + 16
+        } else {
+            total.max(1)
+        })?;
         let label = self.label.clone();
         let (in_dev, out_dev) = (staging_in.device_ptr(), staging_out.device_ptr());
+        if copy.is_some() {
+            // Both words start at zero: the count on the device (synchronously, as the first
+            // replay may be launched on another stream), the word in the staging.
+            staging_out.slice_mut(word_at + 4)[word_at..].fill(0);
+            let zeroed = (|| {
+                let stream = &self.lanes[0].stream;
+                // SAFETY: 4 bytes of the block just rented, which nothing else uses yet.
+                unsafe {
+                    result::memset_d8_async(block.ptr + counter_at as u64, 0, 4, stream.cu_stream())
+                }?;
+                stream.synchronize()
+            })();
+            if let Err(e) = zeroed {
+                self.pool.give_back(block);
+                return Err(driver_error(&self.label, "cuMemsetD8Async", e));
+            }
+        }
         let captured = (|| -> Result<cudarc::driver::CudaGraph> {
             let stream = &self.lanes[0].stream;
             stream
@@ -1525,7 +1594,16 @@ impl Executor {
                     &label,
                 ),
             };
-            let enqueued = copy.map_or(Ok(()), copy_in).and_then(|()| {
+            let signal = |(_, f): (sys::CUfunction, sys::CUfunction)| {
+                launch_signal(
+                    stream,
+                    f,
+                    block.ptr + counter_at as u64,
+                    out_dev + word_at as u64,
+                    &label,
+                )
+            };
+            let enqueued = copy.map(|(f, _)| f).map_or(Ok(()), copy_in).and_then(|()| {
                 enqueue(
                     stream,
                     None,
@@ -1540,7 +1618,8 @@ impl Executor {
                     false,
                     copy.is_none(),
                 )
-                .and_then(|_| copy.map_or(Ok(()), copy_out))
+                .and_then(|_| copy.map(|(f, _)| f).map_or(Ok(()), copy_out))
+                .and_then(|()| copy.map_or(Ok(()), signal))
             });
             // End the capture whatever happened, so the stream leaves capture mode.
             let graph = stream
@@ -1552,9 +1631,10 @@ impl Executor {
                 message: "capture produced no graph".to_owned(),
                 transient: false,
             })?;
-            graph
-                .upload()
-                .map_err(|e| driver_error(&label, "cuGraphUpload", e))?;
+            // Not uploaded ahead (`cuGraphUpload`): on driver 580 an uploaded graph that has
+            // not been launched yet slows every graph of the context ~20%, for good if it is
+            // destroyed unlaunched (docs/PERFORMANCE.md, nineteenth session). Its first launch
+            // uploads it.
             Ok(graph)
         })();
         match captured {
@@ -1564,13 +1644,14 @@ impl Executor {
                 } else {
                     let copies = (
                         copy.is_some() && layout.in_total > 0,
-                        copy.is_some() && out_len > 0,
+                        usize::from(copy.is_some() && out_len > 0) + usize::from(copy.is_some()),
                     );
                     kernel_nodes(&graph, plan, functions, &layout.offsets, block.ptr, copies)
                 };
                 if !updatable && !has_library_step(plan) {
                     tracing::debug!(device = %self.label, kernel = plan.kernel, "captured graph is not a chain of the plan's launches; it replays only as captured");
                 }
+                let outputs_at = block.ptr + layout.out_start as u64;
                 Ok(GraphEntry {
                     graph,
                     bytes: block.size + staging_in.capacity() + staging_out.capacity(),
@@ -1585,6 +1666,9 @@ impl Executor {
                     executions: 0,
                     library: has_library_step(plan),
                     kernel_copies: copy.is_some(),
+                    kernel: plan.kernel,
+                    outputs_at,
+                    signal: copy.map(|_| Signal { word_at, count: 0 }),
                 })
             }
             Err(e) => {
@@ -1647,12 +1731,32 @@ fn replay(
     drop(range);
     entry.executions += 1;
     let range = nvtx::range(Phase::Wait, 0);
-    wait_stream(stream, label)?;
+    let signalled = match entry.signal.as_mut() {
+        Some(signal) => {
+            signal.count = signal.count.wrapping_add(1);
+            let (at, count) = (signal.word_at, signal.count);
+            let word = entry.staging_out.slice_mut(at + 4)[at..].as_ptr();
+            // SAFETY: 4 bytes of the entry's mapped staging (64-byte aligned in a page-aligned
+            // allocation), alive while the entry is, written only by the graph's signal kernel.
+            let waited = unsafe { wait_signal(stream, word.cast::<AtomicU32>(), count, label) };
+            if waited.is_err() {
+                // The word no longer follows the replays: later ones wait for the stream.
+                entry.signal = None;
+            }
+            waited?;
+            true
+        }
+        None => {
+            wait_stream(stream, label)?;
+            false
+        }
+    };
     drop(range);
     metrics::counter!(names::GRAPH_CACHE_TOTAL, "result" => "hit").increment(1);
     {
         let mut g = shared.graphs.lock();
         g.hits += 1;
+        g.signalled_replays += u64::from(signalled);
         match sync {
             NodeSync::SameSteps => g.same_steps_replays += 1,
             NodeSync::Updated(0) => {}
@@ -1671,6 +1775,22 @@ fn replay(
             ..ExecStats::default()
         },
     )))
+}
+
+/// The device addresses where the outputs of `kernel`'s cached graphs start (a diagnostic:
+/// [`crate::CudaBackend::graph_outputs`]).
+pub(crate) fn graph_outputs_of(shared: &Shared, kernel: &str) -> Vec<u64> {
+    let graphs: Vec<Arc<SharedGraph>> = shared.graph_index.read().values().cloned().collect();
+    graphs
+        .iter()
+        .filter_map(|g| {
+            g.entry
+                .lock()
+                .as_ref()
+                .filter(|e| e.kernel == kernel)
+                .map(|e| e.outputs_at)
+        })
+        .collect()
 }
 
 /// Marks a graph as just used, for the LRU.
@@ -1748,7 +1868,7 @@ fn kernel_nodes(
     functions: &[sys::CUfunction],
     offsets: &[usize],
     base: sys::CUdeviceptr,
-    (copy_in, copy_out): (bool, bool),
+    (copy_in, tail): (bool, usize),
 ) -> (Vec<KernelNode>, bool) {
     let launches: Vec<&gpubridge_core::plan::Launch> = plan
         .steps
@@ -1805,10 +1925,11 @@ fn kernel_nodes(
         }
         ok
     };
-    // The copy kernels' nodes, first and last, are not the plan's launches.
-    let copies = usize::from(copy_in) + usize::from(copy_out);
+    // The copy kernels' nodes, first and last, and the signal's, last, are not the plan's
+    // launches (`tail`: the nodes after them).
+    let copies = usize::from(copy_in) + tail;
     if walked && found.len() >= copies {
-        found.truncate(found.len() - usize::from(copy_out));
+        found.truncate(found.len() - tail);
         found.drain(..usize::from(copy_in));
     }
     let updatable = walked && found.len() == launches.len() && functions.len() == launches.len();
@@ -2204,6 +2325,88 @@ fn deliver(
     } else {
         outputs
     }));
+}
+
+/// Waits until the signal word at `word` holds `count` ([`Signal`]): spins on the word, asking
+/// the stream now and then whether it failed (a failed graph never writes the word), and blocks
+/// in `cuStreamSynchronize` after [`SPIN_WAIT`].
+///
+/// # Safety
+/// `word` must point to 4 bytes of mapped pinned memory that stay alive during the call.
+unsafe fn wait_signal(
+    stream: &CudaStream,
+    word: *const AtomicU32,
+    count: u32,
+    label: &str,
+) -> Result<()> {
+    // SAFETY: the caller's promise; the device writes the word, the host only reads it.
+    let word = unsafe { &*word };
+    let cs = stream.cu_stream();
+    let t = Instant::now();
+    let mut spins = 0u32;
+    let missing = || Error::Backend {
+        backend: BackendKind::Cuda,
+        message: format!("{label}: a graph's replay finished without its signal"),
+        transient: false,
+    };
+    loop {
+        if word.load(Ordering::Acquire) == count {
+            return Ok(());
+        }
+        spins += 1;
+        if spins.is_multiple_of(CLOCK_EVERY) {
+            // SAFETY: `cs` is a live stream of this executor.
+            match unsafe { sys::cuStreamQuery(cs) } {
+                sys::CUresult::CUDA_SUCCESS => {
+                    return if word.load(Ordering::Acquire) == count {
+                        Ok(())
+                    } else {
+                        Err(missing())
+                    };
+                }
+                sys::CUresult::CUDA_ERROR_NOT_READY if t.elapsed() > SPIN_WAIT => {
+                    stream
+                        .synchronize()
+                        .map_err(|e| driver_error(label, "cuStreamSynchronize", e))?;
+                    return if word.load(Ordering::Acquire) == count {
+                        Ok(())
+                    } else {
+                        Err(missing())
+                    };
+                }
+                sys::CUresult::CUDA_ERROR_NOT_READY => {}
+                other => {
+                    return Err(driver_error(
+                        label,
+                        "cuStreamQuery",
+                        result::DriverError(other),
+                    ))
+                }
+            }
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// Enqueues the signal kernel of [`COPY_SOURCE`] on `stream` (one thread): counts in the device
+/// word at `counter` and writes the count to the mapped word at `word` ([`Signal`]).
+fn launch_signal(
+    stream: &CudaStream,
+    f: sys::CUfunction,
+    counter: sys::CUdeviceptr,
+    word: sys::CUdeviceptr,
+    label: &str,
+) -> Result<()> {
+    let (mut counter, mut word) = (counter, word);
+    let mut params = [
+        (&mut counter as *mut u64).cast::<c_void>(),
+        (&mut word as *mut u64).cast::<c_void>(),
+    ];
+    // SAFETY: `gpubridge_signal` takes two pointers, given here: 4 bytes of a rented block and 4
+    // bytes of mapped staging that the caller keeps alive as long as the stream's work, or the
+    // graph captured from it.
+    unsafe { result::launch_kernel(f, (1, 1, 1), (1, 1, 1), 0, stream.cu_stream(), &mut params) }
+        .map_err(|e| driver_error(label, "cuLaunchKernel (signal)", e))
 }
 
 /// Waits for `stream`: spins on `cuStreamQuery` for a short while (a sleeping wait costs more
@@ -2816,6 +3019,12 @@ mod tests {
         }
         let ptx = crate::compile("gpubridge_copy", COPY_SOURCE, (9, 0)).unwrap();
         assert!(ptx.contains(".entry gpubridge_copy("), "{ptx}");
+        assert!(ptx.contains(".entry gpubridge_signal("), "{ptx}");
+        // The signal's fence is system-wide (the host reads the outputs once it sees the word).
+        assert!(
+            ptx.contains("membar.sys") || ptx.contains("fence.sc.sys"),
+            "{ptx}"
+        );
     }
 
     /// Every copy a graph makes with the kernel is one word per thread: no thread loops.

@@ -817,9 +817,17 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
         let plain = gpubridge::builder(no_graphs)?
             .kernel(chain::Chain)?
             .build()?;
-        let graphs = gpubridge::builder(bridge.config().clone())?
+        // The graphs' bridge holds its CUDA backend where the row can ask it where a cached
+        // graph's bytes are (`CudaBackend::graph_outputs`): the raw graph it is compared with
+        // runs over the same bytes, as the chain's speed depends on their address.
+        let cuda = gpubridge::cuda::CudaBackend::new(bridge.config())
+            .map_err(|why| anyhow::anyhow!("CUDA: {why}"))?;
+        let graphs = GpuBridge::builder(bridge.config().clone())
             .kernel(chain::Chain)?
+            .backend(cuda.clone())
+            .backend(gpubridge::cpu::CpuBackend::new(bridge.config())?)
             .build()?;
+        let mut bytes_at: Vec<(u32, u64)> = Vec::new();
         checkpoint("after P1's two bridges are built");
         let spin = on_cuda.clone().spin_wait(Duration::from_millis(1));
         let x: Vec<f32> = (0..32).map(|i| i as f32).collect();
@@ -892,14 +900,51 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
             // bridge call follows a raw replay of the same chain, so both see the same machine.
             for (mode, hints) in [("spin_wait hint", &spin), ("default wait", &on_cuda)] {
                 let grain = graphs.batch::<chain::Chain>()?;
+                let before = cuda.graph_outputs(0, <chain::Chain as gpubridge::Kernel>::ID);
                 warm(&grain, hints)?;
+                // The bytes of this chain's graph: the one graph of the kernel new since the
+                // warm-up began (the chain of the first mode), or found then (the second).
+                if !bytes_at.iter().any(|(c, _)| *c == n) {
+                    let new: Vec<u64> = cuda
+                        .graph_outputs(0, <chain::Chain as gpubridge::Kernel>::ID)
+                        .into_iter()
+                        .filter(|a| !before.contains(a))
+                        .collect();
+                    if let [at] = new[..] {
+                        bytes_at.push((n, at));
+                    }
+                }
+                let at = bytes_at.iter().find(|(c, _)| *c == n).map(|(_, a)| *a);
                 let mut calls = Calls::new(reps);
-                let mut raw = base.chain_graph_interleaved(n as usize, reps, || {
-                    call(&grain, hints, &mut calls)
-                })?;
+                let mut between = || call(&grain, hints, &mut calls);
+                let mut raw = match at {
+                    // SAFETY: the 128 bytes where the bridge's graph of this chain keeps its
+                    // output, in the device's primary context (the baseline's too); between the
+                    // raw replays only that graph's calls use them, one at a time, and each
+                    // copies its input in before it bumps them.
+                    Some(at) => unsafe {
+                        base.chain_graph_interleaved_at(n as usize, reps, at, &mut between)?
+                    },
+                    None => base.chain_graph_interleaved(n as usize, reps, &mut between)?,
+                };
+                // The raw kernel-copy graph over the same bytes, for the note.
+                let raw_kc_same = match at {
+                    // SAFETY: as above, with no bridge call meanwhile.
+                    Some(at) => Some(us(unsafe {
+                        base.chain_graph_kernel_copies_at(n as usize, reps, at)?
+                    })),
+                    None => None,
+                };
                 anyhow::ensure!(!calls.wrong, "chain result wrong");
                 checkpoint(&format!("chain {n}: after the interleaved {mode} calls"));
                 let raw_graph = median(&mut raw) / n;
+                let same_bytes = match raw_kc_same {
+                    Some(kc) => format!(
+                        "the raw graphs of the row over the bridge graph's own device bytes; raw kernel-copy graph over them {kc:.2} us/kernel (bridge {:.2}x that); ",
+                        us(median(&mut calls.total.clone()) / n) / kc
+                    ),
+                    None => "the bridge graph's bytes not found: the raw graph over bytes of its own; ".to_owned(),
+                };
                 let graph = median(&mut calls.total) / n;
                 let replayed = calls.replayed;
                 let ratio = us(graph) / us(raw_graph);
@@ -909,13 +954,17 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                     &format!("CUDA graph replay through the bridge, chain of {n} small kernels (128 B in and out), per kernel, {mode}"),
                     Some(us(graph)),
                     "us/kernel",
-                    "raw cudarc graph replay of the same chain and copies (cuStreamSynchronize), interleaved with the bridge's calls",
+                    if at.is_some() {
+                        "raw cudarc graph replay of the same chain and copies over the bridge graph's own device bytes (cuStreamSynchronize), interleaved with the bridge's calls"
+                    } else {
+                        "raw cudarc graph replay of the same chain and copies (cuStreamSynchronize), interleaved with the bridge's calls"
+                    },
                     Some(us(raw_graph)),
                     Some(ratio),
                     "<= 1.1x raw graph replay and >= 65% below the bridge's stream launches",
                     Some(replayed && ratio <= 1.1 && below_stream >= 0.65),
                     &format!(
-                        "{mode}; the chain's launches reused by length (Plan::reuse_steps); every call a graph replay: {replayed}; bridge stream launches (default wait) {:.2} us/kernel ({:.0}% below); raw stream launches {:.2} us/kernel; raw graph alone (not interleaved) {:.2} us/kernel, with a spinning wait {raw_spin:.2}; raw graph with its copies made by a kernel through mapped memory, as the bridge's graphs of small plans copy, {raw_kernel_copies:.2} us/kernel (bridge {:.2}x that){pre_bridge}; per call {:.1} us of which request start to submission {:.1} us, executor pack+replay+wait {:.1} us (job taken to outputs ready {:.1} us), hand-offs {:.1} us and unpack {:.1} us; medians of {reps}",
+                        "{mode}; the chain's launches reused by length (Plan::reuse_steps); every call a graph replay: {replayed}; {same_bytes}bridge stream launches (default wait) {:.2} us/kernel ({:.0}% below); raw stream launches {:.2} us/kernel; raw graph over bytes of its own, alone (not interleaved) {:.2} us/kernel, with a spinning wait {raw_spin:.2}; raw graph over bytes of its own with its copies made by a kernel through mapped memory, as the bridge's graphs of small plans copy, {raw_kernel_copies:.2} us/kernel (bridge {:.2}x that){pre_bridge}; per call {:.1} us of which request start to submission {:.1} us, executor pack+replay+wait {:.1} us (job taken to outputs ready {:.1} us), hand-offs {:.1} us and unpack {:.1} us; medians of {reps}",
                         us(stream),
                         below_stream * 100.0,
                         us(raw_stream),

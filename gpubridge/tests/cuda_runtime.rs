@@ -139,6 +139,8 @@ fn repeated_plan_shapes_are_captured_once_and_replayed_with_fresh_data() {
     assert_eq!((g.misses, g.hits, g.entries), (1, 5, 1), "{g:?}");
     // 80,000 bytes in: past the copy kernel's 64 KiB, so the graph copies with memcpy nodes.
     assert_eq!(g.kernel_copy_captures, 0, "{g:?}");
+    // So its replays wait for the stream: only kernel-copy graphs end with a signal.
+    assert_eq!(g.signalled_replays, 0, "{g:?}");
     gpubridge::testing::assert_quiescent(&b);
 }
 
@@ -206,6 +208,9 @@ fn small_graphs_copy_with_a_kernel_and_answer_exactly() {
     let g = cuda.graph_stats(0).unwrap();
     assert_eq!((g.misses, g.entries), (1, 1), "{g:?}");
     assert_eq!(g.kernel_copy_captures, 1, "{g:?}");
+    // Every replay of a kernel-copy graph is known done by its signal word, not the stream.
+    assert!(g.hits >= 7, "{g:?}");
+    assert_eq!(g.signalled_replays, g.hits, "{g:?}");
     gpubridge::testing::assert_quiescent(&b);
 }
 
@@ -1168,6 +1173,8 @@ fn reused_steps_replay_without_comparison_and_update_when_they_change() {
     // 128 bytes each way: the graph's copies are made by the copy kernel, whose two nodes the
     // updates above skipped (all eight bumps were found and updated).
     assert_eq!(g.kernel_copy_captures, 1, "{g:?}");
+    // The signal kernel's node after them was skipped too, and every replay waited for it.
+    assert_eq!(g.signalled_replays, g.hits, "{g:?}");
     gpubridge::testing::assert_quiescent(&b);
 }
 
