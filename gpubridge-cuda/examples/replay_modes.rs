@@ -4,8 +4,16 @@
 //! replays several graphs of the same chain, round robin, in one process, and prints each one's
 //! median so that the mode can be pinned to what carries it.
 //!
-//! `cargo run --release -p gpubridge-cuda --example replay_modes [reps] [chain]`
-//! (needs a GPU; prints one table).
+//! `cargo run --release -p gpubridge-cuda --example replay_modes [reps] [chain] [experiment]`
+//! (needs a GPU; prints one table). Without an experiment it replays the graphs round robin;
+//! the experiments, each a function below, are `streams`, `pair`, `presence`, `channels`,
+//! `lanes`, `handles`, `graphs`, `threads`, `copies`, `bridge`, `memory`, `one-at-a-time`
+//! (eighteenth session: what slows every graph of a context), `flag` (a kernel-written
+//! completion word against `cuStreamQuery`), `fence`, `switch`, `pending`, `modes` (an
+//! uploaded graph not yet launched), `alternate`, `placement` (the SM each kernel ran on) and
+//! `addresses` (the chain over 80 device addresses) of the nineteenth. Some take settings from
+//! the environment (`KIND`, `TAIL`, `CAP`, `UPLOAD`, `ACTION`, `ORDER`, `FAST`,
+//! `PLAIN_ROUNDS`), as their documentation says.
 
 use std::ffi::c_void;
 use std::sync::Arc;

@@ -140,7 +140,9 @@ impl CudaBackend {
     /// one for spinning callers' tiny plans at start, and two more per lane once it runs a staged
     /// plan. Kept few on purpose: on the H200 (driver 580) a context in which a stream made after
     /// its first twenty-odd runs work replays every graph about 20% slower from then on, even
-    /// once that stream is gone (docs/PERFORMANCE.md, eighteenth session).
+    /// once that stream is gone (docs/PERFORMANCE.md, eighteenth session; a graph uploaded and
+    /// not launched does the same, which is why the executor does not upload its graphs ahead:
+    /// nineteenth session).
     pub fn streams_made(&self, device: usize) -> u64 {
         self.slots.get(device).map_or(0, |s| {
             s.shared.streams.load(std::sync::atomic::Ordering::Relaxed)

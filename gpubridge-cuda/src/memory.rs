@@ -301,6 +301,12 @@ impl PinnedBuffer {
         self.device
     }
 
+    /// The host address of byte 0 (null before the first [`PinnedBuffer::ensure`]), for words
+    /// the device writes while no slice of the buffer is borrowed (a graph's signal word).
+    pub fn host_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+
     /// The first `len` bytes (at most the buffer's size).
     pub fn slice_mut(&mut self, len: usize) -> &mut [u8] {
         if self.ptr.is_null() {
@@ -315,7 +321,8 @@ impl PinnedBuffer {
     fn release(&mut self) {
         if !self.ptr.is_null() {
             // SAFETY: `ptr` came from `cuMemHostAlloc` and no copy or kernel is using it (callers
-            // wait for the stream before growing or dropping the buffer).
+            // wait for the stream before growing or dropping the buffer, or for a graph's signal
+            // word, the last thing that graph writes).
             if let Err(e) = unsafe { result::free_host(self.ptr.cast::<c_void>()) } {
                 tracing::warn!("cuMemFreeHost failed: {e}");
             }
