@@ -579,6 +579,59 @@ fn nothing_kernel(ctx: &Arc<CudaContext>) -> Res<CudaFunction> {
         .load_function("nothing")?)
 }
 
+/// Launches the kernel of [`nothing_kernel`] on `stream` and waits for it.
+fn run_nothing(nothing: &CudaFunction, stream: &CudaStream) -> Res<()> {
+    // SAFETY: a kernel without parameters on a live stream.
+    unsafe {
+        result::launch_kernel(
+            nothing.cu_function(),
+            (1, 1, 1),
+            (1, 1, 1),
+            0,
+            stream.cu_stream(),
+            &mut [],
+        )?;
+    }
+    stream.synchronize()?;
+    Ok(())
+}
+
+/// The eighteenth session's trigger of the slow mode: `k` new streams, each running an empty
+/// kernel; the streams are returned (kept alive or dropped as the caller likes).
+fn streams_ran_a_kernel(
+    ctx: &Arc<CudaContext>,
+    nothing: &CudaFunction,
+    k: usize,
+) -> Res<Vec<Arc<CudaStream>>> {
+    (0..k)
+        .map(|_| {
+            let s = ctx.new_stream()?;
+            run_nothing(nothing, &s)?;
+            Ok(s)
+        })
+        .collect()
+}
+
+/// The median host time in microseconds of `reps` replays of `exec` on `stream`, each launched
+/// and waited for (`how`).
+fn median_replay(
+    exec: sys::CUgraphExec,
+    stream: sys::CUstream,
+    reps: usize,
+    how: Wait,
+) -> Res<f64> {
+    let mut v = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        // SAFETY: a live exec and stream.
+        unsafe { result::graph::launch(exec, stream)? };
+        wait(stream, how)?;
+        v.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    v.sort_by(f64::total_cmp);
+    Ok(v[v.len() / 2])
+}
+
 /// Whether streams that have carried work slow every later graph: a kernel-copy graph of the
 /// chain timed (host and device) while more and more other streams get one empty-kernel launch
 /// each, then on a stream of the greatest priority, then after a second's rest.
@@ -598,18 +651,7 @@ fn channels(p: &Probe<'_>) -> Res<()> {
     let mut used = 0;
     for k in [1usize, 2, 4, 8, 10, 12, 14, 16, 24] {
         for s in &others[used..k] {
-            // SAFETY: a kernel without parameters on a live stream.
-            unsafe {
-                result::launch_kernel(
-                    nothing.cu_function(),
-                    (1, 1, 1),
-                    (1, 1, 1),
-                    0,
-                    s.cu_stream(),
-                    &mut [],
-                )?;
-            }
-            s.synchronize()?;
+            run_nothing(&nothing, s)?;
         }
         used = k;
         show(&format!("+ {k} other streams have run a kernel"), s0)?;
@@ -957,20 +999,8 @@ fn one_at_a_time(p: &Probe<'_>) -> Res<()> {
     let mut done = 0;
     for k in [4usize, 8, 12, 16, 24, 48] {
         while done < k {
-            let s = ctx.new_stream()?;
-            // SAFETY: a kernel without parameters on a live stream.
-            unsafe {
-                result::launch_kernel(
-                    nothing.cu_function(),
-                    (1, 1, 1),
-                    (1, 1, 1),
-                    0,
-                    s.cu_stream(),
-                    &mut [],
-                )?;
-            }
-            s.synchronize()?;
-            drop(s);
+            // Made, used and dropped at once.
+            streams_ran_a_kernel(ctx, &nothing, 1)?;
             done += 1;
         }
         timed.show(
@@ -1426,16 +1456,8 @@ fn switch(p: &Probe<'_>, module: &Arc<cudarc::driver::CudaModule>) -> Res<()> {
     variant.upload()?;
     p.s0.synchronize()?;
     let time = |label: &str, g: &CudaGraph| -> Res<()> {
-        let mut v = Vec::with_capacity(p.reps);
-        for _ in 0..p.reps {
-            let t = Instant::now();
-            // SAFETY: a live exec and stream.
-            unsafe { result::graph::launch(g.cu_graph_exec(), cs)? };
-            wait(cs, Wait::Spin)?;
-            v.push(t.elapsed().as_secs_f64() * 1e6);
-        }
-        v.sort_by(f64::total_cmp);
-        println!("{label:<40} {:7.1} us", v[v.len() / 2]);
+        let m = median_replay(g.cu_graph_exec(), cs, p.reps, Wait::Spin)?;
+        println!("{label:<40} {m:7.1} us");
         Ok(())
     };
     time("kernel copies", &kc)?;
@@ -1467,17 +1489,8 @@ fn pending(p: &Probe<'_>, streams: &[Arc<CudaStream>]) -> Res<()> {
     let time = |label: &str| -> Res<()> {
         let mut cells = Vec::new();
         for s in [p.s0, &streams[1]] {
-            let cs = s.cu_stream();
-            let mut v = Vec::with_capacity(p.reps);
-            for _ in 0..p.reps {
-                let t = Instant::now();
-                // SAFETY: a live exec and stream.
-                unsafe { result::graph::launch(kc.cu_graph_exec(), cs)? };
-                wait(cs, Wait::Spin)?;
-                v.push(t.elapsed().as_secs_f64() * 1e6);
-            }
-            v.sort_by(f64::total_cmp);
-            cells.push(format!("{:7.1}", v[v.len() / 2]));
+            let m = median_replay(kc.cu_graph_exec(), s.cu_stream(), p.reps, Wait::Spin)?;
+            cells.push(format!("{m:7.1}"));
         }
         println!(
             "{label:<44} kc on s0 {} us, on s2 {} us",
@@ -1529,24 +1542,8 @@ fn modes(p: &Probe<'_>) -> Res<()> {
         Ok(())
     };
     let nothing = nothing_kernel(ctx)?;
-    let others: Vec<Arc<CudaStream>> = (0..24)
-        .map(|_| ctx.new_stream())
-        .collect::<Result<_, _>>()?;
     let streams = || -> Res<()> {
-        for s in &others {
-            // SAFETY: a kernel without parameters on a live stream.
-            unsafe {
-                result::launch_kernel(
-                    nothing.cu_function(),
-                    (1, 1, 1),
-                    (1, 1, 1),
-                    0,
-                    s.cu_stream(),
-                    &mut [],
-                )?;
-            }
-            s.synchronize()?;
-        }
+        streams_ran_a_kernel(ctx, &nothing, 24)?;
         show("24 other streams ran a kernel")
     };
     s0.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
@@ -1586,21 +1583,7 @@ fn alternate(p: &Probe<'_>, streams: &[Arc<CudaStream>]) -> Res<()> {
     let nothing = nothing_kernel(ctx)?;
     let fast = std::env::var("FAST").is_ok_and(|v| v == "1");
     if !fast {
-        for _ in 0..24 {
-            let s = ctx.new_stream()?;
-            // SAFETY: a kernel without parameters on a live stream.
-            unsafe {
-                result::launch_kernel(
-                    nothing.cu_function(),
-                    (1, 1, 1),
-                    (1, 1, 1),
-                    0,
-                    s.cu_stream(),
-                    &mut [],
-                )?;
-            }
-            s.synchronize()?;
-        }
+        streams_ran_a_kernel(ctx, &nothing, 24)?;
     }
     println!(
         "{}",
@@ -1715,21 +1698,7 @@ fn placement(p: &Probe<'_>, module: &Arc<cudarc::driver::CudaModule>) -> Res<()>
         Ok(())
     };
     report("bare")?;
-    for _ in 0..24 {
-        let s = ctx.new_stream()?;
-        // SAFETY: a kernel without parameters on a live stream.
-        unsafe {
-            result::launch_kernel(
-                nothing.cu_function(),
-                (1, 1, 1),
-                (1, 1, 1),
-                0,
-                s.cu_stream(),
-                &mut [],
-            )?;
-        }
-        s.synchronize()?;
-    }
+    streams_ran_a_kernel(ctx, &nothing, 24)?;
     report("24 other streams ran a kernel")
 }
 
@@ -1771,15 +1740,8 @@ fn addresses(p: &Probe<'_>) -> Res<()> {
             .ok_or("empty graph")?;
         g.launch()?;
         s0.synchronize()?;
-        let mut v = Vec::with_capacity(p.reps);
-        for _ in 0..p.reps {
-            let t = Instant::now();
-            g.launch()?;
-            s0.synchronize()?;
-            v.push(t.elapsed().as_secs_f64() * 1e6);
-        }
-        v.sort_by(f64::total_cmp);
-        results.push((label.clone(), *dev, v[v.len() / 2]));
+        let m = median_replay(g.cu_graph_exec(), cs, p.reps, Wait::Sync)?;
+        results.push((label.clone(), *dev, m));
     }
     let mut sorted: Vec<f64> = results.iter().map(|r| r.2).collect();
     sorted.sort_by(f64::total_cmp);

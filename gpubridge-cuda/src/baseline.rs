@@ -391,7 +391,17 @@ impl Baseline {
         reps: usize,
         between: impl FnMut() -> Result<()>,
     ) -> Result<Vec<Duration>> {
-        let mut chain = ChainBuffers::new()?;
+        self.interleaved(ChainBuffers::new()?, n, reps, between)
+    }
+
+    /// The replays of [`Baseline::chain_graph_interleaved`] over `chain`'s bytes.
+    fn interleaved(
+        &mut self,
+        mut chain: ChainBuffers,
+        n: usize,
+        reps: usize,
+        between: impl FnMut() -> Result<()>,
+    ) -> Result<Vec<Duration>> {
         let graph = self.capture_chain(&mut chain, n, false)?;
         let times = self.replays(&graph, reps, between)?;
         chain.check(n)?;
@@ -419,11 +429,7 @@ impl Baseline {
         at: sys::CUdeviceptr,
         between: impl FnMut() -> Result<()>,
     ) -> Result<Vec<Duration>> {
-        let mut chain = ChainBuffers::at(Some(at))?;
-        let graph = self.capture_chain(&mut chain, n, false)?;
-        let times = self.replays(&graph, reps, between)?;
-        chain.check(n)?;
-        Ok(times)
+        self.interleaved(ChainBuffers::at(Some(at))?, n, reps, between)
     }
 
     /// [`Baseline::chain_graph_kernel_copies`] over the 128 device bytes at `at`.
@@ -439,7 +445,16 @@ impl Baseline {
         reps: usize,
         at: sys::CUdeviceptr,
     ) -> Result<Duration> {
-        let mut chain = ChainBuffers::at(Some(at))?;
+        self.kernel_copies(ChainBuffers::at(Some(at))?, n, reps)
+    }
+
+    /// The per-kernel time of [`Baseline::chain_graph_kernel_copies`] over `chain`'s bytes.
+    fn kernel_copies(
+        &mut self,
+        mut chain: ChainBuffers,
+        n: usize,
+        reps: usize,
+    ) -> Result<Duration> {
         let graph = self.capture_chain(&mut chain, n, true)?;
         chain.check(n)?;
         let mut times = self.replays(&graph, reps.max(1), || Ok(()))?;
@@ -529,12 +544,7 @@ impl Baseline {
     /// # Errors
     /// Driver errors; [`Error::Backend`] if the chain computed a wrong value.
     pub fn chain_graph_kernel_copies(&mut self, n: usize, reps: usize) -> Result<Duration> {
-        let mut chain = ChainBuffers::new()?;
-        let graph = self.capture_chain(&mut chain, n, true)?;
-        chain.check(n)?;
-        let mut times = self.replays(&graph, reps.max(1), || Ok(()))?;
-        chain.check(n)?;
-        Ok(median(&mut times) / n as u32)
+        self.kernel_copies(ChainBuffers::new()?, n, reps)
     }
 
     /// [`Baseline::chain_graph_kernel_copies`] timed two ways per replay: on the host (launch and
