@@ -790,11 +790,11 @@ impl Executor {
             match self.run_zero_copy(&plan, sources) {
                 Ok((outputs, out_start, out_end, mut stats)) => {
                     stats.executor = taken.elapsed();
-                    let steps = release_inputs(plan);
+                    let spent = release_inputs(plan);
                     let huge = self.huge_pages;
                     let staging = &self.mapped.slice_mut(out_end)[out_start..];
                     deliver(complete, &outputs, staging, stats, huge);
-                    drop(steps);
+                    drop(spent);
                     self.publish_stats();
                 }
                 Err(e) => {
@@ -832,11 +832,11 @@ impl Executor {
                         ) {
                             Ok(Some((outputs, mut stats))) => {
                                 stats.executor = taken.elapsed();
-                                let steps = release_inputs(plan);
+                                let spent = release_inputs(plan);
                                 let staging = graph_outputs(entry, &outputs);
                                 deliver(complete, &outputs, staging, stats, self.huge_pages);
                                 drop(guard);
-                                drop(steps);
+                                drop(spent);
                                 self.publish_stats();
                                 return;
                             }
@@ -2193,12 +2193,12 @@ pub(crate) fn run_inline(
             return None;
         }
     };
-    let steps = release_inputs(plan);
+    let spent = release_inputs(plan);
     let staging = &lane.mapped.slice_mut(layout.out_end)[layout.out_start..];
     // Tiny outputs: the plain allocator (huge pages are for large vectors).
     deliver(complete, &layout.outputs, staging, stats, false);
     drop(guard);
-    drop(steps);
+    drop(spent);
     shared
         .inline_runs
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -2249,7 +2249,7 @@ fn replay_inline(
         Ok(Some((outputs, mut stats))) => {
             touch(shared, &graph);
             stats.executor = taken.elapsed();
-            let steps = release_inputs(plan);
+            let spent = release_inputs(plan);
             // Tiny outputs: the plain allocator (huge pages are for large vectors).
             deliver(
                 complete,
@@ -2260,7 +2260,7 @@ fn replay_inline(
             );
             drop(slot);
             drop(lane);
-            drop(steps);
+            drop(spent);
             shared.inline_runs.fetch_add(1, Ordering::Relaxed);
             shared.inline_replays.fetch_add(1, Ordering::Relaxed);
             None
@@ -2292,23 +2292,22 @@ fn zero_copy_candidate(plan: &Plan) -> bool {
             .all(|b| !matches!(b.role, BufferRole::Scratch))
 }
 
-/// Drops what of a finished plan holds the batch's inputs (its buffers' packers), before its
-/// completion, so that the inputs are then the batch's alone to reuse; returns its steps, to be
-/// dropped once the caller has its outputs (a chain of a thousand launches takes microseconds
-/// to free).
-fn release_inputs(plan: Plan) -> Steps {
-    let Plan { buffers, steps, .. } = plan;
-    drop(buffers);
-    steps
+/// Drops what of a finished plan holds the batch's inputs (its buffers' packers:
+/// [`Plan::release_packers`], as every backend does), before its completion, so that the inputs
+/// are then the batch's alone to reuse; returns the rest, to be dropped once the caller has its
+/// outputs (a chain of a thousand launches takes microseconds to free).
+fn release_inputs(mut plan: Plan) -> Plan {
+    plan.release_packers();
+    plan
 }
 
 /// Fails a plan: what of it holds the batch's inputs goes first, as on success
 /// ([`release_inputs`]), so that they are the batch's alone again when its completion hears of
 /// the error (a batch of single requests is split then, to find the items that failed alone).
 fn fail_plan(plan: Plan, complete: gpubridge_core::device::PlanCompletion, e: Error) {
-    let steps = release_inputs(plan);
+    let spent = release_inputs(plan);
     complete(Err(e));
-    drop(steps);
+    drop(spent);
 }
 
 /// Hands a finished plan's outputs (in pinned staging) to its completion.
