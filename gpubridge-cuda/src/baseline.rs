@@ -108,12 +108,15 @@ impl ChainBuffers {
         for (i, x) in host.slice_mut(128).chunks_exact_mut(4).enumerate() {
             x.copy_from_slice(&(i as f32).to_ne_bytes());
         }
-        let own = match dev {
-            Some(_) => None,
-            None => Some(DevMem::new(1024)?),
+        let (dev, own) = match dev {
+            Some(dev) => (dev, None),
+            None => {
+                let own = DevMem::new(1024)?;
+                (own.0, Some(own))
+            }
         };
         Ok(Self {
-            dev: dev.or(own.as_ref().map(|d| d.0)).unwrap_or(0),
+            dev,
             _own: own,
             host,
             back: mapped()?,

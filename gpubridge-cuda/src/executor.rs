@@ -1532,11 +1532,13 @@ impl Executor {
         total: usize,
     ) -> Result<GraphEntry> {
         let out_len = layout.out_end - layout.out_start;
-        let copy = if layout.in_total <= GRAPH_KERNEL_COPY_MAX && out_len <= GRAPH_KERNEL_COPY_MAX {
-            self.copy_function()
-        } else {
-            None
-        };
+        // The copy kernel and the signal kernel, both or neither.
+        let (copy, signal) =
+            if layout.in_total <= GRAPH_KERNEL_COPY_MAX && out_len <= GRAPH_KERNEL_COPY_MAX {
+                self.copy_function().unzip()
+            } else {
+                (None, None)
+            };
         let new_staging = || match copy {
             Some(_) => PinnedBuffer::mapped(),
             None => PinnedBuffer::empty(),
@@ -1547,17 +1549,21 @@ impl Executor {
         let (counter_at, word_at) = (total.next_multiple_of(16), out_len.next_multiple_of(64));
         staging_in.ensure(layout.in_total, &self.label)?;
         staging_out.ensure(
-            if copy.is_some() { word_at + 4 } else { out_len },
+            if signal.is_some() {
+                word_at + 4
+            } else {
+                out_len
+            },
             &self.label,
         )?;
-        let block = self.pool.rent(if copy.is_some() {
+        let block = self.pool.rent(if signal.is_some() {
             counter_at + 16
         } else {
             total.max(1)
         })?;
         let label = self.label.clone();
         let (in_dev, out_dev) = (staging_in.device_ptr(), staging_out.device_ptr());
-        if copy.is_some() {
+        if signal.is_some() {
             // Both words start at zero: the count on the device (synchronously, as the first
             // replay may be launched on another stream), the word in the staging.
             staging_out.slice_mut(word_at + 4)[word_at..].fill(0);
@@ -1594,7 +1600,7 @@ impl Executor {
                     &label,
                 ),
             };
-            let signal = |(_, f): (sys::CUfunction, sys::CUfunction)| {
+            let signal_last = |f| {
                 launch_signal(
                     stream,
                     f,
@@ -1603,7 +1609,7 @@ impl Executor {
                     &label,
                 )
             };
-            let enqueued = copy.map(|(f, _)| f).map_or(Ok(()), copy_in).and_then(|()| {
+            let enqueued = copy.map_or(Ok(()), copy_in).and_then(|()| {
                 enqueue(
                     stream,
                     None,
@@ -1618,8 +1624,8 @@ impl Executor {
                     false,
                     copy.is_none(),
                 )
-                .and_then(|_| copy.map(|(f, _)| f).map_or(Ok(()), copy_out))
-                .and_then(|()| copy.map_or(Ok(()), signal))
+                .and_then(|_| copy.map_or(Ok(()), copy_out))
+                .and_then(|()| signal.map_or(Ok(()), signal_last))
             });
             // End the capture whatever happened, so the stream leaves capture mode.
             let graph = stream
@@ -1644,7 +1650,7 @@ impl Executor {
                 } else {
                     let copies = (
                         copy.is_some() && layout.in_total > 0,
-                        usize::from(copy.is_some() && out_len > 0) + usize::from(copy.is_some()),
+                        usize::from(copy.is_some() && out_len > 0) + usize::from(signal.is_some()),
                     );
                     kernel_nodes(&graph, plan, functions, &layout.offsets, block.ptr, copies)
                 };
@@ -1668,7 +1674,7 @@ impl Executor {
                     kernel_copies: copy.is_some(),
                     kernel: plan.kernel,
                     outputs_at,
-                    signal: copy.map(|_| Signal { word_at, count: 0 }),
+                    signal: signal.map(|_| Signal { word_at, count: 0 }),
                 })
             }
             Err(e) => {

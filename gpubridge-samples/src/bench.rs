@@ -828,6 +828,7 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
             .backend(gpubridge::cpu::CpuBackend::new(bridge.config())?)
             .build()?;
         let mut bytes_at: Vec<(u32, u64)> = Vec::new();
+        let chain_id = <chain::Chain as gpubridge::Kernel>::ID;
         checkpoint("after P1's two bridges are built");
         let spin = on_cuda.clone().spin_wait(Duration::from_millis(1));
         let x: Vec<f32> = (0..32).map(|i| i as f32).collect();
@@ -900,13 +901,13 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
             // bridge call follows a raw replay of the same chain, so both see the same machine.
             for (mode, hints) in [("spin_wait hint", &spin), ("default wait", &on_cuda)] {
                 let grain = graphs.batch::<chain::Chain>()?;
-                let before = cuda.graph_outputs(0, <chain::Chain as gpubridge::Kernel>::ID);
+                let before = cuda.graph_outputs(0, chain_id);
                 warm(&grain, hints)?;
                 // The bytes of this chain's graph: the one graph of the kernel new since the
                 // warm-up began (the chain of the first mode), or found then (the second).
                 if !bytes_at.iter().any(|(c, _)| *c == n) {
                     let new: Vec<u64> = cuda
-                        .graph_outputs(0, <chain::Chain as gpubridge::Kernel>::ID)
+                        .graph_outputs(0, chain_id)
                         .into_iter()
                         .filter(|a| !before.contains(a))
                         .collect();
@@ -915,10 +916,7 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                     }
                 }
                 // Only while the graph is still cached (its block is then still its own).
-                let cached = |at: &u64| {
-                    cuda.graph_outputs(0, <chain::Chain as gpubridge::Kernel>::ID)
-                        .contains(at)
-                };
+                let cached = |at: &u64| cuda.graph_outputs(0, chain_id).contains(at);
                 let at = bytes_at
                     .iter()
                     .find(|(c, _)| *c == n)
@@ -947,14 +945,14 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                 anyhow::ensure!(!calls.wrong, "chain result wrong");
                 checkpoint(&format!("chain {n}: after the interleaved {mode} calls"));
                 let raw_graph = median(&mut raw) / n;
+                let graph = median(&mut calls.total) / n;
                 let same_bytes = match raw_kc_same {
                     Some(kc) => format!(
                         "the raw graphs of the row over the bridge graph's own device bytes, each replay waited for in cuStreamSynchronize (the bridge's by its graph's signal word); raw kernel-copy graph over them {kc:.2} us/kernel (bridge {:.2}x that); ",
-                        us(median(&mut calls.total.clone()) / n) / kc
+                        us(graph) / kc
                     ),
                     None => "the bridge graph's bytes not found: the raw graph over bytes of its own; ".to_owned(),
                 };
-                let graph = median(&mut calls.total) / n;
                 let replayed = calls.replayed;
                 let ratio = us(graph) / us(raw_graph);
                 let below_stream = 1.0 - us(graph) / us(stream);
