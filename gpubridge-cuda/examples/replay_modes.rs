@@ -11,7 +11,8 @@
 //! (eighteenth session: what slows every graph of a context), `flag` (a kernel-written
 //! completion word against `cuStreamQuery`), `fence`, `switch`, `pending`, `modes` (an
 //! uploaded graph not yet launched), `alternate`, `placement` (the SM each kernel ran on) and
-//! `addresses` (the chain over 80 device addresses) of the nineteenth. Some take settings from
+//! `addresses` (the chain over 80 device addresses) of the nineteenth, and `inputs` (the first
+//! kernel reading its input from mapped host memory instead of a copy node) of the twentieth. Some take settings from
 //! the environment (`KIND`, `TAIL`, `CAP`, `UPLOAD`, `ACTION`, `ORDER`, `FAST`,
 //! `PLAIN_ROUNDS`), as their documentation says.
 
@@ -33,6 +34,7 @@ extern "C" __global__ void signal(unsigned int* counter, volatile unsigned int* 
     *flag = c;
 }
 extern "C" __global__ void idle() {}
+extern "C" __global__ void first(const float* x, float* y) { y[threadIdx.x] = x[threadIdx.x] + 1.0f; }
 extern "C" __global__ void bump_log(float* x, unsigned int* log) {
     x[threadIdx.x] += 1.0f;
     if (threadIdx.x == 0) {
@@ -1063,6 +1065,7 @@ fn main() -> Res<()> {
         Some("alternate") => return alternate(&probe, &streams),
         Some("placement") => return placement(&probe, &module),
         Some("addresses") => return addresses(&probe),
+        Some("inputs") => return inputs(&probe, &module),
         _ => {}
     }
     for how in [Wait::Spin, Wait::Sync] {
@@ -1761,6 +1764,140 @@ fn addresses(p: &Probe<'_>) -> Res<()> {
         .collect();
     for c in cells.chunks(4) {
         println!("  {}", c.join(" | "));
+    }
+    Ok(())
+}
+
+/// Whether a graph's first kernel reading its input straight from mapped host memory replays
+/// sooner than the bridge's shape, a copy kernel into device memory first: three graphs of P1's
+/// chain (`first` from x to y, then `n - 1` bumps of y), each ending with the output copied by
+/// a kernel that then writes a completion word, replayed alternately for three rounds; the raw
+/// memcpy graph of the same chain, waited for by `cuStreamSynchronize`, beside them.
+fn inputs(p: &Probe<'_>, module: &Arc<cudarc::driver::CudaModule>) -> Res<()> {
+    let first = module.load_function("first")?;
+    let copy_signal = module.load_function("copy_words_signal")?;
+    let b = &p.bufs[1];
+    let cs = p.s0.cu_stream();
+    let (x_dev, y_dev) = (b.dev, b.dev + 512);
+    // SAFETY: a context is current on this thread; the words outlive every replay (never freed).
+    let (counter, flag_host) = unsafe {
+        let counter = result::malloc_sync(4)?;
+        result::memset_d8_sync(counter, 0, 4)?;
+        let flag = result::malloc_host(4, 2)?.cast::<u32>();
+        flag.write_volatile(0);
+        (counter, flag)
+    };
+    let launch = |f: &CudaFunction, params: &mut [*mut c_void]| -> Res<()> {
+        // SAFETY: one block of 32 threads on a live stream; the parameters match the kernels.
+        unsafe { result::launch_kernel(f.cu_function(), (1, 1, 1), (32, 1, 1), 0, cs, params)? };
+        Ok(())
+    };
+    let words = |f: &CudaFunction, src: u64, dst: u64| -> Res<()> {
+        let (mut s, mut d, mut w) = (src, dst, 32u32);
+        launch(
+            f,
+            &mut [
+                (&mut s as *mut u64).cast(),
+                (&mut d as *mut u64).cast(),
+                (&mut w as *mut u32).cast(),
+            ],
+        )
+    };
+    let chain = |x: u64| -> Res<()> {
+        let (mut x, mut y) = (x, y_dev);
+        launch(
+            &first,
+            &mut [(&mut x as *mut u64).cast(), (&mut y as *mut u64).cast()],
+        )?;
+        for _ in 1..p.n {
+            let mut y = y_dev;
+            launch(p.bump, &mut [(&mut y as *mut u64).cast()])?;
+        }
+        Ok(())
+    };
+    let signal_out = || -> Res<()> {
+        let (mut s, mut d, mut w) = (y_dev, b.back as u64, 32u32);
+        let (mut c, mut f) = (counter, flag_host as u64);
+        launch(
+            &copy_signal,
+            &mut [
+                (&mut s as *mut u64).cast(),
+                (&mut d as *mut u64).cast(),
+                (&mut w as *mut u32).cast(),
+                (&mut c as *mut u64).cast(),
+                (&mut f as *mut u64).cast(),
+            ],
+        )
+    };
+    let capture_with = |body: &dyn Fn() -> Res<()>| -> Res<CudaGraph> {
+        p.s0.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        body()?;
+        let g =
+            p.s0.end_capture(sys::CUgraphInstantiate_flags(0))?
+                .ok_or("empty graph")?;
+        Ok(g)
+    };
+    let memcpy = capture_with(&|| {
+        // SAFETY: 128 pinned bytes to and from the device buffer, all alive for good.
+        unsafe {
+            result::memcpy_htod_async(x_dev, std::slice::from_raw_parts(b.host, 128), cs)?;
+            chain(x_dev)?;
+            result::memcpy_dtoh_async(std::slice::from_raw_parts_mut(b.back, 128), y_dev, cs)?;
+        }
+        Ok(())
+    })?;
+    let copied = capture_with(&|| {
+        words(p.copy, b.host as u64, x_dev)?;
+        chain(x_dev)?;
+        signal_out()
+    })?;
+    let direct = capture_with(&|| {
+        chain(b.host as u64)?;
+        signal_out()
+    })?;
+    let mut expected = 0u32;
+    let mut run = |label: &str, g: &CudaGraph, signals: bool| -> Res<f64> {
+        let exec = g.cu_graph_exec();
+        let mut done = Vec::with_capacity(p.reps);
+        for _ in 0..p.reps {
+            // SAFETY: 128 mapped bytes no replay is using (the last one was waited for).
+            unsafe { std::ptr::write_bytes(b.back, 0xff, 128) };
+            let t = Instant::now();
+            // SAFETY: a live exec and stream.
+            unsafe { result::graph::launch(exec, cs)? };
+            if signals {
+                expected = expected.wrapping_add(1);
+                // SAFETY: a mapped word only the graph's last kernel writes.
+                while unsafe { flag_host.read_volatile() } != expected {
+                    std::hint::spin_loop();
+                }
+            } else {
+                p.s0.synchronize()?;
+            }
+            done.push(t.elapsed().as_secs_f64() * 1e6);
+            // SAFETY: 128 mapped bytes the replay wrote before its word.
+            let back = unsafe { std::slice::from_raw_parts(b.back.cast::<f32>(), 32) };
+            if back.iter().any(|&x| x != p.n as f32) {
+                return Err(format!("{label}: wrong values {:?}", &back[..4]).into());
+            }
+        }
+        p.s0.synchronize()?;
+        done.sort_by(f64::total_cmp);
+        Ok(done[done.len() / 2])
+    };
+    println!(
+        "chain of {}, {} replays per case and round; median us per replay",
+        p.n, p.reps
+    );
+    println!(
+        "{:<8} {:>22} {:>26} {:>26}",
+        "round", "memcpy nodes, sync", "copy kernel in, word", "first reads mapped, word"
+    );
+    for round in 1..=3 {
+        let m = run("memcpy", &memcpy, false)?;
+        let c = run("copied", &copied, true)?;
+        let d = run("direct", &direct, true)?;
+        println!("{round:<8} {m:>22.1} {c:>26.1} {d:>26.1}");
     }
     Ok(())
 }

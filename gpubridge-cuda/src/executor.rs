@@ -174,6 +174,10 @@ pub struct GraphStats {
     /// staging rather than with copy-engine memcpy nodes (both at most 64 KiB: see
     /// `GRAPH_KERNEL_COPY_MAX` in the executor).
     pub kernel_copy_captures: u64,
+    /// Of those, captures whose kernels read the inputs straight from the mapped staging, with
+    /// no copy into device memory: no library step, and no input an argument of more than one
+    /// launch (each input then crosses the bus about once, as the copy would have carried it).
+    pub mapped_input_captures: u64,
     /// Replays of such graphs waited for by their signal word rather than by the stream (see
     /// the executor's `Signal`): known done about 2 us sooner on the H200.
     pub signalled_replays: u64,
@@ -463,6 +467,9 @@ struct GraphEntry {
     staging_out: PinnedBuffer,
     /// Byte offset of every buffer in the block and in staging (the bucket's layout).
     offsets: Vec<usize>,
+    /// Where the kernels find the buffers: all in the block, or the inputs in the mapped input
+    /// staging, uncopied ([`reads_inputs_once`]).
+    bases: Bases,
     in_total: usize,
     bytes: usize,
     /// The kernel nodes, one per launch in plan order, with the parameters they hold now; empty
@@ -1266,7 +1273,7 @@ impl Executor {
                 &self.label,
                 plan,
                 &functions,
-                block.ptr,
+                Bases::block(block.ptr),
                 &layout,
                 l.staging_in.slice_mut(layout.in_total),
                 l.staging_out.slice_mut(out_len),
@@ -1353,6 +1360,8 @@ impl Executor {
                     let mut stats = self.shared.graphs.lock();
                     stats.misses += 1;
                     stats.kernel_copy_captures += u64::from(entry.kernel_copies);
+                    stats.mapped_input_captures +=
+                        u64::from(entry.bases.inputs != entry.bases.block);
                 }
                 let (bytes, device_bytes) = (entry.bytes, entry.block.size);
                 let fits_resident = resident && bytes <= self.graphs.resident_budget;
@@ -1563,6 +1572,16 @@ impl Executor {
         })?;
         let label = self.label.clone();
         let (in_dev, out_dev) = (staging_in.device_ptr(), staging_out.device_ptr());
+        // Small inputs that each launch reads alone stay in the mapped staging, uncopied.
+        let bases = if copy.is_some() && layout.in_total > 0 && reads_inputs_once(plan) {
+            Bases {
+                block: block.ptr,
+                inputs: in_dev,
+            }
+        } else {
+            Bases::block(block.ptr)
+        };
+        let copy_in_node = copy.is_some() && layout.in_total > 0 && bases.inputs == bases.block;
         if signal.is_some() {
             // Both words start at zero: the count on the device (synchronously, as the first
             // replay may be launched on another stream), the word in the staging.
@@ -1585,9 +1604,9 @@ impl Executor {
             stream
                 .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                 .map_err(|e| driver_error(&label, "cuStreamBeginCapture", e))?;
-            let copy_in = |f| match layout.in_total {
-                0 => Ok(()),
-                n => launch_copy(stream, f, in_dev, block.ptr, n, &label),
+            let copy_in = |f| match copy_in_node {
+                false => Ok(()),
+                true => launch_copy(stream, f, in_dev, block.ptr, layout.in_total, &label),
             };
             let copy_out = |f| match out_len {
                 0 => Ok(()),
@@ -1617,7 +1636,7 @@ impl Executor {
                     &label,
                     plan,
                     functions,
-                    block.ptr,
+                    bases,
                     layout,
                     staging_in.slice_mut(layout.in_total),
                     staging_out.slice_mut(out_len),
@@ -1649,10 +1668,10 @@ impl Executor {
                     (Vec::new(), false)
                 } else {
                     let copies = (
-                        copy.is_some() && layout.in_total > 0,
+                        copy_in_node,
                         usize::from(copy.is_some() && out_len > 0) + usize::from(signal.is_some()),
                     );
-                    kernel_nodes(&graph, plan, functions, &layout.offsets, block.ptr, copies)
+                    kernel_nodes(&graph, plan, functions, &layout.offsets, bases, copies)
                 };
                 if !updatable && !has_library_step(plan) {
                     tracing::debug!(device = %self.label, kernel = plan.kernel, "captured graph is not a chain of the plan's launches; it replays only as captured");
@@ -1665,6 +1684,7 @@ impl Executor {
                     staging_in,
                     staging_out,
                     offsets: layout.offsets.clone(),
+                    bases,
                     in_total: layout.in_total,
                     nodes,
                     updatable,
@@ -1826,23 +1846,20 @@ fn has_library_step(plan: &Plan) -> bool {
 }
 
 /// The argument values of launch `l`, each in an 8-byte slot whose low bytes hold the argument in
-/// the width the kernel declares: buffer arguments become device pointers into the block at
-/// `base`, laid out by `offsets`.
+/// the width the kernel declares: buffer arguments become device pointers into their buffers,
+/// laid out by `offsets` from `bases`.
 fn launch_values(
     plan: &Plan,
     l: &gpubridge_core::plan::Launch,
     offsets: &[usize],
-    base: sys::CUdeviceptr,
+    bases: Bases,
 ) -> Result<LaunchValues> {
     l.args
         .iter()
         .map(|a| match a {
-            Arg::Buffer { id, offset } => offsets
-                .get(id.0 as usize)
-                .map(|o| base + (o + offset) as u64)
-                .ok_or_else(|| {
-                    Error::invalid_batch(plan.kernel, format!("plan names buffer {}", id.0))
-                }),
+            Arg::Buffer { id, offset } => bases.at(plan, offsets, *id, *offset).ok_or_else(|| {
+                Error::invalid_batch(plan.kernel, format!("plan names buffer {}", id.0))
+            }),
             Arg::U32(v) => Ok(u64::from(*v)),
             Arg::U64(v) => Ok(*v),
             Arg::F32(v) => Ok(u64::from(v.to_bits())),
@@ -1854,16 +1871,15 @@ fn launch_values(
 /// without building them: a replay checks every launch of its plan, so this runs once per launch
 /// per call.
 fn same_values(
+    plan: &Plan,
     l: &gpubridge_core::plan::Launch,
     offsets: &[usize],
-    base: sys::CUdeviceptr,
+    bases: Bases,
     values: &[u64],
 ) -> bool {
     l.args.len() == values.len()
         && l.args.iter().zip(values).all(|(a, v)| match a {
-            Arg::Buffer { id, offset } => offsets
-                .get(id.0 as usize)
-                .is_some_and(|o| base + (o + offset) as u64 == *v),
+            Arg::Buffer { id, offset } => bases.at(plan, offsets, *id, *offset) == Some(*v),
             Arg::U32(x) => u64::from(*x) == *v,
             Arg::U64(x) => x == v,
             Arg::F32(x) => u64::from(x.to_bits()) == *v,
@@ -1878,7 +1894,7 @@ fn kernel_nodes(
     plan: &Plan,
     functions: &[sys::CUfunction],
     offsets: &[usize],
-    base: sys::CUdeviceptr,
+    bases: Bases,
     (copy_in, tail): (bool, usize),
 ) -> (Vec<KernelNode>, bool) {
     let launches: Vec<&gpubridge_core::plan::Launch> = plan
@@ -1946,7 +1962,7 @@ fn kernel_nodes(
     let updatable = walked && found.len() == launches.len() && functions.len() == launches.len();
     let mut nodes = Vec::with_capacity(launches.len());
     for (i, l) in launches.iter().enumerate() {
-        let Ok(values) = launch_values(plan, l, offsets, base) else {
+        let Ok(values) = launch_values(plan, l, offsets, bases) else {
             return (Vec::new(), false);
         };
         nodes.push(KernelNode {
@@ -1995,12 +2011,12 @@ fn update_nodes(entry: &mut GraphEntry, plan: &Plan, label: &str) -> Result<Opti
         if node.grid != l.grid
             || node.block != l.block
             || node.shared != l.shared_mem_bytes
-            || !same_values(l, &entry.offsets, entry.block.ptr, &node.values)
+            || !same_values(plan, l, &entry.offsets, entry.bases, &node.values)
         {
             if !entry.updatable {
                 return Ok(None);
             }
-            changed.push((i, launch_values(plan, l, &entry.offsets, entry.block.ptr)?));
+            changed.push((i, launch_values(plan, l, &entry.offsets, entry.bases)?));
         }
         i += 1;
     }
@@ -2097,7 +2113,7 @@ fn zero_copy(
         label,
         plan,
         functions,
-        mapped.device_ptr(),
+        Bases::block(mapped.device_ptr()),
         layout,
         &mut [],
         &mut [],
@@ -2448,7 +2464,8 @@ fn wait_stream(stream: &CudaStream, label: &str) -> Result<()> {
 
 /// Enqueues a plan on `stream`: uploads (packing piece by piece when `pack`), steps, download.
 /// With `events`, records the four timing events around the phases. Used for stream execution
-/// and, with `pack` and `events` off, inside a graph capture.
+/// and, with `pack` and `events` off, inside a graph capture. The copies (`copies`) go to and
+/// from the block at `bases.block`; the steps find their buffers by `bases`.
 #[allow(clippy::too_many_arguments)] // The parts of the executor one enqueue touches, borrowed apart.
 fn enqueue(
     stream: &CudaStream,
@@ -2457,7 +2474,7 @@ fn enqueue(
     label: &str,
     plan: &Plan,
     functions: &[sys::CUfunction],
-    base: sys::CUdeviceptr,
+    bases: Bases,
     layout: &Layout,
     staging_in: &mut [u8],
     staging_out: &mut [u8],
@@ -2466,6 +2483,7 @@ fn enqueue(
 ) -> Result<Duration> {
     let drv = |what: &str, e| driver_error(label, what, e);
     let cs = stream.cu_stream();
+    let base = bases.block;
     let mut packing = Duration::ZERO;
     let record = |i: usize| -> Result<()> {
         match events {
@@ -2516,7 +2534,7 @@ fn enqueue(
     let mut next_fn = functions.iter();
     for step in &plan.steps {
         let f = step_function(plan, step, &mut next_fn)?;
-        enqueue_step(cs, blas, label, plan, step, f, base, layout)?;
+        enqueue_step(cs, blas, label, plan, step, f, bases, layout)?;
     }
     drop(range);
     record(2)?;
@@ -2673,7 +2691,7 @@ fn enqueue_staged(
             }
             let s = &plan.steps[step];
             let f = step_function(plan, s, &mut launches)?;
-            enqueue_step(compute, blas, label, plan, s, f, base, layout)?;
+            enqueue_step(compute, blas, label, plan, s, f, Bases::block(base), layout)?;
             if let Some((id, r)) = plan.stage_of(step).yields {
                 order(compute, cout)?;
                 let at = layout.offsets[id.0 as usize] + r.start;
@@ -2747,21 +2765,24 @@ fn enqueue_step(
     plan: &Plan,
     step: &Step,
     f: Option<sys::CUfunction>,
-    base: sys::CUdeviceptr,
+    bases: Bases,
     layout: &Layout,
 ) -> Result<()> {
     let drv = |what: &str, e| driver_error(label, what, e);
-    let ptr = |a: &Arg| -> Result<sys::CUdeviceptr> {
-        match a {
-            Arg::Buffer { id, offset } => {
-                Ok(base + (layout.offsets[id.0 as usize] + *offset) as u64)
+    let ptr =
+        |a: &Arg| -> Result<sys::CUdeviceptr> {
+            match a {
+                Arg::Buffer { id, offset } => bases
+                    .at(plan, &layout.offsets, *id, *offset)
+                    .ok_or_else(|| {
+                        Error::invalid_batch(plan.kernel, format!("plan names buffer {}", id.0))
+                    }),
+                other => Err(Error::invalid_batch(
+                    plan.kernel,
+                    format!("expected a buffer argument, got {other:?}"),
+                )),
             }
-            other => Err(Error::invalid_batch(
-                plan.kernel,
-                format!("expected a buffer argument, got {other:?}"),
-            )),
-        }
-    };
+        };
     match step {
         Step::Launch(l) => {
             let f = f.ok_or_else(|| {
@@ -2786,8 +2807,9 @@ fn enqueue_step(
             // SAFETY: `f` is a function of a module loaded in this context; each parameter
             // points to an 8-byte slot whose low bytes hold the argument in the width the
             // kernel declares (little-endian), and the driver copies them at enqueue time.
-            // Buffer arguments point into the rented block, inside their buffers (checked
-            // by `Plan::check`), which stays rented until the stream is synchronised.
+            // Buffer arguments point into the rented block (or, for inputs, the mapped
+            // staging: `Bases`), inside their buffers (checked by `Plan::check`), which stay
+            // alive until the stream is synchronised or, captured, as long as the graph.
             unsafe { result::launch_kernel(f, g, b, l.shared_mem_bytes, cs, &mut params) }
                 .map_err(|e| drv(&format!("cuLaunchKernel({})", l.entry), e))?;
         }
@@ -2850,6 +2872,68 @@ struct Layout {
     in_total: usize,
     out_start: usize,
     out_end: usize,
+}
+
+/// Where a plan's buffers are on the device: every buffer in the rented block, at its layout
+/// offset, except that the inputs of a graph whose kernels read them from mapped staging
+/// ([`reads_inputs_once`]) are at the same offsets in the input staging.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Bases {
+    block: sys::CUdeviceptr,
+    inputs: sys::CUdeviceptr,
+}
+
+impl Bases {
+    /// Every buffer in the block at `block`.
+    fn block(block: sys::CUdeviceptr) -> Self {
+        Self {
+            block,
+            inputs: block,
+        }
+    }
+
+    /// The device address of byte `offset` of buffer `id`, laid out by `offsets`.
+    fn at(&self, plan: &Plan, offsets: &[usize], id: BufferId, offset: usize) -> Option<u64> {
+        let i = id.0 as usize;
+        let base = match plan.buffers.get(i)?.role {
+            BufferRole::Input(_) => self.inputs,
+            _ => self.block,
+        };
+        Some(base + (offsets.get(i)? + offset) as u64)
+    }
+}
+
+/// Whether a kernel-copy graph of `plan` may leave out the copy of its inputs into device memory,
+/// its kernels reading them straight from the mapped input staging (small, as every kernel-copy
+/// graph's inputs are): no library step reads them, and no input is an argument of more than one
+/// launch, so each input crosses the bus about once, as the copy would have carried it. On the
+/// H200 that is one node less, about 1 us of a short chain's replay (`replay_modes inputs`,
+/// docs/PERFORMANCE.md, twentieth session). A kernel that reads its input many times over pays
+/// the bus each time; an input shared by several launches keeps the copy.
+fn reads_inputs_once(plan: &Plan) -> bool {
+    let mut readers: smallvec::SmallVec<[u8; 8]> = smallvec::smallvec![0; plan.buffers.len()];
+    for step in &plan.steps {
+        let Step::Launch(l) = step else {
+            return false;
+        };
+        let mut named: smallvec::SmallVec<[u32; 8]> = smallvec::SmallVec::new();
+        for a in &l.args {
+            if let Arg::Buffer { id, .. } = a {
+                if !named.contains(&id.0) {
+                    named.push(id.0);
+                }
+            }
+        }
+        for id in named {
+            if let Some(r) = readers.get_mut(id as usize) {
+                *r = r.saturating_add(1);
+            }
+        }
+    }
+    plan.buffers
+        .iter()
+        .zip(&readers)
+        .all(|(b, &r)| !matches!(b.role, BufferRole::Input(_)) || r <= 1)
 }
 
 /// Plans whose inputs fit in this many bytes are packed on the executor thread in one go.
@@ -3009,7 +3093,8 @@ fn pack_piece(
 
 #[cfg(test)]
 mod tests {
-    use super::{copy_grid, COPY_SOURCE, GRAPH_KERNEL_COPY_MAX};
+    use super::{copy_grid, reads_inputs_once, Bases, COPY_SOURCE, GRAPH_KERNEL_COPY_MAX};
+    use gpubridge_core::plan::{Arg, BufferId, Gemm, Launch, Plan};
 
     /// The graphs' copy kernel compiles through NVRTC for sm_90 wherever NVRTC loads (CI
     /// installs it); elsewhere it skips unless `GPUBRIDGE_REQUIRE_NVRTC=1` or
@@ -3055,5 +3140,77 @@ mod tests {
         }
         assert_eq!(copy_grid(128), (1, 32));
         assert_eq!(copy_grid(GRAPH_KERNEL_COPY_MAX), (16, 256));
+    }
+
+    fn plan_of(steps: impl FnOnce(&mut Plan, [BufferId; 3])) -> Plan {
+        let mut plan = Plan::new("test/inputs");
+        let a = plan.input("a", 64, |_, _| {});
+        let b = plan.input("b", 64, |_, _| {});
+        let y = plan.output("y", 64);
+        steps(&mut plan, [a, b, y]);
+        plan
+    }
+
+    fn launch(args: &[Arg]) -> Launch {
+        Launch::new("k", [1, 1, 1], [16, 1, 1], args)
+    }
+
+    /// A graph's inputs stay in the mapped staging only when no input is an argument of more
+    /// than one launch (naming it twice in one launch is one reader) and no library step reads.
+    #[test]
+    fn inputs_stay_mapped_only_when_each_is_read_by_one_launch() {
+        let once = plan_of(|p, [a, b, y]| {
+            p.launch(launch(&[
+                Arg::buf(a),
+                Arg::buf(b),
+                Arg::buf(y),
+                Arg::U32(16),
+            ]));
+            p.launch(launch(&[Arg::buf(y), Arg::F32(1.0)]));
+        });
+        assert!(reads_inputs_once(&once));
+        let same_launch_twice = plan_of(|p, [a, b, y]| {
+            p.launch(launch(&[
+                Arg::buf(a),
+                Arg::Buffer { id: a, offset: 32 },
+                Arg::buf(b),
+                Arg::buf(y),
+            ]));
+        });
+        assert!(reads_inputs_once(&same_launch_twice));
+        let shared = plan_of(|p, [a, b, y]| {
+            p.launch(launch(&[Arg::buf(a), Arg::buf(y)]));
+            p.launch(launch(&[Arg::buf(y), Arg::buf(a), Arg::buf(b)]));
+        });
+        assert!(!reads_inputs_once(&shared));
+        let library = plan_of(|p, [a, b, y]| {
+            p.gemm(Gemm {
+                m: 4,
+                k: 4,
+                n: 4,
+                a: Arg::buf(a),
+                b: Arg::buf(b),
+                c: Arg::buf(y),
+            });
+        });
+        assert!(!reads_inputs_once(&library));
+    }
+
+    /// Inputs resolve to the input base and every other buffer to the block, each at its
+    /// layout offset; a buffer the plan does not have resolves to nothing.
+    #[test]
+    fn bases_place_inputs_in_staging_and_the_rest_in_the_block() {
+        let plan = plan_of(|_, _| {});
+        let offsets = [0, 64, 128];
+        let split = Bases {
+            block: 0x10_0000,
+            inputs: 0x20_0000,
+        };
+        assert_eq!(split.at(&plan, &offsets, BufferId(0), 4), Some(0x20_0004));
+        assert_eq!(split.at(&plan, &offsets, BufferId(1), 0), Some(0x20_0040));
+        assert_eq!(split.at(&plan, &offsets, BufferId(2), 8), Some(0x10_0088));
+        assert_eq!(split.at(&plan, &offsets, BufferId(3), 0), None);
+        let whole = Bases::block(0x10_0000);
+        assert_eq!(whole.at(&plan, &offsets, BufferId(1), 0), Some(0x10_0040));
     }
 }

@@ -137,8 +137,10 @@ fn repeated_plan_shapes_are_captured_once_and_replayed_with_fresh_data() {
     assert_eq!(replayed, [false, true, true, true, true, true]);
     let g = cuda.graph_stats(0).unwrap();
     assert_eq!((g.misses, g.hits, g.entries), (1, 5, 1), "{g:?}");
-    // 80,000 bytes in: past the copy kernel's 64 KiB, so the graph copies with memcpy nodes.
+    // 80,000 bytes in: past the copy kernel's 64 KiB, so the graph copies with memcpy nodes,
+    // its inputs included.
     assert_eq!(g.kernel_copy_captures, 0, "{g:?}");
+    assert_eq!(g.mapped_input_captures, 0, "{g:?}");
     // So its replays wait for the stream: only kernel-copy graphs end with a signal.
     assert_eq!(g.signalled_replays, 0, "{g:?}");
     gpubridge::testing::assert_quiescent(&b);
@@ -192,10 +194,13 @@ fn batches_of_nearby_sizes_share_a_bucketed_graph_updated_in_place() {
 }
 
 /// A graph whose inputs and outputs are each at most 64 KiB copies them with the executor's copy
-/// kernel through mapped staging: here 53,248 bytes in (the bucket's two 26,624-byte input
-/// buffers: thirteen blocks of 256 threads, one 16-byte word each) and 26,624 out, in a bucket
-/// that batches of 1,025 to 1,109 floats per vector share. Every sum is checked on fresh random
-/// data, so a word copied short, twice or left over from the last batch would show.
+/// kernel through mapped staging, or, as here (the add's one launch is the only reader of each
+/// input), its kernel reads the inputs from the mapped staging itself: 53,248 bytes in (the
+/// bucket's two 26,624-byte input buffers) and 26,624 out (the copy kernel's thirteen blocks of
+/// 256 threads, one 16-byte word each), in a bucket that batches of 1,025 to 1,109 floats per
+/// vector share, the add's length argument updated in place. Every sum is checked on fresh
+/// random data, so a word read or copied short, twice or left over from the last batch would
+/// show.
 #[test]
 fn small_graphs_copy_with_a_kernel_and_answer_exactly() {
     let _gpu = gpu_lock();
@@ -208,6 +213,7 @@ fn small_graphs_copy_with_a_kernel_and_answer_exactly() {
     let g = cuda.graph_stats(0).unwrap();
     assert_eq!((g.misses, g.entries), (1, 1), "{g:?}");
     assert_eq!(g.kernel_copy_captures, 1, "{g:?}");
+    assert_eq!(g.mapped_input_captures, 1, "{g:?}");
     // Every replay of a kernel-copy graph is known done by its signal word, not the stream.
     assert!(g.hits >= 7, "{g:?}");
     assert_eq!(g.signalled_replays, g.hits, "{g:?}");
@@ -1170,9 +1176,11 @@ fn reused_steps_replay_without_comparison_and_update_when_they_change() {
         (4, 32, 3),
         "{g:?}"
     );
-    // 128 bytes each way: the graph's copies are made by the copy kernel, whose two nodes the
-    // updates above skipped (all eight bumps were found and updated).
+    // 128 bytes each way: a kernel-copy graph, whose first launch reads the input from the
+    // mapped staging (no copy node in front) and whose output copy node the updates above
+    // skipped (all eight bumps were found and updated).
     assert_eq!(g.kernel_copy_captures, 1, "{g:?}");
+    assert_eq!(g.mapped_input_captures, 1, "{g:?}");
     // The signal kernel's node after them was skipped too, and every replay waited for it.
     assert_eq!(g.signalled_replays, g.hits, "{g:?}");
     gpubridge::testing::assert_quiescent(&b);
@@ -1396,5 +1404,116 @@ fn the_nvml_sampler_labels_the_bridges_cuda_device() {
         sampler.devices()
     );
     sampler.stop();
+    gpubridge::testing::assert_quiescent(&b);
+}
+
+/// `test/read_twice`: `y = x + 1`, then `y += x` twice, so three launches read the input (more
+/// than a zero-copy plan may have: it runs as a graph).
+struct ReadTwice;
+
+impl gpubridge::Kernel for ReadTwice {
+    type Input = Vec<f32>;
+    type Output = Vec<f32>;
+    const ID: &'static str = "test/read_twice";
+
+    fn sources(&self) -> gpubridge::KernelSources {
+        gpubridge::KernelSources {
+            cuda: Some(
+                "extern \"C\" __global__ void plus_one(const float* x, float* y) { y[threadIdx.x] = x[threadIdx.x] + 1.0f; }\n\
+                 extern \"C\" __global__ void plus_x(float* y, const float* x) { y[threadIdx.x] += x[threadIdx.x]; }\n",
+            ),
+            wgsl: None,
+        }
+    }
+    fn validate(&self, index: usize, input: &Vec<f32>) -> gpubridge::Result<()> {
+        if input.len() != 32 {
+            return Err(gpubridge::Error::invalid_item(Self::ID, index, "32 floats"));
+        }
+        Ok(())
+    }
+    fn device_bytes(&self, _input: &Vec<f32>) -> usize {
+        256
+    }
+    fn run_cpu(
+        &self,
+        inputs: &[Vec<f32>],
+        _ctx: &gpubridge::CpuContext,
+    ) -> gpubridge::Result<Vec<Vec<f32>>> {
+        Ok(inputs
+            .iter()
+            .map(|x| x.iter().map(|v| 3.0 * v + 1.0).collect())
+            .collect())
+    }
+    fn plan(
+        &self,
+        inputs: &Arc<[Vec<f32>]>,
+        _target: &gpubridge::PlanTarget,
+    ) -> gpubridge::Result<gpubridge::Plan> {
+        use gpubridge::plan::{pack_range, Arg, Launch};
+        let first = inputs
+            .first()
+            .ok_or_else(|| gpubridge::Error::invalid_batch(Self::ID, "empty"))?
+            .clone();
+        let mut plan = gpubridge::Plan::new(Self::ID);
+        let x = plan.input("x", 128, move |dst, at| pack_range(dst, at, &first));
+        let y = plan.output("y", 128);
+        let one = [1, 1, 1];
+        plan.launch(Launch::new(
+            "plus_one",
+            one,
+            [32, 1, 1],
+            &[Arg::buf(x), Arg::buf(y)],
+        ));
+        for _ in 0..2 {
+            plan.launch(Launch::new(
+                "plus_x",
+                one,
+                [32, 1, 1],
+                &[Arg::buf(y), Arg::buf(x)],
+            ));
+        }
+        Ok(plan)
+    }
+    fn unpack(
+        &self,
+        _inputs: &[Vec<f32>],
+        outputs: &gpubridge::plan::PlanOutputs<'_>,
+    ) -> gpubridge::Result<Vec<Vec<f32>>> {
+        Ok(vec![outputs
+            .f32s(gpubridge::plan::BufferId(1))?
+            .into_owned()])
+    }
+}
+
+/// An input that several launches read keeps the copy into device memory in front of its graph
+/// (read from there rather than over the bus each time); the answers are exact on fresh random
+/// data every call, the copy included.
+#[test]
+fn an_input_read_by_several_launches_is_copied_into_the_graph_block() {
+    let _gpu = gpu_lock();
+    let config = one_gpu();
+    let Some(cuda) = cuda(&config) else { return };
+    let b = bridge_of(config, cuda.clone(), ReadTwice);
+    let grain = b.batch::<ReadTwice>().unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+    let mut replayed = Vec::new();
+    for call in 0..6 {
+        let x: Vec<f32> = (0..32)
+            .map(|_| rng.random_range(-64i32..64) as f32)
+            .collect();
+        let r = block_on(grain.execute(
+            vec![x.clone()],
+            ExecutionHints::default().on_backend(BackendKind::Cuda),
+        ))
+        .unwrap();
+        let want: Vec<f32> = x.iter().map(|v| 3.0 * v + 1.0).collect();
+        assert_eq!(r.outputs[0], want, "call {call}");
+        replayed.push(r.graph_replayed());
+    }
+    assert_eq!(replayed, [false, true, true, true, true, true]);
+    let g = cuda.graph_stats(0).unwrap();
+    assert_eq!((g.misses, g.kernel_copy_captures), (1, 1), "{g:?}");
+    assert_eq!(g.mapped_input_captures, 0, "{g:?}");
+    assert_eq!(g.signalled_replays, g.hits, "{g:?}");
     gpubridge::testing::assert_quiescent(&b);
 }
