@@ -388,12 +388,12 @@ impl GpuBridge {
         }
     }
 
-    fn candidates(&self, hints: &ExecutionHints) -> Vec<&Slot> {
+    fn candidates(&self, hints: &ExecutionHints) -> Candidates<'_> {
         let slots = &self.inner.slots;
         if let Some(kind) = hints.backend {
             return slots.iter().filter(|s| s.backend.kind() == kind).collect();
         }
-        let mut order: Vec<&Slot> = slots.iter().collect();
+        let mut order: Candidates<'_> = slots.iter().collect();
         let cpu_first = match hints.prefer {
             Preference::Cpu => true,
             Preference::Gpu => false,
@@ -418,6 +418,10 @@ impl GpuBridge {
             .collect()
     }
 }
+
+/// The backends a request may run on, in the order they are tried (a handful at most: kept off
+/// the heap, as this is built for every request).
+type Candidates<'a> = smallvec::SmallVec<[&'a Slot; 4]>;
 
 /// The handle that runs batches of one kernel (the original's `IGpuBatchGrain<TIn, TOut>`).
 /// Cheap to clone.
@@ -975,7 +979,7 @@ where
                 max_bytes = max_bytes.min(b);
             }
         }
-        let mut lens = Vec::new();
+        let mut lens: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
         let (mut n, mut bytes) = (0usize, 0u64);
         for item in &inputs {
             let b = self.kernel.device_bytes(item) as u64;
@@ -1035,7 +1039,8 @@ where
                 last_failed = Some((kind, "unsupported", why));
                 continue;
             }
-            let mut tried = vec![false; slot.breakers.len()];
+            let mut tried: smallvec::SmallVec<[bool; 8]> =
+                smallvec::smallvec![false; slot.breakers.len()];
             loop {
                 let Some((device, admission)) = pick_device(slot, hints, &tried, chunk.bytes)
                 else {
@@ -1478,7 +1483,7 @@ fn pick_device(
 ) -> Option<(usize, Admission)> {
     let now = Instant::now();
     let n = slot.breakers.len();
-    let mut order: Vec<usize> = (0..n)
+    let mut order: smallvec::SmallVec<[usize; 8]> = (0..n)
         .filter(|d| !tried[*d] && !matches!(slot.backend.health(*d), Health::Lost(_)))
         .collect();
     order.sort_by_key(|d| {
