@@ -897,8 +897,9 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                 });
             // The raw baseline waits in cuStreamSynchronize, which spins while the host has
             // cores to spare (CUDA's automatic scheduling): the bridge's `spin_wait` hint is
-            // that wait; the default parks the caller until the executor wakes it. Each
-            // bridge call follows a raw replay of the same chain, so both see the same machine.
+            // that wait; the default parks the caller until the executor wakes it. The bridge's
+            // calls and the raw replays alternate, one by one and then in blocks (the row's
+            // figures), so both see the same machine.
             for (mode, hints) in [("spin_wait hint", &spin), ("default wait", &on_cuda)] {
                 let grain = graphs.batch::<chain::Chain>()?;
                 let before = cuda.graph_outputs(0, chain_id);
@@ -934,6 +935,33 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                     },
                     None => base.chain_graph_interleaved(n as usize, reps, &mut between)?,
                 };
+                let alternated = (median(&mut calls.total) / n, median(&mut raw) / n);
+                // The row's figures: blocks of BLOCK back-to-back raw replays alternating with
+                // blocks of BLOCK back-to-back bridge calls, so that each runs as a caller
+                // repeating it would (a raw memcpy graph right after another stream's work can
+                // replay slower than after its own: the copy engine), and both see the same
+                // machine over the run.
+                const BLOCK: usize = 20;
+                let mut blocked = Calls::new(reps);
+                let mut k = 0usize;
+                let mut between_blocks = || -> gpubridge::Result<()> {
+                    k += 1;
+                    if k.is_multiple_of(BLOCK) {
+                        for _ in 0..BLOCK {
+                            call(&grain, hints, &mut blocked)?;
+                        }
+                    }
+                    Ok(())
+                };
+                let mut raw = match at.filter(cached) {
+                    // SAFETY: as above.
+                    Some(at) => unsafe {
+                        base.chain_graph_interleaved_at(n as usize, reps, at, &mut between_blocks)?
+                    },
+                    None => base.chain_graph_interleaved(n as usize, reps, &mut between_blocks)?,
+                };
+                anyhow::ensure!(!blocked.wrong, "chain result wrong (blocks)");
+                let mut calls = blocked;
                 // The raw kernel-copy graph over the same bytes, for the note.
                 let raw_kc_same = match at.filter(cached) {
                     // SAFETY: as above, with no bridge call meanwhile.
@@ -943,7 +971,7 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                     None => None,
                 };
                 anyhow::ensure!(!calls.wrong, "chain result wrong");
-                checkpoint(&format!("chain {n}: after the interleaved {mode} calls"));
+                checkpoint(&format!("chain {n}: after the {mode} calls"));
                 let raw_graph = median(&mut raw) / n;
                 let graph = median(&mut calls.total) / n;
                 let same_bytes = match raw_kc_same {
@@ -962,16 +990,19 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                     Some(us(graph)),
                     "us/kernel",
                     if at.is_some() {
-                        "raw cudarc graph replay of the same chain and copies over the bridge graph's own device bytes (cuStreamSynchronize), interleaved with the bridge's calls"
+                        "raw cudarc graph replay of the same chain and copies over the bridge graph's own device bytes (cuStreamSynchronize), in blocks of 20 replays alternating with blocks of 20 bridge calls"
                     } else {
-                        "raw cudarc graph replay of the same chain and copies (cuStreamSynchronize), interleaved with the bridge's calls"
+                        "raw cudarc graph replay of the same chain and copies (cuStreamSynchronize), in blocks of 20 replays alternating with blocks of 20 bridge calls"
                     },
                     Some(us(raw_graph)),
                     Some(ratio),
                     "<= 1.1x raw graph replay and >= 65% below the bridge's stream launches",
                     Some(replayed && ratio <= 1.1 && below_stream >= 0.65),
                     &format!(
-                        "{mode}; the chain's launches reused by length (Plan::reuse_steps); every call a graph replay: {replayed}; {same_bytes}bridge stream launches (default wait) {:.2} us/kernel ({:.0}% below); raw stream launches {:.2} us/kernel; raw graph over bytes of its own, alone (not interleaved) {:.2} us/kernel, with a spinning wait {raw_spin:.2}; raw graph over bytes of its own with its copies made by a kernel through mapped memory (the bridge's small graphs copy outputs so, and inputs too unless each has one reader), {raw_kernel_copies:.2} us/kernel (bridge {:.2}x that){pre_bridge}; per call {:.1} us of which request start to submission {:.1} us, executor pack+replay+wait {:.1} us (job taken to outputs ready {:.1} us), hand-offs {:.1} us and unpack {:.1} us; medians of {reps}",
+                        "{mode}; the chain's launches reused by length (Plan::reuse_steps); every call a graph replay: {replayed}; {same_bytes}each bridge call right after one raw replay instead (alternated): bridge {:.2}, raw {:.2} us/kernel ({:.2}x); bridge stream launches (default wait) {:.2} us/kernel ({:.0}% below); raw stream launches {:.2} us/kernel; raw graph over bytes of its own, alone (not interleaved) {:.2} us/kernel, with a spinning wait {raw_spin:.2}; raw graph over bytes of its own with its copies made by a kernel through mapped memory (the bridge's small graphs copy outputs so, and inputs too unless each has one reader), {raw_kernel_copies:.2} us/kernel (bridge {:.2}x that){pre_bridge}; per call {:.1} us of which request start to submission {:.1} us, executor pack+replay+wait {:.1} us (job taken to outputs ready {:.1} us), hand-offs {:.1} us and unpack {:.1} us; medians of {reps}",
+                        us(alternated.0),
+                        us(alternated.1),
+                        us(alternated.0) / us(alternated.1),
                         us(stream),
                         below_stream * 100.0,
                         us(raw_stream),
