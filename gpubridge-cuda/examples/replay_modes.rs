@@ -35,6 +35,7 @@ extern "C" __global__ void signal(unsigned int* counter, volatile unsigned int* 
 }
 extern "C" __global__ void idle() {}
 extern "C" __global__ void first(const float* x, float* y) { y[threadIdx.x] = x[threadIdx.x] + 1.0f; }
+extern "C" __global__ void last(const float* y, float* out) { out[threadIdx.x] = y[threadIdx.x] + 1.0f; }
 extern "C" __global__ void bump_log(float* x, unsigned int* log) {
     x[threadIdx.x] += 1.0f;
     if (threadIdx.x == 0) {
@@ -1772,7 +1773,9 @@ fn addresses(p: &Probe<'_>) -> Res<()> {
 /// sooner than the bridge's shape, a copy kernel into device memory first: three graphs of P1's
 /// chain (`first` from x to y, then `n - 1` bumps of y), each ending with the output copied by
 /// a kernel that then writes a completion word, replayed alternately for three rounds; the raw
-/// memcpy graph of the same chain, waited for by `cuStreamSynchronize`, beside them.
+/// memcpy graph of the same chain, waited for by `cuStreamSynchronize`, beside them. A fourth
+/// graph also has its last kernel write the output straight into mapped host memory (`last`
+/// instead of the last bump, then the one-thread `signal`): no output copy either.
 fn inputs(p: &Probe<'_>, module: &Arc<cudarc::driver::CudaModule>) -> Res<()> {
     let first = module.load_function("first")?;
     let copy_signal = module.load_function("copy_words_signal")?;
@@ -1855,6 +1858,29 @@ fn inputs(p: &Probe<'_>, module: &Arc<cudarc::driver::CudaModule>) -> Res<()> {
         chain(b.host as u64)?;
         signal_out()
     })?;
+    let signal = module.load_function("signal")?;
+    let last = module.load_function("last")?;
+    let both = capture_with(&|| {
+        let (mut x, mut y) = (b.host as u64, y_dev);
+        launch(
+            &first,
+            &mut [(&mut x as *mut u64).cast(), (&mut y as *mut u64).cast()],
+        )?;
+        for _ in 2..p.n {
+            let mut y = y_dev;
+            launch(p.bump, &mut [(&mut y as *mut u64).cast()])?;
+        }
+        let (mut y, mut out) = (y_dev, b.back as u64);
+        launch(
+            &last,
+            &mut [(&mut y as *mut u64).cast(), (&mut out as *mut u64).cast()],
+        )?;
+        let (mut c, mut f) = (counter, flag_host as u64);
+        launch(
+            &signal,
+            &mut [(&mut c as *mut u64).cast(), (&mut f as *mut u64).cast()],
+        )
+    })?;
     let mut expected = 0u32;
     let mut run = |label: &str, g: &CudaGraph, signals: bool| -> Res<f64> {
         let exec = g.cu_graph_exec();
@@ -1890,14 +1916,19 @@ fn inputs(p: &Probe<'_>, module: &Arc<cudarc::driver::CudaModule>) -> Res<()> {
         p.n, p.reps
     );
     println!(
-        "{:<8} {:>22} {:>26} {:>26}",
-        "round", "memcpy nodes, sync", "copy kernel in, word", "first reads mapped, word"
+        "{:<8} {:>20} {:>22} {:>26} {:>28}",
+        "round",
+        "memcpy nodes, sync",
+        "copy kernel in, word",
+        "first reads mapped, word",
+        "+ last writes mapped, word"
     );
     for round in 1..=3 {
         let m = run("memcpy", &memcpy, false)?;
         let c = run("copied", &copied, true)?;
         let d = run("direct", &direct, true)?;
-        println!("{round:<8} {m:>22.1} {c:>26.1} {d:>26.1}");
+        let o = run("both", &both, true)?;
+        println!("{round:<8} {m:>20.1} {c:>22.1} {d:>26.1} {o:>28.1}");
     }
     Ok(())
 }

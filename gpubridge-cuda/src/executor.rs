@@ -178,6 +178,10 @@ pub struct GraphStats {
     /// no copy into device memory: no library step, and no input an argument of more than one
     /// launch (each input then crosses the bus about once, as the copy would have carried it).
     pub mapped_input_captures: u64,
+    /// Of the kernel-copy captures, those whose kernels write the outputs straight into the
+    /// mapped staging, with no copy out of device memory: no library step, and no output an
+    /// argument of more than one launch.
+    pub mapped_output_captures: u64,
     /// Replays of such graphs waited for by their signal word rather than by the stream (see
     /// the executor's `Signal`): known done about 2 us sooner on the H200.
     pub signalled_replays: u64,
@@ -467,8 +471,8 @@ struct GraphEntry {
     staging_out: PinnedBuffer,
     /// Byte offset of every buffer in the block and in staging (the bucket's layout).
     offsets: Vec<usize>,
-    /// Where the kernels find the buffers: all in the block, or the inputs in the mapped input
-    /// staging, uncopied ([`reads_inputs_once`]).
+    /// Where the kernels find the buffers: all in the block, or the inputs or outputs in the
+    /// mapped staging, uncopied ([`Mapped`]).
     bases: Bases,
     in_total: usize,
     bytes: usize,
@@ -488,7 +492,8 @@ struct GraphEntry {
     kernel_copies: bool,
     /// The kernel whose plan it was captured from.
     kernel: &'static str,
-    /// Where in the device block its outputs start.
+    /// The device address where its kernels write the outputs: in the block, or in the mapped
+    /// output staging ([`Mapped`]).
     outputs_at: sys::CUdeviceptr,
     /// How a replay of a kernel-copy graph is known done ([`Signal`]); `None` for other graphs,
     /// and once a wait for the signal failed (replays then wait for the stream).
@@ -1360,8 +1365,8 @@ impl Executor {
                     let mut stats = self.shared.graphs.lock();
                     stats.misses += 1;
                     stats.kernel_copy_captures += u64::from(entry.kernel_copies);
-                    stats.mapped_input_captures +=
-                        u64::from(entry.bases.inputs != entry.bases.block);
+                    stats.mapped_input_captures += u64::from(entry.bases.inputs_mapped());
+                    stats.mapped_output_captures += u64::from(entry.bases.outputs_mapped());
                 }
                 let (bytes, device_bytes) = (entry.bytes, entry.block.size);
                 let fits_resident = resident && bytes <= self.graphs.resident_budget;
@@ -1572,16 +1577,17 @@ impl Executor {
         })?;
         let label = self.label.clone();
         let (in_dev, out_dev) = (staging_in.device_ptr(), staging_out.device_ptr());
-        // Small inputs that each launch reads alone stay in the mapped staging, uncopied.
-        let bases = if copy.is_some() && layout.in_total > 0 && reads_inputs_once(plan) {
-            Bases {
-                block: block.ptr,
-                inputs: in_dev,
-            }
-        } else {
-            Bases::block(block.ptr)
-        };
-        let copy_in_node = copy.is_some() && layout.in_total > 0 && bases.inputs == bases.block;
+        // Small inputs and outputs that one launch each uses stay in the mapped staging.
+        let mapped = Mapped::of(plan);
+        let mut bases = Bases::block(block.ptr);
+        if copy.is_some() && layout.in_total > 0 && mapped.inputs {
+            bases.inputs = in_dev;
+        }
+        if copy.is_some() && out_len > 0 && mapped.outputs {
+            bases.outputs = out_dev.wrapping_sub(layout.out_start as u64);
+        }
+        let copy_in_node = copy.is_some() && layout.in_total > 0 && !bases.inputs_mapped();
+        let copy_out_node = copy.is_some() && out_len > 0 && !bases.outputs_mapped();
         if signal.is_some() {
             // Both words start at zero: the count on the device (synchronously, as the first
             // replay may be launched on another stream), the word in the staging.
@@ -1608,14 +1614,14 @@ impl Executor {
                 false => Ok(()),
                 true => launch_copy(stream, f, in_dev, block.ptr, layout.in_total, &label),
             };
-            let copy_out = |f| match out_len {
-                0 => Ok(()),
-                n => launch_copy(
+            let copy_out = |f| match copy_out_node {
+                false => Ok(()),
+                true => launch_copy(
                     stream,
                     f,
                     block.ptr + layout.out_start as u64,
                     out_dev,
-                    n,
+                    out_len,
                     &label,
                 ),
             };
@@ -1669,14 +1675,14 @@ impl Executor {
                 } else {
                     let copies = (
                         copy_in_node,
-                        usize::from(copy.is_some() && out_len > 0) + usize::from(signal.is_some()),
+                        usize::from(copy_out_node) + usize::from(signal.is_some()),
                     );
                     kernel_nodes(&graph, plan, functions, &layout.offsets, bases, copies)
                 };
                 if !updatable && !has_library_step(plan) {
                     tracing::debug!(device = %self.label, kernel = plan.kernel, "captured graph is not a chain of the plan's launches; it replays only as captured");
                 }
-                let outputs_at = block.ptr + layout.out_start as u64;
+                let outputs_at = bases.outputs.wrapping_add(layout.out_start as u64);
                 Ok(GraphEntry {
                     graph,
                     bytes: block.size + staging_in.capacity() + staging_out.capacity(),
@@ -2875,12 +2881,16 @@ struct Layout {
 }
 
 /// Where a plan's buffers are on the device: every buffer in the rented block, at its layout
-/// offset, except that the inputs of a graph whose kernels read them from mapped staging
-/// ([`reads_inputs_once`]) are at the same offsets in the input staging.
+/// offset, except that a kernel-copy graph's kernels may find its inputs at the same offsets in
+/// the mapped input staging and its outputs where the output copy would have put them in the
+/// mapped output staging ([`Mapped`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Bases {
     block: sys::CUdeviceptr,
     inputs: sys::CUdeviceptr,
+    /// The address an output's block offset is added to (the output staging's address less
+    /// the block offset where the outputs start; wrapping).
+    outputs: sys::CUdeviceptr,
 }
 
 impl Bases {
@@ -2889,6 +2899,7 @@ impl Bases {
         Self {
             block,
             inputs: block,
+            outputs: block,
         }
     }
 
@@ -2897,43 +2908,74 @@ impl Bases {
         let i = id.0 as usize;
         let base = match plan.buffers.get(i)?.role {
             BufferRole::Input(_) => self.inputs,
-            _ => self.block,
+            BufferRole::Output => self.outputs,
+            BufferRole::Scratch => self.block,
         };
-        Some(base + (offsets.get(i)? + offset) as u64)
+        Some(base.wrapping_add((offsets.get(i)? + offset) as u64))
+    }
+
+    /// Whether the kernels read the inputs from the mapped staging.
+    fn inputs_mapped(&self) -> bool {
+        self.inputs != self.block
+    }
+
+    /// Whether the kernels write the outputs to the mapped staging.
+    fn outputs_mapped(&self) -> bool {
+        self.outputs != self.block
     }
 }
 
-/// Whether a kernel-copy graph of `plan` may leave out the copy of its inputs into device memory,
-/// its kernels reading them straight from the mapped input staging (small, as every kernel-copy
-/// graph's inputs are): no library step reads them, and no input is an argument of more than one
-/// launch, so each input crosses the bus about once, as the copy would have carried it. On the
-/// H200 that is one node less, about 1 us of a short chain's replay (`replay_modes inputs`,
-/// docs/PERFORMANCE.md, twentieth session). A kernel that reads its input many times over pays
-/// the bus each time; an input shared by several launches keeps the copy.
-fn reads_inputs_once(plan: &Plan) -> bool {
-    let mut readers: smallvec::SmallVec<[u8; 8]> = smallvec::smallvec![0; plan.buffers.len()];
-    for step in &plan.steps {
-        let Step::Launch(l) = step else {
-            return false;
-        };
-        let mut named: smallvec::SmallVec<[u32; 8]> = smallvec::SmallVec::new();
-        for a in &l.args {
-            if let Arg::Buffer { id, .. } = a {
-                if !named.contains(&id.0) {
-                    named.push(id.0);
+/// Which of a small kernel-copy graph's buffers its kernels use in the mapped staging rather
+/// than in device memory, leaving out the copy (a node, and the host memory's latency: on the
+/// H200 about 1 us of a short chain's replay; `replay_modes inputs`, docs/PERFORMANCE.md,
+/// twentieth session): the inputs, when no input is an argument of more than one launch, and
+/// the outputs, when no output is; never with a library step. Each such buffer then crosses the
+/// bus about once, as the copy would have carried it. A kernel that reads a buffer many times
+/// over (or reads back what it wrote) pays the bus each time; a buffer shared by several
+/// launches keeps its copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Mapped {
+    inputs: bool,
+    outputs: bool,
+}
+
+impl Mapped {
+    fn of(plan: &Plan) -> Self {
+        let mut users: smallvec::SmallVec<[u8; 8]> = smallvec::smallvec![0; plan.buffers.len()];
+        for step in &plan.steps {
+            let Step::Launch(l) = step else {
+                return Self {
+                    inputs: false,
+                    outputs: false,
+                };
+            };
+            let mut named: smallvec::SmallVec<[u32; 8]> = smallvec::SmallVec::new();
+            for a in &l.args {
+                if let Arg::Buffer { id, .. } = a {
+                    if !named.contains(&id.0) {
+                        named.push(id.0);
+                    }
+                }
+            }
+            for id in named {
+                if let Some(u) = users.get_mut(id as usize) {
+                    *u = u.saturating_add(1);
                 }
             }
         }
-        for id in named {
-            if let Some(r) = readers.get_mut(id as usize) {
-                *r = r.saturating_add(1);
-            }
+        let once = |input: bool| {
+            plan.buffers
+                .iter()
+                .zip(&users)
+                .filter(|(b, _)| matches!(b.role, BufferRole::Input(_)) == input)
+                .filter(|(b, _)| input || matches!(b.role, BufferRole::Output))
+                .all(|(_, &u)| u <= 1)
+        };
+        Self {
+            inputs: once(true),
+            outputs: once(false),
         }
     }
-    plan.buffers
-        .iter()
-        .zip(&readers)
-        .all(|(b, &r)| !matches!(b.role, BufferRole::Input(_)) || r <= 1)
 }
 
 /// Plans whose inputs fit in this many bytes are packed on the executor thread in one go.
@@ -3093,7 +3135,7 @@ fn pack_piece(
 
 #[cfg(test)]
 mod tests {
-    use super::{copy_grid, reads_inputs_once, Bases, COPY_SOURCE, GRAPH_KERNEL_COPY_MAX};
+    use super::{copy_grid, Bases, Mapped, COPY_SOURCE, GRAPH_KERNEL_COPY_MAX};
     use gpubridge_core::plan::{Arg, BufferId, Gemm, Launch, Plan};
 
     /// The graphs' copy kernel compiles through NVRTC for sm_90 wherever NVRTC loads (CI
@@ -3155,10 +3197,12 @@ mod tests {
         Launch::new("k", [1, 1, 1], [16, 1, 1], args)
     }
 
-    /// A graph's inputs stay in the mapped staging only when no input is an argument of more
-    /// than one launch (naming it twice in one launch is one reader) and no library step reads.
+    /// A graph's inputs (outputs) stay in the mapped staging only when no input (output) is an
+    /// argument of more than one launch (naming it twice in one launch is one use) and no
+    /// library step uses them.
     #[test]
-    fn inputs_stay_mapped_only_when_each_is_read_by_one_launch() {
+    fn buffers_stay_mapped_only_when_each_is_used_by_one_launch() {
+        let both = |inputs, outputs| Mapped { inputs, outputs };
         let once = plan_of(|p, [a, b, y]| {
             p.launch(launch(&[
                 Arg::buf(a),
@@ -3166,9 +3210,8 @@ mod tests {
                 Arg::buf(y),
                 Arg::U32(16),
             ]));
-            p.launch(launch(&[Arg::buf(y), Arg::F32(1.0)]));
         });
-        assert!(reads_inputs_once(&once));
+        assert_eq!(Mapped::of(&once), both(true, true));
         let same_launch_twice = plan_of(|p, [a, b, y]| {
             p.launch(launch(&[
                 Arg::buf(a),
@@ -3177,12 +3220,22 @@ mod tests {
                 Arg::buf(y),
             ]));
         });
-        assert!(reads_inputs_once(&same_launch_twice));
-        let shared = plan_of(|p, [a, b, y]| {
-            p.launch(launch(&[Arg::buf(a), Arg::buf(y)]));
-            p.launch(launch(&[Arg::buf(y), Arg::buf(a), Arg::buf(b)]));
+        assert_eq!(Mapped::of(&same_launch_twice), both(true, true));
+        let chained_output = plan_of(|p, [a, b, y]| {
+            p.launch(launch(&[
+                Arg::buf(a),
+                Arg::buf(b),
+                Arg::buf(y),
+                Arg::U32(16),
+            ]));
+            p.launch(launch(&[Arg::buf(y), Arg::F32(1.0)]));
         });
-        assert!(!reads_inputs_once(&shared));
+        assert_eq!(Mapped::of(&chained_output), both(true, false));
+        let shared_input = plan_of(|p, [a, b, y]| {
+            p.launch(launch(&[Arg::buf(a), Arg::buf(b)]));
+            p.launch(launch(&[Arg::buf(y), Arg::buf(a)]));
+        });
+        assert_eq!(Mapped::of(&shared_input), both(false, true));
         let library = plan_of(|p, [a, b, y]| {
             p.gemm(Gemm {
                 m: 4,
@@ -3193,24 +3246,32 @@ mod tests {
                 c: Arg::buf(y),
             });
         });
-        assert!(!reads_inputs_once(&library));
+        assert_eq!(Mapped::of(&library), both(false, false));
     }
 
-    /// Inputs resolve to the input base and every other buffer to the block, each at its
-    /// layout offset; a buffer the plan does not have resolves to nothing.
+    /// Inputs resolve to the input base, outputs to where the output copy would put them in the
+    /// output staging, and the rest to the block, each at its layout offset; a buffer the plan
+    /// does not have resolves to nothing.
     #[test]
-    fn bases_place_inputs_in_staging_and_the_rest_in_the_block() {
-        let plan = plan_of(|_, _| {});
-        let offsets = [0, 64, 128];
+    fn bases_place_mapped_buffers_in_staging_and_the_rest_in_the_block() {
+        let mut plan = plan_of(|_, _| {});
+        plan.scratch("s", 64);
+        // a, b and y as the layout places them (inputs first), then the scratch.
+        let offsets = [0, 64, 128, 192];
         let split = Bases {
             block: 0x10_0000,
             inputs: 0x20_0000,
+            outputs: 0x30_0000u64.wrapping_sub(128),
         };
+        assert!(split.inputs_mapped() && split.outputs_mapped());
         assert_eq!(split.at(&plan, &offsets, BufferId(0), 4), Some(0x20_0004));
         assert_eq!(split.at(&plan, &offsets, BufferId(1), 0), Some(0x20_0040));
-        assert_eq!(split.at(&plan, &offsets, BufferId(2), 8), Some(0x10_0088));
-        assert_eq!(split.at(&plan, &offsets, BufferId(3), 0), None);
+        assert_eq!(split.at(&plan, &offsets, BufferId(2), 8), Some(0x30_0008));
+        assert_eq!(split.at(&plan, &offsets, BufferId(3), 0), Some(0x10_00c0));
+        assert_eq!(split.at(&plan, &offsets, BufferId(4), 0), None);
         let whole = Bases::block(0x10_0000);
+        assert!(!whole.inputs_mapped() && !whole.outputs_mapped());
         assert_eq!(whole.at(&plan, &offsets, BufferId(1), 0), Some(0x10_0040));
+        assert_eq!(whole.at(&plan, &offsets, BufferId(2), 0), Some(0x10_0080));
     }
 }

@@ -140,7 +140,11 @@ fn repeated_plan_shapes_are_captured_once_and_replayed_with_fresh_data() {
     // 80,000 bytes in: past the copy kernel's 64 KiB, so the graph copies with memcpy nodes,
     // its inputs included.
     assert_eq!(g.kernel_copy_captures, 0, "{g:?}");
-    assert_eq!(g.mapped_input_captures, 0, "{g:?}");
+    assert_eq!(
+        (g.mapped_input_captures, g.mapped_output_captures),
+        (0, 0),
+        "{g:?}"
+    );
     // So its replays wait for the stream: only kernel-copy graphs end with a signal.
     assert_eq!(g.signalled_replays, 0, "{g:?}");
     gpubridge::testing::assert_quiescent(&b);
@@ -194,13 +198,12 @@ fn batches_of_nearby_sizes_share_a_bucketed_graph_updated_in_place() {
 }
 
 /// A graph whose inputs and outputs are each at most 64 KiB copies them with the executor's copy
-/// kernel through mapped staging, or, as here (the add's one launch is the only reader of each
-/// input), its kernel reads the inputs from the mapped staging itself: 53,248 bytes in (the
-/// bucket's two 26,624-byte input buffers) and 26,624 out (the copy kernel's thirteen blocks of
-/// 256 threads, one 16-byte word each), in a bucket that batches of 1,025 to 1,109 floats per
-/// vector share, the add's length argument updated in place. Every sum is checked on fresh
-/// random data, so a word read or copied short, twice or left over from the last batch would
-/// show.
+/// kernel through mapped staging, or, as here (the add's one launch is the only one to name each
+/// input and the output), its kernel reads the inputs from the mapped staging and writes the
+/// output there itself: 53,248 bytes in (the bucket's two 26,624-byte input buffers) and 26,624
+/// out, in a bucket that batches of 1,025 to 1,109 floats per vector share, the add's length
+/// argument updated in place. Every sum is checked on fresh random data, so a word read or
+/// written short, twice or left over from the last batch would show.
 #[test]
 fn small_graphs_copy_with_a_kernel_and_answer_exactly() {
     let _gpu = gpu_lock();
@@ -213,7 +216,11 @@ fn small_graphs_copy_with_a_kernel_and_answer_exactly() {
     let g = cuda.graph_stats(0).unwrap();
     assert_eq!((g.misses, g.entries), (1, 1), "{g:?}");
     assert_eq!(g.kernel_copy_captures, 1, "{g:?}");
-    assert_eq!(g.mapped_input_captures, 1, "{g:?}");
+    assert_eq!(
+        (g.mapped_input_captures, g.mapped_output_captures),
+        (1, 1),
+        "{g:?}"
+    );
     // Every replay of a kernel-copy graph is known done by its signal word, not the stream.
     assert!(g.hits >= 7, "{g:?}");
     assert_eq!(g.signalled_replays, g.hits, "{g:?}");
@@ -1177,10 +1184,14 @@ fn reused_steps_replay_without_comparison_and_update_when_they_change() {
         "{g:?}"
     );
     // 128 bytes each way: a kernel-copy graph, whose first launch reads the input from the
-    // mapped staging (no copy node in front) and whose output copy node the updates above
-    // skipped (all eight bumps were found and updated).
+    // mapped staging (no copy node in front) and whose output, bumped by every launch, is
+    // copied out by a node the updates above skipped (all eight bumps were found and updated).
     assert_eq!(g.kernel_copy_captures, 1, "{g:?}");
-    assert_eq!(g.mapped_input_captures, 1, "{g:?}");
+    assert_eq!(
+        (g.mapped_input_captures, g.mapped_output_captures),
+        (1, 0),
+        "{g:?}"
+    );
     // The signal kernel's node after them was skipped too, and every replay waited for it.
     assert_eq!(g.signalled_replays, g.hits, "{g:?}");
     gpubridge::testing::assert_quiescent(&b);
@@ -1513,7 +1524,12 @@ fn an_input_read_by_several_launches_is_copied_into_the_graph_block() {
     assert_eq!(replayed, [false, true, true, true, true, true]);
     let g = cuda.graph_stats(0).unwrap();
     assert_eq!((g.misses, g.kernel_copy_captures), (1, 1), "{g:?}");
-    assert_eq!(g.mapped_input_captures, 0, "{g:?}");
+    // The output too: every launch names it.
+    assert_eq!(
+        (g.mapped_input_captures, g.mapped_output_captures),
+        (0, 0),
+        "{g:?}"
+    );
     assert_eq!(g.signalled_replays, g.hits, "{g:?}");
     gpubridge::testing::assert_quiescent(&b);
 }
