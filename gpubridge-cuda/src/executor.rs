@@ -349,6 +349,9 @@ struct Executor {
     huge_pages: bool,
     /// Staged plans run staged (`cuda.staged_plans`).
     staged: bool,
+    /// Small graphs' kernels may use their inputs and outputs in the mapped staging
+    /// (`cuda.mapped_graph_buffers`, [`Mapped`]).
+    mapped_buffers: bool,
     /// When free memory was last sampled.
     free_sampled: Instant,
     /// When the pool last released the idle memory of unused classes.
@@ -584,6 +587,7 @@ pub(crate) fn spawn(
     let huge_pages = config.memory.huge_page_outputs;
     let idle_release_every = Duration::from_secs(config.memory.idle_release_s.max(1));
     let staged_plans = config.cuda.staged_plans;
+    let mapped_buffers = config.cuda.mapped_graph_buffers;
     let inline = config.cuda.inline_tiny_plans;
     let lanes = config.cuda.streams_per_device.max(1);
     let handle = std::thread::Builder::new()
@@ -596,6 +600,7 @@ pub(crate) fn spawn(
                         ex.huge_pages = huge_pages;
                         ex.idle_release_every = idle_release_every;
                         ex.staged = staged_plans;
+                        ex.mapped_buffers = mapped_buffers;
                         if inline {
                             ex.open_inline_lane();
                         }
@@ -749,6 +754,7 @@ impl Executor {
             },
             huge_pages: true,
             staged: true,
+            mapped_buffers: true,
             mapped: PinnedBuffer::mapped(),
             copy_kernel: CopyKernel::Unloaded,
             free_sampled: Instant::now(),
@@ -1578,7 +1584,13 @@ impl Executor {
         let label = self.label.clone();
         let (in_dev, out_dev) = (staging_in.device_ptr(), staging_out.device_ptr());
         // Small inputs and outputs that one launch each uses stay in the mapped staging.
-        let mapped = Mapped::of(plan);
+        let mapped = match self.mapped_buffers {
+            true => Mapped::of(plan),
+            false => Mapped {
+                inputs: false,
+                outputs: false,
+            },
+        };
         let mut bases = Bases::block(block.ptr);
         if copy.is_some() && layout.in_total > 0 && mapped.inputs {
             bases.inputs = in_dev;

@@ -227,6 +227,29 @@ fn small_graphs_copy_with_a_kernel_and_answer_exactly() {
     gpubridge::testing::assert_quiescent(&b);
 }
 
+/// With `cuda.mapped_graph_buffers` off, the same small graph copies its inputs in and its output
+/// out with the copy kernel, and answers the same.
+#[test]
+fn small_graphs_keep_both_copies_when_mapped_buffers_are_off() {
+    let _gpu = gpu_lock();
+    let mut config = one_gpu();
+    config.cuda.mapped_graph_buffers = false;
+    let Some(cuda) = cuda(&config) else { return };
+    let b = bridge(config, cuda.clone());
+    let grain = b.batch::<VectorAdd>().unwrap();
+    let replayed = add_on_cuda(&grain, 6, &[1100, 1100, 1093, 1109]);
+    assert_eq!(replayed, [false, true, true, true]);
+    let g = cuda.graph_stats(0).unwrap();
+    assert_eq!((g.misses, g.kernel_copy_captures), (1, 1), "{g:?}");
+    assert_eq!(
+        (g.mapped_input_captures, g.mapped_output_captures),
+        (0, 0),
+        "{g:?}"
+    );
+    assert_eq!(g.signalled_replays, g.hits, "{g:?}");
+    gpubridge::testing::assert_quiescent(&b);
+}
+
 /// Releasing the caches destroys the cached graphs, forgets the shapes and frees the pool's
 /// idle memory; the next batches answer as before, captured again from scratch.
 #[test]
