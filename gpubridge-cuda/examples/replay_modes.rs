@@ -1157,19 +1157,8 @@ fn flag(p: &Probe<'_>, module: &Arc<cudarc::driver::CudaModule>) -> Res<()> {
     let copy_signal = module.load_function("copy_words_signal")?;
     let b = &p.bufs[1];
     let cs = p.s0.cu_stream();
-    // SAFETY: a context is current on this thread; the words outlive every replay (never freed).
-    let (counter, flag_host) = unsafe {
-        let counter = result::malloc_sync(4)?;
-        result::memset_d8_sync(counter, 0, 4)?;
-        let flag = result::malloc_host(4, 2)?.cast::<u32>();
-        flag.write_volatile(0);
-        (counter, flag)
-    };
-    let launch = |f: &CudaFunction, params: &mut [*mut c_void]| -> Res<()> {
-        // SAFETY: one block of 32 threads on a live stream; the parameters match the kernels.
-        unsafe { result::launch_kernel(f.cu_function(), (1, 1, 1), (32, 1, 1), 0, cs, params)? };
-        Ok(())
-    };
+    let (counter, flag_host) = completion_word()?;
+    let launch = |f: &CudaFunction, params: &mut [*mut c_void]| launch32(cs, f, params);
     let copy_in = || -> Res<()> {
         let (mut s, mut d, mut w) = (b.host as u64, b.dev, 32u32);
         launch(
@@ -1189,16 +1178,7 @@ fn flag(p: &Probe<'_>, module: &Arc<cudarc::driver::CudaModule>) -> Res<()> {
         Ok(())
     };
     let (mut c, mut f) = (counter, flag_host as u64);
-    let capture_with = |body: &dyn Fn() -> Res<()>| -> Res<CudaGraph> {
-        p.s0.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-        body()?;
-        let g =
-            p.s0.end_capture(sys::CUgraphInstantiate_flags(0))?
-                .ok_or("empty graph")?;
-        g.upload()?;
-        p.s0.synchronize()?;
-        Ok(g)
-    };
+    let capture_with = |body: &dyn Fn() -> Res<()>| capture_body(p.s0, body, true);
     let memcpy = capture(p.bump, p.copy, b, p.n, Copies::Both, p.s0)?;
     let kc = capture(p.bump, p.copy, b, p.n, Copies::Kernel, p.s0)?;
     let separate = capture_with(&|| {
@@ -1769,6 +1749,41 @@ fn addresses(p: &Probe<'_>) -> Res<()> {
     Ok(())
 }
 
+/// A device word counting replays and a mapped host word a graph's last kernel writes the count
+/// to (the `signal` and `copy_words_signal` kernels), both zero. Never freed: they outlive every
+/// replay of the probe.
+fn completion_word() -> Res<(sys::CUdeviceptr, *mut u32)> {
+    // SAFETY: a context is current on this thread (the probe's); 4 bytes each, zeroed here.
+    unsafe {
+        let counter = result::malloc_sync(4)?;
+        result::memset_d8_sync(counter, 0, 4)?;
+        let flag = result::malloc_host(4, 2)?.cast::<u32>();
+        flag.write_volatile(0);
+        Ok((counter, flag))
+    }
+}
+
+/// Launches `f` as one block of 32 threads on `cs`, as every kernel of these graphs runs.
+fn launch32(cs: sys::CUstream, f: &CudaFunction, params: &mut [*mut c_void]) -> Res<()> {
+    // SAFETY: a live stream of the probe's context; the callers' parameters match the kernels.
+    unsafe { result::launch_kernel(f.cu_function(), (1, 1, 1), (32, 1, 1), 0, cs, params)? };
+    Ok(())
+}
+
+/// The graph `body` enqueues on `s0`, captured (and uploaded first when `upload`).
+fn capture_body(s0: &Arc<CudaStream>, body: &dyn Fn() -> Res<()>, upload: bool) -> Res<CudaGraph> {
+    s0.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+    body()?;
+    let g = s0
+        .end_capture(sys::CUgraphInstantiate_flags(0))?
+        .ok_or("empty graph")?;
+    if upload {
+        g.upload()?;
+        s0.synchronize()?;
+    }
+    Ok(g)
+}
+
 /// Whether a graph's first kernel reading its input straight from mapped host memory replays
 /// sooner than the bridge's shape, a copy kernel into device memory first: three graphs of P1's
 /// chain (`first` from x to y, then `n - 1` bumps of y), each ending with the output copied by
@@ -1782,19 +1797,8 @@ fn inputs(p: &Probe<'_>, module: &Arc<cudarc::driver::CudaModule>) -> Res<()> {
     let b = &p.bufs[1];
     let cs = p.s0.cu_stream();
     let (x_dev, y_dev) = (b.dev, b.dev + 512);
-    // SAFETY: a context is current on this thread; the words outlive every replay (never freed).
-    let (counter, flag_host) = unsafe {
-        let counter = result::malloc_sync(4)?;
-        result::memset_d8_sync(counter, 0, 4)?;
-        let flag = result::malloc_host(4, 2)?.cast::<u32>();
-        flag.write_volatile(0);
-        (counter, flag)
-    };
-    let launch = |f: &CudaFunction, params: &mut [*mut c_void]| -> Res<()> {
-        // SAFETY: one block of 32 threads on a live stream; the parameters match the kernels.
-        unsafe { result::launch_kernel(f.cu_function(), (1, 1, 1), (32, 1, 1), 0, cs, params)? };
-        Ok(())
-    };
+    let (counter, flag_host) = completion_word()?;
+    let launch = |f: &CudaFunction, params: &mut [*mut c_void]| launch32(cs, f, params);
     let words = |f: &CudaFunction, src: u64, dst: u64| -> Res<()> {
         let (mut s, mut d, mut w) = (src, dst, 32u32);
         launch(
@@ -1832,14 +1836,7 @@ fn inputs(p: &Probe<'_>, module: &Arc<cudarc::driver::CudaModule>) -> Res<()> {
             ],
         )
     };
-    let capture_with = |body: &dyn Fn() -> Res<()>| -> Res<CudaGraph> {
-        p.s0.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-        body()?;
-        let g =
-            p.s0.end_capture(sys::CUgraphInstantiate_flags(0))?
-                .ok_or("empty graph")?;
-        Ok(g)
-    };
+    let capture_with = |body: &dyn Fn() -> Res<()>| capture_body(p.s0, body, false);
     let memcpy = capture_with(&|| {
         // SAFETY: 128 pinned bytes to and from the device buffer, all alive for good.
         unsafe {

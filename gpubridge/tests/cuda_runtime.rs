@@ -1074,6 +1074,21 @@ fn a_kernel_that_does_not_compile_falls_back_without_blaming_the_device() {
     gpubridge::testing::assert_quiescent(&b);
 }
 
+/// The test kernels' items are 32 floats.
+fn thirty_two_floats(kernel: &'static str, index: usize, x: &[f32]) -> gpubridge::Result<()> {
+    match x.len() {
+        32 => Ok(()),
+        _ => Err(gpubridge::Error::invalid_item(kernel, index, "32 floats")),
+    }
+}
+
+/// The one answer of a test kernel's batch: its plan's second buffer (the output after the input).
+fn second_buffer(outputs: &gpubridge::plan::PlanOutputs<'_>) -> gpubridge::Result<Vec<Vec<f32>>> {
+    Ok(vec![outputs
+        .f32s(gpubridge::plan::BufferId(1))?
+        .into_owned()])
+}
+
 /// `test/bump_chain`: copies 32 floats and adds `step` to them `BUMPS` times, with its launches
 /// reused by key (the step's bits): plans of different steps share one bucketed graph.
 struct BumpChain;
@@ -1102,10 +1117,7 @@ impl gpubridge::Kernel for BumpChain {
         }
     }
     fn validate(&self, index: usize, input: &Bumped) -> gpubridge::Result<()> {
-        if input.x.len() != 32 {
-            return Err(gpubridge::Error::invalid_item(Self::ID, index, "32 floats"));
-        }
-        Ok(())
+        thirty_two_floats(Self::ID, index, &input.x)
     }
     fn device_bytes(&self, _input: &Bumped) -> usize {
         256
@@ -1160,9 +1172,7 @@ impl gpubridge::Kernel for BumpChain {
         _inputs: &[Bumped],
         outputs: &gpubridge::plan::PlanOutputs<'_>,
     ) -> gpubridge::Result<Vec<Vec<f32>>> {
-        Ok(vec![outputs
-            .f32s(gpubridge::plan::BufferId(1))?
-            .into_owned()])
+        second_buffer(outputs)
     }
 }
 
@@ -1460,10 +1470,7 @@ impl gpubridge::Kernel for ReadTwice {
         }
     }
     fn validate(&self, index: usize, input: &Vec<f32>) -> gpubridge::Result<()> {
-        if input.len() != 32 {
-            return Err(gpubridge::Error::invalid_item(Self::ID, index, "32 floats"));
-        }
-        Ok(())
+        thirty_two_floats(Self::ID, index, input)
     }
     fn device_bytes(&self, _input: &Vec<f32>) -> usize {
         256
@@ -1513,9 +1520,7 @@ impl gpubridge::Kernel for ReadTwice {
         _inputs: &[Vec<f32>],
         outputs: &gpubridge::plan::PlanOutputs<'_>,
     ) -> gpubridge::Result<Vec<Vec<f32>>> {
-        Ok(vec![outputs
-            .f32s(gpubridge::plan::BufferId(1))?
-            .into_owned()])
+        second_buffer(outputs)
     }
 }
 
