@@ -629,49 +629,59 @@ fn batches_spread_over_every_gpu_and_a_preferred_device_is_honoured() {
 }
 
 /// A kernel whose packer panics on one request fails that request with `KernelPanicked`, on every
-/// CUDA path (zero-copy on the executor and on a spinning caller's thread, a replayed graph, and
-/// a large plan packed on the rayon pool while it uploads), and nothing else: the device's
-/// circuit stays closed, the next request is right, and the bridge holds nothing afterwards.
+/// CUDA path (zero-copy on the executor and on a spinning caller's thread, with graphs off; a
+/// tiny plan's graph, replayed on the executor and on a spinning caller's thread; a larger
+/// graph; and a large plan packed on the rayon pool while it uploads), and nothing else: the
+/// device's circuit stays closed, the next request is right, and the bridge holds nothing
+/// afterwards.
 #[test]
 fn a_panicking_packer_fails_its_request_on_every_cuda_path_and_nothing_else() {
     let _gpu = gpu_lock();
-    let config = one_gpu();
-    let Some(cuda) = cuda(&config) else { return };
-    let b = GpuBridge::builder(config)
-        .kernel(PoisonAdd)
-        .unwrap()
-        .backend(cuda)
-        .build()
-        .unwrap();
-    let grain = b.batch::<PoisonAdd>().unwrap();
-    let on_cuda = ExecutionHints::default().on_backend(BackendKind::Cuda);
-    let spin = on_cuda
-        .clone()
-        .spin_wait(std::time::Duration::from_millis(5));
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
-    // (pairs, length): zero-copy (4 KiB); a graph candidate, run often enough to be replayed;
-    // 16 MiB, packed in pieces on the rayon pool.
-    for (pairs, len, hints) in [
-        (4, 100, &on_cuda),
-        (4, 100, &spin),
-        (8, 20_000, &on_cuda),
-        (4, 350_000, &on_cuda),
-    ] {
-        for round in 0..4 {
-            let good = random_pairs(&mut rng, pairs, len);
-            let r = block_on(grain.execute(good.clone(), hints.clone())).unwrap();
-            check_add(&good, &r.outputs);
-            let mut bad = random_pairs(&mut rng, pairs, len);
-            bad[0].a[0] = PoisonAdd::IN_PACKER;
-            let e = block_on(grain.execute(bad, hints.clone())).unwrap_err();
-            assert!(
-                matches!(&e, gpubridge::Error::KernelPanicked { kernel, backend: BackendKind::Cuda, message } if kernel == <PoisonAdd as gpubridge::Kernel>::ID && message == "poisoned input"),
-                "{pairs} x {len}, round {round}: {e:?}"
-            );
+    for graphs in [false, true] {
+        let mut config = one_gpu();
+        config.cuda.enable_graphs = graphs;
+        let Some(cuda) = cuda(&config) else { return };
+        let b = GpuBridge::builder(config)
+            .kernel(PoisonAdd)
+            .unwrap()
+            .backend(cuda)
+            .build()
+            .unwrap();
+        let grain = b.batch::<PoisonAdd>().unwrap();
+        let on_cuda = ExecutionHints::default().on_backend(BackendKind::Cuda);
+        let spin = on_cuda
+            .clone()
+            .spin_wait(std::time::Duration::from_millis(5));
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+        // (pairs, length): tiny (4 KiB: zero-copy, or a graph once captured); a graph
+        // candidate, run often enough to be replayed; 16 MiB, packed in pieces on the rayon pool.
+        let cases: &[(usize, usize, &ExecutionHints)] = if graphs {
+            &[
+                (4, 100, &on_cuda),
+                (4, 100, &spin),
+                (8, 20_000, &on_cuda),
+                (4, 350_000, &on_cuda),
+            ]
+        } else {
+            &[(4, 100, &on_cuda), (4, 100, &spin)]
+        };
+        for &(pairs, len, hints) in cases {
+            for round in 0..4 {
+                let good = random_pairs(&mut rng, pairs, len);
+                let r = block_on(grain.execute(good.clone(), hints.clone())).unwrap();
+                check_add(&good, &r.outputs);
+                let mut bad = random_pairs(&mut rng, pairs, len);
+                bad[0].a[0] = PoisonAdd::IN_PACKER;
+                let e = block_on(grain.execute(bad, hints.clone())).unwrap_err();
+                assert!(
+                    matches!(&e, gpubridge::Error::KernelPanicked { kernel, backend: BackendKind::Cuda, message } if kernel == <PoisonAdd as gpubridge::Kernel>::ID && message == "poisoned input"),
+                    "graphs {graphs}, {pairs} x {len}, round {round}: {e:?}"
+                );
+            }
         }
+        assert_circuit(&b, 0, CircuitState::Closed);
+        gpubridge::testing::assert_quiescent(&b);
     }
-    assert_circuit(&b, 0, CircuitState::Closed);
-    gpubridge::testing::assert_quiescent(&b);
 }
 
 /// Thirty-two callers' singles in one batch on the GPU, two of them poison (one for the packers,
@@ -707,25 +717,57 @@ fn a_poison_single_fails_alone_and_its_batch_mates_get_their_sums() {
     gpubridge::testing::assert_quiescent(&b);
 }
 
+/// A tiny plan (4 KB, one launch) runs zero-copy the first time its shape is seen and is then
+/// captured as a small graph whose kernel uses the mapped staging directly (no copies), which
+/// later calls replay; with graphs off it runs zero-copy every time. Fresh data every call.
 #[test]
-fn tiny_plans_run_zero_copy_with_fresh_data_every_time() {
+fn tiny_plans_run_zero_copy_then_as_mapped_graphs_with_fresh_data_every_time() {
     let _gpu = gpu_lock();
     let config = one_gpu();
     let Some(cuda) = cuda(&config) else { return };
     let b = bridge(config, cuda.clone());
     let grain = b.batch::<Sum>().unwrap();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
-    for _ in 0..20 {
+    let replayed: Vec<bool> = (0..20)
+        .map(|_| {
+            sums_checked(
+                &grain,
+                small_sums(&mut rng),
+                ExecutionHints::default(),
+                "tiny",
+            )
+            .graph_replayed()
+        })
+        .collect();
+    assert_eq!(replayed[..2], [false, true], "zero-copy, then captured");
+    assert!(replayed[2..].iter().all(|r| *r), "{replayed:?}");
+    let g = cuda.graph_stats(0).unwrap();
+    assert_eq!((g.misses, g.hits), (1, 19), "{g:?}");
+    assert_eq!(
+        (
+            g.kernel_copy_captures,
+            g.mapped_input_captures,
+            g.mapped_output_captures
+        ),
+        (1, 1, 1),
+        "{g:?}"
+    );
+    assert_eq!(g.signalled_replays, g.hits, "{g:?}");
+    gpubridge::testing::assert_quiescent(&b);
+
+    let mut off = one_gpu();
+    off.cuda.enable_graphs = false;
+    let Some(cuda) = self::cuda(&off) else { return };
+    let b = bridge(off, cuda.clone());
+    let grain = b.batch::<Sum>().unwrap();
+    for _ in 0..10 {
         let r = sums_checked(
             &grain,
             small_sums(&mut rng),
             ExecutionHints::default(),
-            "tiny",
+            "tiny, graphs off",
         );
-        assert!(
-            !r.graph_replayed(),
-            "a 4 KB plan runs zero-copy, not as a graph"
-        );
+        assert!(!r.graph_replayed(), "graphs are off: zero-copy");
     }
     let g = cuda.graph_stats(0).unwrap();
     assert_eq!((g.misses, g.hits), (0, 0), "{g:?}");
@@ -768,7 +810,9 @@ fn sums_checked(
 #[test]
 fn spinning_callers_run_tiny_plans_on_their_own_threads() {
     let _gpu = gpu_lock();
-    let config = one_gpu();
+    // Graphs off: every tiny plan runs zero-copy (with graphs on, see the test after this one).
+    let mut config = one_gpu();
+    config.cuda.enable_graphs = false;
     let Some(cuda) = cuda(&config) else { return };
     let b = bridge(config, cuda.clone());
     let grain = b.batch::<Sum>().unwrap();
@@ -825,6 +869,7 @@ fn spinning_callers_run_tiny_plans_on_their_own_threads() {
     // Off: every plan goes through the executor.
     let mut off = one_gpu();
     off.cuda.inline_tiny_plans = false;
+    off.cuda.enable_graphs = false;
     let Some(cuda) = self::cuda(&off) else { return };
     let b = bridge(off, cuda.clone());
     let grain = b.batch::<Sum>().unwrap();
@@ -834,6 +879,47 @@ fn spinning_callers_run_tiny_plans_on_their_own_threads() {
         check(&v, &r.outputs);
     }
     assert_eq!(cuda.inline_runs(0), 0);
+    gpubridge::testing::assert_quiescent(&b);
+}
+
+/// With graphs on, a spinning caller's tiny plan goes to the executor until its shape's graph is
+/// captured there (the first run zero-copy, the second captured), and from then on the caller
+/// replays that graph on its own thread, with fresh data every time.
+#[test]
+fn spinning_callers_replay_tiny_plans_graphs_once_captured() {
+    let _gpu = gpu_lock();
+    let config = one_gpu();
+    let Some(cuda) = cuda(&config) else { return };
+    let b = bridge(config, cuda.clone());
+    let grain = b.batch::<Sum>().unwrap();
+    let spin = ExecutionHints::default()
+        .on_backend(BackendKind::Cuda)
+        .spin_wait(std::time::Duration::from_millis(5));
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+    let replayed: Vec<bool> = (0..30)
+        .map(|i| {
+            sums_checked(
+                &grain,
+                small_sums(&mut rng),
+                spin.clone(),
+                &format!("call {i}"),
+            )
+            .graph_replayed()
+        })
+        .collect();
+    assert_eq!(replayed[..2], [false, true], "zero-copy, then captured");
+    assert!(replayed[2..].iter().all(|r| *r), "{replayed:?}");
+    assert_eq!(
+        (cuda.inline_runs(0), cuda.inline_replays(0)),
+        (28, 28),
+        "the first two went to the executor"
+    );
+    let g = cuda.graph_stats(0).unwrap();
+    assert_eq!(
+        (g.misses, g.hits, g.signalled_replays),
+        (1, 29, 29),
+        "{g:?}"
+    );
     gpubridge::testing::assert_quiescent(&b);
 }
 
