@@ -2210,10 +2210,8 @@ pub(crate) fn run_inline(
         return Some((plan, sources, complete));
     }
     let tiny = zero_copy_candidate(&plan);
-    let (plan, sources, complete) = match replay_inline(shared, plan, sources, complete, taken) {
-        None => return None,
-        Some(back) => back,
-    };
+    // `None` from the replay: done there (its graph replayed); `Some`: the work handed back.
+    let (plan, sources, complete) = replay_inline(shared, plan, sources, complete, taken)?;
     if !tiny || hand_for_capture(shared, &plan) {
         return Some((plan, sources, complete));
     }
