@@ -150,7 +150,8 @@ impl CudaBackend {
     }
 
     /// Where on `device` the outputs of `kernel`'s cached CUDA graphs start: device addresses,
-    /// one per cached graph of that kernel (none when it has none). A diagnostic for benchmarks:
+    /// one per cached graph of that kernel (none when it has none), in the mapped output staging
+    /// for a small graph that writes its outputs there (`cuda.mapped_graph_buffers`). A diagnostic for benchmarks:
     /// on the H200 a chain of small kernels over the same 128 bytes runs up to ~17% faster or
     /// slower depending on the bytes' address alone (which L2 slice holds them), so a raw
     /// baseline compared with a graph's replays is made over the graph's own bytes

@@ -420,8 +420,8 @@ impl Baseline {
     /// # Safety
     /// `at` must be 128 bytes of device memory of this device's primary context that nothing
     /// else uses while this runs: `between` may use them only as the chain does, one at a time
-    /// (the bridge's graph copies its input in before it bumps, so a call of it between the
-    /// replays is such a use).
+    /// (the bridge's graph writes them afresh with its first kernel before it bumps them, so a
+    /// call of it between the replays is such a use).
     ///
     /// # Errors
     /// As [`Baseline::chain_graph_interleaved`].

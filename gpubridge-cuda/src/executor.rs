@@ -1603,10 +1603,7 @@ impl Executor {
         // Small inputs and outputs that one launch each uses stay in the mapped staging.
         let mapped = match self.mapped_buffers {
             true => Mapped::of(plan),
-            false => Mapped {
-                inputs: false,
-                outputs: false,
-            },
+            false => Mapped::NONE,
         };
         let mut bases = Bases::block(block.ptr);
         if copy.is_some() && layout.in_total > 0 && mapped.inputs {
@@ -1892,9 +1889,7 @@ fn launch_values(
     l.args
         .iter()
         .map(|a| match a {
-            Arg::Buffer { id, offset } => bases.at(plan, offsets, *id, *offset).ok_or_else(|| {
-                Error::invalid_batch(plan.kernel, format!("plan names buffer {}", id.0))
-            }),
+            Arg::Buffer { id, offset } => bases.address(plan, offsets, *id, *offset),
             Arg::U32(v) => Ok(u64::from(*v)),
             Arg::U64(v) => Ok(*v),
             Arg::F32(v) => Ok(u64::from(v.to_bits())),
@@ -2211,8 +2206,9 @@ pub(crate) fn run_inline(
     }
     let tiny = zero_copy_candidate(&plan);
     // `None` from the replay: done there (its graph replayed); `Some`: the work handed back.
-    let (plan, sources, complete) = replay_inline(shared, plan, sources, complete, taken)?;
-    if !tiny || hand_for_capture(shared, &plan) {
+    let ((plan, sources, complete), uncached) =
+        replay_inline(shared, plan, sources, complete, taken)?;
+    if !tiny || uncached.is_some_and(|shape| hand_for_capture(shared, shape)) {
         return Some((plan, sources, complete));
     }
     let Some(mut guard) = shared.inline.try_lock() else {
@@ -2271,16 +2267,12 @@ pub(crate) fn run_inline(
     None
 }
 
-/// Whether a tiny plan with no graph replayed goes to the executor so that it sees the shape
-/// twice and captures it ([`run_inline`]): graphs are on, the shape has no graph cached (one
-/// that is busy or not yet replayable leaves the plan to run zero-copy here), and it has been
-/// handed over fewer than two times.
-fn hand_for_capture(shared: &Shared, plan: &Plan) -> bool {
+/// Whether a tiny plan whose `shape` has no graph cached goes to the executor so that it sees
+/// the shape twice and captures it ([`run_inline`]): graphs are on and it has been handed over
+/// fewer than two times. (A plan whose graph is cached but busy runs zero-copy on its caller's
+/// thread instead.)
+fn hand_for_capture(shared: &Shared, shape: gpubridge_core::PlanShape) -> bool {
     if !shared.tiny_graphs.load(Ordering::Relaxed) {
-        return false;
-    }
-    let shape = plan.bucket_shape();
-    if shared.graph_index.read().contains_key(&shape) {
         return false;
     }
     let mut handed = shared.tiny_handed.lock();
@@ -2299,41 +2291,38 @@ fn hand_for_capture(shared: &Shared, plan: &Plan) -> bool {
 /// graph is cached (the executor captures it, on the shape's second run), no other caller holds
 /// the device's inline lane and nobody is replaying that graph now. The two thread hand-offs are
 /// skipped, which for a short chain of kernels is a large part of a call. Completes the plan and
-/// returns `None`, or hands the work back untouched.
+/// returns `None`, or hands the work back untouched, with the plan's bucketed shape when it was
+/// looked up and no graph of it is cached.
 fn replay_inline(
     shared: &Shared,
     plan: Plan,
     sources: KernelSources,
     complete: gpubridge_core::device::PlanCompletion,
     taken: Instant,
-) -> Option<NotInline> {
+) -> Option<(NotInline, Option<gpubridge_core::PlanShape>)> {
     if plan.steps.is_empty() || plan.device_bytes() > INLINE_REPLAY_MAX_BYTES {
-        return Some((plan, sources, complete));
+        return Some(((plan, sources, complete), None));
     }
     let Some(mut lane) = shared.inline.try_lock().filter(|l| l.is_some()) else {
-        return Some((plan, sources, complete));
+        return Some(((plan, sources, complete), None));
     };
-    let graph = {
-        let index = shared.graph_index.read();
-        if index.is_empty() {
-            None
-        } else {
-            index.get(&plan.bucket_shape()).cloned()
-        }
+    let shape = plan.bucket_shape();
+    let Some(graph) = shared.graph_index.read().get(&shape).cloned() else {
+        return Some(((plan, sources, complete), Some(shape)));
     };
-    let Some(graph) = graph.filter(|g| !plan.resident || g.resident.load(Ordering::Relaxed)) else {
-        return Some((plan, sources, complete));
-    };
+    if plan.resident && !graph.resident.load(Ordering::Relaxed) {
+        return Some(((plan, sources, complete), None));
+    }
     let Some(mut slot) = graph.entry.try_lock() else {
-        return Some((plan, sources, complete));
+        return Some(((plan, sources, complete), None));
     };
     // Library calls stay on the executor: a captured cuBLAS call uses the handle's workspace,
     // which the executor's own calls use too.
     let (Some(l), Some(entry)) = (lane.as_mut(), slot.as_mut().filter(|e| !e.library)) else {
-        return Some((plan, sources, complete));
+        return Some(((plan, sources, complete), None));
     };
     if l.ctx.bind_to_thread().is_err() {
-        return Some((plan, sources, complete));
+        return Some(((plan, sources, complete), None));
     }
     match replay(entry, &plan, &l.stream, &l.label, shared) {
         Ok(Some((outputs, mut stats))) => {
@@ -2358,7 +2347,7 @@ fn replay_inline(
         Ok(None) => {
             drop(slot);
             drop(lane);
-            Some((plan, sources, complete))
+            Some(((plan, sources, complete), None))
         }
         Err(e) => {
             note_lost(shared, &l.label, &e);
@@ -2837,35 +2826,21 @@ fn enqueue_step(
     layout: &Layout,
 ) -> Result<()> {
     let drv = |what: &str, e| driver_error(label, what, e);
-    let ptr =
-        |a: &Arg| -> Result<sys::CUdeviceptr> {
-            match a {
-                Arg::Buffer { id, offset } => bases
-                    .at(plan, &layout.offsets, *id, *offset)
-                    .ok_or_else(|| {
-                        Error::invalid_batch(plan.kernel, format!("plan names buffer {}", id.0))
-                    }),
-                other => Err(Error::invalid_batch(
-                    plan.kernel,
-                    format!("expected a buffer argument, got {other:?}"),
-                )),
-            }
-        };
+    let ptr = |a: &Arg| -> Result<sys::CUdeviceptr> {
+        match a {
+            Arg::Buffer { id, offset } => bases.address(plan, &layout.offsets, *id, *offset),
+            other => Err(Error::invalid_batch(
+                plan.kernel,
+                format!("expected a buffer argument, got {other:?}"),
+            )),
+        }
+    };
     match step {
         Step::Launch(l) => {
             let f = f.ok_or_else(|| {
                 Error::invalid_batch(plan.kernel, "more launches than entry points")
             })?;
-            let mut values: smallvec::SmallVec<[u64; 8]> = l
-                .args
-                .iter()
-                .map(|a| match a {
-                    Arg::Buffer { .. } => ptr(a),
-                    Arg::U32(v) => Ok(u64::from(*v)),
-                    Arg::U64(v) => Ok(*v),
-                    Arg::F32(v) => Ok(u64::from(v.to_bits())),
-                })
-                .collect::<Result<_>>()?;
+            let mut values = launch_values(plan, l, &layout.offsets, bases)?;
             let mut params: smallvec::SmallVec<[*mut c_void; 8]> = values
                 .iter_mut()
                 .map(|v| (v as *mut u64).cast::<c_void>())
@@ -2875,9 +2850,10 @@ fn enqueue_step(
             // SAFETY: `f` is a function of a module loaded in this context; each parameter
             // points to an 8-byte slot whose low bytes hold the argument in the width the
             // kernel declares (little-endian), and the driver copies them at enqueue time.
-            // Buffer arguments point into the rented block (or, for inputs, the mapped
-            // staging: `Bases`), inside their buffers (checked by `Plan::check`), which stay
-            // alive until the stream is synchronised or, captured, as long as the graph.
+            // Buffer arguments point into the rented block (or, for a small graph's inputs or
+            // outputs, the mapped staging: `Bases`), inside their buffers (checked by
+            // `Plan::check`), which stay alive until the stream is synchronised or, captured,
+            // as long as the graph.
             unsafe { result::launch_kernel(f, g, b, l.shared_mem_bytes, cs, &mut params) }
                 .map_err(|e| drv(&format!("cuLaunchKernel({})", l.entry), e))?;
         }
@@ -2976,6 +2952,12 @@ impl Bases {
         Some(base.wrapping_add((offsets.get(i)? + offset) as u64))
     }
 
+    /// [`Bases::at`], or the typed error for a buffer the plan does not have.
+    fn address(&self, plan: &Plan, offsets: &[usize], id: BufferId, offset: usize) -> Result<u64> {
+        self.at(plan, offsets, id, offset)
+            .ok_or_else(|| Error::invalid_batch(plan.kernel, format!("plan names buffer {}", id.0)))
+    }
+
     /// Whether the kernels read the inputs from the mapped staging.
     fn inputs_mapped(&self) -> bool {
         self.inputs != self.block
@@ -3002,14 +2984,18 @@ struct Mapped {
 }
 
 impl Mapped {
+    /// Both sides copied.
+    const NONE: Self = Self {
+        inputs: false,
+        outputs: false,
+    };
+
     fn of(plan: &Plan) -> Self {
+        // How many launches name each buffer (naming it twice in one launch is one use).
         let mut users: smallvec::SmallVec<[u8; 8]> = smallvec::smallvec![0; plan.buffers.len()];
         for step in &plan.steps {
             let Step::Launch(l) = step else {
-                return Self {
-                    inputs: false,
-                    outputs: false,
-                };
+                return Self::NONE;
             };
             let mut named: smallvec::SmallVec<[u32; 8]> = smallvec::SmallVec::new();
             for a in &l.args {
@@ -3025,17 +3011,16 @@ impl Mapped {
                 }
             }
         }
-        let once = |input: bool| {
+        let once = |side: fn(&BufferRole) -> bool| {
             plan.buffers
                 .iter()
                 .zip(&users)
-                .filter(|(b, _)| matches!(b.role, BufferRole::Input(_)) == input)
-                .filter(|(b, _)| input || matches!(b.role, BufferRole::Output))
+                .filter(|(b, _)| side(&b.role))
                 .all(|(_, &u)| u <= 1)
         };
         Self {
-            inputs: once(true),
-            outputs: once(false),
+            inputs: once(|r| matches!(r, BufferRole::Input(_))),
+            outputs: once(|r| matches!(r, BufferRole::Output)),
         }
     }
 }

@@ -923,18 +923,21 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                     .find(|(c, _)| *c == n)
                     .map(|(_, a)| *a)
                     .filter(cached);
+                // The raw memcpy graph's replays, over those bytes while the graph holds them,
+                // with `between` after each.
+                let mut raw_replays =
+                    |between: &mut dyn FnMut() -> gpubridge::Result<()>| match at.filter(cached) {
+                        // SAFETY: the 128 bytes where the bridge's graph of this chain keeps its
+                        // output, in the device's primary context (the baseline's too); between
+                        // the raw replays only that graph's calls use them, one at a time, and
+                        // each writes them afresh (its first kernel) before it bumps them.
+                        Some(at) => unsafe {
+                            base.chain_graph_interleaved_at(n as usize, reps, at, between)
+                        },
+                        None => base.chain_graph_interleaved(n as usize, reps, between),
+                    };
                 let mut calls = Calls::new(reps);
-                let mut between = || call(&grain, hints, &mut calls);
-                let mut raw = match at {
-                    // SAFETY: the 128 bytes where the bridge's graph of this chain keeps its
-                    // output, in the device's primary context (the baseline's too); between the
-                    // raw replays only that graph's calls use them, one at a time, and each
-                    // copies its input in before it bumps them.
-                    Some(at) => unsafe {
-                        base.chain_graph_interleaved_at(n as usize, reps, at, &mut between)?
-                    },
-                    None => base.chain_graph_interleaved(n as usize, reps, &mut between)?,
-                };
+                let mut raw = raw_replays(&mut || call(&grain, hints, &mut calls))?;
                 let alternated = (median(&mut calls.total) / n, median(&mut raw) / n);
                 // The row's figures: blocks of BLOCK back-to-back raw replays alternating with
                 // blocks of BLOCK back-to-back bridge calls, so that each runs as a caller
@@ -953,18 +956,12 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                     }
                     Ok(())
                 };
-                let mut raw = match at.filter(cached) {
-                    // SAFETY: as above.
-                    Some(at) => unsafe {
-                        base.chain_graph_interleaved_at(n as usize, reps, at, &mut between_blocks)?
-                    },
-                    None => base.chain_graph_interleaved(n as usize, reps, &mut between_blocks)?,
-                };
+                let mut raw = raw_replays(&mut between_blocks)?;
                 anyhow::ensure!(!blocked.wrong, "chain result wrong (blocks)");
                 let mut calls = blocked;
                 // The raw kernel-copy graph over the same bytes, for the note.
                 let raw_kc_same = match at.filter(cached) {
-                    // SAFETY: as above, with no bridge call meanwhile.
+                    // SAFETY: as for `raw_replays`, with no bridge call meanwhile.
                     Some(at) => Some(us(unsafe {
                         base.chain_graph_kernel_copies_at(n as usize, reps, at)?
                     })),
