@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Session 20, device run DP: the code after the closing review (`1be516b`: one buffer-address
+# resolver, the inline path's single shape lookup, the bench's shared raw interleaving): the
+# release cuda_runtime tests with GPUBRIDGE_REQUIRE_GPU=1 and `bench --only P1,P2` once.
+set -u
+cd "$(dirname "$0")/../.."
+for b in gpubridge cuda_runtime; do xz -dkf load-pack/$b.xz && chmod +x load-pack/$b; done
+export NODEVICE_SELECT=1 XDG_CACHE_HOME=/tmp/gpubridge-cache GPUBRIDGE_REQUIRE_GPU=1
+timeout 200 load-pack/cuda_runtime --test-threads=1 > $OUT/cuda-runtime.log 2>&1; echo "cuda_runtime rc $?: $(grep -h 'test result' $OUT/cuda-runtime.log | sed 's/; finished.*//')"
+grep -h "FAILED\|panicked at" $OUT/cuda-runtime.log | head -5
+timeout 150 load-pack/gpubridge bench --only P1,P2 --out $OUT/p1p2.json > /dev/null 2>&1 || echo "bench failed"
+python3 - "$OUT" <<'PY'
+import json, sys, re
+for r in json.load(open(sys.argv[1] + "/p1p2.json")):
+    n = r.get("note", "")
+    if r["id"] not in ("P1", "P2") or "diagnostic" in r["metric"]: continue
+    spin = n.startswith("spin") or "spin_wait" in r["metric"]
+    m = re.search(r"chain of (\d+)", r["metric"])
+    what = f"P1 chain {m.group(1):>4}" if m else ("P2 " + ("P50" if "P50" in r["metric"] else "P99"))
+    print(f"{'spin' if spin else 'dflt'} {what:14} {r['value']:.3f} base {r['baseline_value']:.3f} ratio {r['ratio']:.3f} pass {r['pass']}")
+PY
