@@ -1187,6 +1187,8 @@ where
         let mut copied = (0u64, 0u64);
         // When the micro-batch went to the backend: the start of the hand-offs' span.
         let submitted;
+        // How the backend may wake this caller ahead of the result, when it parks.
+        let mut early_wake = None;
         match backend.plan_target(device) {
             None => {
                 let job: CpuJob = Box::new(move |ctx| {
@@ -1237,6 +1239,11 @@ where
                 plan.check()?;
                 plan.resident = resident;
                 plan.caller_spins = spin.is_some();
+                if spin.is_none() {
+                    let wake = crate::wake::EarlyWake::new();
+                    plan.early_wake = Some(wake.clone());
+                    early_wake = Some(wake);
+                }
                 for b in &plan.buffers {
                     match b.role {
                         BufferRole::Input(_) => copied.0 += b.len as u64,
@@ -1306,9 +1313,10 @@ where
                 break;
             }
         }
-        let received = match early {
-            Some(r) => r,
-            None => rx.await.map_err(|_| ()),
+        let received = match (early, early_wake) {
+            (Some(r), _) => r,
+            (None, Some(wake)) => crate::wake::answer(&mut rx, &wake).await,
+            (None, None) => rx.await.map_err(|_| ()),
         };
         let (outputs, begun, stats, unpack) = received.map_err(|_| Error::Backend {
             backend: backend.kind(),

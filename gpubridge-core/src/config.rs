@@ -421,6 +421,16 @@ pub struct CudaConfig {
     /// H200; turn it off for kernels that read one input (or read back one output) many times
     /// over, which would then cross the bus each time.
     pub mapped_graph_buffers: bool,
+    /// How long before a CUDA graph's replay is expected to end the executor wakes a caller that
+    /// parks (one without the [`crate::ExecutionHints::spin_wait`] hint), in microseconds
+    /// (default 20; 0 never wakes early). The caller then busy-polls for its result for at most
+    /// three times this, and only while fewer than half the host's cores are doing so
+    /// ([`crate::wake`]): its wake-up (7-8 us on the H200 test machine's virtual host) overlaps
+    /// the replay instead of following it. A replay expected within the lead wakes the caller as
+    /// the executor takes it, before the caller has parked (it polls 5 us for that first). The
+    /// expected end comes from the graph's earlier replays (about their shortest); a graph's
+    /// first replay, and replays longer than 5 ms, do not wake early.
+    pub early_wake_us: u64,
 }
 
 impl Default for CudaConfig {
@@ -434,6 +444,7 @@ impl Default for CudaConfig {
             staged_plans: true,
             inline_tiny_plans: true,
             mapped_graph_buffers: true,
+            early_wake_us: 20,
         }
     }
 }

@@ -100,7 +100,9 @@ pub struct ExecutionHints {
     ///
     /// A parked thread can take tens of microseconds to wake, which dominates a small batch's
     /// round trip. Spinning trades a core for that latency: use it only on threads dedicated to
-    /// latency-critical work, never on a shared async executor's workers for long waits.
+    /// latency-critical work, never on a shared async executor's workers for long waits. Without
+    /// it the caller parks, and CUDA wakes it shortly before a graph replay is expected to end
+    /// (`cuda.early_wake_us`, [`crate::wake`]), which recovers most of that latency.
     pub spin_wait: Option<Duration>,
 }
 

@@ -59,6 +59,7 @@ pub mod stream;
 pub mod tenants;
 pub mod testing;
 pub mod threads;
+pub mod wake;
 
 pub use accounting::{Accounting, BatcherOccupancy};
 pub use batcher::{BatcherStats, ShutdownReport, SingleResult};
@@ -79,3 +80,4 @@ pub use readiness::{DeviceReadiness, Readiness};
 pub use stream::{StreamReceiver, StreamSender};
 pub use tenants::TenantUsage;
 pub use threads::prefault_stack;
+pub use wake::EarlyWake;

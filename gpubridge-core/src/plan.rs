@@ -218,6 +218,12 @@ pub struct Plan {
     /// does, for zero-copy plans, when `cuda.inline_tiny_plans` is on). Set by the bridge, not by
     /// kernels.
     pub caller_spins: bool,
+    /// How a backend may wake this plan's caller ahead of its result, when the caller parks
+    /// rather than spins (see [`crate::wake`]): a backend that can tell when the plan will be
+    /// done wakes it shortly before, so that the caller's wake-up overlaps the device's last
+    /// microseconds (CUDA does for graph replays, `cuda.early_wake_us`). `None` when the caller
+    /// spins. Set by the bridge, not by kernels.
+    pub early_wake: Option<crate::wake::EarlyWake>,
 }
 
 /// What one step of a plan needs and produces, for a backend that overlaps copies with compute.
@@ -540,6 +546,7 @@ impl Plan {
             stages: Vec::new(),
             resident: false,
             caller_spins: false,
+            early_wake: None,
         }
     }
 

@@ -102,6 +102,9 @@ pub(crate) struct Shared {
     /// many times, so that it sees each shape twice and captures it (see [`run_inline`]); at
     /// most [`MAX_SHAPES_REMEMBERED`], then forgotten.
     pub tiny_handed: Mutex<HashMap<gpubridge_core::PlanShape, u8>>,
+    /// `cuda.early_wake_us` in nanoseconds: how long before a graph replay's expected end the
+    /// executor wakes a parked caller ([`gpubridge_core::wake`]); 0 never.
+    pub early_wake_ns: AtomicU64,
 }
 
 /// A loaded function by (kernel, its CUDA source's address and length, entry point).
@@ -192,6 +195,9 @@ pub struct GraphStats {
     /// Replays of such graphs waited for by their signal word rather than by the stream (see
     /// the executor's `Signal`): known done about 2 us sooner on the H200.
     pub signalled_replays: u64,
+    /// Replays whose parked caller the executor woke ahead of the replay's expected end
+    /// (`cuda.early_wake_us`, [`gpubridge_core::wake`]).
+    pub early_wakes: u64,
 }
 
 /// The most plan shapes the graph cache remembers as seen once, and as failed; past it, that
@@ -511,6 +517,9 @@ struct GraphEntry {
     /// How a replay of a kernel-copy graph is known done ([`Signal`]); `None` for other graphs,
     /// and once a wait for the signal failed (replays then wait for the stream).
     signal: Option<Signal>,
+    /// About the shortest time from launch to done of its recent replays (see [`ReplayTime`]),
+    /// from which a parked caller is woken ahead; `None` before its first replay.
+    replay_time: Option<ReplayTime>,
 }
 
 /// A kernel-copy graph's last node, the signal kernel of [`COPY_SOURCE`], counts the graph's
@@ -596,6 +605,10 @@ pub(crate) fn spawn(
     );
     shared.tiny_graphs.store(
         graphs.0 && graphs.1 >= ZERO_COPY_MAX_BYTES,
+        Ordering::Relaxed,
+    );
+    shared.early_wake_ns.store(
+        config.cuda.early_wake_us.saturating_mul(1000),
         Ordering::Relaxed,
     );
     let huge_pages = config.memory.huge_page_outputs;
@@ -962,7 +975,7 @@ impl Executor {
     /// Waits for a plan's lane, hands its outputs to its completion, returns its block.
     fn finish(&mut self, f: InFlight) {
         let range = nvtx::range(Phase::Wait, 0);
-        let waited = wait_stream(&self.lanes[f.lane].stream, &self.label);
+        let waited = wait_stream(&self.lanes[f.lane].stream, &self.label, &mut None);
         drop(range);
         self.pool.give_back(f.block);
         match waited {
@@ -1319,7 +1332,7 @@ impl Executor {
                 let l = &self.lanes[lane];
                 let copies = l.copies.iter().flat_map(|c| [&c.copy_in, &c.copy_out]);
                 for stream in std::iter::once(&l.stream).chain(copies) {
-                    let _ = wait_stream(stream, &self.label);
+                    let _ = wait_stream(stream, &self.label, &mut None);
                 }
                 self.pool.give_back(block);
                 Err(e)
@@ -1727,6 +1740,7 @@ impl Executor {
                     kernel: plan.kernel,
                     outputs_at,
                     signal: signal.map(|_| Signal { word_at, count: 0 }),
+                    replay_time: None,
                 })
             }
             Err(e) => {
@@ -1773,6 +1787,9 @@ fn replay(
         o.1 -= out_start;
     }
     let t = Instant::now();
+    // A parked caller whose result is near is woken now, while this thread packs and launches.
+    let mut ahead = early_wake(plan, entry.replay_time, shared, t);
+    Ahead::tick(&mut ahead, t);
     let range = nvtx::range(Phase::Pack, entry.in_total as u64);
     let packed = pack_piece(plan, &inputs, entry.staging_in.slice_mut(entry.in_total), 0);
     drop(range);
@@ -1790,6 +1807,7 @@ fn replay(
     drop(range);
     entry.executions += 1;
     let range = nvtx::range(Phase::Wait, 0);
+    let launched = Instant::now();
     let signalled = match entry.signal.as_mut() {
         Some(signal) => {
             signal.count = signal.count.wrapping_add(1);
@@ -1800,7 +1818,7 @@ fn replay(
             // at `at` only by the graph's signal kernel.
             let waited = unsafe {
                 let word = entry.staging_out.host_ptr().add(at);
-                wait_signal(stream, word.cast::<AtomicU32>(), count, label)
+                wait_signal(stream, word.cast::<AtomicU32>(), count, label, &mut ahead)
             };
             if !matches!(waited, Ok(true)) {
                 // The word no longer follows the replays (or the replay failed): later ones
@@ -1810,16 +1828,19 @@ fn replay(
             waited?
         }
         None => {
-            wait_stream(stream, label)?;
+            wait_stream(stream, label, &mut ahead)?;
             false
         }
     };
     drop(range);
+    entry.replay_time = Some(ReplayTime::next(entry.replay_time, launched.elapsed()));
+    let woke = Ahead::woken(&ahead);
     metrics::counter!(names::GRAPH_CACHE_TOTAL, "result" => "hit").increment(1);
     {
         let mut g = shared.graphs.lock();
         g.hits += 1;
         g.signalled_replays += u64::from(signalled);
+        g.early_wakes += u64::from(woke);
         match sync {
             NodeSync::SameSteps => g.same_steps_replays += 1,
             NodeSync::Updated(0) => {}
@@ -2151,7 +2172,7 @@ fn zero_copy(
         false,
     );
     let range = nvtx::range(Phase::Wait, 0);
-    let waited = wait_stream(stream, label);
+    let waited = wait_stream(stream, label, &mut None);
     drop(range);
     enqueued?;
     waited?;
@@ -2410,11 +2431,90 @@ fn deliver(
     }));
 }
 
+/// A parked caller to wake ahead of a replay's expected end ([`early_wake`]).
+struct Ahead<'a> {
+    wake: &'a gpubridge_core::EarlyWake,
+    /// When to wake it.
+    at: Instant,
+    /// How long it may busy-poll for its result once woken.
+    spin: Duration,
+    woken: bool,
+}
+
+impl Ahead<'_> {
+    /// Wakes `ahead`'s caller once `now` is past its time. Whether the waiting thread may block
+    /// now: not before the wake, nor during the caller's spin that follows it (the result is
+    /// expected then, and a blocked thread would see it late).
+    fn tick(ahead: &mut Option<Self>, now: Instant) -> bool {
+        let Some(a) = ahead else {
+            return true;
+        };
+        if !a.woken && now >= a.at {
+            a.wake.wake(a.spin);
+            a.woken = true;
+        }
+        a.woken && now >= a.at + a.spin
+    }
+
+    /// Whether `ahead`'s caller was woken.
+    fn woken(ahead: &Option<Self>) -> bool {
+        ahead.as_ref().is_some_and(|a| a.woken)
+    }
+}
+
+/// Replays expected to take longer than this do not wake their caller early: the executor would
+/// spin all that while (rather than block in `cuStreamSynchronize`) for a gain that is small
+/// against it.
+const EARLY_WAKE_MAX: Duration = Duration::from_millis(5);
+
+/// When to wake `plan`'s parked caller for a replay starting `now` of a graph whose replays took
+/// `time`: `cuda.early_wake_us` before it ends (at once when that is sooner, before the inputs
+/// are packed), the caller then spinning for at most three times as long. `None` when the caller
+/// spins (it has no early wake), early wakes are off, the graph has not replayed yet, or its
+/// replays take longer than [`EARLY_WAKE_MAX`].
+fn early_wake<'a>(
+    plan: &'a Plan,
+    time: Option<ReplayTime>,
+    shared: &Shared,
+    now: Instant,
+) -> Option<Ahead<'a>> {
+    let wake = plan.early_wake.as_ref()?;
+    let lead = Duration::from_nanos(shared.early_wake_ns.load(Ordering::Relaxed));
+    let time = time?.0;
+    if lead.is_zero() || time > EARLY_WAKE_MAX {
+        return None;
+    }
+    Some(Ahead {
+        wake,
+        at: time.checked_sub(lead).map_or(now, |d| now + d),
+        spin: lead * 3,
+        woken: false,
+    })
+}
+
+/// About the shortest launch-to-done time of a graph's recent replays: it falls to a shorter
+/// replay's at once and rises toward a longer one's by a sixteenth of the gap, so that a caller
+/// woken from it is seldom woken after its result (a batch of another size in the same bucket,
+/// or a slower spell of the device, moves it within a few dozen replays).
+#[derive(Debug, Clone, Copy)]
+struct ReplayTime(Duration);
+
+impl ReplayTime {
+    fn next(prev: Option<Self>, took: Duration) -> Self {
+        Self(match prev {
+            None => took,
+            Some(Self(low)) if took <= low => took,
+            Some(Self(low)) => low + (took - low) / 16,
+        })
+    }
+}
+
 /// Waits until the signal word at `word` holds `count` ([`Signal`]): spins on the word, asking
 /// the stream now and then whether it failed (a failed graph never writes the word), and blocks
 /// in `cuStreamSynchronize` after [`SPIN_WAIT`]. `Ok(true)` when the word showed the replay
 /// done; `Ok(false)` when the stream finished without the word holding `count` (the replay is
-/// done all the same, and the word is not to be trusted again: logged once).
+/// done all the same, and the word is not to be trusted again: logged once). Wakes `ahead`'s
+/// caller when due, and does not block while it spins for its result.
 ///
 /// # Safety
 /// `word` must point to 4 bytes of mapped pinned memory that stay alive during the call.
@@ -2423,6 +2523,7 @@ unsafe fn wait_signal(
     word: *const AtomicU32,
     count: u32,
     label: &str,
+    ahead: &mut Option<Ahead<'_>>,
 ) -> Result<bool> {
     // SAFETY: the caller's promise; the device writes the word, the host only reads it.
     let word = unsafe { &*word };
@@ -2439,6 +2540,7 @@ unsafe fn wait_signal(
         }
         seen == count
     };
+    Ahead::tick(ahead, t);
     loop {
         if word.load(Ordering::Acquire) == count {
             return Ok(true);
@@ -2448,13 +2550,16 @@ unsafe fn wait_signal(
             // SAFETY: `cs` is a live stream of this executor.
             match unsafe { sys::cuStreamQuery(cs) } {
                 sys::CUresult::CUDA_SUCCESS => return Ok(finished()),
-                sys::CUresult::CUDA_ERROR_NOT_READY if t.elapsed() > SPIN_WAIT => {
-                    stream
-                        .synchronize()
-                        .map_err(|e| driver_error(label, "cuStreamSynchronize", e))?;
-                    return Ok(finished());
+                sys::CUresult::CUDA_ERROR_NOT_READY => {
+                    let now = Instant::now();
+                    let may_block = Ahead::tick(ahead, now);
+                    if may_block && now - t > SPIN_WAIT {
+                        stream
+                            .synchronize()
+                            .map_err(|e| driver_error(label, "cuStreamSynchronize", e))?;
+                        return Ok(finished());
+                    }
                 }
-                sys::CUresult::CUDA_ERROR_NOT_READY => {}
                 other => {
                     return Err(driver_error(
                         label,
@@ -2490,21 +2595,27 @@ fn launch_signal(
 }
 
 /// Waits for `stream`: spins on `cuStreamQuery` for a short while (a sleeping wait costs more
-/// than a small plan's whole run), then blocks.
-fn wait_stream(stream: &CudaStream, label: &str) -> Result<()> {
+/// than a small plan's whole run), then blocks; wakes `ahead`'s caller when due, and does not
+/// block while it spins for its result.
+fn wait_stream(stream: &CudaStream, label: &str, ahead: &mut Option<Ahead<'_>>) -> Result<()> {
     let cs = stream.cu_stream();
     let t = Instant::now();
     let mut spins = 0u32;
+    Ahead::tick(ahead, t);
     loop {
         // SAFETY: `cs` is a live stream of this executor.
         match unsafe { sys::cuStreamQuery(cs) } {
             sys::CUresult::CUDA_SUCCESS => return Ok(()),
             sys::CUresult::CUDA_ERROR_NOT_READY => {
                 spins += 1;
-                if spins.is_multiple_of(CLOCK_EVERY) && t.elapsed() > SPIN_WAIT {
-                    return stream
-                        .synchronize()
-                        .map_err(|e| driver_error(label, "cuStreamSynchronize", e));
+                if spins.is_multiple_of(CLOCK_EVERY) {
+                    let now = Instant::now();
+                    let may_block = Ahead::tick(ahead, now);
+                    if may_block && now - t > SPIN_WAIT {
+                        return stream
+                            .synchronize()
+                            .map_err(|e| driver_error(label, "cuStreamSynchronize", e));
+                    }
                 }
                 std::hint::spin_loop();
             }

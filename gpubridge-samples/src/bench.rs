@@ -897,7 +897,8 @@ fn gpu_rows(cx: &mut Ctx, bridge: &GpuBridge) -> anyhow::Result<()> {
                 });
             // The raw baseline waits in cuStreamSynchronize, which spins while the host has
             // cores to spare (CUDA's automatic scheduling): the bridge's `spin_wait` hint is
-            // that wait; the default parks the caller until the executor wakes it. The bridge's
+            // that wait; the default parks the caller, which the executor wakes shortly before
+            // the replay is expected to end (`cuda.early_wake_us`). The bridge's
             // calls and the raw replays alternate, one by one and then in blocks (the row's
             // figures), so both see the same machine.
             for (mode, hints) in [("spin_wait hint", &spin), ("default wait", &on_cuda)] {

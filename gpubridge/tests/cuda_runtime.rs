@@ -224,6 +224,8 @@ fn small_graphs_copy_with_a_kernel_and_answer_exactly() {
     // Every replay of a kernel-copy graph is known done by its signal word, not the stream.
     assert!(g.hits >= 7, "{g:?}");
     assert_eq!(g.signalled_replays, g.hits, "{g:?}");
+    // The parked caller is woken ahead of replays after the first, when due before the end.
+    assert!(g.early_wakes < g.hits, "{g:?}");
     gpubridge::testing::assert_quiescent(&b);
 }
 
@@ -248,6 +250,49 @@ fn small_graphs_keep_both_copies_when_mapped_buffers_are_off() {
     );
     assert_eq!(g.signalled_replays, g.hits, "{g:?}");
     gpubridge::testing::assert_quiescent(&b);
+}
+
+/// A caller that parks (no `spin_wait` hint) is woken by the executor ahead of a graph replay's
+/// expected end, from the graph's second replay on (the first gives the time), and still gets
+/// exactly its own answer; a spinning caller is never woken early, and `cuda.early_wake_us = 0`
+/// turns the early wake off.
+#[test]
+fn parked_callers_are_woken_ahead_of_graph_replays_and_answer_exactly() {
+    let _gpu = gpu_lock();
+    for (lead_us, expected) in [(10_000, 6), (0, 0)] {
+        let mut config = one_gpu();
+        // A lead past any replay's time: every replay after the first wakes its caller at once.
+        config.cuda.early_wake_us = lead_us;
+        let Some(cuda) = cuda(&config) else { return };
+        let b = bridge(config, cuda.clone());
+        let grain = b.batch::<VectorAdd>().unwrap();
+        let replayed = add_on_cuda(&grain, 6, &[1100, 1100, 1093, 1109, 1100, 1087, 1031, 1099]);
+        assert_eq!(replayed, [false, true, true, true, true, true, true, true]);
+        let g = cuda.graph_stats(0).unwrap();
+        assert_eq!(
+            (g.hits, g.early_wakes),
+            (7, expected),
+            "lead {lead_us} us: {g:?}"
+        );
+        // Spinning callers (past 64 KiB, so through the executor, not on their own thread).
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+        let spin = ExecutionHints::default()
+            .on_backend(BackendKind::Cuda)
+            .spin_wait(std::time::Duration::from_millis(1));
+        for _ in 0..4 {
+            let inputs = random_pairs(&mut rng, 6, 1100);
+            let r = block_on(grain.execute(inputs.clone(), spin.clone())).unwrap();
+            check_add(&inputs, &r.outputs);
+            assert!(r.graph_replayed());
+        }
+        let g = cuda.graph_stats(0).unwrap();
+        assert_eq!(
+            (g.hits, g.early_wakes),
+            (11, expected),
+            "lead {lead_us} us: {g:?}"
+        );
+        gpubridge::testing::assert_quiescent(&b);
+    }
 }
 
 /// Releasing the caches destroys the cached graphs, forgets the shapes and frees the pool's
