@@ -1239,7 +1239,7 @@ where
                 plan.check()?;
                 plan.resident = resident;
                 plan.caller_spins = spin.is_some();
-                if spin.is_none() {
+                if spin.is_none() && backend.wakes_early() {
                     let wake = crate::wake::EarlyWake::new();
                     plan.early_wake = Some(wake.clone());
                     early_wake = Some(wake);

@@ -357,6 +357,13 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// Whether this backend may wake a parked caller ahead of a plan's result
+    /// ([`Plan::early_wake`](crate::Plan::early_wake), [`crate::wake`]). The bridge gives plans
+    /// an early wake, and polls briefly for it before parking, only for a backend that says so.
+    fn wakes_early(&self) -> bool {
+        false
+    }
+
     /// Enqueues `work` on `device`.
     ///
     /// # Errors

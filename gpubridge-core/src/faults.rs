@@ -137,6 +137,10 @@ impl Backend for FaultInjector {
         self.inner.plan_target(device)
     }
 
+    fn wakes_early(&self) -> bool {
+        self.inner.wakes_early()
+    }
+
     fn can_run(&self, sources: &KernelSources) -> bool {
         self.inner.can_run(sources)
     }

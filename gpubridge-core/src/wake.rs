@@ -15,12 +15,14 @@
 //! half the host's cores are doing so for early wakes (like CUDA's own automatic scheduling,
 //! which spins in a wait only while the host has cores to spare); otherwise it parks as before.
 //!
-//! On the H200 test machine this took P2 (10 x 100 floats summed, host to host) from a P50 of
-//! 22-23 us to 16-17.6 us for a parked caller (docs/PERFORMANCE.md, twenty-first session).
+//! CUDA also lets a parked caller replay on its own thread a graph whose replays end within the
+//! lead, as a spinning caller does. On the H200 test machine the two took P2 (10 x 100 floats
+//! summed, host to host) from a P50 of 23.5-26.3 us to 14.6-15.2 us for a parked caller
+//! (docs/PERFORMANCE.md, twenty-first session).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -39,6 +41,8 @@ struct Inner {
     waker: AtomicWaker,
     /// The spin the backend asked for, in nanoseconds; 0 while not woken.
     spin_ns: AtomicU64,
+    /// The backend has taken the plan and will not wake the caller early.
+    declined: AtomicBool,
 }
 
 impl std::fmt::Debug for EarlyWake {
@@ -63,9 +67,21 @@ impl EarlyWake {
         self.0.waker.wake();
     }
 
+    /// Tells the caller, polling before it parks ([`BEFORE_PARKING`]), that no early wake will
+    /// come for this plan (the backend runs it on a path it cannot time), so that it parks at
+    /// once.
+    pub fn decline(&self) {
+        self.0.declined.store(true, Ordering::Release);
+    }
+
     /// Whether [`EarlyWake::wake`] was called and not yet taken by the caller.
     pub fn is_woken(&self) -> bool {
         self.0.spin_ns.load(Ordering::Acquire) != 0
+    }
+
+    /// Whether the backend said, by a wake or [`EarlyWake::decline`], what it will do.
+    fn is_settled(&self) -> bool {
+        self.is_woken() || self.0.declined.load(Ordering::Acquire)
     }
 
     /// Registers the task to wake.
@@ -136,7 +152,8 @@ pub(crate) fn spin_for<T>(spin: Duration, mut ready: impl FnMut() -> Option<T>) 
 
 /// How long a caller just past submission polls for an early wake before it parks: a backend
 /// that takes the plan at once and expects its result within its lead wakes the caller before it
-/// has parked, which then never pays for a wake-up.
+/// has parked, which then never pays for a wake-up; one that will not wake it early says so
+/// ([`EarlyWake::decline`]), and the caller parks then.
 pub const BEFORE_PARKING: Duration = Duration::from_micros(5);
 
 /// Waits for a plan's answer on `rx`, busy-polling for it once the backend wakes this caller
@@ -146,7 +163,15 @@ pub(crate) async fn answer<T>(
     wake: &EarlyWake,
 ) -> std::result::Result<T, ()> {
     if let Some(_place) = Spinning::enter() {
-        spin_for(BEFORE_PARKING, || wake.is_woken().then_some(()));
+        // The answer may be here already (the backend ran the plan on this thread).
+        let early = spin_for(BEFORE_PARKING, || match rx.try_recv() {
+            Ok(v) => Some(Some(Ok(v))),
+            Err(TryRecvError::Closed) => Some(Some(Err(()))),
+            Err(TryRecvError::Empty) => wake.is_settled().then_some(None),
+        });
+        if let Some(Some(r)) = early {
+            return r;
+        }
     }
     std::future::poll_fn(|cx| loop {
         if let Poll::Ready(r) = Pin::new(&mut *rx).poll(cx) {
@@ -241,6 +266,23 @@ mod tests {
         tx.send(7).unwrap();
         assert_eq!(count.0.load(Ordering::SeqCst), 2);
         assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(7)));
+    }
+
+    #[test]
+    fn a_declined_wake_lets_the_caller_park_at_once_and_the_answer_still_comes() {
+        let _one_at_a_time = PLACES_IN_USE.lock().unwrap_or_else(|p| p.into_inner());
+        let (tx, mut rx) = oneshot::channel::<u32>();
+        let wake = EarlyWake::new();
+        wake.decline();
+        assert!(wake.is_settled() && !wake.is_woken());
+        let count = Arc::new(Count::default());
+        let waker = futures::task::waker(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut fut = Box::pin(answer(&mut rx, &wake));
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        tx.send(3).unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(3)));
     }
 
     #[test]

@@ -538,6 +538,7 @@ fn by_default_a_backend_runs_kernels_that_have_its_form_and_reports_no_memory() 
         let b = Defaults(kind, Vec::new());
         assert_eq!(b.free_memory(0), None);
         assert_eq!(b.memory_in_use(0), None);
+        assert!(!b.wakes_early());
         (
             b.can_run(&cuda_only),
             b.can_run(&wgsl_only),

@@ -27,6 +27,8 @@ struct DeviceSlot {
 pub struct CudaBackend {
     infos: Vec<DeviceInfo>,
     slots: Vec<DeviceSlot>,
+    /// `cuda.early_wake_us` is not 0.
+    wakes_early: bool,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -95,7 +97,11 @@ impl CudaBackend {
                 budget,
             });
         }
-        Ok(Arc::new(Self { infos, slots }))
+        Ok(Arc::new(Self {
+            infos,
+            slots,
+            wakes_early: config.cuda.early_wake_us > 0,
+        }))
     }
 
     /// Plans on `device` that started while an earlier one was still in flight on another lane.
@@ -228,6 +234,10 @@ impl Backend for CudaBackend {
 
     fn plan_target(&self, device: usize) -> Option<PlanTarget> {
         self.slots.get(device).map(|s| s.target.clone())
+    }
+
+    fn wakes_early(&self) -> bool {
+        self.wakes_early
     }
 
     fn memory_budget(&self, device: usize) -> Option<u64> {

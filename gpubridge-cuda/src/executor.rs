@@ -99,8 +99,8 @@ pub(crate) struct Shared {
     /// budget that holds one): see [`run_inline`].
     pub tiny_graphs: std::sync::atomic::AtomicBool,
     /// Tiny plan shapes with no graph yet that spinning callers handed to the executor, and how
-    /// many times, so that it sees each shape twice and captures it (see [`run_inline`]); at
-    /// most [`MAX_SHAPES_REMEMBERED`], then forgotten.
+    /// many times, so that it sees each shape twice and captures it (see [`run_inline`]); a
+    /// shape is forgotten when captured, and all of them past [`MAX_SHAPES_REMEMBERED`].
     pub tiny_handed: Mutex<HashMap<gpubridge_core::PlanShape, u8>>,
     /// `cuda.early_wake_us` in nanoseconds: how long before a graph replay's expected end the
     /// executor wakes a parked caller ([`gpubridge_core::wake`]); 0 never.
@@ -470,6 +470,10 @@ pub(crate) struct SharedGraph {
     /// ordinary graphs. A resident plan replays on its caller's thread only a resident graph
     /// (the executor decides when an ordinary graph becomes resident). Written by the executor.
     resident: AtomicBool,
+    /// Its replays end within `cuda.early_wake_us` (about their shortest, [`ReplayTime`]): a
+    /// parked caller may replay it on its own thread ([`replay_inline`]). Written after each
+    /// replay, so that other plans' parked callers skip the inline lane without a lock.
+    quick: AtomicBool,
 }
 
 impl std::fmt::Debug for SharedGraph {
@@ -860,6 +864,7 @@ impl Executor {
                         ) {
                             Ok(Some((outputs, mut stats))) => {
                                 stats.executor = taken.elapsed();
+                                note_quick(&graph, entry, &self.shared);
                                 let spent = release_inputs(plan);
                                 let staging = graph_outputs(entry, &outputs);
                                 deliver(complete, &outputs, staging, stats, self.huge_pages);
@@ -879,6 +884,8 @@ impl Executor {
                 }
             }
         }
+        // The paths below are not timed: a parked caller is not woken early.
+        decline_early_wake(&plan);
         if tiny {
             while let Some(f) = pending.pop_front() {
                 self.finish(f);
@@ -1435,9 +1442,13 @@ impl Executor {
                     device_bytes,
                     last_used: AtomicU64::new(self.shared.graph_clock.load(Ordering::Relaxed)),
                     resident: AtomicBool::new(kept_resident),
+                    quick: AtomicBool::new(false),
                 });
                 self.shared.graph_index.write().insert(shape, graph.clone());
                 self.graphs.entries.insert(shape, graph);
+                // Spinning callers may hand this shape again once its graph is gone (evicted,
+                // or the caches released), so that it is captured again.
+                self.shared.tiny_handed.lock().remove(&shape);
                 Some(shape)
             }
             Err(e) => {
@@ -1551,6 +1562,7 @@ impl Executor {
         released.shapes = (self.graphs.seen.len() + self.graphs.failed.len()) as u64;
         self.graphs.seen = HashMap::new();
         self.graphs.failed = std::collections::HashSet::new();
+        *self.shared.tiny_handed.lock() = HashMap::new();
         let idle = self.pool.stats().idle;
         self.pool.trim();
         released.pool_bytes = idle.saturating_sub(self.pool.stats().idle) as u64;
@@ -1789,6 +1801,9 @@ fn replay(
     let t = Instant::now();
     // A parked caller whose result is near is woken now, while this thread packs and launches.
     let mut ahead = early_wake(plan, entry.replay_time, shared, t);
+    if ahead.is_none() {
+        decline_early_wake(plan);
+    }
     Ahead::tick(&mut ahead, t);
     let range = nvtx::range(Phase::Pack, entry.in_total as u64);
     let packed = pack_piece(plan, &inputs, entry.staging_in.slice_mut(entry.in_total), 0);
@@ -2211,8 +2226,9 @@ pub(crate) type NotInline = (Plan, KernelSources, gpubridge_core::device::PlanCo
 /// skipped. A tiny plan's graph replays sooner than a zero-copy run (its completion word is seen
 /// before the stream reports done: P2's P50 13.4-13.5 us against 14.8-15.9 on the H200, run DL),
 /// so while graphs are on ([`Shared::tiny_graphs`]) a tiny shape with no graph yet goes to the
-/// executor up to twice ([`Shared::tiny_handed`]), which captures it on its second run; after
-/// that (captured, or not capturable) it runs zero-copy here whenever its graph cannot replay.
+/// executor up to twice ([`Shared::tiny_handed`]), which captures it on its second run (and then
+/// forgets the count, so that a shape whose graph is later evicted is handed again); after two
+/// hand-offs with no capture it runs zero-copy here whenever its graph cannot replay.
 /// Completes the plan (with its outputs or the error) and returns `None`, or hands the work back
 /// untouched.
 pub(crate) fn run_inline(
@@ -2222,14 +2238,16 @@ pub(crate) fn run_inline(
     complete: gpubridge_core::device::PlanCompletion,
 ) -> Option<NotInline> {
     let taken = Instant::now();
-    if !plan.caller_spins {
+    if !plan.caller_spins && plan.early_wake.is_none() {
         return Some((plan, sources, complete));
     }
     let tiny = zero_copy_candidate(&plan);
     // `None` from the replay: done there (its graph replayed); `Some`: the work handed back.
     let ((plan, sources, complete), uncached) =
         replay_inline(shared, plan, sources, complete, taken)?;
-    if !tiny || uncached.is_some_and(|shape| hand_for_capture(shared, shape)) {
+    // A parked caller replays a graph here when it would spin for it anyway; nothing else.
+    if !plan.caller_spins || !tiny || uncached.is_some_and(|shape| hand_for_capture(shared, shape))
+    {
         return Some((plan, sources, complete));
     }
     let Some(mut guard) = shared.inline.try_lock() else {
@@ -2324,12 +2342,15 @@ fn replay_inline(
     if plan.steps.is_empty() || plan.device_bytes() > INLINE_REPLAY_MAX_BYTES {
         return Some(((plan, sources, complete), None));
     }
-    let Some(mut lane) = shared.inline.try_lock().filter(|l| l.is_some()) else {
-        return Some(((plan, sources, complete), None));
-    };
     let shape = plan.bucket_shape();
     let Some(graph) = shared.graph_index.read().get(&shape).cloned() else {
         return Some(((plan, sources, complete), Some(shape)));
+    };
+    if !plan.caller_spins && !graph.quick.load(Ordering::Relaxed) {
+        return Some(((plan, sources, complete), None));
+    }
+    let Some(mut lane) = shared.inline.try_lock().filter(|l| l.is_some()) else {
+        return Some(((plan, sources, complete), None));
     };
     if plan.resident && !graph.resident.load(Ordering::Relaxed) {
         return Some(((plan, sources, complete), None));
@@ -2342,12 +2363,22 @@ fn replay_inline(
     let (Some(l), Some(entry)) = (lane.as_mut(), slot.as_mut().filter(|e| !e.library)) else {
         return Some(((plan, sources, complete), None));
     };
+    // A parked caller (one with an early wake) replays here only a graph whose replays end
+    // within the early wake's lead: it would be woken at once and spin for the result anyway.
+    let lead = Duration::from_nanos(shared.early_wake_ns.load(Ordering::Relaxed));
+    if !plan.caller_spins && entry.replay_time.is_none_or(|t| t.0 > lead) {
+        return Some(((plan, sources, complete), None));
+    }
     if l.ctx.bind_to_thread().is_err() {
         return Some(((plan, sources, complete), None));
     }
+    // The caller is this thread: it is not to be woken.
+    let mut plan = plan;
+    let wake = plan.early_wake.take();
     match replay(entry, &plan, &l.stream, &l.label, shared) {
         Ok(Some((outputs, mut stats))) => {
             touch(shared, &graph);
+            note_quick(&graph, entry, shared);
             stats.executor = taken.elapsed();
             let spent = release_inputs(plan);
             // Tiny outputs: the plain allocator (huge pages are for large vectors).
@@ -2368,6 +2399,7 @@ fn replay_inline(
         Ok(None) => {
             drop(slot);
             drop(lane);
+            plan.early_wake = wake;
             Some(((plan, sources, complete), None))
         }
         Err(e) => {
@@ -2459,6 +2491,21 @@ impl Ahead<'_> {
     /// Whether `ahead`'s caller was woken.
     fn woken(ahead: &Option<Self>) -> bool {
         ahead.as_ref().is_some_and(|a| a.woken)
+    }
+}
+
+/// Notes whether `graph`'s replays (its `entry`'s, just replayed) end within the early wake's
+/// lead ([`SharedGraph::quick`]).
+fn note_quick(graph: &SharedGraph, entry: &GraphEntry, shared: &Shared) {
+    let lead = Duration::from_nanos(shared.early_wake_ns.load(Ordering::Relaxed));
+    let quick = entry.replay_time.is_some_and(|t| t.0 <= lead);
+    graph.quick.store(quick, Ordering::Relaxed);
+}
+
+/// Tells `plan`'s parked caller, if it has an early wake, that none will come.
+fn decline_early_wake(plan: &Plan) {
+    if let Some(w) = &plan.early_wake {
+        w.decline();
     }
 }
 

@@ -254,27 +254,31 @@ fn small_graphs_keep_both_copies_when_mapped_buffers_are_off() {
 
 /// A caller that parks (no `spin_wait` hint) is woken by the executor ahead of a graph replay's
 /// expected end, from the graph's second replay on (the first gives the time), and still gets
-/// exactly its own answer; a spinning caller is never woken early, and `cuda.early_wake_us = 0`
-/// turns the early wake off.
+/// exactly its own answer; with the device's inline lane on, it replays such a graph on its own
+/// thread instead (it would spin for the result anyway); a spinning caller is never woken early,
+/// and `cuda.early_wake_us = 0` turns both off.
 #[test]
 fn parked_callers_are_woken_ahead_of_graph_replays_and_answer_exactly() {
     let _gpu = gpu_lock();
-    for (lead_us, expected) in [(10_000, 6), (0, 0)] {
+    // (lead, inline lane, early wakes, parked callers' replays on their own thread)
+    for (lead_us, inline, wakes, parked_inline) in
+        [(10_000, false, 6, 0), (10_000, true, 0, 6), (0, true, 0, 0)]
+    {
+        let case = format!("lead {lead_us} us, inline lane {inline}");
         let mut config = one_gpu();
-        // A lead past any replay's time: every replay after the first wakes its caller at once.
+        // A lead past any replay's time: every replay after the first is due at once.
         config.cuda.early_wake_us = lead_us;
+        config.cuda.inline_tiny_plans = inline;
         let Some(cuda) = cuda(&config) else { return };
+        assert_eq!(gpubridge::Backend::wakes_early(&*cuda), lead_us > 0);
         let b = bridge(config, cuda.clone());
         let grain = b.batch::<VectorAdd>().unwrap();
         let replayed = add_on_cuda(&grain, 6, &[1100, 1100, 1093, 1109, 1100, 1087, 1031, 1099]);
         assert_eq!(replayed, [false, true, true, true, true, true, true, true]);
         let g = cuda.graph_stats(0).unwrap();
-        assert_eq!(
-            (g.hits, g.early_wakes),
-            (7, expected),
-            "lead {lead_us} us: {g:?}"
-        );
-        // Spinning callers (past 64 KiB, so through the executor, not on their own thread).
+        assert_eq!((g.hits, g.early_wakes), (7, wakes), "{case}: {g:?}");
+        assert_eq!(cuda.inline_replays(0), parked_inline, "{case}");
+        // Spinning callers: never woken early (on their own thread when the lane is on).
         let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
         let spin = ExecutionHints::default()
             .on_backend(BackendKind::Cuda)
@@ -286,10 +290,12 @@ fn parked_callers_are_woken_ahead_of_graph_replays_and_answer_exactly() {
             assert!(r.graph_replayed());
         }
         let g = cuda.graph_stats(0).unwrap();
+        assert_eq!((g.hits, g.early_wakes), (11, wakes), "{case}: {g:?}");
+        let spun_inline = if inline { 4 } else { 0 };
         assert_eq!(
-            (g.hits, g.early_wakes),
-            (11, expected),
-            "lead {lead_us} us: {g:?}"
+            cuda.inline_replays(0),
+            parked_inline + spun_inline,
+            "{case}"
         );
         gpubridge::testing::assert_quiescent(&b);
     }
@@ -965,6 +971,33 @@ fn spinning_callers_replay_tiny_plans_graphs_once_captured() {
         (1, 29, 29),
         "{g:?}"
     );
+    // With the graph gone (evicted, or here the caches released), the shape is handed to the
+    // executor twice again and captured again: the callers do not stay on zero-copy runs.
+    assert_eq!(cuda.release_caches(0).unwrap().graphs, 1);
+    let replayed: Vec<bool> = (0..10)
+        .map(|i| {
+            sums_checked(
+                &grain,
+                small_sums(&mut rng),
+                spin.clone(),
+                &format!("call {i} after the release"),
+            )
+            .graph_replayed()
+        })
+        .collect();
+    assert_eq!(
+        replayed[..2],
+        [false, true],
+        "zero-copy, then captured again"
+    );
+    assert!(replayed[2..].iter().all(|r| *r), "{replayed:?}");
+    assert_eq!(
+        (cuda.inline_runs(0), cuda.inline_replays(0)),
+        (36, 36),
+        "the first two after the release went to the executor"
+    );
+    let g = cuda.graph_stats(0).unwrap();
+    assert_eq!((g.misses, g.entries), (2, 1), "{g:?}");
     gpubridge::testing::assert_quiescent(&b);
 }
 
@@ -977,7 +1010,11 @@ fn spinning_callers_replay_tiny_plans_graphs_once_captured() {
 #[test]
 fn spinning_callers_replay_cached_graphs_on_their_own_threads() {
     let _gpu = gpu_lock();
-    let config = one_gpu();
+    let mut config = one_gpu();
+    // Parked callers with early wakes may replay a graph whose replays end within the lead on
+    // their own thread too (see `parked_callers_are_woken_ahead_of_graph_replays_and_answer_exactly`);
+    // this graph's replay takes about that long, so early wakes are off here.
+    config.cuda.early_wake_us = 0;
     let Some(cuda) = cuda(&config) else { return };
     let b = bridge(config, cuda.clone());
     let grain = b.batch::<VectorAdd>().unwrap();
@@ -1004,7 +1041,7 @@ fn spinning_callers_replay_cached_graphs_on_their_own_threads() {
     assert_eq!(
         cuda.inline_replays(0),
         38,
-        "parked callers replay on the executor"
+        "parked callers (with no early wake) replay on the executor"
     );
     let g = cuda.graph_stats(0).unwrap();
     assert_eq!((g.misses, g.hits), (1, 44), "{g:?}");
