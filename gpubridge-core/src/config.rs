@@ -413,8 +413,9 @@ pub struct CudaConfig {
     /// current there, on a stream and mapped buffer of its own, skipping the two thread
     /// hand-offs to the device's executor and back (default `true`). One such caller at a time
     /// per device; others go through the executor as usual. Such a caller also replays its
-    /// plan's cached graph itself (plans up to 1 MiB), and so does a caller that parks when that
-    /// graph's replays end within `early_wake_us` (it would be woken at once and spin anyway).
+    /// plan's cached graph itself (plans up to 1 MiB). A caller that parks never runs a plan on
+    /// its own thread: that thread may be an async runtime's worker, which a slow device would
+    /// then hold.
     pub inline_tiny_plans: bool,
     /// Let a small CUDA graph's kernels (inputs and outputs each at most 64 KiB) read their
     /// inputs from, and write their outputs to, the mapped pinned staging directly, with no copy
@@ -429,11 +430,9 @@ pub struct CudaConfig {
     /// three times this, and only while fewer than half the host's cores are doing so
     /// ([`crate::wake`]): its wake-up (7-8 us on the H200 test machine's virtual host) overlaps
     /// the replay instead of following it. A replay expected within the lead wakes the caller as
-    /// the executor takes it, before the caller has parked (it polls 5 us for that first), and
-    /// with `inline_tiny_plans` on the caller replays such a graph (up to 1 MiB) on its own
-    /// thread instead, as a spinning caller does. The expected end comes from the graph's
-    /// earlier replays (about their shortest); a graph's first replay, and replays longer than
-    /// 5 ms, do not wake early.
+    /// the executor takes it, before the caller has parked (it polls 5 us for that first). The
+    /// expected end comes from the graph's earlier replays (about their shortest); a graph's
+    /// first replay, and replays longer than 5 ms, do not wake early.
     pub early_wake_us: u64,
 }
 

@@ -15,10 +15,10 @@
 //! half the host's cores are doing so for early wakes (like CUDA's own automatic scheduling,
 //! which spins in a wait only while the host has cores to spare); otherwise it parks as before.
 //!
-//! CUDA also lets a parked caller replay on its own thread a graph whose replays end within the
-//! lead, as a spinning caller does. On the H200 test machine the two took P2 (10 x 100 floats
-//! summed, host to host) from a P50 of 23.5-26.3 us to 14.6-15.2 us for a parked caller
-//! (docs/PERFORMANCE.md, twenty-first session).
+//! On the H200 test machine this took P2 (10 x 100 floats summed, host to host) from a P50 of
+//! 22-23 us to 16-17.6 us for a parked caller (docs/PERFORMANCE.md, twenty-first session). The
+//! caller's spin is bounded; a parked caller never runs its plan on its own thread (which may be
+//! an async runtime's worker), so a device that turns slow holds no such thread.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -470,10 +470,6 @@ pub(crate) struct SharedGraph {
     /// ordinary graphs. A resident plan replays on its caller's thread only a resident graph
     /// (the executor decides when an ordinary graph becomes resident). Written by the executor.
     resident: AtomicBool,
-    /// Its replays end within `cuda.early_wake_us` (about their shortest, [`ReplayTime`]): a
-    /// parked caller may replay it on its own thread ([`replay_inline`]). Written after each
-    /// replay, so that other plans' parked callers skip the inline lane without a lock.
-    quick: AtomicBool,
 }
 
 impl std::fmt::Debug for SharedGraph {
@@ -864,7 +860,6 @@ impl Executor {
                         ) {
                             Ok(Some((outputs, mut stats))) => {
                                 stats.executor = taken.elapsed();
-                                note_quick(&graph, entry, &self.shared);
                                 let spent = release_inputs(plan);
                                 let staging = graph_outputs(entry, &outputs);
                                 deliver(complete, &outputs, staging, stats, self.huge_pages);
@@ -1442,7 +1437,6 @@ impl Executor {
                     device_bytes,
                     last_used: AtomicU64::new(self.shared.graph_clock.load(Ordering::Relaxed)),
                     resident: AtomicBool::new(kept_resident),
-                    quick: AtomicBool::new(false),
                 });
                 self.shared.graph_index.write().insert(shape, graph.clone());
                 self.graphs.entries.insert(shape, graph);
@@ -2238,16 +2232,14 @@ pub(crate) fn run_inline(
     complete: gpubridge_core::device::PlanCompletion,
 ) -> Option<NotInline> {
     let taken = Instant::now();
-    if !plan.caller_spins && plan.early_wake.is_none() {
+    if !plan.caller_spins {
         return Some((plan, sources, complete));
     }
     let tiny = zero_copy_candidate(&plan);
     // `None` from the replay: done there (its graph replayed); `Some`: the work handed back.
     let ((plan, sources, complete), uncached) =
         replay_inline(shared, plan, sources, complete, taken)?;
-    // A parked caller replays a graph here when it would spin for it anyway; nothing else.
-    if !plan.caller_spins || !tiny || uncached.is_some_and(|shape| hand_for_capture(shared, shape))
-    {
+    if !tiny || uncached.is_some_and(|shape| hand_for_capture(shared, shape)) {
         return Some((plan, sources, complete));
     }
     let Some(mut guard) = shared.inline.try_lock() else {
@@ -2342,15 +2334,12 @@ fn replay_inline(
     if plan.steps.is_empty() || plan.device_bytes() > INLINE_REPLAY_MAX_BYTES {
         return Some(((plan, sources, complete), None));
     }
+    let Some(mut lane) = shared.inline.try_lock().filter(|l| l.is_some()) else {
+        return Some(((plan, sources, complete), None));
+    };
     let shape = plan.bucket_shape();
     let Some(graph) = shared.graph_index.read().get(&shape).cloned() else {
         return Some(((plan, sources, complete), Some(shape)));
-    };
-    if !plan.caller_spins && !graph.quick.load(Ordering::Relaxed) {
-        return Some(((plan, sources, complete), None));
-    }
-    let Some(mut lane) = shared.inline.try_lock().filter(|l| l.is_some()) else {
-        return Some(((plan, sources, complete), None));
     };
     if plan.resident && !graph.resident.load(Ordering::Relaxed) {
         return Some(((plan, sources, complete), None));
@@ -2363,22 +2352,12 @@ fn replay_inline(
     let (Some(l), Some(entry)) = (lane.as_mut(), slot.as_mut().filter(|e| !e.library)) else {
         return Some(((plan, sources, complete), None));
     };
-    // A parked caller (one with an early wake) replays here only a graph whose replays end
-    // within the early wake's lead: it would be woken at once and spin for the result anyway.
-    let lead = Duration::from_nanos(shared.early_wake_ns.load(Ordering::Relaxed));
-    if !plan.caller_spins && entry.replay_time.is_none_or(|t| t.0 > lead) {
-        return Some(((plan, sources, complete), None));
-    }
     if l.ctx.bind_to_thread().is_err() {
         return Some(((plan, sources, complete), None));
     }
-    // The caller is this thread: it is not to be woken.
-    let mut plan = plan;
-    let wake = plan.early_wake.take();
     match replay(entry, &plan, &l.stream, &l.label, shared) {
         Ok(Some((outputs, mut stats))) => {
             touch(shared, &graph);
-            note_quick(&graph, entry, shared);
             stats.executor = taken.elapsed();
             let spent = release_inputs(plan);
             // Tiny outputs: the plain allocator (huge pages are for large vectors).
@@ -2399,7 +2378,6 @@ fn replay_inline(
         Ok(None) => {
             drop(slot);
             drop(lane);
-            plan.early_wake = wake;
             Some(((plan, sources, complete), None))
         }
         Err(e) => {
@@ -2492,14 +2470,6 @@ impl Ahead<'_> {
     fn woken(ahead: &Option<Self>) -> bool {
         ahead.as_ref().is_some_and(|a| a.woken)
     }
-}
-
-/// Notes whether `graph`'s replays (its `entry`'s, just replayed) end within the early wake's
-/// lead ([`SharedGraph::quick`]).
-fn note_quick(graph: &SharedGraph, entry: &GraphEntry, shared: &Shared) {
-    let lead = Duration::from_nanos(shared.early_wake_ns.load(Ordering::Relaxed));
-    let quick = entry.replay_time.is_some_and(|t| t.0 <= lead);
-    graph.quick.store(quick, Ordering::Relaxed);
 }
 
 /// Tells `plan`'s parked caller, if it has an early wake, that none will come.

@@ -254,21 +254,17 @@ fn small_graphs_keep_both_copies_when_mapped_buffers_are_off() {
 
 /// A caller that parks (no `spin_wait` hint) is woken by the executor ahead of a graph replay's
 /// expected end, from the graph's second replay on (the first gives the time), and still gets
-/// exactly its own answer; with the device's inline lane on, it replays such a graph on its own
-/// thread instead (it would spin for the result anyway); a spinning caller is never woken early,
-/// and `cuda.early_wake_us = 0` turns both off.
+/// exactly its own answer; its plans always replay on the executor, never on its own (async)
+/// thread; a spinning caller is never woken early; and `cuda.early_wake_us = 0` turns the early
+/// wake off.
 #[test]
 fn parked_callers_are_woken_ahead_of_graph_replays_and_answer_exactly() {
     let _gpu = gpu_lock();
-    // (lead, inline lane, early wakes, parked callers' replays on their own thread)
-    for (lead_us, inline, wakes, parked_inline) in
-        [(10_000, false, 6, 0), (10_000, true, 0, 6), (0, true, 0, 0)]
-    {
-        let case = format!("lead {lead_us} us, inline lane {inline}");
+    for (lead_us, wakes) in [(10_000, 6), (0, 0)] {
+        let case = format!("lead {lead_us} us");
         let mut config = one_gpu();
         // A lead past any replay's time: every replay after the first is due at once.
         config.cuda.early_wake_us = lead_us;
-        config.cuda.inline_tiny_plans = inline;
         let Some(cuda) = cuda(&config) else { return };
         assert_eq!(gpubridge::Backend::wakes_early(&*cuda), lead_us > 0);
         let b = bridge(config, cuda.clone());
@@ -277,8 +273,12 @@ fn parked_callers_are_woken_ahead_of_graph_replays_and_answer_exactly() {
         assert_eq!(replayed, [false, true, true, true, true, true, true, true]);
         let g = cuda.graph_stats(0).unwrap();
         assert_eq!((g.hits, g.early_wakes), (7, wakes), "{case}: {g:?}");
-        assert_eq!(cuda.inline_replays(0), parked_inline, "{case}");
-        // Spinning callers: never woken early (on their own thread when the lane is on).
+        assert_eq!(
+            cuda.inline_replays(0),
+            0,
+            "{case}: parked callers replay on the executor"
+        );
+        // Spinning callers: never woken early; they replay the graph on their own thread.
         let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
         let spin = ExecutionHints::default()
             .on_backend(BackendKind::Cuda)
@@ -291,12 +291,7 @@ fn parked_callers_are_woken_ahead_of_graph_replays_and_answer_exactly() {
         }
         let g = cuda.graph_stats(0).unwrap();
         assert_eq!((g.hits, g.early_wakes), (11, wakes), "{case}: {g:?}");
-        let spun_inline = if inline { 4 } else { 0 };
-        assert_eq!(
-            cuda.inline_replays(0),
-            parked_inline + spun_inline,
-            "{case}"
-        );
+        assert_eq!(cuda.inline_replays(0), 4, "{case}");
         gpubridge::testing::assert_quiescent(&b);
     }
 }
@@ -1010,11 +1005,7 @@ fn spinning_callers_replay_tiny_plans_graphs_once_captured() {
 #[test]
 fn spinning_callers_replay_cached_graphs_on_their_own_threads() {
     let _gpu = gpu_lock();
-    let mut config = one_gpu();
-    // Parked callers with early wakes may replay a graph whose replays end within the lead on
-    // their own thread too (see `parked_callers_are_woken_ahead_of_graph_replays_and_answer_exactly`);
-    // this graph's replay takes about that long, so early wakes are off here.
-    config.cuda.early_wake_us = 0;
+    let config = one_gpu();
     let Some(cuda) = cuda(&config) else { return };
     let b = bridge(config, cuda.clone());
     let grain = b.batch::<VectorAdd>().unwrap();
@@ -1041,7 +1032,7 @@ fn spinning_callers_replay_cached_graphs_on_their_own_threads() {
     assert_eq!(
         cuda.inline_replays(0),
         38,
-        "parked callers (with no early wake) replay on the executor"
+        "parked callers replay on the executor"
     );
     let g = cuda.graph_stats(0).unwrap();
     assert_eq!((g.misses, g.hits), (1, 44), "{g:?}");
