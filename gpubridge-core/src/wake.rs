@@ -215,6 +215,28 @@ mod tests {
     /// Held by the tests that spin in the process-wide places, so that none finds them taken.
     static PLACES_IN_USE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+    fn counting_waker() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count::default());
+        let waker = futures::task::waker(count.clone());
+        (count, waker)
+    }
+
+    type Answer<'a> = Pin<Box<dyn Future<Output = std::result::Result<u32, ()>> + 'a>>;
+
+    /// The caller's wait for `rx`, polled once (pending: nothing sent yet).
+    fn first_poll<'a>(
+        rx: &'a mut oneshot::Receiver<u32>,
+        wake: &'a EarlyWake,
+        waker: &Waker,
+    ) -> Answer<'a> {
+        let mut fut: Answer<'a> = Box::pin(answer(rx, wake));
+        assert!(fut
+            .as_mut()
+            .poll(&mut Context::from_waker(waker))
+            .is_pending());
+        fut
+    }
+
     fn until(what: impl Fn() -> bool) {
         let t = Instant::now();
         while !what() {
@@ -228,11 +250,9 @@ mod tests {
         let _one_at_a_time = PLACES_IN_USE.lock().unwrap_or_else(|p| p.into_inner());
         let (tx, mut rx) = oneshot::channel::<u32>();
         let wake = EarlyWake::new();
-        let count = Arc::new(Count::default());
-        let waker = futures::task::waker(count.clone());
+        let (count, waker) = counting_waker();
+        let mut fut = first_poll(&mut rx, &wake, &waker);
         let mut cx = Context::from_waker(&waker);
-        let mut fut = Box::pin(answer(&mut rx, &wake));
-        assert!(fut.as_mut().poll(&mut cx).is_pending());
         let backend = {
             let wake = wake.clone();
             std::thread::spawn(move || {
@@ -253,11 +273,9 @@ mod tests {
         let _one_at_a_time = PLACES_IN_USE.lock().unwrap_or_else(|p| p.into_inner());
         let (tx, mut rx) = oneshot::channel::<u32>();
         let wake = EarlyWake::new();
-        let count = Arc::new(Count::default());
-        let waker = futures::task::waker(count.clone());
+        let (count, waker) = counting_waker();
+        let mut fut = first_poll(&mut rx, &wake, &waker);
         let mut cx = Context::from_waker(&waker);
-        let mut fut = Box::pin(answer(&mut rx, &wake));
-        assert!(fut.as_mut().poll(&mut cx).is_pending());
         wake.wake(Duration::from_millis(1));
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         // The spin runs out before any answer: pending again, the wake taken.
@@ -275,11 +293,9 @@ mod tests {
         let wake = EarlyWake::new();
         wake.decline();
         assert!(wake.is_settled() && !wake.is_woken());
-        let count = Arc::new(Count::default());
-        let waker = futures::task::waker(count.clone());
+        let (count, waker) = counting_waker();
+        let mut fut = first_poll(&mut rx, &wake, &waker);
         let mut cx = Context::from_waker(&waker);
-        let mut fut = Box::pin(answer(&mut rx, &wake));
-        assert!(fut.as_mut().poll(&mut cx).is_pending());
         tx.send(3).unwrap();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(3)));
@@ -292,9 +308,8 @@ mod tests {
             let (tx, mut rx) = oneshot::channel::<u32>();
             let wake = EarlyWake::new();
             let waker = futures::task::noop_waker();
+            let mut fut = first_poll(&mut rx, &wake, &waker);
             let mut cx = Context::from_waker(&waker);
-            let mut fut = Box::pin(answer(&mut rx, &wake));
-            assert!(fut.as_mut().poll(&mut cx).is_pending());
             if early {
                 wake.wake(Duration::from_secs(5));
             }

@@ -942,17 +942,17 @@ fn spinning_callers_replay_tiny_plans_graphs_once_captured() {
         .on_backend(BackendKind::Cuda)
         .spin_wait(std::time::Duration::from_millis(5));
     let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
-    let replayed: Vec<bool> = (0..30)
-        .map(|i| {
-            sums_checked(
-                &grain,
-                small_sums(&mut rng),
-                spin.clone(),
-                &format!("call {i}"),
-            )
-            .graph_replayed()
-        })
-        .collect();
+    // `n` calls, each checked; which replayed a graph.
+    let mut calls = |n: usize, what: &str| -> Vec<bool> {
+        (0..n)
+            .map(|i| {
+                let sums = small_sums(&mut rng);
+                sums_checked(&grain, sums, spin.clone(), &format!("call {i}{what}"))
+                    .graph_replayed()
+            })
+            .collect()
+    };
+    let replayed = calls(30, "");
     assert_eq!(replayed[..2], [false, true], "zero-copy, then captured");
     assert!(replayed[2..].iter().all(|r| *r), "{replayed:?}");
     assert_eq!(
@@ -969,17 +969,7 @@ fn spinning_callers_replay_tiny_plans_graphs_once_captured() {
     // With the graph gone (evicted, or here the caches released), the shape is handed to the
     // executor twice again and captured again: the callers do not stay on zero-copy runs.
     assert_eq!(cuda.release_caches(0).unwrap().graphs, 1);
-    let replayed: Vec<bool> = (0..10)
-        .map(|i| {
-            sums_checked(
-                &grain,
-                small_sums(&mut rng),
-                spin.clone(),
-                &format!("call {i} after the release"),
-            )
-            .graph_replayed()
-        })
-        .collect();
+    let replayed = calls(10, " after the release");
     assert_eq!(
         replayed[..2],
         [false, true],
