@@ -2472,6 +2472,13 @@ impl Ahead<'_> {
     }
 }
 
+/// Whether a wait begun at `since` should now block rather than spin: past [`SPIN_WAIT`], and
+/// not before `ahead`'s caller is woken nor while it spins for its result (woken here when due).
+fn time_to_block(ahead: &mut Option<Ahead<'_>>, since: Instant) -> bool {
+    let now = Instant::now();
+    Ahead::tick(ahead, now) && now - since > SPIN_WAIT
+}
+
 /// Tells `plan`'s parked caller, if it has an early wake, that none will come.
 fn decline_early_wake(plan: &Plan) {
     if let Some(w) = &plan.early_wake {
@@ -2568,9 +2575,7 @@ unsafe fn wait_signal(
             match unsafe { sys::cuStreamQuery(cs) } {
                 sys::CUresult::CUDA_SUCCESS => return Ok(finished()),
                 sys::CUresult::CUDA_ERROR_NOT_READY => {
-                    let now = Instant::now();
-                    let may_block = Ahead::tick(ahead, now);
-                    if may_block && now - t > SPIN_WAIT {
+                    if time_to_block(ahead, t) {
                         stream
                             .synchronize()
                             .map_err(|e| driver_error(label, "cuStreamSynchronize", e))?;
@@ -2625,14 +2630,10 @@ fn wait_stream(stream: &CudaStream, label: &str, ahead: &mut Option<Ahead<'_>>) 
             sys::CUresult::CUDA_SUCCESS => return Ok(()),
             sys::CUresult::CUDA_ERROR_NOT_READY => {
                 spins += 1;
-                if spins.is_multiple_of(CLOCK_EVERY) {
-                    let now = Instant::now();
-                    let may_block = Ahead::tick(ahead, now);
-                    if may_block && now - t > SPIN_WAIT {
-                        return stream
-                            .synchronize()
-                            .map_err(|e| driver_error(label, "cuStreamSynchronize", e));
-                    }
+                if spins.is_multiple_of(CLOCK_EVERY) && time_to_block(ahead, t) {
+                    return stream
+                        .synchronize()
+                        .map_err(|e| driver_error(label, "cuStreamSynchronize", e));
                 }
                 std::hint::spin_loop();
             }
