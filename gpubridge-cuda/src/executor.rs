@@ -198,7 +198,23 @@ pub struct GraphStats {
     /// Replays whose parked caller the executor woke ahead of the replay's expected end
     /// (`cuda.early_wake_us`, [`gpubridge_core::wake`]).
     pub early_wakes: u64,
+    /// Plans whose cached graph a spinning caller held for longer than the executor waits
+    /// ([`GRAPH_BUSY_WAIT`]): run unreplayed (zero-copy or stream launches) instead of waiting
+    /// behind a caller whose replay or completion is slow.
+    pub busy_fallbacks: u64,
+    /// Graphs evicted while a spinning caller held them: taken out of the cache at once and
+    /// destroyed (their pool block returned) once the caller let go, rather than waited for.
+    pub deferred_evictions: u64,
+    /// Of those, graphs not destroyed yet: their caller still holds them.
+    pub dying: u64,
 }
+
+/// How long the executor waits for a cached graph that a spinning caller is replaying before it
+/// runs the plan unreplayed instead ([`GraphStats::busy_fallbacks`]). A replay of a graph small
+/// enough to replay on a caller's thread takes microseconds; a caller holding it longer is slow
+/// (its thread preempted, its completion slow, the device slow), and every plan of the device
+/// would wait behind it.
+pub const GRAPH_BUSY_WAIT: Duration = Duration::from_micros(100);
 
 /// The most plan shapes the graph cache remembers as seen once, and as failed; past it, that
 /// memory starts over. One-off shapes (a multiply of new sizes each time, say) would otherwise
@@ -580,6 +596,9 @@ struct GraphCache {
     /// pay for a capture.
     seen: HashMap<gpubridge_core::PlanShape, u32>,
     failed: std::collections::HashSet<gpubridge_core::PlanShape>,
+    /// Graphs evicted while a spinning caller held them, out of the cache and its counts,
+    /// destroyed once free ([`Executor::bury_dying`]).
+    dying: Vec<Arc<SharedGraph>>,
 }
 
 /// Plans larger than this run as pipelined stream launches: their copies dominate, and the
@@ -778,6 +797,7 @@ impl Executor {
                 entries: HashMap::new(),
                 seen: HashMap::new(),
                 failed: Default::default(),
+                dying: Vec::new(),
             },
             huge_pages: true,
             staged: true,
@@ -846,11 +866,17 @@ impl Executor {
                         return;
                     }
                 };
-                if let Some(graph) = graph {
-                    // A spinning caller may be replaying it on its own thread: wait for it.
-                    let mut guard = graph.entry.lock();
+                // A spinning caller may be replaying it on its own thread: wait for it a little,
+                // then run the plan unreplayed below rather than stall the device behind it.
+                let held = graph
+                    .as_ref()
+                    .map(|g| (g, g.entry.try_lock_for(GRAPH_BUSY_WAIT)));
+                if let Some((_, None)) = held {
+                    self.shared.graphs.lock().busy_fallbacks += 1;
+                }
+                if let Some((graph, Some(mut guard))) = held {
                     if let Some(entry) = guard.as_mut() {
-                        touch(&self.shared, &graph);
+                        touch(&self.shared, graph);
                         match replay(
                             entry,
                             &plan,
@@ -936,6 +962,9 @@ impl Executor {
     }
 
     fn publish_stats(&mut self) {
+        if !self.graphs.dying.is_empty() {
+            self.bury_dying(false);
+        }
         if self.free_sampled.elapsed() >= FREE_MEMORY_EVERY {
             self.sample_free_memory();
         }
@@ -957,6 +986,7 @@ impl Executor {
         g.resident_bytes = self.graphs.resident_used as u64;
         g.shapes_seen_once = self.graphs.seen.len() as u64;
         g.shapes_failed = self.graphs.failed.len() as u64;
+        g.dying = self.graphs.dying.len() as u64;
     }
 
     /// Reads the device's free memory (`cuMemGetInfo`) into the shared state. Memory the pool
@@ -1492,16 +1522,37 @@ impl Executor {
         Some((g, executions))
     }
 
-    /// Takes a graph out of the callers' index and out of its shared slot, waiting for a caller
-    /// that is replaying it, then destroys it and returns its block to the pool. Returns how often
-    /// it was replayed.
-    fn take_graph(&mut self, shape: &gpubridge_core::PlanShape, graph: &SharedGraph) -> u64 {
+    /// Takes a graph out of the callers' index and out of its shared slot, then destroys it and
+    /// returns its block to the pool; a graph that a caller is replaying now joins the dying, to
+    /// be destroyed once free ([`Executor::bury_dying`]) rather than waited for. Returns how
+    /// often it was replayed (0 for a dying one).
+    fn take_graph(&mut self, shape: &gpubridge_core::PlanShape, graph: &Arc<SharedGraph>) -> u64 {
         self.shared.graph_index.write().remove(shape);
         // No caller finds it from here on; one that already holds it finishes first.
-        let Some(entry) = graph.entry.lock().take() else {
-            return 0;
-        };
-        self.destroy_entry(entry)
+        match take_entry(graph, false) {
+            Some(Some(entry)) => self.destroy_entry(entry),
+            Some(None) => 0,
+            None => {
+                self.shared.graphs.lock().deferred_evictions += 1;
+                self.graphs.dying.push(graph.clone());
+                0
+            }
+        }
+    }
+
+    /// Destroys the dying graphs ([`GraphCache::dying`]) that no caller holds now, or, with
+    /// `wait`, all of them, waiting for their callers.
+    fn bury_dying(&mut self, wait: bool) {
+        for graph in std::mem::take(&mut self.graphs.dying) {
+            match take_entry(&graph, wait) {
+                Some(entry) => {
+                    if let Some(entry) = entry {
+                        self.destroy_entry(entry);
+                    }
+                }
+                None => self.graphs.dying.push(graph),
+            }
+        }
     }
 
     /// Destroys a graph and returns its block to the pool; returns how often it was replayed.
@@ -1544,6 +1595,8 @@ impl Executor {
                 released.graph_bytes += g.bytes as u64;
             }
         }
+        // Graphs evicted while callers held them: their callers have finished or soon will.
+        self.bury_dying(true);
         // The lanes' pinned staging (grown to the largest plan each has run) and the spares of
         // off-thread unpacks: nothing is in flight, so none is in use.
         self.drain_unpacking();
@@ -1573,6 +1626,7 @@ impl Executor {
         for (shape, g) in &entries {
             self.take_graph(shape, g);
         }
+        self.bury_dying(true);
         self.graphs.used = 0;
         self.graphs.resident_used = 0;
         self.graphs.device_bytes = 0;
@@ -2388,6 +2442,17 @@ fn replay_inline(
             None
         }
     }
+}
+
+/// Takes a cached graph's entry out of its slot: `Some(None)` when it was already gone, `None`
+/// when a caller holds it and `wait` is off (with `wait`, waits for that caller).
+fn take_entry(graph: &SharedGraph, wait: bool) -> Option<Option<GraphEntry>> {
+    let mut slot = if wait {
+        graph.entry.lock()
+    } else {
+        graph.entry.try_lock()?
+    };
+    Some(slot.take())
 }
 
 /// Whether a plan is small and simple enough to run zero-copy (see [`ZERO_COPY_MAX_BYTES`]).

@@ -352,6 +352,10 @@ struct GraphCache {
     captures: u64,
     /// Evictions so far.
     evictions: u64,
+    /// Plans run unreplayed because a spinning caller held their graph too long, so far.
+    busy_fallbacks: u64,
+    /// Evictions of graphs a spinning caller held, destroyed once it let go, so far.
+    deferred_evictions: u64,
 }
 
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
@@ -483,6 +487,8 @@ fn cuda_device(config: &BridgeConfig) -> anyhow::Result<Device> {
             device_bytes: g.device_bytes,
             captures: g.misses,
             evictions: g.evictions,
+            busy_fallbacks: g.busy_fallbacks,
+            deferred_evictions: g.deferred_evictions,
         });
         Some(m)
     });
@@ -1193,6 +1199,8 @@ impl Readings {
                 "graph_device_bytes": d.graphs.map(|g| g.device_bytes),
                 "graph_captures": d.graphs.map(|g| g.captures),
                 "graph_evictions": d.graphs.map(|g| g.evictions),
+                "graph_busy_fallbacks": d.graphs.map(|g| g.busy_fallbacks),
+                "graph_deferred_evictions": d.graphs.map(|g| g.deferred_evictions),
             })),
         })
     }

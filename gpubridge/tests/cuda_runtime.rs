@@ -4,10 +4,13 @@
 
 #![cfg(feature = "cuda")]
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::executor::block_on;
 use gpubridge::cuda::CudaBackend;
+use gpubridge::faults::{FaultInjector, InjectedFault, Trigger};
 use gpubridge::kernels::{Sum, VectorAdd, VectorPair};
 use gpubridge::testing::PoisonAdd;
 use gpubridge::{BackendKind, BridgeConfig, CircuitState, DeviceId, ExecutionHints, GpuBridge};
@@ -45,14 +48,16 @@ fn one_gpu() -> BridgeConfig {
     config
 }
 
-fn bridge(config: BridgeConfig, cuda: Arc<CudaBackend>) -> GpuBridge {
+/// A bridge of `VectorAdd` and `Sum` on `device` (CUDA, or CUDA under fault injection), with
+/// the CPU as its fallback.
+fn bridge(config: BridgeConfig, device: Arc<dyn gpubridge::Backend>) -> GpuBridge {
     let cpu = gpubridge::cpu::CpuBackend::new(&config).unwrap();
     GpuBridge::builder(config)
         .kernel(VectorAdd)
         .unwrap()
         .kernel(Sum)
         .unwrap()
-        .backend(cuda)
+        .backend(device)
         .backend(cpu)
         .build()
         .unwrap()
@@ -1058,6 +1063,81 @@ fn spinning_callers_replay_cached_graphs_on_their_own_threads() {
     assert!(g.evictions >= 1, "{g:?}");
     assert!(cuda.inline_replays(0) > 0, "{g:?}");
     assert!(g.bytes <= 1 << 20 || g.entries == 1, "{g:?}");
+    gpubridge::testing::assert_quiescent(&b);
+}
+
+/// A spinning caller that holds its tiny plan's graph for long (its completion slowed here by an
+/// injected fault, as a slow device or a preempted thread would hold it) stalls no other plan:
+/// parked callers' plans of that shape run unreplayed on the executor after a short wait
+/// (`busy_fallbacks`), and captures that must evict the held graph take it out of the cache at
+/// once and destroy it once the caller lets go (`deferred_evictions`, `dying`). Every answer is
+/// checked, and all the others arrive while the slow caller still holds the graph.
+#[test]
+fn a_caller_holding_a_graph_long_stalls_no_other_plan() {
+    let _gpu = gpu_lock();
+    let mut config = one_gpu();
+    config.cuda.graph_cache_mb = 1;
+    let Some(cuda) = cuda(&config) else { return };
+    let faulty = FaultInjector::wrap(cuda.clone());
+    let b = bridge(config, faulty.clone());
+    let grain = b.batch::<Sum>().unwrap();
+    let spin = ExecutionHints::default().spin_wait(Duration::from_millis(5));
+    let parked = ExecutionHints::default;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
+    // The tiny shape's graph: captured on the executor (calls 0 and 1), then replayed by the
+    // spinning caller on its own thread.
+    for i in 0..4 {
+        let sums = small_sums(&mut rng);
+        sums_checked(&grain, sums, spin.clone(), &format!("warm-up {i}"));
+    }
+    assert_eq!(cuda.inline_replays(0), 2);
+    faulty.inject(InjectedFault::Slow(Duration::from_secs(1)), Trigger::Nth(1));
+    let held_done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (grain, spin, held_done) = (&grain, &spin, &held_done);
+        let sums = small_sums(&mut rng);
+        scope.spawn(move || {
+            sums_checked(grain, sums, spin.clone(), "the slow caller");
+            held_done.store(true, Ordering::SeqCst);
+        });
+        // Once the fault has fired, and a while after, the caller is in its slowed completion
+        // with the graph held.
+        while faulty.injected() == 0 {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        for i in 0..3 {
+            let sums = small_sums(&mut rng);
+            sums_checked(grain, sums, parked(), &format!("parked {i}"));
+        }
+        let g = cuda.graph_stats(0).unwrap();
+        assert_eq!((g.busy_fallbacks, g.deferred_evictions), (3, 0), "{g:?}");
+        // Four shapes of about 0.4 MB, each captured on its second run, overflow the 1 MB
+        // cache: the least recently used graph, the held one, is evicted first.
+        for len in [3000usize, 4000, 5000, 6000] {
+            for _ in 0..2 {
+                let rows = int_rows(&mut rng, 8, len);
+                sums_checked(grain, rows, parked(), &format!("length {len}"));
+            }
+        }
+        let g = cuda.graph_stats(0).unwrap();
+        assert_eq!((g.deferred_evictions, g.dying), (1, 1), "{g:?}");
+        assert!(g.bytes <= 1 << 20, "{g:?}");
+        assert!(
+            !held_done.load(Ordering::SeqCst),
+            "every other call is answered while the slow caller holds its graph"
+        );
+    });
+    assert_eq!(faulty.injected(), 1);
+    // Its caller has let go: the executor destroys it after its next plan.
+    sums_checked(
+        &grain,
+        small_sums(&mut rng),
+        parked(),
+        "after the slow caller",
+    );
+    let g = cuda.graph_stats(0).unwrap();
+    assert_eq!((g.deferred_evictions, g.dying), (1, 0), "{g:?}");
     gpubridge::testing::assert_quiescent(&b);
 }
 
