@@ -840,6 +840,9 @@ impl Executor {
         pending: &mut std::collections::VecDeque<InFlight>,
     ) {
         let taken = Instant::now();
+        // Graphs evicted while callers held them, destroyed once free (before this plan runs,
+        // so that its caller sees them gone).
+        self.bury_dying(false);
         if let Some(why) = self.shared.lost.lock().clone() {
             let e = Error::DeviceLost {
                 device: self.label.clone(),
@@ -962,9 +965,6 @@ impl Executor {
     }
 
     fn publish_stats(&mut self) {
-        if !self.graphs.dying.is_empty() {
-            self.bury_dying(false);
-        }
         if self.free_sampled.elapsed() >= FREE_MEMORY_EVERY {
             self.sample_free_memory();
         }
@@ -986,7 +986,6 @@ impl Executor {
         g.resident_bytes = self.graphs.resident_used as u64;
         g.shapes_seen_once = self.graphs.seen.len() as u64;
         g.shapes_failed = self.graphs.failed.len() as u64;
-        g.dying = self.graphs.dying.len() as u64;
     }
 
     /// Reads the device's free memory (`cuMemGetInfo`) into the shared state. Memory the pool
@@ -1533,8 +1532,10 @@ impl Executor {
             Some(Some(entry)) => self.destroy_entry(entry),
             Some(None) => 0,
             None => {
-                self.shared.graphs.lock().deferred_evictions += 1;
                 self.graphs.dying.push(graph.clone());
+                let mut stats = self.shared.graphs.lock();
+                stats.deferred_evictions += 1;
+                stats.dying = self.graphs.dying.len() as u64;
                 0
             }
         }
@@ -1543,6 +1544,9 @@ impl Executor {
     /// Destroys the dying graphs ([`GraphCache::dying`]) that no caller holds now, or, with
     /// `wait`, all of them, waiting for their callers.
     fn bury_dying(&mut self, wait: bool) {
+        if self.graphs.dying.is_empty() {
+            return;
+        }
         for graph in std::mem::take(&mut self.graphs.dying) {
             match take_entry(&graph, wait) {
                 Some(entry) => {
@@ -1553,6 +1557,7 @@ impl Executor {
                 None => self.graphs.dying.push(graph),
             }
         }
+        self.shared.graphs.lock().dying = self.graphs.dying.len() as u64;
     }
 
     /// Destroys a graph and returns its block to the pool; returns how often it was replayed.
