@@ -199,7 +199,7 @@ pub struct GraphStats {
     /// (`cuda.early_wake_us`, [`gpubridge_core::wake`]).
     pub early_wakes: u64,
     /// Plans whose cached graph a spinning caller held for longer than the executor waits
-    /// ([`GRAPH_BUSY_WAIT`]): run unreplayed (zero-copy or stream launches) instead of waiting
+    /// (`GRAPH_BUSY_WAIT` in the executor, 100 us): run unreplayed (zero-copy or stream launches) instead of waiting
     /// behind a caller whose replay or completion is slow.
     pub busy_fallbacks: u64,
     /// Graphs evicted while a spinning caller held them: taken out of the cache at once and
@@ -214,7 +214,7 @@ pub struct GraphStats {
 /// enough to replay on a caller's thread takes microseconds; a caller holding it longer is slow
 /// (its thread preempted, its completion slow, the device slow), and every plan of the device
 /// would wait behind it.
-pub const GRAPH_BUSY_WAIT: Duration = Duration::from_micros(100);
+const GRAPH_BUSY_WAIT: Duration = Duration::from_micros(100);
 
 /// The most plan shapes the graph cache remembers as seen once, and as failed; past it, that
 /// memory starts over. One-off shapes (a multiply of new sizes each time, say) would otherwise
