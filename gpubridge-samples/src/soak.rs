@@ -2159,8 +2159,21 @@ fn print_summary(s: &Value) {
 
 #[cfg(test)]
 mod tests {
+    /// Held by every test here for its whole run: the planted-leak soak reads this process's
+    /// heap and needs the CPU its traffic asks for; a test beside it that allocates or computes
+    /// much (a resident vector, a million-value histogram) starved it on CI's two cores, its
+    /// leak stopped growing for the last readings, and the slope's interval widened past the
+    /// verdict.
+    fn alone() -> std::sync::MutexGuard<'static, ()> {
+        static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        ALONE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     #[test]
     fn a_reading_is_taken_apart_by_kind_of_mapping() {
+        let _alone = alone();
         // A file, the brk heap, a guard page and the stack above it, a 64 MiB aligned arena, an
         // unaligned anonymous mapping, an inaccessible mapping larger than a guard followed by
         // one that is therefore no stack, and the main thread's stack.
@@ -2197,6 +2210,7 @@ Rss:                  12 kB
     #[cfg(target_os = "linux")]
     #[test]
     fn a_resident_vec_has_every_page_of_its_room_resident() {
+        let _alone = alone();
         let v: Vec<[u64; 64]> = super::resident_vec(8192); // 4 MiB
         assert!(v.is_empty() && v.capacity() >= 8192);
         let page = 4096usize;
@@ -2225,6 +2239,7 @@ Rss:                  12 kB
 
     #[test]
     fn durations_parse_with_units() {
+        let _alone = alone();
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("8m"), Ok(Duration::from_secs(480)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
@@ -2238,6 +2253,7 @@ Rss:                  12 kB
 
     #[test]
     fn fault_specs_parse_and_bad_ones_are_refused() {
+        let _alone = alone();
         assert_eq!(
             parse_fault("launch:0.01").unwrap(),
             (InjectedFault::LaunchFailure, Trigger::Rate(0.01))
@@ -2266,6 +2282,7 @@ Rss:                  12 kB
 
     #[test]
     fn the_fit_finds_a_known_slope_and_calls_flat_memory_flat() {
+        let _alone = alone();
         // 1 MiB per minute = 60 MiB/h, with a little noise.
         let mib = f64::from(1u32 << 20);
         let growing: Vec<(f64, f64)> = (0..30)
@@ -2294,6 +2311,7 @@ Rss:                  12 kB
 
     #[test]
     fn histogram_quantiles_are_within_a_bucket() {
+        let _alone = alone();
         let values: Vec<u32> = (1..=100_000).collect();
         let mut h = Hist::default();
         h.add_all(&values);
@@ -2317,9 +2335,10 @@ Rss:                  12 kB
     /// slope check, and the soak fails; the same soak without it would not be called growing.
     #[test]
     fn a_planted_leak_is_caught_by_the_slope_check() {
+        let _alone = alone();
         let out = std::env::temp_dir().join(format!("gpubridge-soak-leak-{}", std::process::id()));
         let args = SoakArgs {
-            duration: Duration::from_secs(8),
+            duration: Duration::from_secs(12),
             interval: Some(Duration::from_millis(500)),
             warmup: Some(Duration::from_secs(2)),
             backend: "cpu".to_owned(),
