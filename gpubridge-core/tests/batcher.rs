@@ -397,11 +397,16 @@ async fn shutdown_within_a_generous_deadline_runs_everything_queued() {
 /// runs short and the rest wait out another delay (seen once on the H200: a batch of 2 of 32,
 /// then the others 10 s later; this test failed in two of three runs on the 2-core build machine
 /// before the fix). Round after round of concurrent callers filling exactly one batch, under a
-/// delay no round may wait for.
+/// delay no round may wait for. 500 rounds, or `GPUBRIDGE_TEST_ROUNDS` (`cargo xtask valgrind`
+/// runs 20: memcheck sees every path of a round in a few, and 500 took it three minutes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn a_batch_counted_full_waits_for_its_last_pushes() {
     let (b, _) = bridge_with(64, 1024, 30_000_000, 2);
-    for round in 0..500 {
+    let rounds: u32 = std::env::var("GPUBRIDGE_TEST_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    for round in 0..rounds {
         let tasks: Vec<_> = (0..64)
             .map(|i| {
                 let b = b.clone();

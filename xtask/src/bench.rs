@@ -10,7 +10,11 @@
 //! - `seed-latency.png` (each seed bench's distribution of per-iteration times over criterion's
 //!   samples) and `throughput.png` (sum throughput against batch size, per backend).
 //!
-//! `--quick`: small sizes and short runs, no pass/fail on timings (CI, no GPU). `--only P2,P4`
+//! `--quick`: small sizes and short runs, no pass/fail on timings (CI, no GPU), on builds that
+//! cost CI little: the CLI of the `ci` profile ([`crate::build_ci_cli`]: the release profile at
+//! `opt-level = 1`) and the criterion benches as CI's test step builds them (unoptimised,
+//! [`crate::test_build`]). It shows that every part of the harness works; its timings mean
+//! nothing. `--only P2,P4`
 //! picks rows (`SEED` names the criterion benches, `P3` the sweep). `--from DIR` redraws a
 //! report from a directory holding `report.json`, `load.json` and `criterion/` (the GPU
 //! machine's, where there is no cargo: run `gpubridge bench`, `gpubridge load` and the packed
@@ -53,7 +57,17 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         None => {
             let dir = root.join("target/bench-report");
             std::fs::create_dir_all(&dir)?;
-            let cli = crate::build_release_cli()?;
+            // `--quick` checks the harness end to end, not speed: the CLI of the `ci` profile,
+            // and the criterion benches as CI's test step built them (no release build, which on
+            // CI's two cores took as long as all the rest).
+            let (cli, seed_bench) = if quick {
+                (
+                    crate::build_ci_cli()?,
+                    Some(crate::test_build()?.seed_bench),
+                )
+            } else {
+                (crate::build_release_cli()?, None)
+            };
             let rows_only: Vec<&String> =
                 only.iter().filter(|o| *o != "SEED" && *o != "P3").collect();
             if only.is_empty() || !rows_only.is_empty() {
@@ -85,7 +99,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 p3(&cli, &root, &dir, quick)?;
             }
             if wants("SEED") {
-                criterion(&root, &dir, quick)?;
+                criterion(&root, &dir, seed_bench.as_deref())?;
             }
             dir
         }
@@ -119,12 +133,27 @@ fn p3(cli: &Path, root: &Path, dir: &Path, quick: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The criterion benches of `gpubridge/benches/seed.rs`, results under `DIR/criterion`.
-fn criterion(root: &Path, dir: &Path, quick: bool) -> anyhow::Result<()> {
+/// The criterion benches of `gpubridge/benches/seed.rs`, results under `DIR/criterion`: built
+/// and run by `cargo bench`, or with `quick`, the test build's executable run briefly.
+fn criterion(root: &Path, dir: &Path, quick: Option<&Path>) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let crit = dir.join("criterion");
     let _ = std::fs::remove_dir_all(&crit);
-    let mut args = vec![
+    if let Some(exe) = quick {
+        let args = ["--bench", "--noplot", "--quick"];
+        eprintln!("$ {} {}", exe.display(), args.join(" "));
+        let status = Command::new(exe)
+            .args(args)
+            .env("CRITERION_HOME", &crit)
+            .current_dir(root)
+            .status()
+            .context("running the criterion benches")?;
+        if !status.success() {
+            bail!("the criterion benches failed");
+        }
+        return Ok(());
+    }
+    let args = vec![
         "bench",
         "-p",
         "gpubridge",
@@ -135,9 +164,6 @@ fn criterion(root: &Path, dir: &Path, quick: bool) -> anyhow::Result<()> {
         "--",
         "--noplot",
     ];
-    if quick {
-        args.push("--quick");
-    }
     eprintln!("$ cargo {}", args.join(" "));
     let status = Command::new(cargo)
         .args(&args)

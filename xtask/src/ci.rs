@@ -104,16 +104,18 @@ pub fn run() -> anyhow::Result<()> {
     // heap is checked the same either way; mimalloc's resident set is left to the long soaks
     // (docs/PERFORMANCE.md, eleventh session). glibc's per-thread cache is off as well, and the
     // verdict's readings are taken at rest (`--quiesce`): there the resident set is steady to
-    // tens of KiB (see `crate::soak::EXACT_ENV`, and the fifteenth session).
+    // tens of KiB (see `crate::soak::EXACT_ENV`, and the fifteenth session). The CLI is the quick
+    // bench's, of the `ci` profile (`opt-level = 1`): the release build took as long as all the
+    // rest on CI's two cores, and unoptimised, the CLI cannot keep up with the soak's load
+    // there (its P99 grew to 40 ms and the resident set's fit went unresolved).
     let env = crate::soak::EXACT_ENV;
     eprintln!(
         "$ {} cargo xtask soak {}",
         env.map(|(k, v)| format!("{k}={v}")).join(" "),
         soak.join(" ")
     );
-    crate::soak::run_with_env(&soak, &env)?;
-    // The CPU path under valgrind's memcheck (the executables the tests built; about half a
-    // minute).
+    crate::soak::run_with_env(&soak, &env, Some(&crate::build_ci_cli()?))?;
+    // The CPU path under valgrind's memcheck (the executables the tests built).
     crate::valgrind::run()?;
     // Every fuzz target briefly on its seed corpus, built on the stable toolchain (about three
     // minutes on two cores, most of it the instrumented build).

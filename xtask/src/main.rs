@@ -53,6 +53,95 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// What CI's test step (`cargo test --workspace --features gpubridge/wgpu`) builds, with the
+/// criterion benches besides.
+pub struct TestBuild {
+    /// The `gpubridge` CLI.
+    pub cli: PathBuf,
+    /// The test executables, by target name.
+    pub tests: Vec<(String, PathBuf)>,
+    /// The criterion benches (`gpubridge/benches/seed.rs`), run with `--bench`.
+    pub seed_bench: PathBuf,
+}
+
+/// Builds (after CI's test step: finds) the executables of [`TestBuild`]. Only the criterion
+/// benches are compiled anew after `cargo test --workspace --features gpubridge/wgpu`: the same
+/// packages and features resolve to the same artifacts.
+pub fn test_build() -> anyhow::Result<TestBuild> {
+    use anyhow::Context;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let args = [
+        "test",
+        "--workspace",
+        "--features",
+        "gpubridge/wgpu",
+        "--all-targets",
+        "--no-run",
+        "--message-format=json",
+    ];
+    eprintln!("$ cargo {}", args.join(" "));
+    let out = std::process::Command::new(cargo)
+        .args(args)
+        .current_dir(project_root())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo test --no-run")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "building the test executables failed ({})",
+        out.status
+    );
+    let (mut cli, mut seed_bench, mut tests) = (None, None, Vec::new());
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(name), Some(exe)) = (msg["target"]["name"].as_str(), msg["executable"].as_str())
+        else {
+            continue;
+        };
+        let kind = msg["target"]["kind"][0].as_str();
+        if name == "seed" && kind == Some("bench") {
+            seed_bench = Some(PathBuf::from(exe));
+        } else if msg["profile"]["test"].as_bool().unwrap_or(false) {
+            tests.push((name.to_owned(), PathBuf::from(exe)));
+        } else if name == "gpubridge" && kind == Some("bin") {
+            cli = Some(PathBuf::from(exe));
+        }
+    }
+    Ok(TestBuild {
+        cli: cli.context("cargo test built no gpubridge CLI")?,
+        tests,
+        seed_bench: seed_bench.context("cargo test built no criterion benches")?,
+    })
+}
+
+/// Builds the `gpubridge` CLI in the `ci` profile (the release profile at `opt-level = 1`,
+/// without the default features that neither the quick bench nor the CPU soak use: `cluster`,
+/// `gds`, `mimalloc`) and returns its path: what `cargo xtask bench --quick` and CI's one-minute
+/// soak run. On CI's two cores it builds in about half the release build's time.
+pub fn build_ci_cli() -> anyhow::Result<PathBuf> {
+    let root = project_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let args = [
+        "build",
+        "--profile",
+        "ci",
+        "-p",
+        "gpubridge-samples",
+        "--no-default-features",
+        "--features",
+        "cuda,wgpu,prometheus,nvml",
+    ];
+    eprintln!("$ cargo {}", args.join(" "));
+    let status = std::process::Command::new(cargo)
+        .args(args)
+        .current_dir(&root)
+        .status()?;
+    anyhow::ensure!(status.success(), "building the CLI failed");
+    Ok(root.join("target/ci/gpubridge"))
+}
+
 /// Builds the release `gpubridge` CLI and returns its path.
 pub fn build_release_cli() -> anyhow::Result<PathBuf> {
     let root = project_root();

@@ -46,11 +46,16 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .into_iter()
         .filter(|(k, _)| std::env::var_os(k).is_none())
         .collect();
-    run_with_env(args, &env)
+    run_with_env(args, &env, None)
 }
 
-/// [`run`], with `env` set for the CLI (`cargo xtask ci` picks its allocator so).
-pub fn run_with_env(args: &[String], env: &[(&str, &str)]) -> anyhow::Result<()> {
+/// [`run`], with `env` set for the CLI (`cargo xtask ci` picks its allocator so), and `cli` run
+/// instead of a release build where given (CI runs the build of its test step).
+pub fn run_with_env(
+    args: &[String],
+    env: &[(&str, &str)],
+    cli: Option<&Path>,
+) -> anyhow::Result<()> {
     let root = project_root();
     let mut from: Option<PathBuf> = None;
     let mut out: Option<PathBuf> = None;
@@ -67,7 +72,10 @@ pub fn run_with_env(args: &[String], env: &[(&str, &str)]) -> anyhow::Result<()>
         Some(dir) => (dir, true),
         None => {
             let dir = out.unwrap_or_else(|| root.join("target/soak-report"));
-            let cli = crate::build_release_cli()?;
+            let cli = match cli {
+                Some(cli) => cli.to_owned(),
+                None => crate::build_release_cli()?,
+            };
             let status = Command::new(cli)
                 .envs(env.iter().copied())
                 .arg("soak")

@@ -7,7 +7,8 @@
 //! the C library's malloc with `GPUBRIDGE_ALLOCATOR=system`), and the
 //! `gpubridge-core` test executables `bridge_accounting` and `batcher` (the dynamic batcher,
 //! timeouts, dropped requests, shutdown). The executables are the ones `cargo test --workspace
-//! --features gpubridge/wgpu` builds, so after CI's test step nothing is compiled again.
+//! --features gpubridge/wgpu` builds ([`crate::test_build`]), so after CI's test step and quick
+//! bench nothing is compiled again.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -20,50 +21,18 @@ use crate::project_root;
 /// Test executables of gpubridge-core run under memcheck.
 const TESTS: [&str; 2] = ["bridge_accounting", "batcher"];
 
-/// Builds (or finds) the CLI and the test executables; returns the CLI and the tests.
+/// Finds (after CI's test step; builds otherwise) the CLI and the test executables of [`TESTS`].
 fn executables() -> anyhow::Result<(PathBuf, Vec<(String, PathBuf)>)> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let args = [
-        "test",
-        "--workspace",
-        "--features",
-        "gpubridge/wgpu",
-        "--no-run",
-        "--message-format=json",
-    ];
-    eprintln!("$ cargo {}", args.join(" "));
-    let out = Command::new(cargo)
-        .args(args)
-        .current_dir(project_root())
-        .output()
-        .context("running cargo test --no-run")?;
-    if !out.status.success() {
-        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-        bail!("building the test executables failed ({})", out.status);
-    }
-    let mut cli = None;
-    let mut tests = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let (Some(name), Some(exe)) = (msg["target"]["name"].as_str(), msg["executable"].as_str())
-        else {
-            continue;
-        };
-        let is_test = msg["profile"]["test"].as_bool().unwrap_or(false);
-        let is_bin = msg["target"]["kind"][0].as_str() == Some("bin");
-        if name == "gpubridge" && is_bin && !is_test {
-            cli = Some(PathBuf::from(exe));
-        } else if is_test && TESTS.contains(&name) {
-            tests.push((name.to_owned(), PathBuf::from(exe)));
-        }
-    }
-    let cli = cli.context("cargo built no gpubridge CLI")?;
+    let build = crate::test_build()?;
+    let tests: Vec<(String, PathBuf)> = build
+        .tests
+        .into_iter()
+        .filter(|(name, _)| TESTS.contains(&name.as_str()))
+        .collect();
     if tests.len() != TESTS.len() {
         bail!("expected the test executables {TESTS:?}, found {tests:?}");
     }
-    Ok((cli, tests))
+    Ok((build.cli, tests))
 }
 
 /// Runs `exe args` under memcheck; fails on any error it reports.
@@ -110,14 +79,49 @@ fn memcheck(label: &str, exe: &PathBuf, args: &[&str], env: &[(&str, &str)]) -> 
     Ok(())
 }
 
+/// Shards each test executable's tests are split into, and memcheck processes run at once
+/// (memcheck runs a process's threads one at a time).
+const PARALLEL: usize = 2;
+
+/// One memcheck run: a label, the executable, its arguments and environment.
+type Job = (
+    String,
+    PathBuf,
+    Vec<String>,
+    Vec<(&'static str, &'static str)>,
+);
+
+/// The test names of a libtest executable, split into `shards` by turns.
+fn shards(exe: &PathBuf, shards: usize) -> anyhow::Result<Vec<Vec<String>>> {
+    let out = Command::new(exe)
+        .args(["--list", "--format", "terse"])
+        .output()
+        .with_context(|| format!("listing the tests of {}", exe.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "listing the tests of {} failed",
+        exe.display()
+    );
+    let mut split = vec![Vec::new(); shards];
+    let names = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test").map(str::to_owned))
+        .collect::<Vec<_>>();
+    for (i, name) in names.into_iter().enumerate() {
+        split[i % shards].push(name);
+    }
+    split.retain(|s| !s.is_empty());
+    Ok(split)
+}
+
 /// `cargo xtask valgrind`.
 pub fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     let (cli, tests) = executables()?;
-    memcheck(
-        "gpubridge run all --backend cpu",
-        &cli,
-        &[
+    let mut jobs: Vec<Job> = vec![(
+        "gpubridge run all --backend cpu".to_owned(),
+        cli,
+        [
             "run",
             "all",
             "--backend",
@@ -138,19 +142,53 @@ pub fn run() -> anyhow::Result<()> {
             "1000",
             "--seed",
             "7",
-        ],
+        ]
+        .map(str::to_owned)
+        .to_vec(),
         // The CPU path only: opening wgpu would load the Vulkan loader and driver, whose own
         // allocations and `ld.so` reads are not this project's to judge here. The CLI allocates
         // through the C library's malloc here, which memcheck follows (mimalloc's pages it
         // would not see into).
-        &[
+        vec![
             ("GPUBRIDGE__WGPU__ENABLED", "false"),
             ("GPUBRIDGE__FALLBACK__CHAIN", "[\"cpu\"]"),
             ("GPUBRIDGE_ALLOCATOR", "system"),
         ],
-    )?;
+    )];
     for (name, exe) in &tests {
-        memcheck(name, exe, &["--test-threads=1"], &[])?;
+        let split = shards(exe, PARALLEL)?;
+        let n = split.len();
+        for (i, names) in split.into_iter().enumerate() {
+            let mut args = vec!["--test-threads=1".to_owned(), "--exact".to_owned()];
+            args.extend(names);
+            // The batcher's race test repeats its round 500 times for the race's sake; memcheck
+            // sees every path in a few of them.
+            let env = vec![("GPUBRIDGE_TEST_ROUNDS", "20")];
+            jobs.push((format!("{name} ({}/{n})", i + 1), exe.clone(), args, env));
+        }
+    }
+    // Taken from the end as workers come free.
+    let queue = std::sync::Mutex::new(jobs);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..PARALLEL {
+            scope.spawn(|| {
+                while let Some((label, exe, args, env)) =
+                    queue.lock().ok().and_then(|mut q| q.pop())
+                {
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    if let Err(e) = memcheck(&label, &exe, &args, &env) {
+                        if let Ok(mut f) = failures.lock() {
+                            f.push(format!("{e:#}"));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap_or_default();
+    if !failures.is_empty() {
+        bail!("{}", failures.join("\n"));
     }
     eprintln!(
         "valgrind: no memory error and no unexplained leak, {:.0} s in all",
