@@ -133,39 +133,31 @@ fn p3(cli: &Path, root: &Path, dir: &Path, quick: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cargo bench` arguments that pick the criterion benches of `gpubridge/benches/seed.rs` (the
+/// device pack builds the same).
+pub const SEED_BENCH: [&str; 6] = [
+    "-p",
+    "gpubridge",
+    "--features",
+    "cuda,wgpu",
+    "--bench",
+    "seed",
+];
+
 /// The criterion benches of `gpubridge/benches/seed.rs`, results under `DIR/criterion`: built
 /// and run by `cargo bench`, or with `quick`, the test build's executable run briefly.
 fn criterion(root: &Path, dir: &Path, quick: Option<&Path>) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let crit = dir.join("criterion");
     let _ = std::fs::remove_dir_all(&crit);
-    if let Some(exe) = quick {
-        let args = ["--bench", "--noplot", "--quick"];
-        eprintln!("$ {} {}", exe.display(), args.join(" "));
-        let status = Command::new(exe)
-            .args(args)
-            .env("CRITERION_HOME", &crit)
-            .current_dir(root)
-            .status()
-            .context("running the criterion benches")?;
-        if !status.success() {
-            bail!("the criterion benches failed");
-        }
-        return Ok(());
-    }
-    let args = vec![
-        "bench",
-        "-p",
-        "gpubridge",
-        "--features",
-        "cuda,wgpu",
-        "--bench",
-        "seed",
-        "--",
-        "--noplot",
-    ];
-    eprintln!("$ cargo {}", args.join(" "));
-    let status = Command::new(cargo)
+    let (program, args): (PathBuf, Vec<&str>) = match quick {
+        Some(exe) => (exe.to_owned(), vec!["--bench", "--noplot", "--quick"]),
+        None => (
+            PathBuf::from(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())),
+            [&["bench"][..], &SEED_BENCH, &["--", "--noplot"]].concat(),
+        ),
+    };
+    eprintln!("$ {} {}", program.display(), args.join(" "));
+    let status = Command::new(&program)
         .args(&args)
         .env("CRITERION_HOME", &crit)
         .current_dir(root)

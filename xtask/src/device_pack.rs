@@ -96,20 +96,11 @@ pub fn run() -> anyhow::Result<()> {
     }
     // The original's five benchmarks (criterion), run there as `bench-seed --bench` with
     // `CRITERION_HOME` set; `cargo xtask bench --from DIR` folds the results into a report here.
-    let args = [
-        "bench",
-        "--no-run",
-        "--message-format=json",
-        "-p",
-        "gpubridge",
-        "--features",
-        "cuda,wgpu",
-        "--bench",
-        "seed",
-    ];
+    let mut args = vec!["bench", "--no-run", "--message-format=json"];
+    args.extend(crate::bench::SEED_BENCH);
     eprintln!("$ cargo {}", args.join(" "));
     let output = Command::new(&cargo)
-        .args(args)
+        .args(&args)
         .current_dir(&root)
         .stderr(Stdio::inherit())
         .output()?;
