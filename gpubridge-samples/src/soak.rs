@@ -1395,7 +1395,7 @@ impl HostSteal {
 /// The singles' latencies of the first and of the latest window after the warm-up, in fixed
 /// memory: a window is `len` intervals. Beside them, the host's steal over the measured
 /// intervals: on a virtual machine the host's other guests take CPU time from the soak (on the
-/// 2-core build machine, a Firecracker guest, 4-13% of it over many seconds of a minute's soak,
+/// 2-core build machine, a Firecracker guest, 2.5-13% of it in most intervals of a minute's soak,
 /// with the singles' P99 unmoved in one run and doubled in another), which the summary reports
 /// beside the P99 check so that a failed check can be told from a busy host. The check itself
 /// counts every interval.

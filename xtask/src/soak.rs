@@ -50,7 +50,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// [`run`], with `env` set for the CLI (`cargo xtask ci` picks its allocator so), and `cli` run
-/// instead of a release build where given (CI runs the build of its test step).
+/// instead of a release build where given (CI runs the `ci` profile's, [`crate::build_ci_cli`]).
 pub fn run_with_env(
     args: &[String],
     env: &[(&str, &str)],
