@@ -159,7 +159,8 @@ fn run_one(
 }
 
 /// `cargo xtask fuzz [--time SECS] [--build-only] [TARGET ..] [-- LIBFUZZER_OPTIONS ..]`: every
-/// target (or those named) for `SECS` seconds each (default 20), one after another.
+/// target (or those named) for `SECS` seconds each (default 20), as many at once as there are
+/// cores.
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut seconds = 20u64;
     let mut build_only = false;
@@ -194,9 +195,30 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if build_only {
         return Ok(());
     }
+    // libFuzzer runs on one thread: as many targets at once as there are cores, so that each
+    // still has a core of its own for its time (two at once on CI's two cores).
+    let jobs = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .clamp(1, chosen.len());
+    let (bins, extra) = (&bins, &extra);
     let mut outcomes = Vec::new();
-    for t in chosen {
-        outcomes.push(run_one(&bins, t, seconds, &extra)?);
+    for group in chosen.chunks(jobs) {
+        let ran: Vec<anyhow::Result<Outcome>> = std::thread::scope(|s| {
+            let running: Vec<_> = group
+                .iter()
+                .map(|&t| s.spawn(move || run_one(bins, t, seconds, extra)))
+                .collect();
+            running
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a fuzz run's thread panicked")))
+                })
+                .collect()
+        });
+        for outcome in ran {
+            outcomes.push(outcome?);
+        }
     }
     eprintln!(
         "{:<14} {:>8} {:>12} {:>8}",
