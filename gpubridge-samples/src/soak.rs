@@ -1610,16 +1610,7 @@ impl P99Trend {
         let b = r.iter().map(|p| p.0 * p.1).sum::<f64>() / stt;
         let residuals: Vec<f64> = r.iter().map(|p| p.1 - b * p.0).collect();
         let ssr: f64 = residuals.iter().map(|e| e * e).sum();
-        let terms = if steal_held { 3.0 } else { 2.0 };
-        let lag1 = if ssr > 0.0 {
-            residuals.windows(2).map(|w| w[0] * w[1]).sum::<f64>() / ssr
-        } else {
-            0.0
-        };
-        let rho = lag1.clamp(0.0, 0.99);
-        let n_eff = (nf * (1.0 - rho) / (1.0 + rho)).clamp(terms + 1.0, nf);
-        let se = (ssr / (nf - terms) / stt).sqrt() * ((nf - terms) / (n_eff - terms)).sqrt();
-        let half = t975((n_eff - terms) as usize) * se;
+        let (n_eff, half) = half_width_95(&residuals, ssr, stt, if steal_held { 3 } else { 2 });
         let span = pts.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max)
             - pts.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
         Some(Self {
@@ -1764,15 +1755,7 @@ impl Growth {
         // make neighbours alike. The residuals' lag-1 autocorrelation shrinks the sample to its
         // effective size (the AR(1) correction), which widens the interval accordingly: a smooth
         // bend over a short run is not taken for a trend.
-        let lag1 = if ssr > 0.0 {
-            residuals.windows(2).map(|w| w[0] * w[1]).sum::<f64>() / ssr
-        } else {
-            0.0
-        };
-        let rho = lag1.clamp(0.0, 0.99);
-        let n_eff = (nf * (1.0 - rho) / (1.0 + rho)).clamp(3.0, nf);
-        let se = (ssr / (nf - 2.0) / sxx).sqrt() * ((nf - 2.0) / (n_eff - 2.0)).sqrt();
-        let half = t975(n_eff as usize - 2) * se;
+        let (n_eff, half) = half_width_95(&residuals, ssr, sxx, 2);
         let per_hour = 3600.0 / f64::from(1u32 << 20);
         let span = points.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max)
             - points.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
@@ -1806,6 +1789,25 @@ impl Growth {
             "limit_mib_per_hour": limit, "verdict": self.verdict(limit),
         })
     }
+}
+
+/// The effective sample size and the half-width of the 95% interval of a least-squares slope
+/// whose regressor (less its part along the fit's other terms) has sum of squares `sxx`, in a
+/// fit of `terms` coefficients with these `residuals` (sum of squares `ssr`): Student's t,
+/// widened for the residuals' lag-1 autocorrelation (AR(1): the sample shrunk to
+/// `n (1 - rho) / (1 + rho)`).
+fn half_width_95(residuals: &[f64], ssr: f64, sxx: f64, terms: usize) -> (f64, f64) {
+    let nf = residuals.len() as f64;
+    let k = terms as f64;
+    let lag1 = if ssr > 0.0 {
+        residuals.windows(2).map(|w| w[0] * w[1]).sum::<f64>() / ssr
+    } else {
+        0.0
+    };
+    let rho = lag1.clamp(0.0, 0.99);
+    let n_eff = (nf * (1.0 - rho) / (1.0 + rho)).clamp(k + 1.0, nf);
+    let se = (ssr / (nf - k) / sxx).sqrt() * ((nf - k) / (n_eff - k)).sqrt();
+    (n_eff, t975((n_eff - k) as usize) * se)
 }
 
 /// The 97.5% quantile of Student's t with `df` degrees of freedom.
