@@ -152,7 +152,7 @@ fn criterion(root: &Path, dir: &Path, quick: Option<&Path>) -> anyhow::Result<()
     let (program, args): (PathBuf, Vec<&str>) = match quick {
         Some(exe) => (exe.to_owned(), vec!["--bench", "--noplot", "--quick"]),
         None => (
-            PathBuf::from(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())),
+            PathBuf::from(crate::cargo_program()),
             [&["bench"][..], &SEED_BENCH, &["--", "--noplot"]].concat(),
         ),
     };

@@ -1,15 +1,11 @@
 //! `cargo xtask ci`: what CI runs.
 
-use std::process::Command;
-
 use anyhow::{bail, Context};
-
-use crate::project_root;
 
 fn cargo(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     eprintln!("$ cargo {}", args.join(" "));
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
-    cmd.args(args).current_dir(project_root());
+    let mut cmd = crate::cargo();
+    cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }

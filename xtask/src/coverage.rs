@@ -231,7 +231,7 @@ fn files_table(v: &Value, root: &Path) -> String {
 /// cargo-llvm-cov's environment for building and running instrumented executables into
 /// `target`.
 fn llvm_cov_env(root: &Path, target: &Path) -> anyhow::Result<Vec<(String, String)>> {
-    let output = Command::new(cargo_bin())
+    let output = Command::new(crate::cargo_program())
         .args(["llvm-cov", "show-env"])
         .env("CARGO_TARGET_DIR", target)
         .current_dir(root)
@@ -256,12 +256,8 @@ fn llvm_cov_env(root: &Path, target: &Path) -> anyhow::Result<Vec<(String, Strin
     Ok(env)
 }
 
-fn cargo_bin() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
-}
-
 fn cargo(root: &Path, env: &[(String, String)]) -> Command {
-    let mut c = Command::new(cargo_bin());
+    let mut c = Command::new(crate::cargo_program());
     c.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(root);
     c

@@ -36,7 +36,7 @@ pub fn run() -> anyhow::Result<()> {
     let out = root.join("device-pack");
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(out.join("tests"))?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let cargo = crate::cargo_program();
 
     let mut args = vec![
         "test",

@@ -61,7 +61,7 @@ fn target_dir() -> PathBuf {
 fn build(triple: &str) -> anyhow::Result<PathBuf> {
     let root = project_root();
     let dir = target_dir();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let cargo = crate::cargo_program();
     // `--target` keeps the instrumentation off build scripts and proc macros, which are not
     // linked with libFuzzer.
     let args = [

@@ -11,12 +11,9 @@
 //! machine with network access does that part.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use anyhow::{bail, Context};
 use serde_json::Value;
-
-use crate::project_root;
 
 /// Licences the project accepts in its dependency tree: permissive, compatible with shipping
 /// gpubridge under MIT OR Apache-2.0.
@@ -109,10 +106,8 @@ fn split_top(expr: &str, sep: &str) -> Vec<String> {
 
 /// Checks every dependency; fails listing the offenders.
 pub fn run() -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let out = Command::new(cargo)
+    let out = crate::cargo()
         .args(["metadata", "--format-version", "1", "--all-features"])
-        .current_dir(project_root())
         .output()
         .context("running cargo metadata")?;
     if !out.status.success() {

@@ -69,7 +69,6 @@ pub struct TestBuild {
 /// packages and features resolve to the same artifacts.
 pub fn test_build() -> anyhow::Result<TestBuild> {
     use anyhow::Context;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let args = [
         "test",
         "--workspace",
@@ -80,9 +79,8 @@ pub fn test_build() -> anyhow::Result<TestBuild> {
         "--message-format=json",
     ];
     eprintln!("$ cargo {}", args.join(" "));
-    let out = std::process::Command::new(cargo)
+    let out = cargo()
         .args(args)
-        .current_dir(project_root())
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("running cargo test --no-run")?;
@@ -126,18 +124,16 @@ pub fn build_ci_cli() -> anyhow::Result<PathBuf> {
 
 /// Builds the release `gpubridge` CLI and returns its path.
 pub fn build_release_cli() -> anyhow::Result<PathBuf> {
-    // The default features, named so that trimming the defaults cannot drop what the device
-    // pack's `serve` step needs.
     build_cli(&["--release"], "release")
 }
 
 /// `cargo build -p gpubridge-samples` with `profile_args` and the features every build of the CLI
 /// names; the binary lands in `target/<dir>`.
 fn build_cli(profile_args: &[&str], dir: &str) -> anyhow::Result<PathBuf> {
-    let root = project_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut args = vec!["build"];
     args.extend_from_slice(profile_args);
+    // Named, not left to the defaults, so that trimming the defaults (or `--no-default-features`)
+    // cannot drop what the device pack's `serve` step and the quick bench need.
     args.extend([
         "-p",
         "gpubridge-samples",
@@ -145,12 +141,21 @@ fn build_cli(profile_args: &[&str], dir: &str) -> anyhow::Result<PathBuf> {
         "cuda,wgpu,prometheus,nvml",
     ]);
     eprintln!("$ cargo {}", args.join(" "));
-    let status = std::process::Command::new(cargo)
-        .args(&args)
-        .current_dir(&root)
-        .status()?;
+    let status = cargo().args(&args).status()?;
     anyhow::ensure!(status.success(), "building the CLI failed");
-    Ok(root.join("target").join(dir).join("gpubridge"))
+    Ok(project_root().join("target").join(dir).join("gpubridge"))
+}
+
+/// The cargo that runs xtask (`$CARGO`), else the one on the path.
+pub fn cargo_program() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+/// A `cargo` command in the repository root.
+pub fn cargo() -> std::process::Command {
+    let mut c = std::process::Command::new(cargo_program());
+    c.current_dir(project_root());
+    c
 }
 
 /// The repository root.
