@@ -1437,13 +1437,8 @@ struct Windows {
     first: Vec<Hist>,
     recent: std::collections::VecDeque<Hist>,
     steal: HostSteal,
-    /// The host's largest share of the CPU in one measured interval, and the sum and count of
-    /// the shares read.
-    steal_max: f64,
-    steal_sum: f64,
-    steal_read: usize,
-    /// Every measured interval's time (s), singles' P99 (us) and steal, for the trend that
-    /// holds the host's steal equal (see [`P99Trend`]).
+    /// Every measured interval's time (s), singles' P99 (us; NaN with no singles) and steal:
+    /// the trend that holds the host's steal equal (see [`P99Trend`]) and the steal reported.
     points: Vec<(f64, f64, Option<f64>)>,
 }
 
@@ -1456,9 +1451,6 @@ impl Windows {
             first: resident_vec(len),
             recent: std::collections::VecDeque::from(resident_vec(len + 1)),
             steal: HostSteal::default(),
-            steal_max: 0.0,
-            steal_sum: 0.0,
-            steal_read: 0,
             points: resident_vec(intervals + 1),
         }
     }
@@ -1472,16 +1464,10 @@ impl Windows {
     }
 
     fn push_with_steal(&mut self, t_s: f64, values: &[u32], steal: Option<f64>) {
-        if let Some(s) = steal {
-            self.steal_max = self.steal_max.max(s);
-            self.steal_sum += s;
-            self.steal_read += 1;
-        }
         let mut h = Hist::default();
         h.add_all(values);
-        let p99 = h.quantile_us(0.99);
-        if p99 > 0.0 && self.points.len() < self.points.capacity() {
-            self.points.push((t_s, p99, steal));
+        if self.points.len() < self.points.capacity() {
+            self.points.push((t_s, h.quantile_us(0.99), steal));
         }
         if self.first.len() < self.len {
             self.first.push(h.clone());
@@ -1494,7 +1480,11 @@ impl Windows {
 
     /// The host's mean and largest share of the CPU over the measured intervals, where read.
     fn steal(&self) -> Option<(f64, f64)> {
-        (self.steal_read > 0).then(|| (self.steal_sum / self.steal_read as f64, self.steal_max))
+        let read = self.points.iter().filter_map(|p| p.2);
+        let (n, sum, max) = read.fold((0usize, 0.0, 0.0f64), |(n, sum, max), s| {
+            (n + 1, sum + s, max.max(s))
+        });
+        (n > 0).then(|| (sum / n as f64, max))
     }
 
     /// P99 of the first and the last window, once `intervals` (measured) are at least two.
@@ -1575,6 +1565,8 @@ struct P99Trend {
 impl P99Trend {
     /// Fits `(t_s, p99_us, steal)` points; `None` with fewer than 5 or no spread in time.
     fn fit(points: &[(f64, f64, Option<f64>)]) -> Option<Self> {
+        // Intervals with no singles have no P99 (NaN).
+        let points: Vec<_> = points.iter().filter(|p| p.1 > 0.0).copied().collect();
         let with_steal = points.iter().filter(|p| p.2.is_some()).count();
         // Where steal is read at all (it is not for the first measured interval), only the
         // intervals that have it are fitted.
